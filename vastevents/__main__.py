@@ -1,0 +1,3 @@
+from vastevents.cli import main
+
+main()

@@ -1,0 +1,11 @@
+"""Command-line interface: wiring only. Each group of commands registers itself on the shared app."""
+
+from __future__ import annotations
+
+from vastevents.cli._app import app
+
+__all__ = ["app", "main"]
+
+
+def main() -> None:
+    app()

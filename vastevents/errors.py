@@ -1,0 +1,44 @@
+"""The error hierarchy users see. Every message says what to do next and never carries a secret."""
+
+from __future__ import annotations
+
+
+class VastEventsError(Exception):
+    """Base of every error vastevents raises on purpose."""
+
+
+class ConfigError(VastEventsError):
+    """The configuration file or environment is wrong; the message names the file, key and line."""
+
+
+class ApiError(VastEventsError):
+    """The Vast API answered with an error (or something that is not its JSON)."""
+
+    def __init__(self, message: str, *, status_code: int | None = None, error: str | None = None) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.error = error
+
+
+class AuthError(ApiError):
+    """401/403: the API key is missing or wrong."""
+
+
+class NotFound(ApiError):
+    """404/410 for an object (instance, route) that does not exist."""
+
+
+class NoSuchAsk(ApiError):
+    """The offer was rented by someone else first; try the next offer."""
+
+
+class RateLimited(ApiError):
+    """429 after every retry; `retry_after` is the server's hint in seconds, if it gave one."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None, status_code: int | None = 429) -> None:
+        super().__init__(message, status_code=status_code, error="rate_limited")
+        self.retry_after = retry_after
+
+
+class QueryError(VastEventsError):
+    """An offer query (`gpu_ram>=24 num_gpus=1 ...`) could not be parsed."""
