@@ -1,0 +1,223 @@
+"""Configuration: one TOML file read with tomllib and validated with pydantic.
+
+Where the file lives: ``--config FILE``, else ``$VASTEVENTS_CONFIG``, else ``./vastevents.toml``, else
+``~/.config/vastevents/config.toml``, else built-in defaults. Every error names the file, the key, its line
+and what was expected. Unknown keys are errors. The API key is never read from this file.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationError
+
+from vastevents._logging import register_secret
+from vastevents.errors import ConfigError
+
+DEFAULT_URL = "https://console.vast.ai"
+DEFAULT_STORE = "~/.local/state/vastevents/state.db"
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(value: object) -> float:
+    """Seconds from a number of seconds or a string like ``"90s"``, ``"15m"``, ``"24h"``, ``"2d"``."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as 30, '90s', '15m', '24h'")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str) and (match := _DURATION.match(value)):
+        seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2) or "s"]
+    else:
+        raise ValueError("expected a duration such as 30, '90s', '15m', '24h'")
+    if seconds < 0:
+        raise ValueError("a duration cannot be negative")
+    return seconds
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class VastConfig(_Section):
+    url: str = DEFAULT_URL
+    label_prefix: str = "vastevents"
+
+
+class WatchConfig(_Section):
+    interval: Duration = Field(default=15.0, gt=0)
+    stuck_after: Duration = 900.0
+    offline_grace: Duration = 600.0
+    preempt_grace: Duration = 120.0
+    flap_window: Duration = 3600.0
+    flap_count: int = Field(default=3, ge=2)
+    handler_timeout: Duration = Field(default=300.0, gt=0)
+    max_concurrency: int = Field(default=8, ge=1)
+
+
+class StoreConfig(_Section):
+    path: Path = Path(DEFAULT_STORE)
+
+    def resolved_path(self) -> Path:
+        return self.path.expanduser()
+
+
+class HandlerConfig(BaseModel):
+    """``[handlers.NAME]``: ``use`` picks the handler; every other key belongs to that handler."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    use: str
+
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class Config(_Section):
+    vast: VastConfig = VastConfig()
+    watch: WatchConfig = WatchConfig()
+    store: StoreConfig = StoreConfig()
+    handlers: dict[str, HandlerConfig] = {}
+
+    _source: Path | None = PrivateAttr(default=None)
+    _text: str = PrivateAttr(default="")
+
+    @property
+    def source(self) -> Path | None:
+        """The file this config came from, or None for built-in defaults."""
+        return self._source
+
+
+def resolve_config_path(path: Path | None = None) -> Path | None:
+    """The config file to read: the explicit one (which must exist), else the first that exists."""
+    if path is not None:
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist (give an existing file to --config)")
+        return path
+    if env := os.environ.get("VASTEVENTS_CONFIG"):
+        env_path = Path(env)
+        if not env_path.is_file():
+            raise ConfigError(f"config file {env_path} (from $VASTEVENTS_CONFIG) does not exist")
+        return env_path
+    defaults = [Path("vastevents.toml"), Path("~/.config/vastevents/config.toml").expanduser()]
+    return next((p for p in defaults if p.is_file()), None)
+
+
+def find_key_line(text: str, loc: Sequence[str | int]) -> int | None:
+    """Best-effort 1-based line of the key at `loc` (e.g. ``("handlers", "slack", "use")``) in TOML `text`."""
+    keys = [str(part) for part in loc]
+    if not keys:
+        return None
+    header = re.compile(r"^\s*\[\[?\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
+    assignment = re.compile(r"^\s*([A-Za-z0-9_.\"'-]+?)\s*=")
+    current: list[str] = []
+    best: int | None = None
+    for number, line in enumerate(text.splitlines(), start=1):
+        if match := header.match(line):
+            current = [part.strip().strip("\"'") for part in match.group(1).split(".")]
+            if current == keys:
+                best = number
+            elif best is None and keys[: len(current)] == current:
+                best = number
+            continue
+        if match := assignment.match(line):
+            dotted = [part.strip().strip("\"'") for part in match.group(1).split(".")]
+            full = current + dotted
+            if full == keys[: len(full)]:
+                if len(full) == len(keys):
+                    return number
+                best = number
+    return best
+
+
+def _describe(file: Path | None, text: str, loc: Sequence[str | int], message: str) -> str:
+    key = ".".join(str(part) for part in loc) or "(top level)"
+    where = str(file) if file else "config"
+    line = find_key_line(text, loc) if text else None
+    at = f"{where}:{line}" if line else where
+    return f"{at}: {key}: {message}"
+
+
+def config_error(config: Config, loc: Sequence[str | int], message: str) -> ConfigError:
+    """A ConfigError that names the config file, the key at `loc` and its line."""
+    return ConfigError(_describe(config.source, config._text, loc, message))
+
+
+def _validation_message(error: dict[str, Any]) -> str:
+    if error["type"] == "extra_forbidden":
+        return "unknown key (check the spelling; see config.example.toml for every key)"
+    if error["type"] == "missing":
+        return "required key is missing"
+    return str(error["msg"]).removeprefix("Value error, ")
+
+
+def parse_config(text: str, source: Path | None = None) -> Config:
+    """Validate TOML `text`; errors name `source`, the key and its line."""
+    where = str(source) if source else "config"
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{where}: not valid TOML: {exc}") from None
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as exc:
+        problems = [
+            _describe(source, text, err["loc"], _validation_message(dict(err))) for err in exc.errors()
+        ]
+        raise ConfigError("\n".join(problems)) from None
+    config._source = source
+    config._text = text
+    if url := os.environ.get("VAST_URL"):
+        config = _with_url(config, url)
+    return config
+
+
+def _with_url(config: Config, url: str) -> Config:
+    updated = config.model_copy(update={"vast": config.vast.model_copy(update={"url": url})})
+    updated._source = config._source
+    updated._text = config._text
+    return updated
+
+
+def load_config(path: Path | None = None) -> Config:
+    """Load the config (see module docstring for where from); env ``VAST_URL`` overrides ``[vast] url``."""
+    source = resolve_config_path(path)
+    if source is None:
+        return parse_config("", None)
+    try:
+        text = source.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config file {source}: {exc}") from None
+    return parse_config(text, source)
+
+
+def api_key_paths() -> list[Path]:
+    """Where the API key is looked for after ``$VAST_API_KEY``, in order."""
+    home = Path.home()
+    return [home / ".config" / "vastai" / "vast_api_key", home / ".vast_api_key"]
+
+
+def resolve_api_key() -> str | None:
+    """The API key from ``$VAST_API_KEY``, else the vastai key files; registered as a secret to redact."""
+    key = os.environ.get("VAST_API_KEY", "").strip()
+    if not key:
+        for path in api_key_paths():
+            try:
+                key = path.read_text(encoding="utf-8").strip()
+            except OSError:
+                continue
+            if key:
+                break
+    if not key:
+        return None
+    register_secret(key)
+    return key
