@@ -140,5 +140,5 @@ def test_api_key_env_then_files(isolated_env: Path, monkeypatch: pytest.MonkeyPa
 
 
 def test_api_key_is_never_read_from_config() -> None:
-    with pytest.raises(ConfigError, match="vast.api_key: unknown key"):
+    with pytest.raises(ConfigError, match=r"vast\.api_key: unknown key"):
         parse_config("[vast]\napi_key = 'secret'\n")
