@@ -32,6 +32,19 @@ class NoSuchAsk(ApiError):
     """The offer was rented by someone else first; try the next offer."""
 
 
+class AmbiguousCreate(ApiError):
+    """A create whose outcome is unclear: an instance may exist although the call failed.
+
+    `instance_id` is set when Vast named one (``success: false`` with ``new_contract``); otherwise (a 5xx or a
+    lost connection mid-request) it is None. Either way, destroy or adopt it by reconciling on the label.
+    """
+
+    def __init__(self, message: str, *, instance_id: int | None = None, status_code: int | None = None,
+                 error: str | None = None) -> None:  # fmt: skip
+        super().__init__(message, status_code=status_code, error=error)
+        self.instance_id = instance_id
+
+
 class RateLimited(ApiError):
     """429 after every retry; `retry_after` is the server's hint in seconds, if it gave one."""
 

@@ -1,0 +1,598 @@
+"""Unit tests of VastClient against httpx.MockTransport: wire shapes, error mapping, retries, secrecy."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from vastevents.errors import AmbiguousCreate, ApiError, AuthError, NoSuchAsk, NotFound, RateLimited
+from vastevents.query import parse_query
+from vastevents.vast import MAX_RETRY_AFTER, VastClient
+
+KEY = "vk-test-0123456789abcdef-secret"
+BASE = "http://vast.test"
+
+Reply = httpx.Response | Exception | Callable[[httpx.Request], httpx.Response]
+
+
+class FakeVast:
+    """A scripted server: answers each request with the next reply (the last one repeats) and records it."""
+
+    def __init__(self, *replies: Reply) -> None:
+        self.replies = list(replies)
+        self.requests: list[httpx.Request] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        reply = self.replies.pop(0) if len(self.replies) > 1 else self.replies[0]
+        if isinstance(reply, Exception):
+            raise reply
+        if isinstance(reply, httpx.Response):
+            return reply
+        return reply(request)
+
+    def body(self, index: int = -1) -> Any:
+        return json.loads(self.requests[index].content)
+
+
+class Sleeps(list[float]):
+    async def __call__(self, seconds: float) -> None:
+        self.append(seconds)
+
+
+def ok(body: Any, status: int = 200, **headers: str) -> httpx.Response:
+    return httpx.Response(status, json=body, headers=headers)
+
+
+def client_for(fake: FakeVast, sleeps: Sleeps | None = None, *, key: str | None = KEY, attempts: int = 4) -> VastClient:
+    return VastClient(
+        key,
+        BASE,
+        transport=httpx.MockTransport(fake),
+        max_attempts=attempts,
+        sleep=sleeps if sleeps is not None else Sleeps(),
+    )
+
+
+def row(instance_id: int, **fields: Any) -> dict[str, Any]:
+    return {"id": instance_id, "actual_status": "running", "start_date": 1.0, "extra_env": [], **fields}
+
+
+# --- request shapes ----------------------------------------------------------------------------------------
+
+
+async def test_every_request_carries_the_bearer_key_and_accepts_json() -> None:
+    fake = FakeVast(ok({"id": 1, "email": "a@b.c"}))
+    async with client_for(fake) as client:
+        assert await client.current_user() == {"id": 1, "email": "a@b.c"}
+    request = fake.requests[0]
+    assert (request.method, request.url.path) == ("GET", "/api/v0/users/current/")
+    assert request.headers["authorization"] == f"Bearer {KEY}"
+    assert request.headers["accept"] == "application/json"
+    assert KEY not in str(request.url)
+
+
+async def test_no_key_sends_no_authorization_header() -> None:
+    fake = FakeVast(ok({"id": 1}))
+    async with client_for(fake, key=None) as client:
+        await client.current_user()
+    assert "authorization" not in fake.requests[0].headers
+
+
+async def test_search_offers_posts_the_parsed_query_with_type_order_and_limit() -> None:
+    fake = FakeVast(ok({"offers": [{"id": 11, "gpu_name": "RTX 4090", "dph_total": "0.4"}, {"id": 12}]}))
+    async with client_for(fake) as client:
+        offers = await client.search_offers("gpu_ram>=24 num_gpus=1", limit=5)
+    request = fake.requests[0]
+    assert (request.method, request.url.path) == ("POST", "/api/v0/bundles/")
+    expected = parse_query("gpu_ram>=24 num_gpus=1") | {
+        "type": "on-demand",
+        "order": [["dph_total", "asc"]],
+        "limit": 5,
+    }
+    assert fake.body() == expected
+    assert fake.body()["gpu_ram"] == {"gte": 24000.0}
+    assert [offer.id for offer in offers] == [11, 12]
+    assert offers[0].dph_total == 0.4
+
+
+async def test_search_offers_keeps_a_dict_query_and_maps_interruptible_to_bid() -> None:
+    fake = FakeVast(ok({"offers": []}))
+    async with client_for(fake) as client:
+        assert (
+            await client.search_offers({"num_gpus": {"eq": 2}}, type="interruptible", order=[["score", "desc"]]) == []
+        )
+    assert fake.body() == {"num_gpus": {"eq": 2}, "type": "bid", "order": [["score", "desc"]]}
+
+
+async def test_search_offers_uses_the_order_from_the_query_text() -> None:
+    fake = FakeVast(ok({"offers": []}))
+    async with client_for(fake) as client:
+        await client.search_offers("num_gpus=1 -o 'dph_total-'")
+    assert fake.body()["order"] == [["dph_total", "desc"]]
+
+
+async def test_create_instance_puts_the_ask_with_the_cli_body() -> None:
+    fake = FakeVast(ok({"success": True, "new_contract": 4242}))
+    async with client_for(fake) as client:
+        new_id = await client.create_instance(
+            77, image="pytorch/pytorch", disk=32, label="vastevents:job-1", env={"A": "1"}, onstart="echo hi"
+        )
+    assert new_id == 4242
+    request = fake.requests[0]
+    assert (request.method, request.url.path) == ("PUT", "/api/v0/asks/77/")
+    assert fake.body() == {
+        "client_id": "me",
+        "image": "pytorch/pytorch",
+        "env": {"A": "1"},
+        "price": None,
+        "disk": 32,
+        "label": "vastevents:job-1",
+        "onstart": "echo hi",
+        "runtype": "ssh_direct",
+    }
+
+
+async def test_list_instances_sends_the_v1_paging_parameters() -> None:
+    fake = FakeVast(ok({"success": True, "instances": [row(1), row(2, actual_status=None)], "next_token": None}))
+    async with client_for(fake) as client:
+        instances = await client.list_instances()
+    request = fake.requests[0]
+    assert (request.method, request.url.path) == ("GET", "/api/v1/instances/")
+    params = request.url.params
+    assert json.loads(params["select_filters"]) == {}
+    assert json.loads(params["order_by"]) == [{"col": "id", "dir": "asc"}]
+    assert params["limit"] == "25"
+    assert "after_token" not in params
+    assert [(i.id, i.state.value) for i in instances] == [(1, "running"), (2, "scheduling")]
+
+
+async def test_list_instances_follows_next_token_one_get_per_page_and_deduplicates() -> None:
+    fake = FakeVast(
+        ok({"instances": [row(i) for i in range(1, 26)], "next_token": "t1"}),
+        ok({"instances": [row(25, actual_status="offline"), row(26)], "next_token": "t2"}),
+        ok({"instances": [row(27)], "next_token": None}),
+    )
+    async with client_for(fake) as client:
+        instances = await client.list_instances()
+    assert len(fake.requests) == 3
+    assert [r.url.params.get("after_token") for r in fake.requests] == [None, "t1", "t2"]
+    assert [i.id for i in instances] == list(range(1, 28))
+    assert next(i for i in instances if i.id == 25).actual_status == "offline"
+
+
+async def test_list_instances_fails_whole_when_a_later_page_fails() -> None:
+    fake = FakeVast(ok({"instances": [row(1)], "next_token": "t1"}), ok({"error": "server_error"}, status=500))
+    async with client_for(fake) as client:
+        with pytest.raises(ApiError, match="HTTP 500"):
+            await client.list_instances()
+
+
+async def test_list_instances_stops_on_a_repeated_page_token() -> None:
+    fake = FakeVast(ok({"instances": [row(1)], "next_token": "same"}))
+    async with client_for(fake) as client:
+        with pytest.raises(ApiError, match="repeated a page token"):
+            await client.list_instances()
+    assert len(fake.requests) == 2
+
+
+async def test_malformed_instance_row_is_an_api_error_that_does_not_echo_values() -> None:
+    fake = FakeVast(ok({"instances": [{"actual_status": "running", "extra_env": [["TOKEN", "hunter2-secret"]]}]}))
+    async with client_for(fake) as client:
+        with pytest.raises(ApiError) as caught:
+            await client.list_instances()
+    assert "id" in str(caught.value)
+    assert "hunter2" not in str(caught.value)
+
+
+async def test_get_instance_shows_one_and_returns_none_once_gone() -> None:
+    fake = FakeVast(
+        ok({"instances": row(5, label="x")}), ok({"instances": None}), ok({"error": "no_such_instance"}, 404)
+    )
+    async with client_for(fake) as client:
+        instance = await client.get_instance(5)
+        assert instance is not None and instance.label == "x"
+        assert await client.get_instance(5) is None
+        assert await client.get_instance(5) is None
+    request = fake.requests[0]
+    assert (request.method, request.url.path, dict(request.url.params)) == (
+        "GET",
+        "/api/v0/instances/5/",
+        {"owner": "me"},
+    )
+
+
+async def test_destroy_deletes_and_treats_404_as_already_gone() -> None:
+    fake = FakeVast(ok({"success": True}), ok({"success": False, "error": "no_such_instance"}, 404))
+    async with client_for(fake) as client:
+        assert await client.destroy_instance(5) is True
+        assert await client.destroy_instance(5) is False
+    assert [(r.method, r.url.path) for r in fake.requests] == [("DELETE", "/api/v0/instances/5/")] * 2
+
+
+@pytest.mark.parametrize(
+    ("call", "method", "path", "body"),
+    [
+        (lambda c: c.start_instance(5), "PUT", "/api/v0/instances/5/", {"state": "running"}),
+        (lambda c: c.stop_instance(5), "PUT", "/api/v0/instances/5/", {"state": "stopped"}),
+        (lambda c: c.set_label(5, "vastevents:a"), "PUT", "/api/v0/instances/5/", {"label": "vastevents:a"}),
+        (lambda c: c.reboot_instance(5), "PUT", "/api/v0/instances/reboot/5/", {}),
+        (lambda c: c.change_bid(5, 0.31), "PUT", "/api/v0/instances/bid_price/5/", {"client_id": "me", "price": 0.31}),
+        (lambda c: c.add_ssh_key("ssh-ed25519 AAAA me"), "POST", "/api/v0/ssh/", {"ssh_key": "ssh-ed25519 AAAA me"}),
+        (
+            lambda c: c.attach_ssh_key(5, "ssh-ed25519 AAAA"),
+            "POST",
+            "/api/v0/instances/5/ssh/",
+            {"ssh_key": "ssh-ed25519 AAAA"},
+        ),
+    ],
+    ids=["start", "stop", "label", "reboot", "bid", "add_ssh_key", "attach_ssh_key"],
+)
+async def test_instance_actions_send_the_documented_request(
+    call: Callable[[VastClient], Any], method: str, path: str, body: dict[str, Any]
+) -> None:
+    fake = FakeVast(ok({"success": True}))
+    async with client_for(fake) as client:
+        await call(client)
+    request = fake.requests[0]
+    assert (request.method, request.url.path) == (method, path)
+    assert request.headers["authorization"] == f"Bearer {KEY}"
+    assert fake.body() == body
+
+
+async def test_action_answered_with_success_false_is_an_error() -> None:
+    fake = FakeVast(ok({"success": False, "error": "invalid_args", "msg": "label too long"}))
+    async with client_for(fake) as client:
+        with pytest.raises(ApiError, match="label too long") as caught:
+            await client.set_label(5, "x" * 500)
+    assert caught.value.error == "invalid_args"
+
+
+async def test_ssh_keys_list() -> None:
+    fake = FakeVast(ok([{"id": 1, "public_key": "ssh-ed25519 AAAA"}]), ok({"ssh_keys": [{"id": 2}]}))
+    async with client_for(fake) as client:
+        assert await client.list_ssh_keys() == [{"id": 1, "public_key": "ssh-ed25519 AAAA"}]
+        assert await client.list_ssh_keys() == [{"id": 2}]
+    assert [(r.method, r.url.path) for r in fake.requests] == [("GET", "/api/v0/ssh/")] * 2
+
+
+async def test_charges_and_invoices_filter_by_date() -> None:
+    fake = FakeVast(ok({"results": [], "total": 0}))
+    async with client_for(fake) as client:
+        assert await client.charges(start=1000, end=2000, limit=50) == {"results": [], "total": 0}
+        await client.invoices(start=1000, end=2000)
+        await client.charges(end=1_000_000)
+    charges, invoices, default_window = fake.requests
+    assert (charges.method, charges.url.path) == ("GET", "/api/v0/charges/")
+    assert json.loads(charges.url.params["select_filters"]) == {"day": {"gte": 1000, "lte": 2000}}
+    assert charges.url.params["limit"] == "50"
+    assert (invoices.method, invoices.url.path) == ("GET", "/api/v1/invoices/")
+    assert json.loads(invoices.url.params["select_filters"]) == {"when": {"gte": 1000, "lte": 2000}}
+    assert json.loads(default_window.url.params["select_filters"]) == {
+        "day": {"gte": 1_000_000 - 7 * 86400, "lte": 1_000_000}
+    }
+
+
+async def test_request_logs_polls_the_result_url_without_leaking_the_key_to_another_host() -> None:
+    not_ready = httpx.Response(404, text="<Error>NoSuchKey</Error>")
+    fake = FakeVast(
+        ok({"success": True, "result_url": "https://bucket.example/logs/5.txt"}),
+        not_ready,
+        not_ready,
+        httpx.Response(200, text="line 1\nline 2\n"),
+    )
+    sleeps = Sleeps()
+    async with client_for(fake, sleeps) as client:
+        assert await client.request_logs(5, tail=20) == "line 1\nline 2\n"
+    put, *polls = fake.requests
+    assert (put.method, put.url.path) == ("PUT", "/api/v0/instances/request_logs/5/")
+    assert json.loads(put.content) == {"tail": "20"}
+    assert [str(p.url) for p in polls] == ["https://bucket.example/logs/5.txt"] * 3
+    assert all("authorization" not in p.headers for p in polls)
+    assert len(sleeps) == 2
+
+
+async def test_request_logs_gives_up_after_bounded_polls() -> None:
+    fake = FakeVast(ok({"result_url": f"{BASE}/logs/5"}), httpx.Response(404))
+    sleeps = Sleeps()
+    async with client_for(fake, sleeps) as client:
+        with pytest.raises(ApiError, match="not ready after 30 tries"):
+            await client.request_logs(5)
+    assert len(fake.requests) == 1 + 30
+    assert fake.requests[1].headers["authorization"] == f"Bearer {KEY}"  # same host as the API: key goes along
+
+
+# --- error mapping -----------------------------------------------------------------------------------------
+
+
+async def test_401_is_an_auth_error_that_says_what_to_do_without_the_key() -> None:
+    fake = FakeVast(ok({"success": False, "error": "auth_error", "msg": "Invalid user key"}, 401))
+    async with client_for(fake) as client:
+        with pytest.raises(AuthError) as caught:
+            await client.current_user()
+    message = str(caught.value)
+    assert "rejected the API key (HTTP 401" in message
+    assert "VAST_API_KEY" in message and "vastai set api-key" in message
+    assert caught.value.status_code == 401 and caught.value.error == "auth_error"
+    assert KEY not in message and KEY not in repr(caught.value)
+    assert len(fake.requests) == 1
+
+
+async def test_403_without_a_key_says_a_key_is_needed() -> None:
+    fake = FakeVast(ok({"success": False, "error": "auth_error", "msg": "This action requires login."}, 403))
+    async with client_for(fake, key=None) as client:
+        with pytest.raises(AuthError, match=r"needs an API key \(HTTP 403: This action requires login.\)"):
+            await client.list_instances()
+
+
+async def test_error_body_echoing_the_key_is_redacted() -> None:
+    fake = FakeVast(ok({"error": "auth_error", "msg": f"key {KEY} is not valid"}, 403))
+    async with client_for(fake) as client:
+        with pytest.raises(AuthError) as caught:
+            await client.current_user()
+    assert KEY not in str(caught.value)
+    assert "***" in str(caught.value)
+
+
+@pytest.mark.parametrize("status", [404, 410])
+async def test_404_and_410_are_not_found(status: int) -> None:
+    fake = FakeVast(ok({"error": "no_such_instance", "msg": "Instance 5 not found"}, status))
+    async with client_for(fake) as client:
+        with pytest.raises(NotFound, match=f"HTTP {status}: Instance 5 not found") as caught:
+            await client.start_instance(5)
+    assert caught.value.status_code == status
+
+
+@pytest.mark.parametrize("status", [404, 410])
+async def test_create_on_a_taken_offer_is_no_such_ask(status: int) -> None:
+    fake = FakeVast(ok({"success": False, "error": "no_such_ask", "msg": "Instance type no longer available."}, status))
+    async with client_for(fake) as client:
+        with pytest.raises(NoSuchAsk, match="try the next offer") as caught:
+            await client.create_instance(77, image="img", disk=10)
+    assert caught.value.error == "no_such_ask"
+    assert len(fake.requests) == 1
+
+
+async def test_other_4xx_carries_the_server_message() -> None:
+    fake = FakeVast(ok({"success": False, "error": "invalid_price", "msg": "bid too low"}, 400))
+    async with client_for(fake) as client:
+        with pytest.raises(ApiError, match=r"HTTP 400: bid too low") as caught:
+            await client.change_bid(5, 0.0001)
+    assert type(caught.value) is ApiError
+    assert caught.value.error == "invalid_price"
+
+
+async def test_429_after_every_attempt_is_rate_limited() -> None:
+    fake = FakeVast(ok({"detail": "API requests too frequent endpoint threshold=1.0"}, 429, **{"Retry-After": "2"}))
+    sleeps = Sleeps()
+    async with client_for(fake, sleeps, attempts=3) as client:
+        with pytest.raises(RateLimited, match="too frequent") as caught:
+            await client.list_instances()
+    assert len(fake.requests) == 3
+    assert sleeps == [2.0, 2.0]
+    assert caught.value.retry_after == 2.0
+    assert caught.value.status_code == 429
+
+
+async def test_html_502_page_is_retried_then_a_clear_api_error() -> None:
+    page = "<html><head><title>502 Bad Gateway</title></head><body><center>nginx</center></body></html>"
+    fake = FakeVast(httpx.Response(502, text=page, headers={"content-type": "text/html"}))
+    sleeps = Sleeps()
+    async with client_for(fake, sleeps, attempts=4) as client:
+        with pytest.raises(ApiError) as caught:
+            await client.current_user()
+    message = str(caught.value)
+    assert "HTTP 502 (an HTML page)" in message and "try again later" in message
+    assert "<html" not in message
+    assert len(fake.requests) == 4 and len(sleeps) == 3
+
+
+async def test_html_page_with_200_is_not_json() -> None:
+    fake = FakeVast(
+        httpx.Response(200, text="<!DOCTYPE html><html>login</html>", headers={"content-type": "text/html"})
+    )
+    async with client_for(fake) as client:
+        with pytest.raises(ApiError, match=r"with an HTML page instead of JSON \(HTTP 200\)"):
+            await client.list_instances()
+
+
+async def test_wrong_content_type_is_an_api_error() -> None:
+    fake = FakeVast(httpx.Response(200, text='{"offers": []}', headers={"content-type": "text/plain"}))
+    async with client_for(fake) as client:
+        with pytest.raises(ApiError, match="with text/plain instead of JSON"):
+            await client.search_offers("num_gpus=1")
+
+
+async def test_json_content_type_with_charset_is_accepted() -> None:
+    fake = FakeVast(httpx.Response(200, text='{"id": 3}', headers={"content-type": "application/json; charset=utf-8"}))
+    async with client_for(fake) as client:
+        assert await client.current_user() == {"id": 3}
+
+
+async def test_truncated_json_is_an_api_error_not_a_decode_error() -> None:
+    fake = FakeVast(
+        httpx.Response(200, text='{"instances": [{"id": 1, "actual_st', headers={"content-type": "application/json"})
+    )
+    async with client_for(fake) as client:
+        with pytest.raises(ApiError, match="malformed or truncated JSON") as caught:
+            await client.list_instances()
+    assert type(caught.value) is ApiError
+    assert caught.value.__cause__ is None and caught.value.__suppress_context__
+
+
+# --- retries -------------------------------------------------------------------------------------------------
+
+
+async def test_retry_after_is_honoured() -> None:
+    fake = FakeVast(ok({"detail": "slow down"}, 429, **{"Retry-After": "7"}), ok({"id": 1}))
+    sleeps = Sleeps()
+    async with client_for(fake, sleeps) as client:
+        assert await client.current_user() == {"id": 1}
+    assert sleeps == [7.0]
+
+
+async def test_retry_after_is_capped() -> None:
+    fake = FakeVast(ok({"detail": "slow down"}, 503, **{"Retry-After": "3600"}), ok({"id": 1}))
+    sleeps = Sleeps()
+    async with client_for(fake, sleeps) as client:
+        await client.current_user()
+    assert sleeps == [MAX_RETRY_AFTER] == [60.0]
+
+
+async def test_retry_after_as_an_http_date_in_the_past_means_now() -> None:
+    fake = FakeVast(ok({}, 429, **{"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"}), ok({"id": 1}))
+    sleeps = Sleeps()
+    async with client_for(fake, sleeps) as client:
+        await client.current_user()
+    assert sleeps == [0.0]
+
+
+async def test_backoff_without_retry_after_is_exponential_with_bounded_jitter() -> None:
+    fake = FakeVast(httpx.Response(503), httpx.Response(504), httpx.Response(502), ok({"id": 1}))
+    sleeps = Sleeps()
+    async with client_for(fake, sleeps, attempts=5) as client:
+        assert await client.current_user() == {"id": 1}
+    assert len(sleeps) == 3
+    for attempt, seconds in enumerate(sleeps, start=1):
+        assert 0 <= seconds <= 0.5 * 2**attempt
+
+
+async def test_connection_errors_are_retried_then_reported_clearly() -> None:
+    fake = FakeVast(httpx.ConnectError("connection refused"))
+    sleeps = Sleeps()
+    async with client_for(fake, sleeps, attempts=3) as client:
+        with pytest.raises(ApiError, match=r"Could not reach the Vast API at http://vast.test after 3 attempts"):
+            await client.current_user()
+    assert len(fake.requests) == 3 and len(sleeps) == 2
+
+
+async def test_a_connection_blip_is_retried() -> None:
+    fake = FakeVast(httpx.ReadTimeout("slow"), ok({"id": 1}))
+    async with client_for(fake) as client:
+        assert await client.current_user() == {"id": 1}
+    assert len(fake.requests) == 2
+
+
+async def test_other_4xx_and_500_are_not_retried() -> None:
+    fake = FakeVast(ok({"error": "bad"}, 400))
+    async with client_for(fake) as client:
+        with pytest.raises(ApiError):
+            await client.current_user()
+    assert len(fake.requests) == 1
+    fake = FakeVast(ok({"error": "server_error"}, 500))
+    async with client_for(fake) as client:
+        with pytest.raises(ApiError, match="HTTP 500: server_error"):
+            await client.current_user()
+    assert len(fake.requests) == 1
+
+
+# --- create is never blindly retried -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("status", [502, 503, 504])
+async def test_create_is_not_retried_on_gateway_errors_and_is_ambiguous(status: int) -> None:
+    fake = FakeVast(httpx.Response(status, text="<html>bad gateway</html>"), ok({"success": True, "new_contract": 1}))
+    sleeps = Sleeps()
+    async with client_for(fake, sleeps) as client:
+        with pytest.raises(AmbiguousCreate, match=f"may or may not have succeeded \\(HTTP {status}\\)") as caught:
+            await client.create_instance(77, image="img", disk=10, label="vastevents:j")
+    assert caught.value.instance_id is None
+    assert len(fake.requests) == 1 and sleeps == []
+
+
+async def test_create_is_not_retried_after_a_mid_request_failure() -> None:
+    fake = FakeVast(httpx.ReadTimeout("timed out"), ok({"success": True, "new_contract": 1}))
+    async with client_for(fake) as client:
+        with pytest.raises(AmbiguousCreate, match="reconcile by label"):
+            await client.create_instance(77, image="img", disk=10)
+    assert len(fake.requests) == 1
+
+
+async def test_create_reporting_failure_with_a_new_contract_names_the_instance() -> None:
+    fake = FakeVast(ok({"success": False, "error": "invalid_price", "msg": "bid below min", "new_contract": 9001}))
+    async with client_for(fake) as client:
+        with pytest.raises(AmbiguousCreate) as caught:
+            await client.create_instance(77, image="img", disk=10, price=0.01)
+    error = caught.value
+    assert isinstance(error, ApiError)
+    assert error.instance_id == 9001 and error.error == "invalid_price"
+    assert "9001" in str(error) and "bid below min" in str(error)
+    assert fake.body()["price"] == 0.01
+    assert len(fake.requests) == 1
+
+
+async def test_create_with_unreadable_success_answer_is_ambiguous() -> None:
+    fake = FakeVast(httpx.Response(200, text='{"success": tr', headers={"content-type": "application/json"}))
+    async with client_for(fake) as client:
+        with pytest.raises(AmbiguousCreate, match="not Vast's JSON"):
+            await client.create_instance(77, image="img", disk=10)
+
+
+async def test_create_refused_cleanly_is_a_plain_api_error() -> None:
+    fake = FakeVast(ok({"success": False, "error": "invalid_args", "msg": "disk too small"}))
+    async with client_for(fake) as client:
+        with pytest.raises(ApiError, match="disk too small") as caught:
+            await client.create_instance(77, image="img", disk=1)
+    assert not isinstance(caught.value, AmbiguousCreate)
+
+
+async def test_create_is_resent_only_when_the_server_surely_did_nothing() -> None:
+    fake = FakeVast(
+        ok({"detail": "API requests too frequent"}, 429, **{"Retry-After": "1"}),
+        httpx.ConnectError("refused"),
+        ok({"success": True, "new_contract": 55}),
+    )
+    async with client_for(fake) as client:
+        assert await client.create_instance(77, image="img", disk=10) == 55
+    assert len(fake.requests) == 3
+
+
+# --- secrecy and logging ---------------------------------------------------------------------------------------
+
+
+async def test_key_is_in_no_repr_error_or_debug_log(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="vastevents")
+    caplog.set_level(logging.DEBUG, logger="httpx")
+    fake = FakeVast(
+        ok({"id": 1}),
+        ok({"detail": "slow"}, 429),
+        ok({"error": "auth_error"}, 401),
+        httpx.ConnectError(f"failed for Bearer {KEY}"),
+    )
+    errors: list[BaseException] = []
+    async with client_for(fake, attempts=2) as client:
+        assert KEY not in repr(client)
+        await client.current_user()
+        for _ in range(2):
+            try:
+                await client.list_instances()
+            except ApiError as exc:
+                errors.append(exc)
+    assert len(errors) == 2
+    assert any("GET /api/v0/users/current/ -> 200" in r.getMessage() for r in caplog.records)
+    assert any("-> 429" in r.getMessage() for r in caplog.records)
+    assert all(r.name == "vastevents.vast" for r in caplog.records if "->" in r.getMessage())
+    assert KEY not in caplog.text
+    for error in errors:
+        assert KEY not in str(error) and KEY not in repr(error)
+
+
+def test_from_config_uses_config_url_and_resolved_key(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from vastevents.config import load_config
+
+    config_file = tmp_path / "vastevents.toml"
+    config_file.write_text('[vast]\nurl = "http://127.0.0.1:9"\n')
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("VAST_URL", raising=False)
+    monkeypatch.setenv("VAST_API_KEY", KEY)
+    client = VastClient.from_config(load_config(config_file))
+    assert client.base_url == "http://127.0.0.1:9"
+    assert KEY not in repr(client) and "***" in repr(client)
+    monkeypatch.setenv("VAST_URL", "http://127.0.0.1:8")
+    assert VastClient.from_config(load_config(config_file)).base_url == "http://127.0.0.1:8"

@@ -1,0 +1,546 @@
+"""Async client for the Vast.ai REST API: the one edge where vastevents talks to Vast.
+
+Retries live here and only here: 429/502/503/504 and connection errors are retried with exponential
+backoff and jitter, honouring ``Retry-After`` (at most 60 s), for a bounded number of attempts. Creating an
+instance spends money, so it is resent only when the server certainly did nothing (a 429, or a connection
+that never opened); any other unclear outcome raises :class:`AmbiguousCreate` so the caller reconciles by
+label. The API key goes only into the ``Authorization`` header: never into a URL, a message or a log line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from email.utils import parsedate_to_datetime
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Self, TypeVar
+
+import httpx
+from pydantic import BaseModel, ValidationError
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, wait_random_exponential
+
+from vastevents._logging import REDACTED, redact, register_secret
+from vastevents.errors import AmbiguousCreate, ApiError, AuthError, NoSuchAsk, NotFound, RateLimited
+from vastevents.models import Instance, Offer
+from vastevents.query import parse_query
+
+if TYPE_CHECKING:
+    from vastevents.config import Config
+
+log = logging.getLogger("vastevents.vast")
+
+DEFAULT_URL = "https://console.vast.ai"
+MAX_RETRY_AFTER = 60.0
+"""The longest server-requested wait honoured before a retry (seconds)."""
+
+_RETRY_STATUSES = frozenset({429, 502, 503, 504})
+_NEVER_SENT = (httpx.ConnectError, httpx.ConnectTimeout)
+_PAGE_SIZE = 25
+_INSTANCE_ORDER = json.dumps([{"col": "id", "dir": "asc"}])
+_KEY_HELP = "Set VAST_API_KEY or run `vastai set api-key`"
+_LOG_POLLS = 30
+_LOG_POLL_DELAY = 0.5
+_OFFER_TYPES = {"on-demand": "on-demand", "bid": "bid", "interruptible": "bid", "reserved": "reserved"}
+
+Sleep = Callable[[float], Awaitable[None]]
+_Model = TypeVar("_Model", bound=BaseModel)
+
+
+class _RetryableStatus(Exception):
+    """A response worth another try; carried through tenacity so the last one can become the error."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        super().__init__(f"HTTP {response.status_code}")
+        self.response = response
+        self.retry_after = _retry_after(response)
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    """Seconds from a ``Retry-After`` header (delta-seconds or an HTTP date), or None without a usable one."""
+    value = response.headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
+
+
+_backoff = wait_random_exponential(multiplier=0.5, max=30)
+
+
+def _wait(state: RetryCallState) -> float:
+    error = state.outcome.exception() if state.outcome else None
+    if isinstance(error, _RetryableStatus) and error.retry_after is not None:
+        return min(error.retry_after, MAX_RETRY_AFTER)
+    return _backoff(state)
+
+
+def _log_retry(state: RetryCallState) -> None:
+    error = state.outcome.exception() if state.outcome else None
+    wait = state.next_action.sleep if state.next_action else 0.0
+    log.debug(redact(f"attempt {state.attempt_number} failed ({error!r}); retrying in {wait:.2f} s"))
+
+
+def _transient(error: BaseException) -> bool:
+    return isinstance(error, _RetryableStatus | httpx.TransportError)
+
+
+def _certainly_not_processed(error: BaseException) -> bool:
+    """True when the server surely did nothing: it refused with 429, or the connection never opened."""
+    if isinstance(error, _RetryableStatus):
+        return error.response.status_code == 429
+    return isinstance(error, _NEVER_SENT)
+
+
+def _error_details(response: httpx.Response) -> tuple[str | None, str | None]:
+    """The ``error`` code and human message from an error body, if it is Vast's JSON."""
+    try:
+        body = response.json()
+    except ValueError:
+        return None, None
+    if not isinstance(body, dict):
+        return None, None
+    code = body.get("error")
+    message = body.get("msg") or body.get("detail") or body.get("message")
+    return (str(code) if code else None), (str(message) if message else None)
+
+
+def _content_kind(response: httpx.Response) -> str:
+    content_type = response.headers.get("content-type", "")
+    if "html" in content_type.lower() or response.text.lstrip().lower().startswith(("<!doctype", "<html")):
+        return "an HTML page"
+    return content_type or "a response without a content type"
+
+
+def _model(model: type[_Model], row: object, what: str) -> _Model:
+    """Validate one row; the error names the fields, never the values (rows can carry secrets in env)."""
+    try:
+        return model.model_validate(row)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or what}: {e['msg']}" for e in exc.errors())
+        raise ApiError(f"The Vast API sent {what} vastevents cannot read ({problems})") from None
+
+
+class VastClient:
+    """Async Vast.ai API client; use ``async with VastClient(key) as client:`` or call :meth:`aclose`."""
+
+    def __init__(
+        self,
+        api_key: str | None,
+        base_url: str = DEFAULT_URL,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+        timeout: float = 30.0,
+        max_attempts: int = 5,
+        sleep: Sleep = asyncio.sleep,
+    ) -> None:
+        if max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1")
+        register_secret(api_key)
+        self._api_key = api_key or None
+        self.base_url = base_url.rstrip("/")
+        self._max_attempts = max_attempts
+        self._sleep = sleep
+        headers = {"Accept": "application/json", "User-Agent": "vastevents"}
+        if self._api_key:
+            headers["Authorization"] = f"Bearer {self._api_key}"
+        self._http = httpx.AsyncClient(base_url=self.base_url, headers=headers, transport=transport, timeout=timeout)
+
+    @classmethod
+    def from_config(cls, config: Config, **kwargs: Any) -> VastClient:
+        """A client for ``config.vast.url`` (``VAST_URL`` already applied) with the key from env or key file."""
+        from vastevents.config import resolve_api_key
+
+        return cls(resolve_api_key(), config.vast.url, **kwargs)
+
+    def __repr__(self) -> str:
+        key = REDACTED if self._api_key else None
+        return f"VastClient(base_url={self.base_url!r}, api_key={key!r})"
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    # --- account -------------------------------------------------------------------------------------------
+
+    async def current_user(self) -> dict[str, Any]:
+        return await self._request_dict("GET", "/api/v0/users/current/")
+
+    async def charges(
+        self, *, start: float | None = None, end: float | None = None, limit: int = 100, after_token: str | None = None
+    ) -> dict[str, Any]:
+        """Charges between `start` and `end` (unix seconds; default the last 7 days), one page of `limit`."""
+        return await self._request_dict(
+            "GET", "/api/v0/charges/", params=self._billing_params("day", start, end, limit, after_token, "table")
+        )
+
+    async def invoices(
+        self, *, start: float | None = None, end: float | None = None, limit: int = 100, after_token: str | None = None
+    ) -> dict[str, Any]:
+        """Invoices between `start` and `end` (unix seconds; default the last 7 days), one page of `limit`."""
+        return await self._request_dict(
+            "GET", "/api/v1/invoices/", params=self._billing_params("when", start, end, limit, after_token, None)
+        )
+
+    @staticmethod
+    def _billing_params(
+        date_column: str, start: float | None, end: float | None, limit: int, after_token: str | None, fmt: str | None
+    ) -> dict[str, str]:
+        week = 7 * 24 * 3600
+        end = end if end is not None else (start + week if start is not None else time.time())
+        start = start if start is not None else end - week
+        params = {
+            "select_filters": json.dumps({date_column: {"gte": int(start), "lte": int(end)}}),
+            "latest_first": "false",
+            "limit": str(min(max(limit, 1), 100)),
+        }
+        if fmt:
+            params["format"] = fmt
+        if after_token:
+            params["after_token"] = after_token
+        return params
+
+    # --- offers and renting ----------------------------------------------------------------------------------
+
+    async def search_offers(
+        self,
+        query: str | dict[str, Any],
+        *,
+        type: str = "on-demand",
+        limit: int | None = None,
+        order: list[list[str]] | None = None,
+    ) -> list[Offer]:
+        """Offers matching `query` (the CLI's query language, or an already-built JSON query dict)."""
+        body = parse_query(query) if isinstance(query, str) else dict(query)
+        if type not in _OFFER_TYPES:
+            raise ValueError(f"offer type must be one of {', '.join(_OFFER_TYPES)}, not {type!r}")
+        body["type"] = _OFFER_TYPES[type]
+        if order is not None:
+            body["order"] = order
+        body.setdefault("order", [["dph_total", "asc"]])
+        if limit is not None:
+            body["limit"] = limit
+        result = await self._request_dict("POST", "/api/v0/bundles/", json_body=body)
+        rows = result.get("offers")
+        if not isinstance(rows, list):
+            raise ApiError("The Vast API answered an offer search without an 'offers' list")
+        return [_model(Offer, row, "an offer") for row in rows]
+
+    async def create_instance(
+        self,
+        ask_id: int,
+        *,
+        image: str,
+        disk: float,
+        label: str | None = None,
+        price: float | None = None,
+        env: dict[str, str] | None = None,
+        onstart: str | None = None,
+        runtype: str = "ssh_direct",
+    ) -> int:
+        """Rent offer `ask_id`; returns the new instance id. A non-null `price` makes it an interruptible bid.
+
+        Raises :class:`NoSuchAsk` when someone rented the offer first, and :class:`AmbiguousCreate` when an
+        instance may exist although the call failed (reconcile by `label`, destroy what you do not want).
+        """
+        path = f"/api/v0/asks/{ask_id}/"
+        body = {
+            "client_id": "me",
+            "image": image,
+            "env": env or {},
+            "price": price,
+            "disk": disk,
+            "label": label,
+            "onstart": onstart,
+            "runtype": runtype,
+        }
+        unclear = f"Creating an instance from offer {ask_id} may or may not have succeeded"
+        try:
+            response = await self._send("PUT", path, json_body=body, resend=_certainly_not_processed)
+        except _NEVER_SENT as exc:
+            raise self._unreachable(exc) from None
+        except httpx.TransportError as exc:
+            raise AmbiguousCreate(
+                f"{unclear} (the connection failed mid-request: {type(exc).__name__}); reconcile by label"
+            ) from None
+        status = response.status_code
+        try:
+            result = response.json()
+        except ValueError:
+            result = None
+        if isinstance(result, dict) and result.get("new_contract") and result.get("success") is not True:
+            instance_id = int(result["new_contract"])
+            detail = result.get("msg") or result.get("error") or "no reason given"
+            raise AmbiguousCreate(
+                redact(
+                    f"{unclear}: Vast reported failure ({detail}) but created instance {instance_id}; "
+                    "destroy or adopt it"
+                ),
+                instance_id=instance_id,
+                status_code=status,
+                error=str(result.get("error")) if result.get("error") else None,
+            )
+        if status >= 500:
+            raise AmbiguousCreate(f"{unclear} (HTTP {status}); reconcile by label", status_code=status)
+        if status >= 400:
+            raise self._error(response, "PUT", path, ask_id=ask_id)
+        if not isinstance(result, dict):
+            raise AmbiguousCreate(f"{unclear}: the answer was not Vast's JSON (HTTP {status}); reconcile by label")
+        if result.get("success") is False:
+            detail = result.get("msg") or result.get("error") or "no reason given"
+            raise ApiError(
+                redact(f"Vast refused to create an instance from offer {ask_id}: {detail}"),
+                status_code=status,
+                error=str(result.get("error")) if result.get("error") else None,
+            )
+        try:
+            return int(result["new_contract"])
+        except (KeyError, TypeError, ValueError):
+            raise AmbiguousCreate(f"{unclear}: the answer named no new instance; reconcile by label") from None
+
+    # --- instances -----------------------------------------------------------------------------------------
+
+    async def list_instances(self) -> list[Instance]:
+        """Every instance on the account, one GET per page of 25; any failed page fails the whole list."""
+        instances: dict[int, Instance] = {}
+        params = {"select_filters": "{}", "order_by": _INSTANCE_ORDER, "limit": str(_PAGE_SIZE)}
+        tokens: set[str] = set()
+        while True:
+            page = await self._request_dict("GET", "/api/v1/instances/", params=params)
+            rows = page.get("instances")
+            if not isinstance(rows, list):
+                raise ApiError("The Vast API answered the instance list without an 'instances' list")
+            for row in rows:
+                instance = _model(Instance, row, "an instance row")
+                instances[instance.id] = instance
+            token = page.get("next_token")
+            if not token:
+                return list(instances.values())
+            token = str(token)
+            if token in tokens:
+                raise ApiError("The Vast API repeated a page token while listing instances; try again")
+            tokens.add(token)
+            params["after_token"] = token
+
+    async def get_instance(self, instance_id: int) -> Instance | None:
+        """One instance, or None once it is gone."""
+        try:
+            result = await self._request_dict("GET", f"/api/v0/instances/{instance_id}/", params={"owner": "me"})
+        except NotFound:
+            return None
+        row = result.get("instances")
+        if row is None:
+            return None
+        return _model(Instance, row, "an instance row")
+
+    async def destroy_instance(self, instance_id: int) -> bool:
+        """Destroy an instance; False when it was already gone (404), so destroying is safe to repeat."""
+        try:
+            await self._action("DELETE", f"/api/v0/instances/{instance_id}/", {})
+        except NotFound:
+            return False
+        return True
+
+    async def start_instance(self, instance_id: int) -> None:
+        await self._action("PUT", f"/api/v0/instances/{instance_id}/", {"state": "running"})
+
+    async def stop_instance(self, instance_id: int) -> None:
+        await self._action("PUT", f"/api/v0/instances/{instance_id}/", {"state": "stopped"})
+
+    async def reboot_instance(self, instance_id: int) -> None:
+        await self._action("PUT", f"/api/v0/instances/reboot/{instance_id}/", {})
+
+    async def set_label(self, instance_id: int, label: str) -> None:
+        await self._action("PUT", f"/api/v0/instances/{instance_id}/", {"label": label})
+
+    async def change_bid(self, instance_id: int, price: float) -> None:
+        await self._action("PUT", f"/api/v0/instances/bid_price/{instance_id}/", {"client_id": "me", "price": price})
+
+    async def request_logs(self, instance_id: int, tail: int = 50) -> str:
+        """The last `tail` lines of an instance's log: ask for them, then poll the result URL a bounded time."""
+        path = f"/api/v0/instances/request_logs/{instance_id}/"
+        result = await self._action("PUT", path, {"tail": str(tail)})
+        result_url = result.get("result_url")
+        if not isinstance(result_url, str) or not result_url:
+            raise ApiError(f"The Vast API gave no result_url for the logs of instance {instance_id}")
+        same_origin = httpx.URL(result_url).netloc == httpx.URL(self.base_url).netloc
+        headers = {"Authorization": f"Bearer {self._api_key}"} if same_origin and self._api_key else {}
+        status: str = "no answer"
+        for attempt in range(_LOG_POLLS):
+            if attempt:
+                await self._sleep(_LOG_POLL_DELAY)
+            try:
+                response = await self._http.send(httpx.Request("GET", result_url, headers=headers))
+            except httpx.TransportError as exc:
+                status = type(exc).__name__
+                continue
+            log.debug(redact(f"GET {httpx.URL(result_url).path} -> {response.status_code}"))
+            if response.status_code == 200:
+                return response.text
+            status = f"HTTP {response.status_code}"
+        raise ApiError(f"The logs of instance {instance_id} were not ready after {_LOG_POLLS} tries (last: {status})")
+
+    # --- ssh keys ------------------------------------------------------------------------------------------
+
+    async def list_ssh_keys(self) -> list[dict[str, Any]]:
+        result = await self._request("GET", "/api/v0/ssh/")
+        if isinstance(result, dict):
+            result = next((value for value in result.values() if isinstance(value, list)), [])
+        if not isinstance(result, list):
+            raise ApiError("The Vast API answered the SSH key list with something that is not a list")
+        return [key for key in result if isinstance(key, dict)]
+
+    async def add_ssh_key(self, public_key: str) -> dict[str, Any]:
+        return await self._action("POST", "/api/v0/ssh/", {"ssh_key": public_key})
+
+    async def attach_ssh_key(self, instance_id: int, public_key: str) -> dict[str, Any]:
+        return await self._action("POST", f"/api/v0/instances/{instance_id}/ssh/", {"ssh_key": public_key})
+
+    # --- plumbing ------------------------------------------------------------------------------------------
+
+    async def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict[str, str] | None = None,
+        json_body: Any = None,
+        resend: Callable[[BaseException], bool] = _transient,
+    ) -> httpx.Response:
+        """Send with retries (those `resend` allows); return the last response, even a 429/5xx one.
+
+        Raises ``httpx.TransportError`` when the last attempt could not get a response at all.
+        """
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self._max_attempts),
+            wait=_wait,
+            retry=retry_if_exception(resend),
+            sleep=self._sleep,
+            before_sleep=_log_retry,
+            reraise=True,
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    started = time.monotonic()
+                    response = await self._http.request(method, path, params=params, json=json_body)
+                    elapsed_ms = (time.monotonic() - started) * 1000
+                    log.debug(
+                        redact(
+                            f"{method} {response.request.url.raw_path.decode()} -> "
+                            f"{response.status_code} ({elapsed_ms:.0f} ms)"
+                        )
+                    )
+                    if response.status_code in _RETRY_STATUSES:
+                        raise _RetryableStatus(response)
+        except _RetryableStatus as last:
+            return last.response
+        return response
+
+    async def _request(
+        self, method: str, path: str, *, params: dict[str, str] | None = None, json_body: Any = None
+    ) -> Any:
+        """Send (with retries) and return the decoded JSON, or raise the :class:`ApiError` that fits."""
+        try:
+            response = await self._send(method, path, params=params, json_body=json_body)
+        except httpx.TransportError as exc:
+            raise self._unreachable(exc) from None
+        if response.status_code >= 400:
+            raise self._error(response, method, path)
+        content_type = response.headers.get("content-type", "").split(";")[0].strip().lower()
+        if content_type != "application/json":
+            raise ApiError(
+                f"The Vast API answered {method} {path} with {_content_kind(response)} instead of JSON "
+                f"(HTTP {response.status_code}); is {self.base_url} the Vast API?",
+                status_code=response.status_code,
+            )
+        try:
+            return response.json()
+        except ValueError:
+            raise ApiError(
+                f"The Vast API sent malformed or truncated JSON for {method} {path} (HTTP {response.status_code}); "
+                "try again",
+                status_code=response.status_code,
+            ) from None
+
+    async def _request_dict(
+        self, method: str, path: str, *, params: dict[str, str] | None = None, json_body: Any = None
+    ) -> dict[str, Any]:
+        result = await self._request(method, path, params=params, json_body=json_body)
+        if not isinstance(result, dict):
+            raise ApiError(f"The Vast API answered {method} {path} with JSON that is not an object")
+        return result
+
+    async def _action(self, method: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        """A state-changing call; ``{"success": false}`` becomes an :class:`ApiError`."""
+        result = await self._request_dict(method, path, json_body=body)
+        if result.get("success") is False:
+            code = str(result["error"]) if result.get("error") else None
+            detail = result.get("msg") or code or "no reason given"
+            raise ApiError(redact(f"The Vast API refused {method} {path}: {detail}"), error=code)
+        return result
+
+    def _unreachable(self, exc: httpx.TransportError) -> ApiError:
+        return ApiError(
+            redact(
+                f"Could not reach the Vast API at {self.base_url} after {self._max_attempts} attempts "
+                f"({type(exc).__name__}: {exc or 'no detail'}); check the network or VAST_URL"
+            )
+        )
+
+    def _error(self, response: httpx.Response, method: str, path: str, *, ask_id: int | None = None) -> ApiError:
+        """Map an HTTP error response to the error a user can act on (never echoing the key)."""
+        status = response.status_code
+        code, message = _error_details(response)
+        detail = f": {message}" if message else (f": {code}" if code else "")
+        if status in (401, 403):
+            if self._api_key is None:
+                text = f"The Vast API needs an API key (HTTP {status}{detail}). {_KEY_HELP}."
+            else:
+                text = f"The Vast API rejected the API key (HTTP {status}{detail}). {_KEY_HELP}."
+            return AuthError(redact(text), status_code=status, error=code)
+        if status in (404, 410) and (ask_id is not None or code == "no_such_ask"):
+            what = f"Offer {ask_id}" if ask_id is not None else "The offer"
+            return NoSuchAsk(
+                redact(f"{what} is no longer available (HTTP {status}{detail}); try the next offer"),
+                status_code=status,
+                error=code or "no_such_ask",
+            )
+        if status in (404, 410):
+            return NotFound(
+                redact(f"{method} {path}: not found (HTTP {status}{detail})"), status_code=status, error=code
+            )
+        if status == 429:
+            retry_after = _retry_after(response)
+            return RateLimited(
+                redact(
+                    f"The Vast API is rate-limiting requests (HTTP 429{detail}) after {self._max_attempts} "
+                    "attempts; wait a minute and try again"
+                ),
+                retry_after=retry_after,
+            )
+        if status >= 500:
+            body = detail or f" ({_content_kind(response)})"
+            return ApiError(
+                redact(f"The Vast API failed {method} {path} with HTTP {status}{body}; try again later"),
+                status_code=status,
+                error=code,
+            )
+        return ApiError(
+            redact(f"The Vast API refused {method} {path} (HTTP {status}{detail})"), status_code=status, error=code
+        )
