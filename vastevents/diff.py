@@ -1,0 +1,256 @@
+"""Turning two instance lists into events: the pure diff and the cause detectors.
+
+Pure core: no I/O and no clock of its own; ``now`` and the thresholds (:class:`Rules`) come in as arguments,
+and the detector state comes in with the previous :class:`Snapshot` and goes out with the next one.
+
+Per instance, the status event (``appeared``, ``X_to_Y``, ``vanished``) comes first, then the semantic
+events in the order of :data:`DETECTORS`. Instances are visited in id order.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Collection, Iterable
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+
+from vastevents.events import (
+    APPEARED,
+    HOST_FLAP,
+    OFFLINE_TOO_LONG,
+    PREEMPTED,
+    STUCK_LOADING,
+    VANISHED,
+    Event,
+    transition_name,
+)
+from vastevents.models import Instance, State
+from vastevents.snapshot import InstanceView, Snapshot
+
+DOWN_STATES = frozenset({State.STOPPED, State.EXITED, State.OFFLINE})
+"""States that count as "down" for a running instance that is meant to run."""
+
+IMAGE_ERROR = re.compile(
+    r"oci runtime create failed|pull access denied|error pulling image|failed to pull|image ?pull"
+    r"|manifest (?:unknown|for \S+ not found)|repository does not exist|no such image|errimagepull",
+    re.IGNORECASE,
+)
+"""``status_msg`` shapes of a load that will never finish (image pull and container create errors)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Rules:
+    """Detector thresholds, in seconds (``flap_count``: offline episodes within ``flap_window``)."""
+
+    stuck_after: float = 900.0
+    offline_grace: float = 600.0
+    preempt_grace: float = 120.0
+    flap_window: float = 3600.0
+    flap_count: int = 3
+
+
+@dataclass(frozen=True, slots=True)
+class _Seen:
+    """What one detector looks at: the instance's view before this poll (if any) and after it."""
+
+    previous: InstanceView | None
+    current: InstanceView
+    now: datetime
+    rules: Rules
+    stop_requested: bool
+
+
+Detector = Callable[[_Seen], str | None]
+"""A cause detector returns the event's detail when it fires this poll, else None."""
+
+
+def observe(
+    previous: Snapshot,
+    instances: Iterable[Instance],
+    now: datetime,
+    rules: Rules | None = None,
+    *,
+    catch_up: bool = False,
+    stop_requested: Collection[int] = (),
+) -> tuple[Snapshot, list[Event]]:
+    """The next snapshot (detector state carried forward) and the events between `previous` and `instances`.
+
+    `instances` must be a complete list. `stop_requested` holds the ids we asked to stop ourselves (so a
+    bid instance we stopped is not reported as preempted). Events are unjournaled (``id == 0``).
+    """
+    rules = rules or Rules()
+    current = {instance.id: instance for instance in instances}
+    views: dict[int, InstanceView] = {}
+    events: list[Event] = []
+    for instance_id in sorted(previous.views.keys() | current.keys()):
+        before = previous.views.get(instance_id)
+        row = current.get(instance_id)
+        if row is None:
+            assert before is not None
+            events.append(_status_event(VANISHED, before.instance, before.state, None, now, catch_up))
+            continue
+        view, instance_events = _observe_one(
+            before, row, now, rules, catch_up=catch_up, stop_requested=instance_id in stop_requested
+        )
+        views[instance_id] = view
+        events.extend(instance_events)
+    return Snapshot(views, now), events
+
+
+def diff(
+    previous: Snapshot,
+    current: Snapshot,
+    now: datetime,
+    rules: Rules | None = None,
+    *,
+    catch_up: bool = False,
+    stop_requested: Collection[int] = (),
+) -> list[Event]:
+    """The events between two snapshots at `now` (only `previous` carries detector state)."""
+    return observe(previous, current.instances(), now, rules, catch_up=catch_up, stop_requested=stop_requested)[1]
+
+
+def _observe_one(
+    before: InstanceView | None,
+    row: Instance,
+    now: datetime,
+    rules: Rules,
+    *,
+    catch_up: bool,
+    stop_requested: bool,
+) -> tuple[InstanceView, list[Event]]:
+    state = row.state
+    events: list[Event] = []
+    if before is None:
+        view = InstanceView(instance=row, first_seen=now, since=now)
+        events.append(_status_event(APPEARED, row, None, state, now, catch_up))
+    elif before.state is not state:
+        view = _next_episode(before, row, now, rules)
+        events.append(_status_event(transition_name(before.state, state), row, before.state, state, now, catch_up))
+    else:
+        view = replace(before, instance=row)
+    seen = _Seen(before, view, now, rules, stop_requested)
+    for name, detector in DETECTORS:
+        if name in view.reported or (detail := detector(seen)) is None:
+            continue
+        old = State.RUNNING if name == PREEMPTED else state
+        events.append(
+            Event(
+                name=name,
+                instance_id=row.id,
+                old=old.value,
+                new=state.value,
+                at=now,
+                catch_up=catch_up,
+                instance=row,
+                raw=_raw(row),
+                detail=detail,
+            )
+        )
+        view = replace(view, reported=view.reported | {name})
+        if name == HOST_FLAP:
+            view = replace(view, flaps=())  # the next report needs `flap_count` new flaps
+    return view, events
+
+
+def _next_episode(before: InstanceView, row: Instance, now: datetime, rules: Rules) -> InstanceView:
+    """The view after a status change: a new ``since``, and the down/flap bookkeeping updated."""
+    state = row.state
+    went_down = before.state is State.RUNNING and before.instance.intended_status == "running"
+    down_since = None
+    if state in DOWN_STATES:
+        down_since = now if went_down else before.down_since
+    reported = frozenset({PREEMPTED} & before.reported) if state is not State.RUNNING else frozenset()
+    flaps = before.flaps
+    if state is State.OFFLINE:
+        window_start = now - timedelta(seconds=rules.flap_window)
+        flaps = (*(at for at in before.flaps if at >= window_start), now)
+    return replace(before, instance=row, since=now, down_since=down_since, flaps=flaps, reported=reported)
+
+
+def _status_event(
+    name: str, instance: Instance, old: State | None, new: State | None, now: datetime, catch_up: bool
+) -> Event:
+    return Event(
+        name=name,
+        instance_id=instance.id,
+        old=old.value if old is not None else None,
+        new=new.value if new is not None else None,
+        at=now,
+        catch_up=catch_up,
+        instance=instance,
+        raw=_raw(instance),
+    )
+
+
+def _raw(instance: Instance) -> str | None:
+    return instance.raw_status if instance.state is State.UNKNOWN else None
+
+
+def _minutes(seconds: float) -> str:
+    whole = int(seconds)
+    return f"{whole // 60}m{whole % 60:02d}s" if whole >= 60 else f"{whole}s"
+
+
+def detect_preempted(seen: _Seen) -> str | None:
+    """Running and meant to run, now down beyond grace while still meant to run; or the outbid shape."""
+    instance = seen.current.instance
+    before = seen.previous
+    if (
+        before is not None
+        and before.state is State.RUNNING
+        and instance.is_bid
+        and instance.cur_state == instance.intended_status == instance.next_state == "stopped"
+        and not seen.stop_requested
+    ):
+        return "outbid: a bid instance was stopped without a stop request from us"
+    down_since = seen.current.down_since
+    if down_since is None or seen.current.state not in DOWN_STATES or instance.intended_status != "running":
+        return None
+    down_for = (seen.now - down_since).total_seconds()
+    if down_for < seen.rules.preempt_grace:
+        return None
+    return f"{seen.current.state.value} for {_minutes(down_for)} while meant to be running"
+
+
+def detect_stuck_loading(seen: _Seen) -> str | None:
+    """Loading longer than ``stuck_after`` since we first saw it loading, or an image-pull error right away."""
+    if seen.current.state is not State.LOADING:
+        return None
+    message = seen.current.instance.status_msg or ""
+    if IMAGE_ERROR.search(message):
+        return f"image error: {message.strip()}"
+    loading_for = (seen.now - seen.current.since).total_seconds()
+    if loading_for >= seen.rules.stuck_after:
+        return f"loading for {_minutes(loading_for)}"
+    return None
+
+
+def detect_offline_too_long(seen: _Seen) -> str | None:
+    """Offline beyond ``offline_grace`` (short flaps stay quiet)."""
+    if seen.current.state is not State.OFFLINE:
+        return None
+    offline_for = (seen.now - seen.current.since).total_seconds()
+    if offline_for < seen.rules.offline_grace:
+        return None
+    return f"offline for {_minutes(offline_for)}"
+
+
+def detect_host_flap(seen: _Seen) -> str | None:
+    """Went offline ``flap_count`` times within ``flap_window`` (counted on the latest offline transition)."""
+    flaps = seen.current.flaps
+    if seen.current.state is not State.OFFLINE or not flaps or flaps[-1] != seen.now:
+        return None
+    if len(flaps) < seen.rules.flap_count:
+        return None
+    machine = seen.current.instance.machine_id
+    where = f" (machine {machine})" if machine is not None else ""
+    return f"went offline {len(flaps)} times within {_minutes(seen.rules.flap_window)}{where}"
+
+
+DETECTORS: tuple[tuple[str, Detector], ...] = (
+    (PREEMPTED, detect_preempted),
+    (STUCK_LOADING, detect_stuck_loading),
+    (OFFLINE_TOO_LONG, detect_offline_too_long),
+    (HOST_FLAP, detect_host_flap),
+)

@@ -1,0 +1,113 @@
+"""Events: frozen values describing what changed. Pure core: no I/O, no clock.
+
+Transition names come from :func:`transition_name` only (``f"{old}_to_{new}"`` over :class:`State`).
+Semantic events (``preempted``, ``stuck_loading``, ...) are named by the constants below. An event's ``id``
+is its position in the journal; it is ``0`` until the store has journaled it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Any
+
+from vastevents.models import Instance, State
+
+APPEARED = "appeared"
+VANISHED = "vanished"
+PREEMPTED = "preempted"
+STUCK_LOADING = "stuck_loading"
+OFFLINE_TOO_LONG = "offline_too_long"
+HOST_FLAP = "host_flap"
+HANDLER_FAILED = "handler_failed"
+POLL_FAILED = "poll_failed"
+
+ANY_CHANGE = "any_change"
+"""Wildcard: every change of an instance's status (transitions, ``appeared``, ``vanished``)."""
+EVERYTHING = "*"
+"""Wildcard: every event, semantic and failure events included."""
+
+SEMANTIC_EVENTS = (PREEMPTED, STUCK_LOADING, OFFLINE_TOO_LONG, HOST_FLAP)
+RUNTIME_EVENTS = (HANDLER_FAILED, POLL_FAILED)
+HANDLER_EVENTS = ("job_started", "job_finished", "job_failed", "budget_exceeded", "recovered")
+"""Events that built-in handlers journal themselves; listed so subscriptions to them are not typos."""
+_STATE_NAMES = frozenset(state.value for state in State)
+
+JSON_KEYS = ("id", "name", "instance_id", "old", "new", "at", "catch_up", "instance")
+"""The keys of an event as JSON (``watch --jsonl`` and ``events --json``), in this order."""
+
+
+def transition_name(old: State, new: State) -> str:
+    """The one place transition events get their names, e.g. ``loading_to_running``."""
+    return f"{old.value}_to_{new.value}"
+
+
+def is_transition(name: str) -> bool:
+    """True for ``X_to_Y`` over known state names."""
+    old, sep, new = name.partition("_to_")
+    return bool(sep) and old in _STATE_NAMES and new in _STATE_NAMES
+
+
+def is_status_change(name: str) -> bool:
+    """True for the events the ``any_change`` wildcard covers."""
+    return name in (APPEARED, VANISHED) or is_transition(name)
+
+
+def is_known_event_name(name: str) -> bool:
+    """True for every name a handler may subscribe to (used to catch typos in subscriptions)."""
+    return name in (
+        APPEARED,
+        VANISHED,
+        ANY_CHANGE,
+        EVERYTHING,
+        *SEMANTIC_EVENTS,
+        *RUNTIME_EVENTS,
+        *HANDLER_EVENTS,
+    ) or is_transition(name)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Event:
+    """One thing that happened to one instance (or to the watcher, for ``poll_failed``).
+
+    ``old``/``new`` are state names (``None`` where there is none: ``new`` of ``vanished``); ``raw`` is the
+    status string exactly as Vast sent it when it mapped to ``unknown``; ``instance`` is the view the event
+    is about (the last known one for ``vanished``); ``detail`` is a short human explanation.
+    """
+
+    id: int = 0
+    name: str
+    instance_id: int | None
+    old: str | None = None
+    new: str | None = None
+    at: datetime
+    catch_up: bool = False
+    instance: Instance | None = None
+    raw: str | None = None
+    detail: str = ""
+
+    def journaled(self, event_id: int) -> Event:
+        """This event with the journal id the store gave it."""
+        return replace(self, id=event_id)
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON object users and scripts see (exactly :data:`JSON_KEYS`)."""
+        return {
+            "id": self.id,
+            "name": self.name,
+            "instance_id": self.instance_id,
+            "old": self.old,
+            "new": self.new,
+            "at": self.at.isoformat().replace("+00:00", "Z"),
+            "catch_up": self.catch_up,
+            "instance": self.instance.model_dump(mode="json") if self.instance is not None else None,
+        }
+
+    def describe(self) -> str:
+        """One human line without the time, e.g. ``#4 loading_to_running 1001 (vastevents:job-1)``."""
+        who = f" {self.instance_id}" if self.instance_id is not None else ""
+        label = f" ({self.instance.label})" if self.instance is not None and self.instance.label else ""
+        raw = f" [raw status {self.raw!r}]" if self.raw is not None else ""
+        detail = f": {self.detail}" if self.detail else ""
+        catch_up = " (catch-up)" if self.catch_up else ""
+        return f"#{self.id} {self.name}{who}{label}{raw}{catch_up}{detail}"
