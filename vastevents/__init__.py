@@ -5,6 +5,7 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from vastevents.errors import (
+    AmbiguousCreate,
     ApiError,
     AuthError,
     ConfigError,
@@ -15,8 +16,11 @@ from vastevents.errors import (
     VastEventsError,
 )
 from vastevents.models import Instance, Offer, State
+from vastevents.query import parse_query
+from vastevents.vast import VastClient
 
 __all__ = [
+    "AmbiguousCreate",
     "ApiError",
     "AuthError",
     "ConfigError",
@@ -27,6 +31,8 @@ __all__ = [
     "QueryError",
     "RateLimited",
     "State",
+    "VastClient",
     "VastEventsError",
     "__version__",
+    "parse_query",
 ]

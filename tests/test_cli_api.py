@@ -1,0 +1,307 @@
+"""`offers`, `status` and `check` end to end against a real HTTP server on loopback serving canned Vast JSON."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from vastevents.cli import app
+
+KEY = "vk-cli-test-9f8e7d6c5b4a-secret"
+
+OFFERS = [
+    {"id": 301, "gpu_name": "RTX 4090", "num_gpus": 1, "gpu_ram": 24564, "dph_total": 0.52, "reliability2": 0.99},
+    {"id": 302, "gpu_name": "RTX 3090", "num_gpus": 1, "gpu_ram": 24576, "dph_total": 0.21, "geolocation": "CA, US"},
+    {"id": 303, "gpu_name": "A100 SXM4", "num_gpus": 1, "gpu_ram": 40960, "dph_total": 1.1, "cpu_ram": 128000},
+]
+INSTANCES = [
+    {
+        "id": 9002,
+        "actual_status": "loading",
+        "intended_status": "running",
+        "label": "vastevents:job-2",
+        "gpu_name": "RTX 3090",
+        "num_gpus": 1,
+        "dph_total": 0.21,
+        "start_date": 1.0,
+        "extra_env": [],
+    },
+    {
+        "id": 9001,
+        "actual_status": "running",
+        "intended_status": "running",
+        "label": "vastevents:job-1",
+        "gpu_name": "RTX 4090",
+        "num_gpus": 1,
+        "dph_total": 0.52,
+        "ssh_host": "127.0.0.1",
+        "ssh_port": 41022,
+        "start_date": 1.0,
+        "extra_env": [],
+    },
+]
+
+
+@dataclass
+class Seen:
+    method: str
+    path: str
+    authorization: str | None
+    body: Any
+
+
+@dataclass
+class CannedVast:
+    """Canned answers by (method, path); every request is recorded."""
+
+    url: str = ""
+    routes: dict[tuple[str, str], tuple[int, Any]] = field(default_factory=dict)
+    seen: list[Seen] = field(default_factory=list)
+
+
+def _handler(canned: CannedVast) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def _answer(self) -> None:
+            path = self.path.split("?", 1)[0]
+            length = int(self.headers.get("content-length") or 0)
+            raw = self.rfile.read(length) if length else b""
+            canned.seen.append(
+                Seen(self.command, path, self.headers.get("authorization"), json.loads(raw) if raw else None)
+            )
+            status, body = canned.routes.get((self.command, path), (404, {"error": "not_found", "msg": path}))
+            payload = body.encode() if isinstance(body, str) else json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "text/html" if isinstance(body, str) else "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        do_GET = do_POST = do_PUT = do_DELETE = _answer
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    return Handler
+
+
+@pytest.fixture
+def canned() -> Iterator[CannedVast]:
+    state = CannedVast()
+    state.routes = {
+        ("GET", "/api/v0/users/current/"): (200, {"id": 7, "email": "dev@example.com", "credit": 12.5}),
+        ("POST", "/api/v0/bundles/"): (200, {"offers": OFFERS}),
+        ("GET", "/api/v1/instances/"): (200, {"success": True, "instances": INSTANCES, "next_token": None}),
+    }
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(state))
+    state.url = f"http://127.0.0.1:{server.server_address[1]}"
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield state
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, canned: CannedVast) -> Path:
+    """An isolated user: empty HOME and cwd, the key in the environment, VAST_URL at the canned server."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("VASTEVENTS_CONFIG", raising=False)
+    monkeypatch.setenv("VAST_URL", canned.url)
+    monkeypatch.setenv("VAST_API_KEY", KEY)
+    monkeypatch.setenv("COLUMNS", "200")
+    return tmp_path
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    """The CLI configures the vastevents/httpx loggers; put them back so other tests' caplog still works."""
+    names = ("vastevents", "httpx", "httpcore")
+    saved = {
+        n: (logging.getLogger(n).handlers[:], logging.getLogger(n).level, logging.getLogger(n).propagate) for n in names
+    }
+    yield
+    for name, (handlers, level, propagate) in saved.items():
+        logger = logging.getLogger(name)
+        logger.handlers[:], logger.level, logger.propagate = handlers, level, propagate
+
+
+def run_cli(*args: str) -> Any:
+    return CliRunner().invoke(app, list(args))
+
+
+def run_subprocess(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "vastevents", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=home,
+        env=os.environ.copy(),
+        check=False,
+    )
+
+
+# --- offers ----------------------------------------------------------------------------------------------------
+
+
+def test_offers_json_from_a_real_process_and_server(home: Path, canned: CannedVast) -> None:
+    result = run_subprocess("offers", "gpu_ram>=24 num_gpus=1", "--json", home=home)
+    assert result.returncode == 0, result.stderr
+    offers = json.loads(result.stdout)
+    assert [offer["id"] for offer in offers] == [302, 301, 303]
+    assert offers[0]["gpu_name"] == "RTX 3090" and offers[0]["geolocation"] == "CA, US"
+    (search,) = canned.seen
+    assert (search.method, search.path, search.authorization) == ("POST", "/api/v0/bundles/", f"Bearer {KEY}")
+    assert search.body["gpu_ram"] == {"gte": 24000.0}
+    assert search.body["num_gpus"] == {"eq": 1}
+    assert search.body["verified"] == {"eq": True} and search.body["type"] == "on-demand"
+
+
+def test_debug_logs_requests_without_the_key(home: Path, canned: CannedVast) -> None:
+    result = run_subprocess("--debug", "offers", "gpu_ram>=24 num_gpus=1", home=home)
+    assert result.returncode == 0, result.stderr
+    assert "POST /api/v0/bundles/ -> 200" in result.stderr
+    assert "vastevents.vast" in result.stderr
+    assert "302" in result.stdout
+    assert KEY not in result.stderr and KEY not in result.stdout
+    assert canned.seen[0].authorization == f"Bearer {KEY}"
+
+
+def test_offers_table_is_sorted_by_price(home: Path, canned: CannedVast) -> None:
+    result = run_cli("offers", "gpu_ram>=24")
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    assert "3 offers" in out
+    assert out.index("302") < out.index("301") < out.index("303")
+    assert "RTX 3090" in out and "0.210" in out and "25" in out  # 24576 MB shown as 25 GB
+
+
+def test_offers_limit_is_sent_and_applied(home: Path, canned: CannedVast) -> None:
+    result = run_cli("offers", "num_gpus=1", "--limit", "1", "--json")
+    assert result.exit_code == 0, result.output
+    assert [offer["id"] for offer in json.loads(result.stdout)] == [302]
+    assert canned.seen[0].body["limit"] == 1
+
+
+def test_offers_keeps_the_server_order_when_the_query_sets_one(home: Path, canned: CannedVast) -> None:
+    result = run_cli("offers", "num_gpus=1 -o 'gpu_ram-'", "--json")
+    assert result.exit_code == 0, result.output
+    assert [offer["id"] for offer in json.loads(result.stdout)] == [301, 302, 303]
+    assert canned.seen[0].body["order"] == [["gpu_ram", "desc"]]
+
+
+def test_bad_query_is_one_clear_line_and_nothing_is_sent(home: Path, canned: CannedVast) -> None:
+    result = run_cli("offers", "gpu_rams>=24")
+    assert result.exit_code == 1
+    assert result.stderr.startswith("error: unknown field 'gpu_rams'; valid fields:")
+    assert result.stderr.count("\n") == 1
+    assert canned.seen == []
+
+
+def test_non_json_answer_is_one_clear_line(home: Path, canned: CannedVast) -> None:
+    canned.routes[("POST", "/api/v0/bundles/")] = (200, "<html><body>Log in</body></html>")
+    result = run_cli("offers", "num_gpus=1")
+    assert result.exit_code == 1
+    assert "an HTML page instead of JSON" in result.stderr
+    assert "Traceback" not in result.output
+
+
+# --- status ----------------------------------------------------------------------------------------------------
+
+
+def test_status_table_lists_every_instance(home: Path, canned: CannedVast) -> None:
+    result = run_cli("status")
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    assert "2 instances" in out
+    assert out.index("9001") < out.index("9002")
+    assert "vastevents:job-1" in out and "ssh -p 41022 root@127.0.0.1" in out
+    assert "loading (wants running)" in out
+    (listing,) = canned.seen
+    assert (listing.method, listing.path) == ("GET", "/api/v1/instances/")
+
+
+def test_status_json(home: Path, canned: CannedVast) -> None:
+    result = run_cli("status", "--json")
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)
+    assert [(row["id"], row["actual_status"]) for row in rows] == [(9001, "running"), (9002, "loading")]
+
+
+def test_rejected_key_is_one_line_without_the_key_or_a_traceback(home: Path, canned: CannedVast) -> None:
+    canned.routes[("GET", "/api/v1/instances/")] = (401, {"success": False, "error": "auth_error", "msg": "bad key"})
+    result = run_cli("status")
+    assert result.exit_code == 1
+    assert result.stderr == (
+        "error: The Vast API rejected the API key (HTTP 401: bad key). Set VAST_API_KEY or run `vastai set api-key`.\n"
+    )
+    assert KEY not in result.output and "Traceback" not in result.output
+
+
+def test_bad_config_names_the_file(home: Path, canned: CannedVast) -> None:
+    bad = home / "bad.toml"
+    bad.write_text("[vast]\nurll = 'x'\n")
+    result = run_cli("status", "--config", str(bad))
+    assert result.exit_code == 1
+    assert "bad.toml" in result.stderr and "urll" in result.stderr
+    assert canned.seen == []
+
+
+# --- check -----------------------------------------------------------------------------------------------------
+
+
+def test_check_all_good(home: Path, canned: CannedVast) -> None:
+    (home / ".ssh").mkdir()
+    (home / ".ssh" / "id_ed25519.pub").write_text("ssh-ed25519 AAAA test\n")
+    result = run_cli("check")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert [line[0] for line in lines] == ["✓"] * 4
+    assert "built-in defaults" in lines[0]
+    assert "$VAST_API_KEY" in lines[1]
+    assert canned.url in lines[2] and "dev@example.com" in lines[2]
+    assert "id_ed25519.pub" in lines[3]
+    assert canned.seen[0].path == "/api/v0/users/current/"
+
+
+def test_check_reports_each_problem_with_what_to_do(home: Path, canned: CannedVast) -> None:
+    canned.routes[("GET", "/api/v0/users/current/")] = (401, {"error": "auth_error"})
+    result = run_cli("check")
+    assert result.exit_code == 1
+    lines = result.stdout.splitlines()
+    assert [line[0] for line in lines] == ["✓", "✓", "✗", "✗"]
+    assert "rejected the API key" in lines[2] and "VAST_API_KEY" in lines[2]
+    assert "ssh-keygen -t ed25519" in lines[3]
+    assert KEY not in result.output
+
+
+def test_check_without_a_key_finds_the_key_file_or_says_how_to_set_one(
+    home: Path, canned: CannedVast, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("VAST_API_KEY")
+    result = run_cli("check")
+    assert result.exit_code == 1
+    assert "✗ no API key: set VAST_API_KEY or run `vastai set api-key YOUR_KEY`" in result.stdout
+    assert canned.seen == []
+    key_file = home / ".config" / "vastai" / "vast_api_key"
+    key_file.parent.mkdir(parents=True)
+    key_file.write_text(KEY + "\n")
+    result = run_cli("check")
+    assert f"✓ API key found in {key_file}" in result.stdout
+    assert canned.seen[0].authorization == f"Bearer {KEY}"

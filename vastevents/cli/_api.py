@@ -1,0 +1,195 @@
+"""``offers``, ``status`` and ``check``: look at the market and the account, and check the setup."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections.abc import Coroutine, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, NoReturn, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from vastevents._logging import redact
+from vastevents.cli._app import ConfigOption, app
+from vastevents.config import Config, api_key_paths, load_config, resolve_api_key
+from vastevents.errors import VastEventsError
+from vastevents.models import Instance, Offer
+from vastevents.query import parse_query
+from vastevents.vast import VastClient
+
+_T = TypeVar("_T")
+_OK = "✓"
+_BAD = "✗"
+_SSH_KEYS = ("id_ed25519.pub", "id_rsa.pub")
+
+
+def _fail(message: str) -> NoReturn:
+    typer.echo(f"error: {redact(message)}", err=True)
+    raise typer.Exit(1)
+
+
+@contextmanager
+def _one_line_errors() -> Iterator[None]:
+    """Turn our own errors into one line on stderr and exit status 1, without a traceback."""
+    try:
+        yield
+    except VastEventsError as exc:
+        _fail(str(exc))
+
+
+def _run(coroutine: Coroutine[Any, Any, _T]) -> _T:
+    return asyncio.run(coroutine)
+
+
+def _text(value: object, fmt: str = "{}") -> str:
+    return "-" if value is None else fmt.format(value)
+
+
+def _gb(megabytes: float | None) -> str:
+    return "-" if megabytes is None else f"{megabytes / 1000:.0f}"
+
+
+def _price_key(item: Offer | Instance) -> tuple[bool, float]:
+    return item.dph_total is None, item.dph_total or 0.0
+
+
+@app.command()
+def offers(
+    query: Annotated[
+        str, typer.Argument(help="Offer query as in `vastai search offers`, e.g. 'gpu_ram>=24 num_gpus=1 -o dph'.")
+    ] = "",
+    limit: Annotated[int | None, typer.Option("--limit", "-n", min=1, help="Show at most N offers.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON array of offers.")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Search rentable offers, cheapest first (unless the query sets -o)."""
+    with _one_line_errors():
+        settings = load_config(config)
+        parsed = parse_query(query)
+        found = _run(_search(settings, parsed, limit))
+    if "order" not in parsed:
+        found.sort(key=_price_key)
+    if limit is not None:
+        found = found[:limit]
+    if as_json:
+        typer.echo(json.dumps([offer.model_dump(mode="json") for offer in found], indent=2))
+        return
+    table = Table(title=f"{len(found)} offers", title_justify="left")
+    for column in ("ask id", "gpu", "vram GB", "vcpu", "ram GB", "disk GB", "$/h", "reliab.", "net ↓/↑", "where"):
+        table.add_column(column, justify="left" if column in ("gpu", "where") else "right")
+    for offer in found:
+        table.add_row(
+            str(offer.id),
+            f"{_text(offer.num_gpus)}× {_text(offer.gpu_name)}",
+            _gb(offer.gpu_ram),
+            _text(offer.cpu_cores, "{:.0f}"),
+            _gb(offer.cpu_ram),
+            _text(offer.disk_space, "{:.0f}"),
+            _text(offer.dph_total, "{:.3f}"),
+            _text(offer.reliability2, "{:.3f}"),
+            f"{_text(offer.inet_down, '{:.0f}')}/{_text(offer.inet_up, '{:.0f}')}",
+            _text(offer.geolocation),
+        )
+    Console().print(table)
+
+
+async def _search(config: Config, query: dict[str, Any], limit: int | None) -> list[Offer]:
+    async with VastClient.from_config(config) as client:
+        return await client.search_offers(query, limit=limit)
+
+
+@app.command()
+def status(
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON array of instances.")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """List every instance on the account: id, label, status, GPU, price and how to SSH in."""
+    with _one_line_errors():
+        settings = load_config(config)
+        instances = sorted(_run(_list(settings)), key=lambda instance: instance.id)
+    if as_json:
+        typer.echo(redact(json.dumps([instance.model_dump(mode="json") for instance in instances], indent=2)))
+        return
+    table = Table(title=f"{len(instances)} instances", title_justify="left")
+    for column in ("id", "label", "status", "gpu", "$/h", "ssh"):
+        table.add_column(column, justify="right" if column in ("id", "$/h") else "left")
+    for instance in instances:
+        state = instance.actual_status or instance.state.value
+        if instance.intended_status and instance.intended_status != state:
+            state += f" (wants {instance.intended_status})"
+        ssh = f"ssh -p {instance.ssh_port} root@{instance.ssh_host}" if instance.ssh_host and instance.ssh_port else "-"
+        table.add_row(
+            str(instance.id),
+            _text(instance.label),
+            state,
+            f"{_text(instance.num_gpus)}× {_text(instance.gpu_name)}",
+            _text(instance.dph_total, "{:.3f}"),
+            ssh,
+        )
+    Console().print(table)
+
+
+async def _list(config: Config) -> list[Instance]:
+    async with VastClient.from_config(config) as client:
+        return await client.list_instances()
+
+
+@app.command()
+def check(config: ConfigOption = None) -> None:
+    """Check the setup: config, API key, that Vast accepts the key, and an SSH key to reach instances."""
+    results: list[bool] = []
+
+    def report(ok: bool, message: str) -> None:
+        results.append(ok)
+        typer.echo(f"{_OK if ok else _BAD} {redact(message)}")
+
+    settings: Config | None = None
+    try:
+        settings = load_config(config)
+        report(True, f"config valid: {settings.source or 'no config file, using built-in defaults'}")
+    except VastEventsError as exc:
+        report(False, f"config invalid: {exc}")
+
+    key = resolve_api_key()
+    if key:
+        report(True, f"API key found in {_key_source()}")
+    else:
+        report(False, "no API key: set VAST_API_KEY or run `vastai set api-key YOUR_KEY`")
+
+    if settings is None:
+        report(False, "API not checked: fix the config first")
+    elif key:
+        try:
+            user = _run(_current_user(settings))
+            who = user.get("email") or user.get("username") or f"user {user.get('id', '?')}"
+            report(True, f"Vast API at {settings.vast.url} reachable and the key is accepted ({who})")
+        except VastEventsError as exc:
+            report(False, str(exc))
+    else:
+        report(False, f"Vast API at {settings.vast.url} not checked: no API key")
+
+    ssh_dir = Path.home() / ".ssh"
+    public_key = next((ssh_dir / name for name in _SSH_KEYS if (ssh_dir / name).is_file()), None)
+    if public_key:
+        report(True, f"SSH public key {public_key}")
+    else:
+        report(False, f"no SSH key in {ssh_dir} ({' or '.join(_SSH_KEYS)}): run `ssh-keygen -t ed25519`")
+
+    if not all(results):
+        raise typer.Exit(1)
+
+
+def _key_source() -> str:
+    if os.environ.get("VAST_API_KEY", "").strip():
+        return "$VAST_API_KEY"
+    return str(next((path for path in api_key_paths() if path.is_file()), "a key file"))
+
+
+async def _current_user(config: Config) -> dict[str, Any]:
+    async with VastClient.from_config(config) as client:
+        return await client.current_user()
