@@ -1,0 +1,96 @@
+"""Scenario files: a world (seed, host count or explicit machines) and a timeline of scripted actions.
+
+TOML (or JSON with the same shape)::
+
+    [world]
+    seed = 7
+    hosts = 12            # or [[machine]] tables with explicit fields
+
+    [[step]]
+    at = "30s"            # after the simulator starts; numbers are seconds
+    action = "preempt"    # see vastevents.sim.world.ACTIONS
+    instance = "job-1"    # id, label, or label suffix after ':'
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vastevents.config import parse_duration
+from vastevents.errors import VastEventsError
+from vastevents.sim.world import ACTIONS, Step
+
+_SCENARIOS = Path(__file__).resolve().parent / "scenarios"
+
+
+class ScenarioError(VastEventsError):
+    """A scenario file is unreadable or names an unknown action; the message says which step."""
+
+
+@dataclass(frozen=True)
+class Scenario:
+    source: Path
+    seed: int | None = None
+    hosts: int | None = None
+    credit: float | None = None
+    machines: list[dict[str, Any]] = field(default_factory=list)
+    steps: list[Step] = field(default_factory=list)
+
+
+def builtin_scenario(name: str) -> Path:
+    """The path of a scenario shipped with vastevents (``demo``)."""
+    path = _SCENARIOS / f"{name}.toml"
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in _SCENARIOS.glob("*.toml")))
+        raise ScenarioError(f"no built-in scenario {name!r}; known: {known}")
+    return path
+
+
+def load_scenario(path: Path | str) -> Scenario:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ScenarioError(f"{path}: cannot read scenario: {exc.strerror}") from None
+    try:
+        data = json.loads(text) if path.suffix.lower() == ".json" else tomllib.loads(text)
+    except (ValueError, tomllib.TOMLDecodeError) as exc:
+        raise ScenarioError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'TOML'}: {exc}") from None
+    if not isinstance(data, dict):
+        raise ScenarioError(f"{path}: expected a table with [world] and [[step]] entries")
+    unknown = set(data) - {"world", "machine", "step", "description"}
+    if unknown:
+        raise ScenarioError(f"{path}: unknown top-level keys {sorted(unknown)}; expected world, machine, step")
+    world = data.get("world", {})
+    steps = []
+    for number, raw in enumerate(data.get("step", []), start=1):
+        where = f"{path}: step {number}"
+        if not isinstance(raw, dict) or "action" not in raw:
+            raise ScenarioError(f"{where}: each [[step]] needs an action")
+        params = dict(raw)
+        action = str(params.pop("action"))
+        if action not in ACTIONS:
+            raise ScenarioError(f"{where}: unknown action {action!r}; known: {', '.join(sorted(ACTIONS))}")
+        try:
+            at = parse_duration(params.pop("at", 0))
+            for key in ("duration", "pull", "after"):
+                if key in params:
+                    parse_duration(params[key])
+        except ValueError as exc:
+            raise ScenarioError(f"{where}: {exc}") from None
+        steps.append(Step(at=at, action=action, params=params))
+    try:
+        return Scenario(
+            source=path,
+            seed=int(world["seed"]) if "seed" in world else None,
+            hosts=int(world["hosts"]) if "hosts" in world else None,
+            credit=float(world["credit"]) if "credit" in world else None,
+            machines=[dict(m) for m in data.get("machine", [])],
+            steps=steps,
+        )
+    except (TypeError, ValueError) as exc:
+        raise ScenarioError(f"{path}: [world]: {exc}") from None

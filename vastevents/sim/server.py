@@ -1,0 +1,524 @@
+"""The Vast wire protocol over stdlib HTTP: routing, auth, rate limits, fault storms, JSON in and out."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import math
+import re
+import secrets
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs, urlsplit
+
+from vastevents._logging import redact
+from vastevents.sim.world import SimError, matches, sort_rows
+
+if TYPE_CHECKING:
+    from vastevents.sim.simulator import Simulator
+
+logger = logging.getLogger("vastevents.sim")
+
+PAGE_SIZE = 25
+JSON_TYPE = "application/json"
+
+# (burst, refill per wall-clock second) per endpoint class: search is strict, lists are lenient.
+RATE_LIMITS: dict[str, tuple[float, float]] = {
+    "search": (10.0, 10.0 / 60.0),
+    "create": (20.0, 1.0),
+    "list": (120.0, 20.0),
+    "other": (60.0, 10.0),
+}
+
+
+@dataclass
+class Response:
+    status: int
+    body: Any
+    headers: dict[str, str] | None = None
+    content_type: str = JSON_TYPE
+
+
+@dataclass(frozen=True)
+class Request:
+    method: str
+    path: str
+    query: dict[str, list[str]]
+    headers: Mapping[str, str]
+    body: Any
+    client: str
+
+    def param(self, name: str) -> str | None:
+        values = self.query.get(name)
+        return values[0] if values else None
+
+    def json_param(self, name: str, default: Any) -> Any:
+        raw = self.param(name)
+        if raw is None or raw == "":
+            return default
+        try:
+            return json.loads(raw)
+        except ValueError:
+            raise SimError(400, "invalid_args", f"query parameter {name} is not valid JSON") from None
+
+    def object_body(self) -> dict[str, Any]:
+        if self.body is None:
+            return {}
+        if not isinstance(self.body, dict):
+            raise SimError(400, "invalid_args", "the request body must be a JSON object")
+        return self.body
+
+
+Handler = Callable[["Api", Request, dict[str, str]], Response]
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    pattern: re.Pattern[str]
+    handler: Handler
+    rate_class: str
+    auth: bool = True
+    faults: bool = True
+
+
+class _TokenBuckets:
+    def __init__(self, limits: Mapping[str, tuple[float, float]]) -> None:
+        self._limits = limits
+        self._state: dict[tuple[str, str], tuple[float, float]] = {}
+        self._lock = threading.Lock()
+
+    def take(self, rate_class: str, client: str) -> float | None:
+        """None when allowed, else seconds until a token is back."""
+        burst, refill = self._limits[rate_class]
+        now = time.monotonic()
+        with self._lock:
+            tokens, last = self._state.get((rate_class, client), (burst, now))
+            tokens = min(burst, tokens + (now - last) * refill)
+            if tokens < 1.0:
+                self._state[(rate_class, client)] = (tokens, now)
+                return (1.0 - tokens) / refill
+            self._state[(rate_class, client)] = (tokens - 1.0, now)
+            return None
+
+
+def _error(status: int, error: str, msg: str, headers: dict[str, str] | None = None) -> Response:
+    return Response(status, {"success": False, "error": error, "msg": msg}, headers)
+
+
+class Api:
+    """Maps requests onto the Simulator's world. Every handler runs with the world advanced to now."""
+
+    def __init__(self, sim: Simulator, *, rate_limits: bool = True) -> None:
+        self.sim = sim
+        self._buckets = _TokenBuckets(RATE_LIMITS) if rate_limits else None
+        self._logs: dict[str, str] = {}
+
+    def handle(self, request: Request) -> Response:
+        for route in ROUTES:
+            if route.method != request.method:
+                continue
+            match = route.pattern.fullmatch(request.path)
+            if match is None:
+                continue
+            return self._dispatch(route, request, match.groupdict())
+        if any(route.pattern.fullmatch(request.path) for route in ROUTES):
+            return _error(405, "method_not_allowed", f"{request.method} is not allowed on {request.path}")
+        return _error(404, "not_found", f"No route for {request.method} {request.path}")
+
+    def _dispatch(self, route: Route, request: Request, args: dict[str, str]) -> Response:
+        if route.auth:
+            denied = self._check_auth(request)
+            if denied is not None:
+                return denied
+        if route.faults:
+            storm = self._storm_response(route)
+            if storm is not None:
+                return storm
+        if self._buckets is not None and route.auth:
+            wait = self._buckets.take(route.rate_class, request.client)
+            if wait is not None:
+                return Response(
+                    429,
+                    {
+                        "success": False,
+                        "error": "rate_limited",
+                        "msg": "API requests too frequent",
+                        "detail": f"API requests too frequent: endpoint threshold exceeded ({route.rate_class})",
+                    },
+                    {"Retry-After": str(max(1, math.ceil(wait)))},
+                )
+        try:
+            response = route.handler(self, request, args)
+        except SimError as exc:
+            return Response(exc.status, exc.body())
+        if route.method != "GET" or request.path.startswith("/_sim/advance"):
+            self.sim.save()
+        return response
+
+    def _check_auth(self, request: Request) -> Response | None:
+        header = request.headers.get("Authorization", "")
+        key = header[7:].strip() if header.lower().startswith("bearer ") else request.param("api_key")
+        if not key:
+            return _error(403, "auth_error", "This action requires login.")
+        if not secrets.compare_digest(key.encode(), self.sim.api_key.encode()):
+            return _error(401, "auth_error", "Invalid user key")
+        return None
+
+    def _storm_response(self, route: Route) -> Response | None:
+        with self.sim.world() as world:
+            storms = world.active_storms()
+            now = world.now
+        for storm in storms:
+            if storm.kind == "slow":
+                self.sim.stopping.wait(min(storm.delay, 30.0))
+        for storm in storms:
+            if storm.kind == "slow":
+                continue
+            wall_left = max(1, math.ceil((storm.end - now) / self.sim.speed))
+            if storm.kind == "rate_limit":
+                return Response(
+                    storm.status,
+                    {"success": False, "error": "rate_limited", "msg": "API requests too frequent",
+                     "detail": "API requests too frequent: try again later"},
+                    {"Retry-After": str(wall_left)},
+                )  # fmt: skip
+            return _error(storm.status, "server_error", "Service temporarily unavailable", {"Retry-After": "1"})
+        return None
+
+    # ----------------------------------------------------------------- handlers
+
+    def current_user(self, request: Request, args: dict[str, str]) -> Response:
+        with self.sim.world() as world:
+            spend = world.spend()
+            keys = world.ssh_keys
+            return Response(
+                200,
+                {
+                    "id": 1,
+                    "username": "sim",
+                    "email": "sim@vastevents.invalid",
+                    "fullname": "Simulated User",
+                    "credit": round(world.credit - spend, 6),
+                    "balance": round(world.credit - spend, 6),
+                    "total_spend": round(spend, 6),
+                    "ssh_key": keys[-1]["public_key"] if keys else None,
+                    "host_agreement_accepted": False,
+                    "has_billing": True,
+                    "rights": None,
+                },
+            )
+
+    def search(self, request: Request, args: dict[str, str]) -> Response:
+        if request.method == "GET":
+            query = request.json_param("q", {})
+        elif request.path.endswith("/search/asks"):
+            query = request.object_body().get("q", {})
+        else:
+            query = request.object_body()
+        if not isinstance(query, dict):
+            raise SimError(400, "invalid_args", "the search query must be a JSON object")
+        with self.sim.world() as world:
+            return Response(200, {"offers": world.search(query)})
+
+    def create(self, request: Request, args: dict[str, str]) -> Response:
+        with self.sim.world() as world:
+            instance_id, failure = world.create(int(args["id"]), request.object_body())
+        if failure is not None:
+            return Response(200, failure)
+        return Response(200, {"success": True, "new_contract": instance_id})
+
+    def list_instances(self, request: Request, args: dict[str, str]) -> Response:
+        filters = request.json_param("select_filters", {})
+        order = request.json_param("order_by", [{"col": "id", "dir": "asc"}])
+        if not isinstance(filters, dict) or not isinstance(order, list):
+            raise SimError(400, "invalid_args", "select_filters must be an object and order_by a list")
+        try:
+            limit = max(1, min(int(request.param("limit") or PAGE_SIZE), PAGE_SIZE))
+        except ValueError:
+            raise SimError(400, "invalid_args", "limit must be an integer") from None
+        keys = [[o.get("col"), o.get("dir", "asc")] if isinstance(o, dict) else o for o in order]
+        after = _decode_token(request.param("after_token"))
+        with self.sim.world() as world:
+            rows = [self.sim.row(inst) for inst in world.instances.values()]
+        rows = sort_rows([r for r in rows if matches(r, filters)], keys)
+        total = len(rows)
+        by_id = keys in ([["id", "asc"]], [["id", None]])
+        if by_id and "after_id" in after:
+            rows = [r for r in rows if r["id"] > int(after["after_id"])]
+            page = rows[:limit]
+            more = len(rows) > limit
+        else:
+            offset = int(after.get("offset", 0))
+            page = rows[offset : offset + limit]
+            more = offset + limit < len(rows)
+        token = None
+        if more:
+            token = _encode_token(
+                {"after_id": page[-1]["id"]} if by_id else {"offset": int(after.get("offset", 0)) + limit}
+            )
+        label_counts: dict[str, int] = {}
+        for row in rows:
+            label_counts[row["label"] or ""] = label_counts.get(row["label"] or "", 0) + 1
+        return Response(
+            200,
+            {
+                "success": True,
+                "instances_found": len(page),
+                "total_instances": total,
+                "next_token": token,
+                "label_counts": label_counts,
+                "instances": page,
+            },
+        )
+
+    def legacy_list(self, request: Request, args: dict[str, str]) -> Response:
+        return _error(410, "gone", "GET /api/v0/instances/ is retired; use /api/v1/instances/ with next_token.")
+
+    def show_instance(self, request: Request, args: dict[str, str]) -> Response:
+        with self.sim.world() as world:
+            inst = world.instances.get(int(args["id"]))
+            return Response(200, {"instances": self.sim.row(inst) if inst else None})
+
+    def destroy(self, request: Request, args: dict[str, str]) -> Response:
+        with self.sim.world() as world:
+            world.destroy(int(args["id"]))
+        return Response(200, {"success": True})
+
+    def update_instance(self, request: Request, args: dict[str, str]) -> Response:
+        body = request.object_body()
+        instance_id = int(args["id"])
+        with self.sim.world() as world:
+            world.instance(instance_id)
+            if "state" in body:
+                if body["state"] == "running":
+                    world.start(instance_id)
+                elif body["state"] == "stopped":
+                    world.stop(instance_id)
+                else:
+                    raise SimError(400, "invalid_args", f"state must be running or stopped, got {body['state']!r}")
+            if "label" in body:
+                world.set_label(instance_id, None if body["label"] is None else str(body["label"]))
+            if "state" not in body and "label" not in body:
+                raise SimError(400, "invalid_args", "expected state or label")
+        return Response(200, {"success": True})
+
+    def reboot(self, request: Request, args: dict[str, str]) -> Response:
+        with self.sim.world() as world:
+            world.reboot(int(args["id"]))
+        return Response(200, {"success": True})
+
+    def bid_price(self, request: Request, args: dict[str, str]) -> Response:
+        with self.sim.world() as world:
+            world.change_bid(int(args["id"]), request.object_body().get("price"))
+        return Response(200, {"success": True})
+
+    def request_logs(self, request: Request, args: dict[str, str]) -> Response:
+        tail_raw = request.object_body().get("tail") or 1000
+        try:
+            tail = int(tail_raw)
+        except (TypeError, ValueError):
+            raise SimError(400, "invalid_args", "tail must be an integer") from None
+        with self.sim.world() as world:
+            text = self.sim.instance_log(world.instance(int(args["id"])))
+        token = secrets.token_urlsafe(12)
+        self._logs[token] = "".join(text.splitlines(keepends=True)[-tail:])
+        return Response(200, {"success": True, "result_url": f"{self.sim.url}/_sim/logs/{token}"})
+
+    def fetch_log(self, request: Request, args: dict[str, str]) -> Response:
+        text = self._logs.get(args["token"])
+        if text is None:
+            return Response(404, "<Error><Code>NoSuchKey</Code></Error>", content_type="application/xml")
+        return Response(200, text, content_type="text/plain; charset=utf-8")
+
+    def list_ssh_keys(self, request: Request, args: dict[str, str]) -> Response:
+        with self.sim.world() as world:
+            return Response(200, list(world.ssh_keys))
+
+    def add_ssh_key(self, request: Request, args: dict[str, str]) -> Response:
+        key = request.object_body().get("ssh_key")
+        if not isinstance(key, str):
+            raise SimError(400, "invalid_args", "ssh_key is required")
+        with self.sim.world() as world:
+            record = world.add_ssh_key(key)
+        return Response(200, {"success": True, **record})
+
+    def attach_ssh_key(self, request: Request, args: dict[str, str]) -> Response:
+        key = request.object_body().get("ssh_key")
+        if not isinstance(key, str) or not key.strip().startswith(("ssh-", "ecdsa-", "sk-")):
+            raise SimError(400, "invalid_args", "ssh_key must be an OpenSSH public key")
+        with self.sim.world() as world:
+            inst = world.instance(int(args["id"]))
+            if key.strip() not in inst.ssh_keys:
+                inst.ssh_keys.append(key.strip())
+            self.sim.keys_changed(inst)
+        return Response(200, {"success": True, "msg": "SSH key attached"})
+
+    def charges(self, request: Request, args: dict[str, str]) -> Response:
+        with self.sim.world() as world:
+            results = [self.sim.charge_item(inst) for inst in world.all_instances()]
+        return Response(200, {"results": results, "count": len(results), "total": len(results), "next_token": None})
+
+    def invoices(self, request: Request, args: dict[str, str]) -> Response:
+        with self.sim.world() as world:
+            credit = {
+                "type": "transfer",
+                "source": "credit",
+                "description": "Simulator starting credit",
+                "amount": world.credit,
+                "when": world.origin,
+                "items": [],
+            }
+        return Response(200, {"results": [credit], "count": 1, "total": 1, "next_token": None})
+
+    def gpu_names(self, request: Request, args: dict[str, str]) -> Response:
+        with self.sim.world() as world:
+            names = sorted({m.gpu_name for m in world.machines.values()})
+        return Response(200, {"gpu_names": names})
+
+    def instance_filters(self, request: Request, args: dict[str, str]) -> Response:
+        return Response(200, {"filters": []})
+
+    # ----------------------------------------------------------------- admin
+
+    def admin_state(self, request: Request, args: dict[str, str]) -> Response:
+        return Response(200, self.sim.state())
+
+    def admin_advance(self, request: Request, args: dict[str, str]) -> Response:
+        seconds = request.object_body().get("seconds")
+        if not isinstance(seconds, int | float) or seconds < 0:
+            raise SimError(400, "invalid_args", "seconds must be a non-negative number")
+        self.sim.advance(float(seconds))
+        return Response(200, {"success": True, "now": self.sim.clock.now().isoformat()})
+
+    def admin_action(self, request: Request, args: dict[str, str]) -> Response:
+        result = self.sim.apply(args["action"], **request.object_body())
+        return Response(200, {"success": True, **result})
+
+
+def _encode_token(data: dict[str, Any]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(data).encode()).decode()
+
+
+def _decode_token(token: str | None) -> dict[str, Any]:
+    if not token:
+        return {}
+    try:
+        data = json.loads(base64.urlsafe_b64decode(token.encode()))
+    except (ValueError, binascii.Error):
+        raise SimError(400, "invalid_args", "after_token is not a token this server issued") from None
+    if not isinstance(data, dict):
+        raise SimError(400, "invalid_args", "after_token is not a token this server issued")
+    return data
+
+
+def _route(method: str, path: str, handler: Handler, rate_class: str = "other", **flags: bool) -> Route:
+    pattern = re.sub(r"\{(\w+)\}", lambda m: rf"(?P<{m.group(1)}>\d+)", path)
+    pattern = pattern.replace("(?P<token>\\d+)", "(?P<token>[\\w-]+)").replace("(?P<action>\\d+)", "(?P<action>\\w+)")
+    return Route(method, re.compile(pattern), handler, rate_class, **flags)
+
+
+ROUTES = [
+    _route("GET", "/api/v0/users/current", Api.current_user),
+    _route("POST", "/api/v0/bundles", Api.search, "search"),
+    _route("GET", "/api/v0/bundles", Api.search, "search"),
+    _route("PUT", "/api/v0/search/asks", Api.search, "search"),
+    _route("PUT", "/api/v0/asks/{id}", Api.create, "create"),
+    _route("GET", "/api/v1/instances", Api.list_instances, "list"),
+    _route("GET", "/api/v0/instances", Api.legacy_list, "list"),
+    _route("GET", "/api/v0/instances/filters", Api.instance_filters, "list"),
+    _route("GET", "/api/v0/instances/{id}", Api.show_instance, "list"),
+    _route("DELETE", "/api/v0/instances/{id}", Api.destroy),
+    _route("PUT", "/api/v0/instances/{id}", Api.update_instance),
+    _route("PUT", "/api/v0/instances/reboot/{id}", Api.reboot),
+    _route("PUT", "/api/v0/instances/bid_price/{id}", Api.bid_price),
+    _route("PUT", "/api/v0/instances/request_logs/{id}", Api.request_logs),
+    _route("POST", "/api/v0/instances/{id}/ssh", Api.attach_ssh_key),
+    _route("GET", "/api/v0/ssh", Api.list_ssh_keys),
+    _route("POST", "/api/v0/ssh", Api.add_ssh_key),
+    _route("GET", "/api/v0/charges", Api.charges),
+    _route("GET", "/api/v1/invoices", Api.invoices),
+    _route("GET", "/api/v0/gpu_names/unique", Api.gpu_names, auth=False),
+    _route("GET", "/_sim/logs/{token}", Api.fetch_log, auth=False, faults=False),
+    _route("GET", "/_sim/state", Api.admin_state, faults=False),
+    _route("POST", "/_sim/advance", Api.admin_advance, faults=False),
+    _route("POST", "/_sim/{action}", Api.admin_action, faults=False),
+]
+
+
+class SimHTTPServer(ThreadingHTTPServer):
+    """One thread per request (joined on close); the Api holds the state."""
+
+    daemon_threads = False
+    block_on_close = True
+
+    def __init__(self, address: tuple[str, int], api: Api) -> None:
+        self.api = api
+        super().__init__(address, _RequestHandler)
+
+
+class _RequestHandler(BaseHTTPRequestHandler):
+    server: SimHTTPServer
+    protocol_version = "HTTP/1.0"
+    server_version = "vastevents-sim"
+
+    def do_GET(self) -> None:
+        self._handle("GET")
+
+    def do_POST(self) -> None:
+        self._handle("POST")
+
+    def do_PUT(self) -> None:
+        self._handle("PUT")
+
+    def do_DELETE(self) -> None:
+        self._handle("DELETE")
+
+    def log_message(self, format: str, *args: Any) -> None:
+        logger.debug("%s %s", self.address_string(), redact(format % args))
+
+    def _handle(self, method: str) -> None:
+        url = urlsplit(self.path)
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+            raw = self.rfile.read(length) if length > 0 else b""
+            body = json.loads(raw) if raw.strip() else None
+        except ValueError as exc:
+            self._send(Response(400, {"success": False, "error": "invalid_json", "msg": f"Malformed JSON body: {exc}"}))
+            return
+        request = Request(
+            method=method,
+            path=url.path.rstrip("/") or "/",
+            query=parse_qs(url.query),
+            headers=dict(self.headers.items()),
+            body=body,
+            client=self.client_address[0],
+        )
+        try:
+            response = self.server.api.handle(request)
+        except Exception:
+            logger.exception("simulator error on %s %s", method, redact(url.path))
+            response = _error(500, "server_error", "The simulator hit an internal error (see its log).")
+        self._send(response)
+
+    def _send(self, response: Response) -> None:
+        if isinstance(response.body, str):
+            payload = response.body.encode()
+        else:
+            payload = json.dumps(response.body).encode()
+        try:
+            self.send_response(response.status)
+            self.send_header("Content-Type", response.content_type)
+            self.send_header("Content-Length", str(len(payload)))
+            for name, value in (response.headers or {}).items():
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(payload)
+        except (BrokenPipeError, ConnectionResetError):
+            logger.debug("client went away before the response was sent")

@@ -1,0 +1,317 @@
+"""The Simulator: a World on a clock, served over HTTP on loopback, optionally backed by real sshd hosts."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from vastevents._logging import register_secret
+from vastevents.clock import Clock, ManualClock, ScaledClock
+from vastevents.errors import VastEventsError
+from vastevents.sim.scenario import builtin_scenario, load_scenario
+from vastevents.sim.server import Api, SimHTTPServer
+from vastevents.sim.sshhost import SSHHosts
+from vastevents.sim.world import SimError, SimInstance, World
+
+logger = logging.getLogger("vastevents.sim")
+
+DEFAULT_HOSTS = 24
+
+
+class SimStateError(VastEventsError):
+    """The simulator's state file cannot be read; the message names it."""
+
+
+class Simulator:
+    """A local Vast: ``with Simulator(clock=ManualClock()) as sim: httpx.get(sim.url + ...)``.
+
+    Instance state is a function of `clock` (evaluated on every request and admin call), so a ManualClock
+    fully drives it: ``sim.clock.advance(90)`` then poll. The admin helpers mirror ``POST /_sim/<action>``.
+    """
+
+    def __init__(
+        self,
+        *,
+        api_key: str = "sim-key",
+        clock: Clock | None = None,
+        speed: float = 1.0,
+        scenario: Path | str | None = None,
+        state: Path | None = None,
+        ssh: bool = False,
+        seed: int = 0,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        hosts: int | None = None,
+        rate_limits: bool = True,
+    ) -> None:
+        register_secret(api_key)
+        self.api_key = api_key
+        self.speed = speed
+        self.clock: Clock = clock or ScaledClock(speed)
+        self.host = host
+        self.port = port
+        self.state_path = Path(state) if state is not None else None
+        self.stopping = threading.Event()
+        self._lock = threading.RLock()
+        self._server: SimHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+        self._api = Api(self, rate_limits=rate_limits)
+        self._ssh = SSHHosts() if ssh else None
+        plan = load_scenario(scenario) if scenario is not None else None
+        now = self.clock.now().timestamp()
+        if self.state_path is not None and self.state_path.exists():
+            self._world = self._load_state(self.state_path)
+        elif plan is not None and plan.machines:
+            self._world = World.from_machines(plan.machines, origin=now)
+        else:
+            seed = plan.seed if plan is not None and plan.seed is not None else seed
+            count = hosts or (plan.hosts if plan is not None and plan.hosts else DEFAULT_HOSTS)
+            self._world = World.generate(seed=seed, hosts=count, origin=now)
+        if plan is not None:
+            self._world.set_steps(plan.steps)
+            if plan.credit is not None:
+                self._world.credit = plan.credit
+        if self._ssh is not None:
+            self._world.backend = self._ssh
+            self._world.port_for = self._ssh.port_for
+
+    @staticmethod
+    def builtin_scenario(name: str = "demo") -> Path:
+        return builtin_scenario(name)
+
+    # ----------------------------------------------------------------- lifecycle
+
+    def start(self) -> Simulator:
+        if self._server is not None:
+            return self
+        self.stopping.clear()
+        self._server = SimHTTPServer((self.host, self.port), self._api)
+        self.port = self._server.server_address[1]
+        if self._ssh is not None:
+            self._ssh.start()
+            with self._lock:
+                for inst in self._world.instances.values():
+                    if inst.actual_status == "running":
+                        self._ssh.instance_up(inst, inst.ssh_keys)
+        with self.world():
+            pass  # plays the steps due at start, so scripted instances exist before the first request
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.1}, name="vastevents-sim-http", daemon=True
+        )
+        self._thread.start()
+        logger.info("simulator listening on %s", self.url)
+        return self
+
+    def stop(self) -> None:
+        """Stop serving, end every sshd and job it started, and save the state file."""
+        self.stopping.set()
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        self._server = self._thread = None
+        if self._ssh is not None:
+            self._ssh.close()
+        self.save()
+
+    def __enter__(self) -> Simulator:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def scenario_end(self) -> datetime | None:
+        end = self._world.scenario_end
+        return datetime.fromtimestamp(end, UTC) if end is not None else None
+
+    def ssh_pids(self) -> list[int]:
+        """Process ids of the sshd servers (and their jobs) currently running for instances."""
+        return self._ssh.pids() if self._ssh is not None else []
+
+    # ----------------------------------------------------------------- world access
+
+    @contextmanager
+    def world(self) -> Iterator[World]:
+        """The world, locked and advanced to the clock's now."""
+        with self._lock:
+            self._world.advance(self.clock.now().timestamp())
+            yield self._world
+
+    def advance(self, seconds: float) -> None:
+        """Move a ManualClock forward (admin `/_sim/advance`); other clocks move on their own."""
+        if not isinstance(self.clock, ManualClock):
+            raise SimError(400, "invalid_args", "only a simulator on a manual clock can be advanced")
+        self.clock.advance(seconds)
+        with self.world():
+            pass
+
+    def save(self) -> None:
+        if self.state_path is None:
+            return
+        with self._lock:
+            data = json.dumps(self._world.to_dict())
+        self.state_path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.state_path.parent, prefix=".sim-state-")
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(data)
+        os.replace(tmp, self.state_path)
+
+    @staticmethod
+    def _load_state(path: Path) -> World:
+        try:
+            return World.from_dict(json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise SimStateError(f"{path}: cannot load simulator state ({exc}); move it away to start fresh") from None
+
+    # ----------------------------------------------------------------- views used by the API
+
+    def row(self, inst: SimInstance) -> dict[str, Any]:
+        return self._world.instance_row(inst, ssh_host=self.host)
+
+    def instance_log(self, inst: SimInstance) -> str:
+        lines = [
+            f"{datetime.fromtimestamp(at, UTC).isoformat()} status {status or 'scheduling'}\n"
+            for at, status in inst.history
+        ]
+        if inst.status_msg:
+            lines.append(f"{datetime.fromtimestamp(self._world.now, UTC).isoformat()} {inst.status_msg}\n")
+        if self._ssh is not None:
+            lines.append(self._ssh.onstart_output(inst.id))
+        return "".join(lines)
+
+    def keys_changed(self, inst: SimInstance) -> None:
+        if self._ssh is not None:
+            self._ssh.update_keys(inst.id, inst.ssh_keys)
+
+    def charge_item(self, inst: SimInstance) -> dict[str, Any]:
+        gpu, storage = self._world.charges(inst)
+        end = inst.ended_at if inst.ended_at is not None else self._world.now
+        return {
+            "type": "instance",
+            "source": f"instance-{inst.id}",
+            "description": f"{inst.label or 'instance'} on machine {inst.machine_id}",
+            "amount": gpu + storage,
+            "start": inst.created_at,
+            "end": end,
+            "day": end,
+            "items": [
+                {"type": "gpu", "source": "gpu", "description": "GPU time while running", "amount": gpu,
+                 "start": inst.created_at, "end": end, "items": []},
+                {"type": "storage", "source": "storage", "description": f"{inst.disk} GB disk, stopped too",
+                 "amount": storage, "start": inst.created_at, "end": end, "items": []},
+            ],
+        }  # fmt: skip
+
+    def state(self) -> dict[str, Any]:
+        """Everything `/_sim/state` and `vastevents sim --status` show: hosts, instances, spend, faults."""
+        with self.world() as world:
+            machines = [
+                {
+                    "machine_id": m.machine_id,
+                    "host_id": m.host_id,
+                    "gpu_name": m.gpu_name,
+                    "num_gpus": m.num_gpus,
+                    "free_gpus": m.num_gpus - m.used_gpus,
+                    "dph_per_gpu": m.dph_per_gpu,
+                    "reliability": m.reliability,
+                    "geolocation": m.geolocation,
+                    "offline": m.offline,
+                }
+                for m in world.machines.values()
+            ]
+            spend: list[dict[str, Any]] = []
+            total = 0.0
+            for inst in world.all_instances():
+                gpu, storage = world.charges(inst)
+                total += gpu + storage
+                spend.append({"id": inst.id, "label": inst.label, "gpu_usd": gpu, "storage_usd": storage,
+                              "ended": inst.ended_at is not None})  # fmt: skip
+            return {
+                "now": datetime.fromtimestamp(world.now, UTC).isoformat(),
+                "url": self.url,
+                "speed": self.speed,
+                "scenario_end": self.scenario_end.isoformat() if self.scenario_end else None,
+                "steps_done": world.steps_done,
+                "steps_total": len(world.steps),
+                "machines": machines,
+                "instances": [self.row(inst) for inst in sorted(world.instances.values(), key=lambda i: i.id)],
+                "spend": {"total_usd": total, "instances": spend},
+                "faults": {
+                    "storms": [vars(s) for s in world.active_storms()],
+                    "pending_no_such_ask": world.pending_races,
+                    "pending_create_errors": world.pending_create_errors,
+                },
+                "ssh": self._ssh.ports() if self._ssh is not None else {},
+            }
+
+    # ----------------------------------------------------------------- admin helpers (no rate limits)
+
+    def apply(self, action: str, **params: Any) -> dict[str, Any]:
+        """Run one fault or scripted action now (same names and keys as scenario steps)."""
+        with self.world() as world:
+            result = world.apply(action, params)
+        self.save()
+        return result
+
+    def create_instance(
+        self,
+        ask_id: int | None = None,
+        *,
+        label: str | None = None,
+        image: str = "pytorch/pytorch",
+        disk: float = 32.0,
+        bid: float | bool | None = None,
+        pull: float | str | None = None,
+        gpu_name: str | None = None,
+        num_gpus: int = 1,
+        onstart: str | None = None,
+        env: dict[str, str] | None = None,
+    ) -> int:
+        params: dict[str, Any] = {"label": label, "image": image, "disk": disk, "num_gpus": num_gpus}
+        optional = {"ask": ask_id, "bid": bid, "pull": pull, "gpu_name": gpu_name, "onstart": onstart, "env": env}
+        params.update({k: v for k, v in optional.items() if v is not None})
+        return int(self.apply("create", **params)["new_contract"])
+
+    def preempt(self, ref: int | str) -> None:
+        self.apply("preempt", instance=ref)
+
+    def set_offline(self, ref: int | str | None = None, *, machine_id: int | None = None) -> None:
+        self.apply("offline", **({"machine": machine_id} if machine_id is not None else {"instance": ref}))
+
+    def set_online(self, ref: int | str | None = None, *, machine_id: int | None = None) -> None:
+        self.apply("online", **({"machine": machine_id} if machine_id is not None else {"instance": ref}))
+
+    def stick_loading(self, ref: int | str, msg: str | None = None) -> None:
+        self.apply("stuck_loading", instance=ref, **({"msg": msg} if msg else {}))
+
+    def vanish(self, ref: int | str) -> None:
+        self.apply("vanish", instance=ref)
+
+    def instance_count(self) -> int:
+        with self.world() as world:
+            return len(world.instances)
+
+    def instance(self, ref: int | str) -> dict[str, Any] | None:
+        """The API row of a live instance (by id or label), or None once it is gone."""
+        with self.world() as world:
+            try:
+                return self.row(world.resolve(ref))
+            except SimError:
+                return None

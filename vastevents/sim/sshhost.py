@@ -1,0 +1,320 @@
+"""Real SSH hosts for simulated instances: one OpenSSH ``sshd`` per running instance on 127.0.0.1.
+
+Each instance gets its own port, authorized_keys (the account's keys plus attached ones) and a directory
+that stands in for the container's filesystem: every session starts there with ``HOME`` pointing at it
+(a ``ForceCommand`` wrapper), so ``ssh -p PORT root@127.0.0.1 'python train.py'`` really runs a job.
+sshd runs as the current user, so it can only log that user in: as root (CI) ``root@`` works as on Vast;
+as another user connect as ``$USER@127.0.0.1``. Stopping an instance ends its sshd and every process its
+sessions started (found by a marker variable in their environment); the directory stays until destroy.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, TYPE_CHECKING
+
+from vastevents.errors import VastEventsError
+
+if TYPE_CHECKING:
+    from vastevents.sim.world import SimInstance
+
+logger = logging.getLogger("vastevents.sim.ssh")
+
+MARKER = "VASTEVENTS_SIM_INSTANCE"
+SSHD_CANDIDATES = ("/usr/sbin/sshd", "/usr/local/sbin/sshd", "/opt/homebrew/sbin/sshd")
+SFTP_CANDIDATES = ("/usr/lib/openssh/sftp-server", "/usr/libexec/openssh/sftp-server", "/usr/libexec/sftp-server")
+INSTALL_HINT = (
+    "sshd (OpenSSH server) was not found. Install it: `sudo apt-get install openssh-server` (Debian/Ubuntu), "
+    "`sudo dnf install openssh-server` (Fedora), or run the simulator without --ssh."
+)
+
+
+class SshdMissing(VastEventsError):
+    """`--ssh` was asked for but no sshd binary exists on this machine."""
+
+
+def find_sshd() -> str | None:
+    found = shutil.which("sshd")
+    if found:
+        return found
+    return next((c for c in SSHD_CANDIDATES if os.access(c, os.X_OK)), None)
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.2)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+@dataclass
+class _Host:
+    directory: Path
+    port: int
+    sshd: subprocess.Popen[bytes] | None = None
+    onstart: subprocess.Popen[bytes] | None = None
+    logs: list[IO[bytes]] = field(default_factory=list)
+
+
+class SSHHosts:
+    """Starts and ends the sshd behind each running instance; implements the world's HostBackend."""
+
+    def __init__(self) -> None:
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        self._hosts: dict[int, _Host] = {}
+        self._sshd: str | None = None
+        self._sftp = next((c for c in SFTP_CANDIDATES if os.access(c, os.X_OK)), None)
+
+    @property
+    def root(self) -> Path:
+        if self._tmp is None:
+            self.start()
+        assert self._tmp is not None
+        return Path(self._tmp.name)
+
+    def start(self) -> None:
+        """Find sshd and make the host key; raises SshdMissing with install instructions."""
+        if self._tmp is not None:
+            return
+        self._sshd = find_sshd()
+        if self._sshd is None:
+            raise SshdMissing(INSTALL_HINT)
+        if os.geteuid() == 0 and not os.path.isdir("/run/sshd"):
+            os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # privilege separation dir sshd needs as root
+        self._tmp = tempfile.TemporaryDirectory(prefix="vastevents-sim-ssh-")
+        key = Path(self._tmp.name) / "ssh_host_ed25519_key"
+        subprocess.run(
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "vastevents-sim", "-f", str(key)],
+            check=True,
+            capture_output=True,
+            timeout=30,
+        )
+
+    def port_for(self, instance_id: int) -> int:
+        host = self._host(instance_id)
+        return host.port
+
+    def _host(self, instance_id: int) -> _Host:
+        host = self._hosts.get(instance_id)
+        if host is None:
+            directory = self.root / f"instance-{instance_id}"
+            (directory / "root").mkdir(parents=True, exist_ok=True)
+            host = _Host(directory=directory, port=_free_port())
+            self._hosts[instance_id] = host
+        return host
+
+    def ports(self) -> dict[int, int]:
+        return {i: h.port for i, h in self._hosts.items() if h.sshd is not None and h.sshd.poll() is None}
+
+    def instance_up(self, instance: SimInstance, authorized_keys: Sequence[str]) -> None:
+        host = self._host(instance.id)
+        if instance.ssh_port != host.port:
+            host.port = instance.ssh_port  # restored from a state file
+        if host.sshd is not None and host.sshd.poll() is None:
+            return
+        self.update_keys(instance.id, authorized_keys)
+        config = self._write_config(host, instance)
+        log = (host.directory / "sshd.log").open("ab")
+        host.logs.append(log)
+        assert self._sshd is not None
+        host.sshd = subprocess.Popen(
+            [self._sshd, "-D", "-e", "-f", str(config)], stdout=log, stderr=log, start_new_session=True
+        )
+        deadline = time.monotonic() + 10.0
+        while not _port_open(host.port):
+            if host.sshd.poll() is not None or time.monotonic() > deadline:
+                logger.error("sshd for instance %s did not start; see %s", instance.id, host.directory / "sshd.log")
+                return
+            time.sleep(0.02)
+        if instance.onstart:
+            out = (host.directory / "onstart.log").open("ab")
+            host.logs.append(out)
+            host.onstart = subprocess.Popen(
+                ["/bin/sh", "-c", instance.onstart],
+                cwd=host.directory / "root",
+                env={**_session_env(host, instance.env)},
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def update_keys(self, instance_id: int, keys: Iterable[str]) -> None:
+        host = self._host(instance_id)
+        (host.directory / "authorized_keys").write_text("".join(f"{k.strip()}\n" for k in keys))
+
+    def onstart_output(self, instance_id: int) -> str:
+        host = self._hosts.get(instance_id)
+        path = host.directory / "onstart.log" if host else None
+        return path.read_text(errors="replace") if path is not None and path.exists() else ""
+
+    def _write_config(self, host: _Host, instance: SimInstance) -> Path:
+        session = host.directory / "session.sh"
+        exports = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in _session_env(host, instance.env).items())
+        sftp = f'  *sftp-server*) exec {shlex.quote(self._sftp)} -d "$HOME" ;;\n' if self._sftp else ""
+        session.write_text(
+            "#!/bin/sh\n"
+            f"{exports}"
+            'cd "$HOME" || exit 1\n'
+            'case "$SSH_ORIGINAL_COMMAND" in\n'
+            '  "") exec "${SHELL:-/bin/sh}" -l ;;\n'
+            f"{sftp}"
+            "esac\n"
+            'exec /bin/sh -c "$SSH_ORIGINAL_COMMAND"\n'
+        )
+        session.chmod(0o755)
+        config = host.directory / "sshd_config"
+        lines = [
+            f"Port {host.port}",
+            "ListenAddress 127.0.0.1",
+            f"HostKey {self.root / 'ssh_host_ed25519_key'}",
+            f"PidFile {host.directory / 'sshd.pid'}",
+            f"AuthorizedKeysFile {host.directory / 'authorized_keys'}",
+            "StrictModes no",
+            "UsePAM no",
+            "PasswordAuthentication no",
+            "KbdInteractiveAuthentication no",
+            "PubkeyAuthentication yes",
+            "PermitRootLogin prohibit-password",
+            f"ForceCommand {session}",
+            "PrintMotd no",
+            "LogLevel ERROR",
+        ]
+        if self._sftp:
+            lines.append(f"Subsystem sftp {self._sftp}")
+        config.write_text("\n".join(lines) + "\n")
+        return config
+
+    def instance_down(self, instance_id: int) -> None:
+        host = self._hosts.get(instance_id)
+        if host is None:
+            return
+        procs = [p for p in (host.sshd, host.onstart) if p is not None]
+        _kill_tree([p.pid for p in procs], str(host.directory))
+        for proc in procs:
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                logger.warning("process %s of instance %s did not exit", proc.pid, instance_id)
+        host.sshd = host.onstart = None
+        for log in host.logs:
+            log.close()
+        host.logs.clear()
+
+    def instance_gone(self, instance_id: int) -> None:
+        self.instance_down(instance_id)
+        host = self._hosts.pop(instance_id, None)
+        if host is not None:
+            shutil.rmtree(host.directory, ignore_errors=True)
+
+    def pids(self) -> list[int]:
+        """Live sshd servers and every process marked as one of our instances' jobs."""
+        alive = [h.sshd.pid for h in self._hosts.values() if h.sshd is not None and h.sshd.poll() is None]
+        if self._tmp is not None:
+            alive += _marked(self._tmp.name)
+        return sorted(set(alive))
+
+    def close(self) -> None:
+        for instance_id in list(self._hosts):
+            self.instance_down(instance_id)
+        self._hosts.clear()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+
+def _session_env(host: _Host, env: dict[str, str]) -> dict[str, str]:
+    safe = {k: v for k, v in env.items() if k.isidentifier()}
+    return {
+        **safe,
+        "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
+        "HOME": str(host.directory / "root"),
+        MARKER: str(host.directory),
+    }
+
+
+def _children() -> dict[int, list[int]]:
+    tree: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        tree.setdefault(ppid, []).append(int(entry.name))
+    return tree
+
+
+def _marked(prefix: str) -> list[int]:
+    """Processes whose environment carries our marker under `prefix` (jobs that outlived their session)."""
+    needle = f"{MARKER}={prefix}".encode()
+    found: list[int] = []
+    if not Path("/proc").is_dir():
+        return found
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        if any(item.startswith(needle) for item in environ.split(b"\0")):
+            found.append(int(entry.name))
+    return found
+
+
+def _kill_tree(roots: Sequence[int], marker_prefix: str) -> None:
+    """SIGTERM the roots, their descendants and marked jobs; SIGKILL whatever is left after 2 s."""
+    if not Path("/proc").is_dir():
+        targets = set(roots)
+    else:
+        tree = _children()
+        targets = set()
+        stack = list(roots)
+        while stack:
+            pid = stack.pop()
+            if pid not in targets:
+                targets.add(pid)
+                stack.extend(tree.get(pid, []))
+        targets.update(_marked(marker_prefix))
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in targets:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                continue
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline:
+            targets = {pid for pid in targets if _alive(pid)}
+            if not targets:
+                return
+            time.sleep(0.02)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"

@@ -1,0 +1,1066 @@
+"""The simulated Vast world: machines, offers, instances, their lifecycle, billing and faults.
+
+No I/O and no clock of its own: every entry point takes ``now`` (epoch seconds) and first plays everything
+that fell due up to then, in time order (instance transitions, contract expiries, scripted scenario steps).
+The state is therefore a pure function of the clock, and a ManualClock drives it completely.
+The caller (the Simulator) holds the lock; real sshd processes are behind the `HostBackend` hooks.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import random
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from vastevents.config import parse_duration
+
+OCI_PULL_ERROR = (
+    "Error response from daemon: failed to create task for container: failed to create shim task: "
+    "OCI runtime create failed: image pull failed: manifest unknown: unable to pull image"
+)
+GPU_BROKEN_MSG = "GPU error: Xid 79, GPU has fallen off the bus; nvidia-smi: Unable to determine the device handle"
+DISK_FULL_MSG = "No space left on device: container disk is full"
+
+SCHEDULE_S = 5.0  # null -> created
+CREATE_S = 5.0  # created -> loading
+DEFAULT_PULL_S = 60.0  # loading -> running (image pull and boot)
+RESTART_S = 15.0  # start after stop: loading -> running
+REBOOT_S = 20.0  # rebooting -> running
+HOURS_PER_MONTH = 720.0
+
+ACTIONS = frozenset(
+    {
+        "create", "preempt", "outbid", "offline", "online", "flap", "stuck_loading", "no_such_ask",
+        "create_error", "rate_limit", "server_error", "gpu_broken", "disk_full", "vanish", "slow", "expire",
+        "stop", "start", "reboot", "destroy", "label",
+    }
+)  # fmt: skip
+
+# (name, GB of VRAM per GPU, on-demand $/h per GPU, max CUDA)
+_GPUS = [
+    ("RTX 3060", 12, 0.08, 12.2),
+    ("RTX 3090", 24, 0.22, 12.2),
+    ("RTX 4090", 24, 0.40, 12.4),
+    ("RTX A6000", 48, 0.55, 12.2),
+    ("L40S", 48, 0.85, 12.4),
+    ("A100 SXM4", 80, 1.20, 12.4),
+    ("H100 SXM", 80, 2.40, 12.6),
+]
+_GEOS = ["Texas, US", "Quebec, CA", "Bavaria, DE", "Stockholm, SE", "Taipei, TW", "Ile-de-France, FR", "Tokyo, JP"]
+
+
+class SimError(Exception):
+    """A request the real API would refuse; the server renders it as ``{"success": false, "error", "msg"}``."""
+
+    def __init__(self, status: int, error: str, msg: str, **extra: Any) -> None:
+        super().__init__(msg)
+        self.status = status
+        self.error = error
+        self.msg = msg
+        self.extra = extra
+
+    def body(self) -> dict[str, Any]:
+        return {"success": False, "error": self.error, "msg": self.msg, **self.extra}
+
+
+class HostBackend(Protocol):
+    """What runs an instance's "container" (real sshd hosts); the world only says when."""
+
+    def instance_up(self, instance: SimInstance, authorized_keys: Sequence[str]) -> None: ...
+
+    def instance_down(self, instance_id: int) -> None: ...
+
+    def instance_gone(self, instance_id: int) -> None: ...
+
+
+@dataclass
+class Machine:
+    machine_id: int
+    host_id: int
+    gpu_name: str
+    num_gpus: int
+    gpu_ram: float  # MB per GPU
+    cpu_cores: int
+    cpu_ram: float  # MB
+    disk_space: float  # GB
+    dph_per_gpu: float
+    storage_cost: float  # $/GB/month
+    min_bid_per_gpu: float
+    reliability: float
+    geolocation: str
+    cuda_max_good: float
+    inet_down: float
+    inet_up: float
+    end_date: float
+    offline: bool = False
+    used_gpus: int = 0  # by our instances and by renters elsewhere
+
+
+@dataclass
+class Ask:
+    id: int
+    machine_id: int
+    num_gpus: int
+
+
+@dataclass
+class SimInstance:
+    id: int
+    machine_id: int
+    num_gpus: int
+    image: str
+    disk: float
+    label: str | None
+    onstart: str | None
+    env: dict[str, str]
+    is_bid: bool
+    bid_price: float | None
+    runtype: str
+    created_at: float
+    end_date: float
+    ssh_port: int
+    pull_s: float = DEFAULT_PULL_S
+    actual_status: str | None = None
+    intended_status: str = "running"
+    cur_state: str = "stopped"
+    next_state: str = "running"
+    status_msg: str | None = None
+    due_at: float | None = None
+    due_target: str | None = None
+    due_token: int = 0
+    paused_due: tuple[str, float] | None = None  # (target, seconds left) while the host is offline
+    before_offline: tuple[str | None, str, str, str | None] | None = None
+    stuck_msg: str | None = None
+    gpu_util: float = 0.0
+    disk_util: float = 0.0
+    history: list[tuple[float, str | None]] = field(default_factory=list)
+    ended_at: float | None = None  # destroyed or vanished
+    ssh_keys: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Step:
+    """One scripted action of a scenario, `at` seconds after the scenario's origin."""
+
+    at: float
+    action: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Storm:
+    kind: str  # "rate_limit" | "server_error" | "slow"
+    start: float
+    end: float
+    status: int = 429
+    delay: float = 0.0
+
+
+def _default_port(instance_id: int) -> int:
+    return 20000 + instance_id % 40000
+
+
+class World:
+    """All simulated state. Not thread-safe: the Simulator serialises access with its lock."""
+
+    def __init__(self, machines: Iterable[Machine], *, origin: float, credit: float = 100.0) -> None:
+        self.machines: dict[int, Machine] = {m.machine_id: m for m in machines}
+        self.origin = origin
+        self.credit = credit
+        self.now = origin
+        self.asks: dict[int, Ask] = {}
+        self.instances: dict[int, SimInstance] = {}
+        self.ended: dict[int, SimInstance] = {}
+        self.ssh_keys: list[dict[str, Any]] = []
+        self.steps: list[Step] = []
+        self.steps_done = 0
+        self.storms: list[Storm] = []
+        self.pending_races = 0
+        self.pending_create_errors = 0
+        self.next_ask_id = 5_000_001
+        self.next_instance_id = 10_000_001
+        self.next_key_id = 1
+        self.backend: HostBackend | None = None
+        self.port_for: Callable[[int], int] = _default_port
+        self._heap: list[tuple[float, int, str, int, float]] = []
+        self._seq = itertools.count()
+        for machine in self.machines.values():
+            self._refresh_asks(machine)
+
+    # ----------------------------------------------------------------- construction and persistence
+
+    @classmethod
+    def generate(cls, *, seed: int, hosts: int, origin: float) -> World:
+        """A deterministic market of `hosts` hosts (one or two machines each) from `seed`."""
+        rng = random.Random(seed)
+        machines = []
+        machine_id = 10_000
+        for host_index in range(hosts):
+            host_id = 100_000 + host_index * 7
+            for _ in range(rng.choice((1, 1, 2))):
+                machine_id += rng.randint(1, 40)
+                name, vram, price, cuda = rng.choice(_GPUS)
+                num_gpus = rng.choice((1, 1, 2, 4, 8))
+                dph = round(price * rng.uniform(0.8, 1.3), 3)
+                machines.append(
+                    Machine(
+                        machine_id=machine_id,
+                        host_id=host_id,
+                        gpu_name=name,
+                        num_gpus=num_gpus,
+                        gpu_ram=vram * 1024.0,
+                        cpu_cores=num_gpus * rng.choice((4, 8, 16)),
+                        cpu_ram=num_gpus * rng.choice((32, 64)) * 1024.0,
+                        disk_space=float(rng.choice((200, 500, 1000, 2000))),
+                        dph_per_gpu=dph,
+                        storage_cost=round(rng.uniform(0.05, 0.25), 3),
+                        min_bid_per_gpu=round(dph * rng.uniform(0.35, 0.6), 3),
+                        reliability=round(rng.uniform(0.9, 0.999), 4),
+                        geolocation=rng.choice(_GEOS),
+                        cuda_max_good=cuda,
+                        inet_down=float(rng.choice((100, 500, 1000, 5000))),
+                        inet_up=float(rng.choice((100, 500, 1000))),
+                        end_date=origin + 86400.0 * rng.randint(7, 90),
+                    )
+                )
+        return cls(machines, origin=origin)
+
+    @classmethod
+    def from_machines(cls, specs: Sequence[Mapping[str, Any]], *, origin: float) -> World:
+        """A world from explicit machine specs (scenario files); missing fields get plain defaults."""
+        machines = []
+        for index, spec in enumerate(specs):
+            spec = dict(spec)
+            days = float(spec.pop("days", 30))
+            gpu_ram_gb = float(spec.pop("gpu_ram_gb", 24))
+            num_gpus = int(spec.get("num_gpus", 1))
+            dph = float(spec.get("dph_per_gpu", 0.4))
+            defaults: dict[str, Any] = {
+                "machine_id": 20_000 + index,
+                "host_id": 200_000 + index,
+                "gpu_name": "RTX 4090",
+                "gpu_ram": gpu_ram_gb * 1024.0,
+                "cpu_cores": 8 * num_gpus,
+                "cpu_ram": 32768.0 * num_gpus,
+                "disk_space": 500.0,
+                "dph_per_gpu": dph,
+                "storage_cost": 0.1,
+                "min_bid_per_gpu": round(dph / 2, 3),
+                "reliability": 0.99,
+                "geolocation": "Texas, US",
+                "cuda_max_good": 12.4,
+                "inet_down": 1000.0,
+                "inet_up": 500.0,
+                "end_date": origin + days * 86400.0,
+            }
+            try:
+                machines.append(Machine(**{**defaults, **spec}))
+            except TypeError as exc:
+                raise ValueError(f"machine {index + 1}: {exc}") from None
+        return cls(machines, origin=origin)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "origin": self.origin,
+            "now": self.now,
+            "credit": self.credit,
+            "machines": [asdict(m) for m in self.machines.values()],
+            "asks": [asdict(a) for a in self.asks.values()],
+            "instances": [asdict(i) for i in self.instances.values()],
+            "ended": [asdict(i) for i in self.ended.values()],
+            "ssh_keys": self.ssh_keys,
+            "steps_done": self.steps_done,
+            "storms": [asdict(s) for s in self.storms],
+            "pending_races": self.pending_races,
+            "pending_create_errors": self.pending_create_errors,
+            "next_ask_id": self.next_ask_id,
+            "next_instance_id": self.next_instance_id,
+            "next_key_id": self.next_key_id,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> World:
+        world = cls([], origin=float(data["origin"]), credit=float(data["credit"]))
+        world.machines = {m["machine_id"]: Machine(**m) for m in data["machines"]}
+        world.now = float(data["now"])
+        world.asks = {a["id"]: Ask(**a) for a in data["asks"]}
+        world.instances = {i["id"]: _instance_from_dict(i) for i in data["instances"]}
+        world.ended = {i["id"]: _instance_from_dict(i) for i in data["ended"]}
+        world.ssh_keys = list(data["ssh_keys"])
+        world.steps_done = int(data["steps_done"])
+        world.storms = [Storm(**s) for s in data["storms"]]
+        world.pending_races = int(data["pending_races"])
+        world.pending_create_errors = int(data["pending_create_errors"])
+        world.next_ask_id = int(data["next_ask_id"])
+        world.next_instance_id = int(data["next_instance_id"])
+        world.next_key_id = int(data["next_key_id"])
+        for inst in world.instances.values():
+            if inst.due_at is not None:
+                heapq.heappush(world._heap, (inst.due_at, next(world._seq), "due", inst.id, inst.due_token))
+            heapq.heappush(world._heap, (inst.end_date, next(world._seq), "expire", inst.id, inst.end_date))
+        return world
+
+    # ----------------------------------------------------------------- time
+
+    def advance(self, now: float) -> None:
+        """Play everything that fell due up to `now`, in time order."""
+        while True:
+            while self._heap and not self._heap_entry_live(self._heap[0]):
+                heapq.heappop(self._heap)
+            heap_at = self._heap[0][0] if self._heap else None
+            step = self.steps[self.steps_done] if self.steps_done < len(self.steps) else None
+            step_at = self.origin + step.at if step else None
+            if step is not None and step_at is not None and step_at <= now and (heap_at is None or step_at <= heap_at):
+                self.now = max(self.now, step_at)
+                self.steps_done += 1
+                self.apply(step.action, step.params)
+            elif heap_at is not None and heap_at <= now:
+                at, _, kind, instance_id, _ = heapq.heappop(self._heap)
+                self.now = max(self.now, at)
+                inst = self.instances[instance_id]
+                if kind == "due":
+                    self._on_due(inst)
+                else:
+                    self._expire(inst)
+            else:
+                break
+        self.now = max(self.now, now)
+
+    def _heap_entry_live(self, entry: tuple[float, int, str, int, float]) -> bool:
+        _, _, kind, instance_id, token = entry
+        inst = self.instances.get(instance_id)
+        if inst is None:
+            return False
+        if kind == "due":
+            return inst.due_at is not None and inst.due_token == token
+        return inst.end_date == token
+
+    @property
+    def scenario_end(self) -> float | None:
+        return self.origin + max(step.at for step in self.steps) if self.steps else None
+
+    def set_steps(self, steps: Sequence[Step]) -> None:
+        """Attach a timeline; flaps expand into their offline and online steps."""
+        expanded: list[Step] = []
+        for step in steps:
+            if step.action == "flap":
+                params = dict(step.params)
+                duration = parse_duration(params.pop("duration", "60s"))
+                for n in range(int(params.pop("count", 1))):
+                    expanded.append(Step(step.at + 2 * n * duration, "offline", params))
+                    expanded.append(Step(step.at + (2 * n + 1) * duration, "online", params))
+            else:
+                expanded.append(step)
+        self.steps = sorted(expanded, key=lambda s: s.at)
+
+    # ----------------------------------------------------------------- offers
+
+    def _refresh_asks(self, machine: Machine) -> None:
+        """Offers follow free capacity: a machine's asks are reissued (new ids) whenever it changes."""
+        for ask_id in [a.id for a in self.asks.values() if a.machine_id == machine.machine_id]:
+            del self.asks[ask_id]
+        free = machine.num_gpus - machine.used_gpus
+        size = 1
+        while size <= free:
+            self.asks[self.next_ask_id] = Ask(self.next_ask_id, machine.machine_id, size)
+            self.next_ask_id += 1
+            size *= 2
+
+    def offer_row(self, ask: Ask, *, bid: bool = False, storage_gb: float = 5.0) -> dict[str, Any]:
+        m = self.machines[ask.machine_id]
+        n = ask.num_gpus
+        base = round((m.min_bid_per_gpu if bid else m.dph_per_gpu) * n, 4)
+        storage_ph = m.storage_cost * storage_gb / HOURS_PER_MONTH
+        disk = round(m.disk_space * n / m.num_gpus, 1)
+        return {
+            "id": ask.id,
+            "ask_contract_id": ask.id,
+            "bundle_id": ask.id,
+            "machine_id": m.machine_id,
+            "host_id": m.host_id,
+            "gpu_name": m.gpu_name,
+            "num_gpus": n,
+            "gpu_frac": n / m.num_gpus,
+            "gpu_ram": m.gpu_ram,
+            "gpu_total_ram": m.gpu_ram * n,
+            "cpu_cores": m.cpu_cores * n // m.num_gpus,
+            "cpu_cores_effective": float(m.cpu_cores * n // m.num_gpus),
+            "cpu_ram": m.cpu_ram * n / m.num_gpus,
+            "disk_space": disk,
+            "dph_base": base,
+            "dph_total": round(base + storage_ph, 6),
+            "storage_cost": m.storage_cost,
+            "min_bid": round(m.min_bid_per_gpu * n, 4),
+            "reliability": m.reliability,
+            "reliability2": m.reliability,
+            "cuda_max_good": m.cuda_max_good,
+            "inet_down": m.inet_down,
+            "inet_up": m.inet_up,
+            "geolocation": m.geolocation,
+            "verification": "verified",
+            "verified": True,
+            "external": False,
+            "rentable": True,
+            "rented": False,
+            "is_bid": bid,
+            "end_date": m.end_date,
+            "duration": m.end_date - self.now,
+            "total_flops": round(n * m.gpu_ram / 1024.0, 1),
+            "dlperf": round(n * m.gpu_ram / 1024.0 * m.reliability, 2),
+            "score": round(n * m.gpu_ram / 1024.0 * m.reliability / max(base, 0.01), 3),
+            "direct_port_count": 100,
+            "static_ip": True,
+            "datacenter": False,
+            "compute_cap": 890,
+            "driver_version": "550.54.14",
+            "public_ipaddr": "127.0.0.1",
+        }
+
+    def search(self, query: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """Offers matching a Vast search query (`{field: {op: value}}`, order, type, limit)."""
+        kind = str(query.get("type") or "on-demand")
+        if kind not in ("on-demand", "bid", "interruptible", "reserved"):
+            raise SimError(400, "invalid_args", f"unknown offer type {kind!r}")
+        storage = _number(query.get("allocated_storage"), 5.0)
+        filters = {
+            ("reliability2" if k == "reliability" else k): v
+            for k, v in query.items()
+            if k not in ("order", "type", "limit", "allocated_storage", "disable_bundling", "extra_ids")
+        }
+        rows = [
+            self.offer_row(ask, bid=kind in ("bid", "interruptible"), storage_gb=storage)
+            for ask in self.asks.values()
+            if not self.machines[ask.machine_id].offline
+        ]
+        rows = [row for row in rows if matches(row, filters)]
+        rows = sort_rows(rows, [tuple(o) for o in query.get("order") or [["score", "desc"]]])
+        limit = int(_number(query.get("limit"), 64))
+        return rows[: max(limit, 0)]
+
+    # ----------------------------------------------------------------- instances
+
+    def _new_instance(
+        self,
+        ask: Ask,
+        *,
+        image: str,
+        disk: float,
+        label: str | None,
+        onstart: str | None,
+        env: Mapping[str, str],
+        bid_price: float | None,
+        runtype: str,
+        pull_s: float,
+    ) -> SimInstance:
+        machine = self.machines[ask.machine_id]
+        instance_id = self.next_instance_id
+        self.next_instance_id += 1
+        inst = SimInstance(
+            id=instance_id,
+            machine_id=machine.machine_id,
+            num_gpus=ask.num_gpus,
+            image=image,
+            disk=disk,
+            label=label,
+            onstart=onstart,
+            env=dict(env),
+            is_bid=bid_price is not None,
+            bid_price=bid_price,
+            runtype=runtype,
+            created_at=self.now,
+            end_date=machine.end_date,
+            ssh_port=self.port_for(instance_id),
+            pull_s=pull_s,
+            ssh_keys=[k["public_key"] for k in self.ssh_keys],
+        )
+        inst.history.append((self.now, None))
+        self.instances[instance_id] = inst
+        machine.used_gpus += ask.num_gpus
+        self._refresh_asks(machine)
+        self._schedule(inst, self.now + SCHEDULE_S, "created")
+        heapq.heappush(self._heap, (inst.end_date, next(self._seq), "expire", inst.id, inst.end_date))
+        return inst
+
+    def create(self, ask_id: int, body: Mapping[str, Any]) -> tuple[int, dict[str, Any] | None]:
+        """Rent an ask (`PUT /asks/{id}/`). Returns the new id and, for a low bid, a failure body."""
+        if self.pending_races and ask_id in self.asks:
+            self.pending_races -= 1
+            self._rented_elsewhere(self.asks[ask_id])
+        ask = self.asks.get(ask_id)
+        if ask is None or self.machines[ask.machine_id].offline:
+            raise SimError(404, "no_such_ask", f"Instance type {ask_id} is no longer available.")
+        image = body.get("image")
+        if not isinstance(image, str) or not image.strip():
+            if not body.get("template_hash_id"):
+                raise SimError(400, "invalid_args", "image is required (or template_hash_id).")
+            image = f"template/{body['template_hash_id']}"
+        disk = _number(body.get("disk"), 10.0, what="disk")
+        if not 0 < disk <= self.machines[ask.machine_id].disk_space:
+            raise SimError(400, "invalid_args", f"disk must be between 0 and the machine's free space, got {disk}")
+        price = body.get("price")
+        if price is not None:
+            try:
+                price = float(price)
+            except (TypeError, ValueError):
+                raise SimError(400, "invalid_price", f"price must be a number, got {price!r}") from None
+            if not price > 0 or price != price:
+                raise SimError(400, "invalid_price", f"price must be positive, got {price}")
+        label = body.get("label")
+        onstart = body.get("onstart")
+        inst = self._new_instance(
+            ask,
+            image=image.strip(),
+            disk=disk,
+            label=str(label) if label is not None else None,
+            onstart=str(onstart) if onstart else None,
+            env=_env_dict(body.get("env")),
+            bid_price=price,
+            runtype=str(body.get("runtype") or "ssh"),
+            pull_s=_number(body.get("_pull_s"), DEFAULT_PULL_S),
+        )
+        if self.pending_create_errors:
+            self.pending_create_errors -= 1
+            raise SimError(500, "server_error", "Internal error while creating the instance; please retry.")
+        min_bid = self.machines[ask.machine_id].min_bid_per_gpu * ask.num_gpus
+        if price is not None and price < min_bid:
+            self._unschedule(inst)
+            self._set(inst, "stopped", "stopped", "stopped", "stopped", f"bid {price} is below minimum {min_bid}")
+            failure = {
+                "success": False,
+                "error": "bid_too_low",
+                "msg": f"Your bid of ${price}/h is below the minimum ${min_bid:.4f}/h; the instance is stopped.",
+                "new_contract": inst.id,
+            }
+            return inst.id, failure
+        return inst.id, None
+
+    def _rented_elsewhere(self, ask: Ask) -> None:
+        machine = self.machines[ask.machine_id]
+        machine.used_gpus += ask.num_gpus
+        self._refresh_asks(machine)
+
+    def _schedule(self, inst: SimInstance, at: float, target: str) -> None:
+        inst.due_at, inst.due_target = at, target
+        inst.due_token += 1
+        heapq.heappush(self._heap, (at, next(self._seq), "due", inst.id, inst.due_token))
+
+    def _unschedule(self, inst: SimInstance) -> None:
+        inst.due_at = inst.due_target = None
+        inst.due_token += 1
+
+    def _set(self, inst: SimInstance, actual: str | None, intended: str, cur: str, nxt: str, msg: str | None) -> None:
+        if actual != inst.actual_status:
+            inst.history.append((self.now, actual))
+        inst.actual_status, inst.intended_status, inst.cur_state, inst.next_state = actual, intended, cur, nxt
+        inst.status_msg = msg
+
+    def _on_due(self, inst: SimInstance) -> None:
+        target = inst.due_target
+        self._unschedule(inst)
+        if target == "created":
+            self._set(inst, "created", "running", "stopped", "running", "Container created")
+            self._schedule(inst, self.now + CREATE_S, "loading")
+        elif target == "loading":
+            self._begin_loading(inst, inst.pull_s, f"Pulling image {inst.image}")
+        elif target == "running":
+            self._set(inst, "running", "running", "running", "running", f"success, running {inst.image}")
+            inst.gpu_util = 87.0
+            inst.disk_util = max(inst.disk_util, 12.0)
+            if self.backend is not None:
+                self.backend.instance_up(inst, inst.ssh_keys)
+
+    def _begin_loading(self, inst: SimInstance, seconds: float, msg: str) -> None:
+        if inst.stuck_msg:
+            self._set(inst, "loading", "running", "running", "running", inst.stuck_msg)
+        else:
+            self._set(inst, "loading", "running", "running", "running", msg)
+            self._schedule(inst, self.now + seconds, "running")
+
+    def _halt(self, inst: SimInstance) -> None:
+        self._unschedule(inst)
+        inst.paused_due = None
+        inst.gpu_util = 0.0
+        if self.backend is not None:
+            self.backend.instance_down(inst.id)
+
+    def _expire(self, inst: SimInstance) -> None:
+        self._halt(inst)
+        when = datetime.fromtimestamp(inst.end_date, UTC).isoformat()
+        self._set(inst, "exited", "stopped", "stopped", "stopped", f"Contract ended at {when}")
+
+    def _end(self, inst: SimInstance) -> None:
+        """Destroyed or vanished: free the GPUs, keep the record for charges."""
+        self._halt(inst)
+        if self.backend is not None:
+            self.backend.instance_gone(inst.id)
+        inst.ended_at = self.now
+        inst.history.append((self.now, "destroyed"))
+        del self.instances[inst.id]
+        self.ended[inst.id] = inst
+        machine = self.machines[inst.machine_id]
+        machine.used_gpus = max(0, machine.used_gpus - inst.num_gpus)
+        self._refresh_asks(machine)
+
+    def instance(self, instance_id: int) -> SimInstance:
+        inst = self.instances.get(instance_id)
+        if inst is None:
+            raise SimError(404, "no_such_instance", f"Instance {instance_id} not found.")
+        return inst
+
+    def destroy(self, instance_id: int) -> None:
+        self._end(self.instance(instance_id))
+
+    def stop(self, instance_id: int) -> None:
+        inst = self.instance(instance_id)
+        self._halt(inst)
+        self._set(inst, "stopped", "stopped", "stopped", "stopped", "Instance stopped")
+
+    def start(self, instance_id: int) -> None:
+        inst = self.instance(instance_id)
+        if inst.actual_status in ("running", "loading", "rebooting", "created", None):
+            return
+        if self.machines[inst.machine_id].offline:
+            raise SimError(400, "host_offline", f"The host of instance {instance_id} is offline.")
+        self._halt(inst)
+        self._begin_loading(inst, RESTART_S, "Starting container")
+
+    def reboot(self, instance_id: int) -> None:
+        inst = self.instance(instance_id)
+        if inst.actual_status != "running":
+            raise SimError(400, "invalid_args", f"Instance {instance_id} is not running.")
+        self._halt(inst)
+        self._set(inst, "rebooting", "running", "running", "running", "Rebooting")
+        self._schedule(inst, self.now + REBOOT_S, "running")
+
+    def set_label(self, instance_id: int, label: str | None) -> None:
+        self.instance(instance_id).label = label
+
+    def change_bid(self, instance_id: int, price: Any) -> None:
+        inst = self.instance(instance_id)
+        try:
+            value = float(price)
+        except (TypeError, ValueError):
+            raise SimError(400, "invalid_price", f"price must be a number, got {price!r}") from None
+        if not value > 0:
+            raise SimError(400, "invalid_price", f"price must be positive, got {value}")
+        inst.is_bid, inst.bid_price = True, value
+
+    # ----------------------------------------------------------------- faults and scripted actions
+
+    def resolve(self, ref: Any) -> SimInstance:
+        """An instance by id, exact label, or label suffix after ':' (``job-1`` finds ``vastevents:job-1``)."""
+        if isinstance(ref, int) or (isinstance(ref, str) and ref.isdigit()):
+            return self.instance(int(ref))
+        if isinstance(ref, str):
+            live = sorted(self.instances.values(), key=lambda i: i.id, reverse=True)
+            for inst in live:
+                if inst.label == ref:
+                    return inst
+            for inst in live:
+                if inst.label and inst.label.split(":", 1)[-1] == ref:
+                    return inst
+        raise SimError(404, "no_such_instance", f"No live instance matches {ref!r}.")
+
+    def _machine_of(self, params: Mapping[str, Any]) -> Machine:
+        if "machine" in params or "machine_id" in params:
+            machine_id = int(params.get("machine", params.get("machine_id")))
+            if machine_id not in self.machines:
+                raise SimError(404, "no_such_machine", f"No machine {machine_id}.")
+            return self.machines[machine_id]
+        return self.machines[self.resolve(params.get("instance")).machine_id]
+
+    def apply(self, action: str, params: Mapping[str, Any]) -> dict[str, Any]:
+        """Run one scripted or admin action at the world's current time."""
+        if action not in ACTIONS:
+            raise SimError(404, "unknown_action", f"Unknown action {action!r}; known: {', '.join(sorted(ACTIONS))}.")
+        handler: Callable[[Mapping[str, Any]], dict[str, Any]] = getattr(self, f"_act_{action}")
+        return handler(params)
+
+    def _act_create(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        ask = self._pick_ask(params)
+        bid = params.get("bid")
+        machine = self.machines[ask.machine_id]
+        if bid is True:
+            bid = machine.min_bid_per_gpu * ask.num_gpus * 1.1
+        inst = self._new_instance(
+            ask,
+            image=str(params.get("image", "pytorch/pytorch")),
+            disk=float(params.get("disk", 32)),
+            label=params.get("label"),
+            onstart=params.get("onstart"),
+            env=_env_dict(params.get("env")),
+            bid_price=float(bid) if bid not in (None, False) else None,
+            runtype=str(params.get("runtype", "ssh_direct")),
+            pull_s=parse_duration(params.get("pull", DEFAULT_PULL_S)),
+        )
+        if params.get("stuck"):
+            inst.stuck_msg = str(params.get("msg") or OCI_PULL_ERROR)
+        return {"new_contract": inst.id}
+
+    def _pick_ask(self, params: Mapping[str, Any]) -> Ask:
+        if "ask" in params:
+            ask = self.asks.get(int(params["ask"]))
+            if ask is None:
+                raise SimError(404, "no_such_ask", f"Instance type {params['ask']} is no longer available.")
+            return ask
+        want_gpus = int(params.get("num_gpus", 1))
+        gpu_name = params.get("gpu_name")
+        candidates = [
+            a
+            for a in self.asks.values()
+            if a.num_gpus == want_gpus
+            and not self.machines[a.machine_id].offline
+            and (gpu_name is None or self.machines[a.machine_id].gpu_name == gpu_name)
+        ]
+        if not candidates:
+            raise SimError(404, "no_such_ask", f"No free offer with {want_gpus} GPU(s) {gpu_name or ''}".strip())
+        return min(candidates, key=lambda a: (self.machines[a.machine_id].dph_per_gpu, a.id))
+
+    def _act_preempt(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        inst = self.resolve(params.get("instance"))
+        self._halt(inst)
+        if inst.is_bid:
+            self._set(inst, "exited", "stopped", "stopped", "stopped", "Instance outbid: a higher bid took the GPUs")
+        else:
+            self._set(inst, "exited", "running", "stopped", "running", "Host reclaimed the machine")
+        return {"instance": inst.id}
+
+    _act_outbid = _act_preempt
+
+    def _act_offline(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        machine = self._machine_of(params)
+        if machine.offline:
+            return {"machine": machine.machine_id}
+        machine.offline = True
+        for inst in self._on_machine(machine):
+            if inst.due_at is not None and inst.due_target is not None:
+                inst.paused_due = (inst.due_target, max(0.0, inst.due_at - self.now))
+            paused = inst.paused_due
+            inst.before_offline = (inst.actual_status, inst.cur_state, inst.next_state, inst.status_msg)
+            self._halt(inst)
+            inst.paused_due = paused
+            self._set(inst, "offline", inst.intended_status, inst.cur_state, inst.next_state, "Host is offline")
+        return {"machine": machine.machine_id}
+
+    def _act_online(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        machine = self._machine_of(params)
+        if not machine.offline:
+            return {"machine": machine.machine_id}
+        machine.offline = False
+        for inst in self._on_machine(machine):
+            if inst.before_offline is None:
+                continue
+            actual, cur, nxt, msg = inst.before_offline
+            inst.before_offline = None
+            self._set(inst, actual, inst.intended_status, cur, nxt, msg)
+            if inst.paused_due is not None:
+                target, left = inst.paused_due
+                inst.paused_due = None
+                self._schedule(inst, self.now + left, target)
+            if actual == "running" and self.backend is not None:
+                self.backend.instance_up(inst, inst.ssh_keys)
+        return {"machine": machine.machine_id}
+
+    def _on_machine(self, machine: Machine) -> list[SimInstance]:
+        return [i for i in self.instances.values() if i.machine_id == machine.machine_id]
+
+    def _act_stuck_loading(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        inst = self.resolve(params.get("instance"))
+        inst.stuck_msg = str(params.get("msg") or OCI_PULL_ERROR)
+        if inst.actual_status == "loading":
+            self._unschedule(inst)
+            inst.status_msg = inst.stuck_msg
+        return {"instance": inst.id}
+
+    def _act_no_such_ask(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        self.pending_races += int(params.get("count", 1))
+        return {"pending": self.pending_races}
+
+    def _act_create_error(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        self.pending_create_errors += int(params.get("count", 1))
+        return {"pending": self.pending_create_errors}
+
+    def _storm(self, kind: str, params: Mapping[str, Any], status: int) -> dict[str, Any]:
+        duration = parse_duration(params.get("duration", "30s"))
+        storm = Storm(
+            kind=kind,
+            start=self.now,
+            end=self.now + duration,
+            status=int(params.get("status", status)),
+            delay=float(params.get("delay", 0.0)),
+        )
+        self.storms.append(storm)
+        return {"until": storm.end}
+
+    def _act_rate_limit(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        return self._storm("rate_limit", params, 429)
+
+    def _act_server_error(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        return self._storm("server_error", params, 503)
+
+    def _act_slow(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        return self._storm("slow", {"delay": 2.0, **params}, 200)
+
+    def active_storms(self) -> list[Storm]:
+        self.storms = [s for s in self.storms if s.end > self.now]
+        return [s for s in self.storms if s.start <= self.now]
+
+    def _act_gpu_broken(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        inst = self.resolve(params.get("instance"))
+        inst.status_msg = GPU_BROKEN_MSG
+        inst.gpu_util = 0.0
+        return {"instance": inst.id}
+
+    def _act_disk_full(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        inst = self.resolve(params.get("instance"))
+        inst.status_msg = DISK_FULL_MSG
+        inst.disk_util = 100.0
+        return {"instance": inst.id}
+
+    def _act_vanish(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        inst = self.resolve(params.get("instance"))
+        self._end(inst)
+        return {"instance": inst.id}
+
+    def _act_expire(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        inst = self.resolve(params.get("instance"))
+        inst.end_date = self.now + parse_duration(params.get("after", 0))
+        heapq.heappush(self._heap, (inst.end_date, next(self._seq), "expire", inst.id, inst.end_date))
+        return {"instance": inst.id, "end_date": inst.end_date}
+
+    def _act_stop(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        self.stop(self.resolve(params.get("instance")).id)
+        return {}
+
+    def _act_start(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        self.start(self.resolve(params.get("instance")).id)
+        return {}
+
+    def _act_reboot(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        self.reboot(self.resolve(params.get("instance")).id)
+        return {}
+
+    def _act_destroy(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        self.destroy(self.resolve(params.get("instance")).id)
+        return {}
+
+    def _act_label(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        self.set_label(self.resolve(params.get("instance")).id, params.get("label"))
+        return {}
+
+    # ----------------------------------------------------------------- views
+
+    def instance_row(self, inst: SimInstance, *, ssh_host: str = "127.0.0.1") -> dict[str, Any]:
+        m = self.machines[inst.machine_id]
+        base = round(inst.bid_price if inst.bid_price is not None else m.dph_per_gpu * inst.num_gpus, 6)
+        storage_ph = m.storage_cost * inst.disk / HOURS_PER_MONTH
+        port = str(inst.ssh_port)
+        return {
+            "id": inst.id,
+            "actual_status": inst.actual_status,
+            "intended_status": inst.intended_status,
+            "cur_state": inst.cur_state,
+            "next_state": inst.next_state,
+            "status_msg": inst.status_msg,
+            "label": inst.label,
+            "machine_id": m.machine_id,
+            "host_id": m.host_id,
+            "gpu_name": m.gpu_name,
+            "num_gpus": inst.num_gpus,
+            "gpu_ram": m.gpu_ram,
+            "gpu_totalram": m.gpu_ram * inst.num_gpus,
+            "gpu_util": inst.gpu_util,
+            "gpu_temp": 55.0 if inst.actual_status == "running" else 0.0,
+            "cpu_cores": m.cpu_cores * inst.num_gpus // m.num_gpus,
+            "cpu_ram": m.cpu_ram * inst.num_gpus / m.num_gpus,
+            "disk_space": inst.disk,
+            "disk_util": inst.disk_util,
+            "dph_base": base,
+            "dph_total": round(base + storage_ph, 6),
+            "storage_cost": m.storage_cost,
+            "storage_total_cost": round(storage_ph, 6),
+            "is_bid": inst.is_bid,
+            "min_bid": round(m.min_bid_per_gpu * inst.num_gpus, 4),
+            "ssh_host": ssh_host,
+            "ssh_port": inst.ssh_port,
+            "ssh_idx": "1",
+            "public_ipaddr": ssh_host,
+            "ports": {"22/tcp": [{"HostIp": "0.0.0.0", "HostPort": port}]},  # noqa: S104 - Vast's wire shape
+            "direct_port_start": inst.ssh_port,
+            "direct_port_end": inst.ssh_port,
+            "start_date": inst.created_at,
+            "end_date": inst.end_date,
+            "duration": inst.end_date - self.now,
+            "extra_env": [[k, v] for k, v in inst.env.items()],
+            "image_uuid": inst.image,
+            "image_runtype": inst.runtype,
+            "onstart": inst.onstart,
+            "reliability2": m.reliability,
+            "geolocation": m.geolocation,
+            "cuda_max_good": m.cuda_max_good,
+            "inet_down": m.inet_down,
+            "inet_up": m.inet_up,
+            "verification": "verified",
+            "template_hash_id": None,
+            "uptime_mins": None,
+        }
+
+    def charges(self, inst: SimInstance) -> tuple[float, float]:
+        """(gpu $, storage $) accrued: the GPU price while running, storage for the whole life (stopped too)."""
+        m = self.machines[inst.machine_id]
+        end = inst.ended_at if inst.ended_at is not None else self.now
+        gpu_rate = inst.bid_price if inst.bid_price is not None else m.dph_per_gpu * inst.num_gpus
+        gpu = 0.0
+        points = [*inst.history, (end, "end")]
+        for (start, status), (stop, _) in itertools.pairwise(points):
+            if status == "running":
+                gpu += (min(stop, end) - start) / 3600.0 * gpu_rate
+        storage = (end - inst.created_at) / 3600.0 * m.storage_cost * inst.disk / HOURS_PER_MONTH
+        return gpu, storage
+
+    def all_instances(self) -> list[SimInstance]:
+        return sorted([*self.instances.values(), *self.ended.values()], key=lambda i: i.id)
+
+    def spend(self) -> float:
+        return sum(sum(self.charges(inst)) for inst in self.all_instances())
+
+    def add_ssh_key(self, public_key: str) -> dict[str, Any]:
+        key = public_key.strip()
+        if not key.startswith(("ssh-", "ecdsa-", "sk-")):
+            raise SimError(400, "invalid_args", "ssh_key must be an OpenSSH public key (ssh-ed25519 AAAA...).")
+        record = {
+            "id": self.next_key_id,
+            "user_id": 1,
+            "public_key": key,
+            "key": key,
+            "created_at": datetime.fromtimestamp(self.now, UTC).isoformat(),
+            "deleted_at": None,
+        }
+        self.next_key_id += 1
+        self.ssh_keys.append(record)
+        return record
+
+
+def _instance_from_dict(data: Mapping[str, Any]) -> SimInstance:
+    data = dict(data)
+    data["history"] = [tuple(h) for h in data["history"]]
+    for name in ("paused_due", "before_offline"):
+        if data.get(name) is not None:
+            data[name] = tuple(data[name])
+    return SimInstance(**data)
+
+
+def _number(value: Any, default: float, *, what: str = "value") -> float:
+    if value is None or value == "":
+        return default
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise SimError(400, "invalid_args", f"{what} must be a number, got {value!r}") from None
+
+
+def _env_dict(env: Any) -> dict[str, str]:
+    """Vast takes env as a dict (CLI) or a docker-style string (``-e A=1 -p 22:22``)."""
+    if isinstance(env, Mapping):
+        return {str(k): str(v) for k, v in env.items()}
+    if isinstance(env, str):
+        result: dict[str, str] = {}
+        words = env.split()
+        for flag, value in itertools.pairwise(words):
+            if flag == "-e" and "=" in value:
+                name, _, val = value.partition("=")
+                result[name] = val
+            elif flag == "-p":
+                result[f"-p {value}"] = "1"
+        return result
+    if env is None:
+        return {}
+    raise SimError(400, "invalid_args", "env must be an object of NAME: value pairs")
+
+
+# --------------------------------------------------------------------- query matching (offers and lists)
+
+_OPS = frozenset({"eq", "neq", "gt", "gte", "lt", "lte", "in", "notin", "nin", "ne"})
+
+
+def _coerce(want: Any, like: Any) -> Any:
+    if isinstance(like, bool):
+        if isinstance(want, str):
+            return want.strip().lower() in ("true", "1", "yes")
+        return bool(want)
+    if isinstance(like, int | float):
+        try:
+            return float(want)
+        except (TypeError, ValueError):
+            return want
+    if isinstance(like, str) and want is not None:
+        return str(want)
+    return want
+
+
+def _equal(actual: Any, want: Any) -> bool:
+    if actual is None or want is None:
+        return actual is want
+    want = _coerce(want, actual)
+    if isinstance(actual, str) and isinstance(want, str):
+        return actual.lower() == want.lower()
+    return bool(actual == want)
+
+
+def compare(actual: Any, op: str, want: Any) -> bool:
+    if op in ("in", "notin", "nin"):
+        values = want if isinstance(want, list) else [want]
+        hit = any(_equal(actual, v) for v in values)
+        return hit if op == "in" else not hit
+    if op == "eq":
+        return _equal(actual, want)
+    if op in ("neq", "ne"):
+        return not _equal(actual, want)
+    if actual is None or isinstance(actual, bool):
+        return False
+    want = _coerce(want, actual)
+    if type(want) is not type(actual) and not (isinstance(want, float) and isinstance(actual, int | float)):
+        return False
+    if op == "gt":
+        return bool(actual > want)
+    if op == "gte":
+        return bool(actual >= want)
+    if op == "lt":
+        return bool(actual < want)
+    return bool(actual <= want)
+
+
+def matches(row: Mapping[str, Any], filters: Mapping[str, Any]) -> bool:
+    """Whether a row passes `{field: {op: value}}`; a field the row lacks is not a constraint (Vast ignores it)."""
+    for name, ops in filters.items():
+        if name not in row:
+            continue
+        if not isinstance(ops, Mapping):
+            ops = {"eq": ops}
+        for op, want in ops.items():
+            if op not in _OPS:
+                raise SimError(400, "invalid_args", f"unknown operator {op!r} for {name}")
+            if not compare(row[name], op, want):
+                return False
+    return True
+
+
+def sort_rows(rows: list[dict[str, Any]], order: Sequence[Sequence[Any]]) -> list[dict[str, Any]]:
+    """Stable multi-key sort; None sorts last whatever the direction."""
+    for spec in reversed(order):
+        if not spec:
+            continue
+        name = str(spec[0])
+        descending = len(spec) > 1 and str(spec[1]).lower() == "desc"
+        present = [r for r in rows if r.get(name) is not None]
+        missing = [r for r in rows if r.get(name) is None]
+        try:
+            present.sort(key=lambda r: r[name], reverse=descending)
+        except TypeError:
+            present.sort(key=lambda r: str(r[name]), reverse=descending)
+        rows = present + missing
+    return rows
