@@ -527,6 +527,35 @@ async def test_create_reporting_failure_with_a_new_contract_names_the_instance()
     assert len(fake.requests) == 1
 
 
+async def test_create_error_status_with_a_new_contract_names_the_instance() -> None:
+    fake = FakeVast(ok({"error": "invalid_price", "msg": "bid too low", "new_contract": "9002"}, 400))
+    async with client_for(fake) as client:
+        with pytest.raises(AmbiguousCreate, match="created instance 9002") as caught:
+            await client.create_instance(77, image="img", disk=10, price=0.01)
+    assert caught.value.instance_id == 9002 and caught.value.status_code == 400
+
+
+async def test_create_success_without_a_success_flag_returns_the_id() -> None:
+    fake = FakeVast(ok({"new_contract": 31}))
+    async with client_for(fake) as client:
+        assert await client.create_instance(77, image="img", disk=10) == 31
+
+
+async def test_create_success_naming_no_usable_instance_is_ambiguous() -> None:
+    fake = FakeVast(ok({"success": True, "new_contract": "soon"}))
+    async with client_for(fake) as client:
+        with pytest.raises(AmbiguousCreate, match="named no new instance") as caught:
+            await client.create_instance(77, image="img", disk=10)
+    assert caught.value.instance_id is None
+
+
+async def test_create_on_a_wrong_url_html_404_is_not_found_rather_than_a_taken_offer() -> None:
+    fake = FakeVast(httpx.Response(404, text="<html>Not Found</html>", headers={"content-type": "text/html"}))
+    async with client_for(fake) as client:
+        with pytest.raises(NotFound):
+            await client.create_instance(77, image="img", disk=10)
+
+
 async def test_create_with_unreadable_success_answer_is_ambiguous() -> None:
     fake = FakeVast(httpx.Response(200, text='{"success": tr', headers={"content-type": "application/json"}))
     async with client_for(fake) as client:

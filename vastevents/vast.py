@@ -113,6 +113,25 @@ def _error_details(response: httpx.Response) -> tuple[str | None, str | None]:
     return (str(code) if code else None), (str(message) if message else None)
 
 
+def _instance_id(value: object) -> int | None:
+    """An instance id as Vast sends it (int or numeric string), else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value)
+    return None
+
+
+def _is_json(response: httpx.Response) -> bool:
+    try:
+        response.json()
+    except ValueError:
+        return False
+    return True
+
+
 def _content_kind(response: httpx.Response) -> str:
     content_type = response.headers.get("content-type", "")
     if "html" in content_type.lower() or response.text.lstrip().lower().startswith(("<!doctype", "<html")):
@@ -283,14 +302,13 @@ class VastClient:
             result = response.json()
         except ValueError:
             result = None
-        if isinstance(result, dict) and result.get("new_contract") and result.get("success") is not True:
-            instance_id = int(result["new_contract"])
+        failed = status >= 400 or (isinstance(result, dict) and result.get("success") is False)
+        if failed and isinstance(result, dict) and result.get("new_contract"):
+            instance_id = _instance_id(result["new_contract"])
             detail = result.get("msg") or result.get("error") or "no reason given"
+            created = f"instance {instance_id}" if instance_id is not None else "an instance"
             raise AmbiguousCreate(
-                redact(
-                    f"{unclear}: Vast reported failure ({detail}) but created instance {instance_id}; "
-                    "destroy or adopt it"
-                ),
+                redact(f"{unclear}: Vast reported failure ({detail}) but created {created}; destroy or adopt it"),
                 instance_id=instance_id,
                 status_code=status,
                 error=str(result.get("error")) if result.get("error") else None,
@@ -308,10 +326,10 @@ class VastClient:
                 status_code=status,
                 error=str(result.get("error")) if result.get("error") else None,
             )
-        try:
-            return int(result["new_contract"])
-        except (KeyError, TypeError, ValueError):
-            raise AmbiguousCreate(f"{unclear}: the answer named no new instance; reconcile by label") from None
+        instance_id = _instance_id(result.get("new_contract"))
+        if instance_id is None:
+            raise AmbiguousCreate(f"{unclear}: the answer named no new instance; reconcile by label")
+        return instance_id
 
     # --- instances -----------------------------------------------------------------------------------------
 
@@ -514,7 +532,7 @@ class VastClient:
             else:
                 text = f"The Vast API rejected the API key (HTTP {status}{detail}). {_KEY_HELP}."
             return AuthError(redact(text), status_code=status, error=code)
-        if status in (404, 410) and (ask_id is not None or code == "no_such_ask"):
+        if status in (404, 410) and (code == "no_such_ask" or (ask_id is not None and _is_json(response))):
             what = f"Offer {ask_id}" if ask_id is not None else "The offer"
             return NoSuchAsk(
                 redact(f"{what} is no longer available (HTTP {status}{detail}); try the next offer"),
