@@ -1,0 +1,108 @@
+"""``vastevents sim``: serve a local Vast on loopback, or show a running one (``--status``)."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from pathlib import Path
+from types import FrameType
+from typing import Annotated, Any
+
+import httpx
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from vastevents._logging import redact, register_secret
+from vastevents.cli._app import app
+from vastevents.errors import VastEventsError
+from vastevents.sim import Simulator
+
+DEFAULT_PORT = 8642
+DEFAULT_KEY = "sim-key"
+
+
+@app.command()
+def sim(
+    host: Annotated[str, typer.Option(help="Address to listen on (keep it loopback).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on (0: any free port).")] = DEFAULT_PORT,
+    api_key: Annotated[
+        str, typer.Option("--api-key", envvar="VASTEVENTS_SIM_KEY", help="The key clients must send.")
+    ] = DEFAULT_KEY,
+    speed: Annotated[float, typer.Option(min=0.001, help="Simulated seconds per real second.")] = 1.0,
+    scenario: Annotated[
+        Path | None, typer.Option(help="Scenario file (TOML/JSON): world and timeline of faults.")
+    ] = None,
+    state: Annotated[Path | None, typer.Option(help="State file: kept across restarts of the simulator.")] = None,
+    ssh: Annotated[bool, typer.Option("--ssh/--no-ssh", help="Back running instances with real sshd.")] = False,
+    seed: Annotated[int, typer.Option(help="Seed of the generated market of hosts.")] = 0,
+    status: Annotated[
+        bool, typer.Option("--status", help="Show hosts, instances and spend of the simulator at --host/--port.")
+    ] = False,
+) -> None:
+    """Serve the Vast API on loopback from a simulated market, with faults scripted or injected via /_sim/."""
+    register_secret(api_key)
+    if status:
+        _show_status(f"http://{host}:{port}", api_key)
+        return
+    try:
+        simulator = Simulator(
+            api_key=api_key, speed=speed, scenario=scenario, state=state, ssh=ssh, seed=seed, host=host, port=port
+        )
+        simulator.start()
+    except (VastEventsError, OSError) as exc:
+        typer.echo(f"error: {redact(str(exc))}", err=True)
+        raise typer.Exit(1) from None
+    done = threading.Event()
+
+    def _on_signal(signum: int, frame: FrameType | None) -> None:
+        done.set()
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    key_hint = "sim-key (the default)" if api_key == DEFAULT_KEY else "the --api-key you passed"
+    typer.echo(f"vastevents sim listening on {simulator.url} (speed x{speed:g}{', ssh hosts' if ssh else ''})")
+    typer.echo(f"  use it: VAST_URL={simulator.url} VAST_API_KEY=<{key_hint}>")
+    typer.echo(f"  status: vastevents sim --status --port {simulator.port}; admin: POST {simulator.url}/_sim/<action>")
+    try:
+        while not done.wait(0.5):
+            pass
+    finally:
+        simulator.stop()
+        typer.echo("vastevents sim stopped")
+
+
+def _show_status(url: str, api_key: str) -> None:
+    try:
+        response = httpx.get(f"{url}/_sim/state", headers={"Authorization": f"Bearer {api_key}"}, timeout=10)
+        response.raise_for_status()
+        state: dict[str, Any] = response.json()
+    except (httpx.HTTPError, ValueError) as exc:
+        typer.echo(f"error: no simulator answering at {url}: {redact(str(exc))}", err=True)
+        raise typer.Exit(1) from None
+    console = Console()
+    console.print(f"[bold]{url}[/] simulated time {state['now']} (speed x{state['speed']:g}), "
+                  f"scenario step {state['steps_done']}/{state['steps_total']}")  # fmt: skip
+    hosts = Table(
+        "machine", "host", "gpu", "free/total", "$/h per gpu", "reliability", "where", "online", title="Hosts"
+    )
+    for m in state["machines"]:
+        hosts.add_row(
+            str(m["machine_id"]), str(m["host_id"]), m["gpu_name"], f"{m['free_gpus']}/{m['num_gpus']}",
+            f"{m['dph_per_gpu']:.3f}", f"{m['reliability']:.3f}", m["geolocation"], "no" if m["offline"] else "yes",
+        )  # fmt: skip
+    console.print(hosts)
+    instances = Table("id", "label", "status", "intended", "gpu", "$/h", "ssh", "message", title="Instances")
+    for row in state["instances"]:
+        instances.add_row(
+            str(row["id"]), row["label"] or "-", row["actual_status"] or "scheduling", row["intended_status"],
+            f"{row['num_gpus']}x {row['gpu_name']}", f"{row['dph_total']:.3f}",
+            f"{row['ssh_host']}:{row['ssh_port']}", (row["status_msg"] or "")[:60],
+        )  # fmt: skip
+    console.print(instances)
+    spend = Table("instance", "label", "gpu $", "storage $", "ended", title="Spend")
+    for item in state["spend"]["instances"]:
+        spend.add_row(str(item["id"]), item["label"] or "-", f"{item['gpu_usd']:.4f}", f"{item['storage_usd']:.4f}",
+                      "yes" if item["ended"] else "no")  # fmt: skip
+    console.print(spend)
+    console.print(f"[bold]total spend[/] ${state['spend']['total_usd']:.4f}")
