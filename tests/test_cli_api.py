@@ -18,6 +18,7 @@ import pytest
 from typer.testing import CliRunner
 
 from vastevents.cli import app
+from vastevents.sim import Simulator
 
 KEY = "vk-cli-test-9f8e7d6c5b4a-secret"
 
@@ -305,3 +306,33 @@ def test_check_without_a_key_finds_the_key_file_or_says_how_to_set_one(
     result = run_cli("check")
     assert f"✓ API key found in {key_file}" in result.stdout
     assert canned.seen[0].authorization == f"Bearer {KEY}"
+
+
+def test_offers_status_and_check_against_the_simulator(
+    sim: Simulator, api_key: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("VASTEVENTS_CONFIG", raising=False)
+    monkeypatch.setenv("VAST_URL", sim.url)
+    monkeypatch.setenv("VAST_API_KEY", api_key)
+    (tmp_path / ".ssh").mkdir()
+    (tmp_path / ".ssh" / "id_rsa.pub").write_text("ssh-rsa AAAA test\n")
+    instance_id = sim.create_instance(label="vastevents:cli")
+
+    result = run_cli("offers", "num_gpus=1", "--limit", "3", "--json")
+    assert result.exit_code == 0, result.output
+    prices = [offer["dph_total"] for offer in json.loads(result.stdout)]
+    assert 0 < len(prices) <= 3 and prices == sorted(prices)
+
+    result = run_cli("status", "--json")
+    assert result.exit_code == 0, result.output
+    assert [(row["id"], row["label"]) for row in json.loads(result.stdout)] == [(instance_id, "vastevents:cli")]
+
+    result = run_cli("check")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.count("✓") == 4 and sim.url in result.stdout
+    assert api_key not in result.output
+
+    sim.vanish(instance_id)
+    assert sim.instance_count() == 0

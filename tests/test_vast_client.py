@@ -12,7 +12,9 @@ import httpx
 import pytest
 
 from vastevents.errors import AmbiguousCreate, ApiError, AuthError, NoSuchAsk, NotFound, RateLimited
+from vastevents.models import State
 from vastevents.query import parse_query
+from vastevents.sim import Simulator
 from vastevents.vast import MAX_RETRY_AFTER, VastClient
 
 KEY = "vk-test-0123456789abcdef-secret"
@@ -625,3 +627,96 @@ def test_from_config_uses_config_url_and_resolved_key(monkeypatch: pytest.Monkey
     assert KEY not in repr(client) and "***" in repr(client)
     monkeypatch.setenv("VAST_URL", "http://127.0.0.1:8")
     assert VastClient.from_config(load_config(config_file)).base_url == "http://127.0.0.1:8"
+
+
+# --- through the simulator (a real HTTP server on loopback) ----------------------------------------------------
+
+
+class CountingTransport(httpx.AsyncHTTPTransport):
+    """A real network transport that also records what went over it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sent: list[tuple[str, str]] = []
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self.sent.append((request.method, request.url.path))
+        return await super().handle_async_request(request)
+
+
+async def test_every_call_works_against_the_simulator(sim: Simulator, api_key: str) -> None:
+    async with VastClient(api_key, sim.url, sleep=Sleeps()) as client:
+        assert (await client.current_user())["email"]
+        offers = await client.search_offers("num_gpus=1 reliability>0.5", limit=5)
+        assert 0 < len(offers) <= 5
+        prices = [offer.dph_total or 0.0 for offer in offers]
+        assert prices == sorted(prices)
+        instance_id = await client.create_instance(
+            offers[0].id, image="pytorch/pytorch", disk=10, label="vastevents:t1"
+        )
+        listed = {instance.id: instance for instance in await client.list_instances()}
+        assert listed[instance_id].label == "vastevents:t1"
+        sim.advance(3600)
+        shown = await client.get_instance(instance_id)
+        assert shown is not None and shown.state is State.RUNNING and shown.machine_id == offers[0].machine_id
+        await client.set_label(instance_id, "vastevents:t1-renamed")
+        await client.stop_instance(instance_id)
+        stopped = await client.get_instance(instance_id)
+        assert stopped is not None and stopped.intended_status == "stopped" and stopped.label == "vastevents:t1-renamed"
+        await client.start_instance(instance_id)
+        sim.advance(3600)
+        await client.reboot_instance(instance_id)
+        public_key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFakeKeyForTests test@vastevents"
+        await client.add_ssh_key(public_key)
+        assert any(public_key in json.dumps(key) for key in await client.list_ssh_keys())
+        await client.attach_ssh_key(instance_id, public_key)
+        assert isinstance(await client.request_logs(instance_id, tail=10), str)
+        assert isinstance(await client.charges(), dict)
+        assert isinstance(await client.invoices(), dict)
+        assert await client.destroy_instance(instance_id) is True
+        assert await client.destroy_instance(instance_id) is False
+        assert await client.get_instance(instance_id) is None
+    assert sim.instance_count() == 0
+
+
+async def test_unclear_creates_against_the_simulator_are_reconciled_by_label(sim: Simulator, api_key: str) -> None:
+    async with VastClient(api_key, sim.url, sleep=Sleeps()) as client:
+        offer = (await client.search_offers("num_gpus=1", limit=3))[0]
+        sim.apply("create_error")
+        with pytest.raises(AmbiguousCreate) as server_error:
+            await client.create_instance(offer.id, image="img", disk=10, label="vastevents:ambiguous")
+        assert server_error.value.instance_id is None and server_error.value.status_code == 500
+        left_behind = [i.id for i in await client.list_instances() if i.label == "vastevents:ambiguous"]
+        assert len(left_behind) == 1
+        assert await client.destroy_instance(left_behind[0]) is True
+
+        offer = (await client.search_offers("num_gpus=1", limit=3))[0]
+        with pytest.raises(AmbiguousCreate) as low_bid:
+            await client.create_instance(offer.id, image="img", disk=10, label="vastevents:lowbid", price=0.0001)
+        assert low_bid.value.instance_id is not None
+        assert await client.destroy_instance(low_bid.value.instance_id) is True
+
+        sim.apply("no_such_ask")
+        offer = (await client.search_offers("num_gpus=1", limit=3))[0]
+        with pytest.raises(NoSuchAsk):
+            await client.create_instance(offer.id, image="img", disk=10, label="vastevents:race")
+    assert sim.instance_count() == 0
+
+
+async def test_listing_pages_through_the_simulator_one_get_per_page(sim: Simulator, api_key: str) -> None:
+    created = {sim.create_instance(label=f"vastevents:page-{n}") for n in range(30)}
+    transport = CountingTransport()
+    async with VastClient(api_key, sim.url, transport=transport, sleep=Sleeps()) as client:
+        listed = await client.list_instances()
+        assert {instance.id for instance in listed} == created
+        assert transport.sent == [("GET", "/api/v1/instances/")] * 2
+        for instance_id in created:
+            assert await client.destroy_instance(instance_id)
+    assert sim.instance_count() == 0
+
+
+async def test_a_wrong_key_is_rejected_by_the_simulator(sim: Simulator) -> None:
+    async with VastClient("not-the-sim-key", sim.url, sleep=Sleeps()) as client:
+        with pytest.raises(AuthError, match="rejected the API key") as caught:
+            await client.list_instances()
+    assert "not-the-sim-key" not in str(caught.value)
