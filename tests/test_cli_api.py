@@ -190,7 +190,7 @@ def test_offers_table_is_sorted_by_price(home: Path, canned: CannedVast) -> None
     out = result.stdout
     assert "3 offers" in out
     assert out.index("302") < out.index("301") < out.index("303")
-    assert "RTX 3090" in out and "0.210" in out and "25" in out  # 24576 MB shown as 25 GB
+    assert "RTX 3090" in out and "0.210" in out and "24.6" in out  # 24576 MB shown in GB, as the vastai CLI does
 
 
 def test_offers_limit_is_sent_and_applied(home: Path, canned: CannedVast) -> None:

@@ -51,7 +51,7 @@ def _text(value: object, fmt: str = "{}") -> str:
 
 
 def _gb(megabytes: float | None) -> str:
-    return "-" if megabytes is None else f"{megabytes / 1000:.0f}"
+    return "-" if megabytes is None else f"{megabytes / 1000:.1f}"
 
 
 def _price_key(item: Offer | Instance) -> tuple[bool, float]:
