@@ -1,0 +1,209 @@
+"""The poll loop: list → observe (pure diff) → commit snapshot and events together → deliver to handlers.
+
+Delivery always reads from the journal, so events a crash left undelivered are delivered first on restart
+through the same path. A failed list (including one page of a paginated list) applies no diff at all: it is
+reported once per failure streak as ``poll_failed``, and the loop keeps watching, slowing down on 429.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+
+from vastevents._logging import redact
+from vastevents.bus import Bus
+from vastevents.clock import Clock
+from vastevents.config import Config
+from vastevents.diff import Rules, observe
+from vastevents.errors import RateLimited
+from vastevents.events import POLL_FAILED, Event
+from vastevents.models import Instance
+from vastevents.plugins import ActiveHandler, Context
+from vastevents.snapshot import Snapshot
+from vastevents.store import StaleSnapshot
+
+log = logging.getLogger(__name__)
+
+MAX_BACKOFF = 300.0
+"""The longest pause between polls while rate limited (seconds); the watcher never stops polling."""
+
+
+class InstanceLister(Protocol):
+    """The one thing the watcher needs from the Vast client."""
+
+    async def list_instances(self) -> list[Instance]: ...
+
+
+EventObserver = Callable[[Event], None]
+"""Told about each newly journaled event, in journal order (``--jsonl``, the terminal printer)."""
+
+
+@dataclass
+class WatchStatus:
+    """What the status line shows."""
+
+    polls: int = 0
+    instances: int = 0
+    events: int = 0
+    last_poll: datetime | None = None
+    error: str | None = None
+    failures: int = 0
+    next_delay: float = 0.0
+
+
+def rules_from_config(config: Config) -> Rules:
+    watch = config.watch
+    return Rules(
+        stuck_after=watch.stuck_after,
+        offline_grace=watch.offline_grace,
+        preempt_grace=watch.preempt_grace,
+        flap_window=watch.flap_window,
+        flap_count=watch.flap_count,
+    )
+
+
+class Watcher:
+    """Polls the account, journals what changed and hands it to the active handlers.
+
+    ``client`` needs ``list_instances()``; handlers get ``context`` (whose store and clock the watcher uses).
+    """
+
+    def __init__(
+        self,
+        context: Context,
+        handlers: Sequence[ActiveHandler] = (),
+        *,
+        lister: InstanceLister | None = None,
+        rules: Rules | None = None,
+        interval: float | None = None,
+        observers: Sequence[EventObserver] = (),
+    ) -> None:
+        config = context.config
+        self.context = context
+        self.store = context.store
+        self.clock: Clock = context.clock
+        self.lister: InstanceLister = lister or context.client
+        self.rules = rules or rules_from_config(config)
+        self.interval = interval if interval is not None else config.watch.interval
+        self.observers = list(observers)
+        self.status = WatchStatus(next_delay=self.interval)
+        self.bus = Bus(context, timeout=config.watch.handler_timeout, max_concurrency=config.watch.max_concurrency)
+        for handler in handlers:
+            self.bus.add(handler)
+        self._snapshot: Snapshot | None = None
+        self._rate_limited: RateLimited | None = None
+        self._cycle: list[Event] = []
+
+    def _start(self) -> Snapshot:
+        if self._snapshot is None:
+            self.store.activate(self.bus.handler_names)
+            self._snapshot = self.store.load_snapshot()
+        return self._snapshot
+
+    async def poll_once(self) -> list[Event]:
+        """One cycle: deliver what is pending, poll, commit, deliver. The events journaled in this cycle."""
+        self._cycle = []
+        first = self._snapshot is None
+        previous = self._start()
+        if first:
+            await self.deliver_pending()
+        rows = await self._list()
+        if rows is not None:
+            catch_up = first and previous.taken_at is not None
+            self._commit(previous, rows, catch_up)
+        await self.deliver_pending()
+        return list(self._cycle)
+
+    async def _list(self) -> list[Instance] | None:
+        try:
+            rows = await self.lister.list_instances()
+        except Exception as exc:
+            self._poll_failed(exc)
+            return None
+        self._rate_limited = None
+        self.status.error = None
+        self.status.failures = 0
+        return rows
+
+    def _poll_failed(self, error: Exception) -> None:
+        message = redact(str(error) or type(error).__name__)
+        log.warning("poll failed: %s", message, exc_info=log.isEnabledFor(logging.DEBUG))
+        self._rate_limited = error if isinstance(error, RateLimited) else None
+        self.status.failures += 1
+        self.status.error = message
+        if self.status.failures == 1:  # once per failure streak, not every cycle of an outage
+            failed = Event(name=POLL_FAILED, instance_id=None, at=self.clock.now(), detail=message)
+            self._journaled(self.store.append([failed]))
+
+    def _commit(self, previous: Snapshot, rows: list[Instance], catch_up: bool) -> None:
+        now = self.clock.now()
+        for _ in range(2):
+            snapshot, events = observe(
+                previous, rows, now, self.rules, catch_up=catch_up, stop_requested=self.store.stop_requests()
+            )
+            try:
+                journaled = self.store.commit(previous, snapshot, events)
+            except StaleSnapshot:
+                log.warning("another watcher committed to this store; diffing against its snapshot instead")
+                previous = self.store.load_snapshot()
+                continue
+            self._snapshot = snapshot
+            self.status.polls += 1
+            self.status.instances = len(snapshot)
+            self.status.last_poll = now
+            self._journaled(journaled)
+            return
+        raise StaleSnapshot("two watchers keep writing the same store; run only one watcher per store")
+
+    def _journaled(self, events: Sequence[Event]) -> None:
+        for event in events:
+            self._cycle.append(event)
+            self.status.events += 1
+            for observer in self.observers:
+                observer(event)
+
+    async def deliver_pending(self) -> None:
+        """Deliver every journaled event some active handler has not had yet (failures included)."""
+        if not self.bus.handler_names:
+            return
+        while batch := self.store.pending():
+            await self.bus.dispatch(batch, self._delivered)
+
+    def _delivered(self, event: Event, handler: str, failure: Event | None) -> None:
+        journaled = self.store.mark_delivered(event.id, handler, failure)
+        if journaled is not None:
+            self._journaled([journaled])
+
+    def next_delay(self) -> float:
+        """Seconds until the next poll: the interval, or longer after 429s (never stop watching)."""
+        if self._rate_limited is None:
+            return self.interval
+        backoff = self.interval * float(2 ** min(self.status.failures, 10))
+        hint = self._rate_limited.retry_after or 0.0
+        return min(max(backoff, hint), max(MAX_BACKOFF, self.interval))
+
+    async def run(self, stop: asyncio.Event | None = None, *, on_cycle: Callable[[], None] | None = None) -> None:
+        """Poll until `stop` is set; a cycle in progress (its deliveries included) is always finished."""
+        stop = stop or asyncio.Event()
+        while not stop.is_set():
+            await self.poll_once()
+            self.status.next_delay = self.next_delay()
+            if on_cycle is not None:
+                on_cycle()
+            if stop.is_set():
+                break
+            await _sleep_unless(self.clock.sleep(self.status.next_delay), stop)
+
+
+async def _sleep_unless(sleep: Coroutine[Any, Any, None], stop: asyncio.Event) -> None:
+    sleeper = asyncio.ensure_future(sleep)
+    stopper = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({sleeper, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (sleeper, stopper):
+            task.cancel()
