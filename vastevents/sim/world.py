@@ -345,17 +345,7 @@ class World:
 
     def set_steps(self, steps: Sequence[Step]) -> None:
         """Attach a timeline; flaps expand into their offline and online steps."""
-        expanded: list[Step] = []
-        for step in steps:
-            if step.action == "flap":
-                params = dict(step.params)
-                duration = parse_duration(params.pop("duration", "60s"))
-                for n in range(int(params.pop("count", 1))):
-                    expanded.append(Step(step.at + 2 * n * duration, "offline", params))
-                    expanded.append(Step(step.at + (2 * n + 1) * duration, "online", params))
-            else:
-                expanded.append(step)
-        self.steps = sorted(expanded, key=lambda s: s.at)
+        self.steps = sorted([s for step in steps for s in _expand_flap(step)], key=lambda s: s.at)
 
     # ----------------------------------------------------------------- offers
 
@@ -746,6 +736,13 @@ class World:
             self._set(inst, "offline", inst.intended_status, inst.cur_state, inst.next_state, "Host is offline")
         return {"machine": machine.machine_id}
 
+    def _act_flap(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """Offline now, back after `duration`, `count` times: the later halves join the timeline."""
+        first, *later = _expand_flap(Step(self.now - self.origin, "flap", dict(params)))
+        result = self.apply(first.action, first.params)
+        self.steps[self.steps_done :] = sorted([*self.steps[self.steps_done :], *later], key=lambda s: s.at)
+        return result
+
     def _act_online(self, params: Mapping[str, Any]) -> dict[str, Any]:
         machine = self._machine_of(params)
         if not machine.offline:
@@ -943,6 +940,18 @@ class World:
         self.next_key_id += 1
         self.ssh_keys.append(record)
         return record
+
+
+def _expand_flap(step: Step) -> list[Step]:
+    if step.action != "flap":
+        return [step]
+    params = dict(step.params)
+    duration = parse_duration(params.pop("duration", "60s"))
+    steps = []
+    for n in range(int(params.pop("count", 1))):
+        steps.append(Step(step.at + 2 * n * duration, "offline", params))
+        steps.append(Step(step.at + (2 * n + 1) * duration, "online", params))
+    return steps
 
 
 def _instance_from_dict(data: Mapping[str, Any]) -> SimInstance:
