@@ -49,15 +49,16 @@ class RedactingFormatter(logging.Formatter):
 
 
 def configure_logging(*, debug: bool = False) -> None:
-    """Send vastevents' logs to stderr, redacted; `debug` also logs every HTTP request."""
+    """Send vastevents' logs to stderr, redacted; `debug` also logs every HTTP request (httpx's one line each).
+
+    The loggers keep propagating so that an embedding application (or pytest's caplog) still sees records.
+    """
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
-    root = logging.getLogger("vastevents")
-    root.handlers[:] = [handler]
-    root.setLevel(logging.DEBUG if debug else logging.INFO)
-    root.propagate = False
-    for name in ("httpx", "httpcore"):
-        lib = logging.getLogger(name)
-        lib.handlers[:] = [handler] if debug else []
-        lib.setLevel(logging.DEBUG if debug else logging.WARNING)
-        lib.propagate = False
+    ours = logging.getLogger("vastevents")
+    ours.handlers[:] = [handler]
+    ours.setLevel(logging.DEBUG if debug else logging.INFO)
+    httpx_logger = logging.getLogger("httpx")
+    httpx_logger.handlers[:] = [handler] if debug else []
+    httpx_logger.setLevel(logging.INFO if debug else logging.WARNING)
+    logging.getLogger("httpcore").setLevel(logging.WARNING)
