@@ -1,0 +1,152 @@
+"""The SQLite store on a real file: atomic commits, round trips, delivery marks, stale-snapshot detection."""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from vastevents.diff import observe
+from vastevents.events import Event
+from vastevents.models import Instance
+from vastevents.snapshot import Snapshot
+from vastevents.store import SqliteStore, StaleSnapshot, StoreError
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def rows(*pairs: tuple[int, str | None]) -> list[Instance]:
+    return [
+        Instance.model_validate({"id": i, "actual_status": s, "label": f"vastevents:{i}", "odd_field": [1, 2]})
+        for i, s in pairs
+    ]
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> SqliteStore:
+    with SqliteStore(tmp_path / "state" / "state.db") as opened:
+        yield opened
+
+
+def test_file_is_in_wal_mode(store: SqliteStore, tmp_path: Path) -> None:
+    db = sqlite3.connect(tmp_path / "state" / "state.db")
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    db.close()
+
+
+def test_snapshot_and_events_round_trip_through_a_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    with SqliteStore(path) as store:
+        previous = store.load_snapshot()
+        assert previous.taken_at is None and len(previous) == 0
+        snapshot, events = observe(previous, rows((1, "loading"), (2, "Weird")), T0)
+        journaled = store.commit(previous, snapshot, events)
+        assert [e.id for e in journaled] == [1, 2]
+    with SqliteStore(path) as store:
+        assert store.load_snapshot() == snapshot
+        assert store.events() == journaled
+        assert store.events()[1].raw == "Weird"
+        assert store.events()[0].instance is not None
+        assert store.events()[0].instance.model_extra == {"odd_field": [1, 2]}
+
+
+def test_commit_writes_everything_or_nothing(store: SqliteStore) -> None:
+    previous = store.load_snapshot()
+    snapshot, events = observe(previous, rows((1, "running")), T0)
+    broken = Event(name="appeared", instance_id=1, at=None)  # type: ignore[arg-type]
+    with pytest.raises(AttributeError):
+        store.commit(previous, snapshot, [*events, broken])
+    assert store.load_snapshot() == previous
+    assert store.events() == []
+
+
+def test_a_second_writer_is_detected_instead_of_journaling_twice(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    with SqliteStore(path) as one, SqliteStore(path) as two:
+        base = one.load_snapshot()
+        snapshot, events = observe(base, rows((1, "running")), T0)
+        one.commit(base, snapshot, events)
+        with pytest.raises(StaleSnapshot):
+            two.commit(base, snapshot, events)
+        assert [e.name for e in two.events()] == ["appeared"]
+
+
+def test_vanished_rows_are_removed_and_unchanged_rows_kept(store: SqliteStore) -> None:
+    base = store.load_snapshot()
+    first, events = observe(base, rows((1, "running"), (2, "running")), T0)
+    store.commit(base, first, events)
+    second, events = observe(first, rows((2, "running")), T0 + timedelta(seconds=5))
+    store.commit(first, second, events)
+    loaded = store.load_snapshot()
+    assert set(loaded.views) == {2}
+    assert loaded.taken_at == T0 + timedelta(seconds=5)
+
+
+def test_events_filters(store: SqliteStore) -> None:
+    base = store.load_snapshot()
+    snapshot, events = observe(base, rows((1, "loading"), (2, "loading")), T0)
+    store.commit(base, snapshot, events)
+    later, events = observe(snapshot, rows((1, "running"), (2, "loading")), T0 + timedelta(seconds=9))
+    store.commit(snapshot, later, events)
+    assert [e.id for e in store.events(since=1)] == [2, 3]
+    assert [e.name for e in store.events(instance_id=1)] == ["appeared", "loading_to_running"]
+    assert [e.instance_id for e in store.events(name="appeared")] == [1, 2]
+
+
+def test_new_handlers_start_after_the_journal_and_marks_compact(store: SqliteStore) -> None:
+    base = store.load_snapshot()
+    snapshot, events = observe(base, rows((1, "loading")), T0)
+    store.commit(base, snapshot, events)
+    store.activate(["a"])
+    assert store.pending() == []  # history before activation is not replayed
+    later, events = observe(snapshot, rows((1, "running"), (2, "running")), T0 + timedelta(seconds=1))
+    journaled = store.commit(snapshot, later, events)
+    store.activate(["a", "b"])
+    assert [(e.id, h) for e, h in store.pending()] == [(2, frozenset({"a"})), (3, frozenset({"a"}))]
+    store.mark_delivered(3, "a")
+    assert [e.id for e, _ in store.pending()] == [2]
+    failure = Event(name="handler_failed", instance_id=1, at=T0, detail="a failed")
+    recorded = store.mark_delivered(2, "a", failure)
+    assert recorded is not None and recorded.id == 4
+    assert [(e.id, h) for e, h in store.pending()] == [(4, frozenset({"a", "b"}))]
+    assert journaled[0].id == 2
+    store.mark_delivered(4, "a")
+    store.mark_delivered(4, "b")
+    assert store.pending() == []
+    assert store._db.execute("SELECT COUNT(*) FROM deliveries").fetchone()[0] == 0
+
+
+def test_deactivated_handlers_are_forgotten(store: SqliteStore) -> None:
+    store.activate(["a"])
+    store.append([Event(name="poll_failed", instance_id=None, at=T0)])
+    store.activate([])
+    store.activate(["a"])
+    assert store.pending() == []
+
+
+def test_stop_requests_are_cleared_once_the_instance_is_down(store: SqliteStore) -> None:
+    base = store.load_snapshot()
+    running, events = observe(base, rows((1, "running")), T0)
+    store.commit(base, running, events)
+    store.request_stop(1, T0)
+    still, events = observe(running, rows((1, "running")), T0 + timedelta(seconds=1))
+    store.commit(running, still, events)
+    assert store.stop_requests() == {1}
+    stopped, events = observe(still, rows((1, "stopped")), T0 + timedelta(seconds=2))
+    store.commit(still, stopped, events)
+    assert store.stop_requests() == frozenset()
+
+
+def test_a_file_that_is_not_a_database_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "junk.db"
+    path.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(StoreError, match="cannot open the state file"):
+        SqliteStore(path)
+
+
+def test_empty_snapshot_round_trip(store: SqliteStore) -> None:
+    base = store.load_snapshot()
+    store.commit(base, Snapshot({}, T0), [])
+    assert store.load_snapshot() == Snapshot({}, T0)

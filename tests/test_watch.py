@@ -1,0 +1,155 @@
+"""The watcher loop through real parts (SQLite file, bus) on the fake cloud and a manual clock."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from vastevents import Context, Event, on
+from vastevents.errors import ApiError, RateLimited
+from vastevents.plugins import activate
+from vastevents.testing import FakeClock, FakeCloud, Harness
+
+
+def names(events: list[Event]) -> list[str]:
+    return [event.name for event in events]
+
+
+async def test_restart_catch_up_and_no_event_for_known_unchanged(tmp_path: Path) -> None:
+    db = tmp_path / "state.db"
+    cloud, clock = FakeCloud(), FakeClock()
+    cloud.add(1, "running")
+    cloud.add(2, "loading")
+    first = Harness(cloud=cloud, clock=clock, store_path=db)
+    appeared = await first.poll_once()
+    assert [(e.name, e.catch_up) for e in appeared] == [("appeared", False), ("appeared", False)]
+    first.close()
+
+    cloud.set_status(2, "running")
+    cloud.add(3, None)
+    clock.advance(600)
+    second = Harness(cloud=cloud, clock=clock, store_path=db)
+    events = await second.poll_once()
+    assert [(e.instance_id, e.name, e.catch_up) for e in events] == [
+        (2, "loading_to_running", True),
+        (3, "appeared", True),
+    ]
+    cloud.remove(1)
+    clock.advance(15)
+    assert [(e.name, e.catch_up) for e in await second.poll_once()] == [("vanished", False)]
+    assert [e.id for e in second.journal()] == [1, 2, 3, 4, 5]
+    second.close()
+
+
+async def test_undelivered_events_are_delivered_first_after_a_crash(tmp_path: Path) -> None:
+    db = tmp_path / "state.db"
+    cloud, clock = FakeCloud(), FakeClock()
+    cloud.add(1, "loading")
+
+    started, never = asyncio.Event(), asyncio.Event()
+
+    @on("*")
+    async def hangs(event: Event, ctx: Context) -> None:
+        started.set()
+        await never.wait()
+
+    crashing = Harness(activate("recorder", hangs), cloud=cloud, clock=clock, store_path=db)
+    cycle = asyncio.ensure_future(crashing.poll_once())
+    await asyncio.wait_for(started.wait(), 5)  # committed, delivery under way: now "crash"
+    cycle.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await cycle
+    crashing.close()
+
+    got: list[tuple[int, str]] = []
+
+    @on("*")
+    async def records(event: Event, ctx: Context) -> None:
+        got.append((event.id, event.name))
+
+    cloud.set_status(1, "running")
+    clock.advance(30)
+    restarted = Harness(activate("recorder", records), cloud=cloud, clock=clock, store_path=db)
+    events = await restarted.poll_once()
+    assert got == [(1, "appeared"), (2, "loading_to_running")]
+    assert names(events) == ["loading_to_running"]
+    assert [e.name for e in restarted.journal()] == ["appeared", "loading_to_running"]
+    restarted.close()
+
+
+async def test_a_failed_page_applies_no_diff_and_reports_poll_failed_once_per_streak() -> None:
+    h = Harness()
+    h.cloud.add(1, "running")
+    h.cloud.add(2, "running")
+    await h.poll_once()
+    h.cloud.remove(1)
+    h.cloud.fail_next(ApiError("page 2 of 2 failed: HTTP 502", status_code=502))
+    h.cloud.fail_next(ApiError("page 1 of 2 failed: HTTP 502", status_code=502))
+    failed = await h.poll_once()
+    assert [(e.name, e.instance_id) for e in failed] == [("poll_failed", None)]
+    assert "502" in failed[0].detail
+    assert await h.poll_once() == []  # same streak: status line and log only
+    assert h.watcher.status.failures == 2
+    assert names(await h.poll_once()) == ["vanished"]
+    assert h.watcher.status.error is None
+
+
+async def test_rate_limits_slow_the_loop_down_but_never_stop_it() -> None:
+    h = Harness()
+    h.watcher.interval = 10
+    h.cloud.fail_next(RateLimited("429", retry_after=45))
+    await h.poll_once()
+    assert h.watcher.next_delay() == 45
+    for _ in range(10):
+        h.cloud.fail_next(RateLimited("429"))
+        await h.poll_once()
+    assert h.watcher.next_delay() == 300
+    h.cloud.add(1, "running")
+    assert names(await h.poll_once()) == ["appeared"]
+    assert h.watcher.next_delay() == 10
+
+
+async def test_an_unexpected_client_error_is_a_poll_failure_not_a_crash() -> None:
+    h = Harness()
+    h.cloud.fail_next(ValueError("garbage in the response"))
+    assert names(await h.poll_once()) == ["poll_failed"]
+
+
+async def test_run_polls_on_the_clock_until_stopped() -> None:
+    h = Harness()
+    h.watcher.interval = 15
+    h.cloud.add(1, "loading")
+    stop = asyncio.Event()
+    cycles = 0
+
+    def on_cycle() -> None:
+        nonlocal cycles
+        cycles += 1
+        if cycles == 2:
+            h.cloud.set_status(1, "running")
+        if cycles == 3:
+            stop.set()
+
+    start = h.clock.now()
+    await asyncio.wait_for(h.watcher.run(stop, on_cycle=on_cycle), 5)
+    assert cycles == 3
+    assert (h.clock.now() - start).total_seconds() == 30  # the fake clock's sleep advanced it
+    assert names(h.journal()) == ["appeared", "loading_to_running"]
+
+
+async def test_observers_see_every_journaled_event_in_order() -> None:
+    seen: list[int] = []
+
+    @on("appeared")
+    async def broken(event: Event, ctx: Context) -> None:
+        raise RuntimeError("x")
+
+    h = Harness(broken)
+    h.watcher.observers.append(lambda event: seen.append(event.id))
+    h.cloud.add(1, "running")
+    h.cloud.add(2, "running")
+    await h.poll_once()
+    assert seen == [1, 2, 3, 4]
+    assert names(h.journal()) == ["appeared", "appeared", "handler_failed", "handler_failed"]
