@@ -187,8 +187,11 @@ def _raw(instance: Instance) -> str | None:
     return instance.raw_status if instance.state is State.UNKNOWN else None
 
 
-def _minutes(seconds: float) -> str:
+def _duration(seconds: float) -> str:
+    """``45s``, ``2m05s``, ``1h00m``."""
     whole = int(seconds)
+    if whole >= 3600:
+        return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
     return f"{whole // 60}m{whole % 60:02d}s" if whole >= 60 else f"{whole}s"
 
 
@@ -210,7 +213,7 @@ def detect_preempted(seen: _Seen) -> str | None:
     down_for = (seen.now - down_since).total_seconds()
     if down_for < seen.rules.preempt_grace:
         return None
-    return f"{seen.current.state.value} for {_minutes(down_for)} while meant to be running"
+    return f"{seen.current.state.value} for {_duration(down_for)} while meant to be running"
 
 
 def detect_stuck_loading(seen: _Seen) -> str | None:
@@ -222,7 +225,7 @@ def detect_stuck_loading(seen: _Seen) -> str | None:
         return f"image error: {message.strip()}"
     loading_for = (seen.now - seen.current.since).total_seconds()
     if loading_for >= seen.rules.stuck_after:
-        return f"loading for {_minutes(loading_for)}"
+        return f"loading for {_duration(loading_for)}"
     return None
 
 
@@ -233,7 +236,7 @@ def detect_offline_too_long(seen: _Seen) -> str | None:
     offline_for = (seen.now - seen.current.since).total_seconds()
     if offline_for < seen.rules.offline_grace:
         return None
-    return f"offline for {_minutes(offline_for)}"
+    return f"offline for {_duration(offline_for)}"
 
 
 def detect_host_flap(seen: _Seen) -> str | None:
@@ -245,7 +248,7 @@ def detect_host_flap(seen: _Seen) -> str | None:
         return None
     machine = seen.current.instance.machine_id
     where = f" (machine {machine})" if machine is not None else ""
-    return f"went offline {len(flaps)} times within {_minutes(seen.rules.flap_window)}{where}"
+    return f"went offline {len(flaps)} times within {_duration(seen.rules.flap_window)}{where}"
 
 
 DETECTORS: tuple[tuple[str, Detector], ...] = (

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import importlib
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from importlib.metadata import EntryPoint, entry_points
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar, cast
@@ -255,8 +255,3 @@ def _options_error(config: Config, name: str, error: ValidationError) -> ConfigE
         message = "unknown key for this handler" if item["type"] == "extra_forbidden" else item["msg"]
         problems.append(str(config_error(config, loc, message)))
     return ConfigError("\n".join(problems))
-
-
-def describe_subscriptions(handlers: Iterable[ActiveHandler]) -> dict[str, list[str]]:
-    """Handler name → the event names it listens to (for ``vastevents handlers``)."""
-    return {handler.name: sorted({event for event, _ in handler.subscriptions}) for handler in handlers}

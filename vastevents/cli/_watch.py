@@ -1,0 +1,423 @@
+"""``vastevents watch``, ``events`` and ``handlers``: the watcher loop, the journal and the plugins."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import secrets
+import signal
+import sys
+import tempfile
+import time
+import tomllib
+from collections import Counter
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import IO, Annotated
+
+import typer
+from rich.console import Console
+from rich.live import Live
+from rich.markup import escape
+from rich.table import Table
+from rich.text import Text
+
+from vastevents._logging import redact
+from vastevents.cli._app import ConfigOption, app
+from vastevents.clock import ScaledClock, SystemClock
+from vastevents.config import Config, load_config, resolve_api_key
+from vastevents.errors import ConfigError, VastEventsError
+from vastevents.events import (
+    APPEARED,
+    HANDLER_FAILED,
+    POLL_FAILED,
+    SEMANTIC_EVENTS,
+    VANISHED,
+    Event,
+)
+from vastevents.plugins import ActiveHandler, Context, installed_handlers, load_handlers
+from vastevents.store import SqliteStore, Store, StoreError
+from vastevents.vast import VastClient
+from vastevents.watcher import EventObserver, Watcher, WatchStatus
+
+SIM_POLL_SECONDS = 0.5
+"""Real seconds between polls of ``watch --sim``."""
+SIM_TARGET_SECONDS = 20.0
+"""Real seconds the built-in scenario should take; the simulated clock is sped up to fit."""
+
+JsonlOption = Annotated[
+    str | None,
+    typer.Option(
+        "--jsonl",
+        metavar="PATH|-",
+        help="Append each new event as one JSON object per line to PATH ('-': stdout), in journal order.",
+    ),
+]
+
+
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    typer.echo(f"error: {redact(message)}", err=True)
+    return typer.Exit(code)
+
+
+def _load(config_path: Path | None) -> Config:
+    try:
+        return load_config(config_path)
+    except ConfigError as exc:
+        raise _fail(str(exc)) from None
+
+
+# --- output -------------------------------------------------------------------------------------------------
+
+
+class JsonlSink:
+    """Appends events as JSON lines, in journal order, each exactly once.
+
+    A file that already holds events resumes after its last id, first catching up with everything the
+    journal got since (e.g. events a killed watcher committed but never wrote). A torn last line left by
+    a kill is cut off.
+    """
+
+    def __init__(self, target: str, store: Store) -> None:
+        self._last = 0
+        if target == "-":
+            self._file: IO[str] = sys.stdout
+            self._owned = False
+            return
+        path = Path(target).expanduser()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        last = _repair_and_last_id(path)
+        self._file = path.open("a", encoding="utf-8")
+        self._owned = True
+        if last is not None:
+            self._last = last
+            for event in store.events(since=last):
+                self(event)
+
+    def __call__(self, event: Event) -> None:
+        if event.id <= self._last:
+            return
+        self._file.write(json.dumps(event.to_json(), separators=(",", ":")) + "\n")
+        self._file.flush()
+        self._last = event.id
+
+    def close(self) -> None:
+        if self._owned:
+            self._file.close()
+
+
+def _repair_and_last_id(path: Path) -> int | None:
+    """The id of the last complete line of a JSONL file (None if empty or new); drops a torn last line."""
+    if not path.exists() or path.stat().st_size == 0:
+        return None
+    with path.open("rb+") as file:
+        size = file.seek(0, os.SEEK_END)
+        start = max(0, size - 1 << 16)
+        file.seek(start)
+        tail = file.read()
+        if not tail.endswith(b"\n"):
+            keep = tail.rfind(b"\n") + 1
+            file.truncate(start + keep)
+            tail = tail[:keep]
+    for line in reversed(tail.splitlines()):
+        with contextlib.suppress(ValueError, TypeError):
+            event_id = json.loads(line)["id"]
+            if isinstance(event_id, int):
+                return event_id
+    return None
+
+
+_STYLES = {APPEARED: "green", VANISHED: "red", HANDLER_FAILED: "bold red", POLL_FAILED: "bold red"}
+
+
+def _event_text(event: Event) -> Text:
+    style = _STYLES.get(event.name, "bold yellow" if event.name in SEMANTIC_EVENTS else "cyan")
+    text = Text()
+    text.append(event.at.strftime("%H:%M:%S"), style="dim")
+    text.append(f"  #{event.id:<4} ")
+    text.append(f"{event.name:<22}", style=style)
+    if event.instance_id is not None:
+        text.append(f" {event.instance_id}")
+    instance = event.instance
+    if instance is not None:
+        if instance.label:
+            text.append(f" {instance.label}", style="bold")
+        if instance.gpu_name:
+            text.append(f" ({instance.gpu_name})", style="dim")
+    if event.raw is not None:
+        text.append(f" raw status {event.raw!r}", style="magenta")
+    if event.catch_up:
+        text.append(" catch-up", style="magenta")
+    if event.detail:
+        text.append(f"  {event.detail}", style="dim")
+    return text
+
+
+def _status_text(status: WatchStatus) -> Text:
+    text = Text(f"polls {status.polls} · instances {status.instances} · events {status.events}", style="dim")
+    if status.last_poll is not None:
+        text.append(f" · last poll {status.last_poll.strftime('%H:%M:%S')}", style="dim")
+    if status.error:
+        text.append(f" · poll failing ({status.failures}x): {status.error}", style="bold red")
+    text.append(f" · next in {status.next_delay:.0f}s" if status.next_delay >= 1 else "", style="dim")
+    return text
+
+
+class _Screen:
+    """Event lines on a console, plus a live status line when that console is a terminal."""
+
+    def __init__(self, console: Console, *, live: bool) -> None:
+        self.console = console
+        self._live = Live(console=console, transient=True, auto_refresh=False) if live else None
+
+    def __call__(self, event: Event) -> None:
+        self.console.print(_event_text(event), soft_wrap=True)
+
+    def status(self, status: WatchStatus) -> None:
+        if self._live is not None:
+            self._live.update(_status_text(status), refresh=True)
+
+    @contextlib.contextmanager
+    def showing(self) -> Iterator[_Screen]:
+        if self._live is None:
+            yield self
+            return
+        with self._live:
+            yield self
+
+
+# --- watch ---------------------------------------------------------------------------------------------------
+
+
+def _stop_on_signals(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+
+
+async def _watch(watcher: Watcher, screen: _Screen, *, once: bool, until: datetime | None = None) -> None:
+    """Run `watcher` until a signal, after one cycle (`once`), or after a poll at or after `until`."""
+    stop = asyncio.Event()
+    _stop_on_signals(stop)
+    if once:
+        await watcher.poll_once()
+        return
+
+    def on_cycle() -> None:
+        screen.status(watcher.status)
+        last = watcher.status.last_poll
+        if until is not None and last is not None and last >= until:
+            stop.set()
+
+    with screen.showing():
+        await watcher.run(stop, on_cycle=on_cycle)
+
+
+@app.command()
+def watch(
+    config: ConfigOption = None,
+    interval: Annotated[
+        float | None, typer.Option("--interval", min=0.05, help="Seconds between polls (default: [watch] interval).")
+    ] = None,
+    once: Annotated[
+        bool, typer.Option("--once", help="Run one poll cycle (and pending deliveries), then exit.")
+    ] = False,
+    jsonl: JsonlOption = None,
+    sim: Annotated[
+        bool, typer.Option("--sim", help="Watch an in-process simulator playing a scenario; no account needed.")
+    ] = False,
+    scenario: Annotated[
+        Path | None, typer.Option("--scenario", help="Scenario file for --sim (default: the built-in demo).")
+    ] = None,
+) -> None:
+    """Poll the account and turn every change into events for the handlers named in the config."""
+    if sim or scenario is not None:
+        _watch_sim(config, scenario, jsonl)
+        return
+    cfg = _load(config)
+    handlers = _handlers(cfg)
+    api_key = resolve_api_key()
+    if api_key is None:
+        raise _fail(
+            "no Vast API key: set VAST_API_KEY or run `vastai set api-key KEY` (or try `vastevents watch --sim`)"
+        )
+    try:
+        store = SqliteStore(cfg.store.resolved_path())
+    except StoreError as exc:
+        raise _fail(str(exc)) from None
+    console = Console(stderr=jsonl == "-", highlight=False)
+    screen = _Screen(console, live=console.is_terminal and not once)
+    sink = JsonlSink(jsonl, store) if jsonl else None
+
+    async def main() -> None:
+        async with VastClient(api_key, cfg.vast.url) as client:
+            context = Context(client=client, store=store, clock=SystemClock(), config=cfg)
+            watcher = Watcher(context, handlers, interval=interval, observers=_observers(screen, sink))
+            await _watch(watcher, screen, once=once)
+
+    try:
+        asyncio.run(main())
+    except VastEventsError as exc:
+        raise _fail(str(exc), 1) from None
+    finally:
+        if sink is not None:
+            sink.close()
+        store.close()
+
+
+def _observers(screen: _Screen, sink: JsonlSink | None) -> list[EventObserver]:
+    return [screen, sink] if sink is not None else [screen]
+
+
+def _handlers(cfg: Config) -> list[ActiveHandler]:
+    try:
+        return load_handlers(cfg)
+    except ConfigError as exc:
+        raise _fail(str(exc)) from None
+
+
+# --- watch --sim ---------------------------------------------------------------------------------------------
+
+
+def _scenario_description(path: Path) -> str:
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return ""
+    description = data.get("description")
+    return description if isinstance(description, str) else ""
+
+
+def _watch_sim(config_path: Path | None, scenario: Path | None, jsonl: str | None) -> None:
+    """The embedded default: a temporary store, an in-process simulator on an accelerated clock."""
+    from vastevents.clock import ManualClock
+    from vastevents.sim import Simulator
+
+    path = scenario or Simulator.builtin_scenario("demo")
+    # Explicit --config only: a Slack handler in the user's default config should not hear about a demo.
+    cfg = _load(config_path) if config_path is not None else Config()
+    handlers = _handlers(cfg)
+    try:
+        probe = Simulator(clock=ManualClock(), scenario=path)
+    except (VastEventsError, OSError) as exc:
+        raise _fail(f"cannot load scenario {path}: {exc}") from None
+    start, end = probe.clock.now(), probe.scenario_end
+    duration = (end - start).total_seconds() if end is not None else 0.0
+    speed = max(1.0, duration / SIM_TARGET_SECONDS)
+    api_key = f"sim-{secrets.token_hex(8)}"
+    console = Console(stderr=jsonl == "-", highlight=False)
+    screen = _Screen(console, live=console.is_terminal)
+    title = "the built-in demo scenario" if scenario is None else f"scenario {path}"
+    with tempfile.TemporaryDirectory(prefix="vastevents-sim-") as tmp:
+        store = SqliteStore(Path(tmp) / "state.db")
+        simulator = Simulator(api_key=api_key, clock=ScaledClock(speed), scenario=path, ssh=False)
+        sink = JsonlSink(jsonl, store) if jsonl else None
+        try:
+            simulator.start()
+            clock = simulator.clock
+            end_at = simulator.scenario_end or clock.now()
+            console.rule(f"vastevents watch --sim: {title}")
+            if description := _scenario_description(path):
+                console.print(description, style="dim")
+            console.print(
+                f"simulator {simulator.url} · {duration / 60:.0f} simulated minutes at {speed:.0f}x speed · "
+                f"poll every {SIM_POLL_SECONDS * speed:.0f} simulated s · temporary store",
+                style="dim",
+            )
+            started = time.monotonic()
+
+            async def main() -> Watcher:
+                async with VastClient(api_key, simulator.url) as client:
+                    context = Context(client=client, store=store, clock=clock, config=cfg)
+                    watcher = Watcher(
+                        context, handlers, interval=SIM_POLL_SECONDS * speed, observers=_observers(screen, sink)
+                    )
+                    await _watch(watcher, screen, once=False, until=end_at)
+                    return watcher
+
+            watcher = asyncio.run(main())
+        finally:
+            simulator.stop()
+            if sink is not None:
+                sink.close()
+        journal = store.events()
+        store.close()
+    _summary(console, journal, watcher.status, time.monotonic() - started, simulator.ssh_pids())
+
+
+def _summary(console: Console, journal: list[Event], status: WatchStatus, seconds: float, sshd: list[int]) -> None:
+    counts = Counter(event.name for event in journal)
+    console.rule("summary")
+    table = Table(show_header=True, header_style="bold", box=None)
+    table.add_column("event")
+    table.add_column("count", justify="right")
+    for name, count in sorted(counts.items(), key=lambda item: (-item[1], item[0])):
+        table.add_row(escape(name), str(count))
+    console.print(table)
+    instances = len({event.instance_id for event in journal if event.instance_id is not None})
+    console.print(
+        f"{len(journal)} events about {instances} instances in {status.polls} polls, {seconds:.1f} s; "
+        f"simulator stopped{', no sshd left' if not sshd else ''}. "
+        "Next: `vastevents sim` + `VAST_URL` to try handlers, or `vastevents watch` on your account.",
+        style="dim",
+    )
+
+
+# --- events and handlers -------------------------------------------------------------------------------------
+
+
+@app.command()
+def events(
+    config: ConfigOption = None,
+    since: Annotated[int | None, typer.Option("--since", help="Only events with an id greater than this.")] = None,
+    instance: Annotated[int | None, typer.Option("--instance", help="Only events of this instance id.")] = None,
+    name: Annotated[str | None, typer.Option("--name", help="Only events of this name.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON array of every matching event.")] = False,
+) -> None:
+    """Show the event journal (every event, oldest first)."""
+    cfg = _load(config)
+    path = cfg.store.resolved_path()
+    found: list[Event] = []
+    if path.exists():
+        try:
+            with SqliteStore(path) as store:
+                found = store.events(since=since, instance_id=instance, name=name)
+        except StoreError as exc:
+            raise _fail(str(exc)) from None
+    if as_json:
+        typer.echo(json.dumps([event.to_json() for event in found], indent=2))
+        return
+    console = Console(highlight=False)
+    if not found:
+        console.print(f"no events{'' if path.exists() else f' (no journal at {path} yet)'}")
+        return
+    for event in found:
+        console.print(_event_text(event), soft_wrap=True)
+
+
+@app.command()
+def handlers(config: ConfigOption = None) -> None:
+    """List installed handlers (entry points) and the active ones (named in the config), with their origin."""
+    cfg = _load(config)
+    active = _handlers(cfg)
+    console = Console(highlight=False)
+    used = {handler.use for handler in active}
+    installed = Table(title="installed (entry-point group vastevents.handlers)", title_justify="left", box=None)
+    for column in ("name", "object", "distribution", "active"):
+        installed.add_column(column, header_style="bold")
+    for item in installed_handlers():
+        installed.add_row(item.name, item.value, item.distribution, "yes" if item.name in used else "no")
+    console.print(installed)
+    where = str(cfg.source) if cfg.source else "no config file: defaults"
+    table = Table(title=f"active (from {where})", title_justify="left", box=None)
+    for column in ("name", "use", "source", "events"):
+        table.add_column(column, header_style="bold")
+    for handler in active:
+        events_ = ", ".join(sorted({event for event, _ in handler.subscriptions}))
+        table.add_row(handler.name, handler.use, handler.source, events_)
+    console.print(table)
+    if not active:
+        console.print('no active handlers: add e.g. [handlers.log] use = "log" to the config', style="dim")
