@@ -94,10 +94,11 @@ class Simulator:
         if self._server is not None:
             return self
         self.stopping.clear()
+        if self._ssh is not None:
+            self._ssh.start()
         self._server = SimHTTPServer((self.host, self.port), self._api)
         self.port = self._server.server_address[1]
         if self._ssh is not None:
-            self._ssh.start()
             with self._lock:
                 for inst in self._world.instances.values():
                     if inst.actual_status == "running":
