@@ -467,6 +467,7 @@ class _RequestHandler(BaseHTTPRequestHandler):
     server: SimHTTPServer
     protocol_version = "HTTP/1.0"
     server_version = "vastevents-sim"
+    timeout = 3.0  # a client that connects and never sends cannot hold up stop() for longer
 
     def do_GET(self) -> None:
         self._handle("GET")

@@ -263,7 +263,7 @@ def _children() -> dict[int, list[int]]:
 
 
 def _marked(prefix: str) -> list[int]:
-    """Processes whose environment carries our marker under `prefix` (jobs that outlived their session)."""
+    """Processes whose marker variable names `prefix` or a directory below it (jobs that outlived their session)."""
     needle = f"{MARKER}={prefix}".encode()
     found: list[int] = []
     if not Path("/proc").is_dir():
@@ -275,7 +275,7 @@ def _marked(prefix: str) -> list[int]:
             environ = (entry / "environ").read_bytes()
         except OSError:
             continue
-        if any(item.startswith(needle) for item in environ.split(b"\0")):
+        if any(item == needle or item.startswith(needle + b"/") for item in environ.split(b"\0")):
             found.append(int(entry.name))
     return found
 
