@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 
+import httpx
 import pytest
 
 from vastevents.clock import ManualClock
@@ -40,3 +41,10 @@ def sim(api_key: str) -> Iterator[Simulator]:
 @pytest.fixture
 def sim_url(sim: Simulator) -> str:
     return sim.url
+
+
+@pytest.fixture
+def sim_client(sim: Simulator, api_key: str) -> Iterator[httpx.Client]:
+    """An httpx client for the `sim` fixture, sending its key."""
+    with httpx.Client(base_url=sim.url, headers={"Authorization": f"Bearer {api_key}"}, timeout=10) as client:
+        yield client

@@ -23,52 +23,47 @@ def _states(row: dict[str, Any]) -> tuple[Any, ...]:
     return (row["actual_status"], row["intended_status"], row["cur_state"], row["next_state"])
 
 
-def _advance(sim: Simulator, seconds: float) -> None:
-    assert isinstance(sim.clock, ManualClock)
-    sim.clock.advance(seconds)
-
-
 def test_create_goes_through_scheduling_created_loading_running(sim: Simulator, api_key: str) -> None:
     instance_id = sim.create_instance(label="vastevents:job-1", pull=90)
     assert _states(_row(sim, instance_id, api_key)) == (None, "running", "stopped", "running")
-    _advance(sim, SCHEDULE_S)
+    sim.advance(SCHEDULE_S)
     assert _row(sim, instance_id, api_key)["actual_status"] == "created"
-    _advance(sim, CREATE_S)
+    sim.advance(CREATE_S)
     loading = _row(sim, instance_id, api_key)
     assert _states(loading) == ("loading", "running", "running", "running")
     assert "Pulling image" in loading["status_msg"]
-    _advance(sim, 89)
+    sim.advance(89)
     assert _row(sim, instance_id, api_key)["actual_status"] == "loading"
-    _advance(sim, 1)
+    sim.advance(1)
     assert _states(_row(sim, instance_id, api_key)) == ("running", "running", "running", "running")
 
 
 def test_stop_start_and_reboot_keep_the_three_states_consistent(sim: Simulator, api_key: str) -> None:
     instance_id = sim.create_instance(label="x", pull=10)
-    _advance(sim, 30)
+    sim.advance(30)
     headers = {"Authorization": f"Bearer {api_key}"}
     url = f"{sim.url}/api/v0/instances/{instance_id}/"
     assert httpx.put(url, json={"state": "stopped"}, headers=headers).json() == {"success": True}
     assert _states(_row(sim, instance_id, api_key)) == ("stopped", "stopped", "stopped", "stopped")
     assert httpx.put(url, json={"state": "running"}, headers=headers).status_code == 200
     assert _row(sim, instance_id, api_key)["actual_status"] == "loading"
-    _advance(sim, RESTART_S)
+    sim.advance(RESTART_S)
     assert _row(sim, instance_id, api_key)["actual_status"] == "running"
     reboot = httpx.put(f"{sim.url}/api/v0/instances/reboot/{instance_id}/", json={}, headers=headers)
     assert reboot.status_code == 200
     assert _row(sim, instance_id, api_key)["actual_status"] == "rebooting"
-    _advance(sim, REBOOT_S)
+    sim.advance(REBOOT_S)
     assert _row(sim, instance_id, api_key)["actual_status"] == "running"
 
 
 def test_contract_end_date_stops_the_instance(sim: Simulator, api_key: str) -> None:
     instance_id = sim.create_instance(label="x", pull=10)
-    _advance(sim, 30)
+    sim.advance(30)
     sim.apply("expire", instance=instance_id, after="10m")
     row = _row(sim, instance_id, api_key)
     assert row["actual_status"] == "running"
     assert row["end_date"] == pytest.approx(sim.clock.now().timestamp() + 600)
-    _advance(sim, 600)
+    sim.advance(600)
     row = _row(sim, instance_id, api_key)
     assert _states(row) == ("exited", "stopped", "stopped", "stopped")
     assert "Contract ended" in row["status_msg"]

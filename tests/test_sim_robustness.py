@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -13,48 +12,42 @@ from vastevents.sim import Simulator
 from vastevents.sim.simulator import SimStateError
 
 
-@pytest.fixture
-def client(sim: Simulator, api_key: str) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=sim.url, headers={"Authorization": f"Bearer {api_key}"}, timeout=10) as c:
-        yield c
-
-
-def test_unknown_routes_are_404_json(client: httpx.Client) -> None:
+def test_unknown_routes_are_404_json(sim_client: httpx.Client) -> None:
     for method, path in [("GET", "/nope"), ("GET", "/api/v0/instances/abc/"), ("POST", "/api/v9/things/")]:
-        response = client.request(method, path)
+        response = sim_client.request(method, path)
         assert response.status_code == 404
         assert response.headers["Content-Type"] == "application/json"
         assert response.json()["success"] is False
-    wrong_method = client.request("PATCH", "/api/v0/ssh/")
+    wrong_method = sim_client.request("PATCH", "/api/v0/ssh/")
     assert wrong_method.status_code == 405 and wrong_method.json()["error"] == "method_not_allowed"
 
 
-def test_malformed_json_is_400_with_a_message(client: httpx.Client) -> None:
-    response = client.post("/api/v0/bundles/", content=b"{not json", headers={"Content-Type": "application/json"})
+def test_malformed_json_is_400_with_a_message(sim_client: httpx.Client) -> None:
+    response = sim_client.post("/api/v0/bundles/", content=b"{not json", headers={"Content-Type": "application/json"})
     assert response.status_code == 400
     assert response.json()["error"] == "invalid_json" and "Malformed JSON" in response.json()["msg"]
-    ask = client.post("/api/v0/bundles/", json={"limit": 1}).json()["offers"][0]["id"]
-    not_object = client.put(f"/api/v0/asks/{ask}/", json=[1, 2])
+    ask = sim_client.post("/api/v0/bundles/", json={"limit": 1}).json()["offers"][0]["id"]
+    not_object = sim_client.put(f"/api/v0/asks/{ask}/", json=[1, 2])
     assert not_object.status_code == 400 and "JSON object" in not_object.json()["msg"]
 
 
-def test_bad_values_get_clear_errors_and_the_server_keeps_serving(sim: Simulator, client: httpx.Client) -> None:
-    ask = client.post("/api/v0/bundles/", json={"num_gpus": {"eq": 1}, "limit": 1}).json()["offers"][0]["id"]
+def test_bad_values_get_clear_errors_and_the_server_keeps_serving(sim: Simulator, sim_client: httpx.Client) -> None:
+    ask = sim_client.post("/api/v0/bundles/", json={"num_gpus": {"eq": 1}, "limit": 1}).json()["offers"][0]["id"]
     cases = [
-        client.put("/api/v0/asks/999/", json={"image": "x"}),
-        client.put(f"/api/v0/asks/{ask}/", json={"disk": 10}),
-        client.put(f"/api/v0/asks/{ask}/", json={"image": "x", "disk": "big"}),
-        client.put(f"/api/v0/asks/{ask}/", json={"image": "x", "disk": -5}),
-        client.put(f"/api/v0/asks/{ask}/", json={"image": "x", "price": "cheap"}),
-        client.put(f"/api/v0/asks/{ask}/", json={"image": "x", "env": 5}),
-        client.post("/api/v0/bundles/", json={"num_gpus": {"between": 1}}),
-        client.post("/api/v0/bundles/", json={"type": "free"}),
-        client.get("/api/v1/instances/", params={"select_filters": "{oops"}),
-        client.get("/api/v1/instances/", params={"after_token": "!!!"}),
-        client.get("/api/v1/instances/", params={"limit": "many"}),
-        client.put("/api/v0/instances/12345/", json={"state": "running"}),
-        client.put("/api/v0/instances/reboot/12345/", json={}),
-        client.post("/_sim/advance", json={"seconds": "soon"}),
+        sim_client.put("/api/v0/asks/999/", json={"image": "x"}),
+        sim_client.put(f"/api/v0/asks/{ask}/", json={"disk": 10}),
+        sim_client.put(f"/api/v0/asks/{ask}/", json={"image": "x", "disk": "big"}),
+        sim_client.put(f"/api/v0/asks/{ask}/", json={"image": "x", "disk": -5}),
+        sim_client.put(f"/api/v0/asks/{ask}/", json={"image": "x", "price": "cheap"}),
+        sim_client.put(f"/api/v0/asks/{ask}/", json={"image": "x", "env": 5}),
+        sim_client.post("/api/v0/bundles/", json={"num_gpus": {"between": 1}}),
+        sim_client.post("/api/v0/bundles/", json={"type": "free"}),
+        sim_client.get("/api/v1/instances/", params={"select_filters": "{oops"}),
+        sim_client.get("/api/v1/instances/", params={"after_token": "!!!"}),
+        sim_client.get("/api/v1/instances/", params={"limit": "many"}),
+        sim_client.put("/api/v0/instances/12345/", json={"state": "running"}),
+        sim_client.put("/api/v0/instances/reboot/12345/", json={}),
+        sim_client.post("/_sim/advance", json={"seconds": "soon"}),
     ]
     errors = [(r.status_code, r.json()["error"]) for r in cases]
     assert errors == [
@@ -74,7 +67,7 @@ def test_bad_values_get_clear_errors_and_the_server_keeps_serving(sim: Simulator
         (400, "invalid_args"),
     ]
     assert sim.instance_count() == 0, "no failed create left an instance behind"
-    assert client.get("/api/v0/users/current/").status_code == 200
+    assert sim_client.get("/api/v0/users/current/").status_code == 200
 
 
 def test_state_file_survives_a_restart(tmp_path: Path) -> None:
@@ -84,9 +77,9 @@ def test_state_file_survives_a_restart(tmp_path: Path) -> None:
         kept = first.create_instance(label="vastevents:keep", pull=10)
         gone = first.create_instance(label="vastevents:gone", pull=10)
         clock.advance(60)
-        with httpx.Client(base_url=first.url, headers={"Authorization": f"Bearer {first.api_key}"}) as client:
-            assert client.delete(f"/api/v0/instances/{gone}/").status_code == 200
-            client.post("/api/v0/ssh/", json={"ssh_key": "ssh-ed25519 AAAAkey me@x"})
+        with httpx.Client(base_url=first.url, headers={"Authorization": f"Bearer {first.api_key}"}) as sim_client:
+            assert sim_client.delete(f"/api/v0/instances/{gone}/").status_code == 200
+            sim_client.post("/api/v0/ssh/", json={"ssh_key": "ssh-ed25519 AAAAkey me@x"})
         before = first.state()
     assert state.exists()
     with Simulator(clock=clock, state=state) as second:
@@ -96,8 +89,8 @@ def test_state_file_survives_a_restart(tmp_path: Path) -> None:
         assert second.instance(kept) is not None and second.instance(gone) is None
         new = second.create_instance(label="vastevents:new")
         assert new > max(kept, gone), "ids keep counting after a restart"
-        with httpx.Client(base_url=second.url, headers={"Authorization": f"Bearer {second.api_key}"}) as client:
-            assert [k["public_key"] for k in client.get("/api/v0/ssh/").json()] == ["ssh-ed25519 AAAAkey me@x"]
+        with httpx.Client(base_url=second.url, headers={"Authorization": f"Bearer {second.api_key}"}) as sim_client:
+            assert [k["public_key"] for k in sim_client.get("/api/v0/ssh/").json()] == ["ssh-ed25519 AAAAkey me@x"]
 
 
 def test_unreadable_state_file_is_a_clear_error(tmp_path: Path) -> None:

@@ -40,6 +40,8 @@ ACTIONS = frozenset(
     }
 )  # fmt: skip
 
+_USER_VERBS = frozenset({"stop", "start", "reboot", "destroy"})  # what the owner does, scripted
+
 # (name, GB of VRAM per GPU, on-demand $/h per GPU, max CUDA)
 _GPUS = [
     ("RTX 3060", 12, 0.08, 12.2),
@@ -299,9 +301,9 @@ class World:
         world.next_instance_id = int(data["next_instance_id"])
         world.next_key_id = int(data["next_key_id"])
         for inst in world.instances.values():
-            if inst.due_at is not None:
-                heapq.heappush(world._heap, (inst.due_at, next(world._seq), "due", inst.id, inst.due_token))
-            heapq.heappush(world._heap, (inst.end_date, next(world._seq), "expire", inst.id, inst.end_date))
+            if inst.due_at is not None and inst.due_target is not None:
+                world._schedule(inst, inst.due_at, inst.due_target)
+            world._schedule_expiry(inst)
         return world
 
     # ----------------------------------------------------------------- time
@@ -472,7 +474,7 @@ class World:
         machine.used_gpus += ask.num_gpus
         self._refresh_asks(machine)
         self._schedule(inst, self.now + SCHEDULE_S, "created")
-        heapq.heappush(self._heap, (inst.end_date, next(self._seq), "expire", inst.id, inst.end_date))
+        self._schedule_expiry(inst)
         return inst
 
     def create(self, ask_id: int, body: Mapping[str, Any]) -> tuple[int, dict[str, Any] | None]:
@@ -537,6 +539,9 @@ class World:
         inst.due_at, inst.due_target = at, target
         inst.due_token += 1
         heapq.heappush(self._heap, (at, next(self._seq), "due", inst.id, inst.due_token))
+
+    def _schedule_expiry(self, inst: SimInstance) -> None:
+        heapq.heappush(self._heap, (inst.end_date, next(self._seq), "expire", inst.id, inst.end_date))
 
     def _unschedule(self, inst: SimInstance) -> None:
         inst.due_at = inst.due_target = None
@@ -667,6 +672,11 @@ class World:
         """Run one scripted or admin action at the world's current time."""
         if action not in ACTIONS:
             raise SimError(404, "unknown_action", f"Unknown action {action!r}; known: {', '.join(sorted(ACTIONS))}.")
+        if action in _USER_VERBS:
+            inst = self.resolve(params.get("instance"))
+            verb: Callable[[int], None] = getattr(self, action)
+            verb(inst.id)
+            return {"instance": inst.id}
         handler: Callable[[Mapping[str, Any]], dict[str, Any]] = getattr(self, f"_act_{action}")
         return handler(params)
 
@@ -826,24 +836,8 @@ class World:
     def _act_expire(self, params: Mapping[str, Any]) -> dict[str, Any]:
         inst = self.resolve(params.get("instance"))
         inst.end_date = self.now + parse_duration(params.get("after", 0))
-        heapq.heappush(self._heap, (inst.end_date, next(self._seq), "expire", inst.id, inst.end_date))
+        self._schedule_expiry(inst)
         return {"instance": inst.id, "end_date": inst.end_date}
-
-    def _act_stop(self, params: Mapping[str, Any]) -> dict[str, Any]:
-        self.stop(self.resolve(params.get("instance")).id)
-        return {}
-
-    def _act_start(self, params: Mapping[str, Any]) -> dict[str, Any]:
-        self.start(self.resolve(params.get("instance")).id)
-        return {}
-
-    def _act_reboot(self, params: Mapping[str, Any]) -> dict[str, Any]:
-        self.reboot(self.resolve(params.get("instance")).id)
-        return {}
-
-    def _act_destroy(self, params: Mapping[str, Any]) -> dict[str, Any]:
-        self.destroy(self.resolve(params.get("instance")).id)
-        return {}
 
     def _act_label(self, params: Mapping[str, Any]) -> dict[str, Any]:
         self.set_label(self.resolve(params.get("instance")).id, params.get("label"))
