@@ -115,7 +115,7 @@ def _repair_and_last_id(path: Path) -> int | None:
         return None
     with path.open("rb+") as file:
         size = file.seek(0, os.SEEK_END)
-        start = max(0, size - 1 << 16)
+        start = max(0, size - (1 << 16))
         file.seek(start)
         tail = file.read()
         if not tail.endswith(b"\n"):
