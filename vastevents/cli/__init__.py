@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from vastevents.cli import _api  # noqa: F401  (registers offers, status, check)
-from vastevents.cli import _sim  # noqa: F401  (registers sim)
-from vastevents.cli import _watch  # noqa: F401  (registers watch, events, handlers)
+from vastevents.cli import (
+    _api,  # noqa: F401  (registers offers, status, check)
+    _sim,  # noqa: F401  (registers sim)
+    _watch,  # noqa: F401  (registers watch, events, handlers)
+)
 from vastevents.cli._app import app
 
 __all__ = ["app", "main"]
