@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections import defaultdict
 from datetime import UTC, datetime
 from pathlib import Path
@@ -222,3 +223,23 @@ def test_events_with_no_journal_yet(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     result = CliRunner().invoke(app, ["events", "--json", "--config", str(config)])
     assert result.exit_code == 0 and json.loads(result.output) == []
     assert not (tmp_path / "none.db").exists()
+
+
+def test_sigterm_stops_the_loop_cleanly(tmp_path: Path, sim: Simulator, api_key: str) -> None:
+    cli = Cli(tmp_path, sim, api_key)
+    sim.create_instance(label="vastevents:a")
+    args = ["watch", "--interval", "0.2", "--jsonl", str(cli.jsonl), "--config", str(cli.config)]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "vastevents", *args], env=cli.env, cwd=tmp_path, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not cli.lines() and time.monotonic() < deadline:  # bounded wait for the first poll's event
+            time.sleep(0.05)
+        assert [line["name"] for line in cli.lines()] == ["appeared"]
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=15) == 0
+    finally:
+        process.kill()
+        process.wait()
+    assert "appeared" in (process.stdout.read() if process.stdout else "")
