@@ -33,9 +33,6 @@ HANDLER_EVENTS = ("job_started", "job_finished", "job_failed", "budget_exceeded"
 """Events that built-in handlers journal themselves; listed so subscriptions to them are not typos."""
 _STATE_NAMES = frozenset(state.value for state in State)
 
-JSON_KEYS = ("id", "name", "instance_id", "old", "new", "at", "catch_up", "instance")
-"""The keys of an event as JSON (``watch --jsonl`` and ``events --json``), in this order."""
-
 
 def transition_name(old: State, new: State) -> str:
     """The one place transition events get their names, e.g. ``loading_to_running``."""
@@ -91,7 +88,7 @@ class Event:
         return replace(self, id=event_id)
 
     def to_json(self) -> dict[str, Any]:
-        """The JSON object users and scripts see (exactly :data:`JSON_KEYS`)."""
+        """The object ``watch --jsonl`` and ``events --json`` print: exactly these keys, in this order."""
         return {
             "id": self.id,
             "name": self.name,
