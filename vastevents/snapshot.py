@@ -7,7 +7,7 @@ snapshot rows, so it is persisted with them and survives restarts.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import MappingProxyType
@@ -60,12 +60,6 @@ class Snapshot:
 
     def __len__(self) -> int:
         return len(self.views)
-
-    def __iter__(self) -> Iterator[InstanceView]:
-        return iter(self.views.values())
-
-    def __contains__(self, instance_id: object) -> bool:
-        return instance_id in self.views
 
     def get(self, instance_id: int) -> InstanceView | None:
         return self.views.get(instance_id)
