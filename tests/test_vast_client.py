@@ -380,6 +380,7 @@ async def test_429_after_every_attempt_is_rate_limited() -> None:
     assert sleeps == [2.0, 2.0]
     assert caught.value.retry_after == 2.0
     assert caught.value.status_code == 429
+    assert "after 3 attempts; wait 2 s and try again" in str(caught.value)
 
 
 async def test_html_502_page_is_retried_then_a_clear_api_error() -> None:
@@ -447,6 +448,30 @@ async def test_retry_after_is_capped() -> None:
     assert sleeps == [MAX_RETRY_AFTER] == [60.0]
 
 
+async def test_max_wait_caps_retry_after_and_backoff_for_impatient_callers() -> None:
+    fake = FakeVast(
+        ok({"detail": "slow down"}, 429, **{"Retry-After": "30"}),
+        httpx.ConnectError("refused"),
+        httpx.ConnectError("refused"),
+        httpx.ConnectError("refused"),
+        ok({"id": 1}),
+    )
+    sleeps = Sleeps()
+    client = VastClient(KEY, BASE, transport=httpx.MockTransport(fake), max_attempts=5, max_wait=1.5, sleep=sleeps)
+    async with client:
+        assert await client.current_user() == {"id": 1}
+    assert len(sleeps) == 4
+    assert sleeps[0] == 1.5, "Retry-After 30 is cut to max_wait"
+    assert all(0 <= seconds <= 1.5 for seconds in sleeps[1:])
+
+
+def test_patience_settings_are_checked() -> None:
+    with pytest.raises(ValueError, match="max_attempts"):
+        VastClient(KEY, BASE, max_attempts=0)
+    with pytest.raises(ValueError, match="max_wait"):
+        VastClient(KEY, BASE, max_wait=-1)
+
+
 async def test_retry_after_as_an_http_date_in_the_past_means_now() -> None:
     fake = FakeVast(ok({}, 429, **{"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"}), ok({"id": 1}))
     sleeps = Sleeps()
@@ -505,14 +530,16 @@ async def test_create_is_not_retried_on_gateway_errors_and_is_ambiguous(status: 
         with pytest.raises(AmbiguousCreate, match=f"may or may not have succeeded \\(HTTP {status}\\)") as caught:
             await client.create_instance(77, image="img", disk=10, label="vastevents:j")
     assert caught.value.instance_id is None
+    assert "reconcile by label 'vastevents:j'" in str(caught.value)
     assert len(fake.requests) == 1 and sleeps == []
 
 
 async def test_create_is_not_retried_after_a_mid_request_failure() -> None:
     fake = FakeVast(httpx.ReadTimeout("timed out"), ok({"success": True, "new_contract": 1}))
     async with client_for(fake) as client:
-        with pytest.raises(AmbiguousCreate, match="reconcile by label"):
+        with pytest.raises(AmbiguousCreate, match="connection failed mid-request") as caught:
             await client.create_instance(77, image="img", disk=10)
+    assert "no label was sent to match: look in `vastevents status`" in str(caught.value)
     assert len(fake.requests) == 1
 
 
@@ -670,9 +697,11 @@ async def test_every_call_works_against_the_simulator(sim: Simulator, api_key: s
         await client.add_ssh_key(public_key)
         assert any(public_key in json.dumps(key) for key in await client.list_ssh_keys())
         await client.attach_ssh_key(instance_id, public_key)
-        assert isinstance(await client.request_logs(instance_id, tail=10), str)
-        assert isinstance(await client.charges(), dict)
-        assert isinstance(await client.invoices(), dict)
+        assert "status running" in await client.request_logs(instance_id, tail=10)
+        now = sim.clock.now().timestamp()
+        charged = (await client.charges(start=now - 86400, end=now))["results"]
+        assert [item["source"] for item in charged] == [f"instance-{instance_id}"] and charged[0]["amount"] > 0
+        assert (await client.invoices(start=now - 86400, end=now))["results"][0]["amount"] == 100.0
         assert await client.destroy_instance(instance_id) is True
         assert await client.destroy_instance(instance_id) is False
         assert await client.get_instance(instance_id) is None

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from email.utils import parsedate_to_datetime
@@ -34,7 +35,7 @@ log = logging.getLogger("vastevents.vast")
 
 DEFAULT_URL = "https://console.vast.ai"
 MAX_RETRY_AFTER = 60.0
-"""The longest server-requested wait honoured before a retry (seconds)."""
+"""The default cap on one wait before a retry, ``Retry-After`` included (seconds)."""
 
 _RETRY_STATUSES = frozenset({429, 502, 503, 504})
 _NEVER_SENT = (httpx.ConnectError, httpx.ConnectTimeout)
@@ -73,14 +74,17 @@ def _retry_after(response: httpx.Response) -> float | None:
         return None
 
 
-_backoff = wait_random_exponential(multiplier=0.5, max=30)
+def _wait_strategy(max_wait: float) -> Callable[[RetryCallState], float]:
+    """Exponential backoff with jitter, or the server's ``Retry-After``; no single wait longer than `max_wait`."""
+    backoff = wait_random_exponential(multiplier=0.5, max=min(30.0, max_wait))
 
+    def wait(state: RetryCallState) -> float:
+        error = state.outcome.exception() if state.outcome else None
+        if isinstance(error, _RetryableStatus) and error.retry_after is not None:
+            return min(error.retry_after, max_wait)
+        return backoff(state)
 
-def _wait(state: RetryCallState) -> float:
-    error = state.outcome.exception() if state.outcome else None
-    if isinstance(error, _RetryableStatus) and error.retry_after is not None:
-        return min(error.retry_after, MAX_RETRY_AFTER)
-    return _backoff(state)
+    return wait
 
 
 def _log_retry(state: RetryCallState) -> None:
@@ -149,7 +153,11 @@ def _model(model: type[_Model], row: object, what: str) -> _Model:
 
 
 class VastClient:
-    """Async Vast.ai API client; use ``async with VastClient(key) as client:`` or call :meth:`aclose`."""
+    """Async Vast.ai API client; use ``async with VastClient(key) as client:`` or call :meth:`aclose`.
+
+    `max_attempts` and `max_wait` (the longest single wait between attempts, ``Retry-After`` included) set the
+    patience: the defaults suit a long-running watcher; an interactive command wants fewer and shorter waits.
+    """
 
     def __init__(
         self,
@@ -157,16 +165,20 @@ class VastClient:
         base_url: str = DEFAULT_URL,
         *,
         transport: httpx.AsyncBaseTransport | None = None,
-        timeout: float = 30.0,
+        timeout: float | httpx.Timeout = 30.0,
         max_attempts: int = 5,
+        max_wait: float = MAX_RETRY_AFTER,
         sleep: Sleep = asyncio.sleep,
     ) -> None:
         if max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
+        if max_wait < 0:
+            raise ValueError("max_wait must not be negative")
         register_secret(api_key)
         self._api_key = api_key or None
         self.base_url = base_url.rstrip("/")
         self._max_attempts = max_attempts
+        self._wait = _wait_strategy(max_wait)
         self._sleep = sleep
         headers = {"Accept": "application/json", "User-Agent": "vastevents"}
         if self._api_key:
@@ -289,13 +301,16 @@ class VastClient:
             "runtype": runtype,
         }
         unclear = f"Creating an instance from offer {ask_id} may or may not have succeeded"
+        reconcile = (
+            f"reconcile by label {label!r}" if label else "no label was sent to match: look in `vastevents status`"
+        )
         try:
             response = await self._send("PUT", path, json_body=body, resend=_certainly_not_processed)
         except _NEVER_SENT as exc:
             raise self._unreachable(exc) from None
         except httpx.TransportError as exc:
             raise AmbiguousCreate(
-                f"{unclear} (the connection failed mid-request: {type(exc).__name__}); reconcile by label"
+                f"{unclear} (the connection failed mid-request: {type(exc).__name__}); {reconcile}"
             ) from None
         status = response.status_code
         try:
@@ -314,11 +329,11 @@ class VastClient:
                 error=str(result.get("error")) if result.get("error") else None,
             )
         if status >= 500:
-            raise AmbiguousCreate(f"{unclear} (HTTP {status}); reconcile by label", status_code=status)
+            raise AmbiguousCreate(f"{unclear} (HTTP {status}); {reconcile}", status_code=status)
         if status >= 400:
             raise self._error(response, "PUT", path, ask_id=ask_id)
         if not isinstance(result, dict):
-            raise AmbiguousCreate(f"{unclear}: the answer was not Vast's JSON (HTTP {status}); reconcile by label")
+            raise AmbiguousCreate(f"{unclear}: the answer was not Vast's JSON (HTTP {status}); {reconcile}")
         if result.get("success") is False:
             detail = result.get("msg") or result.get("error") or "no reason given"
             raise ApiError(
@@ -328,7 +343,7 @@ class VastClient:
             )
         instance_id = _instance_id(result.get("new_contract"))
         if instance_id is None:
-            raise AmbiguousCreate(f"{unclear}: the answer named no new instance; reconcile by label")
+            raise AmbiguousCreate(f"{unclear}: the answer named no new instance; {reconcile}")
         return instance_id
 
     # --- instances -----------------------------------------------------------------------------------------
@@ -446,7 +461,7 @@ class VastClient:
         """
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self._max_attempts),
-            wait=_wait,
+            wait=self._wait,
             retry=retry_if_exception(resend),
             sleep=self._sleep,
             before_sleep=_log_retry,
@@ -545,10 +560,11 @@ class VastClient:
             )
         if status == 429:
             retry_after = _retry_after(response)
+            when = f"wait {math.ceil(retry_after)} s" if retry_after is not None else "wait a minute"
             return RateLimited(
                 redact(
                     f"The Vast API is rate-limiting requests (HTTP 429{detail}) after {self._max_attempts} "
-                    "attempts; wait a minute and try again"
+                    f"attempts; {when} and try again"
                 ),
                 retry_after=retry_after,
             )
