@@ -70,6 +70,7 @@ class CannedVast:
     url: str = ""
     routes: dict[tuple[str, str], tuple[int, Any]] = field(default_factory=dict)
     seen: list[Seen] = field(default_factory=list)
+    retry_after: str | None = None
 
 
 def _handler(canned: CannedVast) -> type[BaseHTTPRequestHandler]:
@@ -86,6 +87,8 @@ def _handler(canned: CannedVast) -> type[BaseHTTPRequestHandler]:
             self.send_response(status)
             self.send_header("Content-Type", "text/html" if isinstance(body, str) else "application/json")
             self.send_header("Content-Length", str(len(payload)))
+            if canned.retry_after is not None:
+                self.send_header("Retry-After", canned.retry_after)
             self.end_headers()
             self.wfile.write(payload)
 
@@ -184,6 +187,25 @@ def test_debug_logs_requests_without_the_key(home: Path, canned: CannedVast) -> 
     assert canned.seen[0].authorization == f"Bearer {KEY}"
 
 
+def test_debug_against_the_simulator_logs_requests_without_the_key(
+    sim: Simulator, api_key: str, home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("VAST_URL", sim.url)
+    monkeypatch.setenv("VAST_API_KEY", api_key)
+    instance_id = sim.create_instance(label="vastevents:debug")
+    status = run_subprocess("--debug", "status", "--json", home=home)
+    offers = run_subprocess("--debug", "offers", "num_gpus=1", "--limit", "2", home=home)
+    sim.vanish(instance_id)
+    assert status.returncode == 0 and offers.returncode == 0, status.stderr + offers.stderr
+    assert [row["id"] for row in json.loads(status.stdout)] == [instance_id]
+    assert "GET /api/v1/instances/?" in status.stderr and "-> 200" in status.stderr
+    assert "POST /api/v0/bundles/ -> 200" in offers.stderr
+    assert f"HTTP Request: GET {sim.url}/api/v1/instances/" in status.stderr, "httpx's own request line too"
+    for result in (status, offers):
+        assert api_key not in result.stdout + result.stderr
+    assert sim.instance_count() == 0
+
+
 def test_offers_table_is_sorted_by_price(home: Path, canned: CannedVast) -> None:
     result = run_cli("offers", "gpu_ram>=24")
     assert result.exit_code == 0, result.output
@@ -255,13 +277,37 @@ def test_rejected_key_is_one_line_without_the_key_or_a_traceback(home: Path, can
     assert KEY not in result.output and "Traceback" not in result.output
 
 
-def test_bad_config_names_the_file(home: Path, canned: CannedVast) -> None:
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("[vast]\nurll = 'x'\n", ":2: vast.urll: unknown key"),
+        ("[vast]\nurl = 'http://x'\n\n[watch]\ninterval = 'fast'\n", ":5: watch.interval: expected a duration"),
+        ("[vast]\nurl = = 'http://x'\n", ": not valid TOML: Invalid value (at line 2, column 7)"),
+    ],
+    ids=["unknown-key", "bad-value", "bad-toml"],
+)
+def test_bad_config_names_the_file_key_and_line(home: Path, canned: CannedVast, text: str, expected: str) -> None:
     bad = home / "bad.toml"
-    bad.write_text("[vast]\nurll = 'x'\n")
+    bad.write_text(text)
     result = run_cli("status", "--config", str(bad))
     assert result.exit_code == 1
-    assert "bad.toml" in result.stderr and "urll" in result.stderr
+    assert result.stderr.startswith(f"error: {bad}{expected}"), result.stderr
+    assert result.stderr.count("\n") == 1
     assert canned.seen == []
+
+
+def test_a_failing_api_is_given_up_on_after_few_attempts(home: Path, canned: CannedVast) -> None:
+    """Someone is waiting at the terminal: three tries, not the watcher's five (Retry-After 0 keeps this instant)."""
+    unavailable = (503, {"success": False, "error": "server_error", "msg": "Service temporarily unavailable"})
+    canned.routes[("GET", "/api/v1/instances/")] = unavailable
+    canned.retry_after = "0"
+    result = run_cli("status")
+    assert result.exit_code == 1
+    assert result.stderr == (
+        "error: The Vast API failed GET /api/v1/instances/ with HTTP 503: Service temporarily unavailable; "
+        "try again later\n"
+    )
+    assert len(canned.seen) == 3
 
 
 # --- check -----------------------------------------------------------------------------------------------------
@@ -336,3 +382,20 @@ def test_offers_status_and_check_against_the_simulator(
 
     sim.vanish(instance_id)
     assert sim.instance_count() == 0
+
+
+@pytest.mark.parametrize(
+    ("command", "explains", "options"),
+    [
+        ("offers", "Search rentable offers, cheapest first", ["--limit", "--json", "--config"]),
+        ("status", "List every instance on the account", ["--json", "--config"]),
+        ("check", "Check the setup", ["--config"]),
+        ("sim", "Serve the Vast API on loopback",
+         ["--host", "--port", "--api-key", "--speed", "--scenario", "--state", "--ssh", "--no-ssh", "--status"]),
+    ],
+)  # fmt: skip
+def test_every_command_explains_itself(command: str, explains: str, options: list[str]) -> None:
+    result = CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": "200", "NO_COLOR": "1"})
+    assert result.exit_code == 0, result.output
+    assert explains in result.stdout
+    assert all(option in result.stdout for option in options), result.stdout

@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from collections.abc import Coroutine, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, NoReturn, TypeVar
+from typing import Annotated, NoReturn, TypeVar
 
+import httpx
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -27,6 +28,11 @@ _OK = "✓"
 _BAD = "✗"
 _SSH_KEYS = ("id_ed25519.pub", "id_rsa.pub")
 
+_INTERACTIVE_ATTEMPTS = 3
+"""Someone is waiting at the terminal: a dead URL is reported after a few seconds, not the watcher's ~15."""
+_INTERACTIVE_MAX_WAIT = 2.0
+_INTERACTIVE_TIMEOUT = httpx.Timeout(30.0, connect=5.0)
+
 
 def _fail(message: str) -> NoReturn:
     typer.echo(f"error: {redact(message)}", err=True)
@@ -42,8 +48,17 @@ def _one_line_errors() -> Iterator[None]:
         _fail(str(exc))
 
 
-def _run(coroutine: Coroutine[Any, Any, _T]) -> _T:
-    return asyncio.run(coroutine)
+def _call(config: Config, request: Callable[[VastClient], Awaitable[_T]]) -> _T:
+    """Run one API request with a client tuned for a person waiting: few attempts, short waits."""
+
+    async def run() -> _T:
+        client = VastClient.from_config(
+            config, max_attempts=_INTERACTIVE_ATTEMPTS, max_wait=_INTERACTIVE_MAX_WAIT, timeout=_INTERACTIVE_TIMEOUT
+        )
+        async with client:
+            return await request(client)
+
+    return asyncio.run(run())
 
 
 def _text(value: object, fmt: str = "{}") -> str:
@@ -71,7 +86,7 @@ def offers(
     with _one_line_errors():
         settings = load_config(config)
         parsed = parse_query(query)
-        found = _run(_search(settings, parsed, limit))
+        found = _call(settings, lambda client: client.search_offers(parsed, limit=limit))
     if "order" not in parsed:
         found.sort(key=_price_key)
     if limit is not None:
@@ -98,11 +113,6 @@ def offers(
     Console().print(table)
 
 
-async def _search(config: Config, query: dict[str, Any], limit: int | None) -> list[Offer]:
-    async with VastClient.from_config(config) as client:
-        return await client.search_offers(query, limit=limit)
-
-
 @app.command()
 def status(
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON array of instances.")] = False,
@@ -111,7 +121,7 @@ def status(
     """List every instance on the account: id, label, status, GPU, price and how to SSH in."""
     with _one_line_errors():
         settings = load_config(config)
-        instances = sorted(_run(_list(settings)), key=lambda instance: instance.id)
+        instances = sorted(_call(settings, VastClient.list_instances), key=lambda instance: instance.id)
     if as_json:
         typer.echo(redact(json.dumps([instance.model_dump(mode="json") for instance in instances], indent=2)))
         return
@@ -132,11 +142,6 @@ def status(
             ssh,
         )
     Console().print(table)
-
-
-async def _list(config: Config) -> list[Instance]:
-    async with VastClient.from_config(config) as client:
-        return await client.list_instances()
 
 
 @app.command()
@@ -165,7 +170,7 @@ def check(config: ConfigOption = None) -> None:
         report(False, "API not checked: fix the config first")
     elif key:
         try:
-            user = _run(_current_user(settings))
+            user = _call(settings, VastClient.current_user)
             who = user.get("email") or user.get("username") or f"user {user.get('id', '?')}"
             report(True, f"Vast API at {settings.vast.url} reachable and the key is accepted ({who})")
         except VastEventsError as exc:
@@ -188,8 +193,3 @@ def _key_source() -> str:
     if os.environ.get("VAST_API_KEY", "").strip():
         return "$VAST_API_KEY"
     return str(next((path for path in api_key_paths() if path.is_file()), "a key file"))
-
-
-async def _current_user(config: Config) -> dict[str, Any]:
-    async with VastClient.from_config(config) as client:
-        return await client.current_user()
