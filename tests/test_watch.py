@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from vastevents import Context, Event, on
-from vastevents.errors import ApiError, RateLimited
+from vastevents.errors import ApiError, AuthError, RateLimited
 from vastevents.plugins import activate
 from vastevents.testing import FakeClock, FakeCloud, Harness
 
@@ -41,6 +41,26 @@ async def test_restart_catch_up_and_no_event_for_known_unchanged(tmp_path: Path)
     assert [(e.name, e.catch_up) for e in await second.poll_once()] == [("vanished", False)]
     assert [e.id for e in second.journal()] == [1, 2, 3, 4, 5]
     second.close()
+
+
+async def test_catch_up_waits_for_the_first_list_that_succeeds_after_a_restart(tmp_path: Path) -> None:
+    db = tmp_path / "state.db"
+    cloud, clock = FakeCloud(), FakeClock()
+    cloud.add(1, "loading")
+    first = Harness(cloud=cloud, clock=clock, store_path=db)
+    await first.poll_once()
+    first.close()
+
+    cloud.set_status(1, "running")  # changed while nobody watched
+    cloud.fail_next(ApiError("HTTP 503", status_code=503))
+    restarted = Harness(cloud=cloud, clock=clock, store_path=db)
+    assert names(await restarted.poll_once()) == ["poll_failed"]
+    clock.advance(15)
+    assert [(e.name, e.catch_up) for e in await restarted.poll_once()] == [("loading_to_running", True)]
+    cloud.set_status(1, "exited")
+    clock.advance(15)
+    assert [(e.name, e.catch_up) for e in await restarted.poll_once()] == [("running_to_exited", False)]
+    restarted.close()
 
 
 async def test_undelivered_events_are_delivered_first_after_a_crash(tmp_path: Path) -> None:
@@ -109,6 +129,21 @@ async def test_rate_limits_slow_the_loop_down_but_never_stop_it() -> None:
     h.cloud.add(1, "running")
     assert names(await h.poll_once()) == ["appeared"]
     assert h.watcher.next_delay() == 10
+
+
+async def test_a_rejected_key_slows_the_loop_down_too_and_last_error_says_why() -> None:
+    h = Harness()
+    h.watcher.interval = 10
+    rejected = AuthError("The Vast API rejected the API key (HTTP 401)", status_code=401)
+    h.cloud.fail_next(rejected)
+    await h.poll_once()
+    assert h.watcher.last_error is rejected
+    assert h.watcher.next_delay() == 20
+    h.cloud.fail_next(ApiError("HTTP 500", status_code=500))
+    await h.poll_once()
+    assert h.watcher.next_delay() == 10  # a server error: the client already retried; keep the interval
+    await h.poll_once()
+    assert h.watcher.last_error is None and h.watcher.status.polls == 1
 
 
 async def test_an_unexpected_client_error_is_a_poll_failure_not_a_crash() -> None:

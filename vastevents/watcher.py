@@ -2,7 +2,8 @@
 
 Delivery always reads from the journal, so events a crash left undelivered are delivered first on restart
 through the same path. A failed list (including one page of a paginated list) applies no diff at all: it is
-reported once per failure streak as ``poll_failed``, and the loop keeps watching, slowing down on 429.
+reported once per failure streak as ``poll_failed``, and the loop keeps watching, slowing down on 429 and on a
+rejected API key (retrying sooner cannot help either).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from vastevents.bus import Bus
 from vastevents.clock import Clock
 from vastevents.config import Config
 from vastevents.diff import Rules, observe
-from vastevents.errors import RateLimited
+from vastevents.errors import AuthError, RateLimited
 from vastevents.events import POLL_FAILED, Event
 from vastevents.models import Instance
 from vastevents.plugins import ActiveHandler, Context
@@ -29,7 +30,7 @@ from vastevents.store import StaleSnapshot
 log = logging.getLogger(__name__)
 
 MAX_BACKOFF = 300.0
-"""The longest pause between polls while rate limited (seconds); the watcher never stops polling."""
+"""The longest pause between polls while rate limited or refused (seconds); the watcher never stops polling."""
 
 
 class InstanceLister(Protocol):
@@ -44,7 +45,7 @@ EventObserver = Callable[[Event], None]
 
 @dataclass
 class WatchStatus:
-    """What the status line shows."""
+    """What the status line shows. ``polls`` counts successful polls; ``failures`` the current failure streak."""
 
     polls: int = 0
     instances: int = 0
@@ -94,8 +95,10 @@ class Watcher:
         self.bus = Bus(context, timeout=config.watch.handler_timeout, max_concurrency=config.watch.max_concurrency)
         for handler in handlers:
             self.bus.add(handler)
+        self.last_error: Exception | None = None
+        """Why the latest poll failed (None once a poll succeeds)."""
         self._snapshot: Snapshot | None = None
-        self._rate_limited: RateLimited | None = None
+        self._caught_up = False
         self._cycle: list[Event] = []
 
     def _start(self) -> Snapshot:
@@ -113,8 +116,10 @@ class Watcher:
             await self.deliver_pending()
         rows = await self._list()
         if rows is not None:
-            catch_up = first and previous.taken_at is not None
+            # The first complete list this watcher sees shows what changed while it was not running.
+            catch_up = not self._caught_up and previous.taken_at is not None
             self._commit(previous, rows, catch_up)
+            self._caught_up = True
         await self.deliver_pending()
         return list(self._cycle)
 
@@ -124,15 +129,21 @@ class Watcher:
         except Exception as exc:
             self._poll_failed(exc)
             return None
-        self._rate_limited = None
+        if self.last_error is not None:
+            log.info("polling works again after %d failed polls", self.status.failures)
+        self.last_error = None
         self.status.error = None
         self.status.failures = 0
         return rows
 
     def _poll_failed(self, error: Exception) -> None:
+        """Report a failed list: a ``poll_failed`` event on the first failure of a streak, the status always.
+
+        The event is the report (observers print it, handlers get it); the log only has it at debug level.
+        """
         message = redact(str(error) or type(error).__name__)
-        log.warning("poll failed: %s", message, exc_info=log.isEnabledFor(logging.DEBUG))
-        self._rate_limited = error if isinstance(error, RateLimited) else None
+        log.debug("poll failed: %s", message, exc_info=True)
+        self.last_error = error
         self.status.failures += 1
         self.status.error = message
         if self.status.failures == 1:  # once per failure streak, not every cycle of an outage
@@ -179,11 +190,12 @@ class Watcher:
             self._journaled([journaled])
 
     def next_delay(self) -> float:
-        """Seconds until the next poll: the interval, or longer after 429s (never stop watching)."""
-        if self._rate_limited is None:
+        """Seconds until the next poll: the interval, or longer after a 429 or a rejected key (never stop)."""
+        error = self.last_error
+        if not isinstance(error, RateLimited | AuthError):
             return self.interval
         backoff = self.interval * float(2 ** min(self.status.failures, 10))
-        hint = self._rate_limited.retry_after or 0.0
+        hint = (error.retry_after if isinstance(error, RateLimited) else None) or 0.0
         return min(max(backoff, hint), max(MAX_BACKOFF, self.interval))
 
     async def run(self, stop: asyncio.Event | None = None, *, on_cycle: Callable[[], None] | None = None) -> None:
