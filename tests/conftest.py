@@ -1,21 +1,59 @@
-"""Shared fixtures: an in-process simulator on a free loopback port, driven by a ManualClock."""
+"""Shared fixtures: an in-process simulator on a free loopback port, driven by a ManualClock.
+
+Every test is also checked for leaks: no simulator thread, and no sshd or job of a simulated ssh host (in this
+process or any simulator subprocess a test started) may outlive the test.
+"""
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
 
 from vastevents.clock import ManualClock
 from vastevents.sim import Simulator
+from vastevents.sim.sshhost import DIRECTORY_PREFIX, MARKER
 
 SIM_API_KEY = "sim-test-key-0123"
 
 
 def _sim_threads() -> set[threading.Thread]:
     return {t for t in threading.enumerate() if "vastevents-sim" in t.name or "process_request" in t.name}
+
+
+def _ssh_host_processes() -> set[int]:
+    """Live sshd servers running a simulator's config, and processes carrying the simulator's job marker."""
+    found: set[int] = set()
+    marker = f"{MARKER}=".encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if Path(entry, "stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                continue
+            cmdline = Path(entry, "cmdline").read_bytes()
+            environ = Path(entry, "environ").read_bytes()
+        except (OSError, IndexError):
+            continue
+        if (b"sshd" in cmdline and DIRECTORY_PREFIX.encode() in cmdline) or any(
+            item.startswith(marker) for item in environ.split(b"\0")
+        ):
+            found.add(int(entry.name))
+    return found
+
+
+@pytest.fixture(autouse=True)
+def _no_ssh_host_outlives_its_test() -> Iterator[None]:
+    if not Path("/proc").is_dir():
+        yield
+        return
+    before = _ssh_host_processes()
+    yield
+    leaked = _ssh_host_processes() - before
+    assert not leaked, f"simulated ssh hosts (sshd or jobs) still running after the test: pids {sorted(leaked)}"
 
 
 @pytest.fixture
@@ -25,7 +63,7 @@ def api_key() -> str:
 
 @pytest.fixture
 def sim(api_key: str) -> Iterator[Simulator]:
-    """A started Simulator (ManualClock, seed 0, rate limits on); stopped at teardown, asserting nothing leaked."""
+    """A started Simulator (ManualClock, seed 0, rate limits on); stopped at teardown, asserting no thread leaked."""
     before = _sim_threads()
     simulator = Simulator(api_key=api_key, clock=ManualClock())
     simulator.start()
@@ -35,7 +73,6 @@ def sim(api_key: str) -> Iterator[Simulator]:
         simulator.stop()
         leaked = {t for t in _sim_threads() - before if t.is_alive()}
         assert not leaked, f"simulator threads still alive after stop: {leaked}"
-        assert simulator.ssh_pids() == []
 
 
 @pytest.fixture

@@ -32,6 +32,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger("vastevents.sim.ssh")
 
 MARKER = "VASTEVENTS_SIM_INSTANCE"
+"""Environment variable set in every session and onstart job: its value is the instance's directory."""
+DIRECTORY_PREFIX = "vastevents-sim-ssh-"
+"""Prefix of the temporary directory holding the host key and one directory (with sshd_config) per instance."""
 SSHD_CANDIDATES = ("/usr/sbin/sshd", "/usr/local/sbin/sshd", "/opt/homebrew/sbin/sshd")
 SFTP_CANDIDATES = ("/usr/lib/openssh/sftp-server", "/usr/libexec/openssh/sftp-server", "/usr/libexec/sftp-server")
 INSTALL_HINT = (
@@ -97,7 +100,7 @@ class SSHHosts:
             raise SshdMissing(INSTALL_HINT)
         if os.geteuid() == 0 and not os.path.isdir("/run/sshd"):
             os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # privilege separation dir sshd needs as root
-        self._tmp = tempfile.TemporaryDirectory(prefix="vastevents-sim-ssh-")
+        self._tmp = tempfile.TemporaryDirectory(prefix=DIRECTORY_PREFIX)
         key = Path(self._tmp.name) / "ssh_host_ed25519_key"
         subprocess.run(
             ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "vastevents-sim", "-f", str(key)],
