@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+import ast
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 from hypothesis import given, settings
@@ -98,6 +100,14 @@ def test_huge_list_diffs_without_trouble() -> None:
     assert names(diff(snapshot, Snapshot.of(changed, at(1)), at(1))) == ["running_to_exited"]
 
 
+def test_json_shape_and_at_in_utc() -> None:
+    plus_two = timezone(timedelta(hours=2))
+    event = Event(id=3, name="appeared", instance_id=1, new="running", at=datetime(2026, 1, 1, 2, tzinfo=plus_two))
+    data = event.to_json()
+    assert list(data) == ["id", "name", "instance_id", "old", "new", "at", "catch_up", "instance"]
+    assert data["at"] == "2026-01-01T00:00:00Z"
+
+
 def test_catch_up_flag_is_carried_on_every_event() -> None:
     snapshot, _ = observe(Snapshot(), [row(1, "loading")], at(0))
     _, events = observe(snapshot, [row(1, "running"), row(2, "running")], at(100), catch_up=True)
@@ -186,6 +196,14 @@ def test_stuck_loading_at_once_on_an_image_pull_error() -> None:
     assert "OCI runtime create failed" in polls[1][0].detail
 
 
+def test_a_normal_load_s_progress_messages_are_not_errors() -> None:
+    progress = ["Pulling image pytorch/pytorch", "Image pull in progress: 45%", "image pull complete", "Loading image"]
+    polls = run(*((float(n), [row(1, "loading", status_msg=msg)]) for n, msg in enumerate(progress)))
+    assert [names(p) for p in polls] == [["appeared"], [], [], []]
+    (events,) = run((0, [row(1, "loading", status_msg="Back-off pulling image: ImagePullBackOff")]))
+    assert names(events) == ["appeared", "stuck_loading"]
+
+
 def test_stuck_loading_again_after_a_new_loading_episode() -> None:
     rules = Rules(stuck_after=60)
     loading = row(1, "loading")
@@ -270,7 +288,8 @@ def replay(states: dict[int, str], events: list[Event]) -> dict[int, str]:
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.tuples(LISTS, st.floats(0, 2000)), min_size=1, max_size=6))
 def test_applying_events_reconstructs_the_new_snapshot(polls: list[tuple[list[Instance], float]]) -> None:
-    snapshot, now, states = Snapshot(), T0, {}
+    snapshot, now = Snapshot(), T0
+    states: dict[int, str] = {}
     for rows, step in polls:
         now += timedelta(seconds=step)
         snapshot, events = observe(snapshot, rows, now)
@@ -287,3 +306,24 @@ def test_diff_of_a_snapshot_with_itself_is_empty(first: list[Instance], second: 
     assert diff(snapshot, snapshot, at(1)) == []
     never = Rules(stuck_after=1e9, offline_grace=1e9, preempt_grace=1e9)
     assert diff(snapshot, snapshot, at(1 + later), never) == []
+
+
+# --- layering
+
+PURE_CORE = ("events.py", "snapshot.py", "diff.py", "models.py", "errors.py")
+PURE_IMPORTS = {"__future__", "collections", "dataclasses", "datetime", "enum", "re", "types", "typing", "pydantic"}
+
+
+def test_the_pure_core_imports_no_io_and_reads_no_clock() -> None:
+    package = Path(__file__).resolve().parents[1] / "vastevents"
+    for module in PURE_CORE:
+        tree = ast.parse((package / module).read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import | ast.ImportFrom):
+                names = [node.module or ""] if isinstance(node, ast.ImportFrom) else [a.name for a in node.names]
+                for name in names:
+                    top = name.split(".")[0]
+                    allowed = top in PURE_IMPORTS or name in {f"vastevents.{m[:-3]}" for m in PURE_CORE}
+                    assert allowed, f"{module} imports {name}"
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+                assert node.func.attr not in {"now", "utcnow", "today", "time", "monotonic"}, f"{module} reads a clock"

@@ -31,11 +31,14 @@ DOWN_STATES = frozenset({State.STOPPED, State.EXITED, State.OFFLINE})
 """States that count as "down" for a running instance that is meant to run."""
 
 IMAGE_ERROR = re.compile(
-    r"oci runtime create failed|pull access denied|error pulling image|failed to pull|image ?pull"
-    r"|manifest (?:unknown|for \S+ not found)|repository does not exist|no such image|errimagepull",
+    r"oci runtime create failed|pull access denied|error pulling image|failed to pull|image ?pull(?:ing)? (?:failed|error)"
+    r"|manifest (?:unknown|for \S+ not found)|repository does not exist|no such image|errimagepull|imagepullbackoff",
     re.IGNORECASE,
 )
-"""``status_msg`` shapes of a load that will never finish (image pull and container create errors)."""
+"""``status_msg`` shapes of a load that will never finish (image pull and container create errors).
+
+Only errors: a normal load's progress messages ("Pulling image ...", "image pull 40%") must not match.
+"""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -8,7 +8,7 @@ is its position in the journal; it is ``0`` until the store has journaled it.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from vastevents.models import Instance, State
@@ -63,6 +63,12 @@ def is_known_event_name(name: str) -> bool:
     ) or is_transition(name)
 
 
+def _utc_iso(at: datetime) -> str:
+    """ISO 8601 in UTC with a ``Z`` (a naive time is taken to be UTC already)."""
+    utc = at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
+    return utc.isoformat().replace("+00:00", "Z")
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Event:
     """One thing that happened to one instance (or to the watcher, for ``poll_failed``).
@@ -95,7 +101,7 @@ class Event:
             "instance_id": self.instance_id,
             "old": self.old,
             "new": self.new,
-            "at": self.at.isoformat().replace("+00:00", "Z"),
+            "at": _utc_iso(self.at),
             "catch_up": self.catch_up,
             "instance": self.instance.model_dump(mode="json") if self.instance is not None else None,
         }
