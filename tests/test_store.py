@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
+from vastevents import store as store_module
 from vastevents.diff import observe
 from vastevents.events import Event
 from vastevents.models import Instance
 from vastevents.snapshot import Snapshot
-from vastevents.store import SqliteStore, StaleSnapshot, StoreError
+from vastevents.store import SCHEMA_VERSION, SqliteStore, StaleSnapshot, StoreError
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -25,7 +27,7 @@ def rows(*pairs: tuple[int, str | None]) -> list[Instance]:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> SqliteStore:
+def store(tmp_path: Path) -> Iterator[SqliteStore]:
     with SqliteStore(tmp_path / "state" / "state.db") as opened:
         yield opened
 
@@ -48,8 +50,8 @@ def test_snapshot_and_events_round_trip_through_a_reopen(tmp_path: Path) -> None
         assert store.load_snapshot() == snapshot
         assert store.events() == journaled
         assert store.events()[1].raw == "Weird"
-        assert store.events()[0].instance is not None
-        assert store.events()[0].instance.model_extra == {"odd_field": [1, 2]}
+        instance = store.events()[0].instance
+        assert instance is not None and instance.model_extra == {"odd_field": [1, 2]}
 
 
 def test_commit_writes_everything_or_nothing(store: SqliteStore) -> None:
@@ -150,3 +152,66 @@ def test_empty_snapshot_round_trip(store: SqliteStore) -> None:
     base = store.load_snapshot()
     store.commit(base, Snapshot({}, T0), [])
     assert store.load_snapshot() == Snapshot({}, T0)
+
+
+# --- schema versions
+
+
+def user_version(path: Path) -> int:
+    db = sqlite3.connect(path)
+    try:
+        return int(db.execute("PRAGMA user_version").fetchone()[0])
+    finally:
+        db.close()
+
+
+def test_a_new_store_is_at_the_current_schema_version(tmp_path: Path) -> None:
+    SqliteStore(tmp_path / "s.db").close()
+    assert user_version(tmp_path / "s.db") == SCHEMA_VERSION == len(store_module._MIGRATIONS)
+
+
+def test_opening_an_older_store_runs_the_new_migrations_and_keeps_the_data(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "s.db"
+    with SqliteStore(path) as old:
+        old.append([Event(name="poll_failed", instance_id=None, at=T0)])
+    later = (*store_module._MIGRATIONS, ("CREATE TABLE jobs (id INTEGER PRIMARY KEY, spec TEXT NOT NULL)",))
+    monkeypatch.setattr(store_module, "_MIGRATIONS", later)
+    monkeypatch.setattr(store_module, "SCHEMA_VERSION", len(later))
+    with SqliteStore(path) as upgraded:
+        assert [e.name for e in upgraded.events()] == ["poll_failed"]
+    assert user_version(path) == len(later)
+    db = sqlite3.connect(path)
+    assert db.execute("SELECT COUNT(*) FROM jobs").fetchone()[0] == 0
+    db.close()
+
+
+def test_a_failing_migration_changes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "s.db"
+    SqliteStore(path).close()
+    broken = (*store_module._MIGRATIONS, ("CREATE TABLE ledger (id INTEGER)", "THIS IS NOT SQL"))
+    monkeypatch.setattr(store_module, "_MIGRATIONS", broken)
+    monkeypatch.setattr(store_module, "SCHEMA_VERSION", len(broken))
+    with pytest.raises(StoreError, match="cannot open the state file"):
+        SqliteStore(path)
+    assert user_version(path) == len(broken) - 1
+    db = sqlite3.connect(path)
+    assert db.execute("SELECT name FROM sqlite_master WHERE name = 'ledger'").fetchall() == []
+    db.close()
+
+
+def test_a_store_from_a_newer_vastevents_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    SqliteStore(path).close()
+    db = sqlite3.connect(path)
+    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    db.close()
+    with pytest.raises(StoreError, match="newer vastevents"):
+        SqliteStore(path)
+
+
+def test_a_state_directory_that_cannot_be_made_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    with pytest.raises(StoreError, match="cannot open the state file"):
+        SqliteStore(tmp_path / "file" / "state.db")

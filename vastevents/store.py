@@ -21,32 +21,40 @@ from vastevents.events import Event
 from vastevents.models import Instance, State
 from vastevents.snapshot import InstanceView, Snapshot
 
-SCHEMA_VERSION = 1
+_MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    # 1: the event core.
+    (
+        "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+        "CREATE TABLE IF NOT EXISTS snapshot (instance_id INTEGER PRIMARY KEY, view TEXT NOT NULL)",
+        """CREATE TABLE IF NOT EXISTS events (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            name TEXT NOT NULL,
+            instance_id INTEGER,
+            old TEXT,
+            new TEXT,
+            at TEXT NOT NULL,
+            catch_up INTEGER NOT NULL,
+            raw TEXT,
+            detail TEXT NOT NULL,
+            instance TEXT
+        )""",
+        "CREATE INDEX IF NOT EXISTS events_by_instance ON events (instance_id, id)",
+        "CREATE TABLE IF NOT EXISTS handlers (name TEXT PRIMARY KEY, delivered_upto INTEGER NOT NULL)",
+        """CREATE TABLE IF NOT EXISTS deliveries (
+            handler TEXT NOT NULL,
+            event_id INTEGER NOT NULL,
+            PRIMARY KEY (handler, event_id)
+        ) WITHOUT ROWID""",
+        "CREATE TABLE IF NOT EXISTS stop_requests (instance_id INTEGER PRIMARY KEY, at TEXT NOT NULL)",
+    ),
+)
+"""The schema as ordered migrations: entry ``n`` takes a store from version ``n`` to ``n + 1``.
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS snapshot (instance_id INTEGER PRIMARY KEY, view TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS events (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    name TEXT NOT NULL,
-    instance_id INTEGER,
-    old TEXT,
-    new TEXT,
-    at TEXT NOT NULL,
-    catch_up INTEGER NOT NULL,
-    raw TEXT,
-    detail TEXT NOT NULL,
-    instance TEXT
-);
-CREATE INDEX IF NOT EXISTS events_by_instance ON events (instance_id, id);
-CREATE TABLE IF NOT EXISTS handlers (name TEXT PRIMARY KEY, delivered_upto INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS deliveries (
-    handler TEXT NOT NULL,
-    event_id INTEGER NOT NULL,
-    PRIMARY KEY (handler, event_id)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS stop_requests (instance_id INTEGER PRIMARY KEY, at TEXT NOT NULL);
+Add tables (jobs, ledger, hosts, outbox, ...) by appending an entry; never edit a released one. The version
+lives in ``PRAGMA user_version``; pending migrations run in one transaction when a store is opened.
 """
+
+SCHEMA_VERSION = len(_MIGRATIONS)
 
 
 class StoreError(VastEventsError):
@@ -159,30 +167,42 @@ class SqliteStore:
 
     def __init__(self, path: Path | str) -> None:
         self.path = path
-        if str(path) != ":memory:":
-            Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        in_memory = str(path) == ":memory:"
         try:
+            if not in_memory:
+                Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(
-                str(Path(path).expanduser()) if str(path) != ":memory:" else ":memory:",
+                ":memory:" if in_memory else str(Path(path).expanduser()),
                 isolation_level=None,
                 check_same_thread=False,
                 timeout=30.0,
             )
+        except (OSError, sqlite3.DatabaseError) as exc:
+            raise StoreError(f"cannot open the state file {path}: {exc}") from None
+        try:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
-            version = self._db.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
-                raise StoreError(f"{path} was written by a newer vastevents (schema {version}); upgrade vastevents")
-            with self._transaction():
-                self._create_schema()
+            self._migrate()
         except sqlite3.DatabaseError as exc:
+            self._db.close()
             raise StoreError(f"cannot open the state file {path}: {exc}") from None
+        except StoreError:
+            self._db.close()
+            raise
 
-    def _create_schema(self) -> None:
-        for statement in _SCHEMA.split(";"):
-            if statement.strip():
-                self._db.execute(statement)
-        self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    def _migrate(self) -> None:
+        """Bring the schema up to :data:`SCHEMA_VERSION` (all pending migrations or none)."""
+        with self._transaction() as db:
+            version = int(db.execute("PRAGMA user_version").fetchone()[0])
+            if version > SCHEMA_VERSION:
+                raise StoreError(
+                    f"{self.path} was written by a newer vastevents (schema {version}, this one knows"
+                    f" {SCHEMA_VERSION}); upgrade vastevents"
+                )
+            for target, statements in enumerate(_MIGRATIONS[version:], start=version + 1):
+                for statement in statements:
+                    db.execute(statement)
+                db.execute(f"PRAGMA user_version = {target}")
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
