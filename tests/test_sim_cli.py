@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -46,10 +47,11 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def _wait_for(predicate: object, timeout: float, what: str) -> None:
+def _wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll `predicate` until it holds; fail after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
+        if predicate():
             return
         time.sleep(0.05)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
@@ -94,6 +96,39 @@ def test_sigterm_stops_the_simulator_and_every_sshd_it_started(tmp_path: Path) -
     assert KEY not in out + err, "the key is never printed"
     assert not any(_alive(pid) for pid in sshds)
     assert (tmp_path / "s.json").exists()
+
+
+def test_without_ssh_rows_still_name_an_ssh_port_and_sigterm_stops_it(tmp_path: Path) -> None:
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    demo = str(Simulator.builtin_scenario("demo"))
+    command = [sys.executable, "-m", "vastevents", "sim", "--host", "127.0.0.1", "--port", str(port), "--api-key", KEY]
+    command += ["--no-ssh", "--speed", "1", "--scenario", demo, "--state", str(tmp_path / "s.json")]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        auth = {"Authorization": f"Bearer {KEY}"}
+        listed: list[dict[str, object]] = []
+
+        def listing() -> bool:
+            try:
+                listed[:] = httpx.get(f"{url}/api/v1/instances/", headers=auth, timeout=2).json()["instances"]
+            except httpx.HTTPError:
+                return proc.poll() is not None
+            return True
+
+        _wait_for(listing, 30, "the simulator to answer the instance list")
+        assert proc.poll() is None
+        assert len(listed) == 6, "the demo's instances exist from the start"
+        assert all(row["ssh_host"] == "127.0.0.1" and isinstance(row["ssh_port"], int) for row in listed)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=5)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    assert "ssh hosts" not in out and "vastevents sim stopped" in out
+    assert (tmp_path / "s.json").exists(), "the state is saved on the way out"
 
 
 def test_status_without_a_simulator_is_a_one_line_error() -> None:
