@@ -22,7 +22,8 @@ from typing import Any
 
 from vastevents.config import parse_duration
 from vastevents.errors import VastEventsError
-from vastevents.sim.world import ACTIONS, Step
+from vastevents.sim.model import Step
+from vastevents.sim.world import ACTIONS
 
 _SCENARIOS = Path(__file__).resolve().parent / "scenarios"
 

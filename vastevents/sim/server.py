@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
 from vastevents._logging import redact
-from vastevents.sim.world import SimError, matches, sort_rows
+from vastevents.sim.matching import matches, sort_rows
+from vastevents.sim.model import SimError
 
 if TYPE_CHECKING:
     from vastevents.sim.simulator import Simulator

@@ -17,10 +17,11 @@ from typing import Any
 from vastevents._logging import register_secret
 from vastevents.clock import Clock, ManualClock, ScaledClock
 from vastevents.errors import VastEventsError
+from vastevents.sim.model import SimError, SimInstance
 from vastevents.sim.scenario import builtin_scenario, load_scenario
 from vastevents.sim.server import Api, SimHTTPServer
 from vastevents.sim.sshhost import SSHHosts
-from vastevents.sim.world import SimError, SimInstance, World
+from vastevents.sim.world import World
 
 logger = logging.getLogger("vastevents.sim")
 

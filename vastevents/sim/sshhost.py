@@ -27,7 +27,7 @@ from typing import IO, TYPE_CHECKING
 from vastevents.errors import VastEventsError
 
 if TYPE_CHECKING:
-    from vastevents.sim.world import SimInstance
+    from vastevents.sim.model import SimInstance
 
 logger = logging.getLogger("vastevents.sim.ssh")
 

@@ -4,19 +4,32 @@ No I/O and no clock of its own: every entry point takes ``now`` (epoch seconds) 
 that fell due up to then, in time order (instance transitions, contract expiries, scripted scenario steps).
 The state is therefore a pure function of the clock, and a ManualClock drives it completely.
 The caller (the Simulator) holds the lock; real sshd processes are behind the `HostBackend` hooks.
+Its values live in :mod:`~vastevents.sim.model`, the generated market and offer rows in
+:mod:`~vastevents.sim.market`, and Vast's filter/sort semantics in :mod:`~vastevents.sim.matching`.
 """
 
 from __future__ import annotations
 
 import heapq
 import itertools
-import random
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any
 
 from vastevents.config import parse_duration
+from vastevents.sim.market import HOURS_PER_MONTH, generate_machines, machines_from_specs, offer_row
+from vastevents.sim.matching import matches, sort_rows
+from vastevents.sim.model import (
+    DEFAULT_PULL_S,
+    Ask,
+    HostBackend,
+    Machine,
+    SimError,
+    SimInstance,
+    Step,
+    Storm,
+)
 
 OCI_PULL_ERROR = (
     "Error response from daemon: failed to create task for container: failed to create shim task: "
@@ -27,10 +40,8 @@ DISK_FULL_MSG = "No space left on device: container disk is full"
 
 SCHEDULE_S = 5.0  # null -> created
 CREATE_S = 5.0  # created -> loading
-DEFAULT_PULL_S = 60.0  # loading -> running (image pull and boot)
 RESTART_S = 15.0  # start after stop: loading -> running
 REBOOT_S = 20.0  # rebooting -> running
-HOURS_PER_MONTH = 720.0
 
 ACTIONS = frozenset(
     {
@@ -41,125 +52,6 @@ ACTIONS = frozenset(
 )  # fmt: skip
 
 _USER_VERBS = frozenset({"stop", "start", "reboot", "destroy"})  # what the owner does, scripted
-
-# (name, GB of VRAM per GPU, on-demand $/h per GPU, max CUDA)
-_GPUS = [
-    ("RTX 3060", 12, 0.08, 12.2),
-    ("RTX 3090", 24, 0.22, 12.2),
-    ("RTX 4090", 24, 0.40, 12.4),
-    ("RTX A6000", 48, 0.55, 12.2),
-    ("L40S", 48, 0.85, 12.4),
-    ("A100 SXM4", 80, 1.20, 12.4),
-    ("H100 SXM", 80, 2.40, 12.6),
-]
-_GEOS = ["Texas, US", "Quebec, CA", "Bavaria, DE", "Stockholm, SE", "Taipei, TW", "Ile-de-France, FR", "Tokyo, JP"]
-
-
-class SimError(Exception):
-    """A request the real API would refuse; the server renders it as ``{"success": false, "error", "msg"}``."""
-
-    def __init__(self, status: int, error: str, msg: str, **extra: Any) -> None:
-        super().__init__(msg)
-        self.status = status
-        self.error = error
-        self.msg = msg
-        self.extra = extra
-
-    def body(self) -> dict[str, Any]:
-        return {"success": False, "error": self.error, "msg": self.msg, **self.extra}
-
-
-class HostBackend(Protocol):
-    """What runs an instance's "container" (real sshd hosts); the world only says when."""
-
-    def instance_up(self, instance: SimInstance, authorized_keys: Sequence[str]) -> None: ...
-
-    def instance_down(self, instance_id: int) -> None: ...
-
-    def instance_gone(self, instance_id: int) -> None: ...
-
-
-@dataclass
-class Machine:
-    machine_id: int
-    host_id: int
-    gpu_name: str
-    num_gpus: int
-    gpu_ram: float  # MB per GPU
-    cpu_cores: int
-    cpu_ram: float  # MB
-    disk_space: float  # GB
-    dph_per_gpu: float
-    storage_cost: float  # $/GB/month
-    min_bid_per_gpu: float
-    reliability: float
-    geolocation: str
-    cuda_max_good: float
-    inet_down: float
-    inet_up: float
-    end_date: float
-    offline: bool = False
-    used_gpus: int = 0  # by our instances and by renters elsewhere
-
-
-@dataclass
-class Ask:
-    id: int
-    machine_id: int
-    num_gpus: int
-
-
-@dataclass
-class SimInstance:
-    id: int
-    machine_id: int
-    num_gpus: int
-    image: str
-    disk: float
-    label: str | None
-    onstart: str | None
-    env: dict[str, str]
-    is_bid: bool
-    bid_price: float | None
-    runtype: str
-    created_at: float
-    end_date: float
-    ssh_port: int
-    pull_s: float = DEFAULT_PULL_S
-    actual_status: str | None = None
-    intended_status: str = "running"
-    cur_state: str = "stopped"
-    next_state: str = "running"
-    status_msg: str | None = None
-    due_at: float | None = None
-    due_target: str | None = None
-    due_token: int = 0
-    paused_due: tuple[str, float] | None = None  # (target, seconds left) while the host is offline
-    before_offline: tuple[str | None, str, str, str | None] | None = None
-    stuck_msg: str | None = None
-    gpu_util: float = 0.0
-    disk_util: float = 0.0
-    history: list[tuple[float, str | None]] = field(default_factory=list)
-    ended_at: float | None = None  # destroyed or vanished
-    ssh_keys: list[str] = field(default_factory=list)
-
-
-@dataclass
-class Step:
-    """One scripted action of a scenario, `at` seconds after the scenario's origin."""
-
-    at: float
-    action: str
-    params: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class Storm:
-    kind: str  # "rate_limit" | "server_error" | "slow"
-    start: float
-    end: float
-    status: int = 429
-    delay: float = 0.0
 
 
 def _default_port(instance_id: int) -> int:
@@ -198,72 +90,12 @@ class World:
     @classmethod
     def generate(cls, *, seed: int, hosts: int, origin: float) -> World:
         """A deterministic market of `hosts` hosts (one or two machines each) from `seed`."""
-        rng = random.Random(seed)
-        machines = []
-        machine_id = 10_000
-        for host_index in range(hosts):
-            host_id = 100_000 + host_index * 7
-            for _ in range(rng.choice((1, 1, 2))):
-                machine_id += rng.randint(1, 40)
-                name, vram, price, cuda = rng.choice(_GPUS)
-                num_gpus = rng.choice((1, 1, 2, 4, 8))
-                dph = round(price * rng.uniform(0.8, 1.3), 3)
-                machines.append(
-                    Machine(
-                        machine_id=machine_id,
-                        host_id=host_id,
-                        gpu_name=name,
-                        num_gpus=num_gpus,
-                        gpu_ram=vram * 1024.0,
-                        cpu_cores=num_gpus * rng.choice((4, 8, 16)),
-                        cpu_ram=num_gpus * rng.choice((32, 64)) * 1024.0,
-                        disk_space=float(rng.choice((200, 500, 1000, 2000))),
-                        dph_per_gpu=dph,
-                        storage_cost=round(rng.uniform(0.05, 0.25), 3),
-                        min_bid_per_gpu=round(dph * rng.uniform(0.35, 0.6), 3),
-                        reliability=round(rng.uniform(0.9, 0.999), 4),
-                        geolocation=rng.choice(_GEOS),
-                        cuda_max_good=cuda,
-                        inet_down=float(rng.choice((100, 500, 1000, 5000))),
-                        inet_up=float(rng.choice((100, 500, 1000))),
-                        end_date=origin + 86400.0 * rng.randint(7, 90),
-                    )
-                )
-        return cls(machines, origin=origin)
+        return cls(generate_machines(seed=seed, hosts=hosts, origin=origin), origin=origin)
 
     @classmethod
     def from_machines(cls, specs: Sequence[Mapping[str, Any]], *, origin: float) -> World:
         """A world from explicit machine specs (scenario files); missing fields get plain defaults."""
-        machines = []
-        for index, spec in enumerate(specs):
-            spec = dict(spec)
-            days = float(spec.pop("days", 30))
-            gpu_ram_gb = float(spec.pop("gpu_ram_gb", 24))
-            num_gpus = int(spec.get("num_gpus", 1))
-            dph = float(spec.get("dph_per_gpu", 0.4))
-            defaults: dict[str, Any] = {
-                "machine_id": 20_000 + index,
-                "host_id": 200_000 + index,
-                "gpu_name": "RTX 4090",
-                "gpu_ram": gpu_ram_gb * 1024.0,
-                "cpu_cores": 8 * num_gpus,
-                "cpu_ram": 32768.0 * num_gpus,
-                "disk_space": 500.0,
-                "dph_per_gpu": dph,
-                "storage_cost": 0.1,
-                "min_bid_per_gpu": round(dph / 2, 3),
-                "reliability": 0.99,
-                "geolocation": "Texas, US",
-                "cuda_max_good": 12.4,
-                "inet_down": 1000.0,
-                "inet_up": 500.0,
-                "end_date": origin + days * 86400.0,
-            }
-            try:
-                machines.append(Machine(**{**defaults, **spec}))
-            except TypeError as exc:
-                raise ValueError(f"machine {index + 1}: {exc}") from None
-        return cls(machines, origin=origin)
+        return cls(machines_from_specs(specs, origin=origin), origin=origin)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -362,56 +194,6 @@ class World:
             self.next_ask_id += 1
             size *= 2
 
-    def offer_row(self, ask: Ask, *, bid: bool = False, storage_gb: float = 5.0) -> dict[str, Any]:
-        m = self.machines[ask.machine_id]
-        n = ask.num_gpus
-        base = round((m.min_bid_per_gpu if bid else m.dph_per_gpu) * n, 4)
-        storage_ph = m.storage_cost * storage_gb / HOURS_PER_MONTH
-        disk = round(m.disk_space * n / m.num_gpus, 1)
-        return {
-            "id": ask.id,
-            "ask_contract_id": ask.id,
-            "bundle_id": ask.id,
-            "machine_id": m.machine_id,
-            "host_id": m.host_id,
-            "gpu_name": m.gpu_name,
-            "num_gpus": n,
-            "gpu_frac": n / m.num_gpus,
-            "gpu_ram": m.gpu_ram,
-            "gpu_total_ram": m.gpu_ram * n,
-            "cpu_cores": m.cpu_cores * n // m.num_gpus,
-            "cpu_cores_effective": float(m.cpu_cores * n // m.num_gpus),
-            "cpu_ram": m.cpu_ram * n / m.num_gpus,
-            "disk_space": disk,
-            "dph_base": base,
-            "dph_total": round(base + storage_ph, 6),
-            "storage_cost": m.storage_cost,
-            "min_bid": round(m.min_bid_per_gpu * n, 4),
-            "reliability": m.reliability,
-            "reliability2": m.reliability,
-            "cuda_max_good": m.cuda_max_good,
-            "inet_down": m.inet_down,
-            "inet_up": m.inet_up,
-            "geolocation": m.geolocation,
-            "verification": "verified",
-            "verified": True,
-            "external": False,
-            "rentable": True,
-            "rented": False,
-            "is_bid": bid,
-            "end_date": m.end_date,
-            "duration": m.end_date - self.now,
-            "total_flops": round(n * m.gpu_ram / 1024.0, 1),
-            "dlperf": round(n * m.gpu_ram / 1024.0 * m.reliability, 2),
-            "score": round(n * m.gpu_ram / 1024.0 * m.reliability / max(base, 0.01), 3),
-            "direct_port_count": 100,
-            "static_ip": True,
-            "datacenter": False,
-            "compute_cap": 890,
-            "driver_version": "550.54.14",
-            "public_ipaddr": "127.0.0.1",
-        }
-
     def search(self, query: Mapping[str, Any]) -> list[dict[str, Any]]:
         """Offers matching a Vast search query (`{field: {op: value}}`, order, type, limit)."""
         kind = str(query.get("type") or "on-demand")
@@ -424,7 +206,13 @@ class World:
             if k not in ("order", "type", "limit", "allocated_storage", "disable_bundling", "extra_ids")
         }
         rows = [
-            self.offer_row(ask, bid=kind in ("bid", "interruptible"), storage_gb=storage)
+            offer_row(
+                self.machines[ask.machine_id],
+                ask,
+                now=self.now,
+                bid=kind in ("bid", "interruptible"),
+                storage_gb=storage,
+            )
             for ask in self.asks.values()
             if not self.machines[ask.machine_id].offline
         ]
@@ -983,87 +771,3 @@ def _env_dict(env: Any) -> dict[str, str]:
     if env is None:
         return {}
     raise SimError(400, "invalid_args", "env must be an object of NAME: value pairs")
-
-
-# --------------------------------------------------------------------- query matching (offers and lists)
-
-_OPS = frozenset({"eq", "neq", "gt", "gte", "lt", "lte", "in", "notin", "nin", "ne"})
-
-
-def _coerce(want: Any, like: Any) -> Any:
-    if isinstance(like, bool):
-        if isinstance(want, str):
-            return want.strip().lower() in ("true", "1", "yes")
-        return bool(want)
-    if isinstance(like, int | float):
-        try:
-            return float(want)
-        except (TypeError, ValueError):
-            return want
-    if isinstance(like, str) and want is not None:
-        return str(want)
-    return want
-
-
-def _equal(actual: Any, want: Any) -> bool:
-    if actual is None or want is None:
-        return actual is want
-    want = _coerce(want, actual)
-    if isinstance(actual, str) and isinstance(want, str):
-        return actual.lower() == want.lower()
-    return bool(actual == want)
-
-
-def compare(actual: Any, op: str, want: Any) -> bool:
-    if op in ("in", "notin", "nin"):
-        values = want if isinstance(want, list) else [want]
-        hit = any(_equal(actual, v) for v in values)
-        return hit if op == "in" else not hit
-    if op == "eq":
-        return _equal(actual, want)
-    if op in ("neq", "ne"):
-        return not _equal(actual, want)
-    if actual is None or isinstance(actual, bool):
-        return False
-    want = _coerce(want, actual)
-    if type(want) is not type(actual) and not (isinstance(want, float) and isinstance(actual, int | float)):
-        return False
-    if op == "gt":
-        return bool(actual > want)
-    if op == "gte":
-        return bool(actual >= want)
-    if op == "lt":
-        return bool(actual < want)
-    return bool(actual <= want)
-
-
-def matches(row: Mapping[str, Any], filters: Mapping[str, Any]) -> bool:
-    """Whether a row passes `{field: {op: value}}`; a field the row lacks is not a constraint (Vast ignores it)."""
-    for name, ops in filters.items():
-        if name not in row:
-            continue
-        if not isinstance(ops, Mapping):
-            ops = {"eq": ops}
-        for op, want in ops.items():
-            if op not in _OPS:
-                raise SimError(400, "invalid_args", f"unknown operator {op!r} for {name}")
-            if not compare(row[name], op, want):
-                return False
-    return True
-
-
-def sort_rows(rows: list[dict[str, Any]], order: Sequence[Sequence[Any]]) -> list[dict[str, Any]]:
-    """Stable multi-key sort; None sorts last whatever the direction."""
-    for spec in reversed(order):
-        if not spec:
-            continue
-        name = str(spec[0])
-        descending = len(spec) > 1 and str(spec[1]).lower() == "desc"
-        present = [r for r in rows if r.get(name) is not None]
-        missing = [r for r in rows if r.get(name) is None]
-        try:
-            present.sort(key=lambda r: r[name], reverse=descending)
-        except TypeError:
-            present.sort(key=lambda r: str(r[name]), reverse=descending)
-        rows = present + missing
-    return rows
