@@ -31,8 +31,9 @@ DOWN_STATES = frozenset({State.STOPPED, State.EXITED, State.OFFLINE})
 """States that count as "down" for a running instance that is meant to run."""
 
 IMAGE_ERROR = re.compile(
-    r"oci runtime create failed|pull access denied|error pulling image|failed to pull|image ?pull(?:ing)? (?:failed|error)"
-    r"|manifest (?:unknown|for \S+ not found)|repository does not exist|no such image|errimagepull|imagepullbackoff",
+    r"oci runtime create failed|pull access denied|error pulling image|failed to pull"
+    r"|image ?pull(?:ing)? (?:failed|error)|errimagepull|imagepullbackoff"
+    r"|manifest (?:unknown|for \S+ not found)|repository does not exist|no such image",
     re.IGNORECASE,
 )
 """``status_msg`` shapes of a load that will never finish (image pull and container create errors).
