@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import socket
+import tempfile
+import threading
 from pathlib import Path
 
 import httpx
 import pytest
 
 from vastevents.clock import ManualClock
-from vastevents.sim import Simulator
+from vastevents.sim import Simulator, sshhost
 from vastevents.sim.simulator import SimStateError
 
 
@@ -98,3 +101,18 @@ def test_unreadable_state_file_is_a_clear_error(tmp_path: Path) -> None:
     state.write_text("{")
     with pytest.raises(SimStateError, match=r"broken\.json"):
         Simulator(clock=ManualClock(), state=state)
+
+
+def test_a_start_that_fails_leaves_nothing_running(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        simulator = Simulator(clock=ManualClock(), port=port, ssh=sshhost.find_sshd() is not None)
+        with pytest.raises(OSError):
+            simulator.start()
+    assert not [t for t in threading.enumerate() if t.name == "vastevents-sim-http"]
+    assert not list(tmp_path.glob(f"{sshhost.DIRECTORY_PREFIX}*")), "the ssh host directory is removed again"
+    with simulator:
+        assert httpx.get(f"{simulator.url}/api/v0/users/current/", params={"api_key": simulator.api_key}).is_success

@@ -220,6 +220,11 @@ def test_builtin_demo_scenario_tells_the_documented_story() -> None:
         ("[[step]]\nat = 1\n", "step 1: each [[step]] needs an action"),
         ("not toml [", "not valid TOML"),
         ("[wrold]\nseed = 1\n", "unknown top-level keys ['wrold']"),
+        ('[[machine]]\ngpu_nam = "X"\n', "[[machine]] machine 1: unknown field(s) gpu_nam; known: cpu_cores"),
+        (
+            '[[machine]]\nnum_gpus = 1\n[[machine]]\nnum_gpus = "two"\n',
+            "[[machine]] machine 2: invalid literal for int()",
+        ),
     ],
 )
 def test_bad_scenarios_name_the_file_and_step(tmp_path: Path, text: str, message: str) -> None:
@@ -228,6 +233,27 @@ def test_bad_scenarios_name_the_file_and_step(tmp_path: Path, text: str, message
     with pytest.raises(ScenarioError, match=r"bad\.toml") as caught:
         load_scenario(path)
     assert message in str(caught.value)
+
+
+def test_a_scripted_step_that_cannot_happen_is_logged_and_skipped(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "s.toml"
+    path.write_text('[[machine]]\ngpu_name = "RTX 5090"\n\n'  # every field but the name defaulted
+                    '[[step]]\nat = 0\naction = "create"\nlabel = "a"\n'
+                    '[[step]]\nat = 0\naction = "create"\nlabel = "b"\n'  # the one GPU is taken
+                    '[[step]]\nat = "1m"\naction = "preempt"\ninstance = "ghost"\n')  # fmt: skip
+    clock = ManualClock()
+    with caplog.at_level("WARNING", logger="vastevents.sim"), Simulator(clock=clock, scenario=path) as sim:
+        assert [row["label"] for row in sim.state()["instances"]] == ["a"]
+        clock.advance(120)
+        with httpx.Client(base_url=sim.url, headers={"Authorization": f"Bearer {sim.api_key}"}) as client:
+            assert [row["label"] for row in _rows(client).values()] == ["a"], "requests after the bad step still work"
+        assert sim.state()["steps_done"] == 3
+    skipped = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
+    assert len(skipped) == 2
+    assert "step 2 at 0.0s (create) skipped: No free offer with 1 GPU(s)" in skipped[0]
+    assert "step 3 at 60.0s (preempt) skipped: No live instance matches 'ghost'" in skipped[1]
 
 
 def test_json_scenarios_and_explicit_machines(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Mapping, Sequence
+from dataclasses import fields
 from typing import Any
 
 from vastevents.sim.model import Ask, Machine
@@ -60,37 +61,48 @@ def generate_machines(*, seed: int, hosts: int, origin: float) -> list[Machine]:
 
 
 def machines_from_specs(specs: Sequence[Mapping[str, Any]], *, origin: float) -> list[Machine]:
-    """Machines from explicit specs (scenario files); missing fields get plain defaults."""
+    """Machines from explicit specs (scenario files); missing fields get plain defaults.
+
+    Raises ValueError naming the machine (1-based) and the field that is wrong.
+    """
     machines = []
     for index, spec in enumerate(specs):
-        spec = dict(spec)
-        days = float(spec.pop("days", 30))
-        gpu_ram_gb = float(spec.pop("gpu_ram_gb", 24))
-        num_gpus = int(spec.get("num_gpus", 1))
-        dph = float(spec.get("dph_per_gpu", 0.4))
-        defaults: dict[str, Any] = {
-            "machine_id": 20_000 + index,
-            "host_id": 200_000 + index,
-            "gpu_name": "RTX 4090",
-            "gpu_ram": gpu_ram_gb * 1024.0,
-            "cpu_cores": 8 * num_gpus,
-            "cpu_ram": 32768.0 * num_gpus,
-            "disk_space": 500.0,
-            "dph_per_gpu": dph,
-            "storage_cost": 0.1,
-            "min_bid_per_gpu": round(dph / 2, 3),
-            "reliability": 0.99,
-            "geolocation": "Texas, US",
-            "cuda_max_good": 12.4,
-            "inet_down": 1000.0,
-            "inet_up": 500.0,
-            "end_date": origin + days * 86400.0,
-        }
         try:
-            machines.append(Machine(**{**defaults, **spec}))
-        except TypeError as exc:
+            machines.append(_machine_from_spec(index, dict(spec), origin))
+        except (TypeError, ValueError) as exc:
             raise ValueError(f"machine {index + 1}: {exc}") from None
     return machines
+
+
+def _machine_from_spec(index: int, spec: dict[str, Any], origin: float) -> Machine:
+    days = float(spec.pop("days", 30))
+    gpu_ram_gb = float(spec.pop("gpu_ram_gb", 24))
+    num_gpus = int(spec.pop("num_gpus", 1))
+    dph = float(spec.pop("dph_per_gpu", 0.4))
+    defaults: dict[str, Any] = {
+        "machine_id": 20_000 + index,
+        "host_id": 200_000 + index,
+        "gpu_name": "RTX 4090",
+        "num_gpus": num_gpus,
+        "gpu_ram": gpu_ram_gb * 1024.0,
+        "cpu_cores": 8 * num_gpus,
+        "cpu_ram": 32768.0 * num_gpus,
+        "disk_space": 500.0,
+        "dph_per_gpu": dph,
+        "storage_cost": 0.1,
+        "min_bid_per_gpu": round(dph / 2, 3),
+        "reliability": 0.99,
+        "geolocation": "Texas, US",
+        "cuda_max_good": 12.4,
+        "inet_down": 1000.0,
+        "inet_up": 500.0,
+        "end_date": origin + days * 86400.0,
+    }
+    unknown = sorted(set(spec) - {f.name for f in fields(Machine)})
+    if unknown:
+        known = ", ".join(sorted({*defaults, "days", "gpu_ram_gb"}))
+        raise ValueError(f"unknown field(s) {', '.join(unknown)}; known: {known}")
+    return Machine(**{**defaults, **spec})
 
 
 def offer_row(m: Machine, ask: Ask, *, now: float, bid: bool = False, storage_gb: float = 5.0) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from typing import Any
 
 from vastevents.config import parse_duration
 from vastevents.errors import VastEventsError
+from vastevents.sim.market import machines_from_specs
 from vastevents.sim.model import Step
 from vastevents.sim.world import ACTIONS
 
@@ -84,13 +85,20 @@ def load_scenario(path: Path | str) -> Scenario:
         except ValueError as exc:
             raise ScenarioError(f"{where}: {exc}") from None
         steps.append(Step(at=at, action=action, params=params))
+    machines = data.get("machine", [])
+    if not isinstance(machines, list) or not all(isinstance(m, dict) for m in machines):
+        raise ScenarioError(f"{path}: each [[machine]] must be a table of machine fields")
+    try:
+        machines_from_specs(machines, origin=0.0)
+    except (TypeError, ValueError) as exc:
+        raise ScenarioError(f"{path}: [[machine]] {exc}") from None
     try:
         return Scenario(
             source=path,
             seed=int(world["seed"]) if "seed" in world else None,
             hosts=int(world["hosts"]) if "hosts" in world else None,
             credit=float(world["credit"]) if "credit" in world else None,
-            machines=[dict(m) for m in data.get("machine", [])],
+            machines=[dict(m) for m in machines],
             steps=steps,
         )
     except (TypeError, ValueError) as exc:

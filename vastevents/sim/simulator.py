@@ -92,20 +92,25 @@ class Simulator:
     # ----------------------------------------------------------------- lifecycle
 
     def start(self) -> Simulator:
+        """Bind the port and serve; if any part fails, what was started is stopped again before raising."""
         if self._server is not None:
             return self
         self.stopping.clear()
-        if self._ssh is not None:
-            self._ssh.start()
-        self._server = SimHTTPServer((self.host, self.port), self._api)
-        self.port = self._server.server_address[1]
-        if self._ssh is not None:
-            with self._lock:
-                for inst in self._world.instances.values():
-                    if inst.actual_status == "running":
-                        self._ssh.instance_up(inst, inst.ssh_keys)
-        with self.world():
-            pass  # plays the steps due at start, so scripted instances exist before the first request
+        try:
+            if self._ssh is not None:
+                self._ssh.start()
+            self._server = SimHTTPServer((self.host, self.port), self._api)
+            self.port = self._server.server_address[1]
+            if self._ssh is not None:
+                with self._lock:
+                    for inst in self._world.instances.values():
+                        if inst.actual_status == "running":
+                            self._ssh.instance_up(inst, inst.ssh_keys)
+            with self.world():
+                pass  # plays the steps due at start, so scripted instances exist before the first request
+        except BaseException:
+            self.stop()
+            raise
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.1}, name="vastevents-sim-http", daemon=True
         )
@@ -117,7 +122,8 @@ class Simulator:
         """Stop serving, end every sshd and job it started, and save the state file."""
         self.stopping.set()
         if self._server is not None:
-            self._server.shutdown()
+            if self._thread is not None:
+                self._server.shutdown()  # waits for serve_forever, so only once it was started
             self._server.server_close()
         if self._thread is not None:
             self._thread.join(timeout=10)

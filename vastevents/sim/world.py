@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict
 from datetime import UTC, datetime
@@ -52,6 +53,8 @@ ACTIONS = frozenset(
 )  # fmt: skip
 
 _USER_VERBS = frozenset({"stop", "start", "reboot", "destroy"})  # what the owner does, scripted
+
+logger = logging.getLogger("vastevents.sim")
 
 
 def _default_port(instance_id: int) -> int:
@@ -151,7 +154,7 @@ class World:
             if step is not None and step_at is not None and step_at <= now and (heap_at is None or step_at <= heap_at):
                 self.now = max(self.now, step_at)
                 self.steps_done += 1
-                self.apply(step.action, step.params)
+                self._play(step)
             elif heap_at is not None and heap_at <= now:
                 at, _, kind, instance_id, _ = heapq.heappop(self._heap)
                 self.now = max(self.now, at)
@@ -163,6 +166,13 @@ class World:
             else:
                 break
         self.now = max(self.now, now)
+
+    def _play(self, step: Step) -> None:
+        """A scripted step that cannot happen (its instance is gone, no offer fits) is logged and skipped."""
+        try:
+            self.apply(step.action, step.params)
+        except SimError as exc:
+            logger.warning("scenario step %s at %ss (%s) skipped: %s", self.steps_done, step.at, step.action, exc.msg)
 
     def _heap_entry_live(self, entry: tuple[float, int, str, int, float]) -> bool:
         _, _, kind, instance_id, token = entry
