@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ import pytest
 from typer.testing import CliRunner
 
 from vastevents.cli import _watch, app
+from vastevents.clock import ManualClock
 from vastevents.events import Event
 from vastevents.models import Instance
 from vastevents.sim import Simulator
@@ -48,11 +50,11 @@ async def kill_once(event, ctx):
 class Cli:
     """Runs `vastevents ...` as separate processes against one simulator, config and store."""
 
-    def __init__(self, tmp_path: Path, sim: Simulator, api_key: str, handlers: str = "") -> None:
+    def __init__(self, tmp_path: Path, sim: Simulator, api_key: str, config: str = "") -> None:
         self.dir = tmp_path
         self.jsonl = tmp_path / "events.jsonl"
         self.config = tmp_path / "vastevents.toml"
-        self.config.write_text(f'[store]\npath = "{tmp_path / "state.db"}"\n{handlers}')
+        self.config.write_text(f'[store]\npath = "{tmp_path / "state.db"}"\n{config}')
         self.env = {
             **os.environ,
             "VAST_URL": sim.url,
@@ -62,11 +64,24 @@ class Cli:
             "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)]),
         }
 
+    def args(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", "vastevents", *args, "--config", str(self.config)]
+
     def run(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "vastevents", *args, "--config", str(self.config)],
-            capture_output=True, text=True, env=self.env, cwd=self.dir, timeout=60,
-        )  # fmt: skip
+        return subprocess.run(self.args(*args), capture_output=True, text=True, env=self.env, cwd=self.dir, timeout=60)
+
+    def start(self, *args: str) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            self.args(*args), env=self.env, cwd=self.dir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+
+    def wait_for_line(self, process: subprocess.Popen[str], name: str) -> None:
+        """Bounded wait until the JSONL file has an event called `name` (the process must stay alive)."""
+        deadline = time.monotonic() + 30
+        while name not in [line["name"] for line in self.lines()]:
+            assert process.poll() is None, process.communicate()
+            assert time.monotonic() < deadline, f"no {name} within 30 s"
+            time.sleep(0.05)
 
     def once(self) -> list[dict[str, Any]]:
         """One `watch --once --jsonl` process; the lines it appended."""
@@ -97,42 +112,76 @@ def assert_consistent_chains(lines: list[dict[str, Any]]) -> dict[int, str | Non
     return state
 
 
-def test_separate_once_processes_report_each_transition_exactly_once(
-    tmp_path: Path, sim: Simulator, api_key: str
+STORY = """
+description = "Two owned jobs: one loads quickly and is preempted, the other loads slowly and vanishes."
+[world]
+seed = 3
+hosts = 4
+
+[[step]]
+at = "0s"
+action = "create"
+label = "vastevents:quick"
+pull = "30s"
+
+[[step]]
+at = "0s"
+action = "create"
+label = "vastevents:slow"
+pull = "10m"
+
+[[step]]
+at = "2m"
+action = "preempt"
+instance = "quick"
+
+[[step]]
+at = "4m"
+action = "vanish"
+instance = "slow"
+"""
+
+
+@pytest.fixture
+def story(tmp_path: Path, api_key: str) -> Iterator[Simulator]:
+    """A simulator playing STORY on a manual clock (lifecycle: 5 s scheduling, 5 s created, then the pull)."""
+    scenario = tmp_path / "story.toml"
+    scenario.write_text(STORY)
+    with Simulator(api_key=api_key, clock=ManualClock(), scenario=scenario) as simulator:
+        yield simulator
+
+
+def test_separate_once_processes_report_a_scripted_story_exactly_once_in_order(
+    tmp_path: Path, story: Simulator, api_key: str
 ) -> None:
-    cli = Cli(tmp_path, sim, api_key)
-    quick = sim.create_instance(label="vastevents:quick", pull="30s")
-    slow = sim.create_instance(label="vastevents:slow", pull="5m")
-
-    first = cli.once()
-    assert [(line["name"], line["instance_id"], line["catch_up"]) for line in first] == [
-        ("appeared", quick, False),
-        ("appeared", slow, False),
-    ]
-    assert cli.once() == []  # known and unchanged: nothing
-
-    sim.advance(120)  # a gap: quick goes all the way to running while nobody watches
-    caught_up = cli.once()
-    assert caught_up and all(line["catch_up"] for line in caught_up)
-    assert any(line["name"].endswith("_to_running") and line["instance_id"] == quick for line in caught_up)
-
-    sim.vanish(quick)
-    sim.advance(600)
-    later = cli.once()
-    assert ("vanished", quick) in [(line["name"], line["instance_id"]) for line in later]
-    assert any(line["name"].endswith("_to_running") and line["instance_id"] == slow for line in later)
-    assert cli.once() == []
+    cli = Cli(tmp_path, story, api_key, "[watch]\npreempt_grace = 0\n")  # `watch` runs on the wall clock
+    quick, slow = "vastevents:quick", "vastevents:slow"
+    observed, elapsed = [], 0
+    for seconds in (0, 7, 100, 130, 260, 260):  # 100: a gap in which quick loads and runs unwatched
+        story.advance(seconds - elapsed)
+        elapsed = seconds
+        observed.append([(e["name"], e["instance"]["label"], e["old"], e["new"], e["catch_up"]) for e in cli.once()])
+    assert observed == [
+        [("appeared", quick, None, "scheduling", False), ("appeared", slow, None, "scheduling", False)],
+        [("scheduling_to_created", quick, "scheduling", "created", True),
+         ("scheduling_to_created", slow, "scheduling", "created", True)],
+        [("created_to_running", quick, "created", "running", True),
+         ("created_to_loading", slow, "created", "loading", True)],
+        [("running_to_exited", quick, "running", "exited", True), ("preempted", quick, "running", "exited", True)],
+        [("vanished", slow, "loading", None, True)],
+        [],
+    ]  # fmt: skip
 
     lines = cli.lines()
-    final = assert_consistent_chains(lines)
-    assert final == {quick: None, slow: "running"}
+    assert_consistent_chains(lines)
     assert [line["id"] for line in lines] == list(range(1, len(lines) + 1))
-
+    assert all(line["at"].endswith("Z") for line in lines)
     journal = cli.run("events", "--json")
     assert journal.returncode == 0, journal.stderr
     assert json.loads(journal.stdout) == lines  # the journal and the JSONL carry the same objects
-    only = json.loads(cli.run("events", "--json", "--instance", str(slow), "--name", "appeared").stdout)
-    assert [(e["instance_id"], e["name"]) for e in only] == [(slow, "appeared")]
+    slow_id = next(line["instance_id"] for line in lines if line["instance"]["label"] == slow)
+    only = json.loads(cli.run("events", "--json", "--instance", str(slow_id), "--name", "appeared").stdout)
+    assert [(e["instance_id"], e["name"]) for e in only] == [(slow_id, "appeared")]
     since = json.loads(cli.run("events", "--json", "--since", "2").stdout)
     assert [e["id"] for e in since] == [line["id"] for line in lines[2:]]
 
@@ -217,6 +266,15 @@ def test_watch_without_a_key_says_what_to_do(tmp_path: Path, monkeypatch: pytest
     assert "VAST_API_KEY" in result.output and "--sim" in result.output
 
 
+def test_an_unwritable_jsonl_path_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text(f'[store]\npath = "{tmp_path / "state.db"}"\n')
+    monkeypatch.setenv("VAST_API_KEY", "some-key-1234")
+    monkeypatch.setenv("VAST_URL", "http://127.0.0.1:9")  # never contacted: the error comes first
+    result = CliRunner().invoke(app, ["watch", "--once", "--jsonl", str(tmp_path), "--config", str(config)])
+    assert result.exit_code == 2 and f"cannot write --jsonl {tmp_path}" in result.output
+
+
 def test_events_with_no_journal_yet(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     config = tmp_path / "c.toml"
     config.write_text(f'[store]\npath = "{tmp_path / "none.db"}"\n')
@@ -228,18 +286,101 @@ def test_events_with_no_journal_yet(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 def test_sigterm_stops_the_loop_cleanly(tmp_path: Path, sim: Simulator, api_key: str) -> None:
     cli = Cli(tmp_path, sim, api_key)
     sim.create_instance(label="vastevents:a")
-    args = ["watch", "--interval", "0.2", "--jsonl", str(cli.jsonl), "--config", str(cli.config)]
-    process = subprocess.Popen(
-        [sys.executable, "-m", "vastevents", *args], env=cli.env, cwd=tmp_path, stdout=subprocess.PIPE, text=True
-    )
+    process = cli.start("watch", "--interval", "0.2", "--jsonl", str(cli.jsonl))
     try:
-        deadline = time.monotonic() + 30
-        while not cli.lines() and time.monotonic() < deadline:  # bounded wait for the first poll's event
-            time.sleep(0.05)
+        cli.wait_for_line(process, "appeared")
         assert [line["name"] for line in cli.lines()] == ["appeared"]
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=15) == 0
     finally:
         process.kill()
-        process.wait()
-    assert "appeared" in (process.stdout.read() if process.stdout else "")
+        out, _ = process.communicate()
+    assert "appeared" in out
+
+
+# --- failures: one clear line and a non-zero exit for --once; the loop rides them out
+
+
+def error_lines(stderr: str) -> list[str]:
+    assert "Traceback" not in stderr, stderr
+    return [line for line in stderr.splitlines() if line.startswith("error:")]
+
+
+def test_once_exits_1_with_one_clear_line_when_the_key_is_rejected(tmp_path: Path, sim: Simulator) -> None:
+    wrong = "wrong-key-that-must-never-be-printed"
+    cli = Cli(tmp_path, sim, wrong)
+    done = cli.run("watch", "--once", "--jsonl", str(cli.jsonl))
+    assert done.returncode == 1
+    (line,) = error_lines(done.stderr)
+    assert "rejected the API key" in line and "VAST_API_KEY" in line
+    assert wrong not in done.stdout + done.stderr + cli.jsonl.read_text()
+    assert [entry["name"] for entry in cli.lines()] == ["poll_failed"]  # journaled, with an int id
+
+
+def test_once_exits_1_when_the_api_fails_and_0_once_it_answers(tmp_path: Path, sim: Simulator, api_key: str) -> None:
+    cli = Cli(tmp_path, sim, api_key)
+    sim.create_instance(label="vastevents:a")
+    sim.apply("server_error", status=500, duration="1h")
+    failed = cli.run("watch", "--once", "--jsonl", str(cli.jsonl))
+    assert failed.returncode == 1
+    (line,) = error_lines(failed.stderr)
+    assert "the poll failed, nothing was diffed" in line and "500" in line
+    sim.advance(3600)
+    assert [entry["name"] for entry in cli.once()] == ["appeared"]
+
+
+def test_the_loop_keeps_watching_through_server_errors(tmp_path: Path, sim: Simulator, api_key: str) -> None:
+    cli = Cli(tmp_path, sim, api_key)
+    sim.create_instance(label="vastevents:a")
+    sim.apply("server_error", status=500, duration="1h")
+    process = cli.start("watch", "--interval", "0.1", "--jsonl", str(cli.jsonl))
+    try:
+        cli.wait_for_line(process, "poll_failed")
+        sim.advance(3600)  # the outage ends; the same process must notice
+        cli.wait_for_line(process, "appeared")
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=15) == 0
+    finally:
+        process.kill()
+        process.communicate()
+    assert [line["name"] for line in cli.lines()] == ["poll_failed", "appeared"]  # one report per streak
+
+
+def test_the_loop_exits_1_when_the_key_is_rejected_at_startup(tmp_path: Path, sim: Simulator) -> None:
+    """The key is read once at start, so retrying a rejected one cannot help: say so and exit (documented)."""
+    cli = Cli(tmp_path, sim, "wrong-key-0000")
+    done = cli.run("watch", "--interval", "0.1")
+    assert done.returncode == 1
+    (line,) = error_lines(done.stderr)
+    assert "rejected the API key" in line and "VAST_API_KEY" in line
+
+
+def test_unknown_raw_statuses_never_crash_and_keep_the_raw_value(tmp_path: Path, sim: Simulator, api_key: str) -> None:
+    cli = Cli(tmp_path, sim, api_key)
+    known = sim.create_instance(label="vastevents:known", pull="10s")
+    strange = sim.create_instance(label="vastevents:strange", pull="10s")
+    sim.advance(60)
+    set_raw_status(sim, strange, "hibernating")  # first seen with a status vastevents does not know
+    assert [(e["name"], e["new"]) for e in cli.once()] == [("appeared", "running"), ("appeared", "unknown")]
+
+    set_raw_status(sim, known, "Migrating-To-Mars")
+    done = cli.run("watch", "--once", "--jsonl", "-")
+    assert done.returncode == 0, done.stderr
+    (line,) = [json.loads(text) for text in done.stdout.splitlines()]
+    assert (line["name"], line["old"], line["new"]) == ("running_to_unknown", "running", "unknown")
+    assert line["instance"]["actual_status"] == "Migrating-To-Mars"  # the raw value stays on the event
+    assert "raw status 'Migrating-To-Mars'" in done.stderr  # the human line (stderr, since stdout is the JSONL)
+
+
+def set_raw_status(sim: Simulator, instance_id: int, status: str) -> None:
+    """Give a running simulated instance a status string Vast might invent one day.
+
+    The simulator has no admin action for this (yet), so the test sets it on the world under its lock.
+    """
+    with sim.world() as world:
+        world.instances[instance_id].actual_status = status
+
+
+def test_sim_takes_no_once_or_interval() -> None:
+    result = CliRunner().invoke(app, ["watch", "--sim", "--once"])
+    assert result.exit_code == 2 and "no --once or --interval" in result.output

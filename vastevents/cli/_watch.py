@@ -29,7 +29,7 @@ from vastevents._logging import redact
 from vastevents.cli._app import ConfigOption, app
 from vastevents.clock import ScaledClock, SystemClock
 from vastevents.config import Config, load_config, resolve_api_key
-from vastevents.errors import ConfigError, VastEventsError
+from vastevents.errors import AuthError, ConfigError, VastEventsError
 from vastevents.events import (
     APPEARED,
     HANDLER_FAILED,
@@ -199,11 +199,17 @@ def _stop_on_signals(stop: asyncio.Event) -> None:
 
 
 async def _watch(watcher: Watcher, screen: _Screen, *, once: bool, until: datetime | None = None) -> None:
-    """Run `watcher` until a signal, after one cycle (`once`), or after a poll at or after `until`."""
+    """Run `watcher` until a signal, after one cycle (`once`), or after a poll at or after `until`.
+
+    `once` fails (exit 1) when its poll failed. The loop keeps watching through every error but one: a key
+    rejected before any poll succeeded, since the key is read once at start and retrying cannot fix it.
+    """
     stop = asyncio.Event()
     _stop_on_signals(stop)
     if once:
         await watcher.poll_once()
+        if watcher.last_error is not None:
+            raise _poll_error(watcher.last_error)
         return
 
     def on_cycle() -> None:
@@ -211,9 +217,24 @@ async def _watch(watcher: Watcher, screen: _Screen, *, once: bool, until: dateti
         last = watcher.status.last_poll
         if until is not None and last is not None and last >= until:
             stop.set()
+        if _key_rejected_at_start(watcher):
+            stop.set()
 
     with screen.showing():
         await watcher.run(stop, on_cycle=on_cycle)
+    if _key_rejected_at_start(watcher) and watcher.last_error is not None:
+        raise _poll_error(watcher.last_error)
+
+
+def _key_rejected_at_start(watcher: Watcher) -> bool:
+    return watcher.status.polls == 0 and isinstance(watcher.last_error, AuthError)
+
+
+def _poll_error(error: Exception) -> typer.Exit:
+    """Exit 1 with one line saying what failed (a rejected key's message already says what to do)."""
+    if isinstance(error, AuthError):
+        return _fail(str(error), 1)
+    return _fail(f"the poll failed, nothing was diffed: {error or type(error).__name__}", 1)
 
 
 @app.command()
@@ -223,7 +244,8 @@ def watch(
         float | None, typer.Option("--interval", min=0.05, help="Seconds between polls (default: [watch] interval).")
     ] = None,
     once: Annotated[
-        bool, typer.Option("--once", help="Run one poll cycle (and pending deliveries), then exit.")
+        bool,
+        typer.Option("--once", help="Run one poll cycle (and pending deliveries), then exit; 1 if the poll failed."),
     ] = False,
     jsonl: JsonlOption = None,
     sim: Annotated[
@@ -235,6 +257,8 @@ def watch(
 ) -> None:
     """Poll the account and turn every change into events for the handlers named in the config."""
     if sim or scenario is not None:
+        if once or interval is not None:
+            raise _fail("--sim plays its whole scenario at its own pace; it takes no --once or --interval")
         _watch_sim(config, scenario, jsonl)
         return
     cfg = _load(config)
@@ -248,14 +272,25 @@ def watch(
         store = SqliteStore(cfg.store.resolved_path())
     except StoreError as exc:
         raise _fail(str(exc)) from None
+    try:
+        sink = JsonlSink(jsonl, store) if jsonl else None
+    except OSError as exc:
+        store.close()
+        raise _fail(f"cannot write --jsonl {jsonl}: {exc.strerror or exc}") from None
     console = Console(stderr=jsonl == "-", highlight=False)
     screen = _Screen(console, live=console.is_terminal and not once)
-    sink = JsonlSink(jsonl, store) if jsonl else None
+    every = interval if interval is not None else cfg.watch.interval
+    if not once:
+        console.print(
+            f"watching {redact(cfg.vast.url)} every {every:g}s · store {cfg.store.resolved_path()} · "
+            f"handlers: {', '.join(handler.name for handler in handlers) or 'none'}",
+            style="dim",
+        )
 
     async def main() -> None:
         async with VastClient(api_key, cfg.vast.url) as client:
             context = Context(client=client, store=store, clock=SystemClock(), config=cfg)
-            watcher = Watcher(context, handlers, interval=interval, observers=_observers(screen, sink))
+            watcher = Watcher(context, handlers, interval=every, observers=_observers(screen, sink))
             await _watch(watcher, screen, once=once)
 
     try:
