@@ -1,16 +1,23 @@
-"""The watcher loop through real parts (SQLite file, bus) on the fake cloud and a manual clock."""
+"""The watcher loop through real parts (SQLite file, bus) on the fake cloud and a manual clock, and through the
+real client against the simulator."""
 
 from __future__ import annotations
 
 import asyncio
 from pathlib import Path
 
+import httpx
 import pytest
 
 from vastevents import Context, Event, on
+from vastevents.clock import ManualClock
 from vastevents.errors import ApiError, AuthError, RateLimited
 from vastevents.plugins import activate
+from vastevents.sim import Simulator
+from vastevents.store import SqliteStore
 from vastevents.testing import FakeClock, FakeCloud, Harness
+from vastevents.vast import VastClient
+from vastevents.watcher import Watcher
 
 
 def names(events: list[Event]) -> list[str]:
@@ -188,3 +195,44 @@ async def test_observers_see_every_journaled_event_in_order() -> None:
     await h.poll_once()
     assert seen == [1, 2, 3, 4]
     assert names(h.journal()) == ["appeared", "appeared", "handler_failed", "handler_failed"]
+
+
+class FailingLaterPages(httpx.AsyncBaseTransport):
+    """Forwards to the simulator, except that pages after the first answer 502 while `failing` is set."""
+
+    def __init__(self) -> None:
+        self.inner = httpx.AsyncHTTPTransport()
+        self.failing = False
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if self.failing and "after_token" in request.url.params:
+            return httpx.Response(502, json={"error": "bad_gateway", "msg": "upstream went away"})
+        return await self.inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+async def no_wait(seconds: float) -> None:
+    return None
+
+
+async def test_a_page_failing_mid_pagination_never_yields_false_vanished(
+    tmp_path: Path, sim: Simulator, api_key: str
+) -> None:
+    ids = [sim.create_instance(label=f"vastevents:n{n}") for n in range(30)]  # two pages of 25
+    transport = FailingLaterPages()
+    async with VastClient(api_key, sim.url, transport=transport, max_attempts=2, sleep=no_wait) as client:
+        with SqliteStore(tmp_path / "state.db") as store:
+            watcher = Watcher(Context(client=client, store=store, clock=ManualClock()))
+            assert names(await watcher.poll_once()) == ["appeared"] * 30
+
+            sim.vanish(ids[0])
+            transport.failing = True
+            assert names(await watcher.poll_once()) == ["poll_failed"]  # page 1 arrived, page 2 did not
+            assert len(store.load_snapshot()) == 30
+
+            transport.failing = False
+            gone = await watcher.poll_once()
+            assert [(e.name, e.instance_id) for e in gone] == [("vanished", ids[0])]
+            assert len(store.load_snapshot()) == 29
