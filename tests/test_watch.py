@@ -106,6 +106,26 @@ async def test_undelivered_events_are_delivered_first_after_a_crash(tmp_path: Pa
     restarted.close()
 
 
+async def test_another_watchers_handlers_on_the_same_store_do_not_hang_delivery(tmp_path: Path) -> None:
+    @on("*")
+    async def a(event: Event, ctx: Context) -> None: ...
+
+    @on("*")
+    async def b(event: Event, ctx: Context) -> None: ...
+
+    db = tmp_path / "state.db"
+    cloud = FakeCloud()
+    first = Harness(activate("a", a), cloud=cloud, store_path=db)
+    await first.poll_once()
+    second = Harness(activate("b", b), cloud=cloud, store_path=db)
+    await second.poll_once()  # makes "b" the store's only active handler
+    cloud.add(1, "running")
+    events = await asyncio.wait_for(first.poll_once(), 5)  # b's undelivered events are not ours to spin on
+    assert names(events) == ["appeared"]
+    first.close()
+    second.close()
+
+
 async def test_a_failed_page_applies_no_diff_and_reports_poll_failed_once_per_streak() -> None:
     h = Harness()
     h.cloud.add(1, "running")

@@ -89,7 +89,7 @@ class Bus:
         log.error("unexpected error in event dispatch: %r", error)
 
     async def dispatch(self, batch: Sequence[tuple[Event, frozenset[str]]], delivered: Delivered) -> None:
-        """Deliver each event to the handlers named with it; one instance's events strictly in order."""
+        """Deliver each event to the handlers named with it (all added here); one instance's events in order."""
         by_instance: dict[int | None, list[tuple[Event, frozenset[str]]]] = defaultdict(list)
         for item in batch:
             by_instance[item[0].instance_id].append(item)
@@ -98,7 +98,7 @@ class Bus:
         async def in_order(items: list[tuple[Event, frozenset[str]]]) -> None:
             async with slots:
                 for event, handlers in items:
-                    await self._deliver(event, handlers & self._handlers, delivered)
+                    await self._deliver(event, handlers, delivered)
 
         await asyncio.gather(*(in_order(items) for items in by_instance.values()))
 

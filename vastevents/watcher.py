@@ -179,9 +179,10 @@ class Watcher:
 
     async def deliver_pending(self) -> None:
         """Deliver every journaled event some active handler has not had yet (failures included)."""
-        if not self.bus.handler_names:
-            return
-        while batch := self.store.pending():
+        ours = self.bus.handler_names
+        # Only what our own handlers still need: another watcher's handlers (a misconfiguration that commit
+        # detects) must not keep this loop spinning on events it can never deliver.
+        while batch := [(event, handlers & ours) for event, handlers in self.store.pending() if handlers & ours]:
             await self.bus.dispatch(batch, self._delivered)
 
     def _delivered(self, event: Event, handler: str, failure: Event | None) -> None:
