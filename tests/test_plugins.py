@@ -9,11 +9,12 @@ import subprocess
 import sys
 import tomllib
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from vastevents import Context, Event, Handler, HandlerOptions, on
+from vastevents import Context, Event, Handler, HandlerOptions, Instance, on
 from vastevents.config import parse_config
 from vastevents.errors import ConfigError
 from vastevents.plugins import activate, installed_handlers, load_handlers, resolve, subscribed_events
@@ -32,14 +33,14 @@ def test_on_returns_the_function_and_stacks() -> None:
         on()
 
 
-class Options(HandlerOptions):
+class CountingOptions(HandlerOptions):
     threshold: int = 3
 
 
-class Counting(Handler[Options]):
-    Options = Options
+class Counting(Handler[CountingOptions]):
+    Options = CountingOptions
 
-    def __init__(self, options: Options | None = None) -> None:
+    def __init__(self, options: CountingOptions | None = None) -> None:
         super().__init__(options)
         self.seen: list[str] = []
 
@@ -54,6 +55,20 @@ def test_class_handlers_get_validated_options() -> None:
     assert sorted(name for name, _ in active.subscriptions) == ["appeared", "vanished"]
     with pytest.raises(ValueError, match="threshold"):
         activate("counting", Counting, {"threshold": "many"})
+
+
+def test_only_instances_labelled_with_the_prefix_are_owned() -> None:
+    h = Harness()
+    try:
+        assert h.context.owns(Instance(id=1, label="vastevents:job-2"))  # the default prefix
+        owns = replace(h.context, config=parse_config('[vast]\nlabel_prefix = "team-a:"\n')).owns
+        assert owns(Instance(id=2, label="team-a:job-1"))
+        assert not owns(Instance(id=3, label="team-b:job-1")) and not owns(Instance(id=4, label="job team-a:"))
+        assert not owns(Instance(id=5, label=None)) and not owns(Instance(id=6, label="")) and not owns(None)
+        nobody = replace(h.context, config=parse_config('[vast]\nlabel_prefix = ""\n')).owns
+        assert not nobody(Instance(id=7, label="anything"))  # an empty prefix owns nothing, never everything
+    finally:
+        h.close()
 
 
 def test_a_function_takes_no_options_and_an_unmarked_object_is_refused() -> None:
