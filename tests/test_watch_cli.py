@@ -256,14 +256,19 @@ def test_watch_sim_plays_the_demo_and_exits_cleanly(monkeypatch: pytest.MonkeyPa
     assert_consistent_chains(lines)
 
 
-def test_watch_without_a_key_says_what_to_do(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("once", [["--once"], []])
+def test_watch_without_a_key_says_what_to_do(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, once: list[str]) -> None:
+    """No key at all, default URL: refused at once, before any store is made or anything is contacted."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HOME", str(tmp_path))
-    monkeypatch.delenv("VAST_API_KEY", raising=False)
-    monkeypatch.delenv("VASTEVENTS_CONFIG", raising=False)
-    result = CliRunner().invoke(app, ["watch", "--once"])
+    for name in ("VAST_API_KEY", "VASTEVENTS_CONFIG", "VAST_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(_watch, "VastClient", None)  # any attempt to make a client would fail loudly
+    result = CliRunner().invoke(app, ["watch", *once])
     assert result.exit_code == 2
-    assert "VAST_API_KEY" in result.output and "--sim" in result.output
+    (line,) = error_lines(result.output)
+    assert "VAST_API_KEY" in line and "--sim" in line
+    assert not (tmp_path / ".local").exists()
 
 
 def test_an_unwritable_jsonl_path_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
