@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import socket
 import tempfile
 import threading
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -116,3 +119,31 @@ def test_a_start_that_fails_leaves_nothing_running(tmp_path: Path, monkeypatch: 
     assert not list(tmp_path.glob(f"{sshhost.DIRECTORY_PREFIX}*")), "the ssh host directory is removed again"
     with simulator:
         assert httpx.get(f"{simulator.url}/api/v0/users/current/", params={"api_key": simulator.api_key}).is_success
+
+
+def test_bad_parameters_are_clear_4xx_never_internal_errors(sim: Simulator, sim_client: httpx.Client) -> None:
+    instance_id = sim.create_instance(label="vastevents:kept", pull=10)
+    token = base64.urlsafe_b64encode(json.dumps({"after_id": "x"}).encode()).decode()
+    requests: list[tuple[str, str, Any]] = [
+        ("POST", "/_sim/create", {"disk": "big"}),
+        ("POST", "/_sim/create", {"pull": "soon"}),
+        ("POST", "/_sim/flap", {"instance": instance_id, "count": "x"}),
+        ("POST", "/_sim/no_such_ask", {"count": None}),
+        ("POST", "/_sim/offline", {"machine": "abc"}),
+        ("POST", "/_sim/expire", {"instance": instance_id, "after": "x"}),
+        ("POST", "/_sim/slow", {"delay": "x"}),
+        ("POST", "/_sim/server_error", {"status": 99999}),
+        ("POST", "/_sim/rate_limit", {"status": 200}),
+        ("POST", "/api/v0/bundles/", {"order": [5]}),
+        ("POST", "/api/v0/bundles/", {"order": "dph_total"}),
+        ("GET", "/api/v1/instances/?order_by=[5]", None),
+        ("GET", f"/api/v1/instances/?after_token={token}", None),
+        ("PUT", f"/api/v0/instances/bid_price/{instance_id}/", {"price": "inf"}),
+    ]
+    for method, path, body in requests:
+        response = sim_client.request(method, path, json=body) if body is not None else sim_client.request(method, path)
+        assert response.status_code == 400, (path, body, response.text)
+        assert response.json()["error"] in ("invalid_args", "invalid_price") and response.json()["msg"]
+    assert sim_client.get("/api/v0/users/current/").status_code == 200, "no storm was started by a bad request"
+    assert sim.instance(instance_id)["label"] == "vastevents:kept"  # type: ignore[index]
+    assert sim.instance_count() == 1

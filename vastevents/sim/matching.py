@@ -76,8 +76,10 @@ def matches(row: Mapping[str, Any], filters: Mapping[str, Any]) -> bool:
 
 
 def sort_rows(rows: list[dict[str, Any]], order: Sequence[Sequence[Any]]) -> list[dict[str, Any]]:
-    """Stable multi-key sort; None sorts last whatever the direction."""
+    """Stable multi-key sort by ``[[field, "asc"|"desc"], ...]``; None sorts last whatever the direction."""
     for spec in reversed(order):
+        if not isinstance(spec, list | tuple):
+            raise SimError(400, "invalid_args", f"order must be a list of [field, direction] pairs, not {spec!r}")
         if not spec:
             continue
         name = str(spec[0])

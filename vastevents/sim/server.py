@@ -414,7 +414,7 @@ def _decode_token(token: str | None) -> dict[str, Any]:
         data = json.loads(base64.urlsafe_b64decode(token.encode()))
     except (ValueError, binascii.Error):
         raise SimError(400, "invalid_args", "after_token is not a token this server issued") from None
-    if not isinstance(data, dict):
+    if not isinstance(data, dict) or not all(isinstance(data.get(k, 0), int) for k in ("after_id", "offset")):
         raise SimError(400, "invalid_args", "after_token is not a token this server issued")
     return data
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
+import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict
 from datetime import UTC, datetime
@@ -227,7 +228,10 @@ class World:
             if not self.machines[ask.machine_id].offline
         ]
         rows = [row for row in rows if matches(row, filters)]
-        rows = sort_rows(rows, [tuple(o) for o in query.get("order") or [["score", "desc"]]])
+        order = query.get("order") or [["score", "desc"]]
+        if not isinstance(order, list):
+            raise SimError(400, "invalid_args", f"order must be a list of [field, direction] pairs, not {order!r}")
+        rows = sort_rows(rows, order)
         limit = int(_number(query.get("limit"), 64))
         return rows[: max(limit, 0)]
 
@@ -291,14 +295,7 @@ class World:
         disk = _number(body.get("disk"), 10.0, what="disk")
         if not 0 < disk <= self.machines[ask.machine_id].disk_space:
             raise SimError(400, "invalid_args", f"disk must be between 0 and the machine's free space, got {disk}")
-        price = body.get("price")
-        if price is not None:
-            try:
-                price = float(price)
-            except (TypeError, ValueError):
-                raise SimError(400, "invalid_price", f"price must be a number, got {price!r}") from None
-            if not price > 0 or price != price:
-                raise SimError(400, "invalid_price", f"price must be positive, got {price}")
+        price = _price(body["price"]) if body.get("price") is not None else None
         label = body.get("label")
         onstart = body.get("onstart")
         inst = self._new_instance(
@@ -434,13 +431,7 @@ class World:
 
     def change_bid(self, instance_id: int, price: Any) -> None:
         inst = self.instance(instance_id)
-        try:
-            value = float(price)
-        except (TypeError, ValueError):
-            raise SimError(400, "invalid_price", f"price must be a number, got {price!r}") from None
-        if not value > 0:
-            raise SimError(400, "invalid_price", f"price must be positive, got {value}")
-        inst.is_bid, inst.bid_price = True, value
+        inst.is_bid, inst.bid_price = True, _price(price)
 
     # ----------------------------------------------------------------- faults and scripted actions
 
@@ -467,16 +458,19 @@ class World:
         return self.machines[self.resolve(params.get("instance")).machine_id]
 
     def apply(self, action: str, params: Mapping[str, Any]) -> dict[str, Any]:
-        """Run one scripted or admin action at the world's current time."""
+        """Run one scripted or admin action at the world's current time; a bad parameter is a 400 naming it."""
         if action not in ACTIONS:
             raise SimError(404, "unknown_action", f"Unknown action {action!r}; known: {', '.join(sorted(ACTIONS))}.")
-        if action in _USER_VERBS:
-            inst = self.resolve(params.get("instance"))
-            verb: Callable[[int], None] = getattr(self, action)
-            verb(inst.id)
-            return {"instance": inst.id}
-        handler: Callable[[Mapping[str, Any]], dict[str, Any]] = getattr(self, f"_act_{action}")
-        return handler(params)
+        try:
+            if action in _USER_VERBS:
+                inst = self.resolve(params.get("instance"))
+                verb: Callable[[int], None] = getattr(self, action)
+                verb(inst.id)
+                return {"instance": inst.id}
+            handler: Callable[[Mapping[str, Any]], dict[str, Any]] = getattr(self, f"_act_{action}")
+            return handler(params)
+        except (TypeError, ValueError) as exc:
+            raise SimError(400, "invalid_args", f"{action}: bad parameter ({exc})") from None
 
     def _act_create(self, params: Mapping[str, Any]) -> dict[str, Any]:
         ask = self._pick_ask(params)
@@ -598,6 +592,8 @@ class World:
             status=int(params.get("status", status)),
             delay=float(params.get("delay", 0.0)),
         )
+        if not 400 <= storm.status <= 599:
+            raise ValueError(f"status must be an HTTP error status (400-599), got {storm.status}")
         self.storms.append(storm)
         return {"until": storm.end}
 
@@ -753,6 +749,17 @@ def _instance_from_dict(data: Mapping[str, Any]) -> SimInstance:
         if data.get(name) is not None:
             data[name] = tuple(data[name])
     return SimInstance(**data)
+
+
+def _price(value: Any) -> float:
+    """A bid in $/h: a positive, finite number (Vast answers ``invalid_price`` otherwise)."""
+    try:
+        price = float(value)
+    except (TypeError, ValueError):
+        raise SimError(400, "invalid_price", f"price must be a number, got {value!r}") from None
+    if not (math.isfinite(price) and price > 0):
+        raise SimError(400, "invalid_price", f"price must be a positive number, got {price}")
+    return price
 
 
 def _number(value: Any, default: float, *, what: str = "value") -> float:
