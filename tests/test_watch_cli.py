@@ -256,6 +256,22 @@ def test_watch_sim_plays_the_demo_and_exits_cleanly(monkeypatch: pytest.MonkeyPa
     assert_consistent_chains(lines)
 
 
+def test_with_no_config_file_watch_runs_on_defaults_plus_env(tmp_path: Path, sim: Simulator, api_key: str) -> None:
+    env = {**Cli(tmp_path, sim, api_key).env}
+    env.pop("VASTEVENTS_CONFIG", None)
+    (tmp_path / "vastevents.toml").unlink()  # no ./vastevents.toml, no ~/.config/vastevents/config.toml
+    instance_id = sim.create_instance(label="vastevents:a")
+    done = subprocess.run(
+        [sys.executable, "-m", "vastevents", "watch", "--once", "--jsonl", "-"],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert [(e["name"], e["instance_id"]) for e in map(json.loads, done.stdout.splitlines())] == [
+        ("appeared", instance_id)
+    ]
+    assert (tmp_path / ".local" / "state" / "vastevents" / "state.db").is_file()  # the default store, under HOME
+
+
 @pytest.mark.parametrize("once", [["--once"], []])
 def test_watch_without_a_key_says_what_to_do(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, once: list[str]) -> None:
     """No key at all, default URL: refused at once, before any store is made or anything is contacted."""

@@ -27,7 +27,7 @@ from rich.text import Text
 
 from vastevents._logging import redact
 from vastevents.cli._app import ConfigOption, app
-from vastevents.clock import ScaledClock, SystemClock
+from vastevents.clock import ManualClock, ScaledClock, SystemClock
 from vastevents.config import Config, load_config, resolve_api_key
 from vastevents.errors import AuthError, ConfigError, VastEventsError
 from vastevents.events import (
@@ -328,8 +328,7 @@ def _scenario_description(path: Path) -> str:
 
 def _watch_sim(config_path: Path | None, scenario: Path | None, jsonl: str | None) -> None:
     """The embedded default: a temporary store, an in-process simulator on an accelerated clock."""
-    from vastevents.clock import ManualClock
-    from vastevents.sim import Simulator
+    from vastevents.sim import Simulator  # only --sim needs the simulator
 
     path = scenario or Simulator.builtin_scenario("demo")
     # Explicit --config only: a Slack handler in the user's default config should not hear about a demo.
