@@ -217,24 +217,25 @@ async def _watch(watcher: Watcher, screen: _Screen, *, once: bool, until: dateti
         last = watcher.status.last_poll
         if until is not None and last is not None and last >= until:
             stop.set()
-        if _key_rejected_at_start(watcher):
+        if _key_rejected_at_start(watcher) is not None:
             stop.set()
 
     with screen.showing():
         await watcher.run(stop, on_cycle=on_cycle)
-    if _key_rejected_at_start(watcher) and watcher.last_error is not None:
-        raise _poll_error(watcher.last_error)
+    if (rejected := _key_rejected_at_start(watcher)) is not None:
+        raise _poll_error(rejected)
 
 
-def _key_rejected_at_start(watcher: Watcher) -> bool:
-    return watcher.status.polls == 0 and isinstance(watcher.last_error, AuthError)
+def _key_rejected_at_start(watcher: Watcher) -> AuthError | None:
+    error = watcher.last_error
+    return error if watcher.status.polls == 0 and isinstance(error, AuthError) else None
 
 
 def _poll_error(error: Exception) -> typer.Exit:
     """Exit 1 with one line saying what failed (a rejected key's message already says what to do)."""
     if isinstance(error, AuthError):
         return _fail(str(error), 1)
-    return _fail(f"the poll failed, nothing was diffed: {error or type(error).__name__}", 1)
+    return _fail(f"the poll failed, nothing was diffed: {str(error) or type(error).__name__}", 1)
 
 
 @app.command()
