@@ -592,7 +592,7 @@ class World:
             status=int(params.get("status", status)),
             delay=float(params.get("delay", 0.0)),
         )
-        if not 400 <= storm.status <= 599:
+        if kind != "slow" and not 400 <= storm.status <= 599:
             raise ValueError(f"status must be an HTTP error status (400-599), got {storm.status}")
         self.storms.append(storm)
         return {"until": storm.end}
