@@ -221,3 +221,58 @@ def test_any_default_can_be_removed(field: str) -> None:
     query = parse_query(f"{field}=any")
     assert field not in query
     assert set(query) == set(DEFAULT_FILTERS) - {field}
+
+
+# --- the same queries as the official vastai CLI's parser ----------------------------------------------------------
+
+_NUMBER_FIELDS = frozenset(_NUMERIC) | {"driver_version"}
+
+
+def _official(text: str) -> dict[str, Any]:
+    """What `vastai search offers TEXT` (1.9.1) sends, without its defaults; numbers made typed like ours."""
+    official = pytest.importorskip("vastai.api.query", reason="the official vastai CLI is not installed")
+    raw = official.parse_query(text, {}, official.offers_fields, official.offers_alias, official.offers_mult)
+
+    def typed(field: str, value: Any) -> Any:
+        if isinstance(value, list):
+            return [typed(field, item) for item in value]
+        if isinstance(value, str) and field in _NUMBER_FIELDS:
+            return float(value)
+        return value
+
+    return {field: {op: typed(field, value) for op, value in ops.items()} for field, ops in raw.items()}
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "gpu_ram>=24 num_gpus=1 reliability>0.9 disk_space>=64 gpu_name=RTX_4090",
+        "gpu_name in [RTX_4090,RTX_3090] geolocation notin [CN,VN] num_gpus in [1,2]",
+        "reliability gte 0.99 num_gpus neq 4 cuda_vers>=12.1 dph<0.5 duration>=2",
+        "verified=False static_ip=true min_bid=null driver_version >= 535.86.05",
+        "verified=any num_gpus=2",
+        'gpu_name="RTX 3090"',
+        "dlperf_usd>10 gpu_total_ram<=80 cpu_ram>32.5",
+        "num_gpus not eq 4 geolocation not in [CN] num_gpus nin [1] num_gpus == 4",
+    ],
+)
+def test_the_official_cli_parses_the_same_query(text: str) -> None:
+    assert parse_query(text, defaults=False) == _official(text)
+
+
+@given(
+    conditions=st.lists(
+        st.tuples(
+            st.sampled_from(_NUMERIC + sorted(alias for alias, field in ALIASES.items() if field in _NUMERIC)),
+            st.sampled_from([*_SYMBOLS, *_WORDS]),
+            st.one_of(st.integers(0, 10_000), st.floats(0, 1e4, allow_nan=False).map(lambda f: round(f, 3))),
+        ),
+        min_size=1,
+        max_size=5,
+    )
+)
+def test_any_numeric_conjunction_matches_the_official_cli(conditions: list[tuple[str, str, float]]) -> None:
+    text = " ".join(
+        f"{field} {op} {value}" if op.isalpha() else f"{field}{op}{value}" for field, op, value in conditions
+    )
+    assert parse_query(text, defaults=False) == _official(text)
