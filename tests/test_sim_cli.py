@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -57,78 +58,71 @@ def _wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
+class SimProcess:
+    """`vastevents sim` on a free port with the demo scenario and a state file, as its own process."""
+
+    def __init__(self, state: Path, *options: str) -> None:
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.state = state
+        demo = str(Simulator.builtin_scenario("demo"))
+        command = [sys.executable, "-m", "vastevents", "sim", "--host", "127.0.0.1", "--port", str(self.port)]
+        command += ["--api-key", KEY, "--scenario", demo, "--state", str(state), *options]
+        self.proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def get(self, path: str) -> Any:
+        """The JSON at `path`, or None while the simulator does not answer yet."""
+        try:
+            return httpx.get(f"{self.url}{path}", headers={"Authorization": f"Bearer {KEY}"}, timeout=2).json()
+        except httpx.HTTPError:
+            assert self.proc.poll() is None, f"the simulator exited: {self.proc.communicate()}"
+            return None
+
+    def terminate(self) -> tuple[str, str]:
+        """SIGTERM, then its output; it must exit 0 within 5 s."""
+        self.proc.send_signal(signal.SIGTERM)
+        out, err = self.proc.communicate(timeout=5)
+        assert self.proc.returncode == 0, err
+        return out, err
+
+    def __enter__(self) -> SimProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.communicate()
+
+
 @pytest.mark.ssh
 @pytest.mark.skipif(
     sshhost.find_sshd() is None, reason="OpenSSH sshd is not installed (apt-get install openssh-server)"
 )
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs /proc to find the sshd processes")
 def test_sigterm_stops_the_simulator_and_every_sshd_it_started(tmp_path: Path) -> None:
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    demo = str(Simulator.builtin_scenario("demo"))
-    command = [sys.executable, "-m", "vastevents", "sim", "--port", str(port), "--api-key", KEY, "--ssh"]
-    command += ["--speed", "60", "--scenario", demo, "--state", str(tmp_path / "s.json")]
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        auth = {"Authorization": f"Bearer {KEY}"}
-
-        def serving_with_ssh() -> bool:
-            try:
-                return bool(httpx.get(f"{url}/_sim/state", headers=auth, timeout=2).json()["ssh"])
-            except httpx.HTTPError:
-                return proc.poll() is not None
-
-        _wait_for(serving_with_ssh, 30, "the simulator to serve a running instance with sshd")
-        assert proc.poll() is None
-        status = subprocess.run([sys.executable, "-m", "vastevents", "sim", "--status", "--port", str(port),
+    with SimProcess(tmp_path / "s.json", "--ssh", "--speed", "60") as sim:
+        _wait_for(lambda: bool((sim.get("/_sim/state") or {}).get("ssh")), 30, "a running instance with sshd")
+        status = subprocess.run([sys.executable, "-m", "vastevents", "sim", "--status", "--port", str(sim.port),
                                  "--api-key", KEY], capture_output=True, text=True, timeout=30)  # fmt: skip
         assert status.returncode == 0 and "vastevents:job-1" in status.stdout and "total spend" in status.stdout
-        sshds = _sshd_children(proc.pid)
+        sshds = _sshd_children(sim.proc.pid)
         assert sshds
-        proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=5)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    assert proc.returncode == 0, err
-    assert url in out and "stopped" in out
+        out, err = sim.terminate()
+    assert sim.url in out and "ssh hosts" in out and "stopped" in out
     assert KEY not in out + err, "the key is never printed"
     assert not any(_alive(pid) for pid in sshds)
-    assert (tmp_path / "s.json").exists()
+    assert sim.state.exists()
 
 
 def test_without_ssh_rows_still_name_an_ssh_port_and_sigterm_stops_it(tmp_path: Path) -> None:
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    demo = str(Simulator.builtin_scenario("demo"))
-    command = [sys.executable, "-m", "vastevents", "sim", "--host", "127.0.0.1", "--port", str(port), "--api-key", KEY]
-    command += ["--no-ssh", "--speed", "1", "--scenario", demo, "--state", str(tmp_path / "s.json")]
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        auth = {"Authorization": f"Bearer {KEY}"}
-        listed: list[dict[str, object]] = []
-
-        def listing() -> bool:
-            try:
-                listed[:] = httpx.get(f"{url}/api/v1/instances/", headers=auth, timeout=2).json()["instances"]
-            except httpx.HTTPError:
-                return proc.poll() is not None
-            return True
-
-        _wait_for(listing, 30, "the simulator to answer the instance list")
-        assert proc.poll() is None
+    with SimProcess(tmp_path / "s.json", "--no-ssh") as sim:
+        _wait_for(lambda: sim.get("/api/v1/instances/") is not None, 30, "the simulator to answer")
+        listed = sim.get("/api/v1/instances/")["instances"]
         assert len(listed) == 6, "the demo's instances exist from the start"
         assert all(row["ssh_host"] == "127.0.0.1" and isinstance(row["ssh_port"], int) for row in listed)
-        proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=5)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    assert proc.returncode == 0, err
+        out, _ = sim.terminate()
     assert "ssh hosts" not in out and "vastevents sim stopped" in out
-    assert (tmp_path / "s.json").exists(), "the state is saved on the way out"
+    assert sim.state.exists(), "the state is saved on the way out"
 
 
 def test_status_without_a_simulator_is_a_one_line_error() -> None:
