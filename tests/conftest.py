@@ -1,11 +1,13 @@
 """Shared fixtures: an in-process simulator on a free loopback port, driven by a ManualClock.
 
 Every test is also checked for leaks: no simulator thread, and no sshd or job of a simulated ssh host (in this
-process or any simulator subprocess a test started) may outlive the test.
+process or any simulator subprocess a test started) may outlive the test; and the loggers a CLI run configures
+are put back afterwards.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -54,6 +56,19 @@ def _no_ssh_host_outlives_its_test() -> Iterator[None]:
     yield
     leaked = _ssh_host_processes() - before
     assert not leaked, f"simulated ssh hosts (sshd or jobs) still running after the test: pids {sorted(leaked)}"
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    """The CLI configures the vastevents/httpx loggers; put them back so other tests' caplog still works."""
+    names = ("vastevents", "httpx", "httpcore")
+    saved = {
+        n: (logging.getLogger(n).handlers[:], logging.getLogger(n).level, logging.getLogger(n).propagate) for n in names
+    }
+    yield
+    for name, (handlers, level, propagate) in saved.items():
+        logger = logging.getLogger(name)
+        logger.handlers[:], logger.level, logger.propagate = handlers, level, propagate
 
 
 @pytest.fixture

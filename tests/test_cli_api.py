@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import os
 import subprocess
 import sys
@@ -130,19 +129,6 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, canned: CannedVast) ->
     monkeypatch.setenv("VAST_API_KEY", KEY)
     monkeypatch.setenv("COLUMNS", "200")
     return tmp_path
-
-
-@pytest.fixture(autouse=True)
-def _restore_logging() -> Iterator[None]:
-    """The CLI configures the vastevents/httpx loggers; put them back so other tests' caplog still works."""
-    names = ("vastevents", "httpx", "httpcore")
-    saved = {
-        n: (logging.getLogger(n).handlers[:], logging.getLogger(n).level, logging.getLogger(n).propagate) for n in names
-    }
-    yield
-    for name, (handlers, level, propagate) in saved.items():
-        logger = logging.getLogger(name)
-        logger.handlers[:], logger.level, logger.propagate = handlers, level, propagate
 
 
 def run_cli(*args: str) -> Any:

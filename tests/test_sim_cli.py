@@ -14,7 +14,9 @@ from typing import Any
 
 import httpx
 import pytest
+from typer.testing import CliRunner
 
+from vastevents.cli import app
 from vastevents.sim import Simulator, sshhost
 
 KEY = "sim-cli-test-key"
@@ -130,3 +132,20 @@ def test_status_without_a_simulator_is_a_one_line_error() -> None:
     result = subprocess.run(command, capture_output=True, text=True, timeout=30, env={**os.environ, "NO_COLOR": "1"})
     assert result.returncode == 1
     assert result.stderr.startswith("error: no simulator answering at http://127.0.0.1:")
+
+
+def test_status_names_a_wrong_key_and_shows_hosts_instances_spend(sim: Simulator, api_key: str) -> None:
+    instance_id = sim.create_instance(label="vastevents:shown", pull=10)
+    sim.advance(3600)
+    port = str(sim.port)
+    wrong = CliRunner().invoke(app, ["sim", "--status", "--port", port, "--api-key", "not-the-key"])
+    assert wrong.exit_code == 1
+    assert wrong.stderr == f"error: the simulator at {sim.url} refused the key: pass the one it was started with " \
+                           "(--api-key)\n"  # fmt: skip
+    shown = CliRunner().invoke(app, ["sim", "--status", "--port", port, "--api-key", api_key], env={"COLUMNS": "200"})
+    assert shown.exit_code == 0, shown.output
+    assert str(instance_id) in shown.stdout and "vastevents:shown" in shown.stdout and "running" in shown.stdout
+    assert "Hosts" in shown.stdout and "Spend" in shown.stdout
+    assert f"total spend ${sim.state()['spend']['total_usd']:.4f}" in shown.stdout
+    assert api_key not in shown.output
+    sim.vanish(instance_id)

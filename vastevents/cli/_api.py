@@ -34,7 +34,8 @@ _INTERACTIVE_MAX_WAIT = 2.0
 _INTERACTIVE_TIMEOUT = httpx.Timeout(30.0, connect=5.0)
 
 
-def _fail(message: str) -> NoReturn:
+def fail(message: str) -> NoReturn:
+    """One line on stderr, secrets redacted, and exit status 1 (shared by the commands)."""
     typer.echo(f"error: {redact(message)}", err=True)
     raise typer.Exit(1)
 
@@ -45,7 +46,7 @@ def _one_line_errors() -> Iterator[None]:
     try:
         yield
     except VastEventsError as exc:
-        _fail(str(exc))
+        fail(str(exc))
 
 
 def _call(config: Config, request: Callable[[VastClient], Awaitable[_T]]) -> _T:

@@ -13,7 +13,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from vastevents._logging import redact, register_secret
+from vastevents._logging import register_secret
+from vastevents.cli._api import fail
 from vastevents.cli._app import app
 from vastevents.errors import VastEventsError
 from vastevents.sim import Simulator
@@ -51,8 +52,7 @@ def sim(
         )
         simulator.start()
     except (VastEventsError, OSError) as exc:
-        typer.echo(f"error: {redact(str(exc))}", err=True)
-        raise typer.Exit(1) from None
+        fail(str(exc))
     done = threading.Event()
 
     def _on_signal(signum: int, frame: FrameType | None) -> None:
@@ -75,11 +75,15 @@ def sim(
 def _show_status(url: str, api_key: str) -> None:
     try:
         response = httpx.get(f"{url}/_sim/state", headers={"Authorization": f"Bearer {api_key}"}, timeout=10)
+    except httpx.HTTPError as exc:
+        fail(f"no simulator answering at {url}: {exc}")
+    if response.status_code in (401, 403):
+        fail(f"the simulator at {url} refused the key: pass the one it was started with (--api-key)")
+    try:
         response.raise_for_status()
         state: dict[str, Any] = response.json()
     except (httpx.HTTPError, ValueError) as exc:
-        typer.echo(f"error: no simulator answering at {url}: {redact(str(exc))}", err=True)
-        raise typer.Exit(1) from None
+        fail(f"{url} does not answer like a vastevents simulator: {exc}")
     console = Console()
     console.print(f"[bold]{url}[/] simulated time {state['now']} (speed x{state['speed']:g}), "
                   f"scenario step {state['steps_done']}/{state['steps_total']}")  # fmt: skip
