@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from vastevents.clock import ManualClock
-from vastevents.sim import Simulator
+from vastevents.sim import Simulator, server
 
 PUBKEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHn4m5x1c8fJ0bTqQ0nq6b2v0Vf3Vh6dQ2YQq8m3Y0xY test@sim"
 
@@ -163,6 +163,42 @@ def test_charges_bill_gpu_while_running_and_storage_while_stopped(sim: Simulator
     assert sim_client.get("/api/v0/users/current/").json()["credit"] == pytest.approx(100.0 - item["amount"])
     invoices = sim_client.get("/api/v1/invoices/").json()
     assert invoices["results"][0]["amount"] == 100.0
+
+
+def test_charges_keep_to_the_requested_days(sim: Simulator, sim_client: httpx.Client) -> None:
+    early = sim.create_instance(label="early")
+    sim.advance(3600)
+    sim_client.delete(f"/api/v0/instances/{early}/")
+    sim.advance(86400)
+    late = sim.create_instance(label="late")
+    sim.advance(3600)
+    now = sim.clock.now().timestamp()
+
+    def charged(window: dict[str, Any]) -> list[str]:
+        params = {"select_filters": json.dumps({"day": window})}
+        return [
+            c["description"].split()[0] for c in sim_client.get("/api/v0/charges/", params=params).json()["results"]
+        ]
+
+    assert charged({"gte": now - 7200, "lte": now}) == ["late"]
+    assert charged({"gte": now - 3 * 86400, "lte": now - 86400}) == ["early"]
+    assert charged({}) == ["early", "late"]
+    bad = sim_client.get("/api/v0/charges/", params={"select_filters": json.dumps({"day": {"gte": "yesterday"}})})
+    assert bad.status_code == 400 and "select_filters.day.gte" in bad.json()["msg"]
+    sim_client.delete(f"/api/v0/instances/{late}/")
+    assert sim.instance_count() == 0
+
+
+def test_log_texts_are_kept_for_the_newest_result_urls_only(
+    sim: Simulator, sim_client: httpx.Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(server, "_KEPT_LOGS", 2)
+    instance_id = sim.create_instance(label="logs")
+    urls = [
+        sim_client.put(f"/api/v0/instances/request_logs/{instance_id}/", json={"tail": "5"}).json()["result_url"]
+        for _ in range(3)
+    ]
+    assert [httpx.get(url).status_code for url in urls] == [404, 200, 200]
 
 
 def test_a_thousand_instances_list_in_forty_pages() -> None:

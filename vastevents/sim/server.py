@@ -11,6 +11,7 @@ import re
 import secrets
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -19,7 +20,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from vastevents._logging import redact
 from vastevents.sim.matching import matches, sort_rows
-from vastevents.sim.model import SimError
+from vastevents.sim.model import SimError, number_param
 
 if TYPE_CHECKING:
     from vastevents.sim.simulator import Simulator
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("vastevents.sim")
 
 PAGE_SIZE = 25
+_KEPT_LOGS = 256  # log texts kept for their result_url; older ones answer 404 like an expired bucket object
 JSON_TYPE = "application/json"
 
 # (burst, refill per wall-clock second) per endpoint class: search is strict, lists are lenient.
@@ -119,7 +121,7 @@ class Api:
     def __init__(self, sim: Simulator, *, rate_limits: bool = True) -> None:
         self.sim = sim
         self._buckets = _TokenBuckets(RATE_LIMITS) if rate_limits else None
-        self._logs: dict[str, str] = {}
+        self._logs: OrderedDict[str, str] = OrderedDict()  # result_url token -> log text, the newest _KEPT_LOGS
 
     def handle(self, request: Request) -> Response:
         for route in ROUTES:
@@ -330,6 +332,8 @@ class Api:
             text = self.sim.instance_log(world.instance(int(args["id"])))
         token = secrets.token_urlsafe(12)
         self._logs[token] = "".join(text.splitlines(keepends=True)[-tail:])
+        while len(self._logs) > _KEPT_LOGS:
+            self._logs.popitem(last=False)
         return Response(200, {"success": True, "result_url": f"{self.sim.url}/_sim/logs/{token}"})
 
     def fetch_log(self, request: Request, args: dict[str, str]) -> Response:
@@ -362,8 +366,16 @@ class Api:
         return Response(200, {"success": True, "msg": "SSH key attached"})
 
     def charges(self, request: Request, args: dict[str, str]) -> Response:
+        """One item per instance (gpu and storage parts), those overlapping ``select_filters`` ``day`` if given."""
+        window = request.json_param("select_filters", {})
+        window = window.get("day", {}) if isinstance(window, dict) else {}
+        if not isinstance(window, dict):
+            raise SimError(400, "invalid_args", "select_filters.day must be an object like {'gte': t0, 'lte': t1}")
+        start = number_param(window.get("gte"), -math.inf, what="select_filters.day.gte")
+        end = number_param(window.get("lte"), math.inf, what="select_filters.day.lte")
         with self.sim.world() as world:
             results = [self.sim.charge_item(inst) for inst in world.all_instances()]
+        results = [item for item in results if item["end"] >= start and item["start"] <= end]
         return Response(200, {"results": results, "count": len(results), "total": len(results), "next_token": None})
 
     def invoices(self, request: Request, args: dict[str, str]) -> Response:

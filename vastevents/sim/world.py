@@ -31,6 +31,7 @@ from vastevents.sim.model import (
     SimInstance,
     Step,
     Storm,
+    number_param,
 )
 
 OCI_PULL_ERROR = (
@@ -210,7 +211,7 @@ class World:
         kind = str(query.get("type") or "on-demand")
         if kind not in ("on-demand", "bid", "interruptible", "reserved"):
             raise SimError(400, "invalid_args", f"unknown offer type {kind!r}")
-        storage = _number(query.get("allocated_storage"), 5.0)
+        storage = number_param(query.get("allocated_storage"), 5.0, what="allocated_storage")
         filters = {
             ("reliability2" if k == "reliability" else k): v
             for k, v in query.items()
@@ -232,7 +233,7 @@ class World:
         if not isinstance(order, list):
             raise SimError(400, "invalid_args", f"order must be a list of [field, direction] pairs, not {order!r}")
         rows = sort_rows(rows, order)
-        limit = int(_number(query.get("limit"), 64))
+        limit = int(number_param(query.get("limit"), 64, what="limit"))
         return rows[: max(limit, 0)]
 
     # ----------------------------------------------------------------- instances
@@ -292,7 +293,7 @@ class World:
             if not body.get("template_hash_id"):
                 raise SimError(400, "invalid_args", "image is required (or template_hash_id).")
             image = f"template/{body['template_hash_id']}"
-        disk = _number(body.get("disk"), 10.0, what="disk")
+        disk = number_param(body.get("disk"), 10.0, what="disk")
         if not 0 < disk <= self.machines[ask.machine_id].disk_space:
             raise SimError(400, "invalid_args", f"disk must be between 0 and the machine's free space, got {disk}")
         price = _price(body["price"]) if body.get("price") is not None else None
@@ -307,7 +308,7 @@ class World:
             env=_env_dict(body.get("env")),
             bid_price=price,
             runtype=str(body.get("runtype") or "ssh"),
-            pull_s=_number(body.get("_pull_s"), DEFAULT_PULL_S),
+            pull_s=number_param(body.get("_pull_s"), DEFAULT_PULL_S, what="_pull_s"),
         )
         if self.pending_create_errors:
             self.pending_create_errors -= 1
@@ -760,15 +761,6 @@ def _price(value: Any) -> float:
     if not (math.isfinite(price) and price > 0):
         raise SimError(400, "invalid_price", f"price must be a positive number, got {price}")
     return price
-
-
-def _number(value: Any, default: float, *, what: str = "value") -> float:
-    if value is None or value == "":
-        return default
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise SimError(400, "invalid_args", f"{what} must be a number, got {value!r}") from None
 
 
 def _env_dict(env: Any) -> dict[str, str]:
