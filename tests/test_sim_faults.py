@@ -172,3 +172,23 @@ def test_state_view_shows_hosts_instances_spend(sim: Simulator, sim_client: http
     assert any(m["free_gpus"] < m["num_gpus"] for m in state["machines"])
     assert state["spend"]["total_usd"] > 0
     assert state == sim.state()
+
+
+def test_python_admin_helpers_mirror_the_http_actions(sim: Simulator, sim_client: httpx.Client) -> None:
+    stuck = int(_admin(sim_client, "create", label="vastevents:stuck", pull=60)["new_contract"])
+    sim.advance(20)
+    sim.stick_loading("stuck", "pull access denied for ghcr.io/x/y")
+    running = _running(sim, sim_client, label="vastevents:flappy")
+    machine_id = _row(sim_client, running)["machine_id"]
+    sim.set_offline(machine_id=machine_id)
+    assert _row(sim_client, running)["actual_status"] == "offline"
+    sim.set_online(machine_id=machine_id)
+    sim.advance(3600)
+    assert (_row(sim_client, stuck)["actual_status"], _row(sim_client, stuck)["status_msg"]) == (
+        "loading",
+        "pull access denied for ghcr.io/x/y",
+    )
+    assert _row(sim_client, running)["actual_status"] == "running"
+    sim.vanish(stuck)
+    sim.preempt(running)
+    assert sim.instance(stuck) is None and sim.instance(running)["actual_status"] == "exited"  # type: ignore[index]
