@@ -15,8 +15,10 @@
 - Rate limits per endpoint class and client (search 10/min, create 1/s, lists 20/s, others 10/s; bursts
   allowed) answer 429 with ``Retry-After``; ``Simulator(rate_limits=False)`` turns them off.
 - ``ssh=True``: each running instance is a real ``sshd`` on 127.0.0.1 running as the current user. As root
-  ``ssh -p PORT root@127.0.0.1`` works as on Vast; as another user, log in as that user (sshd cannot switch
-  users without root) and that user needs a normal login shell. See :mod:`vastevents.sim.sshhost`.
+  ``ssh -p PORT root@127.0.0.1`` works as on Vast. As any other user the hosts work too, but only for that
+  user: ``ssh -p PORT $USER@127.0.0.1`` logs in and ``root@`` is refused (sshd cannot switch users without
+  root), so a tool that always logs in as root needs the simulator run as root; the user also needs a login
+  shell (not ``nologin``). See :mod:`vastevents.sim.sshhost`.
 """
 
 from __future__ import annotations
