@@ -120,7 +120,9 @@ def test_low_bid_fails_yet_leaves_a_stopped_instance(sim: Simulator, sim_client:
     invalid = _create(sim_client, _cheapest_single(sim_client)["id"], price="lots")
     assert invalid.status_code == 400 and invalid.json()["error"] == "invalid_price"
     assert _create(sim_client, _cheapest_single(sim_client)["id"], price=-1).json()["error"] == "invalid_price"
-    assert sim.instance_count() == 1
+    assert sim.instance_count() == 1, "only the low bid left an instance"
+    assert sim_client.delete(f"/api/v0/instances/{body['new_contract']}/").json() == {"success": True}
+    assert sim.instance_count() == 0
 
 
 def test_label_bid_price_logs_and_ssh_keys(sim: Simulator, sim_client: httpx.Client) -> None:

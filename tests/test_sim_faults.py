@@ -115,6 +115,8 @@ def test_create_that_errors_yet_leaves_an_instance(sim: Simulator, sim_client: h
     assert response.status_code == 500 and response.json()["success"] is False
     listed = sim_client.get("/api/v1/instances/").json()["instances"]
     assert [r["label"] for r in listed] == ["vastevents:ghost"]
+    assert sim_client.delete(f"/api/v0/instances/{listed[0]['id']}/").json() == {"success": True}
+    assert sim.instance_count() == 0, "reconciled by label and destroyed"
 
 
 def test_rate_limit_storm_then_server_error_storm(sim: Simulator, sim_client: httpx.Client) -> None:
