@@ -111,3 +111,22 @@ def test_missing_sshd_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch) ->
     with pytest.raises(SshdMissing, match="apt-get install openssh-server"):
         simulator.start()
     simulator.stop()
+
+
+@needs_openssh
+def test_a_restart_from_the_state_file_brings_running_hosts_back(keypair: Path, tmp_path: Path) -> None:
+    clock = ManualClock()
+    state = tmp_path / "state.json"
+    with Simulator(clock=clock, ssh=True, state=state) as first:
+        instance_id = first.create_instance(label="vastevents:kept", pull=10)
+        clock.advance(30)
+        port = first.instance(instance_id)["ssh_port"]  # type: ignore[index]
+        auth = {"Authorization": f"Bearer {first.api_key}"}
+        public = keypair.with_suffix(".pub").read_text()
+        httpx.post(f"{first.url}/api/v0/instances/{instance_id}/ssh/", json={"ssh_key": public}, headers=auth)
+        assert _ssh(keypair, port, "true").returncode == 0
+    assert _ssh(keypair, port, "true").returncode == 255, "stopped with the simulator"
+    with Simulator(clock=clock, ssh=True, state=state) as second:
+        assert second.instance(instance_id)["ssh_port"] == port  # type: ignore[index]
+        assert second.ssh_pids(), "the running instance has its sshd again"
+        assert _ssh(keypair, port, "true").returncode == 0, "attached keys survive the restart"
