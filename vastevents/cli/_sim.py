@@ -46,6 +46,14 @@ def sim(
     if status:
         _show_status(f"http://{host}:{port}", api_key)
         return
+    done = threading.Event()
+
+    def _on_signal(signum: int, frame: FrameType | None) -> None:
+        done.set()
+
+    # Before starting: a SIGTERM while sshd hosts come up must still end them, not kill us and orphan them.
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
     try:
         simulator = Simulator(
             api_key=api_key, speed=speed, scenario=scenario, state=state, ssh=ssh, seed=seed, host=host, port=port
@@ -53,13 +61,6 @@ def sim(
         simulator.start()
     except (VastEventsError, OSError) as exc:
         fail(str(exc))
-    done = threading.Event()
-
-    def _on_signal(signum: int, frame: FrameType | None) -> None:
-        done.set()
-
-    signal.signal(signal.SIGTERM, _on_signal)
-    signal.signal(signal.SIGINT, _on_signal)
     key_hint = "sim-key (the default)" if api_key == DEFAULT_KEY else "the --api-key you passed"
     typer.echo(f"vastevents sim listening on {simulator.url} (speed x{speed:g}{', ssh hosts' if ssh else ''})")
     typer.echo(f"  use it: VAST_URL={simulator.url} VAST_API_KEY=<{key_hint}>")
