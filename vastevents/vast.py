@@ -1,7 +1,8 @@
 """Async client for the Vast.ai REST API: the one edge where vastevents talks to Vast.
 
 Retries live here and only here: 429/502/503/504 and connection errors are retried with exponential
-backoff and jitter, honouring ``Retry-After`` (at most 60 s), for a bounded number of attempts. Creating an
+backoff and jitter, honouring ``Retry-After`` (up to ``max_wait``, 60 s by default), for a bounded number of
+attempts (``max_attempts``; interactive commands use fewer and shorter waits than the watcher). Creating an
 instance spends money, so it is resent only when the server certainly did nothing (a 429, or a connection
 that never opened); any other unclear outcome raises :class:`AmbiguousCreate` so the caller reconciles by
 label. The API key goes only into the ``Authorization`` header: never into a URL, a message or a log line.
