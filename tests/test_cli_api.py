@@ -201,6 +201,24 @@ def test_offers_table_is_sorted_by_price(home: Path, canned: CannedVast) -> None
     assert "RTX 3090" in out and "0.210" in out and "24.6" in out  # 24576 MB shown in GB, as the vastai CLI does
 
 
+def test_piped_tables_never_cut_ids_or_prices(
+    sim: Simulator, api_key: str, home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("VAST_URL", sim.url)
+    monkeypatch.setenv("VAST_API_KEY", api_key)
+    monkeypatch.setenv("COLUMNS", "80")
+    instance_id = sim.create_instance(label="vastevents:a-rather-long-label-for-a-narrow-terminal")
+    offers = run_subprocess("offers", "num_gpus=1", "--limit", "3", home=home)
+    listed = run_subprocess("offers", "num_gpus=1", "--limit", "3", "--json", home=home)
+    status = run_subprocess("status", home=home)
+    sim.vanish(instance_id)
+    assert offers.returncode == 0 and listed.returncode == 0 and status.returncode == 0
+    for offer in json.loads(listed.stdout):
+        assert str(offer["id"]) in offers.stdout and f"{offer['dph_total']:.3f}" in offers.stdout
+    assert str(instance_id) in status.stdout and "a-rather-long-label-for-a-narrow-terminal" in status.stdout
+    assert sim.instance_count() == 0
+
+
 def test_offers_limit_is_sent_and_applied(home: Path, canned: CannedVast) -> None:
     result = run_cli("offers", "num_gpus=1", "--limit", "1", "--json")
     assert result.exit_code == 0, result.output

@@ -12,11 +12,10 @@ from typing import Annotated, NoReturn, TypeVar
 
 import httpx
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from vastevents._logging import redact
-from vastevents.cli._app import ConfigOption, app
+from vastevents.cli._app import ConfigOption, app, table_console
 from vastevents.config import Config, api_key_paths, load_config, resolve_api_key
 from vastevents.errors import VastEventsError
 from vastevents.models import Instance, Offer
@@ -97,7 +96,9 @@ def offers(
         return
     table = Table(title=f"{len(found)} offers", title_justify="left")
     for column in ("ask id", "gpu", "vram GB", "vcpu", "ram GB", "disk GB", "$/h", "reliab.", "net ↓/↑", "where"):
-        table.add_column(column, justify="left" if column in ("gpu", "where") else "right")
+        table.add_column(
+            column, justify="left" if column in ("gpu", "where") else "right", no_wrap=column in ("ask id", "$/h")
+        )
     for offer in found:
         table.add_row(
             str(offer.id),
@@ -111,7 +112,7 @@ def offers(
             f"{_text(offer.inet_down, '{:.0f}')}/{_text(offer.inet_up, '{:.0f}')}",
             _text(offer.geolocation),
         )
-    Console().print(table)
+    table_console().print(table)
 
 
 @app.command()
@@ -128,7 +129,7 @@ def status(
         return
     table = Table(title=f"{len(instances)} instances", title_justify="left")
     for column in ("id", "label", "status", "gpu", "$/h", "ssh"):
-        table.add_column(column, justify="right" if column in ("id", "$/h") else "left")
+        table.add_column(column, justify="right" if column in ("id", "$/h") else "left", no_wrap=column != "label")
     for instance in instances:
         state = instance.actual_status or instance.state.value
         if instance.intended_status and instance.intended_status != state:
@@ -142,7 +143,7 @@ def status(
             _text(instance.dph_total, "{:.3f}"),
             ssh,
         )
-    Console().print(table)
+    table_console().print(table)
 
 
 @app.command()

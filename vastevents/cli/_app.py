@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.console import Console
 
 from vastevents import __version__
 from vastevents._logging import configure_logging
@@ -46,3 +47,9 @@ def main_options(
 ) -> None:
     """Watch a Vast.ai account and turn instance changes into events that handlers act on."""
     configure_logging(debug=debug)
+
+
+def table_console() -> Console:
+    """A console for tables: the terminal's width, or wide enough that piped output never cuts an id."""
+    console = Console()
+    return console if console.is_terminal else Console(width=max(console.width, 200))

@@ -10,12 +10,11 @@ from typing import Annotated, Any
 
 import httpx
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from vastevents._logging import register_secret
 from vastevents.cli._api import fail
-from vastevents.cli._app import app
+from vastevents.cli._app import app, table_console
 from vastevents.errors import VastEventsError
 from vastevents.sim import Simulator
 
@@ -85,7 +84,7 @@ def _show_status(url: str, api_key: str) -> None:
         state: dict[str, Any] = response.json()
     except (httpx.HTTPError, ValueError) as exc:
         fail(f"{url} does not answer like a vastevents simulator: {exc}")
-    console = Console()
+    console = table_console()
     console.print(f"[bold]{url}[/] simulated time {state['now']} (speed x{state['speed']:g}), "
                   f"scenario step {state['steps_done']}/{state['steps_total']}")  # fmt: skip
     hosts = Table(
