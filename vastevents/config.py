@@ -170,9 +170,7 @@ def parse_config(text: str, source: Path | None = None) -> Config:
     try:
         config = Config.model_validate(data)
     except ValidationError as exc:
-        problems = [
-            _describe(source, text, err["loc"], _validation_message(dict(err))) for err in exc.errors()
-        ]
+        problems = [_describe(source, text, err["loc"], _validation_message(dict(err))) for err in exc.errors()]
         raise ConfigError("\n".join(problems)) from None
     config._source = source
     config._text = text

@@ -81,7 +81,14 @@ class Instance(_VastModel):
     geolocation: str | None = None
 
     _blank = field_validator(
-        "machine_id", "host_id", "num_gpus", "ssh_port", "gpu_ram", "dph_total", "start_date", "end_date",
+        "machine_id",
+        "host_id",
+        "num_gpus",
+        "ssh_port",
+        "gpu_ram",
+        "dph_total",
+        "start_date",
+        "end_date",
         mode="before",
     )(_blank_to_none)
 
