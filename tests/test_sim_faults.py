@@ -194,3 +194,13 @@ def test_python_admin_helpers_mirror_the_http_actions(sim: Simulator, sim_client
     sim.vanish(stuck)
     sim.preempt(running)
     assert sim.instance(stuck) is None and sim.instance(running)["actual_status"] == "exited"  # type: ignore[index]
+
+
+def test_raw_status_reports_a_status_vast_may_invent(sim: Simulator, sim_client: httpx.Client) -> None:
+    instance_id = _running(sim, sim_client)
+    _admin(sim_client, "raw_status", instance=instance_id, status="Migrating-To-Mars")
+    assert _row(sim_client, instance_id)["actual_status"] == "Migrating-To-Mars"
+    listed = sim_client.get("/api/v1/instances/").json()["instances"]
+    assert [row["actual_status"] for row in listed] == ["Migrating-To-Mars"]
+    missing = sim_client.post("/_sim/raw_status", json={"instance": instance_id})
+    assert missing.status_code == 400 and missing.json()["error"] == "invalid_args"

@@ -394,12 +394,8 @@ def test_unknown_raw_statuses_never_crash_and_keep_the_raw_value(tmp_path: Path,
 
 
 def set_raw_status(sim: Simulator, instance_id: int, status: str) -> None:
-    """Give a running simulated instance a status string Vast might invent one day.
-
-    The simulator has no admin action for this (yet), so the test sets it on the world under its lock.
-    """
-    with sim.world() as world:
-        world.instances[instance_id].actual_status = status
+    """Give a running simulated instance a status string Vast might invent one day (admin action)."""
+    sim.apply("raw_status", instance=instance_id, status=status)
 
 
 def test_sim_takes_no_once_or_interval() -> None:

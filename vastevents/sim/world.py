@@ -50,7 +50,7 @@ ACTIONS = frozenset(
     {
         "create", "preempt", "outbid", "offline", "online", "flap", "stuck_loading", "no_such_ask",
         "create_error", "rate_limit", "server_error", "gpu_broken", "disk_full", "vanish", "slow", "expire",
-        "stop", "start", "reboot", "destroy", "label",
+        "stop", "start", "reboot", "destroy", "label", "raw_status",
     }
 )  # fmt: skip
 
@@ -621,6 +621,15 @@ class World:
         inst = self.resolve(params.get("instance"))
         inst.status_msg = DISK_FULL_MSG
         inst.disk_util = 100.0
+        return {"instance": inst.id}
+
+    def _act_raw_status(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """Report a status string Vast may invent one day (until the next lifecycle change), to test tolerance."""
+        inst = self.resolve(params.get("instance"))
+        status = params.get("status")
+        if not isinstance(status, str) or not status:
+            raise ValueError("status must be a non-empty string")
+        inst.actual_status = status
         return {"instance": inst.id}
 
     def _act_vanish(self, params: Mapping[str, Any]) -> dict[str, Any]:
