@@ -115,7 +115,7 @@ class Simulator:
             target=self._server.serve_forever, kwargs={"poll_interval": 0.1}, name="vastevents-sim-http", daemon=True
         )
         self._thread.start()
-        logger.info("simulator listening on %s", self.url)
+        logger.debug("simulator listening on %s", self.url)
         return self
 
     def stop(self) -> None:
