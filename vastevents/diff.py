@@ -91,7 +91,7 @@ def observe(
         row = current.get(instance_id)
         if row is None:
             assert before is not None
-            events.append(_status_event(VANISHED, before.instance, before.state, None, now, catch_up))
+            events.append(_event(VANISHED, before.instance, before.state, None, now, catch_up))
             continue
         view, instance_events = _observe_one(
             before, row, now, rules, catch_up=catch_up, stop_requested=instance_id in stop_requested
@@ -127,10 +127,10 @@ def _observe_one(
     events: list[Event] = []
     if before is None:
         view = InstanceView(instance=row, first_seen=now, since=now)
-        events.append(_status_event(APPEARED, row, None, state, now, catch_up))
+        events.append(_event(APPEARED, row, None, state, now, catch_up))
     elif before.state is not state:
         view = _next_episode(before, row, now, rules)
-        events.append(_status_event(transition_name(before.state, state), row, before.state, state, now, catch_up))
+        events.append(_event(transition_name(before.state, state), row, before.state, state, now, catch_up))
     else:
         view = replace(before, instance=row)
     seen = _Seen(before, view, now, rules, stop_requested)
@@ -138,19 +138,7 @@ def _observe_one(
         if name in view.reported or (detail := detector(seen)) is None:
             continue
         old = State.RUNNING if name == PREEMPTED else state
-        events.append(
-            Event(
-                name=name,
-                instance_id=row.id,
-                old=old.value,
-                new=state.value,
-                at=now,
-                catch_up=catch_up,
-                instance=row,
-                raw=_raw(row),
-                detail=detail,
-            )
-        )
+        events.append(_event(name, row, old, state, now, catch_up, detail))
         view = replace(view, reported=view.reported | {name})
         if name == HOST_FLAP:
             view = replace(view, flaps=())  # the next report needs `flap_count` new flaps
@@ -172,8 +160,14 @@ def _next_episode(before: InstanceView, row: Instance, now: datetime, rules: Rul
     return replace(before, instance=row, since=now, down_since=down_since, flaps=flaps, reported=reported)
 
 
-def _status_event(
-    name: str, instance: Instance, old: State | None, new: State | None, now: datetime, catch_up: bool
+def _event(
+    name: str,
+    instance: Instance,
+    old: State | None,
+    new: State | None,
+    now: datetime,
+    catch_up: bool,
+    detail: str = "",
 ) -> Event:
     return Event(
         name=name,
@@ -184,6 +178,7 @@ def _status_event(
         catch_up=catch_up,
         instance=instance,
         raw=_raw(instance),
+        detail=detail,
     )
 
 
