@@ -152,12 +152,28 @@ def config_error(config: Config, loc: Sequence[str | int], message: str) -> Conf
     return ConfigError(_describe(config.source, config._text, loc, message))
 
 
-def _validation_message(error: dict[str, Any]) -> str:
-    if error["type"] == "extra_forbidden":
-        return "unknown key (check the spelling; see config.example.toml for every key)"
-    if error["type"] == "missing":
-        return "required key is missing"
-    return str(error["msg"]).removeprefix("Value error, ")
+_UNKNOWN_KEY = "unknown key (check the spelling; see config.example.toml for every key)"
+
+
+def _validation_error(
+    source: Path | None, text: str, prefix: Sequence[str | int], error: ValidationError, unknown: str
+) -> ConfigError:
+    """One line per problem pydantic found, each naming the file, the key under `prefix` and its line."""
+    problems = []
+    for item in error.errors():
+        if item["type"] == "extra_forbidden":
+            message = unknown
+        elif item["type"] == "missing":
+            message = "required key is missing"
+        else:
+            message = str(item["msg"]).removeprefix("Value error, ")
+        problems.append(_describe(source, text, (*prefix, *item["loc"]), message))
+    return ConfigError("\n".join(problems))
+
+
+def options_error(config: Config, prefix: Sequence[str | int], error: ValidationError) -> ConfigError:
+    """The ConfigError for options validated after loading (a handler's ``[handlers.NAME]`` keys)."""
+    return _validation_error(config.source, config._text, prefix, error, "unknown key for this handler")
 
 
 def parse_config(text: str, source: Path | None = None) -> Config:
@@ -170,8 +186,7 @@ def parse_config(text: str, source: Path | None = None) -> Config:
     try:
         config = Config.model_validate(data)
     except ValidationError as exc:
-        problems = [_describe(source, text, err["loc"], _validation_message(dict(err))) for err in exc.errors()]
-        raise ConfigError("\n".join(problems)) from None
+        raise _validation_error(source, text, (), exc, _UNKNOWN_KEY) from None
     config._source = source
     config._text = text
     if url := os.environ.get("VAST_URL"):

@@ -18,8 +18,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar, cas
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from vastevents.clock import Clock
-from vastevents.config import Config, config_error
-from vastevents.errors import ConfigError
+from vastevents.config import Config, config_error, options_error
 from vastevents.events import Event, is_known_event_name
 from vastevents.models import Instance
 
@@ -242,16 +241,7 @@ def load_handlers(config: Config) -> list[ActiveHandler]:
         try:
             active.append(activate(name, target, handler_config.options(), use=use, source=source))
         except ValidationError as exc:
-            raise _options_error(config, name, exc) from None
+            raise options_error(config, ("handlers", name), exc) from None
         except ValueError as exc:
             raise config_error(config, ("handlers", name), f"handler {use!r} {exc}") from None
     return active
-
-
-def _options_error(config: Config, name: str, error: ValidationError) -> ConfigError:
-    problems = []
-    for item in error.errors():
-        loc = ("handlers", name, *[str(part) for part in item["loc"]])
-        message = "unknown key for this handler" if item["type"] == "extra_forbidden" else item["msg"]
-        problems.append(str(config_error(config, loc, message)))
-    return ConfigError("\n".join(problems))
