@@ -162,12 +162,16 @@ def _entry_points() -> dict[str, EntryPoint]:
     return {point.name: point for point in entry_points(group=ENTRY_POINT_GROUP)}
 
 
+def _distribution(point: EntryPoint) -> str | None:
+    """``"name version"`` of the distribution that installed `point`, if known."""
+    return f"{point.dist.name} {point.dist.version}" if point.dist is not None else None
+
+
 def installed_handlers() -> list[InstalledHandler]:
     """Every handler installed through the ``vastevents.handlers`` entry points, by name."""
     found = []
     for name, point in sorted(_entry_points().items()):
-        dist = f"{point.dist.name} {point.dist.version}" if point.dist is not None else "unknown distribution"
-        found.append(InstalledHandler(name, point.value, dist))
+        found.append(InstalledHandler(name, point.value, _distribution(point) or "unknown distribution"))
     return found
 
 
@@ -179,8 +183,8 @@ def resolve(use: str) -> tuple[object, str]:
     points = _entry_points()
     if use in points:
         point = points[use]
-        dist = f" ({point.dist.name} {point.dist.version})" if point.dist is not None else ""
-        return point.load(), f"entry point {use!r} = {point.value}{dist}"
+        dist = _distribution(point)
+        return point.load(), f"entry point {use!r} = {point.value}{f' ({dist})' if dist else ''}"
     module_name, colon, attr = use.partition(":")
     if not colon or not module_name or not attr:
         installed = ", ".join(sorted(points)) or "none"
