@@ -241,3 +241,23 @@ def test_select_filters_and_legacy_list(sim: Simulator, sim_client: httpx.Client
     ).json()
     assert [r["id"] for r in listed["instances"]] == [b]
     assert sim_client.get("/api/v0/instances/").status_code == 410
+
+
+def test_filtered_and_ordered_list_pages_by_offset_through_every_match(
+    sim: Simulator, sim_client: httpx.Client
+) -> None:
+    made = {n: sim.create_instance(label=f"{'keep' if n % 3 else 'drop'}-{n:02d}") for n in range(40)}
+    kept = {made[n]: f"keep-{n:02d}" for n in range(40) if n % 3}
+    params: dict[str, Any] = {"select_filters": json.dumps({"label": {"in": sorted(kept.values())}}),
+                              "order_by": json.dumps([{"col": "label", "dir": "desc"}])}  # fmt: skip
+    seen: list[int] = []
+    while True:
+        page = sim_client.get("/api/v1/instances/", params=params).json()
+        assert page["total_instances"] == len(kept) and page["instances_found"] == len(page["instances"]) <= 25
+        assert page["label_counts"] == {label: 1 for label in kept.values()}
+        seen += [row["id"] for row in page["instances"]]
+        if not page["next_token"]:
+            break
+        params["after_token"] = page["next_token"]
+    assert len(kept) == 26
+    assert seen == sorted(kept, key=lambda i: kept[i], reverse=True)

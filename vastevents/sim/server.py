@@ -11,7 +11,7 @@ import re
 import secrets
 import threading
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -248,27 +248,29 @@ class Api:
             raise SimError(400, "invalid_args", "limit must be an integer") from None
         keys = [[o.get("col"), o.get("dir", "asc")] if isinstance(o, dict) else o for o in order]
         after = _decode_token(request.param("after_token"))
-        with self.sim.world() as world:
-            rows = [self.sim.row(inst) for inst in world.instances.values()]
-        rows = sort_rows([r for r in rows if matches(r, filters)], keys)
-        total = len(rows)
         by_id = keys in ([["id", "asc"]], [["id", None]])
-        if by_id and "after_id" in after:
-            rows = [r for r in rows if r["id"] > int(after["after_id"])]
-            page = rows[:limit]
-            more = len(rows) > limit
-        else:
-            offset = int(after.get("offset", 0))
-            page = rows[offset : offset + limit]
-            more = offset + limit < len(rows)
+        with self.sim.world() as world:
+            selected = sorted(world.instances.values(), key=lambda inst: inst.id)
+            if filters or not by_id:
+                # Only filters and other orders need every row; the plain walk by id builds just the page's.
+                rows = sort_rows([r for r in map(self.sim.row, selected) if matches(r, filters)], keys)
+                selected = [world.instances[row["id"]] for row in rows]
+            total = len(selected)
+            if by_id and "after_id" in after:
+                selected = [inst for inst in selected if inst.id > int(after["after_id"])]
+                chosen = selected[:limit]
+                more = len(selected) > limit
+            else:
+                offset = int(after.get("offset", 0))
+                chosen = selected[offset : offset + limit]
+                more = offset + limit < len(selected)
+            page = [self.sim.row(inst) for inst in chosen]
+            label_counts = Counter(inst.label or "" for inst in selected)
         token = None
         if more:
             token = _encode_token(
                 {"after_id": page[-1]["id"]} if by_id else {"offset": int(after.get("offset", 0)) + limit}
             )
-        label_counts: dict[str, int] = {}
-        for row in rows:
-            label_counts[row["label"] or ""] = label_counts.get(row["label"] or "", 0) + 1
         return Response(
             200,
             {
