@@ -146,6 +146,9 @@ def test_label_bid_price_logs_and_ssh_keys(sim: Simulator, sim_client: httpx.Cli
     assert [k["public_key"] for k in sim_client.get("/api/v0/ssh/").json()] == [PUBKEY]
     assert sim_client.post(f"/api/v0/instances/{instance_id}/ssh/", json={"ssh_key": PUBKEY}).json()["success"] is True
     assert sim_client.post("/api/v0/ssh/", json={"ssh_key": "not a key"}).status_code == 400
+    for bad in ("not a key", None):
+        refused = sim_client.post(f"/api/v0/instances/{instance_id}/ssh/", json={"ssh_key": bad})
+        assert refused.status_code == 400 and "OpenSSH public key" in refused.json()["msg"]
 
 
 def test_charges_bill_gpu_while_running_and_storage_while_stopped(sim: Simulator, sim_client: httpx.Client) -> None:

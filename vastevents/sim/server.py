@@ -357,13 +357,8 @@ class Api:
         return Response(200, {"success": True, **record})
 
     def attach_ssh_key(self, request: Request, args: dict[str, str]) -> Response:
-        key = request.object_body().get("ssh_key")
-        if not isinstance(key, str) or not key.strip().startswith(("ssh-", "ecdsa-", "sk-")):
-            raise SimError(400, "invalid_args", "ssh_key must be an OpenSSH public key")
         with self.sim.world() as world:
-            inst = world.instance(int(args["id"]))
-            if key.strip() not in inst.ssh_keys:
-                inst.ssh_keys.append(key.strip())
+            inst = world.attach_ssh_key(int(args["id"]), request.object_body().get("ssh_key"))
             self.sim.keys_changed(inst)
         return Response(200, {"success": True, "msg": "SSH key attached"})
 

@@ -724,9 +724,7 @@ class World:
         return sum(sum(self.charges(inst)) for inst in self.all_instances())
 
     def add_ssh_key(self, public_key: str) -> dict[str, Any]:
-        key = public_key.strip()
-        if not key.startswith(("ssh-", "ecdsa-", "sk-")):
-            raise SimError(400, "invalid_args", "ssh_key must be an OpenSSH public key (ssh-ed25519 AAAA...).")
+        key = _public_key(public_key)
         record = {
             "id": self.next_key_id,
             "user_id": 1,
@@ -738,6 +736,14 @@ class World:
         self.next_key_id += 1
         self.ssh_keys.append(record)
         return record
+
+    def attach_ssh_key(self, instance_id: int, public_key: Any) -> SimInstance:
+        """Let `public_key` into one instance too (the caller tells its host)."""
+        key = _public_key(public_key)
+        inst = self.instance(instance_id)
+        if key not in inst.ssh_keys:
+            inst.ssh_keys.append(key)
+        return inst
 
 
 def _expand_flap(step: Step) -> list[Step]:
@@ -770,6 +776,13 @@ def _price(value: Any) -> float:
     if not (math.isfinite(price) and price > 0):
         raise SimError(400, "invalid_price", f"price must be a positive number, got {price}")
     return price
+
+
+def _public_key(value: Any) -> str:
+    """An OpenSSH public key line, stripped; anything else is Vast's ``invalid_args``."""
+    if not isinstance(value, str) or not value.strip().startswith(("ssh-", "ecdsa-", "sk-")):
+        raise SimError(400, "invalid_args", "ssh_key must be an OpenSSH public key (ssh-ed25519 AAAA...).")
+    return value.strip()
 
 
 def _env_dict(env: Any) -> dict[str, str]:
