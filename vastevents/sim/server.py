@@ -428,9 +428,12 @@ def _decode_token(token: str | None) -> dict[str, Any]:
     return data
 
 
+_PATH_PARAMETERS = {"token": r"[\w-]+", "action": r"\w+"}
+_ID_PARAMETER = r"\d+"  # any other {name} in a route path
+
+
 def _route(method: str, path: str, handler: Handler, rate_class: str = "other", **flags: bool) -> Route:
-    pattern = re.sub(r"\{(\w+)\}", lambda m: rf"(?P<{m.group(1)}>\d+)", path)
-    pattern = pattern.replace("(?P<token>\\d+)", "(?P<token>[\\w-]+)").replace("(?P<action>\\d+)", "(?P<action>\\w+)")
+    pattern = re.sub(r"\{(\w+)\}", lambda m: f"(?P<{m[1]}>{_PATH_PARAMETERS.get(m[1], _ID_PARAMETER)})", path)
     return Route(method, re.compile(pattern), handler, rate_class, **flags)
 
 
