@@ -651,7 +651,7 @@ class World:
 
     def instance_row(self, inst: SimInstance, *, ssh_host: str = "127.0.0.1") -> dict[str, Any]:
         m = self.machines[inst.machine_id]
-        base = round(inst.bid_price if inst.bid_price is not None else m.dph_per_gpu * inst.num_gpus, 6)
+        base = round(self._gpu_rate(inst), 6)
         storage_ph = m.storage_cost * inst.disk / HOURS_PER_MONTH
         port = str(inst.ssh_port)
         return {
@@ -704,11 +704,17 @@ class World:
             "uptime_mins": None,
         }
 
+    def _gpu_rate(self, inst: SimInstance) -> float:
+        """$/h for the instance's GPUs: its bid, else the machine's on-demand price."""
+        if inst.bid_price is not None:
+            return inst.bid_price
+        return self.machines[inst.machine_id].dph_per_gpu * inst.num_gpus
+
     def charges(self, inst: SimInstance) -> tuple[float, float]:
         """(gpu $, storage $) accrued: the GPU price while running, storage for the whole life (stopped too)."""
         m = self.machines[inst.machine_id]
         end = inst.ended_at if inst.ended_at is not None else self.now
-        gpu_rate = inst.bid_price if inst.bid_price is not None else m.dph_per_gpu * inst.num_gpus
+        gpu_rate = self._gpu_rate(inst)
         gpu = 0.0
         points = [*inst.history, (end, "end")]
         for (start, status), (stop, _) in itertools.pairwise(points):
