@@ -118,6 +118,12 @@ def _error_details(response: httpx.Response) -> tuple[str | None, str | None]:
     return (str(code) if code else None), (str(message) if message else None)
 
 
+def _refusal(body: dict[str, Any]) -> tuple[str | None, str]:
+    """The ``error`` code and the reason to show from a ``{"success": false, ...}`` body."""
+    code = str(body["error"]) if body.get("error") else None
+    return code, str(body.get("msg") or code or "no reason given")
+
+
 def _instance_id(value: object) -> int | None:
     """An instance id as Vast sends it (int or numeric string), else None."""
     if isinstance(value, bool):
@@ -321,13 +327,13 @@ class VastClient:
         failed = status >= 400 or (isinstance(result, dict) and result.get("success") is False)
         if failed and isinstance(result, dict) and result.get("new_contract"):
             instance_id = _instance_id(result["new_contract"])
-            detail = result.get("msg") or result.get("error") or "no reason given"
+            code, detail = _refusal(result)
             created = f"instance {instance_id}" if instance_id is not None else "an instance"
             raise AmbiguousCreate(
                 redact(f"{unclear}: Vast reported failure ({detail}) but created {created}; destroy or adopt it"),
                 instance_id=instance_id,
                 status_code=status,
-                error=str(result.get("error")) if result.get("error") else None,
+                error=code,
             )
         if status >= 500:
             raise AmbiguousCreate(f"{unclear} (HTTP {status}); {reconcile}", status_code=status)
@@ -336,11 +342,11 @@ class VastClient:
         if not isinstance(result, dict):
             raise AmbiguousCreate(f"{unclear}: the answer was not Vast's JSON (HTTP {status}); {reconcile}")
         if result.get("success") is False:
-            detail = result.get("msg") or result.get("error") or "no reason given"
+            code, detail = _refusal(result)
             raise ApiError(
                 redact(f"Vast refused to create an instance from offer {ask_id}: {detail}"),
                 status_code=status,
-                error=str(result.get("error")) if result.get("error") else None,
+                error=code,
             )
         instance_id = _instance_id(result.get("new_contract"))
         if instance_id is None:
@@ -524,8 +530,7 @@ class VastClient:
         """A state-changing call; ``{"success": false}`` becomes an :class:`ApiError`."""
         result = await self._request_dict(method, path, json_body=body)
         if result.get("success") is False:
-            code = str(result["error"]) if result.get("error") else None
-            detail = result.get("msg") or code or "no reason given"
+            code, detail = _refusal(result)
             raise ApiError(redact(f"The Vast API refused {method} {path}: {detail}"), error=code)
         return result
 
