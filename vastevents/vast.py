@@ -18,23 +18,20 @@ import time
 from collections.abc import Awaitable, Callable
 from email.utils import parsedate_to_datetime
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self, TypeVar
+from typing import Any, Self, TypeVar
 
 import httpx
 from pydantic import BaseModel, ValidationError
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, wait_random_exponential
 
 from vastevents._logging import REDACTED, redact, register_secret
+from vastevents.config import DEFAULT_URL, Config, resolve_api_key
 from vastevents.errors import AmbiguousCreate, ApiError, AuthError, NoSuchAsk, NotFound, RateLimited
 from vastevents.models import Instance, Offer
 from vastevents.query import parse_query
 
-if TYPE_CHECKING:
-    from vastevents.config import Config
-
 log = logging.getLogger("vastevents.vast")
 
-DEFAULT_URL = "https://console.vast.ai"
 MAX_RETRY_AFTER = 60.0
 """The default cap on one wait before a retry, ``Retry-After`` included (seconds)."""
 
@@ -195,8 +192,6 @@ class VastClient:
     @classmethod
     def from_config(cls, config: Config, **kwargs: Any) -> VastClient:
         """A client for ``config.vast.url`` (``VAST_URL`` already applied) with the key from env or key file."""
-        from vastevents.config import resolve_api_key
-
         return cls(resolve_api_key(), config.vast.url, **kwargs)
 
     def __repr__(self) -> str:
