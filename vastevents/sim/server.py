@@ -161,7 +161,7 @@ class Api:
             response = route.handler(self, request, args)
         except SimError as exc:
             return Response(exc.status, exc.body())
-        if route.method != "GET" or request.path.startswith("/_sim/advance"):
+        if route.method != "GET":
             self.sim.save()
         return response
 
@@ -408,7 +408,8 @@ class Api:
         return Response(200, {"success": True, "now": self.sim.clock.now().isoformat()})
 
     def admin_action(self, request: Request, args: dict[str, str]) -> Response:
-        result = self.sim.apply(args["action"], **request.object_body())
+        with self.sim.world() as world:
+            result = world.apply(args["action"], request.object_body())
         return Response(200, {"success": True, **result})
 
 
