@@ -110,8 +110,7 @@ class SSHHosts:
         )
 
     def port_for(self, instance_id: int) -> int:
-        host = self._host(instance_id)
-        return host.port
+        return self._host(instance_id).port
 
     def _host(self, instance_id: int) -> _Host:
         host = self._hosts.get(instance_id)
@@ -151,7 +150,7 @@ class SSHHosts:
             host.onstart = subprocess.Popen(
                 ["/bin/sh", "-c", instance.onstart],
                 cwd=host.directory / "root",
-                env={**_session_env(host, instance.env)},
+                env=_session_env(host, instance.env),
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
