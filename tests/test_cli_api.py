@@ -356,6 +356,11 @@ def test_check_without_a_key_finds_the_key_file_or_says_how_to_set_one(
     result = run_cli("check")
     assert f"✓ API key found in {key_file}" in result.stdout
     assert canned.seen[0].authorization == f"Bearer {KEY}"
+    key_file.write_text("\n")  # an empty first key file: the key comes from the legacy one, and check says so
+    legacy = home / ".vast_api_key"
+    legacy.write_text(KEY)
+    result = run_cli("check")
+    assert f"✓ API key found in {legacy}" in result.stdout
 
 
 def test_offers_status_and_check_against_the_simulator(

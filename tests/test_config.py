@@ -10,6 +10,7 @@ from vastevents._logging import redact
 from vastevents.config import (
     DEFAULT_URL,
     config_error,
+    find_api_key,
     find_key_line,
     load_config,
     parse_config,
@@ -134,8 +135,11 @@ def test_api_key_env_then_files(isolated_env: Path, monkeypatch: pytest.MonkeyPa
     current.parent.mkdir(parents=True)
     current.write_text("current-key-456")
     assert resolve_api_key() == "current-key-456"
+    current.write_text("  \n")
+    assert find_api_key() == ("legacy-key-123", str(legacy))
     monkeypatch.setenv("VAST_API_KEY", "env-key-789")
     assert resolve_api_key() == "env-key-789"
+    assert find_api_key() == ("env-key-789", "$VAST_API_KEY")
     assert redact("Authorization failed for env-key-789") == "Authorization failed for ***"
 
 

@@ -219,18 +219,26 @@ def api_key_paths() -> list[Path]:
     return [home / ".config" / "vastai" / "vast_api_key", home / ".vast_api_key"]
 
 
-def resolve_api_key() -> str | None:
-    """The API key from ``$VAST_API_KEY``, else the vastai key files; registered as a secret to redact."""
-    key = os.environ.get("VAST_API_KEY", "").strip()
-    if not key:
+def find_api_key() -> tuple[str, str] | None:
+    """The API key and where it came from (``$VAST_API_KEY`` or a key file), registered as a secret to redact."""
+    found: tuple[str, str] | None = None
+    if key := os.environ.get("VAST_API_KEY", "").strip():
+        found = (key, "$VAST_API_KEY")
+    else:
         for path in api_key_paths():
             try:
                 key = path.read_text(encoding="utf-8").strip()
             except OSError:
                 continue
             if key:
+                found = (key, str(path))
                 break
-    if not key:
-        return None
-    register_secret(key)
-    return key
+    if found is not None:
+        register_secret(found[0])
+    return found
+
+
+def resolve_api_key() -> str | None:
+    """The API key from ``$VAST_API_KEY``, else the vastai key files; registered as a secret to redact."""
+    found = find_api_key()
+    return found[0] if found is not None else None

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,7 +15,7 @@ from rich.table import Table
 
 from vastevents._logging import redact
 from vastevents.cli._app import ConfigOption, app, table_console
-from vastevents.config import Config, api_key_paths, load_config, resolve_api_key
+from vastevents.config import Config, find_api_key, load_config
 from vastevents.errors import VastEventsError
 from vastevents.models import Instance, Offer
 from vastevents.query import parse_query
@@ -162,9 +161,10 @@ def check(config: ConfigOption = None) -> None:
     except VastEventsError as exc:
         report(False, f"config invalid: {exc}")
 
-    key = resolve_api_key()
-    if key:
-        report(True, f"API key found in {_key_source()}")
+    found = find_api_key()
+    key = found[0] if found is not None else None
+    if found is not None:
+        report(True, f"API key found in {found[1]}")
     else:
         report(False, "no API key: set VAST_API_KEY or run `vastai set api-key YOUR_KEY`")
 
@@ -189,9 +189,3 @@ def check(config: ConfigOption = None) -> None:
 
     if not all(results):
         raise typer.Exit(1)
-
-
-def _key_source() -> str:
-    if os.environ.get("VAST_API_KEY", "").strip():
-        return "$VAST_API_KEY"
-    return str(next((path for path in api_key_paths() if path.is_file()), "a key file"))
