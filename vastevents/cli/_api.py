@@ -7,14 +7,14 @@ import json
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, NoReturn, TypeVar
+from typing import Annotated, TypeVar
 
 import httpx
 import typer
 from rich.table import Table
 
 from vastevents._logging import redact
-from vastevents.cli._app import ConfigOption, app, table_console
+from vastevents.cli._app import ConfigOption, app, fail, table_console
 from vastevents.config import Config, find_api_key, load_config
 from vastevents.errors import VastEventsError
 from vastevents.models import Instance, Offer
@@ -30,12 +30,6 @@ _INTERACTIVE_ATTEMPTS = 3
 """Someone is waiting at the terminal: a dead URL is reported after a few seconds, not the watcher's ~15."""
 _INTERACTIVE_MAX_WAIT = 2.0
 _INTERACTIVE_TIMEOUT = httpx.Timeout(30.0, connect=5.0)
-
-
-def fail(message: str) -> NoReturn:
-    """One line on stderr, secrets redacted, and exit status 1 (shared by the commands)."""
-    typer.echo(f"error: {redact(message)}", err=True)
-    raise typer.Exit(1)
 
 
 @contextmanager

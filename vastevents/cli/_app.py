@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
 
 from vastevents import __version__
-from vastevents._logging import configure_logging
+from vastevents._logging import configure_logging, redact
 
 app = typer.Typer(
     name="vastevents",
@@ -53,3 +53,9 @@ def table_console() -> Console:
     """A console for tables: the terminal's width, or wide enough that piped output never cuts an id."""
     console = Console()
     return console if console.is_terminal else Console(width=max(console.width, 200))
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    """One line on stderr, secrets redacted, then exit `code` (1: it failed; 2: bad usage or config)."""
+    typer.echo(f"error: {redact(message)}", err=True)
+    raise typer.Exit(code)

@@ -13,8 +13,7 @@ import typer
 from rich.table import Table
 
 from vastevents._logging import register_secret
-from vastevents.cli._api import fail
-from vastevents.cli._app import app, table_console
+from vastevents.cli._app import app, fail, table_console
 from vastevents.errors import VastEventsError
 from vastevents.sim import Simulator
 

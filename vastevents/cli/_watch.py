@@ -16,7 +16,7 @@ from collections import Counter
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import IO, Annotated
+from typing import IO, Annotated, NoReturn
 
 import typer
 from rich.console import Console
@@ -26,7 +26,7 @@ from rich.table import Table
 from rich.text import Text
 
 from vastevents._logging import redact
-from vastevents.cli._app import ConfigOption, app
+from vastevents.cli._app import ConfigOption, app, fail
 from vastevents.clock import ManualClock, ScaledClock, SystemClock
 from vastevents.config import Config, load_config, resolve_api_key
 from vastevents.errors import AuthError, ConfigError, VastEventsError
@@ -58,16 +58,11 @@ JsonlOption = Annotated[
 ]
 
 
-def _fail(message: str, code: int = 2) -> typer.Exit:
-    typer.echo(f"error: {redact(message)}", err=True)
-    return typer.Exit(code)
-
-
 def _load(config_path: Path | None) -> Config:
     try:
         return load_config(config_path)
     except ConfigError as exc:
-        raise _fail(str(exc)) from None
+        fail(str(exc), 2)
 
 
 # --- output -------------------------------------------------------------------------------------------------
@@ -209,7 +204,7 @@ async def _watch(watcher: Watcher, screen: _Screen, *, once: bool, until: dateti
     if once:
         await watcher.poll_once()
         if watcher.last_error is not None:
-            raise _poll_error(watcher.last_error)
+            _fail_poll(watcher.last_error)
         return
 
     def on_cycle() -> None:
@@ -223,7 +218,7 @@ async def _watch(watcher: Watcher, screen: _Screen, *, once: bool, until: dateti
     with screen.showing():
         await watcher.run(stop, on_cycle=on_cycle)
     if (rejected := _key_rejected_at_start(watcher)) is not None:
-        raise _poll_error(rejected)
+        _fail_poll(rejected)
 
 
 def _key_rejected_at_start(watcher: Watcher) -> AuthError | None:
@@ -231,11 +226,11 @@ def _key_rejected_at_start(watcher: Watcher) -> AuthError | None:
     return error if watcher.status.polls == 0 and isinstance(error, AuthError) else None
 
 
-def _poll_error(error: Exception) -> typer.Exit:
+def _fail_poll(error: Exception) -> NoReturn:
     """Exit 1 with one line saying what failed (a rejected key's message already says what to do)."""
     if isinstance(error, AuthError):
-        return _fail(str(error), 1)
-    return _fail(f"the poll failed, nothing was diffed: {str(error) or type(error).__name__}", 1)
+        fail(str(error))
+    fail(f"the poll failed, nothing was diffed: {str(error) or type(error).__name__}")
 
 
 @app.command()
@@ -259,25 +254,23 @@ def watch(
     """Poll the account and turn every change into events for the handlers named in the config."""
     if sim or scenario is not None:
         if once or interval is not None:
-            raise _fail("--sim plays its whole scenario at its own pace; it takes no --once or --interval")
+            fail("--sim plays its whole scenario at its own pace; it takes no --once or --interval", 2)
         _watch_sim(config, scenario, jsonl)
         return
     cfg = _load(config)
     handlers = _handlers(cfg)
     api_key = resolve_api_key()
     if api_key is None:
-        raise _fail(
-            "no Vast API key: set VAST_API_KEY or run `vastai set api-key KEY` (or try `vastevents watch --sim`)"
-        )
+        fail("no Vast API key: set VAST_API_KEY or run `vastai set api-key KEY` (or try `vastevents watch --sim`)", 2)
     try:
         store = SqliteStore(cfg.store.resolved_path())
     except StoreError as exc:
-        raise _fail(str(exc)) from None
+        fail(str(exc), 2)
     try:
         sink = JsonlSink(jsonl, store) if jsonl else None
     except OSError as exc:
         store.close()
-        raise _fail(f"cannot write --jsonl {jsonl}: {exc.strerror or exc}") from None
+        fail(f"cannot write --jsonl {jsonl}: {exc.strerror or exc}", 2)
     console = Console(stderr=jsonl == "-", highlight=False)
     screen = _Screen(console, live=console.is_terminal and not once)
     every = interval if interval is not None else cfg.watch.interval
@@ -297,7 +290,7 @@ def watch(
     try:
         asyncio.run(main())
     except VastEventsError as exc:
-        raise _fail(str(exc), 1) from None
+        fail(str(exc))
     finally:
         if sink is not None:
             sink.close()
@@ -312,7 +305,7 @@ def _handlers(cfg: Config) -> list[ActiveHandler]:
     try:
         return load_handlers(cfg)
     except ConfigError as exc:
-        raise _fail(str(exc)) from None
+        fail(str(exc), 2)
 
 
 # --- watch --sim ---------------------------------------------------------------------------------------------
@@ -338,7 +331,7 @@ def _watch_sim(config_path: Path | None, scenario: Path | None, jsonl: str | Non
     try:
         probe = Simulator(clock=ManualClock(), scenario=path)
     except (VastEventsError, OSError) as exc:
-        raise _fail(f"cannot load scenario {path}: {exc}") from None
+        fail(f"cannot load scenario {path}: {exc}", 2)
     start, end = probe.clock.now(), probe.scenario_end
     duration = (end - start).total_seconds() if end is not None else 0.0
     speed = max(1.0, duration / SIM_TARGET_SECONDS)
@@ -421,7 +414,7 @@ def events(
             with SqliteStore(path) as store:
                 found = store.events(since=since, instance_id=instance, name=name)
         except StoreError as exc:
-            raise _fail(str(exc)) from None
+            fail(str(exc), 2)
     if as_json:
         typer.echo(json.dumps([event.to_json() for event in found], indent=2))
         return
