@@ -9,12 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from vastevents import store as store_module
 from vastevents.diff import observe
 from vastevents.events import Event
 from vastevents.models import Instance
 from vastevents.snapshot import Snapshot
-from vastevents.store import SCHEMA_VERSION, SqliteStore, StaleSnapshot, StoreError
+from vastevents.store import FORMAT_VERSION, Database, Migration, SqliteStore, StaleSnapshot, StoreError
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -117,7 +116,7 @@ def test_new_handlers_start_after_the_journal_and_marks_compact(store: SqliteSto
     store.mark_delivered(4, "a")
     store.mark_delivered(4, "b")
     assert store.pending() == []
-    assert store._db.execute("SELECT COUNT(*) FROM deliveries").fetchone()[0] == 0
+    assert store.db.query("SELECT COUNT(*) FROM deliveries")[0][0] == 0
 
 
 def test_deactivated_handlers_are_forgotten(store: SqliteStore) -> None:
@@ -165,47 +164,89 @@ def user_version(path: Path) -> int:
         db.close()
 
 
-def test_a_new_store_is_at_the_current_schema_version(tmp_path: Path) -> None:
+def schema(path: Path) -> dict[str, int]:
+    db = sqlite3.connect(path)
+    try:
+        return {name: int(version) for name, version in db.execute("SELECT component, version FROM schema")}
+    finally:
+        db.close()
+
+
+def test_a_new_store_records_each_component_version(tmp_path: Path) -> None:
     SqliteStore(tmp_path / "s.db").close()
-    assert user_version(tmp_path / "s.db") == SCHEMA_VERSION == len(store_module._MIGRATIONS)
+    assert user_version(tmp_path / "s.db") == FORMAT_VERSION
+    assert schema(tmp_path / "s.db") == {"effects": 1, "journal": 2, "snapshot": 1}
 
 
-def test_opening_an_older_store_runs_the_new_migrations_and_keeps_the_data(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+class Jobs:
+    """A repository another part adds later, with its own migrations."""
+
+    MIGRATIONS = (Migration("jobs", 1, ("CREATE TABLE jobs (id INTEGER PRIMARY KEY, spec TEXT NOT NULL)",)),)
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def count(self) -> int:
+        return int(self.db.query("SELECT COUNT(*) FROM jobs")[0][0])
+
+
+def test_a_repository_added_later_brings_its_migrations_and_keeps_the_data(tmp_path: Path) -> None:
     path = tmp_path / "s.db"
     with SqliteStore(path) as old:
         old.append([Event(name="poll_failed", instance_id=None, at=T0)])
-    later = (*store_module._MIGRATIONS, ("CREATE TABLE jobs (id INTEGER PRIMARY KEY, spec TEXT NOT NULL)",))
-    monkeypatch.setattr(store_module, "_MIGRATIONS", later)
-    monkeypatch.setattr(store_module, "SCHEMA_VERSION", len(later))
     with SqliteStore(path) as upgraded:
+        assert upgraded.repository(Jobs).count() == 0
+        assert upgraded.repository(Jobs) is upgraded.repository(Jobs)
         assert [e.name for e in upgraded.events()] == ["poll_failed"]
-    assert user_version(path) == len(later)
+    assert schema(path)["jobs"] == 1
+    with SqliteStore(path) as reopened:  # a process that does not use the repository still opens the store
+        assert [e.name for e in reopened.events()] == ["poll_failed"]
+
+
+def test_a_store_of_the_single_list_format_is_upgraded_in_place(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
     db = sqlite3.connect(path)
-    assert db.execute("SELECT COUNT(*) FROM jobs").fetchone()[0] == 0
+    db.executescript(
+        """CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        CREATE TABLE snapshot (instance_id INTEGER PRIMARY KEY, view TEXT NOT NULL);
+        CREATE TABLE events (id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL, instance_id INTEGER,
+            old TEXT, new TEXT, at TEXT NOT NULL, catch_up INTEGER NOT NULL, raw TEXT, detail TEXT NOT NULL,
+            instance TEXT);
+        CREATE TABLE handlers (name TEXT PRIMARY KEY, delivered_upto INTEGER NOT NULL);
+        CREATE TABLE deliveries (handler TEXT NOT NULL, event_id INTEGER NOT NULL, PRIMARY KEY (handler, event_id));
+        CREATE TABLE stop_requests (instance_id INTEGER PRIMARY KEY, at TEXT NOT NULL);
+        INSERT INTO events (name, instance_id, at, catch_up, detail)
+            VALUES ('poll_failed', NULL, '2026-01-01T00:00:00+00:00', 0, 'x');
+        PRAGMA user_version = 1;"""
+    )
     db.close()
+    with SqliteStore(path) as store:
+        assert [e.detail for e in store.events()] == ["x"]
+    assert user_version(path) == FORMAT_VERSION
 
 
-def test_a_failing_migration_changes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_failing_migration_changes_nothing(tmp_path: Path) -> None:
     path = tmp_path / "s.db"
     SqliteStore(path).close()
-    broken = (*store_module._MIGRATIONS, ("CREATE TABLE ledger (id INTEGER)", "THIS IS NOT SQL"))
-    monkeypatch.setattr(store_module, "_MIGRATIONS", broken)
-    monkeypatch.setattr(store_module, "SCHEMA_VERSION", len(broken))
-    with pytest.raises(StoreError, match="cannot open the state file"):
-        SqliteStore(path)
-    assert user_version(path) == len(broken) - 1
+
+    class Broken(Jobs):
+        MIGRATIONS = (Migration("ledger", 1, ("CREATE TABLE ledger (id INTEGER)", "THIS IS NOT SQL")),)
+
+    with SqliteStore(path) as store, pytest.raises(StoreError, match="cannot open the state file"):
+        store.repository(Broken)
+    assert "ledger" not in schema(path)
     db = sqlite3.connect(path)
     assert db.execute("SELECT name FROM sqlite_master WHERE name = 'ledger'").fetchall() == []
     db.close()
 
 
-def test_a_store_from_a_newer_vastevents_is_refused(tmp_path: Path) -> None:
+@pytest.mark.parametrize("statement", [f"PRAGMA user_version = {FORMAT_VERSION + 1}", "UPDATE schema SET version = 9"])
+def test_a_store_from_a_newer_vastevents_is_refused(tmp_path: Path, statement: str) -> None:
     path = tmp_path / "s.db"
     SqliteStore(path).close()
     db = sqlite3.connect(path)
-    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    db.execute(statement)
+    db.commit()
     db.close()
     with pytest.raises(StoreError, match="newer vastevents"):
         SqliteStore(path)

@@ -1,0 +1,172 @@
+"""Durable state: one database part shared by small repositories, one per concern.
+
+The embedded default is one SQLite file in WAL mode. A poll's new snapshot and its events are committed in
+one transaction before any handler runs, so a crash at any point loses no event and journals none twice:
+after a restart the committed snapshot is the baseline, and events a handler has not been marked for are
+delivered again (at least once to handlers, exactly once in the journal).
+
+Repositories: :class:`Snapshots` (the diff base), :class:`Journal` (events, delivery marks, retries),
+:class:`Effects` (intents, daemons, periodic runs); more (jobs, ledger, hosts, outbox) register with
+:meth:`SqliteStore.repository`, each bringing its own migrations.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any, ClassVar, Protocol, TypeVar, cast
+
+from vastevents.events import Event
+from vastevents.snapshot import Snapshot
+from vastevents.store._db import FORMAT_VERSION, Database, Migration, StoreError
+from vastevents.store.effects import MIGRATIONS as _EFFECTS
+from vastevents.store.effects import DaemonRow, Effects, Intent
+from vastevents.store.journal import MIGRATIONS as _JOURNAL
+from vastevents.store.journal import Journal, Retry, Write
+from vastevents.store.snapshots import MIGRATIONS as _SNAPSHOT
+from vastevents.store.snapshots import Snapshots, StaleSnapshot
+
+__all__ = [
+    "FORMAT_VERSION",
+    "DaemonRow",
+    "Database",
+    "Effects",
+    "Intent",
+    "Journal",
+    "Migration",
+    "Repository",
+    "Retry",
+    "Snapshots",
+    "SqliteStore",
+    "StaleSnapshot",
+    "Store",
+    "StoreError",
+    "Write",
+]
+
+CORE_MIGRATIONS: tuple[Migration, ...] = (*_SNAPSHOT, *_JOURNAL, *_EFFECTS)
+
+
+class Repository(Protocol):
+    """A repository a handler or a later edge adds: its migrations, built over the shared database."""
+
+    MIGRATIONS: ClassVar[Sequence[Migration]]
+
+    def __init__(self, db: Database) -> None: ...
+
+
+R = TypeVar("R", bound=Repository)
+
+
+class Store(Protocol):
+    """What the watcher, the CLI and handlers need from durable state."""
+
+    db: Database
+    snapshots: Snapshots
+    journal: Journal
+    effects: Effects
+
+    def load_snapshot(self) -> Snapshot: ...
+
+    def commit(self, previous: Snapshot, snapshot: Snapshot, events: Sequence[Event]) -> list[Event]: ...
+
+    def append(self, events: Sequence[Event]) -> list[Event]: ...
+
+    def activate(self, handlers: Iterable[str]) -> None: ...
+
+    def pending(self, now: datetime | None = None) -> list[tuple[Event, frozenset[str]]]: ...
+
+    def mark_delivered(
+        self, event_id: int, handler: str, failure: Event | None = None, writes: Sequence[Write] = ()
+    ) -> Event | None: ...
+
+    def events(
+        self,
+        *,
+        since: int | None = None,
+        instance_id: int | None = None,
+        name: str | None = None,
+        limit: int | None = None,
+    ) -> list[Event]: ...
+
+    def request_stop(self, instance_id: int, at: datetime) -> None: ...
+
+    def stop_requests(self) -> frozenset[int]: ...
+
+    def repository(self, kind: type[R]) -> R: ...
+
+    def close(self) -> None: ...
+
+
+class SqliteStore:
+    """The :class:`Store` in one SQLite file; ``":memory:"`` for tests."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = path
+        self.db = Database(path)
+        try:
+            self.db.migrate(CORE_MIGRATIONS)
+        except StoreError:
+            self.db.close()
+            raise
+        self.snapshots = Snapshots(self.db)
+        self.journal = Journal(self.db)
+        self.effects = Effects(self.db)
+        self._repositories: dict[type[Any], object] = {}
+
+    def repository(self, kind: type[R]) -> R:
+        """The one `kind` repository of this store, its migrations applied on first use."""
+        if kind not in self._repositories:
+            self.db.migrate((*CORE_MIGRATIONS, *kind.MIGRATIONS))
+            self._repositories[kind] = kind(self.db)
+        return cast(R, self._repositories[kind])
+
+    def load_snapshot(self) -> Snapshot:
+        return self.snapshots.load()
+
+    def commit(self, previous: Snapshot, snapshot: Snapshot, events: Sequence[Event]) -> list[Event]:
+        """Replace `previous` by `snapshot` and journal `events`, atomically; the events with their ids."""
+        with self.db.transaction() as conn:
+            self.snapshots.replace(conn, previous, snapshot)
+            return self.journal.insert(conn, events)
+
+    def append(self, events: Sequence[Event]) -> list[Event]:
+        """Journal events that change no snapshot (``handler_failed``, ``poll_failed``)."""
+        return self.journal.append(events)
+
+    def activate(self, handlers: Iterable[str]) -> None:
+        self.journal.activate(handlers)
+
+    def pending(self, now: datetime | None = None) -> list[tuple[Event, frozenset[str]]]:
+        return self.journal.pending(now)
+
+    def mark_delivered(
+        self, event_id: int, handler: str, failure: Event | None = None, writes: Sequence[Write] = ()
+    ) -> Event | None:
+        return self.journal.mark_delivered(event_id, handler, failure, writes)
+
+    def events(
+        self,
+        *,
+        since: int | None = None,
+        instance_id: int | None = None,
+        name: str | None = None,
+        limit: int | None = None,
+    ) -> list[Event]:
+        return self.journal.events(since=since, instance_id=instance_id, name=name, limit=limit)
+
+    def request_stop(self, instance_id: int, at: datetime) -> None:
+        self.snapshots.request_stop(instance_id, at)
+
+    def stop_requests(self) -> frozenset[int]:
+        return self.snapshots.stop_requests()
+
+    def close(self) -> None:
+        self.db.close()
+
+    def __enter__(self) -> SqliteStore:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
