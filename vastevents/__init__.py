@@ -4,6 +4,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from vastevents.context import Context
 from vastevents.diff import Rules, diff, observe
 from vastevents.errors import (
     AmbiguousCreate,
@@ -12,47 +13,62 @@ from vastevents.errors import (
     ConfigError,
     NoSuchAsk,
     NotFound,
+    NotOwned,
+    PermanentError,
     QueryError,
     RateLimited,
+    TemporaryError,
     VastEventsError,
 )
 from vastevents.events import Event
 from vastevents.models import Instance, Offer, State
-from vastevents.plugins import Context, Handler, HandlerFunc, HandlerOptions, Notifier, on
+from vastevents.plugins import Handler, HandlerFunc, HandlerOptions, daemon, every, on
+from vastevents.ports import CommandResult, Notifier, Ssh, SshTarget, VastApi
 from vastevents.query import parse_query
+from vastevents.runtime import Runtime
 from vastevents.snapshot import InstanceView, Snapshot
-from vastevents.store import SqliteStore, Store
+from vastevents.store import Database, Migration, SqliteStore, Store
 from vastevents.vast import VastClient
-from vastevents.watcher import Watcher
 
 __all__ = [
     "AmbiguousCreate",
     "ApiError",
     "AuthError",
+    "CommandResult",
     "ConfigError",
     "Context",
+    "Database",
     "Event",
     "Handler",
     "HandlerFunc",
     "HandlerOptions",
     "Instance",
     "InstanceView",
+    "Migration",
     "NoSuchAsk",
     "NotFound",
+    "NotOwned",
     "Notifier",
     "Offer",
+    "PermanentError",
     "QueryError",
     "RateLimited",
     "Rules",
+    "Runtime",
     "Snapshot",
     "SqliteStore",
+    "Ssh",
+    "SshTarget",
     "State",
     "Store",
+    "TemporaryError",
+    "VastApi",
     "VastClient",
     "VastEventsError",
-    "Watcher",
     "__version__",
+    "daemon",
     "diff",
+    "every",
     "observe",
     "on",
     "parse_query",

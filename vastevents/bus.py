@@ -1,29 +1,47 @@
 """Dispatch: a pyee emitter whose every listener is wrapped so one failure never stops anything else.
 
-A listener that raises or times out is logged with the event id and handler name and reported back as a
-``handler_failed`` event. Events of one instance are handled in order; different instances concurrently,
-at most ``max_concurrency`` at a time.
+A sync handler runs in a worker thread under the same timeout as an async one. What a listener did becomes an
+:class:`Outcome`: done, try again later (``TemporaryError``), or failed (any other exception, a timeout) —
+the watcher turns the last into a ``handler_failed`` event. Events of one instance are handled in order;
+different instances concurrently, at most ``max_concurrency`` at a time, so a slow handler delays only its
+own instance's queue.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import logging
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 from pyee.asyncio import AsyncIOEventEmitter
 
 from vastevents._logging import redact
-from vastevents.events import ANY_CHANGE, EVERYTHING, HANDLER_FAILED, Event, is_status_change
-from vastevents.plugins import ActiveHandler, Context, HandlerFunc
+from vastevents.context import Context
+from vastevents.errors import TemporaryError
+from vastevents.events import ANY_CHANGE, EVERYTHING, Event, is_status_change
+from vastevents.plugins import ActiveHandler, HandlerFunc
+from vastevents.store import Write
 
 log = logging.getLogger(__name__)
 
-Delivered = Callable[[Event, str, Event | None], None]
-"""Called once per (event, handler) when the handler is done with it, with its ``handler_failed`` if any."""
+
+@dataclass(frozen=True)
+class Outcome:
+    """How one handler finished with one event: ``failure`` text, or ``retry_in`` seconds, or neither (done)."""
+
+    failure: str | None = None
+    retry_in: float | None = None
+    writes: tuple[Write, ...] = ()
+
+
+Delivered = Callable[[Event, str, Outcome], None]
+"""Called once per (event, handler) when the handler is done with it."""
 
 
 @dataclass
@@ -31,7 +49,30 @@ class _Delivery:
     """One event on its way to the handlers that have not had it yet."""
 
     handlers: frozenset[str]
-    tasks: dict[str, list[asyncio.Future[str | None]]] = field(default_factory=lambda: defaultdict(list))
+    tasks: dict[str, list[asyncio.Future[Outcome]]] = field(default_factory=lambda: defaultdict(list))
+
+
+async def call_handler(
+    func: Callable[..., Any], args: tuple[Any, ...], *, timeout: float, executor: ThreadPoolExecutor
+) -> None:
+    """Call `func(*args)` under `timeout`: awaited if async, in `executor` if a plain function."""
+    if inspect.iscoroutinefunction(func) or inspect.iscoroutinefunction(getattr(func, "__call__", None)):  # noqa: B004
+        await asyncio.wait_for(func(*args), timeout)
+        return
+    loop = asyncio.get_running_loop()
+    result = await asyncio.wait_for(loop.run_in_executor(executor, functools.partial(func, *args)), timeout)
+    if inspect.isawaitable(result):  # a plain function that returned an awaitable
+        await asyncio.wait_for(_awaited(result), timeout)
+
+
+async def _awaited(awaitable: Awaitable[Any]) -> None:
+    await awaitable
+
+
+def describe_failure(exc: BaseException, timeout: float) -> str:
+    if isinstance(exc, TimeoutError):
+        return f"timed out after {timeout:g}s"
+    return redact(f"{type(exc).__name__}: {exc}")
 
 
 class Bus:
@@ -41,6 +82,7 @@ class Bus:
         self.context = context
         self.timeout = timeout
         self.max_concurrency = max_concurrency
+        self.executor = ThreadPoolExecutor(max_workers=max_concurrency + 2, thread_name_prefix="vastevents-handler")
         self._emitter = AsyncIOEventEmitter()
         self._emitter.add_listener("error", self._emitter_error)
         self._handlers: set[str] = set()
@@ -51,39 +93,42 @@ class Bus:
 
     def add(self, handler: ActiveHandler) -> None:
         """Subscribe every (event, callable) pair of an active handler."""
-        context = self.context.for_handler(handler.name)
         self._handlers.add(handler.name)
         for event_name, func in handler.subscriptions:
-            self._emitter.add_listener(event_name, self._listener(handler.name, func, context))
+            self._emitter.add_listener(event_name, self._listener(handler, func))
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=False, cancel_futures=True)
 
     def _listener(
-        self, handler: str, func: HandlerFunc, context: Context
-    ) -> Callable[[Event, _Delivery], asyncio.Future[str | None] | None]:
+        self, handler: ActiveHandler, func: HandlerFunc
+    ) -> Callable[[Event, _Delivery], asyncio.Future[Outcome] | None]:
         label = getattr(func, "__qualname__", repr(func))
 
-        def listener(event: Event, delivery: _Delivery) -> asyncio.Future[str | None] | None:
-            if handler not in delivery.handlers:
+        def listener(event: Event, delivery: _Delivery) -> asyncio.Future[Outcome] | None:
+            if handler.name not in delivery.handlers:
                 return None
-            task = asyncio.ensure_future(self._invoke(handler, label, func, event, context))
-            delivery.tasks[handler].append(task)
+            context = self.context.bound(handler.name, handler.emits, cause=event)
+            task = asyncio.ensure_future(self._invoke(handler.name, label, func, event, context))
+            delivery.tasks[handler.name].append(task)
             return task  # pyee keeps track of it; _invoke itself never raises
 
         return listener
 
-    async def _invoke(self, handler: str, label: str, func: HandlerFunc, event: Event, context: Context) -> str | None:
-        """Run one listener; the failure as text (None if it went well)."""
+    async def _invoke(self, handler: str, label: str, func: HandlerFunc, event: Event, context: Context) -> Outcome:
+        """Run one listener and say how it went."""
         try:
-            result = func(event, context)
-            if inspect.isawaitable(result):
-                await asyncio.wait_for(result, self.timeout)
-            return None
-        except TimeoutError:
-            message = f"timed out after {self.timeout:g}s"
-            log.error("handler %s (%s) %s on event #%d %s", handler, label, message, event.id, event.name)
+            await call_handler(func, (event, context), timeout=self.timeout, executor=self.executor)
+            return Outcome(writes=tuple(context.writes))
+        except TemporaryError as exc:
+            log.info("handler %s (%s) will retry #%d %s in %gs: %s", handler, label, event.id, event.name,
+                     exc.delay, redact(str(exc)))  # fmt: skip
+            return Outcome(failure=f"{handler} ({label}) {redact(str(exc)) or 'temporary error'}", retry_in=exc.delay)
         except Exception as exc:
-            message = redact(f"{type(exc).__name__}: {exc}")
-            log.exception("handler %s (%s) failed on event #%d %s: %s", handler, label, event.id, event.name, message)
-        return f"{handler} ({label}) failed on #{event.id} {event.name}: {message}"
+            message = describe_failure(exc, self.timeout)
+            log.error("handler %s (%s) failed on event #%d %s: %s", handler, label, event.id, event.name, message,
+                      exc_info=not isinstance(exc, TimeoutError))  # fmt: skip
+            return Outcome(failure=f"{handler} ({label}) failed on #{event.id} {event.name}: {message}")
 
     def _emitter_error(self, error: BaseException) -> None:  # pragma: no cover - _invoke catches everything
         log.error("unexpected error in event dispatch: %r", error)
@@ -109,20 +154,21 @@ class Bus:
             self._emitter.emit(name, event, delivery)
 
         async def finish(handler: str) -> None:
-            failures = [failure for failure in await asyncio.gather(*delivery.tasks[handler]) if failure]
-            delivered(event, handler, self._failure_event(event, failures) if failures else None)
+            outcomes = await asyncio.gather(*delivery.tasks[handler])
+            delivered(event, handler, _combined(outcomes))
 
         await asyncio.gather(*(finish(handler) for handler in sorted(handlers)))
 
-    def _failure_event(self, event: Event, failures: list[str]) -> Event | None:
-        if event.name == HANDLER_FAILED:
-            return None  # a handler failing on a failure report is logged, never reported again (no loops)
-        return Event(
-            name=HANDLER_FAILED,
-            instance_id=event.instance_id,
-            old=event.old,
-            new=event.new,
-            at=self.context.clock.now(),
-            instance=event.instance,
-            detail="; ".join(failures),
+
+def _combined(outcomes: Sequence[Outcome]) -> Outcome:
+    """One handler's outcome for an event it has several subscriptions to: any failure wins over a retry."""
+    failures = [o.failure for o in outcomes if o.failure and o.retry_in is None]
+    retries = [o for o in outcomes if o.retry_in is not None]
+    writes = tuple(write for o in outcomes for write in o.writes)
+    if failures:
+        return Outcome(failure="; ".join(failures))
+    if retries:
+        return Outcome(
+            failure="; ".join(o.failure or "" for o in retries), retry_in=max(o.retry_in or 0 for o in retries)
         )
+    return Outcome(writes=writes)

@@ -50,21 +50,52 @@ class ScaledClock:
 
 
 class ManualClock:
-    """A clock that only moves when told to: `advance()`; `sleep()` advances instead of waiting."""
+    """A clock that only moves when told to: :meth:`advance`.
 
-    def __init__(self, start: datetime | None = None) -> None:
+    ``sleep()`` either advances the clock itself (``auto_advance=True``, the default: a loop that sleeps runs
+    through time instantly) or waits until someone else advances it past the deadline (``auto_advance=False``:
+    daemons and timers wake exactly when a test moves time).
+    """
+
+    def __init__(self, start: datetime | None = None, *, auto_advance: bool = True) -> None:
         self._now = start or datetime(2026, 1, 1, tzinfo=UTC)
         self._lock = threading.Lock()
+        self.auto_advance = auto_advance
+        self._sleepers: list[tuple[datetime, asyncio.Future[None]]] = []
 
     def now(self) -> datetime:
         with self._lock:
             return self._now
 
     def advance(self, seconds: float) -> datetime:
+        return self.set(self.now() + timedelta(seconds=seconds))
+
+    def set(self, moment: datetime) -> datetime:
+        """Move to `moment` (never backwards) and wake every sleeper whose deadline has come."""
         with self._lock:
-            self._now += timedelta(seconds=seconds)
-            return self._now
+            self._now = max(self._now, moment)
+            now = self._now
+            due = [future for deadline, future in self._sleepers if deadline <= now]
+            self._sleepers = [(deadline, future) for deadline, future in self._sleepers if deadline > now]
+        for future in due:
+            future.get_loop().call_soon_threadsafe(_wake, future)
+        return now
 
     async def sleep(self, seconds: float) -> None:
-        self.advance(seconds)
-        await asyncio.sleep(0)
+        if self.auto_advance:
+            self.advance(seconds)
+            await asyncio.sleep(0)
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        with self._lock:
+            deadline = self._now + timedelta(seconds=seconds)
+            if deadline > self._now:
+                self._sleepers.append((deadline, future))
+            else:
+                future.set_result(None)
+        await future
+
+
+def _wake(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)

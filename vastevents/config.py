@@ -18,8 +18,8 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr,
 
 from vastevents._logging import register_secret
 from vastevents.errors import ConfigError
+from vastevents.vast import DEFAULT_URL
 
-DEFAULT_URL = "https://console.vast.ai"
 DEFAULT_STORE = "~/.local/state/vastevents/state.db"
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
@@ -61,6 +61,7 @@ class WatchConfig(_Section):
     flap_window: Duration = 3600.0
     flap_count: int = Field(default=3, ge=2)
     handler_timeout: Duration = Field(default=300.0, gt=0)
+    max_attempts: int = Field(default=5, ge=1)
     max_concurrency: int = Field(default=8, ge=1)
 
 

@@ -55,3 +55,23 @@ class RateLimited(ApiError):
 
 class QueryError(VastEventsError):
     """An offer query (`gpu_ram>=24 num_gpus=1 ...`) could not be parsed."""
+
+
+class TemporaryError(VastEventsError):
+    """Raised by a handler: deliver this event to me again after `delay` seconds.
+
+    Attempts are persisted with the delivery marks; after ``[watch] max_attempts`` the event becomes a
+    ``handler_failed`` report instead.
+    """
+
+    def __init__(self, message: str = "", *, delay: float = 60.0) -> None:
+        super().__init__(message)
+        self.delay = max(0.0, float(delay))
+
+
+class PermanentError(VastEventsError):
+    """Raised by a handler: this event cannot be handled; report ``handler_failed`` now, never retry."""
+
+
+class NotOwned(VastEventsError):
+    """A handler asked to act on an instance vastevents does not own (label prefix); nothing was sent."""

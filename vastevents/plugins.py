@@ -10,31 +10,34 @@ from __future__ import annotations
 
 import importlib
 import logging
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field, replace
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar, cast
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar, cast
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from vastevents.clock import Clock
-from vastevents.config import Config, config_error, options_error
+from vastevents.config import Config, config_error, options_error, parse_duration
 from vastevents.events import Event, is_known_event_name
-from vastevents.models import Instance
 
 if TYPE_CHECKING:
-    from vastevents.store import Store
-    from vastevents.vast import VastClient
+    from vastevents.context import Context
 
 ENTRY_POINT_GROUP = "vastevents.handlers"
 
 log = logging.getLogger(__name__)
 
 HandlerFunc = Callable[[Event, "Context"], Awaitable[None] | None]
-"""What a subscription calls: ``async def f(event, ctx)`` (a plain function works too, but blocks the loop)."""
+"""What a subscription calls: ``async def f(event, ctx)``, or a plain ``def`` (run in a worker thread)."""
+PeriodicFunc = Callable[["Context"], Awaitable[None] | None]
+"""What ``@every`` calls: ``async def tick(ctx)``."""
+DaemonFunc = Callable[[int, dict[str, Any], "Context"], Awaitable[None]]
+"""A daemon: ``async def watch_job(instance_id, state, ctx)``, running until it returns or is cancelled."""
 
 F = TypeVar("F", bound=Callable[..., Any])
 _SUBSCRIPTIONS = "__vastevents_events__"
+_PERIOD = "__vastevents_every__"
+_DAEMON = "__vastevents_daemon__"
 
 
 def on(*names: str) -> Callable[[F], F]:
@@ -58,10 +61,31 @@ def subscribed_events(func: object) -> tuple[str, ...]:
     return tuple(names) if isinstance(names, tuple) else ()
 
 
-class Notifier(Protocol):
-    """Where handlers send human messages (Slack, a log, a test recorder)."""
+def every(period: str | float) -> Callable[[F], F]:
+    """Make the decorated ``async def f(ctx)`` (function or method) a periodic handler: ``@every("5m")``.
 
-    async def notify(self, text: str, *, event: Event | None = None) -> None: ...
+    The runtime runs it when it is due (its last run is kept in the store, so a restart does not reset it);
+    ``watch --once`` runs every periodic handler once.
+    """
+    seconds = parse_duration(period)
+    if seconds <= 0:
+        raise ValueError("every() needs a positive period")
+
+    def mark(func: F) -> F:
+        setattr(func, _PERIOD, seconds)
+        return func
+
+    return mark
+
+
+def daemon(func: F) -> F:
+    """Mark ``async def f(self, instance_id, state, ctx)`` as a per-instance daemon of a :class:`Handler`.
+
+    Start one with ``await ctx.spawn(self.f, instance, state)``; it runs until it returns, is cancelled when its
+    instance vanishes or is destroyed, and is restarted from its last ``ctx.checkpoint(state)`` after a restart.
+    """
+    setattr(func, _DAEMON, True)
+    return func
 
 
 class LoggingNotifier:
@@ -72,34 +96,6 @@ class LoggingNotifier:
 
     async def notify(self, text: str, *, event: Event | None = None) -> None:
         self.logger.info("%s%s", f"[#{event.id} {event.name}] " if event is not None else "", text)
-
-
-@dataclass(frozen=True, kw_only=True)
-class Context:
-    """What handlers get besides the event: the client, the store, SSH, the notifier, the clock, a logger.
-
-    All injectable, so tests pass fakes (see :mod:`vastevents.testing`).
-    """
-
-    client: VastClient
-    store: Store
-    clock: Clock
-    config: Config = field(default_factory=Config)
-    notifier: Notifier = field(default_factory=LoggingNotifier)
-    ssh: object | None = None
-    logger: logging.Logger = field(default_factory=lambda: logging.getLogger("vastevents.handlers"))
-
-    async def notify(self, text: str, *, event: Event | None = None) -> None:
-        await self.notifier.notify(text, event=event)
-
-    def owns(self, instance: Instance | None) -> bool:
-        """True if handlers may act on `instance`: its label starts with ``[vast] label_prefix``."""
-        prefix = self.config.vast.label_prefix
-        return bool(instance is not None and prefix and instance.label and instance.label.startswith(prefix))
-
-    def for_handler(self, name: str) -> Context:
-        """This context with a logger named after the handler."""
-        return replace(self, logger=logging.getLogger(f"vastevents.handlers.{name}"))
 
 
 class HandlerOptions(BaseModel):
@@ -118,6 +114,8 @@ class Handler(Generic[OptionsT]):
     """
 
     Options: ClassVar[type[HandlerOptions]] = HandlerOptions
+    emits: ClassVar[tuple[str, ...]] = ()
+    """The names of the events this handler journals with ``ctx.emit`` (emitting another name is an error)."""
 
     def __init__(self, options: OptionsT | None = None) -> None:
         self.options: OptionsT = options if options is not None else cast(OptionsT, type(self).Options())
@@ -156,6 +154,12 @@ class ActiveHandler:
     source: str
     subscriptions: tuple[tuple[str, HandlerFunc], ...]
     target: object
+    emits: tuple[str, ...] = ()
+    periodic: tuple[tuple[str, float, PeriodicFunc], ...] = ()
+    daemons: tuple[tuple[str, DaemonFunc], ...] = ()
+
+    def daemon(self, name: str) -> DaemonFunc | None:
+        return next((func for daemon_name, func in self.daemons if daemon_name == name), None)
 
 
 def _entry_points() -> dict[str, EntryPoint]:
@@ -225,12 +229,40 @@ def activate(
         subscriptions = target.subscriptions()
     else:
         subscriptions = _marked_methods(target)
-    if not subscriptions:
-        raise ValueError("subscribes to no events (mark a function or method with @on(...))")
-    for event, _ in subscriptions:
-        if not is_known_event_name(event):
-            log.warning("handler %s subscribes to %r, which vastevents never emits (a typo?)", name, event)
-    return ActiveHandler(name, use or name, source or "python object", tuple(subscriptions), target)
+    periodic = _periodic(target)
+    if not subscriptions and not periodic:
+        raise ValueError("subscribes to no events (mark a function or method with @on(...) or @every(...))")
+    emits = tuple(getattr(target, "emits", ()) or ())
+    daemons = tuple(
+        (attr, cast(DaemonFunc, getattr(target, attr)))
+        for attr in sorted(dir(type(target)))
+        if not attr.startswith("__") and getattr(getattr(target, attr, None), _DAEMON, False)
+    )
+    return ActiveHandler(
+        name, use or name, source or "python object", tuple(subscriptions), target, emits, periodic, daemons
+    )
+
+
+def _periodic(target: object) -> tuple[tuple[str, float, PeriodicFunc], ...]:
+    if callable(target) and hasattr(target, _PERIOD):
+        return ((getattr(target, "__name__", "every"), float(getattr(target, _PERIOD)), cast(PeriodicFunc, target)),)
+    found = []
+    for attr in sorted(dir(type(target))):
+        member = getattr(target, attr, None) if not attr.startswith("__") else None
+        if member is not None and hasattr(member, _PERIOD):
+            found.append((attr, float(getattr(member, _PERIOD)), cast(PeriodicFunc, member)))
+    return tuple(found)
+
+
+def unknown_subscriptions(handlers: Sequence[ActiveHandler]) -> list[tuple[str, str]]:
+    """(handler, event name) pairs subscribing to a name nothing emits: neither vastevents nor an active handler."""
+    declared = {name for handler in handlers for name in handler.emits}
+    return [
+        (handler.name, event)
+        for handler in handlers
+        for event, _ in handler.subscriptions
+        if not is_known_event_name(event) and event not in declared
+    ]
 
 
 def load_handlers(config: Config) -> list[ActiveHandler]:
@@ -248,4 +280,6 @@ def load_handlers(config: Config) -> list[ActiveHandler]:
             raise options_error(config, ("handlers", name), exc) from None
         except ValueError as exc:
             raise config_error(config, ("handlers", name), f"handler {use!r} {exc}") from None
+    for handler, event in unknown_subscriptions(active):
+        log.warning("handler %s subscribes to %r, which nothing emits (a typo?)", handler, event)
     return active

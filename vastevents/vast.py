@@ -25,7 +25,6 @@ from pydantic import BaseModel, ValidationError
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, wait_random_exponential
 
 from vastevents._logging import REDACTED, redact, register_secret
-from vastevents.config import DEFAULT_URL, Config, resolve_api_key
 from vastevents.errors import AmbiguousCreate, ApiError, AuthError, NoSuchAsk, NotFound, RateLimited
 from vastevents.models import Instance, Offer
 from vastevents.query import parse_query
@@ -46,6 +45,10 @@ _OFFER_TYPES = {"on-demand": "on-demand", "bid": "bid", "interruptible": "bid", 
 
 Sleep = Callable[[float], Awaitable[None]]
 _Model = TypeVar("_Model", bound=BaseModel)
+
+
+DEFAULT_URL = "https://console.vast.ai"
+"""Vast's API; ``[vast] url`` and ``VAST_URL`` point the client elsewhere (the simulator, a proxy)."""
 
 
 class _RetryableStatus(Exception):
@@ -188,11 +191,6 @@ class VastClient:
         if self._api_key:
             headers["Authorization"] = f"Bearer {self._api_key}"
         self._http = httpx.AsyncClient(base_url=self.base_url, headers=headers, transport=transport, timeout=timeout)
-
-    @classmethod
-    def from_config(cls, config: Config, **kwargs: Any) -> VastClient:
-        """A client for ``config.vast.url`` (``VAST_URL`` already applied) with the key from env or key file."""
-        return cls(resolve_api_key(), config.vast.url, **kwargs)
 
     def __repr__(self) -> str:
         key = REDACTED if self._api_key else None

@@ -12,18 +12,19 @@ import asyncio
 import logging
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from vastevents._logging import redact
-from vastevents.bus import Bus
+from vastevents.bus import Bus, Outcome
 from vastevents.clock import Clock
 from vastevents.config import Config
+from vastevents.context import Context
 from vastevents.diff import Rules, observe
 from vastevents.errors import AuthError, RateLimited
-from vastevents.events import POLL_FAILED, Event
+from vastevents.events import HANDLER_FAILED, POLL_FAILED, Event
 from vastevents.models import Instance
-from vastevents.plugins import ActiveHandler, Context
+from vastevents.plugins import ActiveHandler
 from vastevents.snapshot import Snapshot
 from vastevents.store import StaleSnapshot
 
@@ -70,7 +71,8 @@ def rules_from_config(config: Config) -> Rules:
 class Watcher:
     """Polls the account, journals what changed and hands it to the active handlers.
 
-    ``client`` needs ``list_instances()``; handlers get ``context`` (whose store and clock the watcher uses).
+    Built only by :class:`vastevents.runtime.Runtime`; handlers get ``context`` (whose store and clock the
+    watcher uses).
     """
 
     def __init__(
@@ -92,11 +94,13 @@ class Watcher:
         self.interval = interval if interval is not None else config.watch.interval
         self.observers = list(observers)
         self.status = WatchStatus(next_delay=self.interval)
+        self.max_attempts = config.watch.max_attempts
         self.bus = Bus(context, timeout=config.watch.handler_timeout, max_concurrency=config.watch.max_concurrency)
         for handler in handlers:
             self.bus.add(handler)
         self.last_error: Exception | None = None
         """Why the latest poll failed (None once a poll succeeds)."""
+        self._delivering = asyncio.Lock()
         self._snapshot: Snapshot | None = None
         self._caught_up = False
         self._cycle: list[Event] = []
@@ -170,6 +174,10 @@ class Watcher:
             return
         raise StaleSnapshot("two watchers keep writing the same store; run only one watcher per store")
 
+    def journaled(self, events: Sequence[Event]) -> None:
+        """Tell the observers about newly journaled events (also those handlers emit), in journal order."""
+        self._journaled(events)
+
     def _journaled(self, events: Sequence[Event]) -> None:
         for event in events:
             self._cycle.append(event)
@@ -181,14 +189,40 @@ class Watcher:
         """Deliver every journaled event some active handler has not had yet (failures included)."""
         ours = self.bus.handler_names
         # Only what our own handlers still need: another watcher's handlers (a misconfiguration that commit
-        # detects) must not keep this loop spinning on events it can never deliver.
-        while batch := [(event, handlers & ours) for event, handlers in self.store.pending() if handlers & ours]:
-            await self.bus.dispatch(batch, self._delivered)
+        # detects) must not keep this loop spinning on events it can never deliver. Events handlers emit
+        # while this runs are journaled and delivered by the next round of the loop.
+        async with self._delivering:
+            while batch := [
+                (event, handlers & ours) for event, handlers in self.store.pending(self.clock.now()) if handlers & ours
+            ]:
+                await self.bus.dispatch(batch, self._delivered)
 
-    def _delivered(self, event: Event, handler: str, failure: Event | None) -> None:
-        journaled = self.store.mark_delivered(event.id, handler, failure)
+    def _delivered(self, event: Event, handler: str, outcome: Outcome) -> None:
+        """Mark a delivery done, or keep it for a retry; a final failure becomes ``handler_failed``."""
+        failure = outcome.failure
+        if outcome.retry_in is not None:
+            due = self.clock.now() + timedelta(seconds=outcome.retry_in)
+            attempts = self.store.journal.schedule_retry(handler, event.id, due, failure or "")
+            if attempts < self.max_attempts:
+                return
+            failure = f"{failure} (gave up after {attempts} attempts)"
+        report = self._failure_event(event, failure) if failure else None
+        journaled = self.store.mark_delivered(event.id, handler, report, outcome.writes)
         if journaled is not None:
             self._journaled([journaled])
+
+    def _failure_event(self, event: Event, failure: str) -> Event | None:
+        if event.name == HANDLER_FAILED:
+            return None  # a handler failing on a failure report is logged, never reported again (no loops)
+        return Event(
+            name=HANDLER_FAILED,
+            instance_id=event.instance_id,
+            old=event.old,
+            new=event.new,
+            at=self.clock.now(),
+            instance=event.instance,
+            detail=failure,
+        )
 
     def next_delay(self) -> float:
         """Seconds until the next poll: the interval, or longer after a 429 or a rejected key (never stop)."""

@@ -1,0 +1,133 @@
+"""Acting on the account, for handlers: owned instances only, intent recorded before the call, result verified.
+
+Ownership (contract "Ownership"): a label starting with ``[vast] label_prefix``. Our own stop is noted as a
+stop request before it is sent, so the diff never takes it for a preemption. An intent left open by a crash
+between record and result is settled by :meth:`Actions.reconcile` on the next start.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+
+from vastevents.clock import Clock
+from vastevents.config import Config
+from vastevents.errors import AmbiguousCreate, NotOwned
+from vastevents.models import Instance, Offer
+from vastevents.ports import VastApi
+from vastevents.store import Store
+
+log = logging.getLogger(__name__)
+
+Target = Instance | int
+
+
+class Actions:
+    def __init__(self, client: VastApi, store: Store, clock: Clock, config: Config) -> None:
+        self.client = client
+        self.store = store
+        self.clock = clock
+        self.prefix = config.vast.label_prefix
+
+    def owns_label(self, label: str | None) -> bool:
+        return bool(self.prefix and label and label.startswith(self.prefix))
+
+    def owns(self, instance: Instance | None) -> bool:
+        return instance is not None and self.owns_label(instance.label)
+
+    async def _owned(self, target: Target, action: str) -> Instance:
+        instance = target if isinstance(target, Instance) else await self.client.get_instance(target)
+        if instance is None:
+            raise NotOwned(f"cannot {action} instance {target}: it is not on the account")
+        if not self.owns(instance):
+            raise NotOwned(
+                f"refusing to {action} instance {instance.id} (label {instance.label!r}): only instances labelled"
+                f" {self.prefix!r}... are vastevents' to act on"
+            )
+        return instance
+
+    def new_label(self, handler: str) -> str:
+        return f"{self.prefix}:{handler}-{secrets.token_hex(4)}"
+
+    async def create(
+        self,
+        handler: str,
+        offer: Offer | int,
+        *,
+        image: str,
+        disk: float,
+        label: str | None = None,
+        price: float | None = None,
+        env: dict[str, str] | None = None,
+        onstart: str | None = None,
+    ) -> int:
+        """Rent `offer` under an owned label; the new instance id. An unclear outcome is reconciled by label."""
+        label = label or self.new_label(handler)
+        if not self.owns_label(label):
+            raise NotOwned(f"refusing to create an instance labelled {label!r}: labels must start with {self.prefix!r}")
+        ask_id = offer.id if isinstance(offer, Offer) else offer
+        intent = self.store.effects.open_intent(handler, "create", self.clock.now(), label=label)
+        try:
+            instance_id = await self.client.create_instance(
+                ask_id, image=image, disk=disk, label=label, price=price, env=env, onstart=onstart
+            )
+        except AmbiguousCreate as exc:
+            found = exc.instance_id or await self._find_label(label)
+            if found is not None:
+                self.store.effects.close_intent(intent, "created (after an unclear answer)", instance_id=found)
+                return found
+            self.store.effects.close_intent(intent, f"failed: {exc}")
+            raise
+        except Exception as exc:
+            self.store.effects.close_intent(intent, f"failed: {type(exc).__name__}: {exc}")
+            raise
+        self.store.effects.close_intent(intent, "created", instance_id=instance_id)
+        return instance_id
+
+    async def _find_label(self, label: str) -> int | None:
+        found = [row.id for row in await self.client.list_instances() if row.label == label]
+        return found[0] if found else None
+
+    async def stop(self, handler: str, target: Target) -> None:
+        instance = await self._owned(target, "stop")
+        intent = self.store.effects.open_intent(handler, "stop", self.clock.now(), instance_id=instance.id)
+        self.store.request_stop(instance.id, self.clock.now())  # before the call: never taken for a preemption
+        await self.client.stop_instance(instance.id)
+        self.store.effects.close_intent(intent, "stopped")
+
+    async def start(self, handler: str, target: Target) -> None:
+        instance = await self._owned(target, "start")
+        intent = self.store.effects.open_intent(handler, "start", self.clock.now(), instance_id=instance.id)
+        await self.client.start_instance(instance.id)
+        self.store.effects.close_intent(intent, "started")
+
+    async def destroy(self, handler: str, target: Target) -> bool:
+        """Destroy an owned instance; False if it was already gone. Verified: it is no longer listed."""
+        instance = await self._owned(target, "destroy")
+        intent = self.store.effects.open_intent(handler, "destroy", self.clock.now(), instance_id=instance.id)
+        existed = await self.client.destroy_instance(instance.id)
+        still = await self.client.get_instance(instance.id)
+        if still is not None and still.actual_status not in (None, "exited", "destroyed"):
+            log.warning("instance %d is still listed after destroy (status %s)", instance.id, still.actual_status)
+        self.store.effects.close_intent(intent, "destroyed" if existed else "already gone")
+        return existed
+
+    async def reconcile(self) -> None:
+        """Settle intents a crash left open: find what a create made, finish a destroy or stop."""
+        for intent in self.store.effects.open_intents():
+            try:
+                if intent.action == "create" and intent.label:
+                    found = await self._find_label(intent.label)
+                    outcome = "created (found after a restart)" if found is not None else "failed: not found"
+                    self.store.effects.close_intent(intent.id, outcome, instance_id=found)
+                elif intent.action == "destroy" and intent.instance_id is not None:
+                    await self.client.destroy_instance(intent.instance_id)
+                    self.store.effects.close_intent(intent.id, "destroyed (after a restart)")
+                elif intent.action == "stop" and intent.instance_id is not None:
+                    self.store.request_stop(intent.instance_id, self.clock.now())
+                    await self.client.stop_instance(intent.instance_id)
+                    self.store.effects.close_intent(intent.id, "stopped (after a restart)")
+                else:
+                    self.store.effects.close_intent(intent.id, "abandoned after a restart")
+            except Exception as exc:  # one bad intent must not keep the watcher from starting
+                log.warning("could not settle %s intent #%d: %s", intent.action, intent.id, exc)

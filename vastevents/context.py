@@ -1,0 +1,160 @@
+"""What handlers get besides the event: the edges, the clock, and effects that go through the runtime.
+
+Only the composition root (:mod:`vastevents.runtime`) builds a :class:`Context`; each delivery, periodic run
+and daemon gets its own copy (:meth:`Context.bound`), which knows the handler and the event it serves.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
+
+from vastevents.actions import Actions, Target
+from vastevents.clock import Clock
+from vastevents.config import Config
+from vastevents.errors import VastEventsError
+from vastevents.events import Event
+from vastevents.models import Instance, Offer
+from vastevents.ports import Notifier, Ssh, VastApi
+from vastevents.store import Store, Write
+
+
+class RuntimeHooks(Protocol):
+    """The runtime services a context reaches: journaling handler-made events, and daemons."""
+
+    def emit(self, event: Event, key: str | None) -> Event: ...
+
+    def spawn(self, handler: str, daemon: str, instance_id: int, state: dict[str, Any]) -> None: ...
+
+    def checkpoint(self, handler: str, daemon: str, instance_id: int, state: dict[str, Any]) -> None: ...
+
+    def instance_gone(self, instance_id: int) -> None: ...
+
+
+@dataclass(frozen=True, kw_only=True)
+class Context:
+    """The client, the store, SSH, the notifier, the clock and a logger, plus effects for one handler."""
+
+    client: VastApi
+    store: Store
+    clock: Clock
+    config: Config
+    notifier: Notifier
+    ssh: Ssh | None
+    logger: logging.Logger
+    handler: str = ""
+    emits: tuple[str, ...] = ()
+    cause: Event | None = None
+    """The event being delivered (None in a periodic handler or a daemon)."""
+    daemon: tuple[str, int] | None = None
+    """(daemon name, instance id) when this context runs a daemon."""
+    hooks: RuntimeHooks
+    actions: Actions
+    writes: list[Write] = field(default_factory=list)
+    _emitted: Counter[str] = field(default_factory=Counter)
+
+    def bound(
+        self,
+        handler: str,
+        emits: tuple[str, ...],
+        *,
+        cause: Event | None = None,
+        daemon: tuple[str, int] | None = None,
+    ) -> Context:
+        """A fresh context for one invocation of `handler` (its own logger, emit counter and writes)."""
+        return replace(
+            self,
+            handler=handler,
+            emits=emits,
+            cause=cause,
+            daemon=daemon,
+            logger=logging.getLogger(f"vastevents.handlers.{handler}"),
+            writes=[],
+            _emitted=Counter(),
+        )
+
+    async def notify(self, text: str, *, event: Event | None = None) -> None:
+        await self.notifier.notify(text, event=event if event is not None else self.cause)
+
+    def owns(self, instance: Instance | None) -> bool:
+        """True if handlers may act on `instance`: its label starts with ``[vast] label_prefix``."""
+        return self.actions.owns(instance)
+
+    async def emit(
+        self, name: str, *, instance: Instance | None = None, detail: str | None = None, key: str | None = None
+    ) -> Event:
+        """Journal a handler-made event (declared in ``emits``); observers and other handlers see it.
+
+        Exactly once: during a delivery the event is keyed by (handler, cause, name, n-th emit of that name), so
+        a redelivery after a crash journals nothing twice; elsewhere pass `key` for the same guarantee.
+        """
+        if name not in self.emits:
+            declared = ", ".join(self.emits) or "nothing"
+            raise VastEventsError(f"handler {self.handler} emits {name!r} but declares only {declared} in emits")
+        self._emitted[name] += 1
+        if key is not None:
+            key = f"{self.handler}:key:{key}"
+        elif self.cause is not None:
+            key = f"{self.handler}:{self.cause.id}:{name}:{self._emitted[name]}"
+        cause = self.cause
+        instance = instance if instance is not None else (cause.instance if cause is not None else None)
+        event = Event(
+            name=name,
+            instance_id=instance.id if instance is not None else None,
+            at=self.clock.now(),
+            instance=instance,
+            detail=detail or "",
+        )
+        return self.hooks.emit(event, key)
+
+    def in_delivery(self, write: Write) -> None:
+        """Run `write(conn)` in the transaction that marks this delivery done (unit of work)."""
+        if self.cause is None:
+            raise VastEventsError("in_delivery() works only while an event is being delivered")
+        self.writes.append(write)
+
+    async def create(
+        self,
+        offer: Offer | int,
+        *,
+        image: str,
+        disk: float,
+        label: str | None = None,
+        price: float | None = None,
+        env: dict[str, str] | None = None,
+        onstart: str | None = None,
+    ) -> int:
+        """Rent `offer` under an owned label (generated if None); the new instance id."""
+        return await self.actions.create(
+            self.handler, offer, image=image, disk=disk, label=label, price=price, env=env, onstart=onstart
+        )
+
+    async def start(self, instance: Target) -> None:
+        await self.actions.start(self.handler, instance)
+
+    async def stop(self, instance: Target) -> None:
+        """Stop an owned instance; its stop is never reported as ``preempted``."""
+        await self.actions.stop(self.handler, instance)
+
+    async def destroy(self, instance: Target) -> bool:
+        """Destroy an owned instance (its other daemons are cancelled); False if it was already gone."""
+        existed = await self.actions.destroy(self.handler, instance)
+        self.hooks.instance_gone(instance.id if isinstance(instance, Instance) else instance)
+        return existed
+
+    async def spawn(
+        self, daemon: Callable[..., Any] | str, instance: Target, state: dict[str, Any] | None = None
+    ) -> None:
+        """Start this handler's daemon for `instance` (persisted: it restarts after a watcher restart)."""
+        name = daemon if isinstance(daemon, str) else getattr(daemon, "__name__", "")
+        instance_id = instance.id if isinstance(instance, Instance) else instance
+        self.hooks.spawn(self.handler, name, instance_id, dict(state or {}))
+
+    def checkpoint(self, state: dict[str, Any]) -> None:
+        """Save a daemon's state; a restarted daemon starts from the last checkpoint."""
+        if self.daemon is None:
+            raise VastEventsError("checkpoint() works only inside a daemon")
+        self.hooks.checkpoint(self.handler, self.daemon[0], self.daemon[1], dict(state))

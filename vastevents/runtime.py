@@ -1,0 +1,290 @@
+"""The composition root: the one place that builds the client, store, clock, notifier, SSH, handlers and services.
+
+    async with Runtime(config) as runtime:      # or Runtime(config, client=..., clock=..., store=...) in tests
+        await runtime.run(stop)                 # the watcher loop and every background service, one stop signal
+
+``poll_once()`` is one deterministic cycle for ``watch --once``, simulations on a manual clock and tests:
+poll, deliver (retries already due included), run the periodic handlers that are due, deliver what they emitted.
+Daemons run as tasks of their own, one per (handler, daemon, instance), their rows in the store; they are
+cancelled when their instance vanishes or is destroyed and restarted from their last checkpoint on the next start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Sequence
+from datetime import timedelta
+from types import TracebackType
+from typing import Any, Self
+
+from vastevents._logging import redact
+from vastevents.actions import Actions
+from vastevents.bus import call_handler, describe_failure
+from vastevents.clock import Clock, SystemClock
+from vastevents.config import Config, resolve_api_key
+from vastevents.context import Context
+from vastevents.diff import Rules
+from vastevents.errors import ConfigError, TemporaryError
+from vastevents.events import HANDLER_FAILED, VANISHED, Event
+from vastevents.plugins import ActiveHandler, LoggingNotifier, load_handlers
+from vastevents.ports import Notifier, Ssh, VastApi
+from vastevents.store import DaemonRow, SqliteStore, Store
+from vastevents.vast import VastClient
+from vastevents.watcher import EventObserver, InstanceLister, Watcher
+
+log = logging.getLogger(__name__)
+
+DaemonKey = tuple[str, str, int]
+
+
+class Runtime:
+    """Owns what it builds (closed on exit); whatever is passed in stays the caller's to close."""
+
+    def __init__(
+        self,
+        config: Config | None = None,
+        *,
+        client: VastApi | None = None,
+        lister: InstanceLister | None = None,
+        store: Store | None = None,
+        clock: Clock | None = None,
+        notifier: Notifier | None = None,
+        ssh: Ssh | None = None,
+        handlers: Sequence[ActiveHandler] | None = None,
+        observers: Sequence[EventObserver] = (),
+        interval: float | None = None,
+        rules: Rules | None = None,
+        api_key: str | None = None,
+    ) -> None:
+        self.config = config or Config()
+        self.clock: Clock = clock or SystemClock()
+        self.notifier: Notifier = notifier or LoggingNotifier()
+        self.ssh = ssh
+        self.handlers = list(handlers) if handlers is not None else load_handlers(self.config)
+        self._by_name = {handler.name: handler for handler in self.handlers}
+        self._observers = list(observers)
+        self._daemons: dict[DaemonKey, asyncio.Task[None]] = {}
+        self._owned = contextlib.AsyncExitStack()
+        if client is None:
+            key = api_key or resolve_api_key()
+            if key is None:
+                raise ConfigError("no Vast API key: set VAST_API_KEY or run `vastai set api-key KEY`")
+            vast = VastClient(key, self.config.vast.url)
+            self._owned.push_async_callback(vast.aclose)
+            client = vast
+        self.client: VastApi = client
+        if store is None:
+            store = SqliteStore(self.config.store.resolved_path())
+            self._owned.callback(store.close)
+        self.store: Store = store
+        self.actions = Actions(self.client, self.store, self.clock, self.config)
+        self.context = Context(
+            client=self.client,
+            store=self.store,
+            clock=self.clock,
+            config=self.config,
+            notifier=self.notifier,
+            ssh=self.ssh,
+            logger=logging.getLogger("vastevents.handlers"),
+            hooks=self,
+            actions=self.actions,
+        )
+        self.watcher = Watcher(
+            self.context,
+            self.handlers,
+            lister=lister or self.client,
+            rules=rules,
+            interval=interval,
+            observers=[self._observe],
+        )
+        self._owned.callback(self.watcher.bus.close)
+        self._owned.push_async_callback(self._cancel_daemons)
+
+    # --- lifecycle -------------------------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        """Settle what a crash left open and restart the daemons the store remembers."""
+        try:
+            await self.actions.reconcile()
+            for row in self.store.effects.daemons():
+                if row.handler in self._by_name:
+                    self._start_daemon(row)
+        except BaseException:
+            await self.aclose()
+            raise
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Stop the daemons (their rows stay for the next start) and close what this runtime built."""
+        await self._owned.aclose()
+
+    # --- running ---------------------------------------------------------------------------------------------
+
+    async def poll_once(self, *, all_periodic: bool = False) -> list[Event]:
+        """One cycle: poll, deliver, run due periodic handlers (every one with `all_periodic`), deliver again.
+
+        The events journaled by it, handler-made ones included.
+        """
+        seen: list[Event] = []
+        self._observers.append(seen.append)
+        try:
+            await self.watcher.poll_once()
+            await self.run_periodic(everything=all_periodic)
+            await self.watcher.deliver_pending()
+        finally:
+            self._observers.remove(seen.append)
+        return seen
+
+    async def run(self, stop: asyncio.Event, *, on_cycle: Callable[[], None] | None = None) -> None:
+        """The watcher loop, the periodic handlers and the retry timer until `stop` is set."""
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self.watcher.run(stop, on_cycle=on_cycle))
+            group.create_task(self._every_until(stop, self._periodic_delay, self.run_periodic))
+            group.create_task(self._every_until(stop, self._retry_delay, self.watcher.deliver_pending))
+
+    async def _every_until(self, stop: asyncio.Event, delay: Callable[[], float], work: Callable[[], Any]) -> None:
+        while not stop.is_set():
+            await _sleep_or_stop(self.clock, delay(), stop)
+            if not stop.is_set():
+                await work()
+
+    def _retry_delay(self) -> float:
+        due = self.store.journal.next_retry_due()
+        interval = self.watcher.interval
+        if due is None:
+            return interval
+        return min(interval, max(0.0, (due - self.clock.now()).total_seconds()))
+
+    def _periodic_delay(self) -> float:
+        now = self.clock.now()
+        waits = [
+            max(0.0, ((last + timedelta(seconds=period)) - now).total_seconds()) if last is not None else 0.0
+            for handler in self.handlers
+            for name, period, _ in handler.periodic
+            for last in [self.store.effects.last_run(handler.name, name)]
+        ]
+        return min(waits, default=3600.0)
+
+    async def run_periodic(self, *, everything: bool = False) -> None:
+        """Run the periodic handlers that are due (all of them with `everything`); each failure is reported."""
+        now = self.clock.now()
+        for handler in self.handlers:
+            for name, period, func in handler.periodic:
+                last = self.store.effects.last_run(handler.name, name)
+                if not everything and last is not None and now < last + timedelta(seconds=period):
+                    continue
+                self.store.effects.ran(handler.name, name, now)
+                context = self.context.bound(handler.name, handler.emits)
+                timeout = self.config.watch.handler_timeout
+                try:
+                    await call_handler(func, (context,), timeout=timeout, executor=self.watcher.bus.executor)
+                except TemporaryError as exc:
+                    log.info("periodic %s.%s will run again when due: %s", handler.name, name, redact(str(exc)))
+                except Exception as exc:
+                    log.error("periodic %s.%s failed", handler.name, name, exc_info=not isinstance(exc, TimeoutError))
+                    self._report(f"{handler.name} (every {period:g}s {name}) failed: {describe_failure(exc, timeout)}")
+
+    def _report(self, detail: str, instance_id: int | None = None) -> None:
+        failed = Event(name=HANDLER_FAILED, instance_id=instance_id, at=self.clock.now(), detail=detail)
+        self.watcher.journaled(self.store.append([failed]))
+
+    # --- hooks handlers reach through their Context ---------------------------------------------------------
+
+    def emit(self, event: Event, key: str | None) -> Event:
+        journaled, new = self.store.journal.emit(event, key)
+        if new:
+            self.watcher.journaled([journaled])
+        return journaled
+
+    def spawn(self, handler: str, daemon: str, instance_id: int, state: dict[str, Any]) -> None:
+        found = self._by_name.get(handler)
+        if found is None or found.daemon(daemon) is None:
+            raise ValueError(f"handler {handler} has no daemon {daemon!r} (mark the method with @daemon)")
+        key = (handler, daemon, instance_id)
+        if key in self._daemons and not self._daemons[key].done():
+            return  # already running: a redelivered event must not start it twice
+        row = DaemonRow(handler, daemon, instance_id, state, self.clock.now())
+        self.store.effects.save_daemon(row)
+        self._start_daemon(row)
+
+    def checkpoint(self, handler: str, daemon: str, instance_id: int, state: dict[str, Any]) -> None:
+        row = DaemonRow(handler, daemon, instance_id, state, self.clock.now())
+        self.store.effects.save_daemon(row)
+
+    def instance_gone(self, instance_id: int) -> None:
+        """Cancel every daemon of the instance (but the one asking) and forget them."""
+        current = asyncio.current_task()
+        for key, task in list(self._daemons.items()):
+            if key[2] == instance_id:
+                self.store.effects.drop_daemon(*key)
+                if task is not current:
+                    task.cancel()
+                del self._daemons[key]
+
+    def daemons(self) -> list[DaemonKey]:
+        """The (handler, daemon, instance id) of every running daemon."""
+        return [key for key, task in self._daemons.items() if not task.done()]
+
+    # --- daemons ---------------------------------------------------------------------------------------------
+
+    def _observe(self, event: Event) -> None:
+        for observer in list(self._observers):
+            observer(event)
+        if event.name == VANISHED and event.instance_id is not None:
+            self.instance_gone(event.instance_id)
+
+    def _start_daemon(self, row: DaemonRow) -> None:
+        key = (row.handler, row.name, row.instance_id)
+        self._daemons[key] = asyncio.create_task(self._run_daemon(row), name=f"daemon {row.handler}.{row.name}")
+
+    async def _run_daemon(self, row: DaemonRow) -> None:
+        handler = self._by_name[row.handler]
+        func = handler.daemon(row.name)
+        key = (row.handler, row.name, row.instance_id)
+        if func is None:
+            log.warning("handler %s no longer has a daemon %r; forgetting it", row.handler, row.name)
+            self.store.effects.drop_daemon(*key)
+            return
+        context = self.context.bound(handler.name, handler.emits, daemon=(row.name, row.instance_id))
+        state = row.state
+        while True:
+            try:
+                await func(row.instance_id, state, context)
+            except TemporaryError as exc:
+                log.info("daemon %s.%s of %d restarts in %gs: %s", *key, exc.delay, redact(str(exc)))
+                await self.clock.sleep(exc.delay)
+                saved = [r.state for r in self.store.effects.daemons() if (r.handler, r.name, r.instance_id) == key]
+                state = saved[0] if saved else state
+                continue
+            except Exception as exc:
+                log.error("daemon %s.%s of instance %d failed", *key, exc_info=True)
+                what = f"{row.handler} (daemon {row.name}) failed on instance {row.instance_id}"
+                self._report(f"{what}: {describe_failure(exc, 0)}", row.instance_id)
+            break
+        self.store.effects.drop_daemon(*key)
+        self._daemons.pop(key, None)
+
+    async def _cancel_daemons(self) -> None:
+        """Stop every daemon task at shutdown; their rows stay, so the next start resumes them."""
+        tasks = list(self._daemons.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._daemons.clear()
+
+
+async def _sleep_or_stop(clock: Clock, seconds: float, stop: asyncio.Event) -> None:
+    sleeper = asyncio.ensure_future(clock.sleep(seconds))
+    stopper = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({sleeper, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (sleeper, stopper):
+            task.cancel()
