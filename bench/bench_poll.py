@@ -24,12 +24,11 @@ from pathlib import Path
 from vastevents.clock import ManualClock
 from vastevents.config import Config
 from vastevents.diff import observe
-from vastevents.plugins import Context
+from vastevents.runtime import Runtime
 from vastevents.sim import Simulator
 from vastevents.snapshot import Snapshot
 from vastevents.store import SqliteStore
 from vastevents.vast import VastClient
-from vastevents.watcher import Watcher
 
 
 def _median(samples: list[float]) -> float:
@@ -88,12 +87,9 @@ async def _run(instances: int, repeat: int) -> None:
 
             with tempfile.TemporaryDirectory() as tmp:
                 config = Config.model_validate({"store": {"path": str(Path(tmp) / "watch.db")}})
-                watch_store = SqliteStore(config.store.path)
-                context = Context(client=client, store=watch_store, clock=clock, config=config)
-                watcher = Watcher(context, lister=client)
-                await watcher.poll_once()
-                t_cycle = await _timed(repeat, watcher.poll_once)
-                watch_store.close()
+                async with Runtime(config, client=client, clock=clock, handlers=[]) as runtime:
+                    await runtime.poll_once()
+                    t_cycle = await _timed(repeat, runtime.poll_once)
 
     print(f"instances: {instances} ({-(-instances // 25)} list pages), median of {repeat} runs")
     print(f"  list         {t_list * 1000:9.2f} ms")

@@ -7,7 +7,11 @@ are put back afterwards.
 
 from __future__ import annotations
 
+import atexit
 import logging
+import os
+import shutil
+import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +25,13 @@ from vastevents.sim.sshhost import DIRECTORY_PREFIX, MARKER
 
 SIM_API_KEY = "sim-test-key-0123"
 
+# This run's own temporary root (inherited by the processes tests start), so the leak check below sees only
+# the ssh hosts of this run, never those of another test run on the same machine.
+SESSION_TMP = tempfile.mkdtemp(prefix="vastevents-tests-")
+tempfile.tempdir = SESSION_TMP
+os.environ["TMPDIR"] = SESSION_TMP
+atexit.register(shutil.rmtree, SESSION_TMP, ignore_errors=True)
+
 
 def _sim_threads() -> set[threading.Thread]:
     return {t for t in threading.enumerate() if "vastevents-sim" in t.name or "process_request" in t.name}
@@ -29,7 +40,8 @@ def _sim_threads() -> set[threading.Thread]:
 def _ssh_host_processes() -> set[int]:
     """Live sshd servers running a simulator's config, and processes carrying the simulator's job marker."""
     found: set[int] = set()
-    marker = f"{MARKER}=".encode()
+    marker = f"{MARKER}={SESSION_TMP}/".encode()
+    directory = f"{SESSION_TMP}/{DIRECTORY_PREFIX}".encode()
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -40,7 +52,7 @@ def _ssh_host_processes() -> set[int]:
             environ = Path(entry, "environ").read_bytes()
         except (OSError, IndexError):
             continue
-        if (b"sshd" in cmdline and DIRECTORY_PREFIX.encode() in cmdline) or any(
+        if (b"sshd" in cmdline and directory in cmdline) or any(
             item.startswith(marker) for item in environ.split(b"\0")
         ):
             found.add(int(entry.name))

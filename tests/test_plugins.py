@@ -9,7 +9,6 @@ import subprocess
 import sys
 import tomllib
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -58,17 +57,20 @@ def test_class_handlers_get_validated_options() -> None:
 
 
 def test_only_instances_labelled_with_the_prefix_are_owned() -> None:
-    h = Harness()
+    def owner(prefix: str | None) -> Harness:
+        return Harness(config=parse_config(f'[vast]\nlabel_prefix = "{prefix}"\n') if prefix is not None else None)
+
+    default, team, nobody = owner(None), owner("team-a:"), owner("")
     try:
-        assert h.context.owns(Instance(id=1, label="vastevents:job-2"))  # the default prefix
-        owns = replace(h.context, config=parse_config('[vast]\nlabel_prefix = "team-a:"\n')).owns
+        assert default.context.owns(Instance(id=1, label="vastevents:job-2"))  # the default prefix
+        owns = team.context.owns
         assert owns(Instance(id=2, label="team-a:job-1"))
         assert not owns(Instance(id=3, label="team-b:job-1")) and not owns(Instance(id=4, label="job team-a:"))
         assert not owns(Instance(id=5, label=None)) and not owns(Instance(id=6, label="")) and not owns(None)
-        nobody = replace(h.context, config=parse_config('[vast]\nlabel_prefix = ""\n')).owns
-        assert not nobody(Instance(id=7, label="anything"))  # an empty prefix owns nothing, never everything
+        assert not nobody.context.owns(Instance(id=7, label="anything"))  # an empty prefix owns nothing
     finally:
-        h.close()
+        for h in (default, team, nobody):
+            h.close()
 
 
 def test_a_function_takes_no_options_and_an_unmarked_object_is_refused() -> None:

@@ -641,19 +641,25 @@ async def test_key_is_in_no_repr_error_or_debug_log(caplog: pytest.LogCaptureFix
         assert KEY not in str(error) and KEY not in repr(error)
 
 
-def test_from_config_uses_config_url_and_resolved_key(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+async def test_the_runtime_builds_the_client_from_config_url_and_resolved_key(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     from vastevents.config import load_config
+    from vastevents.runtime import Runtime
+    from vastevents.store import SqliteStore
 
     config_file = tmp_path / "vastevents.toml"
     config_file.write_text('[vast]\nurl = "http://127.0.0.1:9"\n')
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.delenv("VAST_URL", raising=False)
     monkeypatch.setenv("VAST_API_KEY", KEY)
-    client = VastClient.from_config(load_config(config_file))
-    assert client.base_url == "http://127.0.0.1:9"
-    assert KEY not in repr(client) and "***" in repr(client)
-    monkeypatch.setenv("VAST_URL", "http://127.0.0.1:8")
-    assert VastClient.from_config(load_config(config_file)).base_url == "http://127.0.0.1:8"
+    for url, expected in ((None, "http://127.0.0.1:9"), ("http://127.0.0.1:8", "http://127.0.0.1:8")):
+        if url:
+            monkeypatch.setenv("VAST_URL", url)
+        async with Runtime(load_config(config_file), store=SqliteStore(":memory:"), handlers=[]) as runtime:
+            client = runtime.client
+            assert isinstance(client, VastClient) and client.base_url == expected
+            assert KEY not in repr(client) and "***" in repr(client)
 
 
 # --- through the simulator (a real HTTP server on loopback) ----------------------------------------------------

@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from vastevents import Context, Event, on
+from vastevents import Context, Event, Runtime, on
 from vastevents.clock import ManualClock
 from vastevents.errors import ApiError, AuthError, RateLimited
 from vastevents.plugins import activate
@@ -17,7 +17,6 @@ from vastevents.sim import Simulator
 from vastevents.store import SqliteStore
 from vastevents.testing import FakeClock, FakeCloud, Harness
 from vastevents.vast import VastClient
-from vastevents.watcher import Watcher
 
 
 def names(events: list[Event]) -> list[str]:
@@ -180,7 +179,7 @@ async def test_an_unexpected_client_error_is_a_poll_failure_not_a_crash() -> Non
 
 
 async def test_run_polls_on_the_clock_until_stopped() -> None:
-    h = Harness()
+    h = Harness(clock=FakeClock(auto_advance=True))  # the loop's own sleeps move this clock
     h.watcher.interval = 15
     h.cloud.add(1, "loading")
     stop = asyncio.Event()
@@ -244,7 +243,8 @@ async def test_a_page_failing_mid_pagination_never_yields_false_vanished(
     transport = FailingLaterPages()
     async with VastClient(api_key, sim.url, transport=transport, max_attempts=2, sleep=no_wait) as client:
         with SqliteStore(tmp_path / "state.db") as store:
-            watcher = Watcher(Context(client=client, store=store, clock=ManualClock()))
+            runtime = Runtime(client=client, store=store, clock=ManualClock(), handlers=[])
+            watcher = runtime.watcher
             assert names(await watcher.poll_once()) == ["appeared"] * 30
 
             sim.vanish(ids[0])

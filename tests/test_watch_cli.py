@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -44,6 +45,25 @@ async def kill_once(event, ctx):
     if not marker.exists():
         marker.write_text(str(event.id))
         os.kill(os.getpid(), signal.SIGKILL)  # between commit and delivery: nothing marked delivered yet
+"""
+
+EMIT_PLUGIN = """
+import os, signal
+from pathlib import Path
+from vastevents import Handler, on
+
+HERE = Path(os.environ["CRASH_DIR"])
+
+class Starter(Handler):
+    emits = ("job_started",)
+
+    @on("appeared")
+    async def start(self, event, ctx):
+        await ctx.emit("job_started", detail="train.py")
+        marker = HERE / "killed"
+        if not marker.exists():
+            marker.write_text(str(event.id))
+            os.kill(os.getpid(), signal.SIGKILL)  # right after the emit, before the delivery is marked
 """
 
 
@@ -216,6 +236,24 @@ def test_kill_9_between_commit_and_delivery_loses_nothing_and_journals_nothing_t
     assert all(event_id > 2 for event_id in ids[first_new:])
 
 
+def test_an_emitted_event_is_in_jsonl_and_the_journal_exactly_once_across_a_kill_9(
+    tmp_path: Path, sim: Simulator, api_key: str
+) -> None:
+    (tmp_path / "emitplug.py").write_text(EMIT_PLUGIN)
+    cli = Cli(tmp_path, sim, api_key, '[handlers.starter]\nuse = "emitplug:Starter"\n')
+    instance_id = sim.create_instance(label="vastevents:job-1")
+
+    crashed = cli.run("watch", "--once", "--jsonl", str(cli.jsonl))
+    assert crashed.returncode == -signal.SIGKILL
+    restarted = cli.run("watch", "--once", "--jsonl", str(cli.jsonl))  # redelivers `appeared`: emits again
+    assert restarted.returncode == 0, restarted.stderr
+
+    journal = json.loads(cli.run("events", "--json").stdout)
+    assert [(e["name"], e["instance_id"]) for e in journal] == [("appeared", instance_id), ("job_started", instance_id)]
+    assert [line["id"] for line in cli.lines()] == [e["id"] for e in journal]  # each exactly once, in order
+    sim.vanish(instance_id)
+
+
 def test_jsonl_resumes_after_its_last_id_and_cuts_a_torn_line(tmp_path: Path) -> None:
     at = datetime(2026, 1, 1, tzinfo=UTC)
     with SqliteStore(tmp_path / "s.db") as store:
@@ -232,14 +270,12 @@ def test_jsonl_resumes_after_its_last_id_and_cuts_a_torn_line(tmp_path: Path) ->
 
 
 def test_watch_sim_plays_the_demo_and_exits_cleanly(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setattr(_watch, "SIM_TARGET_SECONDS", 2.0)
-    monkeypatch.setattr(_watch, "SIM_POLL_SECONDS", 0.1)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.delenv("VAST_API_KEY", raising=False)
     monkeypatch.setenv("VAST_URL", "http://192.0.2.1:9")  # never contacted: --sim ignores it
     jsonl = tmp_path / "demo.jsonl"
-    result = CliRunner().invoke(app, ["watch", "--sim", "--jsonl", str(jsonl)])
+    result = CliRunner().invoke(app, ["watch", "--sim", "--pace", "0", "--jsonl", str(jsonl)])
     assert result.exit_code == 0, result.output
     out = result.output
     assert "vastevents watch --sim" in out and "summary" in out and "no sshd left" in out
@@ -312,11 +348,11 @@ def test_sigterm_stops_the_loop_cleanly(tmp_path: Path, sim: Simulator, api_key:
         cli.wait_for_line(process, "appeared")
         assert [line["name"] for line in cli.lines()] == ["appeared"]
         process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=15) == 0
+        assert process.wait(timeout=15) == 130  # interrupted, by the exit-code convention
     finally:
         process.kill()
         out, _ = process.communicate()
-    assert "appeared" in out
+    assert "appeared" in out and re.search(r"stopped after \d+ polls?", out)
 
 
 # --- failures: one clear line and a non-zero exit for --once; the loop rides them out
@@ -360,7 +396,7 @@ def test_the_loop_keeps_watching_through_server_errors(tmp_path: Path, sim: Simu
         sim.advance(3600)  # the outage ends; the same process must notice
         cli.wait_for_line(process, "appeared")
         process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=15) == 0
+        assert process.wait(timeout=15) == 130
     finally:
         process.kill()
         process.communicate()

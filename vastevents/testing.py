@@ -16,31 +16,34 @@
         await h.poll_once()
         assert h.notifier.messages == ["1 is up"]
 
-No network, no sleeping: the clock only moves when told to, and the harness runs the real watcher, store
-(an in-memory SQLite database unless you give a path) and bus.
+No network, no sleeping: the clock only moves when told to (``await h.advance(seconds)`` also wakes daemons
+sleeping on it), and the harness runs the real runtime — watcher, store (an in-memory SQLite database unless
+you give a path), bus, periodic handlers and daemons — built by :class:`vastevents.runtime.Runtime`.
 """
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from types import TracebackType
+from typing import Any, Self
 
 from vastevents.clock import ManualClock
 from vastevents.config import Config
+from vastevents.context import Context
 from vastevents.diff import Rules
 from vastevents.events import Event
-from vastevents.models import Instance
-from vastevents.plugins import ActiveHandler, Context, activate
+from vastevents.models import Instance, Offer
+from vastevents.plugins import ActiveHandler, activate
+from vastevents.ports import CommandResult, SshTarget
+from vastevents.runtime import Runtime
 from vastevents.store import SqliteStore
 from vastevents.watcher import Watcher
-
-if TYPE_CHECKING:
-    from vastevents.vast import VastClient
 
 FakeClock = ManualClock
 """A clock that moves only on ``advance(seconds)``; ``sleep()`` advances it instead of waiting."""
 
-__all__ = ["FakeClock", "FakeCloud", "Harness", "RecordingNotifier"]
+__all__ = ["FakeClock", "FakeCloud", "FakeSsh", "Harness", "RecordingNotifier"]
 
 
 class FakeCloud:
@@ -52,6 +55,9 @@ class FakeCloud:
 
     def __init__(self) -> None:
         self.instances: dict[int, Instance] = {}
+        self.offers: list[Offer] = []
+        self.ssh_keys: list[dict[str, Any]] = []
+        self.charge_rows: list[dict[str, Any]] = []
         self.calls: list[tuple[str, int]] = []
         self._failures: list[Exception] = []
         self._next_id = 1000
@@ -103,6 +109,52 @@ class FakeCloud:
         self.calls.append(("start", instance_id))
         self.update(instance_id, intended_status="running")
 
+    async def search_offers(
+        self,
+        query: str | dict[str, Any],
+        *,
+        type: str = "on-demand",
+        limit: int | None = None,
+        order: list[list[str]] | None = None,
+    ) -> list[Offer]:
+        """The scripted ``offers`` (the query is not evaluated), cheapest first."""
+        found = sorted(self.offers, key=lambda offer: offer.dph_total or 0.0)
+        return found[:limit] if limit is not None else found
+
+    async def create_instance(
+        self,
+        ask_id: int,
+        *,
+        image: str,
+        disk: float,
+        label: str | None = None,
+        price: float | None = None,
+        env: dict[str, str] | None = None,
+        onstart: str | None = None,
+        runtype: str = "ssh_direct",
+    ) -> int:
+        """Rent a scripted offer: a new instance in ``loading`` on its machine."""
+        offer = next((o for o in self.offers if o.id == ask_id), None)
+        fields: dict[str, Any] = {"label": label, "image_uuid": image, "disk_space": disk, "is_bid": price is not None}
+        if offer is not None:
+            fields.update(machine_id=offer.machine_id, host_id=offer.host_id, gpu_name=offer.gpu_name,
+                          num_gpus=offer.num_gpus, dph_total=price or offer.dph_total)  # fmt: skip
+        instance = self.add(None, "loading", **fields)
+        self.calls.append(("create", instance.id))
+        return instance.id
+
+    async def change_bid(self, instance_id: int, price: float) -> None:
+        self.calls.append(("bid", instance_id))
+        self.update(instance_id, dph_total=price)
+
+    async def list_ssh_keys(self) -> list[dict[str, Any]]:
+        return list(self.ssh_keys)
+
+    async def charges(
+        self, *, start: float | None = None, end: float | None = None, limit: int = 100, after_token: str | None = None
+    ) -> dict[str, Any]:
+        return {"results": list(self.charge_rows)}
+
     async def reboot_instance(self, instance_id: int) -> None:
         self.calls.append(("reboot", instance_id))
 
@@ -123,15 +175,37 @@ class RecordingNotifier:
         self.events.append(event)
 
 
+class FakeSsh:
+    """An SSH edge that runs nothing: ``results`` maps a command's start to what it returns; calls are kept."""
+
+    def __init__(self) -> None:
+        self.results: dict[str, CommandResult] = {}
+        self.commands: list[tuple[SshTarget, str]] = []
+        self.uploads: list[tuple[SshTarget, Path, str]] = []
+        self.downloads: list[tuple[SshTarget, str, Path]] = []
+
+    async def run(self, target: SshTarget, command: str, *, timeout: float | None = None) -> CommandResult:
+        self.commands.append((target, command))
+        found = [result for prefix, result in self.results.items() if command.startswith(prefix)]
+        return found[0] if found else CommandResult(0, "", "")
+
+    async def upload(self, target: SshTarget, local: Path, remote: str) -> None:
+        self.uploads.append((target, local, remote))
+
+    async def download(self, target: SshTarget, remote: str, local: Path) -> None:
+        self.downloads.append((target, remote, local))
+
+
 def _handler_name(target: object) -> str:
     name = getattr(target, "__name__", None) or type(target).__name__
     return str(name)
 
 
 class Harness:
-    """The real watcher, store and bus around your handlers, on a :class:`FakeCloud` and a :class:`FakeClock`.
+    """The real runtime around your handlers, on a :class:`FakeCloud`, a :class:`FakeClock` and a fake SSH.
 
-    `handlers` are @on functions, Handler classes or instances, or ready :class:`ActiveHandler` objects.
+    `handlers` are @on functions, Handler classes or instances, or ready :class:`ActiveHandler` objects. Use it
+    as ``async with Harness(...) as h:`` or just call ``await h.poll_once()`` (it starts on first use; ``close()``).
     """
 
     def __init__(
@@ -144,29 +218,69 @@ class Harness:
         store_path: Path | str = ":memory:",
     ) -> None:
         self.cloud = cloud or FakeCloud()
-        self.clock = clock or FakeClock()
+        self.clock = clock or FakeClock(auto_advance=False)
         self.notifier = RecordingNotifier()
+        self.ssh = FakeSsh()
         self.store = SqliteStore(store_path)
-        self.context = Context(
-            client=cast("VastClient", self.cloud),  # duck-typed: the subset of VastClient handlers use
-            store=self.store,
-            clock=self.clock,
-            config=config or Config(),
-            notifier=self.notifier,
-        )
         active = [
             handler if isinstance(handler, ActiveHandler) else activate(_handler_name(handler), handler)
             for handler in handlers
         ]
-        self.watcher = Watcher(self.context, active, lister=self.cloud, rules=rules)
+        self.runtime = Runtime(
+            config or Config(),
+            client=self.cloud,
+            store=self.store,
+            clock=self.clock,
+            notifier=self.notifier,
+            ssh=self.ssh,
+            handlers=active,
+            rules=rules,
+        )
+        self._started = False
+
+    async def start(self) -> Self:
+        if not self._started:
+            await self.runtime.__aenter__()
+            self._started = True
+        return self
+
+    async def __aenter__(self) -> Self:
+        return await self.start()
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    @property
+    def watcher(self) -> Watcher:
+        return self.runtime.watcher
+
+    @property
+    def context(self) -> Context:
+        return self.runtime.context
 
     async def poll_once(self) -> list[Event]:
-        """One watcher cycle: poll the fake cloud, journal, deliver. The events journaled in it."""
-        return await self.watcher.poll_once()
+        """One runtime cycle: poll the fake cloud, journal, deliver, run due periodic handlers. Its events."""
+        await self.start()
+        return await self.runtime.poll_once()
+
+    async def advance(self, seconds: float) -> None:
+        """Move the clock and let the daemons and timers it wakes run until they wait again."""
+        self.clock.advance(seconds)
+        for _ in range(10):  # each round lets woken tasks reach their next await; none of them sleeps for real
+            await asyncio.sleep(0)
 
     def journal(self) -> list[Event]:
         """Every journaled event, in order."""
         return self.store.events()
+
+    async def aclose(self) -> None:
+        """Stop the runtime (daemons keep their rows, as after a watcher restart) and close the store."""
+        if self._started:
+            await self.runtime.__aexit__(None, None, None)
+            self._started = False
+        self.store.close()
 
     def close(self) -> None:
         self.store.close()

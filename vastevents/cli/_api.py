@@ -15,7 +15,7 @@ from rich.table import Table
 
 from vastevents._logging import redact
 from vastevents.cli._app import ConfigOption, app, fail, table_console
-from vastevents.config import Config, find_api_key, load_config
+from vastevents.config import Config, find_api_key, load_config, resolve_api_key
 from vastevents.errors import VastEventsError
 from vastevents.models import Instance, Offer
 from vastevents.query import parse_query
@@ -45,8 +45,12 @@ def _call(config: Config, request: Callable[[VastClient], Awaitable[_T]]) -> _T:
     """Run one API request with a client tuned for a person waiting: few attempts, short waits."""
 
     async def run() -> _T:
-        client = VastClient.from_config(
-            config, max_attempts=_INTERACTIVE_ATTEMPTS, max_wait=_INTERACTIVE_MAX_WAIT, timeout=_INTERACTIVE_TIMEOUT
+        client = VastClient(
+            resolve_api_key(),
+            config.vast.url,
+            max_attempts=_INTERACTIVE_ATTEMPTS,
+            max_wait=_INTERACTIVE_MAX_WAIT,
+            timeout=_INTERACTIVE_TIMEOUT,
         )
         async with client:
             return await request(client)

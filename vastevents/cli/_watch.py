@@ -14,7 +14,6 @@ import time
 import tomllib
 from collections import Counter
 from collections.abc import Iterator
-from datetime import datetime
 from pathlib import Path
 from typing import IO, Annotated, NoReturn
 
@@ -27,7 +26,7 @@ from rich.text import Text
 
 from vastevents._logging import redact
 from vastevents.cli._app import ConfigOption, app, fail
-from vastevents.clock import ManualClock, ScaledClock, SystemClock
+from vastevents.clock import ManualClock
 from vastevents.config import Config, load_config, resolve_api_key
 from vastevents.errors import AuthError, ConfigError, VastEventsError
 from vastevents.events import (
@@ -38,15 +37,16 @@ from vastevents.events import (
     VANISHED,
     Event,
 )
-from vastevents.plugins import ActiveHandler, Context, installed_handlers, load_handlers
+from vastevents.plugins import ActiveHandler, installed_handlers, load_handlers
+from vastevents.runtime import Runtime
 from vastevents.store import SqliteStore, Store, StoreError
 from vastevents.vast import VastClient
 from vastevents.watcher import EventObserver, Watcher, WatchStatus
 
 SIM_POLL_SECONDS = 0.5
-"""Real seconds between polls of ``watch --sim``."""
-SIM_TARGET_SECONDS = 20.0
-"""Real seconds the built-in scenario should take; the simulated clock is sped up to fit."""
+"""Real seconds between the polls of ``watch --sim`` by default (``--pace``)."""
+SIM_STEPS = 40
+"""How many equal steps of simulated time ``watch --sim`` cuts its scenario into (one poll each)."""
 
 JsonlOption = Annotated[
     str | None,
@@ -187,36 +187,43 @@ class _Screen:
 # --- watch ---------------------------------------------------------------------------------------------------
 
 
-def _stop_on_signals(stop: asyncio.Event) -> None:
+EXIT_INTERRUPTED = 130
+
+
+def _stop_on_signals(stop: asyncio.Event, interrupted: list[int]) -> None:
+    """Ctrl-C or SIGTERM ends the loop after the current cycle (and records which signal came)."""
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
+
+        def on_signal(signum: int = signum) -> None:
+            interrupted.append(signum)
+            stop.set()
+
+        loop.add_signal_handler(signum, on_signal)
 
 
-async def _watch(watcher: Watcher, screen: _Screen, *, once: bool, until: datetime | None = None) -> None:
-    """Run `watcher` until a signal, after one cycle (`once`), or after a poll at or after `until`.
+async def _watch(runtime: Runtime, screen: _Screen, *, once: bool, interrupted: list[int]) -> None:
+    """Run `runtime` until a signal, or for one cycle (`once`).
 
     `once` fails (exit 1) when its poll failed. The loop keeps watching through every error but one: a key
     rejected before any poll succeeded, since the key is read once at start and retrying cannot fix it.
     """
+    watcher = runtime.watcher
     stop = asyncio.Event()
-    _stop_on_signals(stop)
+    _stop_on_signals(stop, interrupted)
     if once:
-        await watcher.poll_once()
+        await runtime.poll_once(all_periodic=True)
         if watcher.last_error is not None:
             _fail_poll(watcher.last_error)
         return
 
     def on_cycle() -> None:
         screen.status(watcher.status)
-        last = watcher.status.last_poll
-        if until is not None and last is not None and last >= until:
-            stop.set()
         if _key_rejected_at_start(watcher) is not None:
             stop.set()
 
     with screen.showing():
-        await watcher.run(stop, on_cycle=on_cycle)
+        await runtime.run(stop, on_cycle=on_cycle)
     if (rejected := _key_rejected_at_start(watcher)) is not None:
         _fail_poll(rejected)
 
@@ -250,12 +257,18 @@ def watch(
     scenario: Annotated[
         Path | None, typer.Option("--scenario", help="Scenario file for --sim (default: the built-in demo).")
     ] = None,
+    pace: Annotated[
+        float,
+        typer.Option(
+            "--pace", min=0.0, help="With --sim: real seconds between simulated polls (0: as fast as possible)."
+        ),
+    ] = SIM_POLL_SECONDS,
 ) -> None:
     """Poll the account and turn every change into events for the handlers named in the config."""
     if sim or scenario is not None:
         if once or interval is not None:
             fail("--sim plays its whole scenario at its own pace; it takes no --once or --interval", 2)
-        _watch_sim(config, scenario, jsonl)
+        _watch_sim(config, scenario, jsonl, pace)
         return
     cfg = _load(config)
     handlers = _handlers(cfg)
@@ -280,12 +293,22 @@ def watch(
             f"handlers: {', '.join(handler.name for handler in handlers) or 'none'}",
             style="dim",
         )
+    interrupted: list[int] = []
+    polls = 0
 
     async def main() -> None:
-        async with VastClient(api_key, cfg.vast.url) as client:
-            context = Context(client=client, store=store, clock=SystemClock(), config=cfg)
-            watcher = Watcher(context, handlers, interval=every, observers=_observers(screen, sink))
-            await _watch(watcher, screen, once=once)
+        nonlocal polls
+        client = VastClient(api_key, cfg.vast.url)
+        async with (
+            client,
+            Runtime(
+                cfg, client=client, store=store, handlers=handlers, interval=every, observers=_observers(screen, sink)
+            ) as runtime,
+        ):
+            try:
+                await _watch(runtime, screen, once=once, interrupted=interrupted)
+            finally:
+                polls = runtime.watcher.status.polls
 
     try:
         asyncio.run(main())
@@ -295,6 +318,9 @@ def watch(
         if sink is not None:
             sink.close()
         store.close()
+    if interrupted:
+        console.print(f"stopped after {polls} poll{'' if polls == 1 else 's'}", style="dim")
+        raise typer.Exit(EXIT_INTERRUPTED)
 
 
 def _observers(screen: _Screen, sink: JsonlSink | None) -> list[EventObserver]:
@@ -320,60 +346,77 @@ def _scenario_description(path: Path) -> str:
     return description if isinstance(description, str) else ""
 
 
-def _watch_sim(config_path: Path | None, scenario: Path | None, jsonl: str | None) -> None:
-    """The embedded default: a temporary store, an in-process simulator on an accelerated clock."""
+def _watch_sim(config_path: Path | None, scenario: Path | None, jsonl: str | None, pace: float) -> None:
+    """The embedded default: a temporary store, an in-process simulator on a manual clock stepped poll by poll.
+
+    Simulated time moves only between polls, in equal steps, so the same scenario gives the same events on
+    any machine however loaded; `pace` only spaces the steps out in real time for the reader.
+    """
     from vastevents.sim import Simulator  # only --sim needs the simulator
 
     path = scenario or Simulator.builtin_scenario("demo")
     # Explicit --config only: a Slack handler in the user's default config should not hear about a demo.
     cfg = _load(config_path) if config_path is not None else Config()
     handlers = _handlers(cfg)
+    clock = ManualClock()
+    api_key = f"sim-{secrets.token_hex(8)}"
     try:
-        probe = Simulator(clock=ManualClock(), scenario=path)
+        simulator = Simulator(api_key=api_key, clock=clock, scenario=path, ssh=False)
     except (VastEventsError, OSError) as exc:
         fail(f"cannot load scenario {path}: {exc}", 2)
-    start, end = probe.clock.now(), probe.scenario_end
-    duration = (end - start).total_seconds() if end is not None else 0.0
-    speed = max(1.0, duration / SIM_TARGET_SECONDS)
-    api_key = f"sim-{secrets.token_hex(8)}"
+    start, end = clock.now(), simulator.scenario_end or clock.now()
+    duration = (end - start).total_seconds()
+    step = max(1.0, duration / SIM_STEPS)
     console = Console(stderr=jsonl == "-", highlight=False)
     screen = _Screen(console, live=console.is_terminal)
     title = "the built-in demo scenario" if scenario is None else f"scenario {path}"
+    interrupted: list[int] = []
     with tempfile.TemporaryDirectory(prefix="vastevents-sim-") as tmp:
         store = SqliteStore(Path(tmp) / "state.db")
-        simulator = Simulator(api_key=api_key, clock=ScaledClock(speed), scenario=path, ssh=False)
         sink = JsonlSink(jsonl, store) if jsonl else None
         try:
             simulator.start()
-            clock = simulator.clock
-            end_at = simulator.scenario_end or clock.now()
             console.rule(f"vastevents watch --sim: {title}")
             if description := _scenario_description(path):
                 console.print(description, style="dim")
             console.print(
-                f"simulator {simulator.url} · {duration / 60:.0f} simulated minutes at {speed:.0f}x speed · "
-                f"poll every {SIM_POLL_SECONDS * speed:.0f} simulated s · temporary store",
+                f"simulator {simulator.url} · {duration / 60:.0f} simulated minutes · a poll every {step:.0f}"
+                " simulated s · temporary store",
                 style="dim",
             )
             started = time.monotonic()
 
-            async def main() -> Watcher:
-                async with VastClient(api_key, simulator.url) as client:
-                    context = Context(client=client, store=store, clock=clock, config=cfg)
-                    watcher = Watcher(
-                        context, handlers, interval=SIM_POLL_SECONDS * speed, observers=_observers(screen, sink)
-                    )
-                    await _watch(watcher, screen, once=False, until=end_at)
-                    return watcher
+            async def main() -> WatchStatus:
+                stop = asyncio.Event()
+                _stop_on_signals(stop, interrupted)
+                client = VastClient(api_key, simulator.url)
+                async with client, Runtime(
+                    cfg, client=client, store=store, clock=clock, handlers=handlers, interval=step,
+                    observers=_observers(screen, sink),
+                ) as runtime:  # fmt: skip
+                    with screen.showing():
+                        while not stop.is_set():
+                            await runtime.poll_once()
+                            screen.status(runtime.watcher.status)
+                            if clock.now() >= end:
+                                break
+                            clock.advance(step)
+                            if pace:
+                                with contextlib.suppress(TimeoutError):
+                                    await asyncio.wait_for(stop.wait(), pace)
+                    return runtime.watcher.status
 
-            watcher = asyncio.run(main())
+            status = asyncio.run(main())
         finally:
             simulator.stop()
             if sink is not None:
                 sink.close()
         journal = store.events()
         store.close()
-    _summary(console, journal, watcher.status, time.monotonic() - started, simulator.ssh_pids())
+    _summary(console, journal, status, time.monotonic() - started, simulator.ssh_pids())
+    if interrupted:
+        console.print(f"the story was interrupted: stopped after {status.polls} polls", style="dim")
+        raise typer.Exit(EXIT_INTERRUPTED)
 
 
 def _summary(console: Console, journal: list[Event], status: WatchStatus, seconds: float, sshd: list[int]) -> None:
