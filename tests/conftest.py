@@ -112,3 +112,38 @@ def sim_client(sim: Simulator, api_key: str) -> Iterator[httpx.Client]:
     """An httpx client for the `sim` fixture, sending its key."""
     with httpx.Client(base_url=sim.url, headers={"Authorization": f"Bearer {api_key}"}, timeout=10) as client:
         yield client
+
+
+PG_HINT = "set VASTEVENTS_TEST_PG to a PostgreSQL server (default postgresql://postgres@127.0.0.1:5432/test)"
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A PostgreSQL URL whose search_path is a fresh schema of its own (dropped afterwards).
+
+    Skipped with a hint where no server answers; under CI=true a missing server fails instead.
+    """
+    import secrets
+    from urllib.parse import quote
+
+    try:
+        import psycopg
+    except ImportError:
+        if os.environ.get("CI") == "true":
+            raise
+        pytest.skip("psycopg is not installed: pip install -e '.[dev]'")
+    base = os.environ.get("VASTEVENTS_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+    schema = f"t_{secrets.token_hex(6)}"
+    try:
+        admin = psycopg.connect(base, autocommit=True, connect_timeout=5)
+    except psycopg.OperationalError as exc:
+        if os.environ.get("CI") == "true":
+            raise AssertionError(f"no PostgreSQL server for the tests ({exc}); {PG_HINT}") from None
+        pytest.skip(f"no PostgreSQL server: {PG_HINT}")
+    with admin:
+        admin.execute(f'CREATE SCHEMA "{schema}"')
+        try:
+            separator = "&" if "?" in base else "?"
+            yield f"{base}{separator}options={quote(f'-csearch_path={schema}')}"
+        finally:
+            admin.execute(f'DROP SCHEMA "{schema}" CASCADE')

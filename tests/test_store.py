@@ -1,9 +1,10 @@
-"""The SQLite store on a real file: atomic commits, round trips, delivery marks, stale-snapshot detection."""
+"""The store on both backends (a real SQLite file, a real PostgreSQL server): atomic commits, round trips,
+delivery marks, stale-snapshot detection, migrations."""
 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -13,7 +14,16 @@ from vastevents.diff import observe
 from vastevents.events import Event
 from vastevents.models import Instance
 from vastevents.snapshot import Snapshot
-from vastevents.store import FORMAT_VERSION, Database, Migration, SqliteStore, StaleSnapshot, StoreError
+from vastevents.store import (
+    FORMAT_VERSION,
+    Database,
+    Migration,
+    PostgresStore,
+    SqliteStore,
+    SqlStore,
+    StaleSnapshot,
+    StoreError,
+)
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -25,27 +35,55 @@ def rows(*pairs: tuple[int, str | None]) -> list[Instance]:
     ]
 
 
+Opener = Callable[[], SqlStore]
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def opener(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Opener]:
+    """Opens (again) one store on the backend the test runs on; every store it opened is closed afterwards."""
+    opened: list[SqlStore] = []
+    if request.param == "sqlite":
+        path = tmp_path / "state" / "state.db"
+
+        def open_() -> SqlStore:
+            opened.append(SqliteStore(path))
+            return opened[-1]
+    else:
+        url = request.getfixturevalue("pg_url")
+
+        def open_() -> SqlStore:
+            opened.append(PostgresStore(url))
+            return opened[-1]
+
+    yield open_
+    for store in opened:
+        store.close()
+
+
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[SqliteStore]:
-    with SqliteStore(tmp_path / "state" / "state.db") as opened:
-        yield opened
+def store(opener: Opener) -> SqlStore:
+    return opener()
 
 
-def test_file_is_in_wal_mode(store: SqliteStore, tmp_path: Path) -> None:
+def components(store: SqlStore) -> dict[str, int]:
+    return {str(name): int(version) for name, version in store.db.query("SELECT component, version FROM schema")}
+
+
+def test_file_is_in_wal_mode(tmp_path: Path) -> None:
+    SqliteStore(tmp_path / "state" / "state.db").close()
     db = sqlite3.connect(tmp_path / "state" / "state.db")
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     db.close()
 
 
-def test_snapshot_and_events_round_trip_through_a_reopen(tmp_path: Path) -> None:
-    path = tmp_path / "s.db"
-    with SqliteStore(path) as store:
+def test_snapshot_and_events_round_trip_through_a_reopen(opener: Opener) -> None:
+    with opener() as store:
         previous = store.load_snapshot()
         assert previous.taken_at is None and len(previous) == 0
         snapshot, events = observe(previous, rows((1, "loading"), (2, "Weird")), T0)
         journaled = store.commit(previous, snapshot, events)
         assert [e.id for e in journaled] == [1, 2]
-    with SqliteStore(path) as store:
+    with opener() as store:
         assert store.load_snapshot() == snapshot
         assert store.events() == journaled
         assert store.events()[1].raw == "Weird"
@@ -53,7 +91,7 @@ def test_snapshot_and_events_round_trip_through_a_reopen(tmp_path: Path) -> None
         assert instance is not None and instance.model_extra == {"odd_field": [1, 2]}
 
 
-def test_commit_writes_everything_or_nothing(store: SqliteStore) -> None:
+def test_commit_writes_everything_or_nothing(store: SqlStore) -> None:
     previous = store.load_snapshot()
     snapshot, events = observe(previous, rows((1, "running")), T0)
     broken = Event(name="appeared", instance_id=1, at=None)  # type: ignore[arg-type]
@@ -63,9 +101,8 @@ def test_commit_writes_everything_or_nothing(store: SqliteStore) -> None:
     assert store.events() == []
 
 
-def test_a_second_writer_is_detected_instead_of_journaling_twice(tmp_path: Path) -> None:
-    path = tmp_path / "s.db"
-    with SqliteStore(path) as one, SqliteStore(path) as two:
+def test_a_second_writer_is_detected_instead_of_journaling_twice(opener: Opener) -> None:
+    with opener() as one, opener() as two:
         base = one.load_snapshot()
         snapshot, events = observe(base, rows((1, "running")), T0)
         one.commit(base, snapshot, events)
@@ -74,7 +111,7 @@ def test_a_second_writer_is_detected_instead_of_journaling_twice(tmp_path: Path)
         assert [e.name for e in two.events()] == ["appeared"]
 
 
-def test_vanished_rows_are_removed_and_unchanged_rows_kept(store: SqliteStore) -> None:
+def test_vanished_rows_are_removed_and_unchanged_rows_kept(store: SqlStore) -> None:
     base = store.load_snapshot()
     first, events = observe(base, rows((1, "running"), (2, "running")), T0)
     store.commit(base, first, events)
@@ -85,7 +122,7 @@ def test_vanished_rows_are_removed_and_unchanged_rows_kept(store: SqliteStore) -
     assert loaded.taken_at == T0 + timedelta(seconds=5)
 
 
-def test_events_filters(store: SqliteStore) -> None:
+def test_events_filters(store: SqlStore) -> None:
     base = store.load_snapshot()
     snapshot, events = observe(base, rows((1, "loading"), (2, "loading")), T0)
     store.commit(base, snapshot, events)
@@ -96,7 +133,7 @@ def test_events_filters(store: SqliteStore) -> None:
     assert [e.instance_id for e in store.events(name="appeared")] == [1, 2]
 
 
-def test_new_handlers_start_after_the_journal_and_marks_compact(store: SqliteStore) -> None:
+def test_new_handlers_start_after_the_journal_and_marks_compact(store: SqlStore) -> None:
     base = store.load_snapshot()
     snapshot, events = observe(base, rows((1, "loading")), T0)
     store.commit(base, snapshot, events)
@@ -119,7 +156,7 @@ def test_new_handlers_start_after_the_journal_and_marks_compact(store: SqliteSto
     assert store.db.query("SELECT COUNT(*) FROM deliveries")[0][0] == 0
 
 
-def test_deactivated_handlers_are_forgotten(store: SqliteStore) -> None:
+def test_deactivated_handlers_are_forgotten(store: SqlStore) -> None:
     store.activate(["a"])
     store.append([Event(name="poll_failed", instance_id=None, at=T0)])
     store.activate([])
@@ -127,7 +164,7 @@ def test_deactivated_handlers_are_forgotten(store: SqliteStore) -> None:
     assert store.pending() == []
 
 
-def test_stop_requests_are_cleared_once_the_instance_is_down(store: SqliteStore) -> None:
+def test_stop_requests_are_cleared_once_the_instance_is_down(store: SqlStore) -> None:
     base = store.load_snapshot()
     running, events = observe(base, rows((1, "running")), T0)
     store.commit(base, running, events)
@@ -147,7 +184,7 @@ def test_a_file_that_is_not_a_database_is_a_clear_error(tmp_path: Path) -> None:
         SqliteStore(path)
 
 
-def test_empty_snapshot_round_trip(store: SqliteStore) -> None:
+def test_empty_snapshot_round_trip(store: SqlStore) -> None:
     base = store.load_snapshot()
     store.commit(base, Snapshot({}, T0), [])
     assert store.load_snapshot() == Snapshot({}, T0)
@@ -164,18 +201,13 @@ def user_version(path: Path) -> int:
         db.close()
 
 
-def schema(path: Path) -> dict[str, int]:
-    db = sqlite3.connect(path)
-    try:
-        return {name: int(version) for name, version in db.execute("SELECT component, version FROM schema")}
-    finally:
-        db.close()
+def test_a_new_store_records_each_component_version(store: SqlStore) -> None:
+    assert components(store) == {"effects": 1, "journal": 2, "snapshot": 1}
 
 
-def test_a_new_store_records_each_component_version(tmp_path: Path) -> None:
+def test_a_new_sqlite_file_is_at_the_current_format(tmp_path: Path) -> None:
     SqliteStore(tmp_path / "s.db").close()
     assert user_version(tmp_path / "s.db") == FORMAT_VERSION
-    assert schema(tmp_path / "s.db") == {"effects": 1, "journal": 2, "snapshot": 1}
 
 
 class Jobs:
@@ -190,16 +222,15 @@ class Jobs:
         return int(self.db.query("SELECT COUNT(*) FROM jobs")[0][0])
 
 
-def test_a_repository_added_later_brings_its_migrations_and_keeps_the_data(tmp_path: Path) -> None:
-    path = tmp_path / "s.db"
-    with SqliteStore(path) as old:
+def test_a_repository_added_later_brings_its_migrations_and_keeps_the_data(opener: Opener) -> None:
+    with opener() as old:
         old.append([Event(name="poll_failed", instance_id=None, at=T0)])
-    with SqliteStore(path) as upgraded:
+    with opener() as upgraded:
         assert upgraded.repository(Jobs).count() == 0
         assert upgraded.repository(Jobs) is upgraded.repository(Jobs)
         assert [e.name for e in upgraded.events()] == ["poll_failed"]
-    assert schema(path)["jobs"] == 1
-    with SqliteStore(path) as reopened:  # a process that does not use the repository still opens the store
+        assert components(upgraded)["jobs"] == 1
+    with opener() as reopened:  # a process that does not use the repository still opens the store
         assert [e.name for e in reopened.events()] == ["poll_failed"]
 
 
@@ -225,28 +256,29 @@ def test_a_store_of_the_single_list_format_is_upgraded_in_place(tmp_path: Path) 
     assert user_version(path) == FORMAT_VERSION
 
 
-def test_a_failing_migration_changes_nothing(tmp_path: Path) -> None:
-    path = tmp_path / "s.db"
-    SqliteStore(path).close()
-
+def test_a_failing_migration_changes_nothing(store: SqlStore) -> None:
     class Broken(Jobs):
         MIGRATIONS = (Migration("ledger", 1, ("CREATE TABLE ledger (id INTEGER)", "THIS IS NOT SQL")),)
 
-    with SqliteStore(path) as store, pytest.raises(StoreError, match="cannot open the state file"):
+    with pytest.raises(StoreError, match="cannot open the state"):
         store.repository(Broken)
-    assert "ledger" not in schema(path)
-    db = sqlite3.connect(path)
-    assert db.execute("SELECT name FROM sqlite_master WHERE name = 'ledger'").fetchall() == []
-    db.close()
+    assert "ledger" not in components(store)
+    with pytest.raises(Exception):  # noqa: B017 - each backend has its own "no such table"
+        store.db.query("SELECT COUNT(*) FROM ledger")
 
 
-@pytest.mark.parametrize("statement", [f"PRAGMA user_version = {FORMAT_VERSION + 1}", "UPDATE schema SET version = 9"])
-def test_a_store_from_a_newer_vastevents_is_refused(tmp_path: Path, statement: str) -> None:
+def test_a_store_from_a_newer_vastevents_is_refused(opener: Opener) -> None:
+    with opener() as store, store.db.transaction() as conn:
+        conn.execute("UPDATE schema SET version = 9 WHERE component = 'journal'")
+    with pytest.raises(StoreError, match="newer vastevents"):
+        opener()
+
+
+def test_a_sqlite_file_of_a_newer_format_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "s.db"
     SqliteStore(path).close()
     db = sqlite3.connect(path)
-    db.execute(statement)
-    db.commit()
+    db.execute(f"PRAGMA user_version = {FORMAT_VERSION + 1}")
     db.close()
     with pytest.raises(StoreError, match="newer vastevents"):
         SqliteStore(path)

@@ -62,3 +62,8 @@ def configure_logging(*, debug: bool = False) -> None:
     httpx_logger.handlers[:] = [handler] if debug else []
     httpx_logger.setLevel(logging.INFO if debug else logging.WARNING)
     logging.getLogger("httpcore").setLevel(logging.WARNING)
+
+
+def without_password(url: str) -> str:
+    """`url` with any password replaced, for messages (``postgresql://team:***@db/vastevents``)."""
+    return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:" + REDACTED + "@", url)

@@ -16,7 +16,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationError
 
-from vastevents._logging import register_secret
+from vastevents._logging import register_secret, without_password
 from vastevents.errors import ConfigError
 from vastevents.vast import DEFAULT_URL
 
@@ -67,9 +67,19 @@ class WatchConfig(_Section):
 
 class StoreConfig(_Section):
     path: Path = Path(DEFAULT_STORE)
+    url: str | None = None
+    """``postgresql://...`` shares one store between watchers (team mode); env ``VASTEVENTS_STORE_URL`` wins."""
 
     def resolved_path(self) -> Path:
         return self.path.expanduser()
+
+    def resolved_url(self) -> str | None:
+        return os.environ.get("VASTEVENTS_STORE_URL") or self.url or None
+
+    def describe(self) -> str:
+        """Where the store is, for people: the file, or the database without its password."""
+        url = self.resolved_url()
+        return without_password(url) if url else str(self.resolved_path())
 
 
 class HandlerConfig(BaseModel):

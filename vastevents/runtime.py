@@ -30,7 +30,7 @@ from vastevents.errors import ConfigError, TemporaryError
 from vastevents.events import HANDLER_FAILED, VANISHED, Event
 from vastevents.plugins import ActiveHandler, LoggingNotifier, load_handlers
 from vastevents.ports import Notifier, Ssh, VastApi
-from vastevents.store import DaemonRow, SqliteStore, Store
+from vastevents.store import DaemonRow, Store, open_store
 from vastevents.vast import VastClient
 from vastevents.watcher import EventObserver, InstanceLister, Watcher
 
@@ -76,7 +76,7 @@ class Runtime:
             client = vast
         self.client: VastApi = client
         if store is None:
-            store = SqliteStore(self.config.store.resolved_path())
+            store = open_store(self.config.store.resolved_path(), self.config.store.resolved_url())
             self._owned.callback(store.close)
         self.store: Store = store
         self.actions = Actions(self.client, self.store, self.clock, self.config)

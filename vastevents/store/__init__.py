@@ -15,11 +15,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any, ClassVar, Protocol, TypeVar, cast
+from typing import Any, ClassVar, Protocol, Self, TypeVar, cast
 
 from vastevents.events import Event
 from vastevents.snapshot import Snapshot
-from vastevents.store._db import FORMAT_VERSION, Database, Migration, StoreError
+from vastevents.store._db import FORMAT_VERSION, Conn, Database, Migration, SqliteDatabase, StoreError
 from vastevents.store.effects import MIGRATIONS as _EFFECTS
 from vastevents.store.effects import DaemonRow, Effects, Intent
 from vastevents.store.journal import MIGRATIONS as _JOURNAL
@@ -29,20 +29,25 @@ from vastevents.store.snapshots import Snapshots, StaleSnapshot
 
 __all__ = [
     "FORMAT_VERSION",
+    "Conn",
     "DaemonRow",
     "Database",
     "Effects",
     "Intent",
     "Journal",
     "Migration",
+    "PostgresStore",
     "Repository",
     "Retry",
     "Snapshots",
+    "SqlStore",
+    "SqliteDatabase",
     "SqliteStore",
     "StaleSnapshot",
     "Store",
     "StoreError",
     "Write",
+    "open_store",
 ]
 
 CORE_MIGRATIONS: tuple[Migration, ...] = (*_SNAPSHOT, *_JOURNAL, *_EFFECTS)
@@ -99,12 +104,11 @@ class Store(Protocol):
     def close(self) -> None: ...
 
 
-class SqliteStore:
-    """The :class:`Store` in one SQLite file; ``":memory:"`` for tests."""
+class SqlStore:
+    """The :class:`Store` over any :class:`Database` backend."""
 
-    def __init__(self, path: Path | str) -> None:
-        self.path = path
-        self.db = Database(path)
+    def __init__(self, db: Database) -> None:
+        self.db = db
         try:
             self.db.migrate(CORE_MIGRATIONS)
         except StoreError:
@@ -165,8 +169,31 @@ class SqliteStore:
     def close(self) -> None:
         self.db.close()
 
-    def __enter__(self) -> SqliteStore:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+class SqliteStore(SqlStore):
+    """The store in one SQLite file (the embedded default); ``":memory:"`` for tests."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = path
+        super().__init__(SqliteDatabase(path))
+
+
+class PostgresStore(SqlStore):
+    """The store on a PostgreSQL server (team mode); needs the ``postgres`` extra."""
+
+    def __init__(self, url: str) -> None:
+        from vastevents.store.postgres import PostgresDatabase
+
+        self.url = url
+        super().__init__(PostgresDatabase(url))
+
+
+def open_store(path: Path | str, url: str | None = None) -> SqlStore:
+    """The store a config names: PostgreSQL when `url` is set, else the SQLite file at `path`."""
+    return PostgresStore(url) if url else SqliteStore(path)

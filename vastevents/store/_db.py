@@ -1,29 +1,48 @@
-"""The shared database part every repository stands on: one connection, one lock, transactions, migrations.
+"""The shared database part every repository stands on: a connection, one lock, transactions, migrations.
 
 Each repository owns its tables and declares its own ordered :class:`Migration` list under a component name,
 so adding a repository (jobs, ledger, hosts, outbox, ...) never renumbers another's schema. The applied
 version of each component lives in the ``schema`` table; pending migrations of every component run in one
 transaction when the store is opened (all or none).
+
+Repositories write portable SQL (``?`` placeholders, ``ON CONFLICT`` upserts, ``RETURNING``); a backend
+translates what its dialect spells differently (:meth:`Database.translate`).
 """
 
 from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from vastevents.errors import VastEventsError
 
 FORMAT_VERSION = 2
-"""``PRAGMA user_version`` of a store laid out in components (1: the single-list schema of 0.1)."""
+"""The store's layout: 2 = components in a ``schema`` table (1: the single-list schema of 0.1)."""
+
+Params = Sequence[Any] | Mapping[str, Any]
 
 
 class StoreError(VastEventsError):
-    """The state file cannot be opened or is not a vastevents store."""
+    """The state store cannot be opened or is not a vastevents store."""
+
+
+class Cursor(Protocol):
+    def fetchone(self) -> Any: ...
+
+    def fetchall(self) -> list[Any]: ...
+
+
+class Conn(Protocol):
+    """What a repository writes through inside a transaction (a sqlite3 connection or an adapter)."""
+
+    def execute(self, sql: str, params: Params = ..., /) -> Cursor: ...
+
+    def executemany(self, sql: str, rows: Sequence[Params], /) -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -32,21 +51,124 @@ class Migration:
 
     component: str
     version: int
-    apply: tuple[str, ...] | Callable[[sqlite3.Connection], None]
+    apply: tuple[str, ...] | Callable[[Conn], None]
 
 
 class Database:
-    """One SQLite file (WAL mode, synchronous=FULL; ``":memory:"`` for tests) shared by the repositories.
+    """A database shared by the repositories; subclasses connect. Every access holds one re-entrant lock, so
+    handlers running in worker threads can use the store too, and a nested :meth:`transaction` joins the outer
+    one (a unit of work spanning several repositories)."""
 
-    Every access holds one re-entrant lock, so handlers running in worker threads can use the store too, and
-    a nested :meth:`transaction` joins the outer one (a unit of work spanning several repositories).
-    """
+    dialect = "sql"
+    errors: tuple[type[Exception], ...] = (sqlite3.DatabaseError,)
 
-    def __init__(self, path: Path | str) -> None:
-        self.path = path
-        in_memory = str(path) == ":memory:"
+    def __init__(self, where: str) -> None:
+        self.where = where
         self._lock = threading.RLock()
         self._depth = 0
+        self._current: Conn | None = None
+
+    # --- what a backend provides --------------------------------------------------------------------------
+
+    @contextmanager
+    def _begin(self) -> Iterator[Conn]:  # pragma: no cover - abstract
+        raise NotImplementedError
+        yield
+
+    def _format(self, conn: Conn) -> int:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _set_format(self, conn: Conn) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def query(self, sql: str, params: Params = ()) -> list[tuple[Any, ...]]:  # pragma: no cover - abstract
+        """Rows of one read (outside or inside a transaction)."""
+        raise NotImplementedError
+
+    def translate(self, sql: str) -> str:
+        """`sql` in this backend's dialect (the portable form is SQLite's)."""
+        return sql
+
+    def close(self) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    # --- shared ---------------------------------------------------------------------------------------------
+
+    @contextmanager
+    def transaction(self) -> Iterator[Conn]:
+        """One transaction (``ROLLBACK`` on any error); nested calls join the outer one."""
+        with self._lock:
+            if self._depth:
+                self._depth += 1
+                assert self._current is not None
+                try:
+                    yield self._current
+                finally:
+                    self._depth -= 1
+                return
+            with self._begin() as conn:
+                self._current = conn
+                self._depth = 1
+                try:
+                    yield conn
+                finally:
+                    self._depth = 0
+                    self._current = None
+
+    def migrate(self, migrations: Sequence[Migration]) -> None:
+        """Apply every migration newer than its component's recorded version, in one transaction."""
+        try:
+            with self.transaction() as db:
+                fmt = self._format(db)
+                if fmt > FORMAT_VERSION:
+                    raise StoreError(
+                        f"{self.where} was written by a newer vastevents (store format {fmt}, this one knows"
+                        f" {FORMAT_VERSION}); upgrade vastevents"
+                    )
+                db.execute("CREATE TABLE IF NOT EXISTS schema (component TEXT PRIMARY KEY, version INTEGER NOT NULL)")
+                applied = {str(name): int(version) for name, version in db.execute("SELECT * FROM schema").fetchall()}
+                for migration in sorted(migrations, key=lambda m: (m.component, m.version)):
+                    known = applied.get(migration.component, 0)
+                    if migration.version <= known:
+                        continue
+                    if migration.version != known + 1:
+                        raise StoreError(f"migration {migration.component} {migration.version} skips a version")
+                    if callable(migration.apply):
+                        migration.apply(db)
+                    else:
+                        for statement in migration.apply:
+                            db.execute(statement)
+                    applied[migration.component] = migration.version
+                    db.execute(
+                        "INSERT INTO schema (component, version) VALUES (?, ?)"
+                        " ON CONFLICT (component) DO UPDATE SET version = excluded.version",
+                        (migration.component, migration.version),
+                    )
+                ours = {m.component for m in migrations}  # another component belongs to a repository not used here
+                newer = {name: v for name, v in applied.items() if name in ours and v > _latest(migrations, name)}
+                if newer:
+                    name, version = next(iter(newer.items()))
+                    raise StoreError(
+                        f"{self.where} was written by a newer vastevents ({name} schema {version}); upgrade vastevents"
+                    )
+                self._set_format(db)
+        except self.errors as exc:
+            raise StoreError(f"cannot open the state {self.where}: {exc}") from None
+
+
+def _latest(migrations: Sequence[Migration], component: str) -> int:
+    return max((m.version for m in migrations if m.component == component), default=0)
+
+
+class SqliteDatabase(Database):
+    """One SQLite file (WAL mode, synchronous=FULL; ``":memory:"`` for tests)."""
+
+    dialect = "sqlite"
+
+    def __init__(self, path: Path | str) -> None:
+        super().__init__(f"file {path}")
+        self.path = path
+        in_memory = str(path) == ":memory:"
         try:
             if not in_memory:
                 Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
@@ -66,75 +188,25 @@ class Database:
             raise StoreError(f"cannot open the state file {path}: {exc}") from None
 
     @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        """``BEGIN IMMEDIATE`` … ``COMMIT`` (``ROLLBACK`` on any error); nested calls join the outer one."""
-        with self._lock:
-            if self._depth:
-                self._depth += 1
-                try:
-                    yield self._conn
-                finally:
-                    self._depth -= 1
-                return
-            self._conn.execute("BEGIN IMMEDIATE")
-            self._depth = 1
-            try:
-                yield self._conn
-            except BaseException:
-                self._depth = 0
-                self._conn.execute("ROLLBACK")
-                raise
-            self._depth = 0
-            self._conn.execute("COMMIT")
+    def _begin(self) -> Iterator[Conn]:
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._conn
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
+        self._conn.execute("COMMIT")
 
-    def query(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[tuple[Any, ...]]:
-        """Rows of one read (outside or inside a transaction)."""
+    def _format(self, conn: Conn) -> int:
+        return int(conn.execute("PRAGMA user_version").fetchone()[0])
+
+    def _set_format(self, conn: Conn) -> None:
+        conn.execute(f"PRAGMA user_version = {FORMAT_VERSION}")
+
+    def query(self, sql: str, params: Params = ()) -> list[tuple[Any, ...]]:
         with self._lock:
             return list(self._conn.execute(sql, params).fetchall())
-
-    def migrate(self, migrations: Sequence[Migration]) -> None:
-        """Apply every migration newer than its component's recorded version, in one transaction."""
-        try:
-            with self.transaction() as db:
-                fmt = int(db.execute("PRAGMA user_version").fetchone()[0])
-                if fmt > FORMAT_VERSION:
-                    raise StoreError(
-                        f"{self.path} was written by a newer vastevents (store format {fmt}, this one knows"
-                        f" {FORMAT_VERSION}); upgrade vastevents"
-                    )
-                db.execute("CREATE TABLE IF NOT EXISTS schema (component TEXT PRIMARY KEY, version INTEGER NOT NULL)")
-                applied = {str(name): int(version) for name, version in db.execute("SELECT * FROM schema")}
-                for migration in sorted(migrations, key=lambda m: (m.component, m.version)):
-                    known = applied.get(migration.component, 0)
-                    if migration.version <= known:
-                        continue
-                    if migration.version != known + 1:
-                        raise StoreError(f"migration {migration.component} {migration.version} skips a version")
-                    if callable(migration.apply):
-                        migration.apply(db)
-                    else:
-                        for statement in migration.apply:
-                            db.execute(statement)
-                    applied[migration.component] = migration.version
-                    db.execute(
-                        "INSERT OR REPLACE INTO schema (component, version) VALUES (?, ?)",
-                        (migration.component, migration.version),
-                    )
-                ours = {m.component for m in migrations}  # another component belongs to a repository not used here
-                newer = {name: v for name, v in applied.items() if name in ours and v > _latest(migrations, name)}
-                if newer:
-                    name, version = next(iter(newer.items()))
-                    raise StoreError(
-                        f"{self.path} was written by a newer vastevents ({name} schema {version}); upgrade vastevents"
-                    )
-                db.execute(f"PRAGMA user_version = {FORMAT_VERSION}")
-        except sqlite3.DatabaseError as exc:
-            raise StoreError(f"cannot open the state file {self.path}: {exc}") from None
 
     def close(self) -> None:
         with self._lock:
             self._conn.close()
-
-
-def _latest(migrations: Sequence[Migration], component: str) -> int:
-    return max((m.version for m in migrations if m.component == component), default=0)

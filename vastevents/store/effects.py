@@ -73,12 +73,11 @@ class Effects:
         self, handler: str, action: str, at: datetime, *, instance_id: int | None = None, label: str | None = None
     ) -> int:
         with self.db.transaction() as conn:
-            cursor = conn.execute(
-                "INSERT INTO intents (handler, action, instance_id, label, at) VALUES (?, ?, ?, ?, ?)",
+            row = conn.execute(
+                "INSERT INTO intents (handler, action, instance_id, label, at) VALUES (?, ?, ?, ?, ?) RETURNING id",
                 (handler, action, instance_id, label, iso(at)),
-            )
-            assert cursor.lastrowid is not None
-            return cursor.lastrowid
+            ).fetchone()
+            return int(row[0])
 
     def close_intent(self, intent_id: int, outcome: str, *, instance_id: int | None = None) -> None:
         with self.db.transaction() as conn:
@@ -101,7 +100,8 @@ class Effects:
     def save_daemon(self, row: DaemonRow) -> None:
         with self.db.transaction() as conn:
             conn.execute(
-                "INSERT OR REPLACE INTO daemons (handler, name, instance_id, state, started_at) VALUES (?, ?, ?, ?, ?)",
+                "INSERT INTO daemons (handler, name, instance_id, state, started_at) VALUES (?, ?, ?, ?, ?)"
+                " ON CONFLICT (handler, name, instance_id) DO UPDATE SET state = excluded.state",
                 (row.handler, row.name, row.instance_id, json.dumps(row.state), iso(row.started_at)),
             )
 
@@ -122,5 +122,7 @@ class Effects:
     def ran(self, handler: str, name: str, at: datetime) -> None:
         with self.db.transaction() as conn:
             conn.execute(
-                "INSERT OR REPLACE INTO periodic (handler, name, last_run) VALUES (?, ?, ?)", (handler, name, iso(at))
+                "INSERT INTO periodic (handler, name, last_run) VALUES (?, ?, ?)"
+                " ON CONFLICT (handler, name) DO UPDATE SET last_run = excluded.last_run",
+                (handler, name, iso(at)),
             )

@@ -8,14 +8,13 @@ and due time: until it is due, that handler gets no later event of the same inst
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
 from vastevents.events import Event
 from vastevents.store._codec import EVENT_COLUMNS, event_row, iso, load_event, time
-from vastevents.store._db import Database, Migration
+from vastevents.store._db import Conn, Database, Migration
 
 MIGRATIONS = (
     Migration(
@@ -62,7 +61,7 @@ MIGRATIONS = (
     ),
 )
 
-Write = Callable[[sqlite3.Connection], None]
+Write = Callable[[Conn], None]
 """A handler's own store write, run inside the transaction that marks its delivery (unit of work)."""
 
 
@@ -81,17 +80,16 @@ class Journal:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    def insert(self, conn: sqlite3.Connection, events: Sequence[Event]) -> list[Event]:
+    def insert(self, conn: Conn, events: Sequence[Event]) -> list[Event]:
         """Journal `events` inside the caller's transaction; the events with their ids."""
         journaled = []
         for event in events:
-            cursor = conn.execute(
+            row = conn.execute(
                 "INSERT INTO events (name, instance_id, old, new, at, catch_up, raw, detail, instance)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
                 event_row(event),
-            )
-            assert cursor.lastrowid is not None
-            journaled.append(event.journaled(cursor.lastrowid))
+            ).fetchone()
+            journaled.append(event.journaled(int(row[0])))
         return journaled
 
     def append(self, events: Sequence[Event]) -> list[Event]:
@@ -117,7 +115,7 @@ class Journal:
         """Make these the active handlers: new ones start after the current journal, dropped ones forgotten."""
         names = sorted(set(handlers))
         with self.db.transaction() as conn:
-            known = {row[0] for row in conn.execute("SELECT name FROM handlers")}
+            known = {row[0] for row in conn.execute("SELECT name FROM handlers").fetchall()}
             for name in known - set(names):
                 for table in ("deliveries", "retries"):
                     conn.execute(f"DELETE FROM {table} WHERE handler = ?", (name,))  # noqa: S608 - fixed names
@@ -174,8 +172,8 @@ class Journal:
         with self.db.transaction() as conn:
             conn.execute(
                 "INSERT INTO retries (handler, event_id, attempts, due_at, error) VALUES (?, ?, 1, ?, ?)"
-                " ON CONFLICT (handler, event_id) DO UPDATE SET attempts = attempts + 1, due_at = excluded.due_at,"
-                " error = excluded.error",
+                " ON CONFLICT (handler, event_id) DO UPDATE SET attempts = retries.attempts + 1,"
+                " due_at = excluded.due_at, error = excluded.error",
                 (handler, event_id, iso(due_at), error),
             )
             row = conn.execute(
@@ -191,12 +189,14 @@ class Journal:
             for write in writes:
                 write(conn)
             journaled = self.insert(conn, [failure]) if failure is not None else []
-            conn.execute("INSERT OR IGNORE INTO deliveries (handler, event_id) VALUES (?, ?)", (handler, event_id))
+            conn.execute(
+                "INSERT INTO deliveries (handler, event_id) VALUES (?, ?) ON CONFLICT DO NOTHING", (handler, event_id)
+            )
             conn.execute("DELETE FROM retries WHERE handler = ? AND event_id = ?", (handler, event_id))
             self._compact(conn, handler)
         return journaled[0] if journaled else None
 
-    def _compact(self, conn: sqlite3.Connection, handler: str) -> None:
+    def _compact(self, conn: Conn, handler: str) -> None:
         """Fold a handler's contiguous marks into its ``delivered_upto`` so marks don't pile up."""
         row = conn.execute("SELECT delivered_upto FROM handlers WHERE name = ?", (handler,)).fetchone()
         if row is None:
@@ -221,18 +221,21 @@ class Journal:
         limit: int | None = None,
     ) -> list[Event]:
         """Journaled events in id order: after id `since`, of one instance, of one name; the last `limit`."""
-        where = (
-            "WHERE id > :since AND (:instance_id IS NULL OR instance_id = :instance_id)"
-            " AND (:name IS NULL OR name = :name)"
-        )
-        params = {"since": since or 0, "instance_id": instance_id, "name": name, "limit": limit or -1}
+        clauses: list[str] = ["id > ?"]
+        params: list[object] = [since or 0]
+        if instance_id is not None:
+            clauses.append("instance_id = ?")
+            params.append(instance_id)
+        if name is not None:
+            clauses.append("name = ?")
+            params.append(name)
+        select = f"SELECT {EVENT_COLUMNS} FROM events WHERE {' AND '.join(clauses)}"  # noqa: S608 - fixed clauses
         if limit is None:
-            rows = self.db.query(f"SELECT {EVENT_COLUMNS} FROM events {where} ORDER BY id", params)  # noqa: S608
+            rows = self.db.query(f"{select} ORDER BY id", params)
         else:
             rows = self.db.query(
-                f"SELECT * FROM (SELECT {EVENT_COLUMNS} FROM events {where} ORDER BY id DESC LIMIT :limit)"  # noqa: S608
-                " ORDER BY id",
-                params,
+                f"SELECT * FROM ({select} ORDER BY id DESC LIMIT ?) AS latest ORDER BY id",  # noqa: S608
+                [*params, limit],
             )
         return [load_event(row) for row in rows]
 

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import sqlite3
 from datetime import datetime
 
 from vastevents.models import State
 from vastevents.snapshot import Snapshot
 from vastevents.store._codec import dump_view, iso, load_view, time
-from vastevents.store._db import Database, Migration, StoreError
+from vastevents.store._db import Conn, Database, Migration, StoreError
 
 MIGRATIONS = (
     Migration(
@@ -39,7 +38,7 @@ class Snapshots:
         views = {int(instance_id): load_view(text) for instance_id, text in self.db.query("SELECT * FROM snapshot")}
         return Snapshot(views, time(self.taken_at()))
 
-    def replace(self, conn: sqlite3.Connection, previous: Snapshot, snapshot: Snapshot) -> None:
+    def replace(self, conn: Conn, previous: Snapshot, snapshot: Snapshot) -> None:
         """Write only what changed since `previous`, inside the caller's transaction; refuse a stale base."""
         if self.taken_at() != iso(previous.taken_at):
             raise StaleSnapshot("another watcher committed to this store since our last poll")
@@ -50,8 +49,16 @@ class Snapshots:
             for instance_id, view in snapshot.views.items()
             if previous.views.get(instance_id) != view
         ]
-        conn.executemany("INSERT OR REPLACE INTO snapshot (instance_id, view) VALUES (?, ?)", changed)
-        conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('taken_at', ?)", (iso(snapshot.taken_at),))
+        conn.executemany(
+            "INSERT INTO snapshot (instance_id, view) VALUES (?, ?)"
+            " ON CONFLICT (instance_id) DO UPDATE SET view = excluded.view",
+            changed,
+        )
+        conn.execute(
+            "INSERT INTO meta (key, value) VALUES ('taken_at', ?)"
+            " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (iso(snapshot.taken_at),),
+        )
         done = [
             (instance_id,)
             for instance_id in self.stop_requests()
@@ -62,7 +69,11 @@ class Snapshots:
     def request_stop(self, instance_id: int, at: datetime) -> None:
         """Note that we asked to stop this instance, so its stop is not reported as a preemption."""
         with self.db.transaction() as conn:
-            conn.execute("INSERT OR REPLACE INTO stop_requests (instance_id, at) VALUES (?, ?)", (instance_id, iso(at)))
+            conn.execute(
+                "INSERT INTO stop_requests (instance_id, at) VALUES (?, ?) ON CONFLICT (instance_id) DO UPDATE"
+                " SET at = excluded.at",
+                (instance_id, iso(at)),
+            )
 
     def stop_requests(self) -> frozenset[int]:
         return frozenset(int(row[0]) for row in self.db.query("SELECT instance_id FROM stop_requests"))
