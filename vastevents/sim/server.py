@@ -13,17 +13,18 @@ import threading
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 from urllib.parse import parse_qs, urlsplit
 
 from vastevents._logging import redact
 from vastevents.sim.matching import matches, sort_rows
-from vastevents.sim.model import SimError, number_param
-
-if TYPE_CHECKING:
-    from vastevents.sim.simulator import Simulator
+from vastevents.sim.model import SimError, SimInstance
+from vastevents.sim.params import number_param
+from vastevents.sim.world import World
 
 logger = logging.getLogger("vastevents.sim")
 
@@ -78,6 +79,38 @@ class Request:
         return self.body
 
 
+class Served(Protocol):
+    """What the API needs from the simulator that serves it (the Simulator), so this module never imports it."""
+
+    @property
+    def api_key(self) -> str: ...
+
+    @property
+    def speed(self) -> float: ...
+
+    @property
+    def stopping(self) -> threading.Event: ...
+
+    @property
+    def url(self) -> str: ...
+
+    def world(self) -> AbstractContextManager[World]:
+        """The world, locked and advanced to the clock's now."""
+        ...
+
+    def save(self) -> None: ...
+
+    def row(self, inst: SimInstance) -> dict[str, Any]: ...
+
+    def instance_log(self, inst: SimInstance) -> str: ...
+
+    def keys_changed(self, inst: SimInstance) -> None: ...
+
+    def state(self) -> dict[str, Any]: ...
+
+    def advance(self, seconds: float) -> datetime: ...
+
+
 Handler = Callable[["Api", Request, dict[str, str]], Response]
 
 
@@ -118,7 +151,7 @@ def _error(status: int, error: str, msg: str, headers: dict[str, str] | None = N
 class Api:
     """Maps requests onto the Simulator's world. Every handler runs with the world advanced to now."""
 
-    def __init__(self, sim: Simulator, *, rate_limits: bool = True) -> None:
+    def __init__(self, sim: Served, *, rate_limits: bool = True) -> None:
         self.sim = sim
         self._buckets = _TokenBuckets(RATE_LIMITS) if rate_limits else None
         self._logs: OrderedDict[str, str] = OrderedDict()  # result_url token -> log text, the newest _KEPT_LOGS
@@ -371,7 +404,7 @@ class Api:
         start = number_param(window.get("gte"), -math.inf, what="select_filters.day.gte")
         end = number_param(window.get("lte"), math.inf, what="select_filters.day.lte")
         with self.sim.world() as world:
-            results = [self.sim.charge_item(inst) for inst in world.all_instances()]
+            results = [world.charge_item(inst) for inst in world.all_instances()]
         results = [item for item in results if item["end"] >= start and item["start"] <= end]
         return Response(200, {"results": results, "count": len(results), "total": len(results), "next_token": None})
 
@@ -404,8 +437,8 @@ class Api:
         seconds = request.object_body().get("seconds")
         if not isinstance(seconds, int | float) or seconds < 0:
             raise SimError(400, "invalid_args", "seconds must be a non-negative number")
-        self.sim.advance(float(seconds))
-        return Response(200, {"success": True, "now": self.sim.clock.now().isoformat()})
+        now = self.sim.advance(float(seconds))
+        return Response(200, {"success": True, "now": now.isoformat()})
 
     def admin_action(self, request: Request, args: dict[str, str]) -> Response:
         with self.sim.world() as world:

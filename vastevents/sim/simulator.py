@@ -162,13 +162,14 @@ class Simulator:
             self._world.advance(self.clock.now().timestamp())
             yield self._world
 
-    def advance(self, seconds: float) -> None:
-        """Move a ManualClock forward (admin `/_sim/advance`); other clocks move on their own."""
+    def advance(self, seconds: float) -> datetime:
+        """Move a ManualClock forward (admin `/_sim/advance`) and return the new now; other clocks move on their own."""
         if not isinstance(self.clock, ManualClock):
             raise SimError(400, "invalid_args", "only a simulator on a manual clock can be advanced")
-        self.clock.advance(seconds)
+        now = self.clock.advance(seconds)
         with self.world():
             pass
+        return now
 
     def save(self) -> None:
         if self.state_path is None:
@@ -207,25 +208,6 @@ class Simulator:
     def keys_changed(self, inst: SimInstance) -> None:
         if self._ssh is not None:
             self._ssh.update_keys(inst.id, inst.ssh_keys)
-
-    def charge_item(self, inst: SimInstance) -> dict[str, Any]:
-        gpu, storage = self._world.charges(inst)
-        end = inst.ended_at if inst.ended_at is not None else self._world.now
-        return {
-            "type": "instance",
-            "source": f"instance-{inst.id}",
-            "description": f"{inst.label or 'instance'} on machine {inst.machine_id}",
-            "amount": gpu + storage,
-            "start": inst.created_at,
-            "end": end,
-            "day": end,
-            "items": [
-                {"type": "gpu", "source": "gpu", "description": "GPU time while running", "amount": gpu,
-                 "start": inst.created_at, "end": end, "items": []},
-                {"type": "storage", "source": "storage", "description": f"{inst.disk} GB disk, stopped too",
-                 "amount": storage, "start": inst.created_at, "end": end, "items": []},
-            ],
-        }  # fmt: skip
 
     def state(self) -> dict[str, Any]:
         """Everything `/_sim/state` and `vastevents sim --status` show: hosts, instances, spend, faults."""
