@@ -9,7 +9,7 @@ import tempfile
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -146,8 +146,31 @@ class Simulator:
 
     @property
     def scenario_end(self) -> datetime | None:
+        """When the scenario's last step plays (None without a scenario): the story is over once a poll saw it."""
         end = self._world.scenario_end
         return datetime.fromtimestamp(end, UTC) if end is not None else None
+
+    def next_due(self) -> datetime | None:
+        """The next simulated moment after the clock's now at which the world changes by itself, or None.
+
+        That is the next scenario step, instance transition (scheduling -> created -> loading -> running, a
+        restart or reboot done, a flapping host back), contract expiry, or end of a fault storm. On a ManualClock
+        this steps a run deterministically: advance the clock to it, list instances (the API answers from the
+        state at the clock's now, so the change is seen), ask again; stop once it is past `scenario_end`::
+
+            while (due := sim.next_due()) is not None and due <= sim.scenario_end:
+                clock.advance((due - clock.now()).total_seconds())
+                ...poll...
+
+        Requests in between (a create, a stop) can bring an earlier moment, so ask after each poll, never ahead.
+        The moment is rounded up to the microsecond, so advancing a clock to it always plays what is due.
+        """
+        with self.world() as world:
+            due = world.next_due()
+        if due is None:
+            return None
+        moment = datetime.fromtimestamp(due, UTC)
+        return moment if moment.timestamp() >= due else moment + timedelta(microseconds=1)
 
     def ssh_pids(self) -> list[int]:
         """Process ids of the sshd servers (and their jobs) currently running for instances."""
