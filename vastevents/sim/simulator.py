@@ -36,7 +36,8 @@ class Simulator:
     """A local Vast: ``with Simulator(clock=ManualClock()) as sim: httpx.get(sim.url + ...)``.
 
     Instance state is a function of `clock` (evaluated on every request and admin call), so a ManualClock
-    fully drives it: ``sim.clock.advance(90)`` then poll. The admin helpers mirror ``POST /_sim/<action>``.
+    fully drives it: ``sim.clock.advance(90)`` then poll, or step from one `next_due` moment to the next.
+    The admin helpers mirror ``POST /_sim/<action>``. `description` is the scenario's one line ("" if none).
     """
 
     def __init__(
@@ -45,7 +46,7 @@ class Simulator:
         api_key: str = "sim-key",
         clock: Clock | None = None,
         speed: float = 1.0,
-        scenario: Path | str | None = None,
+        scenario: Path | str | None = None,  # a file, or a built-in scenario's name ("demo")
         state: Path | None = None,
         ssh: bool = False,
         seed: int = 0,
@@ -68,6 +69,7 @@ class Simulator:
         self._api = Api(self, rate_limits=rate_limits)
         self._ssh = SSHHosts() if ssh else None
         plan = load_scenario(scenario) if scenario is not None else None
+        self.description = plan.description if plan is not None else ""
         now = self.clock.now().timestamp()
         if self.state_path is not None and self.state_path.exists():
             self._world = self._load_state(self.state_path)
