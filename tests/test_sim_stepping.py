@@ -1,4 +1,8 @@
-"""Stepping a ManualClock through `Simulator.next_due`: every change of the demo is seen, the same way every run."""
+"""Stepping a ManualClock through `Simulator.next_due`: every change of the demo is seen, the same way every run.
+
+Each poll's list also goes through the pure diff the watcher uses, so the event names a stepped run yields are
+checked too: every transition the demo promises, and the same ones every run.
+"""
 
 from __future__ import annotations
 
@@ -7,28 +11,38 @@ from datetime import timedelta
 from pathlib import Path
 
 from vastevents.clock import ManualClock
+from vastevents.diff import observe
 from vastevents.sim import Simulator
+from vastevents.snapshot import Snapshot
 from vastevents.vast import VastClient
 
 # (seconds after the start, label, actual_status, cur_state, intended_status, next_state), one per row per poll
 Seen = list[tuple[float, str, str | None, str | None, str | None, str | None]]
 
 
-async def _step_through(scenario: Path) -> tuple[Seen, int]:
-    """List instances over HTTP at the start and at every due moment up to the scenario's end; then clean up."""
+async def _step_through(scenario: Path) -> tuple[Seen, int, list[tuple[float, str, str | None]]]:
+    """List instances over HTTP at the start and at every due moment up to the scenario's end; then clean up.
+
+    Returns what each poll saw, the number of polls, and the events (offset, name, label) those lists make.
+    """
     clock = ManualClock()
     start = clock.now()
     seen: Seen = []
     polls = 0
+    snapshot = Snapshot()
+    events: list[tuple[float, str, str | None]] = []
     with Simulator(clock=clock, scenario=scenario) as sim:
         end = sim.scenario_end
         assert end is not None
         async with VastClient(sim.api_key, sim.url) as client:
             while True:
                 offset = (clock.now() - start).total_seconds()
-                for row in await client.list_instances():
+                rows = await client.list_instances()
+                for row in rows:
                     seen.append((offset, row.label or "", row.actual_status, row.cur_state, row.intended_status,
                                  row.next_state))  # fmt: skip
+                snapshot, found = observe(snapshot, rows, clock.now())
+                events += [(offset, e.name, e.instance.label if e.instance else None) for e in found]
                 polls += 1
                 due = sim.next_due()
                 if due is None or due > end:
@@ -38,7 +52,7 @@ async def _step_through(scenario: Path) -> tuple[Seen, int]:
             for row in await client.list_instances():
                 await client.destroy_instance(row.id)
         assert sim.instance_count() == 0
-    return seen, polls
+    return seen, polls, events
 
 
 def _statuses(seen: Seen, label: str) -> list[str | None]:
@@ -47,7 +61,7 @@ def _statuses(seen: Seen, label: str) -> list[str | None]:
 
 
 async def test_stepping_the_demo_sees_every_transition_it_promises() -> None:
-    seen, polls = await _step_through(Simulator.builtin_scenario("demo"))
+    seen, polls, events = await _step_through(Simulator.builtin_scenario("demo"))
     loaded: list[str | None] = [None, "created", "loading", "running"]
     assert _statuses(seen, "vastevents:job-1") == loaded
     assert _statuses(seen, "vastevents:job-2") == [*loaded, "exited"], "the bid instance is outbid"
@@ -65,12 +79,21 @@ async def test_stepping_the_demo_sees_every_transition_it_promises() -> None:
     by_poll = [list(group) for _, group in itertools.groupby(seen, key=lambda s: s[0])]
     assert len(by_poll) == polls
     assert all([s[1:] for s in a] != [s[1:] for s in b] for a, b in itertools.pairwise(by_poll))
+    names = {(name, label) for _, name, label in events}
+    for label in ("vastevents:job-1", "vastevents:job-2", "vastevents:job-3", "vastevents:job-5", "notebook"):
+        for name in ("appeared", "scheduling_to_created", "created_to_loading", "loading_to_running"):
+            assert (name, label) in names, (name, label)
+    assert {("preempted", "vastevents:job-2"), ("running_to_exited", "vastevents:job-2")} <= names
+    assert {("running_to_offline", "vastevents:job-3"), ("offline_to_running", "vastevents:job-3")} <= names
+    assert {("stuck_loading", "vastevents:job-4"), ("vanished", "vastevents:job-5")} <= names
+    assert ("running_to_stopped", "notebook") in names and ("preempted", "notebook") not in names
 
 
 async def test_the_same_demo_gives_the_same_observations_every_run() -> None:
     demo = Simulator.builtin_scenario("demo")
     first, second = await _step_through(demo), await _step_through(demo)
-    assert first == second
+    assert first == second, "the same lists at the same moments, so the same events"
+    assert "scheduling_to_loading" not in {name for _, name, _ in first[2]}, "no state is skipped between polls"
 
 
 async def test_a_stuck_pull_shows_its_message_and_next_due_follows_client_actions() -> None:
