@@ -10,7 +10,6 @@ import math
 import re
 import secrets
 import threading
-import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
@@ -21,6 +20,7 @@ from typing import Any, Protocol
 from urllib.parse import parse_qs, urlsplit
 
 from vastevents._logging import redact
+from vastevents.clock import Clock
 from vastevents.sim.matching import matches, sort_rows
 from vastevents.sim.model import SimError, SimInstance
 from vastevents.sim.params import number_param
@@ -32,7 +32,8 @@ PAGE_SIZE = 25
 _KEPT_LOGS = 256  # log texts kept for their result_url; older ones answer 404 like an expired bucket object
 JSON_TYPE = "application/json"
 
-# (burst, refill per wall-clock second) per endpoint class: search is strict, lists are lenient.
+# (burst, refill per simulated second) per endpoint class: search is strict, lists are lenient. Buckets refill on
+# the simulator's clock, so on a ManualClock whether a request is limited never depends on the machine's speed.
 RATE_LIMITS: dict[str, tuple[float, float]] = {
     "search": (10.0, 10.0 / 60.0),
     "create": (20.0, 1.0),
@@ -92,6 +93,9 @@ class Served(Protocol):
     def stopping(self) -> threading.Event: ...
 
     @property
+    def clock(self) -> Clock: ...
+
+    @property
     def url(self) -> str: ...
 
     def world(self) -> AbstractContextManager[World]:
@@ -130,10 +134,9 @@ class _TokenBuckets:
         self._state: dict[tuple[str, str], tuple[float, float]] = {}
         self._lock = threading.Lock()
 
-    def take(self, rate_class: str, client: str) -> float | None:
-        """None when allowed, else seconds until a token is back."""
+    def take(self, rate_class: str, client: str, now: float) -> float | None:
+        """None when allowed, else seconds (of the clock `now` comes from) until a token is back."""
         burst, refill = self._limits[rate_class]
-        now = time.monotonic()
         with self._lock:
             tokens, last = self._state.get((rate_class, client), (burst, now))
             tokens = min(burst, tokens + (now - last) * refill)
@@ -178,7 +181,7 @@ class Api:
             if storm is not None:
                 return storm
         if self._buckets is not None and route.auth:
-            wait = self._buckets.take(route.rate_class, request.client)
+            wait = self._buckets.take(route.rate_class, request.client, self.sim.clock.now().timestamp())
             if wait is not None:
                 return Response(
                     429,
@@ -188,7 +191,7 @@ class Api:
                         "msg": "API requests too frequent",
                         "detail": f"API requests too frequent: endpoint threshold exceeded ({route.rate_class})",
                     },
-                    {"Retry-After": str(max(1, math.ceil(wait)))},
+                    {"Retry-After": str(max(1, math.ceil(wait / self.sim.speed)))},
                 )
         try:
             response = route.handler(self, request, args)

@@ -57,8 +57,8 @@ class Simulator:
     ) -> None:
         register_secret(api_key)
         self.api_key = api_key
-        self.speed = speed
         self.clock: Clock = clock or ScaledClock(speed)
+        self.speed = self.clock.speed if isinstance(self.clock, ScaledClock) else speed  # simulated s per wall s
         self.host = host
         self.port = port
         self.state_path = Path(state) if state is not None else None
