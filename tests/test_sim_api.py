@@ -236,6 +236,18 @@ def test_rate_limit_answers_429_with_retry_after(sim_client: httpx.Client) -> No
     assert sim_client.get("/api/v1/instances/").status_code == 200, "limits are per endpoint"
 
 
+def test_rate_limits_refill_on_the_simulators_clock(sim: Simulator, sim_client: httpx.Client) -> None:
+    """On a ManualClock whether a request is limited depends on simulated time only, never on the machine's speed."""
+    for _ in range(10):
+        assert sim_client.post("/api/v0/bundles/", json={"limit": 1}).status_code == 200
+    limited = sim_client.post("/api/v0/bundles/", json={"limit": 1})
+    assert limited.status_code == 429 and limited.headers["Retry-After"] == "6", "search refills 10 a minute"
+    sim.advance(5)
+    assert sim_client.post("/api/v0/bundles/", json={"limit": 1}).status_code == 429, "5 s: not yet"
+    sim.advance(2)
+    assert sim_client.post("/api/v0/bundles/", json={"limit": 1}).status_code == 200
+
+
 def test_select_filters_and_legacy_list(sim: Simulator, sim_client: httpx.Client) -> None:
     sim.create_instance(label="a")
     b = sim.create_instance(label="b")

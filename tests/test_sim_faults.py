@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 
 from vastevents.sim import Simulator
-from vastevents.sim.world import DISK_FULL_MSG, GPU_BROKEN_MSG, OCI_PULL_ERROR
+from vastevents.sim.faults import DISK_FULL_MSG, GPU_BROKEN_MSG, OCI_PULL_ERROR
 
 
 def _admin(sim_client: httpx.Client, action: str, **body: Any) -> dict[str, Any]:

@@ -9,7 +9,7 @@ import pytest
 
 from vastevents.clock import ManualClock
 from vastevents.sim import Simulator
-from vastevents.sim.world import CREATE_S, REBOOT_S, RESTART_S, SCHEDULE_S
+from vastevents.sim.lifecycle import CREATE_S, REBOOT_S, RESTART_S, SCHEDULE_S
 
 
 def _row(sim: Simulator, instance_id: int, api_key: str) -> Any:

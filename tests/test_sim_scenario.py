@@ -11,8 +11,8 @@ import pytest
 
 from vastevents.clock import ManualClock
 from vastevents.sim import Simulator
+from vastevents.sim.faults import DISK_FULL_MSG, GPU_BROKEN_MSG
 from vastevents.sim.scenario import ScenarioError, load_scenario
-from vastevents.sim.world import DISK_FULL_MSG, GPU_BROKEN_MSG
 
 STORY = """
 [world]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import errno
+import os
+import re
 import signal
 import threading
 from pathlib import Path
@@ -19,10 +22,12 @@ from vastevents.sim import Simulator
 
 DEFAULT_PORT = 8642
 DEFAULT_KEY = "sim-key"
+_VAST_KEY_SHAPE = re.compile(r"[0-9a-f]{64}")  # a real Vast API key: never echoed, even to the simulator's user
 
 
 @app.command()
 def sim(
+    ctx: typer.Context,
     host: Annotated[str, typer.Option(help="Address to listen on (keep it loopback).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on (0: any free port).")] = DEFAULT_PORT,
     api_key: Annotated[
@@ -30,20 +35,33 @@ def sim(
     ] = DEFAULT_KEY,
     speed: Annotated[float, typer.Option(min=0.001, help="Simulated seconds per real second.")] = 1.0,
     scenario: Annotated[
-        Path | None, typer.Option(help="Scenario file (TOML/JSON): world and timeline of faults.")
+        str | None,
+        typer.Option(
+            metavar="FILE|NAME", help="Scenario file (TOML/JSON) or a built-in one by name (demo): world and faults."
+        ),
     ] = None,
     state: Annotated[Path | None, typer.Option(help="State file: kept across restarts of the simulator.")] = None,
     ssh: Annotated[bool, typer.Option("--ssh/--no-ssh", help="Back running instances with real sshd.")] = False,
     seed: Annotated[int, typer.Option(help="Seed of the generated market of hosts.")] = 0,
     status: Annotated[
-        bool, typer.Option("--status", help="Show hosts, instances and spend of the simulator at --host/--port.")
+        bool,
+        typer.Option(
+            "--status",
+            help="Show hosts, instances and spend of the simulator at --host/--port (else $VAST_URL, $VAST_API_KEY).",
+        ),
     ] = False,
 ) -> None:
     """Serve the Vast API on loopback from a simulated market, with faults scripted or injected via /_sim/."""
     register_secret(api_key)
     if status:
-        _show_status(f"http://{host}:{port}", api_key)
+        _show_status(*_status_target(ctx, host, port, api_key))
         return
+    try:
+        simulator = Simulator(
+            api_key=api_key, speed=speed, scenario=scenario, state=state, ssh=ssh, seed=seed, host=host, port=port
+        )
+    except (VastEventsError, OSError) as exc:
+        fail(str(exc), 2)  # the scenario or the state file: what the user gave
     done = threading.Event()
 
     def _on_signal(signum: int, frame: FrameType | None) -> None:
@@ -53,16 +71,18 @@ def sim(
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
     try:
-        simulator = Simulator(
-            api_key=api_key, speed=speed, scenario=scenario, state=state, ssh=ssh, seed=seed, host=host, port=port
-        )
         simulator.start()
-    except (VastEventsError, OSError) as exc:
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            fail(f"port {port} on {host} is already in use: stop what listens there, or pass --port 0 for a free one")
         fail(str(exc))
-    key_hint = "sim-key (the default)" if api_key == DEFAULT_KEY else "the --api-key you passed"
+    except VastEventsError as exc:
+        fail(str(exc))
+    # The simulator's own key is no Vast secret, so the hint shows it; one shaped like a real key stays hidden.
+    shown_key = "<the key you passed>" if _VAST_KEY_SHAPE.fullmatch(api_key) else api_key
     typer.echo(f"vastevents sim listening on {simulator.url} (speed x{speed:g}{', ssh hosts' if ssh else ''})")
-    typer.echo(f"  use it: VAST_URL={simulator.url} VAST_API_KEY=<{key_hint}>")
-    typer.echo(f"  status: vastevents sim --status --port {simulator.port}; admin: POST {simulator.url}/_sim/<action>")
+    typer.echo(f"  use it: VAST_URL={simulator.url} VAST_API_KEY={shown_key} vastevents watch")
+    typer.echo(f"  status: vastevents sim --status (with those two set); admin: POST {simulator.url}/_sim/<action>")
     try:
         while not done.wait(0.5):
             pass
@@ -71,13 +91,24 @@ def sim(
         typer.echo("vastevents sim stopped")
 
 
+def _status_target(ctx: typer.Context, host: str, port: int, api_key: str) -> tuple[str, str]:
+    """Where ``--status`` looks, with which key: --host/--port/--api-key if given, else $VAST_URL/$VAST_API_KEY."""
+    sources = {name: ctx.get_parameter_source(name) for name in ("host", "port", "api_key")}
+    given = {name for name, source in sources.items() if source is not None and source.name != "DEFAULT"}
+    env_url, env_key = os.environ.get("VAST_URL"), os.environ.get("VAST_API_KEY")
+    url = env_url.rstrip("/") if env_url and not {"host", "port"} & given else f"http://{host}:{port}"
+    key = env_key if env_key and "api_key" not in given else api_key
+    register_secret(key)
+    return url, key
+
+
 def _show_status(url: str, api_key: str) -> None:
     try:
         response = httpx.get(f"{url}/_sim/state", headers={"Authorization": f"Bearer {api_key}"}, timeout=10)
     except httpx.HTTPError as exc:
         fail(f"no simulator answering at {url}: {exc}")
     if response.status_code in (401, 403):
-        fail(f"the simulator at {url} refused the key: pass the one it was started with (--api-key)")
+        fail(f"the simulator at {url} refused the key: pass the one it was started with (--api-key or VAST_API_KEY)")
     try:
         response.raise_for_status()
         state: dict[str, Any] = response.json()

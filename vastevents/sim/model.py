@@ -26,16 +26,6 @@ class SimError(Exception):
         return {"success": False, "error": self.error, "msg": self.msg, **self.extra}
 
 
-def number_param(value: Any, default: float, *, what: str) -> float:
-    """A request's number (Vast often sends them as strings); absent or empty means `default`."""
-    if value is None or value == "":
-        return default
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise SimError(400, "invalid_args", f"{what} must be a number, got {value!r}") from None
-
-
 class HostBackend(Protocol):
     """What runs an instance's "container" (real sshd hosts); the world only says when."""
 

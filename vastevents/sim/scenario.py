@@ -1,6 +1,8 @@
 """Scenario files: a world (seed, host count or explicit machines) and a timeline of scripted actions.
 
-TOML (or JSON with the same shape)::
+TOML (or JSON with the same shape); a built-in scenario can be named instead of a file (``demo``)::
+
+    description = "One line saying what happens."
 
     [world]
     seed = 7
@@ -36,6 +38,7 @@ class ScenarioError(VastEventsError):
 @dataclass(frozen=True)
 class Scenario:
     source: Path
+    description: str = ""
     seed: int | None = None
     hosts: int | None = None
     credit: float | None = None
@@ -43,21 +46,35 @@ class Scenario:
     steps: list[Step] = field(default_factory=list)
 
 
+def _builtin_names() -> str:
+    return ", ".join(sorted(p.stem for p in _SCENARIOS.glob("*.toml")))
+
+
 def builtin_scenario(name: str) -> Path:
     """The path of a scenario shipped with vastevents (``demo``)."""
     path = _SCENARIOS / f"{name}.toml"
     if not path.is_file():
-        known = ", ".join(sorted(p.stem for p in _SCENARIOS.glob("*.toml")))
-        raise ScenarioError(f"no built-in scenario {name!r}; known: {known}")
+        raise ScenarioError(f"no built-in scenario {name!r}; known: {_builtin_names()}")
     return path
 
 
-def load_scenario(path: Path | str) -> Scenario:
-    path = Path(path)
+def resolve_scenario(ref: Path | str) -> Path:
+    """A scenario file, or a built-in one by name (``demo``) when no file of that name exists."""
+    path = Path(ref)
+    if not path.exists() and path.name == str(ref) and not path.suffix and (_SCENARIOS / f"{ref}.toml").is_file():
+        return _SCENARIOS / f"{ref}.toml"
+    return path
+
+
+def load_scenario(ref: Path | str) -> Scenario:
+    """Read and check a scenario file (or a built-in scenario by name); errors name the file and the step."""
+    path = resolve_scenario(ref)
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise ScenarioError(f"{path}: cannot read scenario: {exc.strerror}") from None
+        raise ScenarioError(
+            f"{path}: cannot read scenario: {exc.strerror} (or name a built-in one: {_builtin_names()})"
+        ) from None
     try:
         data = json.loads(text) if path.suffix.lower() == ".json" else tomllib.loads(text)
     except (ValueError, tomllib.TOMLDecodeError) as exc:
@@ -67,6 +84,9 @@ def load_scenario(path: Path | str) -> Scenario:
     unknown = set(data) - {"world", "machine", "step", "description"}
     if unknown:
         raise ScenarioError(f"{path}: unknown top-level keys {sorted(unknown)}; expected world, machine, step")
+    description = data.get("description", "")
+    if not isinstance(description, str):
+        raise ScenarioError(f"{path}: description must be a string")
     world = data.get("world", {})
     steps = []
     for number, raw in enumerate(data.get("step", []), start=1):
@@ -95,6 +115,7 @@ def load_scenario(path: Path | str) -> Scenario:
     try:
         return Scenario(
             source=path,
+            description=description,
             seed=int(world["seed"]) if "seed" in world else None,
             hosts=int(world["hosts"]) if "hosts" in world else None,
             credit=float(world["credit"]) if "credit" in world else None,

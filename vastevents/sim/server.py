@@ -10,20 +10,21 @@ import math
 import re
 import secrets
 import threading
-import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 from urllib.parse import parse_qs, urlsplit
 
 from vastevents._logging import redact
+from vastevents.clock import Clock
 from vastevents.sim.matching import matches, sort_rows
-from vastevents.sim.model import SimError, number_param
-
-if TYPE_CHECKING:
-    from vastevents.sim.simulator import Simulator
+from vastevents.sim.model import SimError, SimInstance
+from vastevents.sim.params import number_param
+from vastevents.sim.world import World
 
 logger = logging.getLogger("vastevents.sim")
 
@@ -31,7 +32,8 @@ PAGE_SIZE = 25
 _KEPT_LOGS = 256  # log texts kept for their result_url; older ones answer 404 like an expired bucket object
 JSON_TYPE = "application/json"
 
-# (burst, refill per wall-clock second) per endpoint class: search is strict, lists are lenient.
+# (burst, refill per simulated second) per endpoint class: search is strict, lists are lenient. Buckets refill on
+# the simulator's clock, so on a ManualClock whether a request is limited never depends on the machine's speed.
 RATE_LIMITS: dict[str, tuple[float, float]] = {
     "search": (10.0, 10.0 / 60.0),
     "create": (20.0, 1.0),
@@ -78,6 +80,41 @@ class Request:
         return self.body
 
 
+class Served(Protocol):
+    """What the API needs from the simulator that serves it (the Simulator), so this module never imports it."""
+
+    @property
+    def api_key(self) -> str: ...
+
+    @property
+    def speed(self) -> float: ...
+
+    @property
+    def stopping(self) -> threading.Event: ...
+
+    @property
+    def clock(self) -> Clock: ...
+
+    @property
+    def url(self) -> str: ...
+
+    def world(self) -> AbstractContextManager[World]:
+        """The world, locked and advanced to the clock's now."""
+        ...
+
+    def save(self) -> None: ...
+
+    def row(self, inst: SimInstance) -> dict[str, Any]: ...
+
+    def instance_log(self, inst: SimInstance) -> str: ...
+
+    def keys_changed(self, inst: SimInstance) -> None: ...
+
+    def state(self) -> dict[str, Any]: ...
+
+    def advance(self, seconds: float) -> datetime: ...
+
+
 Handler = Callable[["Api", Request, dict[str, str]], Response]
 
 
@@ -97,10 +134,9 @@ class _TokenBuckets:
         self._state: dict[tuple[str, str], tuple[float, float]] = {}
         self._lock = threading.Lock()
 
-    def take(self, rate_class: str, client: str) -> float | None:
-        """None when allowed, else seconds until a token is back."""
+    def take(self, rate_class: str, client: str, now: float) -> float | None:
+        """None when allowed, else seconds (of the clock `now` comes from) until a token is back."""
         burst, refill = self._limits[rate_class]
-        now = time.monotonic()
         with self._lock:
             tokens, last = self._state.get((rate_class, client), (burst, now))
             tokens = min(burst, tokens + (now - last) * refill)
@@ -118,7 +154,7 @@ def _error(status: int, error: str, msg: str, headers: dict[str, str] | None = N
 class Api:
     """Maps requests onto the Simulator's world. Every handler runs with the world advanced to now."""
 
-    def __init__(self, sim: Simulator, *, rate_limits: bool = True) -> None:
+    def __init__(self, sim: Served, *, rate_limits: bool = True) -> None:
         self.sim = sim
         self._buckets = _TokenBuckets(RATE_LIMITS) if rate_limits else None
         self._logs: OrderedDict[str, str] = OrderedDict()  # result_url token -> log text, the newest _KEPT_LOGS
@@ -145,7 +181,7 @@ class Api:
             if storm is not None:
                 return storm
         if self._buckets is not None and route.auth:
-            wait = self._buckets.take(route.rate_class, request.client)
+            wait = self._buckets.take(route.rate_class, request.client, self.sim.clock.now().timestamp())
             if wait is not None:
                 return Response(
                     429,
@@ -155,7 +191,7 @@ class Api:
                         "msg": "API requests too frequent",
                         "detail": f"API requests too frequent: endpoint threshold exceeded ({route.rate_class})",
                     },
-                    {"Retry-After": str(max(1, math.ceil(wait)))},
+                    {"Retry-After": str(max(1, math.ceil(wait / self.sim.speed)))},
                 )
         try:
             response = route.handler(self, request, args)
@@ -371,7 +407,7 @@ class Api:
         start = number_param(window.get("gte"), -math.inf, what="select_filters.day.gte")
         end = number_param(window.get("lte"), math.inf, what="select_filters.day.lte")
         with self.sim.world() as world:
-            results = [self.sim.charge_item(inst) for inst in world.all_instances()]
+            results = [world.charge_item(inst) for inst in world.all_instances()]
         results = [item for item in results if item["end"] >= start and item["start"] <= end]
         return Response(200, {"results": results, "count": len(results), "total": len(results), "next_token": None})
 
@@ -404,8 +440,8 @@ class Api:
         seconds = request.object_body().get("seconds")
         if not isinstance(seconds, int | float) or seconds < 0:
             raise SimError(400, "invalid_args", "seconds must be a non-negative number")
-        self.sim.advance(float(seconds))
-        return Response(200, {"success": True, "now": self.sim.clock.now().isoformat()})
+        now = self.sim.advance(float(seconds))
+        return Response(200, {"success": True, "now": now.isoformat()})
 
     def admin_action(self, request: Request, args: dict[str, str]) -> Response:
         with self.sim.world() as world:

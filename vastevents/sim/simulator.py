@@ -9,7 +9,7 @@ import tempfile
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -36,7 +36,8 @@ class Simulator:
     """A local Vast: ``with Simulator(clock=ManualClock()) as sim: httpx.get(sim.url + ...)``.
 
     Instance state is a function of `clock` (evaluated on every request and admin call), so a ManualClock
-    fully drives it: ``sim.clock.advance(90)`` then poll. The admin helpers mirror ``POST /_sim/<action>``.
+    fully drives it: ``sim.clock.advance(90)`` then poll, or step from one `next_due` moment to the next.
+    The admin helpers mirror ``POST /_sim/<action>``. `description` is the scenario's one line ("" if none).
     """
 
     def __init__(
@@ -45,7 +46,7 @@ class Simulator:
         api_key: str = "sim-key",
         clock: Clock | None = None,
         speed: float = 1.0,
-        scenario: Path | str | None = None,
+        scenario: Path | str | None = None,  # a file, or a built-in scenario's name ("demo")
         state: Path | None = None,
         ssh: bool = False,
         seed: int = 0,
@@ -56,8 +57,8 @@ class Simulator:
     ) -> None:
         register_secret(api_key)
         self.api_key = api_key
-        self.speed = speed
         self.clock: Clock = clock or ScaledClock(speed)
+        self.speed = self.clock.speed if isinstance(self.clock, ScaledClock) else speed  # simulated s per wall s
         self.host = host
         self.port = port
         self.state_path = Path(state) if state is not None else None
@@ -68,6 +69,7 @@ class Simulator:
         self._api = Api(self, rate_limits=rate_limits)
         self._ssh = SSHHosts() if ssh else None
         plan = load_scenario(scenario) if scenario is not None else None
+        self.description = plan.description if plan is not None else ""
         now = self.clock.now().timestamp()
         if self.state_path is not None and self.state_path.exists():
             self._world = self._load_state(self.state_path)
@@ -146,8 +148,31 @@ class Simulator:
 
     @property
     def scenario_end(self) -> datetime | None:
+        """When the scenario's last step plays (None without a scenario): the story is over once a poll saw it."""
         end = self._world.scenario_end
         return datetime.fromtimestamp(end, UTC) if end is not None else None
+
+    def next_due(self) -> datetime | None:
+        """The next simulated moment after the clock's now at which the world changes by itself, or None.
+
+        That is the next scenario step, instance transition (scheduling -> created -> loading -> running, a
+        restart or reboot done, a flapping host back), contract expiry, or end of a fault storm. On a ManualClock
+        this steps a run deterministically: advance the clock to it, list instances (the API answers from the
+        state at the clock's now, so the change is seen), ask again; stop once it is past `scenario_end`::
+
+            while (due := sim.next_due()) is not None and due <= sim.scenario_end:
+                clock.advance((due - clock.now()).total_seconds())
+                ...poll...
+
+        Requests in between (a create, a stop) can bring an earlier moment, so ask after each poll, never ahead.
+        The moment is rounded up to the microsecond, so advancing a clock to it always plays what is due.
+        """
+        with self.world() as world:
+            due = world.next_due()
+        if due is None:
+            return None
+        moment = datetime.fromtimestamp(due, UTC)
+        return moment if moment.timestamp() >= due else moment + timedelta(microseconds=1)
 
     def ssh_pids(self) -> list[int]:
         """Process ids of the sshd servers (and their jobs) currently running for instances."""
@@ -162,13 +187,14 @@ class Simulator:
             self._world.advance(self.clock.now().timestamp())
             yield self._world
 
-    def advance(self, seconds: float) -> None:
-        """Move a ManualClock forward (admin `/_sim/advance`); other clocks move on their own."""
+    def advance(self, seconds: float) -> datetime:
+        """Move a ManualClock forward (admin `/_sim/advance`) and return the new now; other clocks move on their own."""
         if not isinstance(self.clock, ManualClock):
             raise SimError(400, "invalid_args", "only a simulator on a manual clock can be advanced")
-        self.clock.advance(seconds)
+        now = self.clock.advance(seconds)
         with self.world():
             pass
+        return now
 
     def save(self) -> None:
         if self.state_path is None:
@@ -207,25 +233,6 @@ class Simulator:
     def keys_changed(self, inst: SimInstance) -> None:
         if self._ssh is not None:
             self._ssh.update_keys(inst.id, inst.ssh_keys)
-
-    def charge_item(self, inst: SimInstance) -> dict[str, Any]:
-        gpu, storage = self._world.charges(inst)
-        end = inst.ended_at if inst.ended_at is not None else self._world.now
-        return {
-            "type": "instance",
-            "source": f"instance-{inst.id}",
-            "description": f"{inst.label or 'instance'} on machine {inst.machine_id}",
-            "amount": gpu + storage,
-            "start": inst.created_at,
-            "end": end,
-            "day": end,
-            "items": [
-                {"type": "gpu", "source": "gpu", "description": "GPU time while running", "amount": gpu,
-                 "start": inst.created_at, "end": end, "items": []},
-                {"type": "storage", "source": "storage", "description": f"{inst.disk} GB disk, stopped too",
-                 "amount": storage, "start": inst.created_at, "end": end, "items": []},
-            ],
-        }  # fmt: skip
 
     def state(self) -> dict[str, Any]:
         """Everything `/_sim/state` and `vastevents sim --status` show: hosts, instances, spend, faults."""
