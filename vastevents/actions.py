@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+from collections.abc import Awaitable, Callable
 
 from vastevents.clock import Clock
 from vastevents.config import Config
@@ -22,12 +23,21 @@ log = logging.getLogger(__name__)
 Target = Instance | int
 
 
+Guard = Callable[[], Awaitable[None]]
+"""Raises when this watcher may not act now (a follower in team mode); awaited before every action."""
+
+
 class Actions:
-    def __init__(self, client: VastApi, store: Store, clock: Clock, config: Config) -> None:
+    def __init__(self, client: VastApi, store: Store, clock: Clock, config: Config, guard: Guard | None = None) -> None:
         self.client = client
         self.store = store
         self.clock = clock
         self.prefix = config.vast.label_prefix
+        self._guard = guard
+
+    async def _may_act(self) -> None:
+        if self._guard is not None:
+            await self._guard()
 
     def owns_label(self, label: str | None) -> bool:
         return bool(self.prefix and label and label.startswith(self.prefix))
@@ -36,6 +46,7 @@ class Actions:
         return instance is not None and self.owns_label(instance.label)
 
     async def _owned(self, target: Target, action: str) -> Instance:
+        await self._may_act()
         instance = target if isinstance(target, Instance) else await self.client.get_instance(target)
         if instance is None:
             raise NotOwned(f"cannot {action} instance {target}: it is not on the account")
@@ -66,6 +77,7 @@ class Actions:
         if not self.owns_label(label):
             raise NotOwned(f"refusing to create an instance labelled {label!r}: labels must start with {self.prefix!r}")
         ask_id = offer.id if isinstance(offer, Offer) else offer
+        await self._may_act()
         intent = self.store.effects.open_intent(handler, "create", self.clock.now(), label=label)
         try:
             instance_id = await self.client.create_instance(

@@ -82,6 +82,11 @@ class StoreConfig(_Section):
         return without_password(url) if url else str(self.resolved_path())
 
 
+class TeamConfig(_Section):
+    failover: Duration = Field(default=15.0, gt=0)
+    """Seconds within which a follower takes over from a leader whose session died."""
+
+
 class HandlerConfig(BaseModel):
     """``[handlers.NAME]``: ``use`` picks the handler; every other key belongs to that handler."""
 
@@ -97,6 +102,7 @@ class Config(_Section):
     vast: VastConfig = VastConfig()
     watch: WatchConfig = WatchConfig()
     store: StoreConfig = StoreConfig()
+    team: TeamConfig = TeamConfig()
     handlers: dict[str, HandlerConfig] = {}
 
     _source: Path | None = PrivateAttr(default=None)

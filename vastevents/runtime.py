@@ -28,9 +28,11 @@ from vastevents.context import Context
 from vastevents.diff import Rules
 from vastevents.errors import ConfigError, TemporaryError
 from vastevents.events import HANDLER_FAILED, VANISHED, Event
+from vastevents.metrics import Metrics
 from vastevents.plugins import ActiveHandler, LoggingNotifier, load_handlers
 from vastevents.ports import Notifier, Ssh, VastApi
-from vastevents.store import DaemonRow, Store, open_store
+from vastevents.store import DaemonRow, PostgresStore, Store, open_store
+from vastevents.team import Leadership, NotLeader
 from vastevents.vast import VastClient
 from vastevents.watcher import EventObserver, InstanceLister, Watcher
 
@@ -57,6 +59,8 @@ class Runtime:
         interval: float | None = None,
         rules: Rules | None = None,
         api_key: str | None = None,
+        leadership: Leadership | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.config = config or Config()
         self.clock: Clock = clock or SystemClock()
@@ -64,7 +68,8 @@ class Runtime:
         self.ssh = ssh
         self.handlers = list(handlers) if handlers is not None else load_handlers(self.config)
         self._by_name = {handler.name: handler for handler in self.handlers}
-        self._observers = list(observers)
+        self.metrics = metrics
+        self._observers = [*observers, *([metrics.journaled] if metrics is not None else [])]
         self._daemons: dict[DaemonKey, asyncio.Task[None]] = {}
         self._owned = contextlib.AsyncExitStack()
         if client is None:
@@ -79,7 +84,15 @@ class Runtime:
             store = open_store(self.config.store.resolved_path(), self.config.store.resolved_url())
             self._owned.callback(store.close)
         self.store: Store = store
-        self.actions = Actions(self.client, self.store, self.clock, self.config)
+        url = self.config.store.resolved_url()
+        if leadership is None and isinstance(store, PostgresStore) and url == store.url:
+            leadership = Leadership(url, store, failover=self.config.team.failover)
+            self._owned.callback(leadership.close)
+        self.leadership = leadership
+        self._in_charge = False
+        self.actions = Actions(
+            self.client, self.store, self.clock, self.config, guard=self._guard if leadership is not None else None
+        )
         self.context = Context(
             client=self.client,
             store=self.store,
@@ -98,6 +111,8 @@ class Runtime:
             rules=rules,
             interval=interval,
             observers=[self._observe],
+            before_poll=self._still_leading if leadership is not None else None,
+            on_poll=metrics.polled if metrics is not None else None,
         )
         self._owned.callback(self.watcher.bus.close)
         self._owned.push_async_callback(self._cancel_daemons)
@@ -105,16 +120,35 @@ class Runtime:
     # --- lifecycle -------------------------------------------------------------------------------------------
 
     async def __aenter__(self) -> Self:
-        """Settle what a crash left open and restart the daemons the store remembers."""
-        try:
-            await self.actions.reconcile()
-            for row in self.store.effects.daemons():
-                if row.handler in self._by_name:
-                    self._start_daemon(row)
-        except BaseException:
-            await self.aclose()
-            raise
+        """Take charge at once, unless this watcher shares its store with a team (then: when it leads)."""
+        if self.leadership is None:
+            try:
+                await self._take_charge()
+            except BaseException:
+                await self.aclose()
+                raise
         return self
+
+    async def _take_charge(self) -> None:
+        """Settle what a crash left open and restart the daemons the store remembers."""
+        if self._in_charge:
+            return
+        self._in_charge = True
+        await self.actions.reconcile()
+        for row in self.store.effects.daemons():
+            if row.handler in self._by_name:
+                self._start_daemon(row)
+
+    async def _guard(self) -> None:
+        assert self.leadership is not None
+        await asyncio.to_thread(self.leadership.guard)
+
+    async def _still_leading(self) -> bool:
+        assert self.leadership is not None
+        leading = await self.leadership.verify()
+        if self.metrics is not None:
+            self.metrics.leader.set(1 if leading else 0)
+        return leading
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
@@ -132,6 +166,10 @@ class Runtime:
 
         The events journaled by it, handler-made ones included.
         """
+        if self.leadership is not None and not self._in_charge:
+            if not await self.leadership.acquire(_already_set()):
+                raise NotLeader(f"another watcher leads this team store; {self.leadership.member} stands by")
+            await self._take_charge()
         seen: list[Event] = []
         self._observers.append(seen.append)
         try:
@@ -143,7 +181,37 @@ class Runtime:
         return seen
 
     async def run(self, stop: asyncio.Event, *, on_cycle: Callable[[], None] | None = None) -> None:
-        """The watcher loop, the periodic handlers and the retry timer until `stop` is set."""
+        """The watcher loop, the periodic handlers and the retry timer until `stop` is set.
+
+        In a team, only while this watcher leads: it stands by until it does, and stands by again (its daemons
+        stopped) when it loses the lock.
+        """
+        if self.leadership is None:
+            await self._services(stop, on_cycle)
+            return
+        if self.metrics is not None:
+            self.metrics.leader.set(0)
+        while await self.leadership.acquire(stop):
+            await self._take_charge()
+            lost = asyncio.Event()
+
+            async def hold(leadership: Leadership = self.leadership, lost: asyncio.Event = lost) -> None:
+                while not (stop.is_set() or lost.is_set()):
+                    await _sleep_or_stop(self.clock, leadership.failover / 3, stop)
+                    if not stop.is_set() and not await leadership.verify():
+                        lost.set()
+
+            until = asyncio.Event()  # set by _set_when as soon as stop or lost is
+            async with asyncio.TaskGroup() as group:
+                group.create_task(hold())
+                group.create_task(self._services(until, on_cycle))
+                group.create_task(_set_when(until, stop, lost))
+            if stop.is_set():
+                return
+            await self._cancel_daemons()
+            self._in_charge = False
+
+    async def _services(self, stop: asyncio.Event, on_cycle: Callable[[], None] | None) -> None:
         async with asyncio.TaskGroup() as group:
             group.create_task(self.watcher.run(stop, on_cycle=on_cycle))
             group.create_task(self._every_until(stop, self._periodic_delay, self.run_periodic))
@@ -278,6 +346,23 @@ class Runtime:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._daemons.clear()
+
+
+def _already_set() -> asyncio.Event:
+    event = asyncio.Event()
+    event.set()
+    return event
+
+
+async def _set_when(target: asyncio.Event, *sources: asyncio.Event) -> None:
+    """Set `target` as soon as any of `sources` is set."""
+    waiters = [asyncio.ensure_future(source.wait()) for source in sources]
+    try:
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        target.set()
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
 
 
 async def _sleep_or_stop(clock: Clock, seconds: float, stop: asyncio.Event) -> None:

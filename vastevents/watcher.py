@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Coroutine, Sequence
+import time
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -39,6 +40,9 @@ class InstanceLister(Protocol):
 
     async def list_instances(self) -> list[Instance]: ...
 
+
+PollObserver = Callable[[Snapshot | None, float, Exception | None], None]
+"""Told after every poll: the new snapshot (None if the list failed), the seconds it took, the error."""
 
 EventObserver = Callable[[Event], None]
 """Told about each newly journaled event, in journal order (``--jsonl``, the terminal printer)."""
@@ -84,8 +88,13 @@ class Watcher:
         rules: Rules | None = None,
         interval: float | None = None,
         observers: Sequence[EventObserver] = (),
+        before_poll: Callable[[], Awaitable[bool]] | None = None,
+        on_poll: PollObserver | None = None,
     ) -> None:
         config = context.config
+        self.before_poll = before_poll
+        """Asked before every list; False skips the poll (a watcher that lost its team leadership)."""
+        self.on_poll = on_poll
         self.context = context
         self.store = context.store
         self.clock: Clock = context.clock
@@ -118,12 +127,17 @@ class Watcher:
         previous = self._start()
         if first:
             await self.deliver_pending()
+        if self.before_poll is not None and not await self.before_poll():
+            return []
+        started = time.monotonic()
         rows = await self._list()
         if rows is not None:
             # The first complete list this watcher sees shows what changed while it was not running.
             catch_up = not self._caught_up and previous.taken_at is not None
             self._commit(previous, rows, catch_up)
             self._caught_up = True
+        if self.on_poll is not None:
+            self.on_poll(self._snapshot if rows is not None else None, time.monotonic() - started, self.last_error)
         await self.deliver_pending()
         return list(self._cycle)
 

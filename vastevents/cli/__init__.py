@@ -5,6 +5,7 @@ from __future__ import annotations
 from vastevents.cli import (
     _api,  # noqa: F401  (registers offers, status, check)
     _sim,  # noqa: F401  (registers sim)
+    _team,  # noqa: F401  (registers team status)
     _watch,  # noqa: F401  (registers watch, events, handlers)
 )
 from vastevents.cli._app import app

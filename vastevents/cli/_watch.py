@@ -11,11 +11,12 @@ import signal
 import sys
 import tempfile
 import time
-import tomllib
 from collections import Counter
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import IO, Annotated, NoReturn
+from wsgiref.simple_server import WSGIServer
 
 import typer
 from rich.console import Console
@@ -37,9 +38,10 @@ from vastevents.events import (
     VANISHED,
     Event,
 )
+from vastevents.metrics import Metrics
 from vastevents.plugins import ActiveHandler, installed_handlers, load_handlers
 from vastevents.runtime import Runtime
-from vastevents.store import SqliteStore, Store, StoreError
+from vastevents.store import SqliteStore, Store, StoreError, open_store
 from vastevents.vast import VastClient
 from vastevents.watcher import EventObserver, Watcher, WatchStatus
 
@@ -257,6 +259,12 @@ def watch(
     scenario: Annotated[
         Path | None, typer.Option("--scenario", help="Scenario file for --sim (default: the built-in demo).")
     ] = None,
+    metrics_listen: Annotated[
+        str | None,
+        typer.Option(
+            "--metrics-listen", metavar="HOST:PORT", help="Serve Prometheus metrics at http://HOST:PORT/metrics."
+        ),
+    ] = None,
     pace: Annotated[
         float,
         typer.Option(
@@ -276,7 +284,7 @@ def watch(
     if api_key is None:
         fail("no Vast API key: set VAST_API_KEY or run `vastai set api-key KEY` (or try `vastevents watch --sim`)", 2)
     try:
-        store = SqliteStore(cfg.store.resolved_path())
+        store = open_store(cfg.store.resolved_path(), cfg.store.resolved_url())
     except StoreError as exc:
         fail(str(exc), 2)
     try:
@@ -289,12 +297,14 @@ def watch(
     every = interval if interval is not None else cfg.watch.interval
     if not once:
         console.print(
-            f"watching {redact(cfg.vast.url)} every {every:g}s · store {cfg.store.resolved_path()} · "
+            f"watching {redact(cfg.vast.url)} every {every:g}s · store {cfg.store.describe()} · "
             f"handlers: {', '.join(handler.name for handler in handlers) or 'none'}",
             style="dim",
         )
     interrupted: list[int] = []
     polls = 0
+    metrics = Metrics() if metrics_listen else None
+    server = _serve_metrics(metrics, metrics_listen, console) if metrics is not None and metrics_listen else None
 
     async def main() -> None:
         nonlocal polls
@@ -302,7 +312,13 @@ def watch(
         async with (
             client,
             Runtime(
-                cfg, client=client, store=store, handlers=handlers, interval=every, observers=_observers(screen, sink)
+                cfg,
+                client=client,
+                store=store,
+                handlers=handlers,
+                interval=every,
+                observers=_observers(screen, sink),
+                metrics=metrics,
             ) as runtime,
         ):
             try:
@@ -318,9 +334,23 @@ def watch(
         if sink is not None:
             sink.close()
         store.close()
+        if server is not None:
+            server.shutdown()
     if interrupted:
         console.print(f"stopped after {polls} poll{'' if polls == 1 else 's'}", style="dim")
         raise typer.Exit(EXIT_INTERRUPTED)
+
+
+def _serve_metrics(metrics: Metrics, listen: str, console: Console) -> WSGIServer:
+    host, _, port = listen.rpartition(":")
+    if not host or not port.isdigit():
+        fail(f"--metrics-listen wants HOST:PORT (e.g. 127.0.0.1:9108), not {listen!r}", 2)
+    try:
+        server, _thread = metrics.serve(host, int(port))
+    except OSError as exc:
+        fail(f"cannot serve metrics on {listen}: {exc.strerror or exc}", 2)
+    console.print(f"metrics at http://{host}:{server.server_port}/metrics", style="dim")
+    return server
 
 
 def _observers(screen: _Screen, sink: JsonlSink | None) -> list[EventObserver]:
@@ -337,20 +367,12 @@ def _handlers(cfg: Config) -> list[ActiveHandler]:
 # --- watch --sim ---------------------------------------------------------------------------------------------
 
 
-def _scenario_description(path: Path) -> str:
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
-        return ""
-    description = data.get("description")
-    return description if isinstance(description, str) else ""
-
-
 def _watch_sim(config_path: Path | None, scenario: Path | None, jsonl: str | None, pace: float) -> None:
     """The embedded default: a temporary store, an in-process simulator on a manual clock stepped poll by poll.
 
-    Simulated time moves only between polls, in equal steps, so the same scenario gives the same events on
-    any machine however loaded; `pace` only spaces the steps out in real time for the reader.
+    Simulated time moves only between polls — to the simulator's next change or one grid step, whichever is
+    first — so the same scenario gives the same events on any machine however loaded; `pace` only spaces the
+    steps out in real time for the reader.
     """
     from vastevents.sim import Simulator  # only --sim needs the simulator
 
@@ -377,8 +399,8 @@ def _watch_sim(config_path: Path | None, scenario: Path | None, jsonl: str | Non
         try:
             simulator.start()
             console.rule(f"vastevents watch --sim: {title}")
-            if description := _scenario_description(path):
-                console.print(description, style="dim")
+            if simulator.description:
+                console.print(simulator.description, style="dim")
             console.print(
                 f"simulator {simulator.url} · {duration / 60:.0f} simulated minutes · a poll every {step:.0f}"
                 " simulated s · temporary store",
@@ -400,7 +422,11 @@ def _watch_sim(config_path: Path | None, scenario: Path | None, jsonl: str | Non
                             screen.status(runtime.watcher.status)
                             if clock.now() >= end:
                                 break
-                            clock.advance(step)
+                            # The next moment the simulator changes something, or one grid step (the watcher's
+                            # own timers: grace periods, stuck loads), whichever comes first.
+                            due = simulator.next_due()
+                            grid = clock.now() + timedelta(seconds=step)
+                            clock.set(min(grid, due, end) if due is not None else min(grid, end))
                             if pace:
                                 with contextlib.suppress(TimeoutError):
                                     await asyncio.wait_for(stop.wait(), pace)

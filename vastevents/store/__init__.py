@@ -12,10 +12,10 @@ Repositories: :class:`Snapshots` (the diff base), :class:`Journal` (events, deli
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any, ClassVar, Protocol, Self, TypeVar, cast
+from typing import Any, Protocol, Self, TypeVar, cast
 
 from vastevents.events import Event
 from vastevents.snapshot import Snapshot
@@ -37,7 +37,6 @@ __all__ = [
     "Journal",
     "Migration",
     "PostgresStore",
-    "Repository",
     "Retry",
     "Snapshots",
     "SqlStore",
@@ -53,15 +52,8 @@ __all__ = [
 CORE_MIGRATIONS: tuple[Migration, ...] = (*_SNAPSHOT, *_JOURNAL, *_EFFECTS)
 
 
-class Repository(Protocol):
-    """A repository a handler or a later edge adds: its migrations, built over the shared database."""
-
-    MIGRATIONS: ClassVar[Sequence[Migration]]
-
-    def __init__(self, db: Database) -> None: ...
-
-
-R = TypeVar("R", bound=Repository)
+R = TypeVar("R")
+"""A repository class: ``MIGRATIONS`` (its :class:`Migration` steps) and ``__init__(self, db: Database)``."""
 
 
 class Store(Protocol):
@@ -122,8 +114,9 @@ class SqlStore:
     def repository(self, kind: type[R]) -> R:
         """The one `kind` repository of this store, its migrations applied on first use."""
         if kind not in self._repositories:
-            self.db.migrate((*CORE_MIGRATIONS, *kind.MIGRATIONS))
-            self._repositories[kind] = kind(self.db)
+            migrations: Sequence[Migration] = getattr(kind, "MIGRATIONS", ())
+            self.db.migrate((*CORE_MIGRATIONS, *migrations))
+            self._repositories[kind] = cast(Callable[[Database], object], kind)(self.db)
         return cast(R, self._repositories[kind])
 
     def load_snapshot(self) -> Snapshot:

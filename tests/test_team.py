@@ -1,0 +1,146 @@
+"""Team mode on a real PostgreSQL server: one leader by advisory lock, failover, a cut leader stops acting."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from typer.testing import CliRunner
+
+from vastevents import Runtime
+from vastevents.cli import app
+from vastevents.clock import ManualClock
+from vastevents.config import parse_config
+from vastevents.sim import Simulator
+from vastevents.store import PostgresStore
+from vastevents.store.team import TeamMembers as TeamMembersRepo
+from vastevents.team import Leadership, NotLeader
+from vastevents.testing import FakeCloud
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def team_config(pg_url: str) -> Iterator[str]:
+    yield f'[store]\nurl = "{pg_url}"\n[team]\nfailover = 3\n'
+
+
+def terminate(leadership: Leadership, pg_url: str) -> None:
+    """Kill the leader's database session from outside, as a cut connection or a server restart would."""
+    pid = leadership._conn.info.backend_pid
+    with psycopg.connect(pg_url, autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+
+
+async def test_one_leader_polls_a_cut_leader_stops_acting_and_the_follower_takes_over(
+    pg_url: str, team_config: str
+) -> None:
+    cloud, clock = FakeCloud(), ManualClock()
+    cloud.add(1, "running", label="vastevents:job-1")
+    config = parse_config(team_config)
+    one_store, two_store = PostgresStore(pg_url), PostgresStore(pg_url)
+    one = Runtime(config, client=cloud, store=one_store, clock=clock, handlers=[],
+                  leadership=Leadership(pg_url, one_store, failover=3, member="one"))  # fmt: skip
+    two = Runtime(config, client=cloud, store=two_store, clock=clock, handlers=[],
+                  leadership=Leadership(pg_url, two_store, failover=3, member="two"))  # fmt: skip
+    try:
+        async with one, two:
+            assert [e.name for e in await one.poll_once()] == ["appeared"]
+            with pytest.raises(NotLeader, match="another watcher leads"):
+                await two.poll_once()
+
+            assert one.leadership is not None
+            terminate(one.leadership, pg_url)
+            cloud.set_status(1, "exited")
+            clock.advance(15)
+            assert await one.poll_once() == []  # the lease check fails: no poll
+            with pytest.raises(NotLeader):
+                await one.context.bound("reaper", ()).destroy(1)
+            assert cloud.calls == []  # nothing was sent by the leader that lost its lock
+
+            assert [e.name for e in await two.poll_once()] == ["running_to_exited"]
+            assert [e.name for e in two_store.events()] == ["appeared", "running_to_exited"]  # nothing twice
+            roles = {m.member: m.role for m in two_store.repository(TeamMembersRepo).members()}
+            assert roles == {"one": "follower", "two": "leader"}
+    finally:
+        one_store.close()
+        two_store.close()
+
+
+class Watch:
+    """A `vastevents watch` process on the shared store."""
+
+    def __init__(self, tmp_path: Path, name: str, env: dict[str, str]) -> None:
+        self.jsonl = tmp_path / f"{name}.jsonl"
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "vastevents", "watch", "--interval", "0.2", "--jsonl", str(self.jsonl),
+             "--config", str(tmp_path / "team.toml")],
+            env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+
+    def names(self) -> list[str]:
+        if not self.jsonl.exists():
+            return []
+        return [json.loads(line)["name"] for line in self.jsonl.read_text().splitlines() if line.strip()]
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+        self.process.communicate()
+
+
+def wait_until(condition: object, what: str, seconds: float = 30) -> float:
+    """Bounded wait for `condition()`; the seconds it took."""
+    start = time.monotonic()
+    while not condition():  # type: ignore[operator]
+        assert time.monotonic() - start < seconds, f"{what} within {seconds} s"
+        time.sleep(0.05)
+    return time.monotonic() - start
+
+
+def test_two_watch_processes_one_leader_and_failover_after_kill_9(
+    tmp_path: Path, sim: Simulator, api_key: str, pg_url: str, team_config: str
+) -> None:
+    (tmp_path / "team.toml").write_text(team_config)
+    env = {**os.environ, "VAST_URL": sim.url, "VAST_API_KEY": api_key, "HOME": str(tmp_path),
+           "PYTHONPATH": str(ROOT)}  # fmt: skip
+    first_id = sim.create_instance(label="vastevents:a")
+    sim.advance(600)
+    watchers = [Watch(tmp_path, "a", env), Watch(tmp_path, "b", env)]
+    try:
+        wait_until(lambda: any(w.names() for w in watchers), "a leader polls")
+        leader = next(w for w in watchers if w.names())
+        follower = next(w for w in watchers if w is not leader)
+        assert follower.names() == []  # only one polls
+
+        leader.process.kill()  # SIGKILL: its session dies with it
+        leader.process.wait(timeout=10)
+        second_id = sim.create_instance(label="vastevents:b")
+        took = wait_until(lambda: "appeared" in follower.names(), "the follower takes over")
+        assert took < 3 * 3 + 5  # within the failover (3 s) plus a few polls, on a loaded machine
+
+        result = CliRunner().invoke(app, ["team", "status", "--json", "--config", str(tmp_path / "team.toml")])
+        assert result.exit_code == 0, result.output
+        status = json.loads(result.output)
+        assert status["leader"] is not None
+    finally:
+        for watcher in watchers:
+            watcher.stop()
+    with PostgresStore(pg_url) as store:
+        appeared = [e.instance_id for e in store.events(name="appeared")]
+    assert sorted(appeared) == sorted({first_id, second_id})  # each journaled once across the failover
+    for instance_id in (first_id, second_id):
+        sim.vanish(instance_id)
+    assert sim.instance_count() == 0
