@@ -147,3 +147,26 @@ def pg_url() -> Iterator[str]:
             yield f"{base}{separator}options={quote(f'-csearch_path={schema}')}"
         finally:
             admin.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under CI=true the real parts must be there: a missing sshd or PostgreSQL fails the run, never skips."""
+    if os.environ.get("CI") != "true":
+        return
+    import shutil
+
+    from vastevents.sim import sshhost
+
+    missing = []
+    if sshhost.find_sshd() is None or shutil.which("ssh") is None:
+        missing.append("OpenSSH sshd and ssh (apt-get install -y openssh-server openssh-client rsync)")
+    try:
+        import psycopg
+
+        psycopg.connect(
+            os.environ.get("VASTEVENTS_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test"), connect_timeout=5
+        ).close()
+    except Exception as exc:
+        missing.append(f"a PostgreSQL server ({PG_HINT}): {exc}")
+    if missing:
+        pytest.exit("CI=true but these are missing: " + "; ".join(missing), returncode=1)
