@@ -99,3 +99,13 @@ class ManualClock:
 def _wake(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
+
+
+async def sleep_or(clock: Clock, seconds: float, *events: asyncio.Event) -> None:
+    """Sleep `seconds` of `clock`'s time, or less if any of `events` is set first (a stop, a wake-up)."""
+    tasks = [asyncio.ensure_future(clock.sleep(seconds)), *(asyncio.ensure_future(e.wait()) for e in events)]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()

@@ -22,7 +22,7 @@ from typing import Any, Self
 from vastevents._logging import redact
 from vastevents.actions import Actions
 from vastevents.bus import call_handler, describe_failure
-from vastevents.clock import Clock, SystemClock
+from vastevents.clock import Clock, SystemClock, sleep_or
 from vastevents.config import Config, resolve_api_key
 from vastevents.context import Context
 from vastevents.diff import Rules
@@ -197,7 +197,7 @@ class Runtime:
 
             async def hold(leadership: Leadership = self.leadership, lost: asyncio.Event = lost) -> None:
                 while not (stop.is_set() or lost.is_set()):
-                    await _sleep_or_stop(self.clock, leadership.failover / 3, stop)
+                    await sleep_or(self.clock, leadership.failover / 3, stop)
                     if not stop.is_set() and not await leadership.verify():
                         lost.set()
 
@@ -219,7 +219,7 @@ class Runtime:
 
     async def _every_until(self, stop: asyncio.Event, delay: Callable[[], float], work: Callable[[], Any]) -> None:
         while not stop.is_set():
-            await _sleep_or_stop(self.clock, delay(), stop)
+            await sleep_or(self.clock, delay(), stop)
             if not stop.is_set():
                 await work()
 
@@ -364,12 +364,3 @@ async def _set_when(target: asyncio.Event, *sources: asyncio.Event) -> None:
         for waiter in waiters:
             waiter.cancel()
 
-
-async def _sleep_or_stop(clock: Clock, seconds: float, stop: asyncio.Event) -> None:
-    sleeper = asyncio.ensure_future(clock.sleep(seconds))
-    stopper = asyncio.ensure_future(stop.wait())
-    try:
-        await asyncio.wait({sleeper, stopper}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in (sleeper, stopper):
-            task.cancel()

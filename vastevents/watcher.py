@@ -11,14 +11,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import Protocol
 
 from vastevents._logging import redact
 from vastevents.bus import Bus, Outcome
-from vastevents.clock import Clock
+from vastevents.clock import Clock, sleep_or
 from vastevents.config import Config
 from vastevents.context import Context
 from vastevents.diff import Rules, observe
@@ -257,14 +257,5 @@ class Watcher:
                 on_cycle()
             if stop.is_set():
                 break
-            await _sleep_unless(self.clock.sleep(self.status.next_delay), stop)
+            await sleep_or(self.clock, self.status.next_delay, stop)
 
-
-async def _sleep_unless(sleep: Coroutine[Any, Any, None], stop: asyncio.Event) -> None:
-    sleeper = asyncio.ensure_future(sleep)
-    stopper = asyncio.ensure_future(stop.wait())
-    try:
-        await asyncio.wait({sleeper, stopper}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in (sleeper, stopper):
-            task.cancel()
