@@ -7,8 +7,10 @@ still has that many renews the block. Strikes stay listed after a block expires 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import ClassVar
 
 from vastevents.store._codec import iso, time
 from vastevents.store._db import Database, Migration
@@ -59,7 +61,7 @@ class HostRecord:
 
 
 class Hosts:
-    MIGRATIONS = MIGRATIONS
+    MIGRATIONS: ClassVar[Sequence[Migration]] = MIGRATIONS
 
     def __init__(self, db: Database) -> None:
         self.db = db

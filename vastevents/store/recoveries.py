@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, ClassVar
 
 from vastevents.store._codec import iso, time
 from vastevents.store._db import Database, Migration
@@ -84,7 +85,7 @@ def _row(r: tuple[Any, ...]) -> Recovery:
 
 
 class Recoveries:
-    MIGRATIONS = MIGRATIONS
+    MIGRATIONS: ClassVar[Sequence[Migration]] = MIGRATIONS
 
     def __init__(self, db: Database) -> None:
         self.db = db
