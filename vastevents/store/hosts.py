@@ -81,15 +81,16 @@ class Hosts:
         with self.db.transaction() as conn:
             inserted = conn.execute(
                 "INSERT INTO host_strikes (key, machine_id, host_id, reason, at) VALUES (?, ?, ?, ?, ?)"
-                " ON CONFLICT (key) DO NOTHING",
+                " ON CONFLICT (key) DO NOTHING RETURNING key",
                 (key, machine_id, host_id, reason, iso(at)),
-            ).rowcount
-            if not inserted:
+            ).fetchone()
+            if inserted is None:
                 return False
             (count,) = conn.execute("SELECT COUNT(*) FROM host_strikes WHERE machine_id = ?", (machine_id,)).fetchone()
             if int(count) < threshold:
                 return False
-            was_blocked = self._blocked_until(machine_id, at) is not None
+            row = conn.execute("SELECT blocked_until FROM host_blocks WHERE machine_id = ?", (machine_id,)).fetchone()
+            was_blocked = row is not None and datetime.fromisoformat(row[0]) > at
             conn.execute(
                 "INSERT INTO host_blocks (machine_id, host_id, blocked_until) VALUES (?, ?, ?)"
                 " ON CONFLICT (machine_id) DO UPDATE SET host_id = excluded.host_id,"
@@ -97,11 +98,6 @@ class Hosts:
                 (machine_id, host_id, iso(at + timedelta(seconds=ttl))),
             )
             return not was_blocked
-
-    def _blocked_until(self, machine_id: int, now: datetime) -> datetime | None:
-        rows = self.db.query("SELECT blocked_until FROM host_blocks WHERE machine_id = ?", (machine_id,))
-        until = time(rows[0][0]) if rows else None
-        return until if until is not None and until > now else None
 
     def blocked(self, now: datetime) -> tuple[list[int], list[int]]:
         """(machine ids, host ids) blocked at `now`: what an offer search must leave out."""

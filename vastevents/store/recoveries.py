@@ -8,7 +8,6 @@ lineage: every instance that replaced another keeps the original's label, so res
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -16,7 +15,7 @@ from enum import StrEnum
 from typing import Any, ClassVar
 
 from vastevents.store._codec import iso, time
-from vastevents.store._db import Database, Migration
+from vastevents.store._db import Conn, Database, Migration
 
 MIGRATIONS = (
     Migration(
@@ -91,7 +90,7 @@ class Recoveries:
         self.db = db
 
     @staticmethod
-    def insert(conn: sqlite3.Connection, recovery: Recovery) -> None:
+    def insert(conn: Conn, recovery: Recovery) -> None:
         """Write a new recovery in `conn`'s transaction (nothing if one exists for that instance)."""
         conn.execute(
             _INSERT,
@@ -121,10 +120,10 @@ class Recoveries:
         """Move the recovery from `status` to ``renting``; False if it was not in `status` (someone else has it)."""
         with self.db.transaction() as conn:
             cursor = conn.execute(
-                "UPDATE recoveries SET status = ? WHERE dead_id = ? AND status = ?",
+                "UPDATE recoveries SET status = ? WHERE dead_id = ? AND status = ? RETURNING dead_id",
                 (RecoveryStatus.RENTING, dead_id, status),
             )
-            return cursor.rowcount == 1
+            return cursor.fetchone() is not None
 
     def update(
         self,
