@@ -4,6 +4,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from vastevents.config import Duration
 from vastevents.context import Context
 from vastevents.diff import Rules, diff, observe
 from vastevents.errors import (
@@ -28,6 +29,8 @@ from vastevents.query import parse_query
 from vastevents.runtime import Runtime
 from vastevents.snapshot import InstanceView, Snapshot
 from vastevents.store import Database, Migration, SqliteStore, Store
+from vastevents.store.hosts import HostRecord, Hosts
+from vastevents.store.recoveries import Recoveries, Recovery, RecoveryStatus
 from vastevents.vast import VastClient
 
 __all__ = [
@@ -38,10 +41,13 @@ __all__ = [
     "ConfigError",
     "Context",
     "Database",
+    "Duration",
     "Event",
     "Handler",
     "HandlerFunc",
     "HandlerOptions",
+    "HostRecord",
+    "Hosts",
     "Instance",
     "InstanceView",
     "Migration",
@@ -53,6 +59,9 @@ __all__ = [
     "PermanentError",
     "QueryError",
     "RateLimited",
+    "Recoveries",
+    "Recovery",
+    "RecoveryStatus",
     "Rules",
     "Runtime",
     "Snapshot",

@@ -113,6 +113,13 @@ class Actions:
         await self.client.start_instance(instance.id)
         self.store.effects.close_intent(intent, "started")
 
+    async def change_bid(self, handler: str, target: Target, price: float) -> None:
+        """Set an owned bid instance's price per hour (Vast resumes an outbid one whose bid wins again)."""
+        instance = await self._owned(target, "change the bid of")
+        intent = self.store.effects.open_intent(handler, "change_bid", self.clock.now(), instance_id=instance.id)
+        await self.client.change_bid(instance.id, price)
+        self.store.effects.close_intent(intent, f"bid set to {price:g}")
+
     async def destroy(self, handler: str, target: Target) -> bool:
         """Destroy an owned instance; False if it was already gone. Verified: it is no longer listed."""
         instance = await self._owned(target, "destroy")

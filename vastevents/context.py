@@ -139,6 +139,10 @@ class Context:
         """Stop an owned instance; its stop is never reported as ``preempted``."""
         await self.actions.stop(self.handler, instance)
 
+    async def change_bid(self, instance: Target, price: float) -> None:
+        """Set an owned bid instance's price per hour."""
+        await self.actions.change_bid(self.handler, instance, price)
+
     async def destroy(self, instance: Target) -> bool:
         """Destroy an owned instance (its other daemons are cancelled); False if it was already gone."""
         existed = await self.actions.destroy(self.handler, instance)

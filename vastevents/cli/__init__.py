@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from vastevents.cli import (
     _api,  # noqa: F401  (registers offers, status, check)
+    _hosts,  # noqa: F401  (registers hosts)
     _sim,  # noqa: F401  (registers sim)
     _team,  # noqa: F401  (registers team status)
     _watch,  # noqa: F401  (registers watch, events, handlers)

@@ -272,5 +272,10 @@ class Lifecycle:
         self.instance(instance_id).label = label
 
     def change_bid(self, instance_id: int, price: Any) -> None:
+        """A new price; an outbid instance whose bid reaches the machine's minimum again resumes."""
         inst = self.instance(instance_id)
         inst.is_bid, inst.bid_price = True, price_param(price)
+        machine = self.machines[inst.machine_id]
+        outbid = inst.actual_status == "exited" and (inst.status_msg or "").startswith("Instance outbid")
+        if outbid and not machine.offline and inst.bid_price >= machine.min_bid_per_gpu * inst.num_gpus:
+            self._begin_loading(inst, RESTART_S, "Resuming: the bid is winning again")

@@ -1,0 +1,342 @@
+"""The ``recovery`` handler: an owned instance that died is replaced on another host, under the same label.
+
+It reacts to ``preempted``, ``stuck_loading``, ``offline_too_long`` and a host-caused ``job_failed`` (its detail
+starts with ``preflight:``) of owned instances, and strikes hosts that flap (``host_flap``). A replacement keeps
+the original's GPU, disk, image, onstart, env and label, so a job runner resumes the job on it by label.
+
+[handlers.recovery]
+use = "recovery"
+on_preempt = "wait"       # replace | wait | rebid | alert; default: wait for bid instances, replace on-demand
+wait_timeout = "10m"      # how long a paused instance (wait, rebid) may take to resume by itself
+rebid_factor = 1.2        # rebid: the market minimum bid times this, within max_price
+max_restarts = 3          # replacements per label (one job's lineage), then recovery_failed
+max_price = 2.5           # $/h cap for a replacement (none by default)
+min_reliability = 0.98
+fallback_gpus = ["RTX 4090"]
+backoff = "30s"           # after a failed attempt (the first attempt is immediate), times backoff_factor
+backoff_factor = 2.0      # per further failure, capped at backoff_max
+backoff_max = "5m"
+give_up_after = "1h"      # then recovery_failed
+strikes_to_block = 2      # strikes that block a machine, for exclude_ttl
+exclude_ttl = "24h"
+
+The search always leaves out the dead instance's machine and host, and every blocked machine and host. Every
+step is idempotent: the recovery row is written before anything is rented, a create is recorded as an intent
+first, and before renting the account is searched for a replacement by label, so a redelivered event or a
+restart after a crash never rents twice.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Literal
+
+from pydantic import Field
+
+from vastevents import (
+    ApiError,
+    Context,
+    Duration,
+    Event,
+    Handler,
+    HandlerOptions,
+    Hosts,
+    Instance,
+    NoSuchAsk,
+    Offer,
+    Recoveries,
+    Recovery,
+    RecoveryStatus,
+    State,
+    VastEventsError,
+    every,
+    on,
+)
+
+HOST_CAUSED = "preflight:"
+"""How a job runner's ``job_failed`` detail starts when the host, not the job, is at fault."""
+
+Policy = Literal["replace", "wait", "rebid", "alert"]
+
+
+class NoOffer(VastEventsError):
+    """No offer matched the replacement's needs."""
+
+
+class RecoveryOptions(HandlerOptions):
+    on_preempt: Policy | None = None
+    wait_timeout: Duration = Field(default=600.0, ge=0)
+    rebid_factor: float = Field(default=1.2, ge=1.0)
+    max_restarts: int = Field(default=3, ge=0)
+    max_price: float | None = Field(default=None, gt=0)
+    min_reliability: float = Field(default=0.98, ge=0, le=1)
+    fallback_gpus: tuple[str, ...] = ()
+    backoff: Duration = Field(default=30.0, gt=0)
+    backoff_factor: float = Field(default=2.0, ge=1.0)
+    backoff_max: Duration = Field(default=300.0, gt=0)
+    give_up_after: Duration = Field(default=3600.0, gt=0)
+    strikes_to_block: int = Field(default=2, ge=1)
+    exclude_ttl: Duration = Field(default=86400.0, gt=0)
+
+
+class RecoveryHandler(Handler[RecoveryOptions]):
+    """Replaces dead owned instances; keeps the host blocklist."""
+
+    Options = RecoveryOptions
+    emits = ("recovered", "recovery_failed", "host_blocked")
+
+    def __init__(self, options: RecoveryOptions | None = None) -> None:
+        super().__init__(options)
+        self._busy: set[int] = set()
+        """Dead instances with an attempt running in this process (a ``renting`` row not here was left by a crash)."""
+
+    # --- events ----------------------------------------------------------------------------------------------
+
+    @on("preempted", "stuck_loading", "offline_too_long", "job_failed")
+    async def died(self, event: Event, ctx: Context) -> None:
+        instance = event.instance
+        if instance is None or not ctx.owns(instance) or not instance.label:
+            return
+        if event.name == "job_failed" and not (event.detail or "").startswith(HOST_CAUSED):
+            return
+        recoveries = ctx.store.repository(Recoveries)
+        known = recoveries.get(instance.id)
+        if known is not None:  # a redelivery, or another cause for the same death: only a crashed attempt is ours
+            if known.status is RecoveryStatus.RENTING and instance.id not in self._busy:
+                await self._attempt(known, ctx)
+            return
+        if self._host_at_fault(event, instance):
+            await self._strike(ctx, instance, f"{event.name}: {event.detail}" if event.detail else event.name, event)
+        policy = self._policy(event, instance)
+        record = Recovery(
+            dead_id=instance.id,
+            label=instance.label,
+            cause=event.name,
+            reason=event.detail or event.name,
+            status=RecoveryStatus.PENDING,
+            failures=0,
+            original=instance.model_dump(mode="json"),
+            new_id=None,
+            started_at=event.at,
+            due_at=ctx.clock.now(),
+        )
+        if policy == "rebid" and not await self._rebid(instance, ctx):
+            policy = "replace"
+        if policy in ("wait", "rebid", "alert"):
+            status = RecoveryStatus.ALERTED if policy == "alert" else RecoveryStatus.WAITING
+            due = ctx.clock.now() + timedelta(seconds=self.options.wait_timeout)
+            waiting = Recovery(**{**vars(record), "status": status, "due_at": due if policy != "alert" else None})
+            ctx.in_delivery(lambda conn: Recoveries.insert(conn, waiting))
+            if policy == "alert":
+                await ctx.notify(f"instance {instance.id} ({instance.label}) {event.name}: {record.reason}")
+            return
+        recoveries.open(record)  # before anything is rented
+        if recoveries.claim(instance.id, RecoveryStatus.PENDING):
+            await self._attempt(record, ctx)
+
+    @on("host_flap")
+    async def flapped(self, event: Event, ctx: Context) -> None:
+        if event.instance is not None and ctx.owns(event.instance):
+            await self._strike(ctx, event.instance, f"host_flap: {event.detail}", event)
+
+    @every("15s")
+    async def follow_up(self, ctx: Context) -> None:
+        """Resumed or past its wait, backoff over, or left half-done by a crash: each open recovery moves on."""
+        recoveries = ctx.store.repository(Recoveries)
+        for record in recoveries.unfinished():
+            if record.dead_id in self._busy:
+                continue
+            now = ctx.clock.now()
+            if record.status is RecoveryStatus.WAITING:
+                current = await ctx.client.get_instance(record.dead_id)
+                if current is not None and current.state is State.RUNNING:
+                    recoveries.update(record.dead_id, RecoveryStatus.RESUMED)
+                    ctx.logger.info("instance %d resumed by itself; no replacement", record.dead_id)
+                    continue
+            if record.status is not RecoveryStatus.RENTING:
+                if record.due_at is not None and now < record.due_at:
+                    continue
+                if not recoveries.claim(record.dead_id, record.status):
+                    continue
+            await self._attempt(record, ctx)
+
+    # --- policy ----------------------------------------------------------------------------------------------
+
+    def _policy(self, event: Event, instance: Instance) -> Policy:
+        if event.name != "preempted":
+            return "replace"
+        if self.options.on_preempt is not None:
+            return self.options.on_preempt
+        return "wait" if instance.is_bid else "replace"
+
+    @staticmethod
+    def _host_at_fault(event: Event, instance: Instance) -> bool:
+        """Everything but an outbid bid instance: being outbid is the market, not the host."""
+        return not (event.name == "preempted" and instance.is_bid)
+
+    async def _rebid(self, instance: Instance, ctx: Context) -> bool:
+        """Raise the bid to the market minimum times rebid_factor (within max_price); False if that is not possible."""
+        current = await ctx.client.get_instance(instance.id)
+        minimum = (current or instance).min_bid
+        if not instance.is_bid or minimum is None:
+            return False
+        price = minimum * self.options.rebid_factor
+        if self.options.max_price is not None:
+            if minimum > self.options.max_price:
+                return False
+            price = min(price, self.options.max_price)
+        await ctx.change_bid(instance, price)
+        ctx.logger.info("instance %d: bid raised to %.4f $/h", instance.id, price)
+        return True
+
+    # --- strikes ---------------------------------------------------------------------------------------------
+
+    async def _strike(self, ctx: Context, instance: Instance, reason: str, event: Event) -> None:
+        if instance.machine_id is None:
+            return
+        hosts = ctx.store.repository(Hosts)
+        blocked = hosts.strike(
+            f"event-{event.id}",
+            instance.machine_id,
+            instance.host_id,
+            reason,
+            ctx.clock.now(),
+            threshold=self.options.strikes_to_block,
+            ttl=self.options.exclude_ttl,
+        )
+        if blocked:
+            until = ctx.clock.now() + timedelta(seconds=self.options.exclude_ttl)
+            where = f"machine {instance.machine_id} (host {instance.host_id})"
+            detail = f"{where} blocked until {until.isoformat()}: {reason}"
+            await ctx.emit("host_blocked", instance=instance, detail=detail, key=f"host_blocked:{event.id}")
+
+    # --- replacing -------------------------------------------------------------------------------------------
+
+    async def _attempt(self, record: Recovery, ctx: Context) -> None:
+        self._busy.add(record.dead_id)
+        try:
+            await self._replace(record, ctx)
+        finally:
+            self._busy.discard(record.dead_id)
+
+    async def _replace(self, record: Recovery, ctx: Context) -> None:
+        recoveries = ctx.store.repository(Recoveries)
+        lineage = recoveries.lineage(record.label)
+        dead_ids = {r.dead_id for r in lineage}
+        live = await ctx.client.list_instances()
+        already = [i for i in live if i.label == record.label and i.id not in dead_ids]
+        if already:  # rented before a crash: reconciled by label, never rented twice
+            await self._recovered(record, already[0], ctx)
+            return
+        restarts = sum(1 for r in lineage if r.status is RecoveryStatus.RECOVERED)
+        dead = next((i for i in live if i.id == record.dead_id), None)
+        if restarts >= self.options.max_restarts:
+            await self._give_up(record, dead, f"max_restarts ({self.options.max_restarts}) reached", ctx)
+            return
+        try:
+            if dead is not None:
+                await ctx.destroy(dead)
+            new_id = await self._rent(record, ctx)
+        except (NoOffer, ApiError) as exc:
+            await self._failed_attempt(record, str(exc), ctx)
+            return
+        new = await ctx.client.get_instance(new_id)
+        await self._recovered(record, new or Instance(id=new_id, label=record.label), ctx)
+
+    async def _rent(self, record: Recovery, ctx: Context) -> int:
+        original = Instance.model_validate(record.original)
+        machines, hosts = ctx.store.repository(Hosts).blocked(ctx.clock.now())
+        avoid_machines = sorted({*machines, *([original.machine_id] if original.machine_id is not None else [])})
+        avoid_hosts = sorted({*hosts, *([original.host_id] if original.host_id is not None else [])})
+        gpus = [g for g in (original.gpu_name, *self.options.fallback_gpus) if g]
+        for gpu in dict.fromkeys(gpus):
+            query = self._query(original, gpu, avoid_machines, avoid_hosts)
+            offers = await ctx.client.search_offers(query, type="bid" if original.is_bid else "on-demand", limit=10)
+            for offer in offers:
+                if offer.machine_id in avoid_machines or offer.host_id in avoid_hosts:
+                    continue  # the search already leaves them out; a market that ignores a filter must not win
+                try:
+                    return await ctx.create(
+                        offer,
+                        image=original.image_uuid or "",
+                        disk=original.disk_space or 10.0,
+                        label=record.label,
+                        price=self._bid(offer) if original.is_bid else None,
+                        env=_env(original),
+                        onstart=original.onstart,
+                    )
+                except NoSuchAsk:
+                    ctx.logger.info("offer %d was rented first; trying the next one", offer.id)
+        wanted = " or ".join(gpus) or "any GPU"
+        raise NoOffer(f"no offer for {original.num_gpus or 1}x {wanted} outside machines {avoid_machines}")
+
+    def _query(self, original: Instance, gpu: str, machines: list[int], hosts: list[int]) -> str:
+        parts = [
+            f"gpu_name={gpu.replace(' ', '_')}",
+            f"num_gpus={original.num_gpus or 1}",
+            f"reliability>={self.options.min_reliability}",
+            f"disk_space>={original.disk_space or 0}",
+        ]
+        if machines:
+            parts.append(f"machine_id notin [{','.join(map(str, machines))}]")
+        if hosts:
+            parts.append(f"host_id notin [{','.join(map(str, hosts))}]")
+        if self.options.max_price is not None:
+            parts.append(f"dph_total<={self.options.max_price}")
+        return " ".join(parts)
+
+    def _bid(self, offer: Offer) -> float | None:
+        if offer.min_bid is None:
+            return self.options.max_price
+        price = offer.min_bid * self.options.rebid_factor
+        return min(price, self.options.max_price) if self.options.max_price is not None else price
+
+    async def _recovered(self, record: Recovery, new: Instance, ctx: Context) -> None:
+        lineage = ctx.store.repository(Recoveries).lineage(record.label)
+        attempt = 1 + sum(1 for r in lineage if r.status is RecoveryStatus.RECOVERED)
+        down = _seconds(ctx.clock.now() - record.started_at)
+        old_machine = record.original.get("machine_id")
+        detail = (
+            f"{record.dead_id} (machine {old_machine}) → {new.id} (machine {new.machine_id}),"
+            f" restart {attempt} of {record.label}, down {down}"
+        )
+        await ctx.emit("recovered", instance=new, detail=detail, key=f"recovered:{record.dead_id}")
+        ctx.store.repository(Recoveries).update(record.dead_id, RecoveryStatus.RECOVERED, new_id=new.id)
+
+    async def _failed_attempt(self, record: Recovery, why: str, ctx: Context) -> None:
+        now = ctx.clock.now()
+        failures = record.failures + 1
+        if now >= record.started_at + timedelta(seconds=self.options.give_up_after):
+            await self._give_up(record, None, f"gave up after {_seconds(now - record.started_at)}: {why}", ctx)
+            return
+        delay = min(self.options.backoff_max, self.options.backoff * self.options.backoff_factor ** (failures - 1))
+        ctx.store.repository(Recoveries).update(
+            record.dead_id, RecoveryStatus.PENDING, due_at=now + timedelta(seconds=delay), failures=failures, reason=why
+        )
+        if failures == 1:
+            await ctx.notify(f"cannot replace instance {record.dead_id} ({record.label}) yet: {why}; retrying")
+        ctx.logger.warning("replacing %d failed (%s); next try in %gs", record.dead_id, why, delay)
+
+    async def _give_up(self, record: Recovery, dead: Instance | None, why: str, ctx: Context) -> None:
+        if dead is not None:
+            await ctx.destroy(dead)
+        await ctx.emit(
+            "recovery_failed",
+            instance=Instance.model_validate(record.original),
+            detail=f"{record.dead_id} ({record.label}): {why}",
+            key=f"recovery_failed:{record.dead_id}",
+        )
+        ctx.store.repository(Recoveries).update(record.dead_id, RecoveryStatus.FAILED, reason=why)
+        await ctx.notify(f"recovery of instance {record.dead_id} ({record.label}) failed: {why}")
+
+
+def _env(instance: Instance) -> dict[str, str] | None:
+    """The instance's environment as the list shows it (``extra_env``: ``[[key, value], ...]``)."""
+    pairs = (instance.model_extra or {}).get("extra_env")
+    if not isinstance(pairs, list):
+        return None
+    return {str(pair[0]): str(pair[1]) for pair in pairs if isinstance(pair, list | tuple) and len(pair) == 2} or None
+
+
+def _seconds(delta: timedelta) -> str:
+    return f"{delta.total_seconds():.0f}s"

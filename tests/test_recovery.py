@@ -1,0 +1,251 @@
+"""The recovery handler end to end: the real runtime and store against the simulator over HTTP."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from handlers.recovery import RecoveryHandler
+from vastevents import Event, Hosts, Recoveries, RecoveryStatus, Runtime, SqliteStore, VastClient
+from vastevents.cli import app
+from vastevents.config import Config, load_config
+from vastevents.sim import Simulator
+from vastevents.testing import RecordingNotifier
+
+LABEL = "vastevents:job-7"
+
+
+def _config(tmp_path: Path, **options: Any) -> tuple[Config, Path]:
+    """A config file with the recovery handler (min_reliability lowered to the simulated market's)."""
+    keys = {"min_reliability": 0.9, **options}
+    lines = [f"{key} = {json.dumps(value)}" for key, value in keys.items()]
+    path = tmp_path / "vastevents.toml"
+    head = f'[store]\npath = "{tmp_path / "state.db"}"\n\n[handlers.recovery]\nuse = "recovery"\n'
+    path.write_text(head + "\n".join(lines) + "\n")
+    return load_config(path), path
+
+
+def _common_gpu(sim: Simulator) -> str:
+    """The GPU most simulated machines have, so a replacement on another host exists."""
+    machines = [m for m in sim.state()["machines"] if m["free_gpus"] >= 1 and m["reliability"] >= 0.9]
+    return Counter(m["gpu_name"] for m in machines).most_common(1)[0][0]
+
+
+@asynccontextmanager
+async def _runtime(sim: Simulator, api_key: str, config: Config) -> AsyncIterator[Runtime]:
+    with SqliteStore(config.store.resolved_path()) as store:
+        async with VastClient(api_key, sim.url) as client:
+            async with Runtime(config, client=client, store=store, clock=sim.clock, notifier=RecordingNotifier()) as rt:
+                yield rt
+
+
+async def _polls(runtime: Runtime, sim: Simulator, count: int, step: float = 60) -> list[Event]:
+    seen: list[Event] = []
+    for _ in range(count):
+        sim.advance(step)
+        seen += await runtime.poll_once()
+    return seen
+
+
+def _named(events: list[Event], name: str) -> list[Event]:
+    return [event for event in events if event.name == name]
+
+
+def _destroy_all(sim: Simulator) -> None:
+    for row in sim.state()["instances"]:
+        sim.apply("destroy", instance=row["id"])
+
+
+def _running(sim: Simulator, **create: Any) -> int:
+    instance_id = sim.create_instance(**create)
+    sim.advance(120)
+    assert sim.instance(instance_id)["actual_status"] == "running"  # type: ignore[index]
+    return instance_id
+
+
+async def test_a_preempted_on_demand_instance_is_replaced_elsewhere_with_the_same_label(
+    sim: Simulator, api_key: str, tmp_path: Path
+) -> None:
+    config, path = _config(tmp_path)
+    gpu = _common_gpu(sim)
+    old_id = _running(sim, label=LABEL, gpu_name=gpu, disk=40, env={"JOB": "7"}, onstart="python train.py")
+    old = sim.instance(old_id)
+    assert old is not None
+    try:
+        async with _runtime(sim, api_key, config) as runtime:
+            await runtime.poll_once()
+            sim.preempt(old_id)
+            events = await _polls(runtime, sim, 4)
+            (recovered,) = _named(events, "recovered")
+            new = sim.instance(recovered.instance_id or 0)
+            assert new is not None and sim.instance(old_id) is None, "the dead instance is destroyed"
+            assert (new["label"], new["gpu_name"], new["num_gpus"], new["disk_space"]) == (LABEL, gpu, 1, 40)
+            assert (new["image_uuid"], new["onstart"], new["extra_env"]) == (old["image_uuid"], "python train.py",
+                                                                              [["JOB", "7"]])  # fmt: skip
+            assert new["machine_id"] != old["machine_id"] and new["host_id"] != old["host_id"]
+            assert recovered.detail.startswith(
+                f"{old_id} (machine {old['machine_id']}) → {new['id']} (machine {new['machine_id']})"
+            )
+            events += await _polls(runtime, sim, 3)
+            assert len(_named(events, "recovered")) == 1 and sim.instance_count() == 1
+        result = CliRunner().invoke(app, ["hosts", "--json", "--config", str(path)])
+        assert result.exit_code == 0, result.output
+        (host,) = json.loads(result.stdout)
+        assert set(host) == {"machine_id", "host_id", "strikes", "reasons", "blocked", "blocked_until"}
+        assert (host["machine_id"], host["host_id"], host["strikes"]) == (old["machine_id"], old["host_id"], 1)
+        assert host["reasons"][0].startswith("preempted") and host["blocked"] is False
+    finally:
+        _destroy_all(sim)
+    assert sim.instance_count() == 0
+
+
+async def test_a_stuck_load_blocks_its_host_and_the_replacement_avoids_it(
+    sim: Simulator, api_key: str, tmp_path: Path
+) -> None:
+    # `hosts` judges blocks by the wall clock, the runtime by the simulated one: a block long enough for both
+    config, path = _config(tmp_path, strikes_to_block=1, exclude_ttl="36500d")
+    old_id = sim.create_instance(label=LABEL, gpu_name=_common_gpu(sim), pull=600)
+    sim.advance(30)
+    machine = sim.instance(old_id)["machine_id"]  # type: ignore[index]
+    try:
+        async with _runtime(sim, api_key, config) as runtime:
+            await runtime.poll_once()
+            sim.stick_loading(old_id)
+            events = await _polls(runtime, sim, 2)
+            assert [e.name for e in events if e.name in ("stuck_loading", "host_blocked", "recovered")] == [
+                "stuck_loading",
+                "host_blocked",
+                "recovered",
+            ]
+            assert sim.instance(old_id) is None
+            assert runtime.store.repository(Hosts).blocked(sim.clock.now())[0] == [machine]
+        (host,) = json.loads(CliRunner().invoke(app, ["hosts", "--json", "--config", str(path)]).stdout)
+        assert host["blocked"] is True and host["blocked_until"] is not None
+    finally:
+        _destroy_all(sim)
+    assert sim.instance_count() == 0
+
+
+@pytest.mark.parametrize("resumes", [True, False], ids=["resumes-in-time", "never-resumes"])
+async def test_wait_gives_an_outbid_instance_time_to_resume_then_replaces_it(
+    sim: Simulator, api_key: str, tmp_path: Path, resumes: bool
+) -> None:
+    config, _ = _config(tmp_path, wait_timeout="10m")
+    old_id = _running(sim, label=LABEL, gpu_name=_common_gpu(sim), bid=True)
+    try:
+        async with _runtime(sim, api_key, config) as runtime:
+            await runtime.poll_once()
+            sim.apply("outbid", instance=old_id)
+            events = await _polls(runtime, sim, 3)
+            assert _named(events, "preempted") and not _named(events, "recovered")
+            if resumes:
+                sim.apply("start", instance=old_id)  # the bid wins again after 3 minutes
+            events += await _polls(runtime, sim, 10)
+            recoveries = runtime.store.repository(Recoveries)
+            if resumes:
+                assert not _named(events, "recovered") and sim.instance_count() == 1
+                assert recoveries.get(old_id).status is RecoveryStatus.RESUMED  # type: ignore[union-attr]
+            else:
+                (recovered,) = _named(events, "recovered")
+                assert sim.instance(old_id) is None and sim.instance_count() == 1
+                new = sim.instance(recovered.instance_id or 0)
+                assert new is not None and new["label"] == LABEL and new["is_bid"] is True
+                assert runtime.store.repository(Hosts).records(sim.clock.now()) == [], "being outbid is no strike"
+    finally:
+        _destroy_all(sim)
+    assert sim.instance_count() == 0
+
+
+async def test_rebid_raises_the_bid_and_the_instance_resumes(sim: Simulator, api_key: str, tmp_path: Path) -> None:
+    config, _ = _config(tmp_path, on_preempt="rebid", rebid_factor=1.5)
+    old_id = _running(sim, label=LABEL, gpu_name=_common_gpu(sim), bid=True)
+    try:
+        async with _runtime(sim, api_key, config) as runtime:
+            await runtime.poll_once()
+            sim.apply("outbid", instance=old_id)
+            events = await _polls(runtime, sim, 12)
+            row = sim.instance(old_id)
+            assert row is not None and row["actual_status"] == "running"
+            assert row["dph_base"] == pytest.approx(row["min_bid"] * 1.5)
+            assert not _named(events, "recovered") and sim.instance_count() == 1
+    finally:
+        _destroy_all(sim)
+    assert sim.instance_count() == 0
+
+
+async def test_max_restarts_ends_the_lineage_with_recovery_failed(sim: Simulator, api_key: str, tmp_path: Path) -> None:
+    config, _ = _config(tmp_path, max_restarts=1)
+    old_id = _running(sim, label=LABEL, gpu_name=_common_gpu(sim))
+    try:
+        async with _runtime(sim, api_key, config) as runtime:
+            await runtime.poll_once()
+            sim.preempt(old_id)
+            (recovered,) = _named(await _polls(runtime, sim, 4), "recovered")
+            await _polls(runtime, sim, 2)  # the replacement comes up
+            sim.preempt(recovered.instance_id or 0)
+            events = await _polls(runtime, sim, 4)
+            (failed,) = _named(events, "recovery_failed")
+            assert "max_restarts (1) reached" in failed.detail and not _named(events, "recovered")
+            assert sim.instance_count() == 0, "the last instance of the lineage is destroyed too"
+    finally:
+        _destroy_all(sim)
+    assert sim.instance_count() == 0
+
+
+async def test_a_foreign_instance_is_never_touched(sim: Simulator, api_key: str, tmp_path: Path) -> None:
+    config, _ = _config(tmp_path, on_preempt="replace")
+    foreign = _running(sim, label="someone-else:job", gpu_name=_common_gpu(sim))
+    try:
+        async with _runtime(sim, api_key, config) as runtime:
+            await runtime.poll_once()
+            sim.preempt(foreign)
+            events = await _polls(runtime, sim, 5)
+            assert _named(events, "preempted") and not _named(events, "recovered")
+            assert sim.instance_count() == 1 and sim.instance(foreign) is not None
+            assert runtime.store.effects.intents(foreign) == []
+            assert runtime.store.repository(Hosts).records(sim.clock.now()) == []
+    finally:
+        _destroy_all(sim)
+    assert sim.instance_count() == 0
+
+
+class Crash(BaseException):
+    """The watcher dies here (as with SIGKILL: nothing after this point runs)."""
+
+
+@pytest.mark.parametrize("step", ["_rent", "_recovered"], ids=["before-the-create", "after-the-create"])
+async def test_a_redelivered_event_after_a_crash_rents_exactly_once(
+    sim: Simulator, api_key: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, step: str
+) -> None:
+    config, _ = _config(tmp_path)
+    old_id = _running(sim, label=LABEL, gpu_name=_common_gpu(sim))
+    real = getattr(RecoveryHandler, step)
+
+    async def crash(self: RecoveryHandler, *args: Any) -> Any:
+        raise Crash
+
+    try:
+        async with _runtime(sim, api_key, config) as runtime:
+            await runtime.poll_once()
+            sim.preempt(old_id)
+            monkeypatch.setattr(RecoveryHandler, step, crash)
+            with pytest.raises(Crash):
+                await _polls(runtime, sim, 4)
+        monkeypatch.setattr(RecoveryHandler, step, real)
+        assert sim.instance_count() == (1 if step == "_recovered" else 0)
+        async with _runtime(sim, api_key, config) as runtime:
+            events = await _polls(runtime, sim, 3)
+            (recovered,) = _named(events, "recovered")
+            assert sim.instance_count() == 1 and sim.instance(recovered.instance_id or 0) is not None
+            creates = runtime.store.db.query("SELECT COUNT(*) FROM intents WHERE action = 'create'")
+            assert creates == [(1,)]
+    finally:
+        _destroy_all(sim)
+    assert sim.instance_count() == 0
