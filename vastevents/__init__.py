@@ -4,6 +4,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from vastevents.config import Duration
 from vastevents.context import Context
 from vastevents.diff import Rules, diff, observe
 from vastevents.errors import (
@@ -22,22 +23,37 @@ from vastevents.errors import (
 )
 from vastevents.events import Event
 from vastevents.models import Instance, Offer, State
+from vastevents.notify import (
+    BotTransport,
+    ChatMessage,
+    ChatTransport,
+    PermanentSendError,
+    Posted,
+    SendError,
+    TransientSendError,
+    WebhookTransport,
+)
 from vastevents.plugins import Handler, HandlerFunc, HandlerOptions, daemon, every, on
 from vastevents.ports import CommandResult, Notifier, Ssh, SshTarget, VastApi
 from vastevents.query import parse_query
 from vastevents.runtime import Runtime
 from vastevents.snapshot import InstanceView, Snapshot
 from vastevents.store import Database, Migration, SqliteStore, Store
+from vastevents.store.outbox import Outbox, OutboxMessage
 from vastevents.vast import VastClient
 
 __all__ = [
     "AmbiguousCreate",
     "ApiError",
     "AuthError",
+    "BotTransport",
+    "ChatMessage",
+    "ChatTransport",
     "CommandResult",
     "ConfigError",
     "Context",
     "Database",
+    "Duration",
     "Event",
     "Handler",
     "HandlerFunc",
@@ -50,11 +66,16 @@ __all__ = [
     "NotOwned",
     "Notifier",
     "Offer",
+    "Outbox",
+    "OutboxMessage",
     "PermanentError",
+    "PermanentSendError",
+    "Posted",
     "QueryError",
     "RateLimited",
     "Rules",
     "Runtime",
+    "SendError",
     "Snapshot",
     "SqliteStore",
     "Ssh",
@@ -62,9 +83,11 @@ __all__ = [
     "State",
     "Store",
     "TemporaryError",
+    "TransientSendError",
     "VastApi",
     "VastClient",
     "VastEventsError",
+    "WebhookTransport",
     "__version__",
     "daemon",
     "diff",
