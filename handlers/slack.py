@@ -54,7 +54,8 @@ from vastevents import (
 )
 
 DEFAULT_EVENTS = (
-    "preempted", "stuck_loading", "offline_too_long", "host_flap", "vanished", "loading_to_running",
+    "preempted", "stuck_loading", "offline_too_long", "host_flap", "vanished",
+    "scheduling_to_running", "created_to_running", "loading_to_running",
     "job_started", "job_finished", "job_failed", "recovered", "recovery_failed", "host_blocked",
     "budget_warning", "budget_exceeded", "reaped", "vast_notification",
 )  # fmt: skip

@@ -5,7 +5,7 @@ token (:class:`BotTransport`, ``WebClient.chat_postMessage``, which can thread a
 Short hiccups are retried inside the call by slack-sdk's own retry handlers (connection errors, 5xx, 429 with a
 short ``Retry-After``); what is still failing comes out as :class:`TransientSendError` (try again later) or
 :class:`PermanentSendError` (4xx other than 429: drop it). Calls block: run them in a worker thread.
-Webhook URLs and tokens are registered as secrets, and slack-sdk's own log records are redacted.
+Webhook URLs and tokens are registered as secrets, and slack-sdk logs through :data:`SDK_LOG`, redacted.
 """
 
 from __future__ import annotations
@@ -136,14 +136,9 @@ class _RedactRecords(logging.Filter):
         return True
 
 
-_REDACTOR = _RedactRecords()
-
-
-def _guard_sdk_logs() -> None:
-    for name in ("slack_sdk", "slack_sdk.webhook", "slack_sdk.web", "slack_sdk.web.base_client"):
-        logger = logging.getLogger(name)
-        if _REDACTOR not in logger.filters:
-            logger.addFilter(_REDACTOR)
+SDK_LOG = logging.getLogger("vastevents.notify.slack_sdk")
+"""The logger slack-sdk clients are given: every record it makes is redacted before any handler sees it."""
+SDK_LOG.addFilter(_RedactRecords())
 
 
 @dataclass
@@ -157,7 +152,6 @@ class WebhookTransport:
     _clients: dict[str, WebhookClient] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        _guard_sdk_logs()
         for url in self.urls.values():
             register_secret(url)
 
@@ -168,7 +162,9 @@ class WebhookTransport:
             raise PermanentSendError(f"{what}: no webhook URL is configured for this channel")
         client = self._clients.get(message.channel)
         if client is None:
-            client = WebhookClient(url, timeout=int(self.timeout), retry_handlers=retry_handlers(self.retries))
+            client = WebhookClient(
+                url, timeout=int(self.timeout), retry_handlers=retry_handlers(self.retries), logger=SDK_LOG
+            )
             self._clients[message.channel] = client
         try:
             response = client.send(text=message.text, blocks=list(message.blocks) or None)
@@ -191,7 +187,6 @@ class BotTransport:
     _client: WebClient | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        _guard_sdk_logs()
         register_secret(self.token)
 
     def post(self, message: ChatMessage) -> Posted:
@@ -199,7 +194,7 @@ class BotTransport:
         if self._client is None:
             base = self.base_url if self.base_url.endswith("/") else self.base_url + "/"
             self._client = WebClient(token=self.token, base_url=base, timeout=int(self.timeout),
-                                     retry_handlers=retry_handlers(self.retries))  # fmt: skip
+                                     retry_handlers=retry_handlers(self.retries), logger=SDK_LOG)  # fmt: skip
         try:
             response = self._client.chat_postMessage(
                 channel=message.channel, text=message.text, blocks=list(message.blocks) or None,
