@@ -10,7 +10,17 @@ from pathlib import Path
 import pytest
 from slack_sink import SlackSink
 
-from vastevents import Outbox, Runtime, SqliteStore, VastClient
+from vastevents import (
+    BotTransport,
+    ChatMessage,
+    ConfigError,
+    Outbox,
+    PermanentSendError,
+    Runtime,
+    SqliteStore,
+    TransientSendError,
+    VastClient,
+)
 from vastevents.config import parse_config
 from vastevents.events import Event
 from vastevents.plugins import load_handlers
@@ -289,7 +299,7 @@ async def test_the_webhook_url_and_token_never_reach_logs_events_or_the_store(
 ) -> None:  # fmt: skip
     caplog.set_level(logging.DEBUG)
     monkeypatch.setenv("SLACK_WEBHOOK_URL", sink.webhook_url)
-    monkeypatch.setenv("TEAM_HOOK", f"http://127.0.0.1:1/services/T1/B1/OTHERSECRETPATH")
+    monkeypatch.setenv("TEAM_HOOK", "http://127.0.0.1:1/services/T1/B1/OTHERSECRETPATH")
     toml = slack_config('channels = {"vastevents:team" = "TEAM_HOOK"}')
     one = sim.create_instance(label="vastevents:solo", bid=True)
     two = sim.create_instance(label="vastevents:team", bid=True)
@@ -310,3 +320,27 @@ async def test_the_webhook_url_and_token_never_reach_logs_events_or_the_store(
         assert secret not in details and secret not in errors
         assert secret.encode() not in store.read_bytes()
     await destroy_all(sim, api_key)
+
+
+def test_a_missing_webhook_url_is_a_config_error_naming_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SLACK_WEBHOOK_URL", raising=False)
+    with pytest.raises(ConfigError, match=r"handlers\.slack.*SLACK_WEBHOOK_URL"):
+        load_handlers(parse_config(slack_config()))
+    with pytest.raises(ConfigError, match="channel"):
+        load_handlers(parse_config(slack_config('mode = "bot"')))
+
+
+def test_the_bot_transport_tells_permanent_from_transient_refusals(sink: SlackSink) -> None:
+    bot = BotTransport("xoxb-0000-classify", sink.api_url, retries=0)
+    message = ChatMessage(text="hello", channel="#gpu")
+    sink.answer(404)
+    with pytest.raises(PermanentSendError, match="channel_not_found"):
+        bot.post(message)
+    sink.answer(500)
+    with pytest.raises(TransientSendError, match="HTTP 500"):
+        bot.post(message)
+    sink.answer(429, retry_after=30)
+    with pytest.raises(TransientSendError) as limited:
+        bot.post(message)
+    assert limited.value.retry_after == 30
+    assert bot.post(message).ts == "1700000000.000001"
