@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import sqlite3
 from collections import defaultdict
 from datetime import datetime, timedelta
 from typing import Any, Literal
@@ -39,6 +38,7 @@ from vastevents import (
     BotTransport,
     ChatMessage,
     ChatTransport,
+    Conn,
     Context,
     Duration,
     Event,
@@ -158,7 +158,7 @@ class SlackHandler(Handler[SlackOptions]):
         grace = self.options.flap_grace if self.options.flap_grace is not None else ctx.config.watch.offline_grace
         ctx.in_delivery(lambda conn: self._queue(conn, outbox, ctx.handler, event, grace))
 
-    def _queue(self, conn: sqlite3.Connection, outbox: Outbox, handler: str, event: Event, grace: float) -> None:
+    def _queue(self, conn: Conn, outbox: Outbox, handler: str, event: Event, grace: float) -> None:
         def queue(payload: dict[str, Any], kind: str, level: str, hold: datetime | None = None) -> None:
             thread = str(event.instance_id) if event.instance_id is not None else None
             outbox.queue(conn, handler=handler, key=f"event:{event.id}", channel=self._channel(event),

@@ -38,7 +38,7 @@ from vastevents.ports import CommandResult, Notifier, Ssh, SshTarget, VastApi
 from vastevents.query import parse_query
 from vastevents.runtime import Runtime
 from vastevents.snapshot import InstanceView, Snapshot
-from vastevents.store import Database, Migration, SqliteStore, Store
+from vastevents.store import Conn, Database, Migration, SqliteStore, Store
 from vastevents.store.outbox import Outbox, OutboxMessage
 from vastevents.vast import VastClient
 
@@ -51,6 +51,7 @@ __all__ = [
     "ChatTransport",
     "CommandResult",
     "ConfigError",
+    "Conn",
     "Context",
     "Database",
     "Duration",

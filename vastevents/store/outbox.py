@@ -11,14 +11,13 @@ No secret is ever stored here: a channel is a name, never a webhook URL.
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, ClassVar
 
 from vastevents.store._codec import iso, time
-from vastevents.store._db import Database, Migration
+from vastevents.store._db import Conn, Database, Migration
 
 MIGRATIONS = (
     Migration(
@@ -133,7 +132,7 @@ class Outbox:
 
     def queue(
         self,
-        conn: sqlite3.Connection,
+        conn: Conn,
         *,
         handler: str,
         key: str,
@@ -151,9 +150,7 @@ class Outbox:
                   iso(created_at), iso(hold_until), iso(created_at))  # fmt: skip
         conn.execute(_INSERT, params)
 
-    def last_of_kinds(
-        self, conn: sqlite3.Connection, handler: str, instance_id: int, kinds: Sequence[str]
-    ) -> OutboxMessage | None:
+    def last_of_kinds(self, conn: Conn, handler: str, instance_id: int, kinds: Sequence[str]) -> OutboxMessage | None:
         """The newest message of `instance_id` whose kind is one of `kinds` (e.g. its last down or up notice)."""
         marks = ", ".join("?" for _ in kinds)
         row = conn.execute(
@@ -162,7 +159,7 @@ class Outbox:
         ).fetchone()
         return _message(row) if row is not None else None
 
-    def set_state(self, conn: sqlite3.Connection, message_id: int, state: str) -> None:
+    def set_state(self, conn: Conn, message_id: int, state: str) -> None:
         conn.execute("UPDATE outbox SET state = ? WHERE id = ?", (state, message_id))
 
     # --- the sender -------------------------------------------------------------------------------------------
