@@ -23,13 +23,24 @@ from vastevents.errors import (
 )
 from vastevents.events import Event
 from vastevents.models import Instance, Offer, State
+from vastevents.notify import (
+    BotTransport,
+    ChatMessage,
+    ChatTransport,
+    PermanentSendError,
+    Posted,
+    SendError,
+    TransientSendError,
+    WebhookTransport,
+)
 from vastevents.plugins import Handler, HandlerFunc, HandlerOptions, daemon, every, on
 from vastevents.ports import CommandResult, Notifier, Ssh, SshTarget, VastApi
 from vastevents.query import parse_query
 from vastevents.runtime import Runtime
 from vastevents.snapshot import InstanceView, Snapshot
-from vastevents.store import Database, Migration, SqliteStore, Store
+from vastevents.store import Conn, Database, Migration, SqliteStore, Store
 from vastevents.store.hosts import HostRecord, Hosts
+from vastevents.store.outbox import Outbox, OutboxMessage
 from vastevents.store.recoveries import Recoveries, Recovery, RecoveryStatus
 from vastevents.vast import VastClient
 
@@ -37,8 +48,12 @@ __all__ = [
     "AmbiguousCreate",
     "ApiError",
     "AuthError",
+    "BotTransport",
+    "ChatMessage",
+    "ChatTransport",
     "CommandResult",
     "ConfigError",
+    "Conn",
     "Context",
     "Database",
     "Duration",
@@ -56,7 +71,11 @@ __all__ = [
     "NotOwned",
     "Notifier",
     "Offer",
+    "Outbox",
+    "OutboxMessage",
     "PermanentError",
+    "PermanentSendError",
+    "Posted",
     "QueryError",
     "RateLimited",
     "Recoveries",
@@ -64,6 +83,7 @@ __all__ = [
     "RecoveryStatus",
     "Rules",
     "Runtime",
+    "SendError",
     "Snapshot",
     "SqliteStore",
     "Ssh",
@@ -71,9 +91,11 @@ __all__ = [
     "State",
     "Store",
     "TemporaryError",
+    "TransientSendError",
     "VastApi",
     "VastClient",
     "VastEventsError",
+    "WebhookTransport",
     "__version__",
     "daemon",
     "diff",

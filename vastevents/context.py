@@ -51,6 +51,9 @@ class Context:
     """The event being delivered (None in a periodic handler or a daemon)."""
     daemon: tuple[str, int] | None = None
     """(daemon name, instance id) when this context runs a daemon."""
+    forced: bool = False
+    """True in a periodic handler run because every one was asked to run now (``watch --once``), not because it was
+    due: do what is pending now, ignoring backoff."""
     hooks: RuntimeHooks
     actions: Actions
     writes: list[Write] = field(default_factory=list)
@@ -71,6 +74,7 @@ class Context:
             emits=emits,
             cause=cause,
             daemon=daemon,
+            forced=False,
             logger=logging.getLogger(f"vastevents.handlers.{handler}"),
             writes=[],
             _emitted=Counter(),

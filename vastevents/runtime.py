@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import timedelta
 from types import TracebackType
 from typing import Any, Self
@@ -249,7 +250,7 @@ class Runtime:
                 if not everything and last is not None and now < last + timedelta(seconds=period):
                     continue
                 self.store.effects.ran(handler.name, name, now)
-                context = self.context.bound(handler.name, handler.emits)
+                context = replace(self.context.bound(handler.name, handler.emits), forced=everything)
                 timeout = self.config.watch.handler_timeout
                 try:
                     await call_handler(func, (context,), timeout=timeout, executor=self.watcher.bus.executor)
@@ -363,4 +364,3 @@ async def _set_when(target: asyncio.Event, *sources: asyncio.Event) -> None:
     finally:
         for waiter in waiters:
             waiter.cancel()
-

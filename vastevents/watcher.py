@@ -258,4 +258,3 @@ class Watcher:
             if stop.is_set():
                 break
             await sleep_or(self.clock, self.status.next_delay, stop)
-

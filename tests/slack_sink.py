@@ -1,0 +1,108 @@
+"""A real local HTTP endpoint playing Slack: incoming webhooks and the Web API's chat.postMessage.
+
+It records every post and answers from a script: ``sink.answer(429, retry_after=120)`` queues one answer,
+``sink.failing = 503`` answers every request that way until cleared, ``sink.stop()``/``sink.start()`` takes
+the port down and back up (connection refused in between).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+WEBHOOK_PATH = "/services/T000/B000/SECRETWEBHOOKPATH"
+
+
+@dataclass
+class Post:
+    path: str
+    body: dict[str, Any]
+    authorization: str | None
+
+
+@dataclass
+class Answer:
+    status: int
+    retry_after: float | None = None
+
+
+@dataclass
+class SlackSink:
+    posts: list[Post] = field(default_factory=list)
+    """Requests answered 2xx (what Slack would show), in order."""
+    attempts: list[Post] = field(default_factory=list)
+    """Every request, answered however."""
+    failing: int | None = None
+    script: list[Answer] = field(default_factory=list)
+    port: int = 0
+    _server: ThreadingHTTPServer | None = None
+    _thread: threading.Thread | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def webhook_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}{WEBHOOK_PATH}"
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/api/"
+
+    def texts(self) -> list[str]:
+        return [str(post.body.get("text")) for post in self.posts]
+
+    def answer(self, status: int, *, retry_after: float | None = None) -> None:
+        self.script.append(Answer(status, retry_after))
+
+    def start(self) -> None:
+        sink = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                try:
+                    body = json.loads(raw or b"{}")
+                except ValueError:
+                    body = {"raw": raw.decode(errors="replace")}
+                post = Post(self.path, body, self.headers.get("Authorization"))
+                with sink._lock:
+                    sink.attempts.append(post)
+                    scripted = sink.script.pop(0) if sink.script else None
+                    status = scripted.status if scripted else (sink.failing or 200)
+                    if status < 300:
+                        sink.posts.append(post)
+                        ts = f"1700000000.{len(sink.posts):06d}"
+                api = self.path.startswith("/api/")
+                if status < 300:
+                    reply = json.dumps({"ok": True, "ts": ts, "channel": body.get("channel")}) if api else "ok"
+                elif status == 404:
+                    reply = json.dumps({"ok": False, "error": "channel_not_found"}) if api else "no_service"
+                else:
+                    reply = json.dumps({"ok": False, "error": "ratelimited"}) if api else "error"
+                data = reply.encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json" if api else "text/plain")
+                self.send_header("Content-Length", str(len(data)))
+                if scripted is not None and scripted.retry_after is not None:
+                    self.send_header("Retry-After", f"{scripted.retry_after:g}")
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self.port = self._server.server_address[1]
+        self._thread = threading.Thread(target=self._server.serve_forever, name="slack-sink", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None
