@@ -6,7 +6,8 @@ Rows are the simulator's own instance rows, served as 25-row pages by an in-memo
 
 - ``list cold``: ``VastClient.list_instances()`` parsing every page (a client's first list);
 - ``list warm``: the same list again, every page as it was the poll before (the steady state);
-- ``observe``: ``observe()`` of an unchanged account (the rows of the warm list against its own snapshot);
+- ``observe``: ``observe()`` of an unchanged account (the rows of the warm list against the snapshot of the
+  poll before, itself an unchanged one);
 - ``observe fresh``: the same diff against rows parsed anew, equal but not the same objects;
 - ``bytes/instance``: memory held by a snapshot of the parsed list, per instance.
 """
@@ -70,7 +71,7 @@ async def _one_size(size: int, repeat: int) -> dict[str, Any]:
     now = ManualClock().now()
     async with VastClient("bench-key", "http://vast.test", transport=_transport(rows)) as client:
         instances = await client.list_instances()
-        base, _ = observe(Snapshot(), instances, now)
+        base, _ = observe(observe(Snapshot(), instances, now)[0], instances, now)  # as after a steady poll
         for n in range(repeat):
             async with VastClient("bench-key", "http://vast.test", transport=_transport(rows)) as cold:
                 with measure(samples["list cold"]):
