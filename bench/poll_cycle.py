@@ -7,7 +7,7 @@ repetition runs, one after the other:
 
 - ``seed``: ``vastai show instances --raw`` as a subprocess, then a dict diff against the previous poll
   (CPU includes the subprocess);
-- ``ours``: a whole ``Watcher.poll_once()`` in steady state (list + parse + observe + commit + delivery);
+- ``ours``: a whole ``Runtime.poll_once()`` in steady state (list + parse + observe + commit + delivery);
 - ``list``: ``VastClient.list_instances()`` alone (so the rest of ``ours`` is the diff and the store);
 - ``floor``: a bare ``httpx.AsyncClient`` page loop that only decodes each page to follow ``next_token``.
 
@@ -34,10 +34,8 @@ from _common import Samples, measure, ms, print_table, simulator_process, write_
 
 from vastevents.clock import ManualClock
 from vastevents.config import Config
-from vastevents.plugins import Context
-from vastevents.store import SqliteStore
+from vastevents.runtime import Runtime
 from vastevents.vast import VastClient
-from vastevents.watcher import Watcher
 
 _LIST_PARAMS = {"select_filters": "{}", "order_by": json.dumps([{"col": "id", "dir": "asc"}]), "limit": "25"}
 
@@ -84,15 +82,13 @@ async def _one_size(size: int, repeat: int, seed_repeat: int) -> dict[str, Any]:
     with simulator_process(size) as (url, key), tempfile.TemporaryDirectory() as tmp:
         seed = _SeedWay(url, key, Path(tmp)) if seed_repeat and shutil.which("vastai") else None
         config = Config.model_validate({"store": {"path": str(Path(tmp) / "watch.db")}})
-        store = SqliteStore(config.store.path)
         async with (
             VastClient(key, url) as client,
             httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {key}"}) as http,
+            Runtime(config, client=client, clock=ManualClock(), handlers=[]) as runtime,
         ):
-            context = Context(client=client, store=store, clock=ManualClock(), config=config)
-            watcher = Watcher(context, lister=client)
             # Warm up every path once: the first poll journals `appeared` for everything.
-            await watcher.poll_once()
+            await runtime.poll_once()
             assert len(await client.list_instances()) == size
             assert await _floor(http) == size
             if seed is not None:
@@ -102,12 +98,11 @@ async def _one_size(size: int, repeat: int, seed_repeat: int) -> dict[str, Any]:
                     with measure(samples["seed"], children=True):
                         seed.poll()
                 with measure(samples["ours"]):
-                    await watcher.poll_once()
+                    await runtime.poll_once()
                 with measure(samples["list"]):
                     await client.list_instances()
                 with measure(samples["floor"]):
                     await _floor(http)
-        store.close()
     return {"instances": size, **{name: s.summary() for name, s in samples.items() if s.wall}}
 
 
