@@ -31,10 +31,16 @@ class State(StrEnum):
         """Map a raw Vast status string to a state; ``None`` is scheduling, anything new is unknown."""
         if raw is None:
             return cls.SCHEDULING
+        state = _STATES.get(raw)  # the common case, looked up without normalizing
+        if state is not None:
+            return state
         try:
             return cls(raw.strip().lower())
         except ValueError:
             return cls.UNKNOWN
+
+
+_STATES = {state.value: state for state in State}
 
 
 def _blank_to_none(value: Any) -> Any:

@@ -42,6 +42,9 @@ class Snapshot:
 
     views: Mapping[int, InstanceView] = field(default_factory=lambda: MappingProxyType({}))
     taken_at: datetime | None = None
+    settled: Mapping[int, InstanceView] = field(default_factory=lambda: MappingProxyType({}), compare=False, repr=False)
+    """A memo of the diff, not part of the value: views of `views` for which it found that no detector can fire
+    while their row stays the same, so the next diff need not ask again. Empty is always correct."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.views, MappingProxyType):

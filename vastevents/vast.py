@@ -15,13 +15,14 @@ import json
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
 import httpx
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, wait_random_exponential
 
 from vastevents._logging import REDACTED, redact, register_secret
@@ -37,6 +38,7 @@ MAX_RETRY_AFTER = 60.0
 _RETRY_STATUSES = frozenset({429, 502, 503, 504})
 _NEVER_SENT = (httpx.ConnectError, httpx.ConnectTimeout)
 _PAGE_SIZE = 25
+_INSTANCES_PATH = "/api/v1/instances/"
 _INSTANCE_ORDER = json.dumps([{"col": "id", "dir": "asc"}])
 _KEY_HELP = "Set VAST_API_KEY or run `vastai set api-key`"
 _LOG_POLLS = 30
@@ -159,6 +161,24 @@ def _model(model: type[_Model], row: object, what: str) -> _Model:
         raise ApiError(f"The Vast API sent {what} vastevents cannot read ({problems})") from None
 
 
+class _InstancePageBody(BaseModel):
+    """A list page as Vast sends it, read straight from the bytes (what is not read here is ignored)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    instances: list[Instance]
+    next_token: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class _InstancePage:
+    """One page of the instance list, with the bytes it was read from (to know it again next poll)."""
+
+    content: bytes
+    instances: Sequence[Instance]
+    next_token: Any
+
+
 class VastClient:
     """Async Vast.ai API client; use ``async with VastClient(key) as client:`` or call :meth:`aclose`.
 
@@ -191,6 +211,8 @@ class VastClient:
         if self._api_key:
             headers["Authorization"] = f"Bearer {self._api_key}"
         self._http = httpx.AsyncClient(base_url=self.base_url, headers=headers, transport=transport, timeout=timeout)
+        self._pages: dict[str | None, _InstancePage] = {}
+        """The pages of the last complete instance list, by cursor: an unchanged page is not parsed again."""
 
     def __repr__(self) -> str:
         key = REDACTED if self._api_key else None
@@ -349,26 +371,52 @@ class VastClient:
     # --- instances -----------------------------------------------------------------------------------------
 
     async def list_instances(self) -> list[Instance]:
-        """Every instance on the account, one GET per page of 25; any failed page fails the whole list."""
+        """Every instance on the account, one GET per page of 25; any failed page fails the whole list.
+
+        A page that arrives byte for byte as in the previous complete list gives the same (frozen) rows again,
+        so parsing and the diff after it cost nothing for the part of an account that did not change.
+        """
         instances: dict[int, Instance] = {}
         params = {"select_filters": "{}", "order_by": _INSTANCE_ORDER, "limit": str(_PAGE_SIZE)}
         tokens: set[str] = set()
+        pages: dict[str | None, _InstancePage] = {}
         while True:
-            page = await self._request_dict("GET", "/api/v1/instances/", params=params)
-            rows = page.get("instances")
-            if not isinstance(rows, list):
-                raise ApiError("The Vast API answered the instance list without an 'instances' list")
-            for row in rows:
-                instance = _model(Instance, row, "an instance row")
+            cursor = params.get("after_token")
+            response = await self._response("GET", _INSTANCES_PATH, params=params)
+            page = pages[cursor] = self._instance_page(response, self._pages.get(cursor))
+            for instance in page.instances:
                 instances[instance.id] = instance
-            token = page.get("next_token")
+            token = page.next_token
             if not token:
+                self._pages = pages
                 return list(instances.values())
             token = str(token)
             if token in tokens:
                 raise ApiError("The Vast API repeated a page token while listing instances; try again")
             tokens.add(token)
             params["after_token"] = token
+
+    def _instance_page(self, response: httpx.Response, previous: _InstancePage | None) -> _InstancePage:
+        """The page in `response`: `previous` again if the bytes are the same, else parsed from the bytes.
+
+        Whatever the one-pass parse refuses goes through the step-by-step reading, which names the problem.
+        """
+        content = response.content
+        if previous is not None and previous.content == content:
+            return previous
+        try:
+            body = _InstancePageBody.model_validate_json(content)
+        except ValidationError:
+            pass
+        else:
+            return _InstancePage(content, body.instances, body.next_token)
+        page = self._decoded_dict(response, "GET", _INSTANCES_PATH)
+        rows = page.get("instances")
+        if not isinstance(rows, list):
+            raise ApiError("The Vast API answered the instance list without an 'instances' list")
+        return _InstancePage(
+            content, [_model(Instance, row, "an instance row") for row in rows], page.get("next_token")
+        )
 
     async def get_instance(self, instance_id: int) -> Instance | None:
         """One instance, or None once it is gone."""
@@ -489,6 +537,13 @@ class VastClient:
         self, method: str, path: str, *, params: dict[str, str] | None = None, json_body: Any = None
     ) -> Any:
         """Send (with retries) and return the decoded JSON, or raise the :class:`ApiError` that fits."""
+        response = await self._response(method, path, params=params, json_body=json_body)
+        return self._decoded(response, method, path)
+
+    async def _response(
+        self, method: str, path: str, *, params: dict[str, str] | None = None, json_body: Any = None
+    ) -> httpx.Response:
+        """Send (with retries) and return a successful JSON response, or raise the :class:`ApiError` that fits."""
         try:
             response = await self._send(method, path, params=params, json_body=json_body)
         except httpx.TransportError as exc:
@@ -502,6 +557,10 @@ class VastClient:
                 f"(HTTP {response.status_code}); is {self.base_url} the Vast API?",
                 status_code=response.status_code,
             )
+        return response
+
+    @staticmethod
+    def _decoded(response: httpx.Response, method: str, path: str) -> Any:
         try:
             return response.json()
         except ValueError:
@@ -511,13 +570,17 @@ class VastClient:
                 status_code=response.status_code,
             ) from None
 
-    async def _request_dict(
-        self, method: str, path: str, *, params: dict[str, str] | None = None, json_body: Any = None
-    ) -> dict[str, Any]:
-        result = await self._request(method, path, params=params, json_body=json_body)
+    def _decoded_dict(self, response: httpx.Response, method: str, path: str) -> dict[str, Any]:
+        result = self._decoded(response, method, path)
         if not isinstance(result, dict):
             raise ApiError(f"The Vast API answered {method} {path} with JSON that is not an object")
         return result
+
+    async def _request_dict(
+        self, method: str, path: str, *, params: dict[str, str] | None = None, json_body: Any = None
+    ) -> dict[str, Any]:
+        response = await self._response(method, path, params=params, json_body=json_body)
+        return self._decoded_dict(response, method, path)
 
     async def _action(self, method: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
         """A state-changing call; ``{"success": false}`` becomes an :class:`ApiError`."""
