@@ -47,7 +47,7 @@ class Snapshots:
         changed = [
             (instance_id, dump_view(view))
             for instance_id, view in snapshot.views.items()
-            if previous.views.get(instance_id) != view
+            if (before := previous.views.get(instance_id)) is not view and before != view  # same object: unchanged
         ]
         conn.executemany(
             "INSERT INTO snapshot (instance_id, view) VALUES (?, ?)"
