@@ -31,6 +31,7 @@ from vastevents.snapshot import InstanceView, Snapshot
 from vastevents.store import Database, Migration, SqliteStore, Store
 from vastevents.store.hosts import HostRecord, Hosts
 from vastevents.store.recoveries import Recoveries, Recovery, RecoveryStatus
+from vastevents.store.webhooks import Webhooks
 from vastevents.vast import VastClient
 
 __all__ = [
@@ -74,6 +75,7 @@ __all__ = [
     "VastApi",
     "VastClient",
     "VastEventsError",
+    "Webhooks",
     "__version__",
     "daemon",
     "diff",

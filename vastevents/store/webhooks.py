@@ -1,0 +1,47 @@
+"""Which Vast notification deliveries were already accepted: delivery is at least once, a poll is due once."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import ClassVar
+
+from vastevents.store._codec import iso
+from vastevents.store._db import Database, Migration
+
+MIGRATIONS = (
+    Migration(
+        "webhooks",
+        1,
+        (
+            "CREATE TABLE IF NOT EXISTS webhook_deliveries (event_id TEXT PRIMARY KEY, received_at TEXT NOT NULL)",
+            "CREATE INDEX IF NOT EXISTS webhook_deliveries_received ON webhook_deliveries (received_at)",
+        ),
+    ),
+)
+
+
+class Webhooks:
+    """The event ids of accepted deliveries, kept long enough to outlast Vast's retries."""
+
+    MIGRATIONS: ClassVar[tuple[Migration, ...]] = MIGRATIONS
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def first_delivery(self, event_id: str, at: datetime) -> bool:
+        """Record `event_id`; True the first time it is seen, False for a repeated delivery."""
+        with self.db.transaction() as conn:
+            cursor = conn.execute(
+                "INSERT INTO webhook_deliveries (event_id, received_at) VALUES (?, ?)"
+                " ON CONFLICT (event_id) DO NOTHING",
+                (event_id, iso(at)),
+            )
+            return cursor.rowcount == 1
+
+    def forget_before(self, moment: datetime) -> int:
+        """Drop the ids received before `moment` (older deliveries fail the timestamp check anyway)."""
+        with self.db.transaction() as conn:
+            return conn.execute("DELETE FROM webhook_deliveries WHERE received_at < ?", (iso(moment),)).rowcount
+
+    def count(self) -> int:
+        return int(self.db.query("SELECT COUNT(*) FROM webhook_deliveries")[0][0])
