@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import ClassVar
 
@@ -23,7 +24,7 @@ MIGRATIONS = (
 class Webhooks:
     """The event ids of accepted deliveries, kept long enough to outlast Vast's retries."""
 
-    MIGRATIONS: ClassVar[tuple[Migration, ...]] = MIGRATIONS
+    MIGRATIONS: ClassVar[Sequence[Migration]] = MIGRATIONS
 
     def __init__(self, db: Database) -> None:
         self.db = db
