@@ -246,9 +246,10 @@ class Runtime:
             self._in_charge = False
 
     async def _services(self, stop: asyncio.Event, on_cycle: Callable[[], None] | None) -> None:
+        if self.webhooks is not None:
+            await self.webhooks.start()  # bound before the first poll: an unusable address fails at once
         async with asyncio.TaskGroup() as group:
             if self.webhooks is not None:
-                await self.webhooks.start()  # bound before the first poll: an unusable address fails at once
                 group.create_task(self.webhooks.serve(stop))
             group.create_task(self.watcher.run(stop, on_cycle=on_cycle))
             group.create_task(self._every_until(stop, self._periodic_delay, self.run_periodic))
