@@ -15,6 +15,7 @@ import socket
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
+from vastevents import Webhooks
 from vastevents.cli import app
 from vastevents.clock import ManualClock
 from vastevents.config import parse_config
@@ -147,7 +149,11 @@ def journal(runtime: Runtime, name: str) -> list[Any]:
 
 
 async def test_an_outbid_delivery_from_the_simulator_makes_the_watcher_poll_at_once(
-    quiet_sim: Simulator, api_key: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    quiet_sim: Simulator,
+    api_key: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.DEBUG)
     sim = quiet_sim
@@ -179,7 +185,11 @@ async def test_an_outbid_delivery_from_the_simulator_makes_the_watcher_poll_at_o
 
 
 async def test_forged_stale_wrong_and_replayed_deliveries_never_poll(
-    quiet_sim: Simulator, api_key: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    quiet_sim: Simulator,
+    api_key: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.DEBUG)
     async with (
@@ -261,7 +271,7 @@ async def test_a_slow_client_is_dropped_and_blocks_nothing(
     quiet_sim: Simulator, api_key: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async with (
-        watching(quiet_sim, api_key, tmp_path, monkeypatch) as (runtime, lister),
+        watching(quiet_sim, api_key, tmp_path, monkeypatch) as (runtime, _),
         httpx.AsyncClient() as http,
     ):
         receiver = runtime.webhooks
@@ -349,3 +359,15 @@ def test_watch_refuses_a_webhook_listener_without_its_secret(
     assert "VAST_WEBHOOK_SECRET" in result.output
     bad = CliRunner().invoke(app, ["watch", "--config", str(config), "--webhook-listen", "nowhere"], env=env)
     assert bad.exit_code == 2 and "HOST:PORT" in bad.output
+
+
+def test_accepted_event_ids_survive_a_restart(tmp_path: Path) -> None:
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    with SqliteStore(tmp_path / "s.db") as store:
+        seen = store.repository(Webhooks)
+        assert seen.first_delivery("evt-1", at) and not seen.first_delivery("evt-1", at)
+    with SqliteStore(tmp_path / "s.db") as store:
+        seen = store.repository(Webhooks)
+        assert not seen.first_delivery("evt-1", at + timedelta(hours=1))
+        assert seen.forget_before(at + timedelta(days=8)) == 1
+        assert seen.first_delivery("evt-1", at + timedelta(days=8))
