@@ -369,5 +369,6 @@ def test_accepted_event_ids_survive_a_restart(tmp_path: Path) -> None:
     with SqliteStore(tmp_path / "s.db") as store:
         seen = store.repository(Webhooks)
         assert not seen.first_delivery("evt-1", at + timedelta(hours=1))
-        assert seen.forget_before(at + timedelta(days=8)) == 1
+        seen.forget_before(at + timedelta(days=8))
+        assert seen.count() == 0
         assert seen.first_delivery("evt-1", at + timedelta(days=8))
