@@ -42,6 +42,7 @@ from vastevents.store import Conn, Database, Migration, SqliteStore, Store
 from vastevents.store.hosts import HostRecord, Hosts
 from vastevents.store.outbox import Outbox, OutboxMessage
 from vastevents.store.recoveries import Recoveries, Recovery, RecoveryStatus
+from vastevents.store.webhooks import Webhooks
 from vastevents.vast import VastClient
 
 __all__ = [
@@ -96,6 +97,7 @@ __all__ = [
     "VastClient",
     "VastEventsError",
     "WebhookTransport",
+    "Webhooks",
     "__version__",
     "daemon",
     "diff",

@@ -87,6 +87,16 @@ class TeamConfig(_Section):
     """Seconds within which a follower takes over from a leader whose session died."""
 
 
+class WebhooksConfig(_Section):
+    """``[webhooks]``: the receiver of Vast's signed notifications (off unless ``listen`` or ``--webhook-listen``)."""
+
+    listen: str | None = None
+    secret_env: str = "VAST_WEBHOOK_SECRET"  # noqa: S105 - the name of the variable, not a secret
+    path: str = Field(default="/vast-webhook", pattern=r"^/")
+    max_body: int = Field(default=1 << 20, gt=0)
+    max_skew: Duration = Field(default=300.0, gt=0)
+
+
 class HandlerConfig(BaseModel):
     """``[handlers.NAME]``: ``use`` picks the handler; every other key belongs to that handler."""
 
@@ -103,6 +113,7 @@ class Config(_Section):
     watch: WatchConfig = WatchConfig()
     store: StoreConfig = StoreConfig()
     team: TeamConfig = TeamConfig()
+    webhooks: WebhooksConfig = WebhooksConfig()
     handlers: dict[str, HandlerConfig] = {}
 
     _source: Path | None = PrivateAttr(default=None)

@@ -21,6 +21,8 @@ OFFLINE_TOO_LONG = "offline_too_long"
 HOST_FLAP = "host_flap"
 HANDLER_FAILED = "handler_failed"
 POLL_FAILED = "poll_failed"
+VAST_NOTIFICATION = "vast_notification"
+"""A verified Vast webhook delivery (``detail``: type, subject, event id); the poll it triggers says what changed."""
 
 ANY_CHANGE = "any_change"
 """Wildcard: every change of an instance's status (transitions, ``appeared``, ``vanished``)."""
@@ -28,7 +30,7 @@ EVERYTHING = "*"
 """Wildcard: every event, semantic and failure events included."""
 
 SEMANTIC_EVENTS = (PREEMPTED, STUCK_LOADING, OFFLINE_TOO_LONG, HOST_FLAP)
-RUNTIME_EVENTS = (HANDLER_FAILED, POLL_FAILED)
+RUNTIME_EVENTS = (HANDLER_FAILED, POLL_FAILED, VAST_NOTIFICATION)
 _STATE_NAMES = frozenset(state.value for state in State)
 
 

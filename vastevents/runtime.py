@@ -5,6 +5,8 @@
 
 ``poll_once()`` is one deterministic cycle for ``watch --once``, simulations on a manual clock and tests:
 poll, deliver (retries already due included), run the periodic handlers that are due, deliver what they emitted.
+With ``[webhooks] listen`` (or ``webhook_listen=``), ``run()`` also serves Vast's signed notifications: each new
+verified delivery is journaled as ``vast_notification`` and makes the watcher poll now.
 Daemons run as tasks of their own, one per (handler, daemon, instance), their rows in the store; they are
 cancelled when their instance vanishes or is destroyed and restarted from their last checkpoint on the next start.
 """
@@ -14,13 +16,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import timedelta
 from types import TracebackType
 from typing import Any, Self
 
-from vastevents._logging import redact
+from vastevents._logging import redact, register_secret
 from vastevents.actions import Actions
 from vastevents.bus import call_handler, describe_failure
 from vastevents.clock import Clock, SystemClock, sleep_or
@@ -28,18 +31,23 @@ from vastevents.config import Config, resolve_api_key
 from vastevents.context import Context
 from vastevents.diff import Rules
 from vastevents.errors import ConfigError, TemporaryError
-from vastevents.events import HANDLER_FAILED, VANISHED, Event
+from vastevents.events import HANDLER_FAILED, VANISHED, VAST_NOTIFICATION, Event
 from vastevents.metrics import Metrics
 from vastevents.plugins import ActiveHandler, LoggingNotifier, load_handlers
 from vastevents.ports import Notifier, Ssh, VastApi
 from vastevents.store import DaemonRow, PostgresStore, Store, open_store
+from vastevents.store.webhooks import Webhooks
 from vastevents.team import Leadership, NotLeader
 from vastevents.vast import VastClient
 from vastevents.watcher import EventObserver, InstanceLister, Watcher
+from vastevents.webhooks import Notification, WebhookReceiver, parse_listen
 
 log = logging.getLogger(__name__)
 
 DaemonKey = tuple[str, str, int]
+
+WEBHOOK_IDS_KEPT = timedelta(days=7)
+"""How long an accepted delivery's event id is remembered (Vast's retries of it end long before)."""
 
 
 class Runtime:
@@ -62,9 +70,12 @@ class Runtime:
         api_key: str | None = None,
         leadership: Leadership | None = None,
         metrics: Metrics | None = None,
+        webhook_listen: str | None = None,
     ) -> None:
         self.config = config or Config()
         self.clock: Clock = clock or SystemClock()
+        self.webhooks = self._webhook_receiver(webhook_listen or self.config.webhooks.listen)
+        """The receiver ``run()`` serves, or None when no listen address is configured."""
         self.notifier: Notifier = notifier or LoggingNotifier()
         self.ssh = ssh
         self.handlers = list(handlers) if handlers is not None else load_handlers(self.config)
@@ -117,6 +128,29 @@ class Runtime:
         )
         self._owned.callback(self.watcher.bus.close)
         self._owned.push_async_callback(self._cancel_daemons)
+
+    def _webhook_receiver(self, listen: str | None) -> WebhookReceiver | None:
+        if listen is None:
+            return None
+        settings = self.config.webhooks
+        host, port = parse_listen(listen)
+        secret = os.environ.get(settings.secret_env, "").strip()
+        if not secret:
+            raise ConfigError(
+                f"webhooks need their secret in ${settings.secret_env} (`vastevents webhooks register URL"
+                " --show-secret` or `vastevents webhooks rotate --show-secret` prints it once)"
+            )
+        register_secret(secret)
+        return WebhookReceiver(
+            host=host,
+            port=port,
+            secret=secret,
+            accept=self._notified,
+            clock=self.clock,
+            path=settings.path,
+            max_body=settings.max_body,
+            max_skew=settings.max_skew,
+        )
 
     # --- lifecycle -------------------------------------------------------------------------------------------
 
@@ -213,7 +247,11 @@ class Runtime:
             self._in_charge = False
 
     async def _services(self, stop: asyncio.Event, on_cycle: Callable[[], None] | None) -> None:
+        if self.webhooks is not None:
+            await self.webhooks.start()  # bound before the first poll: an unusable address fails at once
         async with asyncio.TaskGroup() as group:
+            if self.webhooks is not None:
+                group.create_task(self.webhooks.serve(stop))
             group.create_task(self.watcher.run(stop, on_cycle=on_cycle))
             group.create_task(self._every_until(stop, self._periodic_delay, self.run_periodic))
             group.create_task(self._every_until(stop, self._retry_delay, self.watcher.deliver_pending))
@@ -271,6 +309,31 @@ class Runtime:
         if new:
             self.watcher.journaled([journaled])
         return journaled
+
+    def _notified(self, notification: Notification) -> None:
+        """A verified webhook delivery: journal it and poll now, the first time its event id comes only."""
+        now = self.clock.now()
+        seen = self.store.repository(Webhooks)
+        if not seen.first_delivery(notification.event_id, now):
+            log.info(
+                "webhook event %s delivered again (attempt %d); already handled",
+                notification.event_id,
+                notification.attempt,
+            )
+            return
+        seen.forget_before(now - WEBHOOK_IDS_KEPT)
+        instance_id = notification.instance_id
+        view = self.store.load_snapshot().get(instance_id) if instance_id is not None else None
+        subject = f": {notification.subject}" if notification.subject else ""
+        event = Event(
+            name=VAST_NOTIFICATION,
+            instance_id=instance_id,
+            at=now,
+            instance=view.instance if view is not None else None,
+            detail=f"{notification.notif_type}{subject} (event {notification.event_id})",
+        )
+        self.emit(event, f"webhook:{notification.event_id}")
+        self.watcher.wake()
 
     def spawn(self, handler: str, daemon: str, instance_id: int, state: dict[str, Any]) -> None:
         found = self._by_name.get(handler)

@@ -640,3 +640,40 @@ class VastClient:
         return ApiError(
             redact(f"The Vast API refused {method} {path} (HTTP {status}{detail})"), status_code=status, error=code
         )
+
+    # --- webhooks: Vast's signed account notifications ----------------------------------------------------
+
+    async def list_webhooks(self) -> list[dict[str, Any]]:
+        """The registered webhooks (never with their secrets: Vast returns a secret only on create and rotate)."""
+        result = await self._request("GET", "/api/v0/webhooks/")
+        if isinstance(result, dict):
+            result = next((value for value in result.values() if isinstance(value, list)), [])
+        if not isinstance(result, list):
+            raise ApiError("The Vast API answered the webhook list with something that is not a list")
+        return [hook for hook in result if isinstance(hook, dict)]
+
+    async def create_webhook(self, url: str, types: list[str] | None = None) -> dict[str, Any]:
+        """Register `url` for `types` (e.g. ``client:outbid``; all types when None); the answer holds the secret."""
+        body: dict[str, Any] = {"url": url}
+        if types:
+            body["notif_types"] = types
+        return _with_secret_registered(await self._action("POST", "/api/v0/webhooks/", body))
+
+    async def delete_webhook(self, webhook_id: int) -> None:
+        await self._request("DELETE", f"/api/v0/webhooks/{webhook_id}/")
+
+    async def rotate_webhook_secret(self, webhook_id: int) -> dict[str, Any]:
+        """A new secret for the webhook (the old one stops verifying); the answer holds it."""
+        return _with_secret_registered(await self._action("POST", f"/api/v0/webhooks/{webhook_id}/rotate-secret/", {}))
+
+    async def test_webhook(self, webhook_id: int) -> dict[str, Any]:
+        """Ask Vast to send the webhook a signed ``webhook_test`` delivery (data null, not retried)."""
+        return await self._action("POST", f"/api/v0/webhooks/{webhook_id}/test/", {})
+
+
+def _with_secret_registered(answer: dict[str, Any]) -> dict[str, Any]:
+    """Register a webhook secret in `answer` for redaction before anyone can log it."""
+    secret = answer.get("secret")
+    if isinstance(secret, str):
+        register_secret(secret)
+    return answer

@@ -113,6 +113,15 @@ class Watcher:
         self._snapshot: Snapshot | None = None
         self._caught_up = False
         self._cycle: list[Event] = []
+        self._wake = asyncio.Event()
+
+    def wake(self) -> None:
+        """Poll now instead of after the interval (a webhook said something changed).
+
+        Wakes coming in before the next poll starts share it; one during a poll brings another right after.
+        A rate-limit or rejected-key backoff is kept (a poll then cannot help).
+        """
+        self._wake.set()
 
     def _start(self) -> Snapshot:
         if self._snapshot is None:
@@ -251,10 +260,12 @@ class Watcher:
         """Poll until `stop` is set; a cycle in progress (its deliveries included) is always finished."""
         stop = stop or asyncio.Event()
         while not stop.is_set():
+            self._wake.clear()
             await self.poll_once()
             self.status.next_delay = self.next_delay()
             if on_cycle is not None:
                 on_cycle()
             if stop.is_set():
                 break
-            await sleep_or(self.clock, self.status.next_delay, stop)
+            backing_off = isinstance(self.last_error, RateLimited | AuthError)
+            await sleep_or(self.clock, self.status.next_delay, stop, *(() if backing_off else (self._wake,)))

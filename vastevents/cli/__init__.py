@@ -8,6 +8,7 @@ from vastevents.cli import (
     _sim,  # noqa: F401  (registers sim)
     _team,  # noqa: F401  (registers team status)
     _watch,  # noqa: F401  (registers watch, events, handlers)
+    _webhooks,  # noqa: F401  (registers webhooks)
 )
 from vastevents.cli._app import app
 

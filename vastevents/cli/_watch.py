@@ -271,6 +271,14 @@ def watch(
             "--pace", min=0.0, help="With --sim: real seconds between simulated polls (0: as fast as possible)."
         ),
     ] = SIM_POLL_SECONDS,
+    webhook_listen: Annotated[
+        str | None,
+        typer.Option(
+            "--webhook-listen",
+            metavar="HOST:PORT",
+            help="Serve Vast's signed webhooks here; each one makes the watcher poll now (default: [webhooks] listen).",
+        ),
+    ] = None,
 ) -> None:
     """Poll the account and turn every change into events for the handlers named in the config."""
     if sim or scenario is not None:
@@ -319,6 +327,7 @@ def watch(
                 interval=every,
                 observers=_observers(screen, sink),
                 metrics=metrics,
+                webhook_listen=webhook_listen,
             ) as runtime,
         ):
             try:
@@ -328,6 +337,8 @@ def watch(
 
     try:
         asyncio.run(main())
+    except ConfigError as exc:
+        fail(str(exc), 2)
     except VastEventsError as exc:
         fail(str(exc))
     finally:

@@ -24,6 +24,7 @@ from vastevents.clock import Clock
 from vastevents.sim.matching import matches, sort_rows
 from vastevents.sim.model import SimError, SimInstance
 from vastevents.sim.params import number_param
+from vastevents.sim.webhooks import SimWebhooks
 from vastevents.sim.world import World
 
 logger = logging.getLogger("vastevents.sim")
@@ -158,6 +159,7 @@ class Api:
         self.sim = sim
         self._buckets = _TokenBuckets(RATE_LIMITS) if rate_limits else None
         self._logs: OrderedDict[str, str] = OrderedDict()  # result_url token -> log text, the newest _KEPT_LOGS
+        self.webhooks = SimWebhooks(sim.clock)
 
     def handle(self, request: Request) -> Response:
         for route in ROUTES:
@@ -431,6 +433,22 @@ class Api:
     def instance_filters(self, request: Request, args: dict[str, str]) -> Response:
         return Response(200, {"filters": []})
 
+    def list_webhooks(self, request: Request, args: dict[str, str]) -> Response:
+        return Response(200, {"success": True, "results": self.webhooks.registered()})
+
+    def create_webhook(self, request: Request, args: dict[str, str]) -> Response:
+        return Response(200, self.webhooks.create(request.object_body()))
+
+    def delete_webhook(self, request: Request, args: dict[str, str]) -> Response:
+        self.webhooks.delete(int(args["id"]))
+        return Response(200, {"success": True})
+
+    def rotate_webhook_secret(self, request: Request, args: dict[str, str]) -> Response:
+        return Response(200, self.webhooks.rotate(int(args["id"])))
+
+    def test_webhook(self, request: Request, args: dict[str, str]) -> Response:
+        return Response(200, self.webhooks.test(int(args["id"])))
+
     # ----------------------------------------------------------------- admin
 
     def admin_state(self, request: Request, args: dict[str, str]) -> Response:
@@ -495,6 +513,11 @@ ROUTES = [
     _route("GET", "/api/v0/charges", Api.charges),
     _route("GET", "/api/v1/invoices", Api.invoices),
     _route("GET", "/api/v0/gpu_names/unique", Api.gpu_names, auth=False),
+    _route("GET", "/api/v0/webhooks", Api.list_webhooks),
+    _route("POST", "/api/v0/webhooks", Api.create_webhook),
+    _route("DELETE", "/api/v0/webhooks/{id}", Api.delete_webhook),
+    _route("POST", "/api/v0/webhooks/{id}/rotate-secret", Api.rotate_webhook_secret),
+    _route("POST", "/api/v0/webhooks/{id}/test", Api.test_webhook),
     _route("GET", "/_sim/logs/{token}", Api.fetch_log, auth=False, faults=False),
     _route("GET", "/_sim/state", Api.admin_state, faults=False),
     _route("POST", "/_sim/advance", Api.admin_advance, faults=False),

@@ -319,6 +319,10 @@ class Simulator:
     def vanish(self, ref: int | str) -> None:
         self.apply("vanish", instance=ref)
 
+    def notify(self, notif_type: str, subject: str, data: dict[str, Any] | None = None) -> list[int]:
+        """Send a signed notification (e.g. ``outbid``) to every webhook subscribed to it; each answer's status."""
+        return self._api.webhooks.notify(notif_type, subject, data)
+
     def instance_count(self) -> int:
         with self.world() as world:
             return len(world.instances)
