@@ -26,7 +26,7 @@ from rich.table import Table
 from rich.text import Text
 
 from vastevents._logging import redact
-from vastevents.cli._app import EXIT_INTERRUPTED, ConfigOption, app, fail
+from vastevents.cli._app import EXIT_FAILED, EXIT_INTERRUPTED, ConfigOption, app, fail
 from vastevents.clock import ManualClock
 from vastevents.config import Config, load_config, resolve_api_key
 from vastevents.errors import AuthError, ConfigError, VastEventsError
@@ -164,15 +164,23 @@ def _status_text(status: WatchStatus) -> Text:
     return text
 
 
+_READ_ON_TERMINAL: set[str] = set()
+"""Poll failures this run's screen printed on the terminal that also shows stderr: the exit line skips them."""
+
+
 class _Screen:
     """Event lines on a console, plus a live status line when that console is a terminal."""
 
     def __init__(self, console: Console, *, live: bool) -> None:
         self.console = console
         self._live = Live(console=console, transient=True, auto_refresh=False) if live else None
+        self._with_stderr = console.is_terminal and sys.stderr.isatty()
+        _READ_ON_TERMINAL.clear()
 
     def __call__(self, event: Event) -> None:
         self.console.print(_event_text(event), soft_wrap=True)
+        if event.name == POLL_FAILED and self._with_stderr:
+            _READ_ON_TERMINAL.add(event.detail)
 
     def status(self, status: WatchStatus) -> None:
         if self._live is not None:
@@ -234,7 +242,13 @@ def _key_rejected_at_start(watcher: Watcher) -> AuthError | None:
 
 
 def _fail_poll(error: Exception) -> NoReturn:
-    """Exit 1 with one line saying what failed (a rejected key's message already says what to do)."""
+    """Exit 1 with one line saying what failed (a rejected key's message already says what to do).
+
+    A person at a terminal has just read the reason on the ``poll_failed`` line: it is not printed again.
+    Piped or redirected output keeps the ``error:`` line on stderr for scripts and logs.
+    """
+    if redact(str(error) or type(error).__name__) in _READ_ON_TERMINAL:
+        raise typer.Exit(EXIT_FAILED)
     if isinstance(error, AuthError):
         fail(str(error))
     fail(f"the poll failed, nothing was diffed: {str(error) or type(error).__name__}")
