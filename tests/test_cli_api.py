@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -419,3 +420,42 @@ def test_every_command_explains_itself(command: str, explains: str, options: lis
     assert result.exit_code == 0, result.output
     assert explains in result.stdout
     assert all(option in result.stdout for option in options), result.stdout
+
+
+# --- what a person sees at 80 columns ---------------------------------------------------------------------------
+
+TERMINAL_80 = {"COLUMNS": "80", "LINES": "40", "TTY_COMPATIBLE": "1", "NO_COLOR": "1"}
+"""A terminal 80 columns wide, as rich sees one (not the 200 columns piped output gets)."""
+
+
+def screen(*args: str) -> tuple[int, list[str]]:
+    result = CliRunner().invoke(app, list(args), env=TERMINAL_80)
+    plain = re.sub(r"\x1b\[[0-9;]*m", "", result.stdout)
+    return result.exit_code, [line.rstrip() for line in plain.splitlines()]
+
+
+def test_offers_fit_80_columns_without_cutting_gpus_or_prices(home: Path, canned: CannedVast) -> None:
+    code, lines = screen("offers", "num_gpus=1")
+    assert code == 0, lines
+    assert lines[0] == "3 offers"
+    assert all(len(line) <= 80 for line in lines)
+    for offer in OFFERS:
+        (row,) = [line for line in lines if line.lstrip().startswith(str(offer["id"]))]
+        assert f"1× {offer['gpu_name']}" in row and f"{offer['dph_total']:.3f}" in row  # one line each, whole
+    assert "…" not in "".join(lines)
+
+
+def test_no_offers_says_so(home: Path, canned: CannedVast) -> None:
+    canned.routes[("POST", "/api/v0/bundles/")] = (200, {"offers": []})
+    assert screen("offers", "num_gpus=8")[1] == ["No offers match the query."]
+
+
+def test_status_counts_in_words_and_says_when_there_are_none(home: Path, canned: CannedVast) -> None:
+    code, lines = screen("status")
+    assert code == 0 and lines[0] == "2 instances" and all(len(line) <= 80 for line in lines)
+    assert any("ssh -p 41022 root@127.0.0.1" in line for line in lines)
+    one = {"success": True, "instances": INSTANCES[:1], "next_token": None}
+    canned.routes[("GET", "/api/v1/instances/")] = (200, one)
+    assert screen("status")[1][0] == "1 instance"
+    canned.routes[("GET", "/api/v1/instances/")] = (200, {"success": True, "instances": [], "next_token": None})
+    assert screen("status") == (0, ["No instances on the account."])

@@ -500,6 +500,8 @@ def events(
     """Show the event journal (every event, oldest first)."""
     if follow and as_json:
         fail("--follow prints events as they come; it takes no --json (use `watch --jsonl -` for a stream)", 2)
+    if follow:
+        signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM stops it like Ctrl-C
     cfg = _load(config)
     path = cfg.store.resolved_path()
     found = _journal(path, since=since, instance=instance, name=name)
@@ -538,7 +540,6 @@ def _journaled_name(path: Path, name: str) -> bool:
 
 def _follow(console: Console, path: Path, *, since: int | None, instance: int | None, name: str | None) -> NoReturn:
     """Print each new matching event as the journal gets it; Ctrl-C or SIGTERM ends it with status 130."""
-    signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM stops it like Ctrl-C
     last = since
     try:
         while True:
