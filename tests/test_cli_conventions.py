@@ -14,7 +14,7 @@ from typer.main import get_command
 from typer.testing import CliRunner
 
 from vastevents.cli import app
-from vastevents.cli._app import COMMAND_ORDER, EXIT_USAGE
+from vastevents.cli._app import COMMAND_ORDER, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
 from vastevents.sim import Simulator
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -155,3 +155,14 @@ def test_config_before_the_command_is_used_and_one_after_it_wins(user: Path) -> 
     assert CliRunner().invoke(app, ["--config", str(good), "events"]).exit_code == 0
     assert CliRunner().invoke(app, ["--config", str(good), "events", "--config", str(broken)]).exit_code == 2
     assert CliRunner().invoke(app, ["--config", str(broken), "events", "--config", str(good)]).exit_code == 0
+
+
+def test_readme_documents_the_exit_codes_every_command_uses() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    table = dict(re.findall(r"^\| (\d+) \| ([^|]+?) \|", readme, flags=re.MULTILINE))
+    assert table == {
+        str(EXIT_OK): "success",
+        str(EXIT_FAILED): "runtime or API failure",
+        str(EXIT_USAGE): "usage or config error",
+        str(EXIT_INTERRUPTED): "interrupted",
+    }

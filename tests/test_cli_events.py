@@ -97,10 +97,13 @@ class Follower:
             env=env,
         )
         self.lines: queue.Queue[str] = queue.Queue()
-        assert self.process.stdout is not None
-        stdout = self.process.stdout
-        self._reader = threading.Thread(target=lambda: [self.lines.put(line) for line in stdout], daemon=True)
+        self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.lines.put(line)
 
     def next_line(self) -> str:
         try:
