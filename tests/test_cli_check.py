@@ -88,7 +88,16 @@ def test_an_unknown_event_name_in_a_subscription_fails(user: Path, monkeypatch: 
     assert status == 2
     (line,) = failures(lines)
     assert "handler typo (typo_plugin:typo) subscribes to 'loading_to_runing', which vastevents never emits" in line
-    assert "fix the name in its @on(...)" in line and "OLD_to_NEW" in line
+    assert "fix the name in its @on(...); did you mean 'loading_to_running'?" in line
+
+
+def test_a_name_like_no_event_lists_the_names(user: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (user / "vague_plugin.py").write_text(TYPO_PLUGIN.replace("loading_to_runing", "whenever"))
+    monkeypatch.syspath_prepend(str(user))
+    write_config(user, '[handlers.typo]\nuse = "vague_plugin:typo"\n')
+    status, lines = check()
+    assert status == 2
+    assert "names are OLD_to_NEW (e.g. loading_to_running), appeared, vanished, preempted" in failures(lines)[0]
 
 
 def test_a_store_that_cannot_be_written_fails(user: Path) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import difflib
+import logging
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,14 +16,25 @@ from vastevents.cli._api import call_api
 from vastevents.cli._app import EXIT_FAILED, EXIT_OK, EXIT_USAGE, ConfigOption, app
 from vastevents.config import Config, find_api_key, load_config
 from vastevents.errors import ConfigError, VastEventsError
-from vastevents.events import ANY_CHANGE, EVERYTHING, HANDLER_EVENTS, RUNTIME_EVENTS, SEMANTIC_EVENTS
+from vastevents.events import (
+    ANY_CHANGE,
+    APPEARED,
+    EVERYTHING,
+    HANDLER_EVENTS,
+    RUNTIME_EVENTS,
+    SEMANTIC_EVENTS,
+    VANISHED,
+    transition_name,
+)
+from vastevents.models import State
 from vastevents.plugins import load_handlers, unknown_subscriptions
 from vastevents.vast import VastClient
 
 _OK = "✓"
 _BAD = "✗"
 _SSH_KEYS = ("id_ed25519.pub", "id_rsa.pub")
-_EVENT_NAMES = ", ".join(("appeared", "vanished", "OLD_to_NEW", *SEMANTIC_EVENTS, *RUNTIME_EVENTS, *HANDLER_EVENTS))
+_NAMED_EVENTS = (APPEARED, VANISHED, *SEMANTIC_EVENTS, *RUNTIME_EVENTS, *HANDLER_EVENTS, ANY_CHANGE, EVERYTHING)
+_TRANSITIONS = tuple(transition_name(old, new) for old in State for new in State if old != new)
 
 
 @dataclass
@@ -85,6 +98,9 @@ def _check_handlers(settings: Config, report: _Report) -> None:
     if not settings.handlers:
         report.ok("handlers: none configured (watch only prints events)")
         return
+    plugins_log = logging.getLogger("vastevents.plugins")
+    level = plugins_log.level
+    plugins_log.setLevel(logging.ERROR)  # its warning about a typo would repeat the ✗ line below
     try:
         active = load_handlers(settings)
     except ConfigError as exc:
@@ -94,17 +110,26 @@ def _check_handlers(settings: Config, report: _Report) -> None:
             EXIT_USAGE,
         )
         return
+    finally:
+        plugins_log.setLevel(level)
     typos = False
     for handler in active:
         for name in unknown_subscriptions(handler):
             typos = True
             report.bad(
                 f"handler {handler.name} ({handler.use}) subscribes to {name!r}, which vastevents never emits: "
-                f"fix the name in its @on(...); names are {_EVENT_NAMES}, {ANY_CHANGE!r} and {EVERYTHING!r}",
+                f"fix the name in its @on(...); {_suggestion(name)}",
                 EXIT_USAGE,
             )
     if not typos:
         report.ok(f"handlers load: {', '.join(handler.name for handler in active)}")
+
+
+def _suggestion(name: str) -> str:
+    close = difflib.get_close_matches(name, (*_NAMED_EVENTS, *_TRANSITIONS), n=1)
+    if close:
+        return f"did you mean {close[0]!r}?"
+    return f"names are OLD_to_NEW (e.g. loading_to_running), {', '.join(_NAMED_EVENTS)}"
 
 
 def _check_store(path: Path, report: _Report) -> None:
