@@ -87,7 +87,7 @@ def test_an_unknown_event_name_in_a_subscription_fails(user: Path, monkeypatch: 
     status, lines = check()
     assert status == 2
     (line,) = failures(lines)
-    assert "handler typo (typo_plugin:typo) subscribes to 'loading_to_runing', which vastevents never emits" in line
+    assert "handler typo (typo_plugin:typo) subscribes to 'loading_to_runing', which nothing emits" in line
     assert "fix the name in its @on(...); did you mean 'loading_to_running'?" in line
 
 

@@ -20,7 +20,6 @@ from vastevents.events import (
     ANY_CHANGE,
     APPEARED,
     EVERYTHING,
-    HANDLER_EVENTS,
     RUNTIME_EVENTS,
     SEMANTIC_EVENTS,
     VANISHED,
@@ -33,7 +32,7 @@ from vastevents.vast import VastClient
 _OK = "✓"
 _BAD = "✗"
 _SSH_KEYS = ("id_ed25519.pub", "id_rsa.pub")
-_NAMED_EVENTS = (APPEARED, VANISHED, *SEMANTIC_EVENTS, *RUNTIME_EVENTS, *HANDLER_EVENTS, ANY_CHANGE, EVERYTHING)
+_NAMED_EVENTS = (APPEARED, VANISHED, *SEMANTIC_EVENTS, *RUNTIME_EVENTS, ANY_CHANGE, EVERYTHING)
 _TRANSITIONS = tuple(transition_name(old, new) for old in State for new in State if old != new)
 
 
@@ -112,24 +111,25 @@ def _check_handlers(settings: Config, report: _Report) -> None:
         return
     finally:
         plugins_log.setLevel(level)
-    typos = False
-    for handler in active:
-        for name in unknown_subscriptions(handler):
-            typos = True
-            report.bad(
-                f"handler {handler.name} ({handler.use}) subscribes to {name!r}, which vastevents never emits: "
-                f"fix the name in its @on(...); {_suggestion(name)}",
-                EXIT_USAGE,
-            )
+    uses = {handler.name: handler.use for handler in active}
+    declared = sorted({name for handler in active for name in handler.emits})
+    typos = unknown_subscriptions(active)
+    for handler, name in typos:
+        report.bad(
+            f"handler {handler} ({uses[handler]}) subscribes to {name!r}, which nothing emits: "
+            f"fix the name in its @on(...); {_suggestion(name, declared)}",
+            EXIT_USAGE,
+        )
     if not typos:
         report.ok(f"handlers load: {', '.join(handler.name for handler in active)}")
 
 
-def _suggestion(name: str) -> str:
-    close = difflib.get_close_matches(name, (*_NAMED_EVENTS, *_TRANSITIONS), n=1)
+def _suggestion(name: str, declared: list[str]) -> str:
+    """The closest real name, else the list: vastevents' own names and those the active handlers declare."""
+    close = difflib.get_close_matches(name, (*_NAMED_EVENTS, *_TRANSITIONS, *declared), n=1)
     if close:
         return f"did you mean {close[0]!r}?"
-    return f"names are OLD_to_NEW (e.g. loading_to_running), {', '.join(_NAMED_EVENTS)}"
+    return f"names are OLD_to_NEW (e.g. loading_to_running), {', '.join((*_NAMED_EVENTS, *declared))}"
 
 
 def _check_store(path: Path, report: _Report) -> None:
