@@ -8,6 +8,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.main import get_command
@@ -18,7 +19,21 @@ from vastevents.cli._app import COMMAND_ORDER, EXIT_FAILED, EXIT_INTERRUPTED, EX
 from vastevents.sim import Simulator
 
 ROOT = Path(__file__).resolve().parents[1]
-COMMANDS = list(get_command(app).commands)  # type: ignore[attr-defined]
+TOP = get_command(app)
+COMMANDS = list(TOP.commands)  # type: ignore[attr-defined]
+
+
+def _leaves(group: Any, path: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], Any]]:
+    """Every runnable command, a group's subcommands included (``team status``)."""
+    for name, command in group.commands.items():
+        if hasattr(command, "commands"):
+            yield from _leaves(command, (*path, name))
+        else:
+            yield (*path, name), command
+
+
+LEAVES = dict(_leaves(TOP))
+GROUPS = [[name] for name in COMMANDS if (name,) not in LEAVES]
 NARROW = {"COLUMNS": "80", "NO_COLOR": "1"}
 
 
@@ -47,7 +62,7 @@ def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
 # --- help ---------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("command", [[], *[[name] for name in COMMANDS]], ids=lambda c: " ".join(c) or "top")
+@pytest.mark.parametrize("command", [[], *GROUPS, *map(list, LEAVES)], ids=lambda c: " ".join(c) or "top")
 def test_help_renders_at_80_columns(command: list[str]) -> None:
     result = CliRunner().invoke(app, [*command, "--help"], env=NARROW)
     assert result.exit_code == 0, result.output
@@ -81,28 +96,27 @@ def test_commands_are_listed_in_workflow_order() -> None:
 BROKEN = "[watch]\nintervall = 5\n"
 
 
-def _takes_config(name: str) -> bool:
-    command = get_command(app).commands[name]  # type: ignore[attr-defined]
-    return any(param.name == "config" for param in command.params)
+def _takes_config(path: tuple[str, ...]) -> bool:
+    return any(param.name == "config" for param in LEAVES[path].params)
 
 
-@pytest.mark.parametrize("command", [name for name in COMMANDS if _takes_config(name)])
+@pytest.mark.parametrize("command", [path for path in LEAVES if _takes_config(path)], ids=" ".join)
 @pytest.mark.parametrize("where", ["after", "before"])
-def test_a_broken_config_exits_2_from_every_command(user: Path, command: str, where: str) -> None:
+def test_a_broken_config_exits_2_from_every_command(user: Path, command: tuple[str, ...], where: str) -> None:
     broken = user / "broken.toml"
     broken.write_text(BROKEN)
-    args = [command, "--config", str(broken)] if where == "after" else ["--config", str(broken), command]
+    args = [*command, "--config", str(broken)] if where == "after" else ["--config", str(broken), *command]
     result = CliRunner().invoke(app, args, env={"VAST_API_KEY": "some-key-1234"})
     assert result.exit_code == EXIT_USAGE, (args, result.output)
     problem = f"{broken}:2: watch.intervall: unknown key (check the spelling; see config.example.toml for every key)"
-    if command == "check":  # a list of ✓/✗ lines on stdout
+    if command == ("check",):  # a list of ✓/✗ lines on stdout
         assert f"✗ config invalid: {problem}" in result.stdout.splitlines()
     else:
         assert result.stderr.splitlines() == [f"error: {problem}"]
 
 
 def test_every_command_but_sim_takes_a_config() -> None:
-    assert {name for name in COMMANDS if not _takes_config(name)} == {"sim"}
+    assert {" ".join(path) for path in LEAVES if not _takes_config(path)} == {"sim"}
 
 
 def test_a_default_config_from_the_environment_is_honoured_too(user: Path, monkeypatch: pytest.MonkeyPatch) -> None:
