@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -13,6 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from typer.testing import CliRunner
 
@@ -106,6 +108,7 @@ def canned() -> Iterator[CannedVast]:
         ("GET", "/api/v0/users/current/"): (200, {"id": 7, "email": "dev@example.com", "credit": 12.5}),
         ("POST", "/api/v0/bundles/"): (200, {"offers": OFFERS}),
         ("GET", "/api/v1/instances/"): (200, {"success": True, "instances": INSTANCES, "next_token": None}),
+        ("GET", "/api/v0/ssh/"): (200, [{"id": 1, "public_key": "ssh-ed25519 AAAA registered-elsewhere"}]),
     }
     server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(state))
     state.url = f"http://127.0.0.1:{server.server_address[1]}"
@@ -129,6 +132,10 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, canned: CannedVast) ->
     monkeypatch.setenv("VAST_API_KEY", KEY)
     monkeypatch.setenv("COLUMNS", "200")
     return tmp_path
+
+
+def auth(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
 
 
 def run_cli(*args: str) -> Any:
@@ -198,7 +205,8 @@ def test_offers_table_is_sorted_by_price(home: Path, canned: CannedVast) -> None
     out = result.stdout
     assert "3 offers" in out
     assert out.index("302") < out.index("301") < out.index("303")
-    assert "RTX 3090" in out and "0.210" in out and "24.6" in out  # 24576 MB shown in GB, as the vastai CLI does
+    assert "RTX 3090" in out and "0.210" in out
+    assert " 24 " in out and "24.6" not in out and " 40 " in out  # 24576 MB is the 24 GB card users know (MB / 1024)
 
 
 def test_piped_tables_never_cut_ids_or_prices(
@@ -235,7 +243,7 @@ def test_offers_keeps_the_server_order_when_the_query_sets_one(home: Path, canne
 
 def test_bad_query_is_one_clear_line_and_nothing_is_sent(home: Path, canned: CannedVast) -> None:
     result = run_cli("offers", "gpu_rams>=24")
-    assert result.exit_code == 1
+    assert result.exit_code == 2  # a usage error
     assert result.stderr.startswith("error: unknown field 'gpu_rams'; valid fields:")
     assert result.stderr.count("\n") == 1
     assert canned.seen == []
@@ -294,7 +302,7 @@ def test_bad_config_names_the_file_key_and_line(home: Path, canned: CannedVast, 
     bad = home / "bad.toml"
     bad.write_text(text)
     result = run_cli("status", "--config", str(bad))
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert result.stderr.startswith(f"error: {bad}{expected}"), result.stderr
     assert result.stderr.count("\n") == 1
     assert canned.seen == []
@@ -323,12 +331,14 @@ def test_check_all_good(home: Path, canned: CannedVast) -> None:
     result = run_cli("check")
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
-    assert [line[0] for line in lines] == ["✓"] * 4
+    assert [line[0] for line in lines] == ["✓"] * 6
     assert "built-in defaults" in lines[0]
-    assert "$VAST_API_KEY" in lines[1]
-    assert canned.url in lines[2] and "dev@example.com" in lines[2]
-    assert "id_ed25519.pub" in lines[3]
-    assert canned.seen[0].path == "/api/v0/users/current/"
+    assert "handlers: none configured" in lines[1]
+    assert "state.db writable" in lines[2]
+    assert "$VAST_API_KEY" in lines[3]
+    assert canned.url in lines[4] and "dev@example.com" in lines[4]
+    assert "id_ed25519.pub is registered with the account" in lines[5]  # the comment does not matter
+    assert [seen.path for seen in canned.seen] == ["/api/v0/users/current/", "/api/v0/ssh/"]
 
 
 def test_check_reports_each_problem_with_what_to_do(home: Path, canned: CannedVast) -> None:
@@ -336,9 +346,9 @@ def test_check_reports_each_problem_with_what_to_do(home: Path, canned: CannedVa
     result = run_cli("check")
     assert result.exit_code == 1
     lines = result.stdout.splitlines()
-    assert [line[0] for line in lines] == ["✓", "✓", "✗", "✗"]
-    assert "rejected the API key" in lines[2] and "VAST_API_KEY" in lines[2]
-    assert "ssh-keygen -t ed25519" in lines[3]
+    assert [line[0] for line in lines] == ["✓", "✓", "✓", "✓", "✗", "✗"]
+    assert "rejected the API key" in lines[4] and "VAST_API_KEY" in lines[4]
+    assert "ssh-keygen -t ed25519" in lines[5]
     assert KEY not in result.output
 
 
@@ -347,7 +357,7 @@ def test_check_without_a_key_finds_the_key_file_or_says_how_to_set_one(
 ) -> None:
     monkeypatch.delenv("VAST_API_KEY")
     result = run_cli("check")
-    assert result.exit_code == 1
+    assert result.exit_code == 2  # no key is a setup (usage) error, as in every command
     assert "✗ no API key: set VAST_API_KEY or run `vastai set api-key YOUR_KEY`" in result.stdout
     assert canned.seen == []
     key_file = home / ".config" / "vastai" / "vast_api_key"
@@ -374,6 +384,8 @@ def test_offers_status_and_check_against_the_simulator(
     (tmp_path / ".ssh").mkdir()
     (tmp_path / ".ssh" / "id_rsa.pub").write_text("ssh-rsa AAAA test\n")
     instance_id = sim.create_instance(label="vastevents:cli")
+    registered = httpx.post(f"{sim.url}/api/v0/ssh/", json={"ssh_key": "ssh-rsa AAAA other"}, headers=auth(api_key))
+    assert registered.status_code == 200
 
     result = run_cli("offers", "num_gpus=1", "--limit", "3", "--json")
     assert result.exit_code == 0, result.output
@@ -386,7 +398,7 @@ def test_offers_status_and_check_against_the_simulator(
 
     result = run_cli("check")
     assert result.exit_code == 0, result.output
-    assert result.stdout.count("✓") == 4 and sim.url in result.stdout
+    assert result.stdout.count("✓") == 6 and sim.url in result.stdout
     assert api_key not in result.output
 
     sim.vanish(instance_id)
@@ -408,3 +420,42 @@ def test_every_command_explains_itself(command: str, explains: str, options: lis
     assert result.exit_code == 0, result.output
     assert explains in result.stdout
     assert all(option in result.stdout for option in options), result.stdout
+
+
+# --- what a person sees at 80 columns ---------------------------------------------------------------------------
+
+TERMINAL_80 = {"COLUMNS": "80", "LINES": "40", "TTY_COMPATIBLE": "1", "NO_COLOR": "1"}
+"""A terminal 80 columns wide, as rich sees one (not the 200 columns piped output gets)."""
+
+
+def screen(*args: str) -> tuple[int, list[str]]:
+    result = CliRunner().invoke(app, list(args), env=TERMINAL_80)
+    plain = re.sub(r"\x1b\[[0-9;]*m", "", result.stdout)
+    return result.exit_code, [line.rstrip() for line in plain.splitlines()]
+
+
+def test_offers_fit_80_columns_without_cutting_gpus_or_prices(home: Path, canned: CannedVast) -> None:
+    code, lines = screen("offers", "num_gpus=1")
+    assert code == 0, lines
+    assert lines[0] == "3 offers"
+    assert all(len(line) <= 80 for line in lines)
+    for offer in OFFERS:
+        (row,) = [line for line in lines if line.lstrip().startswith(str(offer["id"]))]
+        assert f"1× {offer['gpu_name']}" in row and f"{offer['dph_total']:.3f}" in row  # one line each, whole
+    assert "…" not in "".join(lines)
+
+
+def test_no_offers_says_so(home: Path, canned: CannedVast) -> None:
+    canned.routes[("POST", "/api/v0/bundles/")] = (200, {"offers": []})
+    assert screen("offers", "num_gpus=8")[1] == ["No offers match the query."]
+
+
+def test_status_counts_in_words_and_says_when_there_are_none(home: Path, canned: CannedVast) -> None:
+    code, lines = screen("status")
+    assert code == 0 and lines[0] == "2 instances" and all(len(line) <= 80 for line in lines)
+    assert any("ssh -p 41022 root@127.0.0.1" in line for line in lines)
+    one = {"success": True, "instances": INSTANCES[:1], "next_token": None}
+    canned.routes[("GET", "/api/v1/instances/")] = (200, one)
+    assert screen("status")[1][0] == "1 instance"
+    canned.routes[("GET", "/api/v1/instances/")] = (200, {"success": True, "instances": [], "next_token": None})
+    assert screen("status") == (0, ["No instances on the account."])

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import pty
 import re
+import select
 import signal
 import subprocess
 import sys
@@ -121,7 +123,7 @@ def assert_consistent_chains(lines: list[dict[str, Any]]) -> dict[int, str | Non
     assert [line["id"] for line in lines] == sorted({line["id"] for line in lines})
     state: dict[int, str | None] = {}
     for line in lines:
-        assert list(line) == ["id", "name", "instance_id", "old", "new", "at", "catch_up", "instance"]
+        assert list(line) == ["id", "name", "instance_id", "old", "new", "at", "catch_up", "instance", "detail"]
         name, instance_id = line["name"], line["instance_id"]
         if name == "appeared":
             assert instance_id not in state
@@ -437,3 +439,34 @@ def set_raw_status(sim: Simulator, instance_id: int, status: str) -> None:
 def test_sim_takes_no_once_or_interval() -> None:
     result = CliRunner().invoke(app, ["watch", "--sim", "--once"])
     assert result.exit_code == 2 and "no --once or --interval" in result.output
+
+
+def test_a_rejected_key_is_printed_once_on_a_terminal(tmp_path: Path, sim: Simulator) -> None:
+    """stdout and stderr on one terminal: the poll_failed line says why, the exit line does not repeat it."""
+    cli = Cli(tmp_path, sim, "wrong-key-on-a-terminal")
+    primary, secondary = pty.openpty()
+    try:
+        process = subprocess.Popen(
+            cli.args("watch", "--once"), stdout=secondary, stderr=secondary, env=cli.env, cwd=cli.dir
+        )
+        os.close(secondary)
+        output = b""
+        while chunk := _read_pty(primary):
+            output += chunk
+        assert process.wait(timeout=30) == 1
+    finally:
+        os.close(primary)
+    text = output.decode(errors="replace")
+    assert text.count("rejected the API key") == 1, text
+    assert "poll_failed" in text and "VAST_API_KEY" in text and "Traceback" not in text
+
+
+def _read_pty(fd: int) -> bytes:
+    """What the terminal got next; empty at its end (EIO once the process closed it). Bounded by select."""
+    ready, _, _ = select.select([fd], [], [], 30)
+    if not ready:
+        return b""
+    try:
+        return os.read(fd, 4096)
+    except OSError:
+        return b""

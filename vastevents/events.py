@@ -103,6 +103,7 @@ class Event:
             "at": _utc_iso(self.at),
             "catch_up": self.catch_up,
             "instance": self.instance.model_dump(mode="json") if self.instance is not None else None,
+            "detail": self.detail or None,
         }
 
     def describe(self) -> str:

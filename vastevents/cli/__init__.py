@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from vastevents.cli import (
-    _api,  # noqa: F401  (registers offers, status, check)
+    _api,  # noqa: F401  (registers offers, status)
+    _check,  # noqa: F401  (registers check)
     _hosts,  # noqa: F401  (registers hosts)
     _sim,  # noqa: F401  (registers sim)
     _team,  # noqa: F401  (registers team status)

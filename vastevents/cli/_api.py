@@ -1,4 +1,4 @@
-"""``offers``, ``status`` and ``check``: look at the market and the account, and check the setup."""
+"""``offers`` and ``status``: look at the market and the account."""
 
 from __future__ import annotations
 
@@ -6,25 +6,22 @@ import asyncio
 import json
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Annotated, TypeVar
 
 import httpx
 import typer
+from rich import box
 from rich.table import Table
 
 from vastevents._logging import redact
-from vastevents.cli._app import ConfigOption, app, fail, table_console
+from vastevents.cli._app import EXIT_FAILED, EXIT_USAGE, ConfigOption, app, fail, table_console
 from vastevents.config import Config, find_api_key, load_config, resolve_api_key
-from vastevents.errors import VastEventsError
+from vastevents.errors import ConfigError, QueryError, VastEventsError
 from vastevents.models import Instance, Offer
 from vastevents.query import parse_query
 from vastevents.vast import VastClient
 
 _T = TypeVar("_T")
-_OK = "✓"
-_BAD = "✗"
-_SSH_KEYS = ("id_ed25519.pub", "id_rsa.pub")
 
 _INTERACTIVE_ATTEMPTS = 3
 """Someone is waiting at the terminal: a dead URL is reported after a few seconds, not the watcher's ~15."""
@@ -34,14 +31,16 @@ _INTERACTIVE_TIMEOUT = httpx.Timeout(30.0, connect=5.0)
 
 @contextmanager
 def _one_line_errors() -> Iterator[None]:
-    """Turn our own errors into one line on stderr and exit status 1, without a traceback."""
+    """Turn our own errors into one line on stderr without a traceback: exit 2 for bad usage or config, else 1."""
     try:
         yield
+    except (ConfigError, QueryError) as exc:
+        fail(str(exc), EXIT_USAGE)
     except VastEventsError as exc:
-        fail(str(exc))
+        fail(str(exc), EXIT_FAILED)
 
 
-def _call(config: Config, request: Callable[[VastClient], Awaitable[_T]]) -> _T:
+def call_api(config: Config, request: Callable[[VastClient], Awaitable[_T]]) -> _T:
     """Run one API request with a client tuned for a person waiting: few attempts, short waits."""
 
     async def run() -> _T:
@@ -63,7 +62,26 @@ def _text(value: object, fmt: str = "{}") -> str:
 
 
 def _gb(megabytes: float | None) -> str:
-    return "-" if megabytes is None else f"{megabytes / 1000:.1f}"
+    """Vast's MB as the GB a card is sold with (24576 MB is a 24 GB card): MB / 1024, whole GB."""
+    return "-" if megabytes is None else f"{megabytes / 1024:.0f}"
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
+_NO_API_KEY = "no Vast API key: set VAST_API_KEY or run `vastai set api-key YOUR_KEY`"
+
+
+def _require_api_key() -> None:
+    """Fail fast, before any request, when there is no key to send (a usage error, as in `check`)."""
+    if find_api_key() is None:
+        fail(_NO_API_KEY, EXIT_USAGE)
+
+
+def _narrow_table(title: str) -> Table:
+    """A table that fits 80 columns: a rule under the header, one space between columns."""
+    return Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
 
 
 def _price_key(item: Offer | Instance) -> tuple[bool, float]:
@@ -83,7 +101,7 @@ def offers(
     with _one_line_errors():
         settings = load_config(config)
         parsed = parse_query(query)
-        found = _call(settings, lambda client: client.search_offers(parsed, limit=limit))
+        found = call_api(settings, lambda client: client.search_offers(parsed, limit=limit))
     if "order" not in parsed:
         found.sort(key=_price_key)
     if limit is not None:
@@ -91,10 +109,18 @@ def offers(
     if as_json:
         typer.echo(json.dumps([offer.model_dump(mode="json") for offer in found], indent=2))
         return
-    table = Table(title=f"{len(found)} offers", title_justify="left")
-    for column in ("ask id", "gpu", "vram GB", "vcpu", "ram GB", "disk GB", "$/h", "reliab.", "net ↓/↑", "where"):
+    if not found:
+        typer.echo("No offers match the query.")
+        return
+    table = _narrow_table(_plural(len(found), "offer"))
+    # Narrow terminals: ids, GPUs and prices never wrap or get cut; only the location gives way.
+    for column in ("ask id", "gpu", "vram", "cpu", "ram", "disk", "$/h", "rel", "net ↓/↑", "where"):
         table.add_column(
-            column, justify="left" if column in ("gpu", "where") else "right", no_wrap=column in ("ask id", "$/h")
+            column,
+            justify="left" if column in ("gpu", "where") else "right",
+            no_wrap=column != "where",
+            overflow="fold" if column == "where" else "ellipsis",
+            min_width=6 if column == "where" else None,
         )
     for offer in found:
         table.add_row(
@@ -105,10 +131,12 @@ def offers(
             _gb(offer.cpu_ram),
             _text(offer.disk_space, "{:.0f}"),
             _text(offer.dph_total, "{:.3f}"),
-            _text(offer.reliability2, "{:.3f}"),
+            _text(offer.reliability2, "{:.2f}"),
             f"{_text(offer.inet_down, '{:.0f}')}/{_text(offer.inet_up, '{:.0f}')}",
             _text(offer.geolocation),
         )
+    table.caption = "vram, ram, disk in GB; net in Mbit/s"
+    table.caption_justify = "left"
     table_console().print(table)
 
 
@@ -120,13 +148,19 @@ def status(
     """List every instance on the account: id, label, status, GPU, price and how to SSH in."""
     with _one_line_errors():
         settings = load_config(config)
-        instances = sorted(_call(settings, VastClient.list_instances), key=lambda instance: instance.id)
+        _require_api_key()
+        instances = sorted(call_api(settings, VastClient.list_instances), key=lambda instance: instance.id)
     if as_json:
         typer.echo(redact(json.dumps([instance.model_dump(mode="json") for instance in instances], indent=2)))
         return
-    table = Table(title=f"{len(instances)} instances", title_justify="left")
+    if not instances:
+        typer.echo("No instances on the account.")
+        return
+    table = _narrow_table(_plural(len(instances), "instance"))
     for column in ("id", "label", "status", "gpu", "$/h", "ssh"):
-        table.add_column(column, justify="right" if column in ("id", "$/h") else "left", no_wrap=column != "label")
+        wraps = column in ("label", "status")
+        table.add_column(column, justify="right" if column in ("id", "$/h") else "left", no_wrap=not wraps,
+                         overflow="fold" if wraps else "ellipsis", min_width=8 if wraps else None)  # fmt: skip
     for instance in instances:
         state = instance.actual_status or instance.state.value
         if instance.intended_status and instance.intended_status != state:
@@ -141,49 +175,3 @@ def status(
             ssh,
         )
     table_console().print(table)
-
-
-@app.command()
-def check(config: ConfigOption = None) -> None:
-    """Check the setup: config, API key, that Vast accepts the key, and an SSH key to reach instances."""
-    results: list[bool] = []
-
-    def report(ok: bool, message: str) -> None:
-        results.append(ok)
-        typer.echo(f"{_OK if ok else _BAD} {redact(message)}")
-
-    settings: Config | None = None
-    try:
-        settings = load_config(config)
-        report(True, f"config valid: {settings.source or 'no config file, using built-in defaults'}")
-    except VastEventsError as exc:
-        report(False, f"config invalid: {exc}")
-
-    found = find_api_key()
-    key = found[0] if found is not None else None
-    if found is not None:
-        report(True, f"API key found in {found[1]}")
-    else:
-        report(False, "no API key: set VAST_API_KEY or run `vastai set api-key YOUR_KEY`")
-
-    if settings is None:
-        report(False, "API not checked: fix the config first")
-    elif key:
-        try:
-            user = _call(settings, VastClient.current_user)
-            who = user.get("email") or user.get("username") or f"user {user.get('id', '?')}"
-            report(True, f"Vast API at {settings.vast.url} reachable and the key is accepted ({who})")
-        except VastEventsError as exc:
-            report(False, str(exc))
-    else:
-        report(False, f"Vast API at {settings.vast.url} not checked: no API key")
-
-    ssh_dir = Path.home() / ".ssh"
-    public_key = next((ssh_dir / name for name in _SSH_KEYS if (ssh_dir / name).is_file()), None)
-    if public_key:
-        report(True, f"SSH public key {public_key}")
-    else:
-        report(False, f"no SSH key in {ssh_dir} ({' or '.join(_SSH_KEYS)}): run `ssh-keygen -t ed25519`")
-
-    if not all(results):
-        raise typer.Exit(1)

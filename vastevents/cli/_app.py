@@ -7,26 +7,84 @@ from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
+from typer._click.core import Command, Context  # typer vendors click: its commands are these classes
+from typer._click.formatting import HelpFormatter
+from typer.core import TyperGroup
 
 from vastevents import __version__
 from vastevents._logging import configure_logging, redact
 
+EXIT_OK = 0
+"""The command did what it was asked."""
+EXIT_FAILED = 1
+"""A runtime or API failure: the API refused or failed, a job failed, a check found the account not ready."""
+EXIT_USAGE = 2
+"""Bad usage or a bad config: an unknown option, a bad query, an invalid config file, no API key."""
+EXIT_INTERRUPTED = 130
+"""Stopped by Ctrl-C or SIGTERM."""
+
+COMMAND_ORDER = (
+    "check", "offers", "run", "watch", "status", "jobs", "logs", "events", "cost", "hosts", "reap",
+    "handlers", "webhooks", "team", "demo", "sim",
+)  # fmt: skip
+"""Commands in the order a user meets them; a command not named here is listed after these."""
+
+_CONFIG_KEY = "vastevents.config"
+_DEBUG_KEY = "vastevents.debug"
+_DEBUG_HELP = "Log every API request to stderr (keys, tokens and URLs redacted)."
+
+
+class WorkflowGroup(TyperGroup):
+    """Lists commands in workflow order, and takes the global ``--debug`` after any command's name too."""
+
+    def list_commands(self, ctx: Context) -> list[str]:
+        rank = {name: position for position, name in enumerate(COMMAND_ORDER)}
+        return sorted(super().list_commands(ctx), key=lambda name: rank.get(name, len(rank)))
+
+    def resolve_command(self, ctx: Context, args: list[str]) -> tuple[str | None, Command | None, list[str]]:
+        name, command, rest = super().resolve_command(ctx, args)
+        options = rest[: rest.index("--")] if "--" in rest else rest
+        if "--debug" in options:
+            ctx.meta[_DEBUG_KEY] = True
+            rest = [arg for position, arg in enumerate(rest) if not (arg == "--debug" and position < len(options))]
+        return name, command, rest
+
+    def format_commands(self, ctx: Context, formatter: HelpFormatter) -> None:
+        """Each command's whole first sentence, wrapped, rather than cut with "..." to fit one line."""
+        rows = []
+        for name in self.list_commands(ctx):
+            command = self.get_command(ctx, name)
+            if command is not None and not command.hidden:
+                rows.append((name, command.get_short_help_str(limit=200)))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+
 app = typer.Typer(
     name="vastevents",
-    help="Watch a Vast.ai account and turn instance changes into events that handlers act on.",
+    cls=WorkflowGroup,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    # Plain help: square brackets such as [watch] and [handlers.log] are text here, never markup.
+    rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
+_CONFIG_HELP = "Config file (TOML). Default: $VASTEVENTS_CONFIG, ./vastevents.toml, ~/.config/vastevents/config.toml."
+
+
+def _inherit_config(ctx: typer.Context, value: Path | None) -> Path | None:
+    """A command's ``--config``, else the one given before the subcommand's name."""
+    if value is not None:
+        return value
+    inherited = ctx.meta.get(_CONFIG_KEY)
+    return inherited if isinstance(inherited, Path) else None
+
+
 ConfigOption = Annotated[
     Path | None,
-    typer.Option(
-        "--config",
-        "-c",
-        help="Config file (TOML). Default: $VASTEVENTS_CONFIG, ./vastevents.toml, ~/.config/vastevents/config.toml.",
-        show_default=False,
-    ),
+    typer.Option("--config", "-c", help=_CONFIG_HELP, show_default=False, callback=_inherit_config),
 ]
 
 
@@ -38,15 +96,20 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def main_options(
-    debug: Annotated[
-        bool, typer.Option("--debug", help="Log every API request to stderr (keys, tokens and URLs redacted).")
-    ] = False,
+    ctx: typer.Context,
+    debug: Annotated[bool, typer.Option("--debug", help=_DEBUG_HELP)] = False,
+    config: Annotated[Path | None, typer.Option("--config", "-c", help=_CONFIG_HELP, show_default=False)] = None,
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
     ] = False,
 ) -> None:
-    """Watch a Vast.ai account and turn instance changes into events that handlers act on."""
-    configure_logging(debug=debug)
+    """Watch a Vast.ai account and turn instance changes into events that handlers act on.
+
+    --debug and --config work before or after the command's name. Exit status: 0 success, 1 runtime or API
+    failure, 2 usage or config error, 130 interrupted.
+    """
+    configure_logging(debug=debug or bool(ctx.meta.get(_DEBUG_KEY)))
+    ctx.meta[_CONFIG_KEY] = config
 
 
 def table_console() -> Console:
@@ -55,7 +118,7 @@ def table_console() -> Console:
     return console if console.is_terminal else Console(width=max(console.width, 200))
 
 
-def fail(message: str, code: int = 1) -> NoReturn:
-    """One line on stderr, secrets redacted, then exit `code` (1: it failed; 2: bad usage or config)."""
+def fail(message: str, code: int = EXIT_FAILED) -> NoReturn:
+    """One line on stderr, secrets redacted, then exit `code` (EXIT_FAILED, or EXIT_USAGE for usage or config)."""
     typer.echo(f"error: {redact(message)}", err=True)
     raise typer.Exit(code)

@@ -33,7 +33,7 @@ def sim(
     api_key: Annotated[
         str, typer.Option("--api-key", envvar="VASTEVENTS_SIM_KEY", help="The key clients must send.")
     ] = DEFAULT_KEY,
-    speed: Annotated[float, typer.Option(min=0.001, help="Simulated seconds per real second.")] = 1.0,
+    speed: Annotated[float, typer.Option(min=0.001, metavar="FACTOR", help="Simulated seconds per real second.")] = 1.0,
     scenario: Annotated[
         str | None,
         typer.Option(
@@ -41,7 +41,10 @@ def sim(
         ),
     ] = None,
     state: Annotated[Path | None, typer.Option(help="State file: kept across restarts of the simulator.")] = None,
-    ssh: Annotated[bool, typer.Option("--ssh/--no-ssh", help="Back running instances with real sshd.")] = False,
+    ssh: Annotated[
+        bool,
+        typer.Option("--ssh/--no-ssh", show_default=False, help="Back running instances with real sshd (default: no)."),
+    ] = False,
     seed: Annotated[int, typer.Option(help="Seed of the generated market of hosts.")] = 0,
     status: Annotated[
         bool,

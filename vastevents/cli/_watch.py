@@ -26,7 +26,7 @@ from rich.table import Table
 from rich.text import Text
 
 from vastevents._logging import redact
-from vastevents.cli._app import ConfigOption, app, fail
+from vastevents.cli._app import EXIT_FAILED, EXIT_INTERRUPTED, ConfigOption, app, fail
 from vastevents.clock import ManualClock
 from vastevents.config import Config, load_config, resolve_api_key
 from vastevents.errors import AuthError, ConfigError, VastEventsError
@@ -37,6 +37,7 @@ from vastevents.events import (
     SEMANTIC_EVENTS,
     VANISHED,
     Event,
+    is_known_event_name,
 )
 from vastevents.metrics import Metrics
 from vastevents.plugins import ActiveHandler, installed_handlers, load_handlers
@@ -163,15 +164,23 @@ def _status_text(status: WatchStatus) -> Text:
     return text
 
 
+_READ_ON_TERMINAL: set[str] = set()
+"""Poll failures this run's screen printed on the terminal that also shows stderr: the exit line skips them."""
+
+
 class _Screen:
     """Event lines on a console, plus a live status line when that console is a terminal."""
 
     def __init__(self, console: Console, *, live: bool) -> None:
         self.console = console
         self._live = Live(console=console, transient=True, auto_refresh=False) if live else None
+        self._with_stderr = console.is_terminal and sys.stderr.isatty()
+        _READ_ON_TERMINAL.clear()
 
     def __call__(self, event: Event) -> None:
         self.console.print(_event_text(event), soft_wrap=True)
+        if event.name == POLL_FAILED and self._with_stderr:
+            _READ_ON_TERMINAL.add(event.detail)
 
     def status(self, status: WatchStatus) -> None:
         if self._live is not None:
@@ -187,9 +196,6 @@ class _Screen:
 
 
 # --- watch ---------------------------------------------------------------------------------------------------
-
-
-EXIT_INTERRUPTED = 130
 
 
 def _stop_on_signals(stop: asyncio.Event, interrupted: list[int]) -> None:
@@ -236,7 +242,13 @@ def _key_rejected_at_start(watcher: Watcher) -> AuthError | None:
 
 
 def _fail_poll(error: Exception) -> NoReturn:
-    """Exit 1 with one line saying what failed (a rejected key's message already says what to do)."""
+    """Exit 1 with one line saying what failed (a rejected key's message already says what to do).
+
+    A person at a terminal has just read the reason on the ``poll_failed`` line: it is not printed again.
+    Piped or redirected output keeps the ``error:`` line on stderr for scripts and logs.
+    """
+    if redact(str(error) or type(error).__name__) in _READ_ON_TERMINAL:
+        raise typer.Exit(EXIT_FAILED)
     if isinstance(error, AuthError):
         fail(str(error))
     fail(f"the poll failed, nothing was diffed: {str(error) or type(error).__name__}")
@@ -246,7 +258,10 @@ def _fail_poll(error: Exception) -> NoReturn:
 def watch(
     config: ConfigOption = None,
     interval: Annotated[
-        float | None, typer.Option("--interval", min=0.05, help="Seconds between polls (default: [watch] interval).")
+        float | None,
+        typer.Option(
+            "--interval", min=0.05, metavar="SECONDS", help="Seconds between polls (default: [watch] interval)."
+        ),
     ] = None,
     once: Annotated[
         bool,
@@ -477,33 +492,74 @@ def _summary(console: Console, journal: list[Event], status: WatchStatus, second
 # --- events and handlers -------------------------------------------------------------------------------------
 
 
+FOLLOW_SECONDS = 1.0
+"""How often ``events --follow`` looks for new events in the journal."""
+
+
 @app.command()
 def events(
     config: ConfigOption = None,
     since: Annotated[int | None, typer.Option("--since", help="Only events with an id greater than this.")] = None,
     instance: Annotated[int | None, typer.Option("--instance", help="Only events of this instance id.")] = None,
     name: Annotated[str | None, typer.Option("--name", help="Only events of this name.")] = None,
+    limit: Annotated[int | None, typer.Option("--limit", "-n", min=1, help="Only the last N matching events.")] = None,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep printing new events as they are journaled, until Ctrl-C.")
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON array of every matching event.")] = False,
 ) -> None:
     """Show the event journal (every event, oldest first)."""
+    if follow and as_json:
+        fail("--follow prints events as they come; it takes no --json (use `watch --jsonl -` for a stream)", 2)
+    if follow:
+        signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM stops it like Ctrl-C
     cfg = _load(config)
     path = cfg.store.resolved_path()
-    found: list[Event] = []
-    if path.exists():
-        try:
-            with SqliteStore(path) as store:
-                found = store.events(since=since, instance_id=instance, name=name)
-        except StoreError as exc:
-            fail(str(exc), 2)
+    found = _journal(path, since=since, instance=instance, name=name)
+    if name is not None and not is_known_event_name(name) and not found and not _journaled_name(path, name):
+        fail(f"unknown event name {name!r}: vastevents never emits it and the journal has none (a typo?)", 2)
+    if limit is not None:
+        found = found[-limit:]
     if as_json:
         typer.echo(json.dumps([event.to_json() for event in found], indent=2))
         return
     console = Console(highlight=False)
-    if not found:
+    if not found and not follow:
         console.print(f"no events{'' if path.exists() else f' (no journal at {path} yet)'}")
         return
     for event in found:
         console.print(_event_text(event), soft_wrap=True)
+    if follow:
+        _follow(console, path, since=found[-1].id if found else since, instance=instance, name=name)
+
+
+def _journal(path: Path, *, since: int | None, instance: int | None, name: str | None) -> list[Event]:
+    """The matching events of the journal at `path` (none if there is no journal yet: it is not created)."""
+    if not path.exists():
+        return []
+    try:
+        with SqliteStore(path) as store:
+            return store.events(since=since, instance_id=instance, name=name)
+    except StoreError as exc:
+        fail(str(exc), 2)
+
+
+def _journaled_name(path: Path, name: str) -> bool:
+    """True if the journal holds an event called `name` (handler-made names count once they are journaled)."""
+    return bool(_journal(path, since=None, instance=None, name=name))
+
+
+def _follow(console: Console, path: Path, *, since: int | None, instance: int | None, name: str | None) -> NoReturn:
+    """Print each new matching event as the journal gets it; Ctrl-C or SIGTERM ends it with status 130."""
+    last = since
+    try:
+        while True:
+            for event in _journal(path, since=last, instance=instance, name=name):
+                console.print(_event_text(event), soft_wrap=True)
+                last = event.id
+            time.sleep(FOLLOW_SECONDS)
+    except KeyboardInterrupt:
+        raise typer.Exit(EXIT_INTERRUPTED) from None
 
 
 @app.command()
@@ -528,4 +584,7 @@ def handlers(config: ConfigOption = None) -> None:
         table.add_row(handler.name, handler.use, handler.source, events_)
     console.print(table)
     if not active:
-        console.print('no active handlers: add e.g. [handlers.log] use = "log" to the config', style="dim")
+        console.print(
+            escape('no active handlers: to log every event, add a table [handlers.log] with the line use = "log"'),
+            style="dim",
+        )
