@@ -138,8 +138,11 @@ def test_two_watch_processes_one_leader_and_failover_after_kill_9(
     finally:
         for watcher in watchers:
             watcher.stop()
-    with PostgresStore(pg_url) as store:
-        appeared = [e.instance_id for e in store.events(name="appeared")]
+    shared = CliRunner().invoke(
+        app, ["events", "--json", "--name", "appeared", "--config", str(tmp_path / "team.toml")]
+    )
+    assert shared.exit_code == 0, shared.output  # any teammate reads the shared journal
+    appeared = [event["instance_id"] for event in json.loads(shared.stdout)]
     assert sorted(appeared) == sorted({first_id, second_id})  # each journaled once across the failover
     for instance_id in (first_id, second_id):
         sim.vanish(instance_id)

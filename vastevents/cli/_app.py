@@ -13,6 +13,8 @@ from typer.core import TyperGroup
 
 from vastevents import __version__
 from vastevents._logging import configure_logging, redact
+from vastevents.config import Config
+from vastevents.store import SqlStore, StoreError, open_store
 
 EXIT_OK = 0
 """The command did what it was asked."""
@@ -122,3 +124,17 @@ def fail(message: str, code: int = EXIT_FAILED) -> NoReturn:
     """One line on stderr, secrets redacted, then exit `code` (EXIT_FAILED, or EXIT_USAGE for usage or config)."""
     typer.echo(f"error: {redact(message)}", err=True)
     raise typer.Exit(code)
+
+
+def existing_store(config: Config) -> SqlStore | None:
+    """The configured store to read (a team's shared one, or the SQLite file), None if no watch made it yet.
+
+    Reading commands never create a store; a store that cannot be opened exits 2 with one line.
+    """
+    url, path = config.store.resolved_url(), config.store.resolved_path()
+    if url is None and not path.exists():
+        return None
+    try:
+        return open_store(path, url)
+    except StoreError as exc:
+        fail(str(exc), 2)

@@ -10,10 +10,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from vastevents.cli._app import ConfigOption, app, fail, table_console
+from vastevents.cli._app import ConfigOption, app, existing_store, fail, table_console
 from vastevents.config import load_config
 from vastevents.errors import ConfigError
-from vastevents.store import SqliteStore, StoreError
 from vastevents.store.hosts import HostRecord, Hosts
 
 
@@ -27,14 +26,10 @@ def hosts(
         cfg = load_config(config)
     except ConfigError as exc:
         fail(str(exc), 2)
-    path = cfg.store.resolved_path()
     found: list[HostRecord] = []
-    if path.exists():
-        try:
-            with SqliteStore(path) as store:
-                found = store.repository(Hosts).records(datetime.now(UTC))
-        except StoreError as exc:
-            fail(str(exc), 2)
+    if (store := existing_store(cfg)) is not None:
+        with store:
+            found = store.repository(Hosts).records(datetime.now(UTC))
     if as_json:
         typer.echo(json.dumps([record.to_json() for record in found], indent=2))
         return

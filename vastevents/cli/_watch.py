@@ -26,7 +26,7 @@ from rich.table import Table
 from rich.text import Text
 
 from vastevents._logging import redact
-from vastevents.cli._app import EXIT_FAILED, EXIT_INTERRUPTED, ConfigOption, app, fail
+from vastevents.cli._app import EXIT_FAILED, EXIT_INTERRUPTED, ConfigOption, app, existing_store, fail
 from vastevents.clock import ManualClock
 from vastevents.config import Config, load_config, resolve_api_key
 from vastevents.errors import AuthError, ConfigError, VastEventsError
@@ -514,9 +514,9 @@ def events(
     if follow:
         signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM stops it like Ctrl-C
     cfg = _load(config)
-    path = cfg.store.resolved_path()
-    found = _journal(path, since=since, instance=instance, name=name)
-    if name is not None and not is_known_event_name(name) and not found and not _journaled_name(path, name):
+    path = cfg.store.describe()
+    found = _journal(cfg, since=since, instance=instance, name=name)
+    if name is not None and not is_known_event_name(name) and not found and not _journaled_name(cfg, name):
         fail(f"unknown event name {name!r}: vastevents never emits it and the journal has none (a typo?)", 2)
     if limit is not None:
         found = found[-limit:]
@@ -525,36 +525,35 @@ def events(
         return
     console = Console(highlight=False)
     if not found and not follow:
-        console.print(f"no events{'' if path.exists() else f' (no journal at {path} yet)'}")
+        there = cfg.store.resolved_url() is not None or cfg.store.resolved_path().exists()
+        console.print(f"no events{'' if there else f' (no journal at {path} yet)'}")
         return
     for event in found:
         console.print(_event_text(event), soft_wrap=True)
     if follow:
-        _follow(console, path, since=found[-1].id if found else since, instance=instance, name=name)
+        _follow(console, cfg, since=found[-1].id if found else since, instance=instance, name=name)
 
 
-def _journal(path: Path, *, since: int | None, instance: int | None, name: str | None) -> list[Event]:
-    """The matching events of the journal at `path` (none if there is no journal yet: it is not created)."""
-    if not path.exists():
+def _journal(cfg: Config, *, since: int | None, instance: int | None, name: str | None) -> list[Event]:
+    """The matching events of the configured journal (none if there is no journal yet: it is not created)."""
+    store = existing_store(cfg)
+    if store is None:
         return []
-    try:
-        with SqliteStore(path) as store:
-            return store.events(since=since, instance_id=instance, name=name)
-    except StoreError as exc:
-        fail(str(exc), 2)
+    with store:
+        return store.events(since=since, instance_id=instance, name=name)
 
 
-def _journaled_name(path: Path, name: str) -> bool:
+def _journaled_name(cfg: Config, name: str) -> bool:
     """True if the journal holds an event called `name` (handler-made names count once they are journaled)."""
-    return bool(_journal(path, since=None, instance=None, name=name))
+    return bool(_journal(cfg, since=None, instance=None, name=name))
 
 
-def _follow(console: Console, path: Path, *, since: int | None, instance: int | None, name: str | None) -> NoReturn:
+def _follow(console: Console, cfg: Config, *, since: int | None, instance: int | None, name: str | None) -> NoReturn:
     """Print each new matching event as the journal gets it; Ctrl-C or SIGTERM ends it with status 130."""
     last = since
     try:
         while True:
-            for event in _journal(path, since=last, instance=instance, name=name):
+            for event in _journal(cfg, since=last, instance=instance, name=name):
                 console.print(_event_text(event), soft_wrap=True)
                 last = event.id
             time.sleep(FOLLOW_SECONDS)
