@@ -38,12 +38,16 @@ _TRANSIENT_API_ERRORS = frozenset({"ratelimited", "internal_error", "fatal_error
 
 @dataclass(frozen=True)
 class ChatMessage:
-    """What to post: the plain-text fallback, Block Kit blocks, the channel, and the thread to post under."""
+    """What to post: the plain-text fallback, Block Kit blocks, the channel, and the thread to post under.
+
+    ``document`` is the whole queued payload, for transports that post it as it is (the generic JSON webhook).
+    """
 
     text: str
     blocks: tuple[dict[str, Any], ...] = ()
     channel: str = ""
     thread_ts: str | None = None
+    document: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
