@@ -18,6 +18,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from slack_sink import SlackSink
 
 from vastevents.clock import ManualClock
 from vastevents.sim import Simulator
@@ -100,6 +101,17 @@ def sim(api_key: str) -> Iterator[Simulator]:
         simulator.stop()
         leaked = {t for t in _sim_threads() - before if t.is_alive()}
         assert not leaked, f"simulator threads still alive after stop: {leaked}"
+
+
+@pytest.fixture
+def sink() -> Iterator[SlackSink]:
+    """A real local HTTP endpoint recording the posts of a notifier (see slack_sink.py)."""
+    server = SlackSink()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""A real local HTTP endpoint playing Slack: incoming webhooks and the Web API's chat.postMessage.
+"""A real local HTTP endpoint playing Slack (incoming webhooks, the Web API's chat.postMessage) or any webhook.
 
 It records every post and answers from a script: ``sink.answer(429, retry_after=120)`` queues one answer,
 ``sink.failing = 503`` answers every request that way until cleared, ``sink.stop()``/``sink.start()`` takes
@@ -9,9 +9,17 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
+
+from vastevents import Event, Runtime, SqliteStore, VastClient
+from vastevents.config import parse_config
+from vastevents.plugins import load_handlers
+from vastevents.sim import Simulator
 
 WEBHOOK_PATH = "/services/T000/B000/SECRETWEBHOOKPATH"
 
@@ -21,6 +29,8 @@ class Post:
     path: str
     body: dict[str, Any]
     authorization: str | None
+    headers: dict[str, str] = field(default_factory=dict)
+    raw: bytes = b""
 
 
 @dataclass
@@ -66,7 +76,7 @@ class SlackSink:
                     body = json.loads(raw or b"{}")
                 except ValueError:
                     body = {"raw": raw.decode(errors="replace")}
-                post = Post(self.path, body, self.headers.get("Authorization"))
+                post = Post(self.path, body, self.headers.get("Authorization"), dict(self.headers.items()), raw)
                 with sink._lock:
                     sink.attempts.append(post)
                     scripted = sink.script.pop(0) if sink.script else None
@@ -106,3 +116,25 @@ class SlackSink:
         if self._thread is not None:
             self._thread.join(timeout=10)
             self._thread = None
+
+
+@asynccontextmanager
+async def running(sim: Simulator, api_key: str, store: Path, toml: str) -> AsyncIterator[Runtime]:
+    """The real Runtime with the handlers of `toml`, against the simulator over HTTP, on a SQLite store."""
+    config = parse_config(toml)
+    async with VastClient(api_key, sim.url) as client, Runtime(
+        config, client=client, store=SqliteStore(store), clock=sim.clock, handlers=load_handlers(config)
+    ) as runtime:  # fmt: skip
+        yield runtime
+    runtime.store.close()
+
+
+async def destroy_all(sim: Simulator, api_key: str) -> None:
+    async with VastClient(api_key, sim.url) as client:
+        for instance in await client.list_instances():
+            await client.destroy_instance(instance.id)
+    assert sim.instance_count() == 0
+
+
+def failures(runtime: Runtime) -> list[Event]:
+    return runtime.store.events(name="notification_failed")

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
-from slack_sink import SlackSink
+from slack_sink import SlackSink, destroy_all, failures, running
 
 from vastevents import (
     BotTransport,
@@ -16,25 +14,11 @@ from vastevents import (
     ConfigError,
     Outbox,
     PermanentSendError,
-    Runtime,
-    SqliteStore,
     TransientSendError,
-    VastClient,
 )
 from vastevents.config import parse_config
-from vastevents.events import Event
 from vastevents.plugins import load_handlers
 from vastevents.sim import Simulator
-
-
-@pytest.fixture
-def sink() -> Iterator[SlackSink]:
-    server = SlackSink()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture
@@ -45,27 +29,6 @@ def webhook(sink: SlackSink, monkeypatch: pytest.MonkeyPatch) -> SlackSink:
 
 def slack_config(extra: str = "", *, retries: int = 0) -> str:
     return f'[handlers.slack]\nuse = "slack"\npace = 0\nretries = {retries}\n{extra}\n'
-
-
-@asynccontextmanager
-async def running(sim: Simulator, api_key: str, store: Path, toml: str) -> AsyncIterator[Runtime]:
-    config = parse_config(toml)
-    async with VastClient(api_key, sim.url) as client, Runtime(
-        config, client=client, store=SqliteStore(store), clock=sim.clock, handlers=load_handlers(config)
-    ) as runtime:  # fmt: skip
-        yield runtime
-    runtime.store.close()
-
-
-async def destroy_all(sim: Simulator, api_key: str) -> None:
-    async with VastClient(api_key, sim.url) as client:
-        for instance in await client.list_instances():
-            await client.destroy_instance(instance.id)
-    assert sim.instance_count() == 0
-
-
-def failures(runtime: Runtime) -> list[Event]:
-    return runtime.store.events(name="notification_failed")
 
 
 async def test_a_ready_instance_and_its_preemption_are_one_message_each(

@@ -33,6 +33,7 @@ from vastevents.notify import (
     TransientSendError,
     WebhookTransport,
 )
+from vastevents.notify_webhook import JsonWebhookTransport
 from vastevents.plugins import Handler, HandlerFunc, HandlerOptions, daemon, every, on
 from vastevents.ports import CommandResult, Notifier, Ssh, SshTarget, VastApi
 from vastevents.query import parse_query
@@ -66,6 +67,7 @@ __all__ = [
     "Hosts",
     "Instance",
     "InstanceView",
+    "JsonWebhookTransport",
     "Migration",
     "NoSuchAsk",
     "NotFound",

@@ -123,7 +123,8 @@ def _retry_after(headers: Mapping[str, Any] | None) -> float | None:
     return None
 
 
-def _by_status(status: int, what: str, headers: Mapping[str, Any] | None) -> SendError:
+def status_error(status: int, what: str, headers: Mapping[str, Any] | None) -> SendError:
+    """The error for a non-2xx answer: 429 and 5xx are transient (429 with its Retry-After), the rest permanent."""
     if status == 429:
         return TransientSendError(f"{what}: rate limited (HTTP 429)", _retry_after(headers))
     if status >= 500:
@@ -131,8 +132,8 @@ def _by_status(status: int, what: str, headers: Mapping[str, Any] | None) -> Sen
     return PermanentSendError(f"{what}: HTTP {status}")
 
 
-class _RedactRecords(logging.Filter):
-    """Rewrites slack-sdk's log records (which name the URL they call) without secrets."""
+class RedactRecords(logging.Filter):
+    """Rewrites a library's log records (slack-sdk's and httpx's name the URL they call) without secrets."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         record.msg = redact(record.getMessage())
@@ -142,7 +143,7 @@ class _RedactRecords(logging.Filter):
 
 SDK_LOG = logging.getLogger("vastevents.notify.slack_sdk")
 """The logger slack-sdk clients are given: every record it makes is redacted before any handler sees it."""
-SDK_LOG.addFilter(_RedactRecords())
+SDK_LOG.addFilter(RedactRecords())
 
 
 @dataclass
@@ -176,7 +177,7 @@ class WebhookTransport:
             raise TransientSendError(redact(f"{what}: {type(exc).__name__}: {exc}")) from None
         if 200 <= response.status_code < 300:
             return Posted()
-        raise _by_status(response.status_code, what, response.headers)
+        raise status_error(response.status_code, what, response.headers)
 
 
 @dataclass
@@ -212,7 +213,7 @@ class BotTransport:
                 raise TransientSendError(f"{what}: {code}") from None
             if status == 200:
                 raise PermanentSendError(f"{what}: {code or 'refused'}") from None
-            raise _by_status(status, f"{what}{f' ({code})' if code else ''}", answer.headers) from None
+            raise status_error(status, f"{what}{f' ({code})' if code else ''}", answer.headers) from None
         except (OSError, SlackClientError) as exc:
             raise TransientSendError(redact(f"{what}: {type(exc).__name__}: {exc}")) from None
         ts = response.get("ts")
