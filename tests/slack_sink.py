@@ -2,7 +2,8 @@
 
 It records every post and answers from a script: ``sink.answer(429, retry_after=120)`` queues one answer,
 ``sink.failing = 503`` answers every request that way until cleared, ``sink.stop()``/``sink.start()`` takes
-the port down and back up (connection refused in between).
+the port down and back up (connection refused in between),
+``sink.gate = threading.Event()`` holds every request once read until the test opens the gate.
 """
 
 from __future__ import annotations
@@ -48,6 +49,9 @@ class SlackSink:
     failing: int | None = None
     script: list[Answer] = field(default_factory=list)
     port: int = 0
+    gate: threading.Event | None = None
+    """When set, each request is read, announced on :attr:`received`, then held until the gate opens."""
+    received: threading.Event = field(default_factory=threading.Event)
     _server: ThreadingHTTPServer | None = None
     _thread: threading.Thread | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -76,6 +80,9 @@ class SlackSink:
                     body = json.loads(raw or b"{}")
                 except ValueError:
                     body = {"raw": raw.decode(errors="replace")}
+                if sink.gate is not None:
+                    sink.received.set()
+                    sink.gate.wait(timeout=60)
                 post = Post(self.path, body, self.headers.get("Authorization"), dict(self.headers.items()), raw)
                 with sink._lock:
                     sink.attempts.append(post)
