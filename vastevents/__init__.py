@@ -33,6 +33,7 @@ from vastevents.notify import (
     TransientSendError,
     WebhookTransport,
 )
+from vastevents.notify_apprise import AppriseTransport
 from vastevents.notify_webhook import JsonWebhookTransport
 from vastevents.plugins import Handler, HandlerFunc, HandlerOptions, daemon, every, on
 from vastevents.ports import CommandResult, Notifier, Ssh, SshTarget, VastApi
@@ -49,6 +50,7 @@ from vastevents.vast import VastClient
 __all__ = [
     "AmbiguousCreate",
     "ApiError",
+    "AppriseTransport",
     "AuthError",
     "BotTransport",
     "ChatMessage",
