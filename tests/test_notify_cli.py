@@ -59,12 +59,11 @@ class Watch:
         }
         self.dir = tmp_path
 
-    def args(self, *before: str) -> list[str]:
-        """`before`: global options, e.g. ``--debug``."""
-        return [sys.executable, "-m", "vastevents", *before, "watch", "--once", "--config", str(self.config)]
+    def args(self, *extra: str) -> list[str]:
+        return [sys.executable, "-m", "vastevents", "watch", "--once", *extra, "--config", str(self.config)]
 
-    def once(self, *before: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(self.args(*before), capture_output=True, text=True, env=self.env, cwd=self.dir,
+    def once(self, *extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(self.args(*extra), capture_output=True, text=True, env=self.env, cwd=self.dir,
                               timeout=120)  # fmt: skip
 
     def start(self) -> subprocess.Popen[str]:

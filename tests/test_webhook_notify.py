@@ -12,9 +12,10 @@ from slack_sink import SlackSink, destroy_all, failures, running
 
 from vastevents import ConfigError, Outbox
 from vastevents.config import parse_config
-from vastevents.notify_webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER, signature
+from vastevents.notify.webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER, signature
 from vastevents.plugins import load_handlers
 from vastevents.sim import Simulator
+from vastevents.webhooks import verify
 
 SECRET = "whsec-local-test-0123456789"
 
@@ -57,6 +58,9 @@ async def test_a_preemption_is_posted_once_as_the_events_json_object_signed(
     expected = "sha256=" + hmac.new(SECRET.encode(), f"{stamp}.".encode() + post.raw, "sha256").hexdigest()
     assert hmac.compare_digest(post.headers[SIGNATURE_HEADER], expected)
     assert signature(SECRET, stamp, post.raw) == expected
+    vast_headers = {"content-type": "application/json", "x-vast-timestamp": stamp, "x-vast-event-id": "1",
+                    "x-vast-signature-256": post.headers[SIGNATURE_HEADER]}  # fmt: skip
+    verify(vast_headers, post.raw, secret=SECRET, now=int(stamp), max_skew=300)  # Vast's scheme, exactly
     await destroy_all(sim, api_key)
 
 

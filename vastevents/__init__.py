@@ -33,8 +33,8 @@ from vastevents.notify import (
     TransientSendError,
     WebhookTransport,
 )
-from vastevents.notify_apprise import AppriseTransport
-from vastevents.notify_webhook import JsonWebhookTransport
+from vastevents.notify.apprise import AppriseTransport
+from vastevents.notify.webhook import JsonWebhookTransport
 from vastevents.plugins import Handler, HandlerFunc, HandlerOptions, daemon, every, on
 from vastevents.ports import CommandResult, Notifier, Ssh, SshTarget, VastApi
 from vastevents.query import parse_query
