@@ -71,6 +71,10 @@ class JobsHandler(Handler[JobsOptions]):
 
     async def launch(self, job: Job, ctx: Context) -> None:
         jobs = ctx.store.repository(Jobs)
+        current = jobs.get(job.id)
+        if current is None or current.status != "pending":
+            return  # another path already rented for it
+        job = current
         spec = JobSpec.model_validate(job.spec)
         tried = list(job.tried)
         for ask in job.offers:
@@ -107,9 +111,9 @@ class JobsHandler(Handler[JobsOptions]):
         """Destroy a bad offer's instance and rent the next offer."""
         jobs = ctx.store.repository(Jobs)
         ctx.logger.warning("job %d: dropping instance %d: %s", job.id, instance.id, reason)
-        await ctx.destroy(instance)
-        job = jobs.update(job.id, status="pending", instance_id=None)
+        jobs.update(job.id, status="pending", instance_id=None)  # first: its `vanished` is no longer the job's
         job = jobs.add_error(job.id, f"instance {instance.id} (machine {instance.machine_id}) dropped: {reason}")
+        await ctx.destroy(instance)
         await self.launch(job, ctx)
 
     # --- the instance's life ------------------------------------------------------------------------------
