@@ -172,3 +172,29 @@ async def test_the_watcher_killed_mid_job_resumes_it_on_one_instance(world: Worl
         started = [e for e in rt.store.events() if e.name == "job_started"]
     assert job.status == "finished" and job.instance_id == running.instance_id and len(started) == 1
     assert (world.tmp / "out" / "done.txt").read_text() == "finished\n"
+
+
+async def test_a_replacement_under_the_same_label_resumes_the_job_from_its_checkpoint(
+    world: World, client: VastClient
+) -> None:
+    cmd = "mkdir -p ckpt; if [ -f ckpt/state ]; then echo resumed > result.txt; else echo 1 > ckpt/state; sleep 60; fi"
+    spec = world.spec(cmd=cmd, download=["result.txt"], checkpoint_dir="ckpt", checkpoint_every=1)
+    local = world.tmp / "out" / "ckpt" / "state"
+    async with world.runtime(client) as rt:
+        job = submit(rt, spec, world.offers())
+        first = await until(rt, world, job.id, done="running")
+        assert first.instance_id is not None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 30
+        while not local.exists() and loop.time() < deadline:
+            await rt.poll_once()
+            await asyncio.sleep(0.05)
+        assert local.read_text() == "1\n", "the checkpoint dir was synced back"
+        world.sim.preempt(first.instance_id)
+        replacement = world.sim.create_instance(label=first.label, pull=10)  # what the recovery handler does
+        world.sim.apply("destroy", instance=first.instance_id)
+        job = await until(rt, world, job.id)
+        started = [e.instance_id for e in rt.store.events() if e.name == "job_started"]
+    assert job.status == "finished" and job.instance_id == replacement and job.destroyed
+    assert started == [first.instance_id, replacement]
+    assert (world.tmp / "out" / "result.txt").read_text() == "resumed\n"
