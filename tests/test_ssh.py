@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import io
 import os
 import shlex
@@ -72,32 +73,23 @@ async def test_a_malicious_archive_from_the_host_writes_nothing_outside(
         info = tarfile.TarInfo("../escaped.txt")
         info.size = len(payload)
         archive.addfile(info, io.BytesIO(payload))
-    await ssh.run(target, "true")
-    # The host answers `tar -c` with a crafted archive: a fake tar first on PATH.
+    # The host answers `tar -c` with a crafted archive: a fake tar first on the sessions' PATH.
     script = "#!/bin/sh\nbase64 -d <<'E'\n" + base64.b64encode(evil.getvalue()).decode() + "\nE\n"
-    await ssh.run(target, f"mkdir -p bin && printf %s {shlex.quote(script)} > bin/tar && chmod +x bin/tar")
-    home = (await ssh.run(target, "pwd")).stdout.strip()
-    fake = ParamikoSsh(tmp_path / "known_hosts", key_file=ssh.key_file, settings=FAST)
-    try:
-        with pytest.raises(SshError, match="refused an archive"):
-            await _download_with_path(fake, target, f"{home}/bin", tmp_path / "target")
-    finally:
-        fake.close()
-    assert not (tmp_path / "escaped.txt").exists()
+    placed = await ssh.run(target, f"printf %s {shlex.quote(script)} > ../bin/tar && chmod +x ../bin/tar")
+    assert placed.exit_code == 0, placed.stderr
+    for openssh in (False, True):
+        settings = dataclasses.replace(FAST, openssh_transfers=openssh)
+        fake = ParamikoSsh(tmp_path / "known_hosts", key_file=ssh.key_file, settings=settings)
+        try:
+            with pytest.raises(SshError, match="refused an archive"):
+                await fake.download(target, "anything", tmp_path / "target")
+        finally:
+            fake.close()
+        assert not (tmp_path / "escaped.txt").exists()
     with pytest.raises(SshError, match="refused"):
         evil.seek(0)
         extract(evil, tmp_path / "direct")
     assert not (tmp_path / "escaped.txt").exists()
-
-
-async def _download_with_path(ssh: ParamikoSsh, target: SshTarget, bin_dir: str, local: Path) -> None:
-    original = ssh._channel
-
-    def with_fake_tar(t: SshTarget, command: str, timeout: float | None):  # type: ignore[no-untyped-def]
-        return original(t, f"PATH={bin_dir}:$PATH {command}", timeout)
-
-    ssh._channel = with_fake_tar  # type: ignore[method-assign]
-    await ssh.download(target, "anything", local)
 
 
 async def test_a_changed_host_key_is_refused(host: tuple[Simulator, SshTarget, ParamikoSsh], tmp_path: Path) -> None:

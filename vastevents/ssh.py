@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import shlex
+import shutil
+import subprocess
 import tarfile
 import threading
 from dataclasses import dataclass
@@ -30,6 +32,8 @@ log = logging.getLogger(__name__)
 CHUNK = 1 << 20
 WINDOW = 64 << 20
 """A large channel window and packet size: paramiko's defaults cap a loopback stream far below the link."""
+PACKET = 1 << 18
+"""Packets up to 256 KiB from the host (what OpenSSH accepts): fewer, larger reads on downloads."""
 
 
 class SshError(VastEventsError):
@@ -48,6 +52,9 @@ class SshSettings:
     connect_wait: float = 30.0
     connect_timeout: float = 20.0
     keepalive: float = 15.0
+    openssh_transfers: bool = True
+    """Move bulk tar streams through OpenSSH's ``ssh`` when it is installed (measurably faster than paramiko's
+    pure-Python packet layer); the host key it checks is the one recorded on first use."""
 
 
 def host_alias(target: SshTarget) -> str:
@@ -117,6 +124,7 @@ class ParamikoSsh:
                 timeout=self.settings.connect_timeout,
                 banner_timeout=self.settings.connect_timeout,
                 auth_timeout=self.settings.connect_timeout,
+                transport_factory=_fast_transport,
             )
         except HostKeyMismatch:
             client.close()
@@ -158,7 +166,7 @@ class ParamikoSsh:
         transport = self._client(target).get_transport()
         assert transport is not None
         try:
-            channel = transport.open_session(window_size=WINDOW, max_packet_size=32768)
+            channel = transport.open_session(window_size=WINDOW, max_packet_size=PACKET)
         except (paramiko.SSHException, EOFError, OSError) as exc:
             self.forget(target)
             raise SshError(f"{target.host}:{target.port} dropped the connection: {exc}") from None
@@ -186,11 +194,62 @@ class ParamikoSsh:
 
     async def upload(self, target: SshTarget, local: Path, remote: str) -> None:
         """Copy the contents of directory `local` into `remote` (created), as one tar stream."""
-        await asyncio.to_thread(self._upload, target, Path(local), remote)
+        upload = self._upload_openssh if self._openssh() else self._upload
+        await asyncio.to_thread(upload, target, Path(local), remote)
 
     async def download(self, target: SshTarget, remote: str, local: Path) -> None:
         """Copy `remote` (a file or directory) into directory `local`, keeping its name."""
-        await asyncio.to_thread(self._download, target, remote, Path(local))
+        download = self._download_openssh if self._openssh() else self._download
+        await asyncio.to_thread(download, target, remote, Path(local))
+
+    def _openssh(self) -> bool:
+        return self.settings.openssh_transfers and shutil.which("ssh") is not None
+
+    def _openssh_command(self, target: SshTarget, command: str) -> list[str]:
+        """``ssh`` checking the host key recorded on first use (paramiko connects first, recording it)."""
+        self._client(target)
+        identity = ["-i", str(self.key_file), "-o", "IdentitiesOnly=yes"] if self.key_file else []
+        return ["ssh", "-p", str(target.port), *identity, "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
+                "-o", f"UserKnownHostsFile={self.known_hosts}", "-o", f"HostKeyAlias={host_alias(target)}",
+                "-o", f"ConnectTimeout={int(self.settings.connect_timeout)}", "-o", "LogLevel=ERROR",
+                "-o", f"ServerAliveInterval={int(self.settings.keepalive)}", "-o", "Compression=no",
+                f"{target.user}@{target.host}", command]  # fmt: skip
+
+    def _upload_openssh(self, target: SshTarget, local: Path, remote: str) -> None:
+        if not local.is_dir():
+            raise SshError(f"{local} is not a directory")
+        quoted = shlex.quote(remote)
+        command = self._openssh_command(target, f"mkdir -p {quoted} && tar -x -f - -C {quoted}")
+        with subprocess.Popen(command, stdin=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+            assert proc.stdin is not None and proc.stderr is not None
+            try:
+                with tarfile.open(fileobj=proc.stdin, mode="w|", bufsize=CHUNK) as archive:
+                    for child in sorted(local.iterdir()):
+                        archive.add(child, arcname=child.name)
+            except BrokenPipeError:
+                pass  # the remote side failed: its message follows
+            finally:
+                proc.stdin.close()
+            err = proc.stderr.read()
+        if proc.returncode != 0:
+            raise SshError(f"upload to {remote} failed (exit {proc.returncode}): {_tar_error(err)}")
+
+    def _download_openssh(self, target: SshTarget, remote: str, local: Path) -> None:
+        parent, _, name = remote.rstrip("/").rpartition("/")
+        command = self._openssh_command(target, f"tar -c -f - -C {shlex.quote(parent or '.')} -- {shlex.quote(name)}")
+        local.mkdir(parents=True, exist_ok=True)
+        with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+            assert proc.stdout is not None and proc.stderr is not None
+            try:
+                extract(proc.stdout, local)
+            except tarfile.ReadError as exc:
+                if proc.wait() == 0:
+                    raise SshError(f"{remote}: not a valid archive from the host: {exc}") from None
+            finally:
+                proc.stdout.read()
+            err = proc.stderr.read()
+        if proc.returncode != 0:
+            raise SshError(f"{remote}: {_tar_error(err) or f'ssh/tar exit {proc.returncode}'}")
 
     # --- blocking parts (worker threads) -------------------------------------------------------------------
 
@@ -245,6 +304,19 @@ class ParamikoSsh:
             channel.close()
         if status != 0:
             raise SshError(f"{remote}: {_tar_error(err) or f'tar exit {status}'}")
+
+
+FAST_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "aes128-ctr", "aes256-ctr")
+"""AES-GCM first: authenticated in one pass, it moves a bulk stream markedly faster than CTR with a separate MAC."""
+
+
+def _fast_transport(sock: object, **kwargs: object) -> paramiko.Transport:
+    transport = paramiko.Transport(sock, **kwargs)
+    options = transport.get_security_options()
+    options.ciphers = tuple(c for c in FAST_CIPHERS if c in options.ciphers) + tuple(
+        c for c in options.ciphers if c not in FAST_CIPHERS
+    )
+    return transport
 
 
 def _worth_retrying(error: BaseException) -> bool:
