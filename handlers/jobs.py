@@ -147,7 +147,10 @@ class JobsHandler(Handler[JobsOptions]):
 
     @daemon
     async def run_job(self, instance_id: int, state: dict[str, Any], ctx: Context) -> None:
-        """connect → preflight → upload → start → monitor → collect, each phase checkpointed."""
+        """connect → preflight → upload → start → monitor → collect, each phase checkpointed.
+
+        An unexpected error fails the job and destroys its instance: nothing is left running.
+        """
         jobs = ctx.store.repository(Jobs)
         job = jobs.get(int(state["job"]))
         if job is None or job.done or job.instance_id != instance_id:
@@ -155,6 +158,20 @@ class JobsHandler(Handler[JobsOptions]):
         instance = await ctx.client.get_instance(instance_id)
         if instance is None:
             return
+        try:
+            await self._phases(job, instance, state, ctx)
+        except TemporaryError:
+            raise
+        except Exception as exc:
+            reason = f"error: {type(exc).__name__}: {exc}"
+            jobs.add_error(job.id, reason)
+            await ctx.emit("job_failed", instance=instance, detail=reason, key=f"job-{job.id}-end")
+            destroyed = await results.destroy(ctx, instance)
+            jobs.update(job.id, status="failed", finished_at=ctx.clock.now(), destroyed=destroyed)
+
+    async def _phases(self, job: Job, instance: Instance, state: dict[str, Any], ctx: Context) -> None:
+        jobs = ctx.store.repository(Jobs)
+        instance_id = instance.id
         spec = JobSpec.model_validate(job.spec)
         target = SshTarget.of(instance, spec.ssh_user)
         if state["phase"] == "connect":

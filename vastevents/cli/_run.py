@@ -29,6 +29,7 @@ from vastevents.models import Offer
 from vastevents.plugins import load_handlers
 from vastevents.ports import SshTarget
 from vastevents.runtime import Runtime
+from vastevents.ssh import ParamikoSsh
 from vastevents.store import Job, Jobs, SqliteStore
 
 JOBS_HANDLER = "jobs"
@@ -153,7 +154,26 @@ async def _run(
     err: Console,
 ) -> tuple[int, dict[str, Any] | None]:
     key = None if dry_run else _ssh_key(yes, err)
-    async with Runtime(config, handlers=handlers) as runtime:
+    known_hosts = config.store.resolved_path().parent / "known_hosts"
+    with contextlib.closing(ParamikoSsh(known_hosts, key_file=key)) as ssh:
+        return await _run_with(config, handler, handlers, spec, ssh, key, yes=yes, dry_run=dry_run, as_json=as_json,
+                               err=err)  # fmt: skip
+
+
+async def _run_with(
+    config: Config,
+    handler: str,
+    handlers: list[Any],
+    spec: JobSpec,
+    ssh: ParamikoSsh,
+    key: Path | None,
+    *,
+    yes: bool,
+    dry_run: bool,
+    as_json: bool,
+    err: Console,
+) -> tuple[int, dict[str, Any] | None]:
+    async with Runtime(config, handlers=handlers, ssh=ssh) as runtime:
         running = [i for i in await runtime.client.list_instances() if i.actual_status == "running"]
         if running:
             err.print(f"[yellow]note:[/] {len(running)} instance(s) already running on the account")
