@@ -119,13 +119,12 @@ class Jobs:
     def submit(self, spec: dict[str, Any], offers: list[int], label_prefix: str, at: datetime) -> Job:
         """A new pending job that may rent `offers` (ask ids, best first); its label names its id."""
         with self.db.transaction() as conn:
-            cursor = conn.execute(
+            row = conn.execute(
                 "INSERT INTO jobs (spec, offers, status, tried, created_at, errors)"
-                " VALUES (?, ?, 'pending', '[]', ?, '[]')",
+                " VALUES (?, ?, 'pending', '[]', ?, '[]') RETURNING id",
                 (json.dumps(spec), json.dumps(offers), iso(at)),
-            )
-            job_id = cursor.lastrowid
-            assert job_id is not None
+            ).fetchone()
+            job_id = int(row[0])
             conn.execute("UPDATE jobs SET label = ? WHERE id = ?", (f"{label_prefix}:job-{job_id}", job_id))
         job = self.get(job_id)
         assert job is not None
