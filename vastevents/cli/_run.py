@@ -117,23 +117,23 @@ def run(
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Skip every confirmation.")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show the offer and estimate, rent nothing.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object on stdout, last.")] = False,
-    config_path: ConfigOption = None,
+    config: ConfigOption = None,
 ) -> None:
     """Rent a GPU, upload, run COMMAND, download the results, destroy the instance."""
     err = Console(stderr=True)
     overrides = {"image": image, "query": query, "disk": disk, "bid": bid, "upload": upload, "cmd": cmd,
                  "download": tuple(download or ()), "out": out, "max_duration": max_duration}  # fmt: skip
     try:
-        config, handler = _with_jobs_handler(load_config(config_path))
+        settings, handler = _with_jobs_handler(load_config(config))
         spec = load_spec(spec_file, overrides)
-        handlers = load_handlers(config)
+        handlers = load_handlers(settings)
     except ConfigError as exc:
         fail(str(exc), 2)
     if spec.upload is not None and not spec.upload.is_dir():
         fail(f"--upload {spec.upload}: not a directory", 2)
     try:
         code, report = asyncio.run(
-            _run(config, handler, handlers, spec, yes=yes, dry_run=dry_run, as_json=as_json, err=err)
+            _run(settings, handler, handlers, spec, yes=yes, dry_run=dry_run, as_json=as_json, err=err)
         )
     except VastEventsError as exc:
         fail(str(exc), 1)
@@ -274,13 +274,13 @@ async def _cancel(runtime: Runtime, handler: str, jobs: Jobs, job_id: int, err: 
 
 
 @app.command()
-def jobs(as_json: Annotated[bool, typer.Option("--json")] = False, config_path: ConfigOption = None) -> None:
+def jobs(as_json: Annotated[bool, typer.Option("--json")] = False, config: ConfigOption = None) -> None:
     """List the jobs in the store."""
     try:
-        config = load_config(config_path)
+        settings = load_config(config)
     except ConfigError as exc:
         fail(str(exc), 2)
-    with SqliteStore(config.store.resolved_path()) as store:
+    with SqliteStore(settings.store.resolved_path()) as store:
         rows = store.repository(Jobs).list()
     if as_json:
         sys.stdout.write(json.dumps([job.to_json() for job in rows]) + "\n")
@@ -297,14 +297,14 @@ def jobs(as_json: Annotated[bool, typer.Option("--json")] = False, config_path: 
 def logs(
     job_id: Annotated[int, typer.Argument(metavar="JOB")],
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing while the job runs.")] = False,
-    config_path: ConfigOption = None,
+    config: ConfigOption = None,
 ) -> None:
     """A job's log: from the host while it runs, the downloaded copy after."""
     try:
-        config = load_config(config_path)
+        settings = load_config(config)
     except ConfigError as exc:
         fail(str(exc), 2)
-    with SqliteStore(config.store.resolved_path()) as store:
+    with SqliteStore(settings.store.resolved_path()) as store:
         job = store.repository(Jobs).get(job_id)
     if job is None:
         fail(f"no job {job_id} in the store", 2)
@@ -316,7 +316,7 @@ def logs(
         sys.stdout.write(log.read_text(errors="replace"))
         return
     try:
-        asyncio.run(_follow(config, job, spec, follow))
+        asyncio.run(_follow(settings, job, spec, follow))
     except VastEventsError as exc:
         fail(str(exc), 1)
 
