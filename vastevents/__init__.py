@@ -22,6 +22,7 @@ from vastevents.errors import (
     VastEventsError,
 )
 from vastevents.events import Event
+from vastevents.jobspec import JobSpec, load_spec
 from vastevents.models import Instance, Offer, State
 from vastevents.notify import (
     BotTransport,
@@ -40,7 +41,7 @@ from vastevents.ports import CommandResult, Notifier, Ssh, SshTarget, VastApi
 from vastevents.query import parse_query
 from vastevents.runtime import Runtime
 from vastevents.snapshot import InstanceView, Snapshot
-from vastevents.store import Conn, Database, Migration, SqliteStore, Store
+from vastevents.store import Conn, Database, Job, Jobs, Migration, SqliteStore, Store
 from vastevents.store.hosts import HostRecord, Hosts
 from vastevents.store.outbox import Outbox, OutboxMessage
 from vastevents.store.recoveries import Recoveries, Recovery, RecoveryStatus
@@ -69,6 +70,9 @@ __all__ = [
     "Hosts",
     "Instance",
     "InstanceView",
+    "Job",
+    "JobSpec",
+    "Jobs",
     "JsonWebhookTransport",
     "Migration",
     "NoSuchAsk",
@@ -106,6 +110,7 @@ __all__ = [
     "daemon",
     "diff",
     "every",
+    "load_spec",
     "observe",
     "on",
     "parse_query",

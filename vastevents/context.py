@@ -148,10 +148,13 @@ class Context:
         await self.actions.change_bid(self.handler, instance, price)
 
     async def destroy(self, instance: Target) -> bool:
-        """Destroy an owned instance (its other daemons are cancelled); False if it was already gone."""
-        existed = await self.actions.destroy(self.handler, instance)
+        """Destroy an owned instance (its other daemons are cancelled); False if it was already gone.
+
+        The daemons are let go before the call, so a daemon destroying its own instance is not cancelled by the
+        ``vanished`` a concurrent poll sees while the destroy is being verified.
+        """
         self.hooks.instance_gone(instance.id if isinstance(instance, Instance) else instance)
-        return existed
+        return await self.actions.destroy(self.handler, instance)
 
     async def spawn(
         self, daemon: Callable[..., Any] | str, instance: Target, state: dict[str, Any] | None = None

@@ -67,12 +67,14 @@ class SshTarget:
     host: str
     port: int
     user: str = "root"
+    instance_id: int | None = None
+    """The instance behind the address: its host key is recorded per instance (Vast reuses addresses)."""
 
     @classmethod
     def of(cls, instance: Instance, user: str = "root") -> SshTarget:
         if not instance.ssh_host or not instance.ssh_port:
             raise ValueError(f"instance {instance.id} has no SSH address yet")
-        return cls(instance.ssh_host, int(instance.ssh_port), user)
+        return cls(instance.ssh_host, int(instance.ssh_port), user, instance.id)
 
 
 @dataclass(frozen=True)

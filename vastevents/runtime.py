@@ -35,6 +35,7 @@ from vastevents.events import HANDLER_FAILED, VANISHED, VAST_NOTIFICATION, Event
 from vastevents.metrics import Metrics
 from vastevents.plugins import ActiveHandler, LoggingNotifier, load_handlers
 from vastevents.ports import Notifier, Ssh, VastApi
+from vastevents.ssh import ParamikoSsh
 from vastevents.store import DaemonRow, PostgresStore, Store, open_store
 from vastevents.store.webhooks import Webhooks
 from vastevents.team import Leadership, NotLeader
@@ -77,13 +78,13 @@ class Runtime:
         self.webhooks = self._webhook_receiver(webhook_listen or self.config.webhooks.listen)
         """The receiver ``run()`` serves, or None when no listen address is configured."""
         self.notifier: Notifier = notifier or LoggingNotifier()
-        self.ssh = ssh
         self.handlers = list(handlers) if handlers is not None else load_handlers(self.config)
         self._by_name = {handler.name: handler for handler in self.handlers}
         self.metrics = metrics
         self._observers = [*observers, *([metrics.journaled] if metrics is not None else [])]
         self._daemons: dict[DaemonKey, asyncio.Task[None]] = {}
         self._owned = contextlib.AsyncExitStack()
+        self.ssh: Ssh = ssh if ssh is not None else self._real_ssh()
         if client is None:
             key = api_key or resolve_api_key()
             if key is None:
@@ -151,6 +152,12 @@ class Runtime:
             max_body=settings.max_body,
             max_skew=settings.max_skew,
         )
+
+    def _real_ssh(self) -> Ssh:
+        """paramiko, host keys recorded per instance next to the state file; closed with the runtime."""
+        edge = ParamikoSsh(self.config.store.resolved_path().parent / "known_hosts")
+        self._owned.callback(edge.close)
+        return edge
 
     # --- lifecycle -------------------------------------------------------------------------------------------
 

@@ -6,6 +6,7 @@ from vastevents.cli import (
     _api,  # noqa: F401  (registers offers, status)
     _check,  # noqa: F401  (registers check)
     _hosts,  # noqa: F401  (registers hosts)
+    _run,  # noqa: F401  (registers run, jobs, logs)
     _sim,  # noqa: F401  (registers sim)
     _team,  # noqa: F401  (registers team status)
     _watch,  # noqa: F401  (registers watch, events, handlers)

@@ -20,7 +20,7 @@ from vastevents.errors import VastEventsError
 from vastevents.sim.model import SimError, SimInstance
 from vastevents.sim.scenario import builtin_scenario, load_scenario
 from vastevents.sim.server import Api, SimHTTPServer
-from vastevents.sim.sshhost import SSHHosts
+from vastevents.sim.sshhost import Gpus, SSHHosts
 from vastevents.sim.world import World
 
 logger = logging.getLogger("vastevents.sim")
@@ -86,6 +86,7 @@ class Simulator:
         if self._ssh is not None:
             self._world.backend = self._ssh
             self._world.port_for = self._ssh.port_for
+            self._ssh.gpus_for = self._gpus
 
     @staticmethod
     def builtin_scenario(name: str = "demo") -> Path:
@@ -173,6 +174,18 @@ class Simulator:
             return None
         moment = datetime.fromtimestamp(due, UTC)
         return moment if moment.timestamp() >= due else moment + timedelta(microseconds=1)
+
+    def _gpus(self, inst: SimInstance) -> Gpus:
+        machine = self._world.machines[inst.machine_id]
+        return Gpus(machine.gpu_name, inst.num_gpus, machine.gpu_ram, machine.cuda_max_good)
+
+    def break_gpus(self, machine_id: int) -> None:
+        """A host whose GPUs are not visible: nvidia-smi fails on its instances (needs ``ssh=True``)."""
+        if self._ssh is None:
+            raise SimError(400, "invalid_args", "only a simulator with ssh hosts runs nvidia-smi")
+        with self._lock:
+            on_machine = [i.id for i in self._world.instances.values() if i.machine_id == machine_id]
+        self._ssh.break_gpus(machine_id, on_machine)
 
     def ssh_pids(self) -> list[int]:
         """Process ids of the sshd servers (and their jobs) currently running for instances."""

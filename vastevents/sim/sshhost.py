@@ -19,7 +19,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
@@ -66,6 +66,34 @@ def _port_open(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
+@dataclass(frozen=True)
+class Gpus:
+    """What an instance's ``nvidia-smi`` reports."""
+
+    name: str = "RTX 4090"
+    count: int = 1
+    memory_mb: float = 24564.0
+    cuda: float = 12.4
+
+
+NO_DRIVER = "NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver."
+
+
+def _nvidia_smi(gpus: Gpus, broken_flag: Path) -> str:
+    """A stand-in ``nvidia-smi``: the query form prints CSV rows, bare it prints a banner with the CUDA version."""
+    rows = "".join(f"{gpus.name}, {gpus.memory_mb:.0f} MiB, 550.54\n" for _ in range(gpus.count))
+    banner = f"| NVIDIA-SMI 550.54  Driver Version: 550.54  CUDA Version: {gpus.cuda:g} |\n"
+    table = "".join(f"|   {i}  {gpus.name:<30} | {gpus.memory_mb:.0f}MiB |\n" for i in range(gpus.count))
+    return (
+        "#!/bin/sh\n"
+        f"if [ -e {shlex.quote(str(broken_flag))} ]; then echo {shlex.quote(NO_DRIVER)}; exit 9; fi\n"
+        'case "$*" in\n'
+        f"  *--query-gpu*) printf %s {shlex.quote(rows)} ;;\n"
+        f"  *) printf %s {shlex.quote(banner + table)} ;;\n"
+        "esac\n"
+    )
+
+
 @dataclass
 class _Host:
     directory: Path
@@ -83,6 +111,9 @@ class SSHHosts:
         self._hosts: dict[int, _Host] = {}
         self._sshd: str | None = None
         self._sftp = next((c for c in SFTP_CANDIDATES if os.access(c, os.X_OK)), None)
+        self.gpus_for: Callable[[SimInstance], Gpus] = lambda instance: Gpus(count=instance.num_gpus)
+        """What each instance's nvidia-smi reports (the Simulator answers from the instance's machine)."""
+        self.broken_machines: set[int] = set()
 
     @property
     def root(self) -> Path:
@@ -165,7 +196,24 @@ class SSHHosts:
         path = host.directory / "onstart.log" if host else None
         return path.read_text(errors="replace") if path is not None and path.exists() else ""
 
+    def break_gpus(self, machine_id: int, instance_ids: Iterable[int] = ()) -> None:
+        """Make nvidia-smi fail ("GPU not visible") on every instance of `machine_id`, now and later."""
+        self.broken_machines.add(machine_id)
+        for instance_id in instance_ids:
+            (self._host(instance_id).directory / "gpu_broken").touch()
+
+    def _write_tools(self, host: _Host, instance: SimInstance) -> None:
+        tools = host.directory / "bin"
+        tools.mkdir(exist_ok=True)
+        broken = host.directory / "gpu_broken"
+        if instance.machine_id in self.broken_machines:
+            broken.touch()
+        smi = tools / "nvidia-smi"
+        smi.write_text(_nvidia_smi(self.gpus_for(instance), broken))
+        smi.chmod(0o755)
+
     def _write_config(self, host: _Host, instance: SimInstance) -> Path:
+        self._write_tools(host, instance)
         session = host.directory / "session.sh"
         exports = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in _session_env(host, instance.env).items())
         sftp = f'  *sftp-server*) exec {shlex.quote(self._sftp)} -d "$HOME" ;;\n' if self._sftp else ""
@@ -244,7 +292,7 @@ def _session_env(host: _Host, env: dict[str, str]) -> dict[str, str]:
     safe = {k: v for k, v in env.items() if k.isidentifier()}
     return {
         **safe,
-        "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
+        "PATH": f"{host.directory / 'bin'}:{os.environ.get('PATH', '/usr/local/bin:/usr/bin:/bin')}",
         "HOME": str(host.directory / "root"),
         MARKER: str(host.directory),
     }

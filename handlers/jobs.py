@@ -1,0 +1,277 @@
+"""The ``jobs`` handler: rent an offer for each pending job, run it over SSH, bring the results back, destroy.
+
+[handlers.jobs]
+use = "jobs"
+ssh_wait = "10m"        # how long a running instance may refuse SSH before its offer is dropped
+ssh_retry = "10s"
+poll_first = "5s"       # monitor period for the first minute of a job ...
+poll_every = "30s"      # ... and after it
+
+A job is found by its instance's label (``<prefix>:job-<id>``). A bad offer (create refused, stuck loading,
+exited before running, SSH never ready, no GPU) is destroyed and the next one tried, up to the spec's
+``max_offers``. A replacement instance under the same label (rented by the recovery handler after a preemption)
+takes the job over: the input is uploaded again, the checkpoint dir restored from its local copy, the command run
+again. The monitor is a daemon whose phase is checkpointed, so a watcher restart resumes it where it was.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Any
+
+from pydantic import field_validator
+
+from handlers import results
+from vastevents import (
+    Context,
+    Event,
+    Handler,
+    HandlerOptions,
+    Instance,
+    Job,
+    Jobs,
+    JobSpec,
+    SshTarget,
+    TemporaryError,
+    daemon,
+    every,
+    on,
+)
+from vastevents.config import parse_duration
+
+_JOB_LABEL = re.compile(r":job-(\d+)$")
+_EARLY = 60.0
+
+
+class JobsOptions(HandlerOptions):
+    ssh_wait: float = 600.0
+    ssh_retry: float = 10.0
+    poll_first: float = 5.0
+    poll_every: float = 30.0
+
+    @field_validator("ssh_wait", "ssh_retry", "poll_first", "poll_every", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> float:
+        return parse_duration(value)
+
+
+class JobsHandler(Handler[JobsOptions]):
+    Options = JobsOptions
+    emits = ("job_started", "job_finished", "job_failed")
+
+    # --- renting ------------------------------------------------------------------------------------------
+
+    @every("15s")
+    async def launch_pending(self, ctx: Context) -> None:
+        """Rent an offer for every job that has none (new ones, and ones whose offer was dropped)."""
+        for job in ctx.store.repository(Jobs).list(unfinished=True):
+            if job.status == "pending":
+                await self.launch(job, ctx)
+
+    async def launch(self, job: Job, ctx: Context) -> None:
+        jobs = ctx.store.repository(Jobs)
+        current = jobs.get(job.id)
+        if current is None or current.status != "pending":
+            return  # another path already rented for it
+        job = current
+        spec = JobSpec.model_validate(job.spec)
+        tried = list(job.tried)
+        for ask in job.offers:
+            if len(tried) >= spec.max_offers:
+                break
+            if ask in tried:
+                continue
+            tried.append(ask)
+            jobs.update(job.id, tried=tried, status="creating")
+            try:
+                instance_id = await ctx.create(
+                    ask,
+                    image=spec.image or "",
+                    disk=spec.disk,
+                    label=job.label,
+                    price=spec.bid,
+                    env=spec.env or None,
+                    onstart=spec.onstart,
+                )
+            except Exception as exc:
+                jobs.add_error(job.id, f"offer {ask}: {type(exc).__name__}: {exc}")
+                continue
+            jobs.update(job.id, status="loading", instance_id=instance_id)
+            ctx.logger.info("job %d rented offer %d as instance %d", job.id, ask, instance_id)
+            return
+        reason = f"no offer could be rented (tried {len(tried)} of {len(job.offers)}, at most {spec.max_offers})"
+        await self.give_up(jobs.add_error(job.id, reason), reason, ctx)
+
+    async def give_up(self, job: Job, reason: str, ctx: Context, instance: Instance | None = None) -> None:
+        ctx.store.repository(Jobs).update(job.id, status="failed", finished_at=ctx.clock.now(), instance_id=None)
+        await ctx.emit("job_failed", instance=instance, detail=reason, key=f"job-{job.id}-gave-up")
+
+    async def drop_offer(self, job: Job, instance: Instance, reason: str, ctx: Context) -> None:
+        """Destroy a bad offer's instance and rent the next offer."""
+        jobs = ctx.store.repository(Jobs)
+        ctx.logger.warning("job %d: dropping instance %d: %s", job.id, instance.id, reason)
+        jobs.update(job.id, status="pending", instance_id=None)  # first: its `vanished` is no longer the job's
+        job = jobs.add_error(job.id, f"instance {instance.id} (machine {instance.machine_id}) dropped: {reason}")
+        await ctx.destroy(instance)
+        await self.launch(job, ctx)
+
+    # --- the instance's life ------------------------------------------------------------------------------
+
+    @on("any_change", "stuck_loading")
+    async def instance_changed(self, event: Event, ctx: Context) -> None:
+        instance = event.instance
+        if instance is None or not ctx.owns(instance) or not _JOB_LABEL.search(instance.label or ""):
+            return
+        jobs = ctx.store.repository(Jobs)
+        job = jobs.by_label(instance.label)
+        if job is None or job.done:
+            return
+        ours = job.instance_id == instance.id
+        if event.name == "stuck_loading" and ours and job.status == "loading":
+            await self.drop_offer(job, instance, f"stuck loading: {instance.status_msg or 'no progress'}", ctx)
+        elif event.name == "vanished":
+            if ours and job.status == "loading":
+                jobs.update(job.id, status="pending", instance_id=None)
+                await self.launch(jobs.add_error(job.id, f"instance {instance.id} vanished before running"), ctx)
+        elif instance.actual_status == "running":
+            if not ours:
+                # A replacement under the job's label (after a preemption): it takes the job over.
+                ctx.logger.info("job %d moves from instance %s to %d", job.id, job.instance_id, instance.id)
+                jobs.update(job.id, instance_id=instance.id, status="loading")
+                await ctx.spawn(self.run_job, instance, {"job": job.id, "phase": "connect", "resume": True})
+            elif job.status in ("loading", "creating"):
+                await ctx.spawn(self.run_job, instance, {"job": job.id, "phase": "connect", "resume": False})
+        elif ours and job.status == "loading" and instance.actual_status in ("exited", "offline", "stopped"):
+            await self.drop_offer(job, instance, f"{instance.actual_status} before running", ctx)
+
+    @daemon
+    async def run_job(self, instance_id: int, state: dict[str, Any], ctx: Context) -> None:
+        """connect → preflight → upload → start → monitor → collect, each phase checkpointed.
+
+        An unexpected error fails the job and destroys its instance: nothing is left running.
+        """
+        jobs = ctx.store.repository(Jobs)
+        job = jobs.get(int(state["job"]))
+        if job is None or job.done or job.instance_id != instance_id:
+            return  # finished, or taken over by a replacement instance
+        instance = await ctx.client.get_instance(instance_id)
+        if instance is None:
+            return
+        try:
+            await self._phases(job, instance, state, ctx)
+        except TemporaryError:
+            raise
+        except Exception as exc:
+            reason = f"error: {type(exc).__name__}: {exc}"
+            jobs.add_error(job.id, reason)
+            await ctx.emit("job_failed", instance=instance, detail=reason, key=f"job-{job.id}-end")
+            destroyed = await results.destroy(ctx, instance)
+            jobs.update(job.id, status="failed", finished_at=ctx.clock.now(), destroyed=destroyed)
+
+    async def _phases(self, job: Job, instance: Instance, state: dict[str, Any], ctx: Context) -> None:
+        jobs = ctx.store.repository(Jobs)
+        instance_id = instance.id
+        spec = JobSpec.model_validate(job.spec)
+        target = SshTarget.of(instance, spec.ssh_user)
+        if state["phase"] == "connect":
+            if not await self._connected(job, instance, target, state, ctx):
+                return
+            state = self._next(state, "preflight", ctx)
+        if state["phase"] == "preflight":
+            problem = await results.preflight(ctx, target, spec)
+            if problem is not None:
+                await self._preflight_failed(job, instance, problem, ctx)
+                return
+            state = self._next(state, "upload", ctx)
+        if state["phase"] == "upload":
+            await results.upload_inputs(ctx, target, spec, job, resume=bool(state.get("resume")))
+            state = self._next(state, "start", ctx)
+        if state["phase"] == "start":
+            pid = await results.start(ctx, target, spec)
+            now = ctx.clock.now()
+            job = jobs.update(
+                job.id,
+                status="running",
+                started_at=job.started_at or now,
+                attempts=job.attempts + 1,
+                gpu_name=instance.gpu_name,
+                dph_total=instance.dph_total,
+            )
+            detail = f"job {job.id} pid {pid} on {instance.gpu_name or 'a GPU'} (attempt {job.attempts})"
+            await ctx.emit("job_started", instance=instance, detail=detail, key=f"job-{job.id}-start-{instance_id}")
+            state = self._next(state, "monitor", ctx, pid=pid, started=now.isoformat(), synced=now.isoformat())
+        if state["phase"] == "monitor":
+            outcome = await self._monitor(job, instance, target, spec, state, ctx)
+            if outcome is None:
+                return
+            exit_code, reason = outcome
+            name = "job_finished" if exit_code == 0 else "job_failed"
+            detail = f"exit code {exit_code}" + (f": {reason}" if reason else "")
+            await ctx.emit(name, instance=instance, detail=detail, key=f"job-{job.id}-end")
+            state = self._next(state, "collect", ctx, exit_code=exit_code, reason=reason)
+        if state["phase"] == "collect":
+            await results.collect(ctx, target, spec, jobs.get(job.id) or job, instance, state.get("exit_code"))
+
+    def _next(self, state: dict[str, Any], phase: str, ctx: Context, **more: Any) -> dict[str, Any]:
+        state = {**state, **more, "phase": phase}
+        ctx.checkpoint(state)
+        return state
+
+    async def _connected(
+        self, job: Job, instance: Instance, target: SshTarget, state: dict[str, Any], ctx: Context
+    ) -> bool:
+        assert ctx.ssh is not None
+        try:
+            await ctx.ssh.run(target, "true", timeout=30)
+            return True
+        except Exception as exc:
+            since = state.get("waiting_since")
+            now = ctx.clock.now()
+            if since is None:
+                ctx.checkpoint({**state, "waiting_since": now.isoformat()})
+            elif (now - datetime.fromisoformat(since)).total_seconds() > self.options.ssh_wait:
+                await self.drop_offer(job, instance, f"SSH not ready after {self.options.ssh_wait:g}s: {exc}", ctx)
+                return False
+            raise TemporaryError(f"job {job.id}: SSH not ready yet: {exc}", delay=self.options.ssh_retry) from None
+
+    async def _preflight_failed(self, job: Job, instance: Instance, problem: str, ctx: Context) -> None:
+        key = f"job-{job.id}-preflight-{instance.id}"
+        if problem.startswith(results.HOST_PROBLEMS):
+            await ctx.emit("job_failed", instance=instance, detail=f"{problem}; trying the next offer", key=key)
+            await self.drop_offer(job, instance, problem, ctx)
+            return
+        jobs = ctx.store.repository(Jobs)
+        jobs.add_error(job.id, problem)
+        await ctx.emit("job_failed", instance=instance, detail=problem, key=key)
+        destroyed = await results.destroy(ctx, instance)
+        jobs.update(job.id, status="failed", finished_at=ctx.clock.now(), destroyed=destroyed)
+
+    async def _monitor(
+        self, job: Job, instance: Instance, target: SshTarget, spec: JobSpec, state: dict[str, Any], ctx: Context
+    ) -> tuple[int | None, str | None] | None:
+        """(exit code, reason) when the command ends or is killed; None when another instance took the job."""
+        jobs = ctx.store.repository(Jobs)
+        started = datetime.fromisoformat(state["started"])
+        while True:
+            current = jobs.get(job.id)
+            if current is None or current.done or current.instance_id != instance.id:
+                return None
+            try:
+                status = await results.status(ctx, target, spec, int(state["pid"]))
+            except Exception as exc:
+                raise TemporaryError(
+                    f"job {job.id}: cannot check the process: {exc}", delay=self.options.ssh_retry
+                ) from None
+            if status is not None:
+                return status
+            now = ctx.clock.now()
+            elapsed = (now - started).total_seconds()
+            if spec.max_duration is not None and elapsed > spec.max_duration:
+                await results.kill(ctx, target, spec, int(state["pid"]))
+                return 124, f"killed after max_duration {spec.max_duration:g}s"
+            synced = datetime.fromisoformat(state["synced"])
+            if spec.checkpoint_dir and (now - synced).total_seconds() >= spec.checkpoint_every:
+                await results.sync_checkpoint(ctx, target, spec, job)
+                state = self._next(state, "monitor", ctx, synced=now.isoformat())
+            await ctx.clock.sleep(self.options.poll_first if elapsed < _EARLY else self.options.poll_every)

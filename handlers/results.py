@@ -1,0 +1,156 @@
+"""What the jobs handler does on the host: preflight, upload, start under nohup, check, kill, collect.
+
+Every remote argument is ``shlex.quote``d. The job runs in the remote workdir; its log, PID and exit code live
+in ``<workdir>/.vastevents/``. Collecting downloads the listed paths and the log into the spec's ``out`` dir,
+then destroys the instance and checks that it is gone.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from shlex import quote
+
+from vastevents import Context, Instance, Job, Jobs, JobSpec, SshTarget
+
+CONTROL = ".vastevents"
+LOG = f"{CONTROL}/job.log"
+HOST_PROBLEMS = ("preflight: no GPU", "preflight: CUDA")
+"""Preflight failures the host causes (the recovery handler strikes the host for these)."""
+_CUDA = re.compile(r"CUDA Version:\s*([0-9]+(?:\.[0-9]+)?)")
+
+
+def _ssh(ctx: Context):  # type: ignore[no-untyped-def]
+    assert ctx.ssh is not None, "the jobs handler needs an SSH edge"
+    return ctx.ssh
+
+
+async def preflight(ctx: Context, target: SshTarget, spec: JobSpec) -> str | None:
+    """None if the host is fit, else the problem, starting with ``preflight: ...``."""
+    ssh = _ssh(ctx)
+    checks = spec.preflight
+    if checks.gpu:
+        gpus = await ssh.run(target, "nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader")
+        if gpus.exit_code != 0 or not gpus.stdout.strip():
+            said = (gpus.stderr or gpus.stdout).strip().splitlines()
+            return f"preflight: no GPU visible (nvidia-smi exit {gpus.exit_code}: {said[0] if said else 'no output'})"
+        ctx.logger.info("preflight: GPUs %s", "; ".join(gpus.stdout.strip().splitlines()))
+    if checks.cuda is not None:
+        banner = await ssh.run(target, "nvidia-smi")
+        found = _CUDA.search(banner.stdout)
+        if found is None or float(found.group(1)) < checks.cuda:
+            have = found.group(1) if found else "unknown"
+            return f"preflight: CUDA {have} is older than the required {checks.cuda:g}"
+        ctx.logger.info("preflight: CUDA %s", found.group(1))
+    for module in checks.imports:
+        code = f"import {module} as m; print(getattr(m, '__version__', 'unknown'))"
+        result = await ssh.run(target, f"python3 -c {quote(code)} || python -c {quote(code)}")
+        if result.exit_code != 0:
+            why = (result.stderr.strip().splitlines() or ["not importable"])[-1]
+            return f"preflight: cannot import {module}: {why}"
+        ctx.logger.info("preflight: %s %s", module, result.stdout.strip())
+    return None
+
+
+async def upload_inputs(ctx: Context, target: SshTarget, spec: JobSpec, job: Job, *, resume: bool) -> None:
+    ssh = _ssh(ctx)
+    workdir = quote(spec.workdir)
+    created = await ssh.run(target, f"mkdir -p {workdir}/{CONTROL}")
+    if created.exit_code != 0:
+        raise RuntimeError(f"cannot create the workdir {spec.workdir}: {created.stderr.strip()}")
+    if spec.upload is not None:
+        await ssh.upload(target, spec.upload, spec.workdir)
+    local = checkpoint_copy(spec)
+    if resume and local is not None and local.is_dir():
+        await ssh.upload(target, local, f"{spec.workdir}/{spec.checkpoint_dir}")
+        ctx.logger.info("job %d: checkpoint restored from %s", job.id, local)
+
+
+def checkpoint_copy(spec: JobSpec) -> Path | None:
+    """Where the checkpoint dir's local copy lives: ``<out>/<its name>``."""
+    return spec.out / Path(spec.checkpoint_dir).name if spec.checkpoint_dir else None
+
+
+async def start(ctx: Context, target: SshTarget, spec: JobSpec) -> int:
+    """Start the command under nohup in its own session; its PID. The wrapper records the exit code."""
+    wrapper = f"sh -c {quote(spec.cmd)}; echo $? > {CONTROL}/exit"
+    command = (
+        f"cd {quote(spec.workdir)} && rm -f {CONTROL}/exit && "
+        f"(setsid nohup sh -c {quote(wrapper)} > {LOG} 2>&1 < /dev/null & echo $! > {CONTROL}/pid) && "
+        f"cat {CONTROL}/pid"
+    )
+    result = await _ssh(ctx).run(target, command)
+    if result.exit_code != 0 or not result.stdout.strip().isdigit():
+        raise RuntimeError(f"could not start the command: {result.stderr.strip() or result.stdout.strip()}")
+    return int(result.stdout.strip())
+
+
+async def status(ctx: Context, target: SshTarget, spec: JobSpec, pid: int) -> tuple[int | None, str | None] | None:
+    """None while the command runs; (exit code, reason) once it ended (exit code None if it vanished)."""
+    command = (
+        f"cd {quote(spec.workdir)} && if [ -s {CONTROL}/exit ]; then echo exit $(cat {CONTROL}/exit);"
+        f" elif kill -0 {pid} 2>/dev/null; then echo alive; else echo gone; fi"
+    )
+    result = await _ssh(ctx).run(target, command, timeout=60)
+    words = result.stdout.split()
+    if result.exit_code != 0 or not words:
+        raise RuntimeError(f"status check failed: {result.stderr.strip()}")
+    if words[0] == "exit" and len(words) == 2 and words[1].lstrip("-").isdigit():
+        return int(words[1]), None
+    if words[0] == "gone":
+        return None, "the process ended without an exit code (killed, or the host restarted)"
+    return None
+
+
+async def kill(ctx: Context, target: SshTarget, spec: JobSpec, pid: int) -> None:
+    group = quote(f"-{pid}")
+    await _ssh(ctx).run(target, f"kill -TERM -- {group} 2>/dev/null; sleep 2; kill -KILL -- {group} 2>/dev/null; true")
+
+
+async def sync_checkpoint(ctx: Context, target: SshTarget, spec: JobSpec, job: Job) -> None:
+    local = checkpoint_copy(spec)
+    if local is None:
+        return
+    try:
+        await _ssh(ctx).download(target, f"{spec.workdir}/{spec.checkpoint_dir}", local.parent)
+    except Exception as exc:
+        ctx.logger.warning("job %d: checkpoint sync failed: %s", job.id, exc)
+
+
+async def collect(
+    ctx: Context, target: SshTarget, spec: JobSpec, job: Job, instance: Instance, exit_code: int | None
+) -> None:
+    """Download the listed paths and the log under ``out``, destroy the instance, record the outcome."""
+    jobs = ctx.store.repository(Jobs)
+    jobs.update(job.id, status="collecting")
+    out = spec.out
+    out.mkdir(parents=True, exist_ok=True)
+    for path in spec.download:
+        try:
+            await _ssh(ctx).download(target, f"{spec.workdir}/{path}", (out / path).parent)
+        except Exception as exc:
+            job = jobs.add_error(job.id, f"download {path}: {exc}")
+    try:
+        await _ssh(ctx).download(target, f"{spec.workdir}/{LOG}", out)
+    except Exception as exc:
+        job = jobs.add_error(job.id, f"download of the log: {exc}")
+    destroyed = await destroy(ctx, instance)
+    now = ctx.clock.now()
+    started = job.started_at or now
+    cost = (instance.dph_total or 0.0) * (now - started).total_seconds() / 3600.0
+    jobs.update(
+        job.id,
+        status="finished" if exit_code == 0 else "failed",
+        exit_code=exit_code,
+        results_dir=str(out),
+        finished_at=now,
+        cost_usd=cost,
+        destroyed=destroyed,
+    )
+
+
+async def destroy(ctx: Context, instance: Instance) -> bool:
+    """Destroy and verify: True once the account no longer lists the instance as alive."""
+    await ctx.destroy(instance)
+    still = await ctx.client.get_instance(instance.id)
+    return still is None or still.actual_status in ("exited", "destroyed")

@@ -1,0 +1,200 @@
+"""The job runner end to end: the real runtime, the simulator over HTTP, real sshd hosts, real SQLite."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from sshkit import USER, edge, keypair, needs_openssh, register
+
+from vastevents import Job, Jobs, Runtime, SqliteStore, VastClient
+from vastevents.clock import ManualClock
+from vastevents.config import parse_config
+from vastevents.plugins import load_handlers
+from vastevents.sim import Simulator
+from vastevents.ssh import ParamikoSsh
+
+pytestmark = [pytest.mark.ssh, needs_openssh]
+
+CONFIG = """
+[vast]
+label_prefix = "vastevents"
+[handlers.jobs]
+use = "jobs"
+ssh_retry = "1s"
+poll_first = "1s"
+poll_every = "1s"
+"""
+
+
+@dataclass
+class World:
+    sim: Simulator
+    tmp: Path
+    key: Path
+    ssh: ParamikoSsh
+    store_path: Path
+
+    def runtime(self, client: VastClient) -> Runtime:
+        config = parse_config(CONFIG)
+        return Runtime(
+            config,
+            client=client,
+            store=SqliteStore(self.store_path),
+            clock=self.sim.clock,
+            handlers=load_handlers(config),
+            ssh=self.ssh,
+        )
+
+    def offers(self, count: int = 3) -> list[int]:
+        with self.sim.world() as world:
+            rows = sorted(world.search({}), key=lambda r: r["dph_total"])
+        return [int(row["id"]) for row in rows[:count]]
+
+    def spec(self, **fields: object) -> dict[str, object]:
+        base: dict[str, object] = {"image": "pytorch/pytorch", "ssh_user": USER, "out": str(self.tmp / "out")}
+        return {**base, **fields}
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[World]:
+    key = keypair(tmp_path)
+    with Simulator(clock=ManualClock(), ssh=True) as sim:
+        register(sim, key)
+        ssh = edge(tmp_path, key)
+        try:
+            yield World(sim, tmp_path, key, ssh, tmp_path / "state.db")
+        finally:
+            ssh.close()
+            assert sim.instance_count() == 0, "every test ends with nothing rented"
+
+
+@pytest.fixture
+async def client(world: World) -> AsyncIterator[VastClient]:
+    async with VastClient(world.sim.api_key, world.sim.url) as vast:
+        yield vast
+
+
+def submit(rt: Runtime, spec: dict[str, object], offers: list[int]) -> Job:
+    from vastevents.jobspec import JobSpec
+
+    checked = JobSpec.model_validate(spec).to_json()
+    return rt.store.repository(Jobs).submit(checked, offers, "vastevents", rt.clock.now())
+
+
+async def until(rt: Runtime, world: World, job_id: int, done: str | None = None, seconds: float = 60.0) -> Job:
+    """Poll (the simulator moves 15 s per cycle) until the job is final (or reaches `done`); bounded real wait."""
+    jobs = rt.store.repository(Jobs)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    first = True
+    while loop.time() < deadline:
+        await rt.poll_once(all_periodic=first)
+        first = False
+        job = jobs.get(job_id)
+        assert job is not None
+        if (done is None and job.done and job.status != "collecting") or job.status == done:
+            return job
+        world.sim.advance(15)
+        await asyncio.sleep(0.05)  # the job runs for real on the sshd host
+    raise AssertionError(f"job {job_id} still {jobs.get(job_id)} after {seconds}s")
+
+
+async def test_a_job_uploads_runs_collects_and_destroys(world: World, client: VastClient) -> None:
+    inputs = world.tmp / "in"
+    inputs.mkdir()
+    payload = os.urandom(200_000)
+    (inputs / "data.bin").write_bytes(payload)
+    cmd = "mkdir -p 'out dir' && cp data.bin 'out dir/copy.bin' && echo \"it's done: $JOB_NOTE\" | tee result.txt"
+    spec = world.spec(upload=str(inputs), cmd=cmd, download=["out dir", "result.txt"], env={"JOB_NOTE": "a 'b' c"})
+    async with world.runtime(client) as rt:
+        job = submit(rt, spec, world.offers())
+        job = await until(rt, world, job.id)
+        names = [e.name for e in rt.store.events() if e.name.startswith("job_")]
+    assert job.status == "finished" and job.exit_code == 0 and job.destroyed, job
+    assert names == ["job_started", "job_finished"]
+    out = world.tmp / "out"
+    assert (out / "out dir" / "copy.bin").read_bytes() == payload
+    assert (out / "result.txt").read_text() == "it's done: a 'b' c\n"
+    assert "it's done" in (out / "job.log").read_text()
+
+
+async def test_a_failing_job_reports_its_exit_code_keeps_the_log_and_is_destroyed(
+    world: World, client: VastClient
+) -> None:
+    spec = world.spec(cmd="echo about to fail; exit 7", download=["missing.txt"])
+    async with world.runtime(client) as rt:
+        job = await until(rt, world, submit(rt, spec, world.offers()).id)
+        failed = [e for e in rt.store.events() if e.name == "job_failed"]
+    assert (job.status, job.exit_code, job.destroyed) == ("failed", 7, True)
+    assert failed[0].detail.startswith("exit code 7")
+    assert any("missing.txt" in error for error in job.errors)
+    assert (world.tmp / "out" / "job.log").read_text() == "about to fail\n"
+
+
+async def test_a_stuck_offer_is_dropped_and_the_next_one_used(world: World, client: VastClient) -> None:
+    offers = world.offers()
+    async with world.runtime(client) as rt:
+        job = submit(rt, world.spec(cmd="echo ok"), offers)
+        first = await until(rt, world, job.id, done="loading")
+        assert first.instance_id is not None
+        world.sim.apply("stuck_loading", instance=first.instance_id)
+        job = await until(rt, world, job.id)
+    assert job.status == "finished" and job.tried[:2] == offers[:2]
+    assert any("stuck loading" in error for error in job.errors)
+
+
+async def test_a_host_without_gpu_fails_preflight_and_the_next_offer_runs_the_job(
+    world: World, client: VastClient
+) -> None:
+    offers = world.offers()
+    with world.sim.world() as w:
+        machine = next(a.machine_id for a in w.asks.values() if a.id == offers[0])
+    world.sim.break_gpus(machine)
+    async with world.runtime(client) as rt:
+        job = await until(rt, world, submit(rt, world.spec(cmd="nvidia-smi -L || true; echo ran"), offers).id)
+        failed = [e.detail for e in rt.store.events() if e.name == "job_failed"]
+    assert job.status == "finished" and len(job.tried) == 2, job.errors
+    assert failed and failed[0].startswith("preflight: no GPU visible")
+
+
+async def test_the_watcher_killed_mid_job_resumes_it_on_one_instance(world: World, client: VastClient) -> None:
+    spec = world.spec(cmd="sleep 2; echo finished > done.txt", download=["done.txt"])
+    async with world.runtime(client) as rt:
+        job = submit(rt, spec, world.offers())
+        running = await until(rt, world, job.id, done="running")
+    async with world.runtime(client) as rt:
+        job = await until(rt, world, job.id)
+        started = [e for e in rt.store.events() if e.name == "job_started"]
+    assert job.status == "finished" and job.instance_id == running.instance_id and len(started) == 1
+    assert (world.tmp / "out" / "done.txt").read_text() == "finished\n"
+
+
+async def test_a_replacement_under_the_same_label_resumes_the_job_from_its_checkpoint(
+    world: World, client: VastClient
+) -> None:
+    cmd = "mkdir -p ckpt; if [ -f ckpt/state ]; then echo resumed > result.txt; else echo 1 > ckpt/state; sleep 60; fi"
+    spec = world.spec(cmd=cmd, download=["result.txt"], checkpoint_dir="ckpt", checkpoint_every=1)
+    local = world.tmp / "out" / "ckpt" / "state"
+    async with world.runtime(client) as rt:
+        job = submit(rt, spec, world.offers())
+        first = await until(rt, world, job.id, done="running")
+        assert first.instance_id is not None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 30
+        while not local.exists() and loop.time() < deadline:
+            await rt.poll_once()
+            await asyncio.sleep(0.05)
+        assert local.read_text() == "1\n", "the checkpoint dir was synced back"
+        world.sim.preempt(first.instance_id)
+        replacement = world.sim.create_instance(label=first.label, pull=10)  # what the recovery handler does
+        world.sim.apply("destroy", instance=first.instance_id)
+        job = await until(rt, world, job.id)
+        started = [e.instance_id for e in rt.store.events() if e.name == "job_started"]
+    assert job.status == "finished" and job.instance_id == replacement and job.destroyed
+    assert started == [first.instance_id, replacement]
+    assert (world.tmp / "out" / "result.txt").read_text() == "resumed\n"

@@ -1,0 +1,109 @@
+"""The paramiko SSH edge against a real sshd: commands, quoting, tar-stream transfers, host keys."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import io
+import os
+import shlex
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sshkit import FAST, USER, edge, keypair, needs_openssh, register
+
+from vastevents.clock import ManualClock
+from vastevents.ports import SshTarget
+from vastevents.sim import Simulator
+from vastevents.ssh import HostKeyMismatch, ParamikoSsh, SshError, extract
+
+pytestmark = [pytest.mark.ssh, needs_openssh]
+
+
+@pytest.fixture
+def host(tmp_path: Path) -> Iterator[tuple[Simulator, SshTarget, ParamikoSsh]]:
+    key = keypair(tmp_path)
+    with Simulator(clock=ManualClock(), ssh=True) as sim:
+        register(sim, key)
+        instance_id = sim.create_instance(label="vastevents:ssh-test", pull=10)
+        sim.advance(30)
+        port = sim.instance(instance_id)["ssh_port"]  # type: ignore[index]
+        ssh = edge(tmp_path, key)
+        try:
+            yield sim, SshTarget("127.0.0.1", port, USER, instance_id), ssh
+        finally:
+            ssh.close()
+            sim.apply("destroy", instance=instance_id)
+            assert sim.instance_count() == 0
+
+
+async def test_commands_report_exit_code_and_output(host: tuple[Simulator, SshTarget, ParamikoSsh]) -> None:
+    _, target, ssh = host
+    result = await ssh.run(target, "echo out; echo err >&2; exit 3")
+    assert (result.exit_code, result.stdout, result.stderr) == (3, "out\n", "err\n")
+
+
+async def test_upload_and_download_round_trip_byte_identical(
+    host: tuple[Simulator, SshTarget, ParamikoSsh], tmp_path: Path
+) -> None:
+    _, target, ssh = host
+    source = tmp_path / "in"
+    (source / "sub dir").mkdir(parents=True)
+    (source / "sub dir" / 'it\'s "quoted".bin').write_bytes(os.urandom(300_000))
+    (source / "train.py").write_text("print('hi')\n")
+    await ssh.upload(target, source, "work space")
+    listed = await ssh.run(target, "cd 'work space' && find . -type f | sort")
+    assert listed.stdout.split("\n")[:2] == ['./sub dir/it\'s "quoted".bin', "./train.py"]
+    await ssh.download(target, "work space/sub dir", tmp_path / "out")
+    got = tmp_path / "out" / "sub dir" / 'it\'s "quoted".bin'
+    assert got.read_bytes() == (source / "sub dir" / 'it\'s "quoted".bin').read_bytes()
+    with pytest.raises(SshError, match="missing"):
+        await ssh.download(target, "work space/missing", tmp_path / "out")
+
+
+async def test_a_malicious_archive_from_the_host_writes_nothing_outside(
+    host: tuple[Simulator, SshTarget, ParamikoSsh], tmp_path: Path
+) -> None:
+    _, target, ssh = host
+    evil = io.BytesIO()
+    with tarfile.open(fileobj=evil, mode="w") as archive:
+        payload = b"owned\n"
+        info = tarfile.TarInfo("../escaped.txt")
+        info.size = len(payload)
+        archive.addfile(info, io.BytesIO(payload))
+    # The host answers `tar -c` with a crafted archive: a fake tar first on the sessions' PATH.
+    script = "#!/bin/sh\nbase64 -d <<'E'\n" + base64.b64encode(evil.getvalue()).decode() + "\nE\n"
+    placed = await ssh.run(target, f"printf %s {shlex.quote(script)} > ../bin/tar && chmod +x ../bin/tar")
+    assert placed.exit_code == 0, placed.stderr
+    for openssh in (False, True):
+        settings = dataclasses.replace(FAST, openssh_transfers=openssh)
+        fake = ParamikoSsh(tmp_path / "known_hosts", key_file=ssh.key_file, settings=settings)
+        try:
+            with pytest.raises(SshError, match="refused an archive"):
+                await fake.download(target, "anything", tmp_path / "target")
+        finally:
+            fake.close()
+        assert not (tmp_path / "escaped.txt").exists()
+    with pytest.raises(SshError, match="refused"):
+        evil.seek(0)
+        extract(evil, tmp_path / "direct")
+    assert not (tmp_path / "escaped.txt").exists()
+
+
+async def test_a_changed_host_key_is_refused(host: tuple[Simulator, SshTarget, ParamikoSsh], tmp_path: Path) -> None:
+    _, target, ssh = host
+    await ssh.run(target, "true")
+    text = (tmp_path / "known_hosts").read_text()
+    assert text.startswith(f"vast-instance-{target.instance_id} ssh-ed25519 ")
+    blob = text.split()[2]
+    (tmp_path / "other").mkdir()
+    forged = keypair(tmp_path / "other").with_suffix(".pub").read_text().split()[1]
+    (tmp_path / "known_hosts").write_text(text.replace(blob, forged))
+    other = ParamikoSsh(tmp_path / "known_hosts", key_file=ssh.key_file, settings=FAST)
+    try:
+        with pytest.raises(HostKeyMismatch):
+            await other.run(target, "true")
+    finally:
+        other.close()

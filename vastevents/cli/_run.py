@@ -1,0 +1,332 @@
+"""``vastevents run``, ``jobs`` and ``logs``: rent a GPU for one job, run it over SSH, collect, always destroy.
+
+``run`` searches, confirms the offer and its estimate, records the job and drives the same runtime as ``watch``
+(the ``jobs`` handler does the renting, SSH, monitoring and collecting) until the job is done. Ctrl-C, SIGTERM or
+any error destroys what the job rented before the report. The exit status is the job's exit code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import shlex
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from vastevents.cli._app import ConfigOption, app, fail
+from vastevents.config import Config, HandlerConfig, load_config
+from vastevents.errors import ConfigError, VastEventsError
+from vastevents.jobspec import JobSpec, load_spec
+from vastevents.models import Offer
+from vastevents.plugins import load_handlers
+from vastevents.ports import SshTarget
+from vastevents.runtime import Runtime
+from vastevents.ssh import ParamikoSsh
+from vastevents.store import Job, Jobs, SqliteStore
+
+JOBS_HANDLER = "jobs"
+KEY_FILES = ("id_ed25519", "id_rsa")
+
+
+def _with_jobs_handler(config: Config) -> tuple[Config, str]:
+    """The config with a ``jobs`` handler active (added if the config names none); its name."""
+    for name, handler in config.handlers.items():
+        if handler.use == JOBS_HANDLER:
+            return config, name
+    handlers = {**config.handlers, JOBS_HANDLER: HandlerConfig(use=JOBS_HANDLER)}
+    return config.model_copy(update={"handlers": handlers}), JOBS_HANDLER
+
+
+def _ssh_key(yes: bool, err: Console) -> Path:
+    """The private key jobs log in with: ~/.ssh/id_ed25519 or id_rsa, generated (with permission) if neither."""
+    ssh_dir = Path.home() / ".ssh"
+    for name in KEY_FILES:
+        if (ssh_dir / name).exists() and (ssh_dir / f"{name}.pub").exists():
+            return ssh_dir / name
+    key = ssh_dir / KEY_FILES[0]
+    if not yes and not typer.confirm(f"No SSH key found. Generate {key}?", default=True, err=True):
+        fail("an SSH key is needed to reach the instance (or pass --yes to generate one)", 2)
+    ssh_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True, timeout=60)
+    err.print(f"generated {key}")
+    return key
+
+
+async def _register_key(runtime: Runtime, key: Path, err: Console) -> None:
+    public = key.with_suffix(".pub").read_text().strip()
+    blob = public.split()[1] if len(public.split()) > 1 else public
+    known = await runtime.client.list_ssh_keys()
+    if any(blob in str(row.get("public_key") or row.get("ssh_key") or "") for row in known):
+        return
+    add = getattr(runtime.client, "add_ssh_key", None)
+    if add is None:
+        raise VastEventsError("this client cannot register SSH keys; add the key on the account by hand")
+    await add(public)
+    err.print(f"registered {key}.pub with the account")
+
+
+async def _offers(runtime: Runtime, spec: JobSpec) -> list[Offer]:
+    kind = "bid" if spec.bid is not None else "on-demand"
+    found = await runtime.client.search_offers(spec.query, type=kind, limit=20, order=[["dph_total", "asc"]])
+    if spec.max_dph is not None:
+        found = [o for o in found if (o.dph_total or 0.0) <= spec.max_dph]
+    return found
+
+
+def _report(job: Job | None, runtime_s: float, console: Console) -> dict[str, Any]:
+    data = {
+        "job_id": job.id if job else None,
+        "instance_id": job.instance_id if job else None,
+        "gpu_name": job.gpu_name if job else None,
+        "dph_total": job.dph_total if job else None,
+        "runtime_s": runtime_s,
+        "cost_usd": (job.cost_usd or 0.0) if job else 0.0,
+        "exit_code": job.exit_code if job else None,
+        "results_dir": job.results_dir if job else None,
+        "destroyed": bool(job.destroyed) if job else True,
+        "errors": list(job.errors) if job else [],
+    }
+    table = Table(title=f"job {data['job_id']}", show_header=False)
+    for key, value in data.items():
+        shown = "✓" if value is True else ", ".join(value) if isinstance(value, list) else value
+        table.add_row(key, "" if shown is None else str(shown))
+    console.print(table)
+    return data
+
+
+@app.command()
+def run(
+    spec_file: Annotated[Path | None, typer.Argument(metavar="[SPEC]", help="Job spec (TOML).")] = None,
+    image: Annotated[str | None, typer.Option(help="Docker image.")] = None,
+    query: Annotated[str | None, typer.Option(help="Offer query (cheapest first).")] = None,
+    disk: Annotated[float | None, typer.Option(help="Disk in GB (default 64).")] = None,
+    bid: Annotated[float | None, typer.Option(help="Bid $/h (interruptible) instead of on-demand.")] = None,
+    upload: Annotated[Path | None, typer.Option(metavar="LOCAL_DIR", help="Becomes the remote workdir.")] = None,
+    cmd: Annotated[str | None, typer.Option(metavar="COMMAND", help="Runs in the workdir.")] = None,
+    download: Annotated[list[str] | None, typer.Option(metavar="REMOTE_PATH", help="Relative to the workdir.")] = None,
+    out: Annotated[Path | None, typer.Option(metavar="LOCAL_DIR", help="Where downloads land.")] = None,
+    max_duration: Annotated[float | None, typer.Option(metavar="SECONDS")] = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Skip every confirmation.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show the offer and estimate, rent nothing.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object on stdout, last.")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Rent a GPU, upload, run COMMAND, download the results, destroy the instance."""
+    err = Console(stderr=True)
+    overrides = {"image": image, "query": query, "disk": disk, "bid": bid, "upload": upload, "cmd": cmd,
+                 "download": tuple(download or ()), "out": out, "max_duration": max_duration}  # fmt: skip
+    try:
+        settings, handler = _with_jobs_handler(load_config(config))
+        spec = load_spec(spec_file, overrides)
+        handlers = load_handlers(settings)
+    except ConfigError as exc:
+        fail(str(exc), 2)
+    if spec.upload is not None and not spec.upload.is_dir():
+        fail(f"--upload {spec.upload}: not a directory", 2)
+    try:
+        code, report = asyncio.run(
+            _run(settings, handler, handlers, spec, yes=yes, dry_run=dry_run, as_json=as_json, err=err)
+        )
+    except VastEventsError as exc:
+        fail(str(exc), 1)
+    if as_json and report is not None:
+        sys.stdout.write(json.dumps(report) + "\n")
+    raise typer.Exit(code)
+
+
+async def _run(
+    config: Config,
+    handler: str,
+    handlers: list[Any],
+    spec: JobSpec,
+    *,
+    yes: bool,
+    dry_run: bool,
+    as_json: bool,
+    err: Console,
+) -> tuple[int, dict[str, Any] | None]:
+    key = None if dry_run else _ssh_key(yes, err)
+    known_hosts = config.store.resolved_path().parent / "known_hosts"
+    with contextlib.closing(ParamikoSsh(known_hosts, key_file=key)) as ssh:
+        return await _run_with(config, handler, handlers, spec, ssh, key, yes=yes, dry_run=dry_run, as_json=as_json,
+                               err=err)  # fmt: skip
+
+
+async def _run_with(
+    config: Config,
+    handler: str,
+    handlers: list[Any],
+    spec: JobSpec,
+    ssh: ParamikoSsh,
+    key: Path | None,
+    *,
+    yes: bool,
+    dry_run: bool,
+    as_json: bool,
+    err: Console,
+) -> tuple[int, dict[str, Any] | None]:
+    async with Runtime(config, handlers=handlers, ssh=ssh) as runtime:
+        running = [i for i in await runtime.client.list_instances() if i.actual_status == "running"]
+        if running:
+            err.print(f"[yellow]note:[/] {len(running)} instance(s) already running on the account")
+        offers = await _offers(runtime, spec)
+        if not offers:
+            raise VastEventsError(f"no offer matches {spec.query!r}")
+        best = offers[0]
+        hours = (spec.max_duration or 3600.0) / 3600.0
+        estimate = (best.dph_total or 0.0) * hours
+        err.print(
+            f"offer {best.id}: {best.num_gpus or 1}x {best.gpu_name} on machine {best.machine_id},"
+            f" ${best.dph_total or 0:.4f}/h, about ${estimate:.2f} for {hours:g} h"
+        )
+        if spec.max_cost is not None and estimate > spec.max_cost:
+            raise VastEventsError(f"the estimate ${estimate:.2f} is over max_cost ${spec.max_cost:.2f}")
+        if dry_run:
+            return 0, {"offer": best.id, "dph_total": best.dph_total, "estimate_usd": estimate, "dry_run": True}
+        if not yes and not typer.confirm("Rent it and run the job?", default=True, err=True):
+            return 0, None
+        assert key is not None
+        await _register_key(runtime, key, err)
+        jobs = runtime.store.repository(Jobs)
+        job = jobs.submit(spec.to_json(), [o.id for o in offers], config.vast.label_prefix, runtime.clock.now())
+        err.print(f"job {job.id} ({job.label})")
+        started = runtime.clock.now()
+        try:
+            await _drive(runtime, jobs, job, err)
+        except KeyboardInterrupt:
+            await _cancel(runtime, handler, jobs, job.id, err)
+        except BaseException:
+            await _cancel(runtime, handler, jobs, job.id, err)
+            raise
+        final = jobs.get(job.id)
+        now = runtime.clock.now()
+        elapsed = (final.runtime_s(now) if final else 0.0) or (now - started).total_seconds()
+        report = _report(final, elapsed, err if as_json else Console())
+        code = final.exit_code if final and final.exit_code is not None else 1
+        return (130 if final is not None and final.status == "cancelled" else code), report
+
+
+async def _drive(runtime: Runtime, jobs: Jobs, job: Job, err: Console) -> Job:
+    """Run the watcher's cycles until the job is done; stream its log; SIGTERM/SIGINT cancel it."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    interval = min(runtime.config.watch.interval, 5.0)
+    offset = 0
+    try:
+        first = True
+        while True:
+            await runtime.poll_once(all_periodic=first)
+            first = False
+            current = jobs.get(job.id)
+            assert current is not None
+            if current.done:
+                return current
+            if current.status == "running" and current.instance_id is not None:
+                offset = await _tail(runtime, current, JobSpec.model_validate(current.spec), offset)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), interval)
+            if stop.is_set():
+                raise KeyboardInterrupt
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+
+
+async def _tail(runtime: Runtime, job: Job, spec: JobSpec, offset: int, stream: Any = None) -> int:
+    """Print the log after byte `offset` (to stderr by default); the new offset (same if the host is unreachable)."""
+    instance = await runtime.client.get_instance(job.instance_id or 0)
+    if instance is None or not instance.ssh_host:
+        return offset
+    target = SshTarget.of(instance, spec.ssh_user)
+    log = shlex.quote(f"{spec.workdir}/.vastevents/job.log")
+    try:
+        result = await runtime.ssh.run(target, f"tail -c +{offset + 1} {log} 2>/dev/null", timeout=30)
+    except Exception:
+        return offset
+    (stream or sys.stderr).write(result.stdout)
+    return offset + len(result.stdout.encode())
+
+
+async def _cancel(runtime: Runtime, handler: str, jobs: Jobs, job_id: int, err: Console) -> None:
+    """Destroy whatever the job rented (found by its label too) and mark it cancelled."""
+    job = jobs.get(job_id)
+    if job is None or job.done:
+        return
+    context = runtime.context.bound(handler, ())
+    destroyed = True
+    for instance in await runtime.client.list_instances():
+        if instance.label == job.label or instance.id == job.instance_id:
+            await context.destroy(instance)
+            destroyed = destroyed and await runtime.client.get_instance(instance.id) is None
+    jobs.update(job_id, status="cancelled", finished_at=runtime.clock.now(), destroyed=destroyed)
+    jobs.add_error(job_id, "interrupted: everything the job rented was destroyed")
+    err.print(f"job {job_id} cancelled; destroyed what it rented")
+
+
+@app.command()
+def jobs(as_json: Annotated[bool, typer.Option("--json")] = False, config: ConfigOption = None) -> None:
+    """List the jobs in the store."""
+    try:
+        settings = load_config(config)
+    except ConfigError as exc:
+        fail(str(exc), 2)
+    with SqliteStore(settings.store.resolved_path()) as store:
+        rows = store.repository(Jobs).list()
+    if as_json:
+        sys.stdout.write(json.dumps([job.to_json() for job in rows]) + "\n")
+        return
+    table = Table("job", "status", "instance", "gpu", "$/h", "exit", "results")
+    for job in rows:
+        table.add_row(str(job.id), job.status, str(job.instance_id or ""), job.gpu_name or "",
+                      f"{job.dph_total:.4f}" if job.dph_total else "",
+                      "" if job.exit_code is None else str(job.exit_code), job.results_dir or "")  # fmt: skip
+    Console().print(table)
+
+
+@app.command()
+def logs(
+    job_id: Annotated[int, typer.Argument(metavar="JOB")],
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing while the job runs.")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """A job's log: from the host while it runs, the downloaded copy after."""
+    try:
+        settings = load_config(config)
+    except ConfigError as exc:
+        fail(str(exc), 2)
+    with SqliteStore(settings.store.resolved_path()) as store:
+        job = store.repository(Jobs).get(job_id)
+    if job is None:
+        fail(f"no job {job_id} in the store", 2)
+    spec = JobSpec.model_validate(job.spec)
+    if job.done or job.instance_id is None:
+        log = Path(job.results_dir or spec.out) / "job.log"
+        if not log.exists():
+            fail(f"job {job_id} has no downloaded log ({log})", 1)
+        sys.stdout.write(log.read_text(errors="replace"))
+        return
+    try:
+        asyncio.run(_follow(settings, job, spec, follow))
+    except VastEventsError as exc:
+        fail(str(exc), 1)
+
+
+async def _follow(config: Config, job: Job, spec: JobSpec, follow: bool) -> None:
+    async with Runtime(config, handlers=[]) as runtime:
+        offset = 0
+        while True:
+            offset = await _tail(runtime, job, spec, offset, sys.stdout)
+            current = runtime.store.repository(Jobs).get(job.id)
+            if not follow or current is None or current.done:
+                return
+            await asyncio.sleep(2.0)

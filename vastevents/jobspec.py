@@ -1,0 +1,125 @@
+"""A job's spec: what to rent, what to upload and run there, what to bring back. TOML file and/or flags.
+
+    image = "pytorch/pytorch:2.3.1-cuda12.1-cudnn8-runtime"
+    query = "gpu_ram>=24 num_gpus=1 reliability>0.9 disk_space>=64"
+    upload = "./train"            # becomes the remote workdir
+    cmd = "python train.py"
+    download = ["out", "metrics.json"]
+    max_duration = "2h"
+    [preflight]
+    cuda = 12.1
+    imports = ["torch"]
+
+Validated by pydantic; errors name the key (and the file line when it came from a file).
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from vastevents.config import parse_duration
+from vastevents.errors import ConfigError
+
+DEFAULT_QUERY = "gpu_ram>=24 num_gpus=1 reliability>0.9 disk_space>=64"
+
+
+class Preflight(BaseModel):
+    """Checks before the command runs: a GPU visible to ``nvidia-smi``, a minimum CUDA, importable packages."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    gpu: bool = True
+    cuda: float | None = None
+    imports: tuple[str, ...] = ()
+
+    @field_validator("imports")
+    @classmethod
+    def _modules(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for name in value:
+            if not all(part.isidentifier() for part in name.split(".")):
+                raise ValueError(f"{name!r} is not a module name")
+        return value
+
+
+class JobSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    image: str | None = None
+    template_hash: str | None = None
+    onstart: str | None = None
+    env: dict[str, str] = Field(default_factory=dict)
+    disk: float = Field(64.0, gt=0)
+    query: str = DEFAULT_QUERY
+    bid: float | None = Field(None, gt=0)
+    upload: Path | None = None
+    cmd: str
+    download: tuple[str, ...] = ()
+    out: Path = Path("results")
+    workdir: str = "job"
+    max_duration: float | None = None
+    max_dph: float | None = Field(None, gt=0)
+    max_cost: float | None = Field(None, gt=0)
+    checkpoint_dir: str | None = None
+    checkpoint_every: float = 600.0
+    max_offers: int = Field(3, ge=1)
+    ssh_user: str = "root"
+    preflight: Preflight = Field(default_factory=Preflight)
+
+    @field_validator("max_duration", "checkpoint_every", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> Any:
+        return None if value is None else parse_duration(value)
+
+    @field_validator("download")
+    @classmethod
+    def _relative(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for path in value:
+            if path.startswith("/") or ".." in Path(path).parts:
+                raise ValueError(f"{path!r} must be relative to the workdir, without '..'")
+        return value
+
+    @model_validator(mode="after")
+    def _image(self) -> JobSpec:
+        if not self.image and not self.template_hash:
+            raise ValueError("needs an image (or a template_hash)")
+        return self
+
+    def to_json(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+def load_spec(path: Path | None, overrides: dict[str, Any]) -> JobSpec:
+    """The spec from `path` (TOML) with `overrides` (flags given, None meaning not given) on top."""
+    data: dict[str, Any] = {}
+    text = ""
+    if path is not None:
+        try:
+            text = path.read_text(encoding="utf-8")
+            data = tomllib.loads(text)
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read the job spec: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+        base = path.parent
+        for key in ("upload", "out"):
+            if isinstance(data.get(key), str):
+                data[key] = str((base / data[key]).expanduser())
+    data.update({key: value for key, value in overrides.items() if value not in (None, (), [])})
+    try:
+        return JobSpec.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, path, text)) from None
+
+
+def _describe(exc: ValidationError, path: Path | None, text: str) -> str:
+    error = exc.errors()[0]
+    key = ".".join(str(part) for part in error["loc"]) or "spec"
+    where = f"{path}: " if path is not None else ""
+    line = next((n for n, row in enumerate(text.splitlines(), 1) if row.strip().startswith(key.split(".")[-1])), None)
+    at = f" (line {line})" if line is not None and key != "spec" else ""
+    message = str(error["msg"]).removeprefix("Value error, ")
+    return f"{where}job spec key {key!r}{at}: {message}" if key != "spec" else f"{where}job spec: {message}"
