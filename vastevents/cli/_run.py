@@ -21,7 +21,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from vastevents.cli._app import ConfigOption, app, fail
+from vastevents.cli._app import ConfigOption, app, existing_store, fail
 from vastevents.config import Config, HandlerConfig, load_config
 from vastevents.errors import ConfigError, VastEventsError
 from vastevents.jobspec import JobSpec, load_spec
@@ -30,7 +30,7 @@ from vastevents.plugins import load_handlers
 from vastevents.ports import SshTarget
 from vastevents.runtime import Runtime
 from vastevents.ssh import ParamikoSsh
-from vastevents.store import Job, Jobs, SqliteStore
+from vastevents.store import Job, Jobs
 
 JOBS_HANDLER = "jobs"
 KEY_FILES = ("id_ed25519", "id_rsa")
@@ -280,8 +280,10 @@ def jobs(as_json: Annotated[bool, typer.Option("--json")] = False, config: Confi
         settings = load_config(config)
     except ConfigError as exc:
         fail(str(exc), 2)
-    with SqliteStore(settings.store.resolved_path()) as store:
-        rows = store.repository(Jobs).list()
+    rows: list[Job] = []
+    if (store := existing_store(settings)) is not None:
+        with store:
+            rows = store.repository(Jobs).list()
     if as_json:
         sys.stdout.write(json.dumps([job.to_json() for job in rows]) + "\n")
         return
@@ -304,8 +306,10 @@ def logs(
         settings = load_config(config)
     except ConfigError as exc:
         fail(str(exc), 2)
-    with SqliteStore(settings.store.resolved_path()) as store:
-        job = store.repository(Jobs).get(job_id)
+    job = None
+    if (store := existing_store(settings)) is not None:
+        with store:
+            job = store.repository(Jobs).get(job_id)
     if job is None:
         fail(f"no job {job_id} in the store", 2)
     spec = JobSpec.model_validate(job.spec)
