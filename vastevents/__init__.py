@@ -45,6 +45,7 @@ from vastevents.store.hosts import HostRecord, Hosts
 from vastevents.store.outbox import Outbox, OutboxMessage
 from vastevents.store.recoveries import Recoveries, Recovery, RecoveryStatus
 from vastevents.store.webhooks import Webhooks
+from vastevents.store.ledger import Interval, Ledger, LedgerInstance, hourly_rate, job_id_of
 from vastevents.vast import VastClient
 
 __all__ = [
@@ -69,6 +70,9 @@ __all__ = [
     "Hosts",
     "Instance",
     "InstanceView",
+    "Interval",
+    "Ledger",
+    "LedgerInstance",
     "JsonWebhookTransport",
     "Migration",
     "NoSuchAsk",
@@ -106,6 +110,8 @@ __all__ = [
     "daemon",
     "diff",
     "every",
+    "hourly_rate",
+    "job_id_of",
     "observe",
     "on",
     "parse_query",

@@ -1,0 +1,133 @@
+"""The ``reaper`` handler: finds owned instances that leak money and destroys them after a grace period.
+
+[handlers.reaper]
+use = "reaper"
+idle_ttl = "30m"        # owned, and no active job claims it for this long ("none" turns the rule off)
+exited_ttl = "1h"       # owned, and stopped/exited (billing storage) for this long
+max_lifetime = "none"   # owned, and alive this long since it was created (or first seen), e.g. "2d"
+grace = "10m"           # warn when a rule first matches, destroy only this much later
+dry_run = false         # only report what would be reaped
+
+Rules, over the last complete instance list, owned instances only (label starting with ``[vast] label_prefix``):
+
+- *unclaimed*: a job claims an instance through its label ``"<prefix>:job-<id>"`` until a ``job_finished`` or
+  ``job_failed`` event is journaled for it. An owned instance without a job label is unclaimed from first sight;
+  a job's instance from the end of its job.
+- *exited*: stopped or exited since we saw it change (it still bills storage), whatever the reason.
+- *too old*: alive longer than ``max_lifetime`` since Vast's ``start_date`` (else since first seen).
+
+A match older than its rule's TTL is warned about (notifier, once per watcher run) and destroyed with
+``ctx.destroy`` once it is older than TTL + ``grace``; each destroy journals ``reaped`` with the reason.
+The pass runs every minute. ``last_pass`` keeps what the last pass found, for ``vastevents reap``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from vastevents import Context, Duration, Handler, HandlerOptions, InstanceView, every, job_id_of
+
+REAPED = "reaped"
+JOB_ENDS = ("job_finished", "job_failed")
+
+
+class ReaperOptions(HandlerOptions):
+    idle_ttl: Duration | None = 1800.0
+    exited_ttl: Duration | None = 3600.0
+    max_lifetime: Duration | None = None
+    grace: Duration = Field(default=600.0, ge=0)
+    dry_run: bool = False
+
+    @field_validator("idle_ttl", "exited_ttl", "max_lifetime", mode="before")
+    @classmethod
+    def _none_turns_off(cls, value: object) -> object:
+        return None if isinstance(value, str) and value.strip().lower() in ("none", "off") else value
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One owned instance a rule matched: how long past the rule's start it is, and what the pass did."""
+
+    instance_id: int
+    label: str | None
+    rule: Literal["unclaimed", "exited", "too old"]
+    reason: str
+    age_s: float
+    action: Literal["warned", "reaped", "would reap", "already gone"]
+
+    def to_json(self) -> dict[str, object]:
+        return {"instance_id": self.instance_id, "label": self.label, "rule": self.rule, "reason": self.reason,
+                "age_s": self.age_s, "action": self.action}  # fmt: skip
+
+
+class ReaperHandler(Handler[ReaperOptions]):
+    Options = ReaperOptions
+    emits = (REAPED,)
+
+    def __init__(self, options: ReaperOptions | None = None) -> None:
+        super().__init__(options)
+        self.last_pass: list[Finding] = []
+        self._warned: set[tuple[int, str]] = set()
+
+    @every("1m")
+    async def reap(self, ctx: Context) -> None:
+        now = ctx.clock.now()
+        found: list[Finding] = []
+        for view in ctx.store.load_snapshot().views.values():
+            if not ctx.owns(view.instance):
+                continue
+            match = self._match(view, now, ctx)
+            if match is None:
+                continue
+            rule, reason, age, ttl = match
+            label = view.instance.label
+            if age < ttl + self.options.grace:
+                if (view.instance.id, rule) not in self._warned:
+                    self._warned.add((view.instance.id, rule))
+                    left = ttl + self.options.grace - age
+                    await ctx.notify(f"instance {view.instance.id} ({label}) {reason}; reaped in {left:.0f}s")
+                found.append(Finding(view.instance.id, label, rule, reason, age, "warned"))
+            elif self.options.dry_run:
+                found.append(Finding(view.instance.id, label, rule, reason, age, "would reap"))
+            else:
+                ctx.logger.warning("reaping instance %d (%s): %s", view.instance.id, label, reason)
+                existed = await ctx.destroy(view.instance)
+                await ctx.emit(REAPED, instance=view.instance, detail=reason, key=f"reaped:{view.instance.id}")
+                found.append(Finding(view.instance.id, label, rule, reason, age, "reaped" if existed else "already gone"))
+        self.last_pass = found
+
+    def _match(self, view: InstanceView, now: datetime, ctx: Context) -> tuple[str, str, float, float] | None:
+        """(rule, reason, seconds since the rule's start, the rule's TTL) of the first rule that matches."""
+        options, instance = self.options, view.instance
+        if options.max_lifetime is not None:
+            born = view.first_seen
+            if instance.start_date is not None:
+                born = min(born, datetime.fromtimestamp(instance.start_date, UTC))
+            age = (now - born).total_seconds()
+            if age >= options.max_lifetime:
+                return "too old", f"alive {age / 3600:.1f} h, past max_lifetime", age, options.max_lifetime
+        if options.exited_ttl is not None and instance.state.value in ("stopped", "exited"):
+            age = (now - view.since).total_seconds()
+            if age >= options.exited_ttl:
+                return "exited", f"{instance.state.value} for {age / 60:.0f} min, billing storage", age, options.exited_ttl
+        if options.idle_ttl is not None:
+            unclaimed = self._unclaimed_since(view, ctx)
+            if unclaimed is not None:
+                age = (now - unclaimed[0]).total_seconds()
+                if age >= options.idle_ttl:
+                    return "unclaimed", f"{unclaimed[1]} for {age / 60:.0f} min", age, options.idle_ttl
+        return None
+
+    @staticmethod
+    def _unclaimed_since(view: InstanceView, ctx: Context) -> tuple[datetime, str] | None:
+        job = job_id_of(view.instance.label)
+        if job is None:
+            return view.first_seen, "no job claims it"
+        ends = [e for name in JOB_ENDS for e in ctx.store.events(instance_id=view.instance.id, name=name)]
+        if not ends:
+            return None
+        return max(e.at for e in ends), f"job {job} ended"
