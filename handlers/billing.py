@@ -7,7 +7,7 @@ daily_budget_usd = 10.0     # accrued spend of owned instances within the curren
 per_job_usd = 5.0           # accrued spend of one job's instances (label "<prefix>:job-<id>")
 warn_at = 0.8               # budget_warning at this fraction of a budget
 on_exceed = "alert"         # alert | stop | destroy (owned instances in the exceeded scope only)
-projection = "1h"           # budget_warning too when spend + burn rate × this would cross a total/job budget
+projection = "1h"           # budget_warning too when spend + burn rate x this would cross a total/job budget
 
 Every status change (``any_change``) opens or closes a ledger interval in the delivery's own transaction. A
 periodic check (every 5 s, so at least once per poll cycle) first brings the ledger in line with the last
@@ -125,8 +125,15 @@ class BillingHandler(Handler[BillingOptions]):
             spend = sum(i.cost_usd(now, since=midnight) for i in owned)
             to_midnight_h = (midnight + timedelta(days=1) - now).total_seconds() / 3600.0
             found.append(
-                Scope(f"day:{midnight.date()}", f"spend on {midnight.date()}", options.daily_budget_usd, spend, burn,
-                      to_midnight_h, lambda _: True)  # fmt: skip
+                Scope(
+                    f"day:{midnight.date()}",
+                    f"spend on {midnight.date()}",
+                    options.daily_budget_usd,
+                    spend,
+                    burn,
+                    to_midnight_h,
+                    lambda _: True,
+                )
             )
         if options.per_job_usd is not None:
             for job in sorted({i.job_id for i in owned if i.job_id is not None}):
@@ -134,8 +141,15 @@ class BillingHandler(Handler[BillingOptions]):
                 spend = sum(i.cost_usd(now) for i in mine)
                 job_burn = sum(i.rate_usd_h for i in mine if i.end is None)
                 found.append(
-                    Scope(f"job:{job}", f"spend of job {job}", options.per_job_usd, spend, job_burn, horizon_h,
-                          _of_job(job))  # fmt: skip
+                    Scope(
+                        f"job:{job}",
+                        f"spend of job {job}",
+                        options.per_job_usd,
+                        spend,
+                        job_burn,
+                        horizon_h,
+                        _of_job(job),
+                    )
                 )
         return found
 
@@ -145,16 +159,28 @@ class BillingHandler(Handler[BillingOptions]):
         numbers = f"${scope.spend_usd:.2f} of ${scope.limit_usd:.2f} on owned instances"
         if scope.spend_usd < scope.limit_usd:
             if scope.spend_usd >= self.options.warn_at * scope.limit_usd:
-                await ctx.emit(BUDGET_WARNING, instance=subject, key=f"warning:{scope.key}",
-                               detail=f"{scope.what} reached {numbers}")  # fmt: skip
+                await ctx.emit(
+                    BUDGET_WARNING,
+                    instance=subject,
+                    key=f"warning:{scope.key}",
+                    detail=f"{scope.what} reached {numbers}",
+                )
             elif scope.projected_usd >= scope.limit_usd:
-                await ctx.emit(BUDGET_WARNING, instance=subject, key=f"warning:{scope.key}",
-                               detail=f"{scope.what} ${scope.spend_usd:.2f} is projected to reach"
-                               f" ${scope.projected_usd:.2f} of ${scope.limit_usd:.2f} at ${scope.burn_usd_h:.3f}/h")  # fmt: skip
+                await ctx.emit(
+                    BUDGET_WARNING,
+                    instance=subject,
+                    key=f"warning:{scope.key}",
+                    detail=f"{scope.what} ${scope.spend_usd:.2f} is projected to reach"
+                    f" ${scope.projected_usd:.2f} of ${scope.limit_usd:.2f} at ${scope.burn_usd_h:.3f}/h",
+                )
             return []
         action = self.options.on_exceed
-        await ctx.emit(BUDGET_EXCEEDED, instance=subject, key=f"exceeded:{scope.key}",
-                       detail=f"{scope.what} {numbers}; on_exceed = {action}")  # fmt: skip
+        await ctx.emit(
+            BUDGET_EXCEEDED,
+            instance=subject,
+            key=f"exceeded:{scope.key}",
+            detail=f"{scope.what} {numbers}; on_exceed = {action}",
+        )
         failures = []
         for instance in instances:
             try:

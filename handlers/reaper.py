@@ -11,10 +11,10 @@ dry_run = false         # only report what would be reaped
 Rules, over the last complete instance list, owned instances only (label starting with ``[vast] label_prefix``):
 
 - *unclaimed*: a job claims an instance through its label ``"<prefix>:job-<id>"`` until a ``job_finished`` or
-  ``job_failed`` event is journaled for it. An owned instance without a job label is unclaimed from first sight;
-  a job's instance from the end of its job.
+  ``job_failed`` event is journaled for it. An owned instance without a job label is unclaimed since it was
+  created (Vast's ``start_date``, else first sight); a job's instance from the end of its job.
 - *exited*: stopped or exited since we saw it change (it still bills storage), whatever the reason.
-- *too old*: alive longer than ``max_lifetime`` since Vast's ``start_date`` (else since first seen).
+- *too old*: alive longer than ``max_lifetime`` since it was created (the same start).
 
 A match older than its rule's TTL is warned about (notifier, once per watcher run) and destroyed with
 ``ctx.destroy`` once it is older than TTL + ``grace``; each destroy journals ``reaped`` with the reason.
@@ -32,6 +32,7 @@ from pydantic import Field, field_validator
 from vastevents import Context, Duration, Handler, HandlerOptions, InstanceView, every, job_id_of
 
 REAPED = "reaped"
+Rule = Literal["unclaimed", "exited", "too old"]
 JOB_ENDS = ("job_finished", "job_failed")
 
 
@@ -54,14 +55,20 @@ class Finding:
 
     instance_id: int
     label: str | None
-    rule: Literal["unclaimed", "exited", "too old"]
+    rule: Rule
     reason: str
     age_s: float
     action: Literal["warned", "reaped", "would reap", "already gone"]
 
     def to_json(self) -> dict[str, object]:
-        return {"instance_id": self.instance_id, "label": self.label, "rule": self.rule, "reason": self.reason,
-                "age_s": self.age_s, "action": self.action}  # fmt: skip
+        return {
+            "instance_id": self.instance_id,
+            "label": self.label,
+            "rule": self.rule,
+            "reason": self.reason,
+            "age_s": self.age_s,
+            "action": self.action,
+        }
 
 
 class ReaperHandler(Handler[ReaperOptions]):
@@ -97,25 +104,30 @@ class ReaperHandler(Handler[ReaperOptions]):
                 ctx.logger.warning("reaping instance %d (%s): %s", view.instance.id, label, reason)
                 existed = await ctx.destroy(view.instance)
                 await ctx.emit(REAPED, instance=view.instance, detail=reason, key=f"reaped:{view.instance.id}")
-                found.append(Finding(view.instance.id, label, rule, reason, age, "reaped" if existed else "already gone"))
+                found.append(
+                    Finding(view.instance.id, label, rule, reason, age, "reaped" if existed else "already gone")
+                )
         self.last_pass = found
 
-    def _match(self, view: InstanceView, now: datetime, ctx: Context) -> tuple[str, str, float, float] | None:
+    def _match(self, view: InstanceView, now: datetime, ctx: Context) -> tuple[Rule, str, float, float] | None:
         """(rule, reason, seconds since the rule's start, the rule's TTL) of the first rule that matches."""
         options, instance = self.options, view.instance
+        born = _born(view)
         if options.max_lifetime is not None:
-            born = view.first_seen
-            if instance.start_date is not None:
-                born = min(born, datetime.fromtimestamp(instance.start_date, UTC))
             age = (now - born).total_seconds()
             if age >= options.max_lifetime:
                 return "too old", f"alive {age / 3600:.1f} h, past max_lifetime", age, options.max_lifetime
         if options.exited_ttl is not None and instance.state.value in ("stopped", "exited"):
             age = (now - view.since).total_seconds()
             if age >= options.exited_ttl:
-                return "exited", f"{instance.state.value} for {age / 60:.0f} min, billing storage", age, options.exited_ttl
+                return (
+                    "exited",
+                    f"{instance.state.value} for {age / 60:.0f} min, billing storage",
+                    age,
+                    options.exited_ttl,
+                )
         if options.idle_ttl is not None:
-            unclaimed = self._unclaimed_since(view, ctx)
+            unclaimed = self._unclaimed_since(view, born, ctx)
             if unclaimed is not None:
                 age = (now - unclaimed[0]).total_seconds()
                 if age >= options.idle_ttl:
@@ -123,11 +135,18 @@ class ReaperHandler(Handler[ReaperOptions]):
         return None
 
     @staticmethod
-    def _unclaimed_since(view: InstanceView, ctx: Context) -> tuple[datetime, str] | None:
+    def _unclaimed_since(view: InstanceView, born: datetime, ctx: Context) -> tuple[datetime, str] | None:
         job = job_id_of(view.instance.label)
         if job is None:
-            return view.first_seen, "no job claims it"
+            return born, "no job claims it"
         ends = [e for name in JOB_ENDS for e in ctx.store.events(instance_id=view.instance.id, name=name)]
         if not ends:
             return None
         return max(e.at for e in ends), f"job {job} ended"
+
+
+def _born(view: InstanceView) -> datetime:
+    """When the instance was created (Vast's ``start_date``), or first seen if that is earlier or unknown."""
+    if view.instance.start_date is None:
+        return view.first_seen
+    return min(view.first_seen, datetime.fromtimestamp(view.instance.start_date, UTC))

@@ -13,7 +13,7 @@ from vastevents.config import parse_config
 from vastevents.plugins import ActiveHandler, activate
 from vastevents.testing import FakeCloud, Harness
 
-STORAGE = {"storage_cost": 0.1, "disk_space": 72.0}  # 0.1 $/GB/month × 72 GB / 720 h = $0.01/h
+STORAGE = {"storage_cost": 0.1, "disk_space": 72.0}  # 0.1 $/GB/month x 72 GB / 720 h = $0.01/h
 
 
 def billing(**options: Any) -> ActiveHandler:

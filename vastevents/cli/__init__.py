@@ -5,6 +5,8 @@ from __future__ import annotations
 from vastevents.cli import (
     _api,  # noqa: F401  (registers offers, status)
     _check,  # noqa: F401  (registers check)
+    _cost,  # noqa: F401  (registers cost)
+    _reap,  # noqa: F401  (registers reap)
     _hosts,  # noqa: F401  (registers hosts)
     _sim,  # noqa: F401  (registers sim)
     _team,  # noqa: F401  (registers team status)

@@ -1,7 +1,7 @@
 """The billing ledger: one interval per instance per observed state, with the rate it bills at.
 
 Intervals start and end at the moments we observe a change (the event's ``at``): running bills ``dph_total``
-per hour (GPU and storage), every other live state bills storage only (``storage_cost × disk / 720`` per hour,
+per hour (GPU and storage), every other live state bills storage only (``storage_cost x disk / 720`` per hour,
 as Vast bills disk from creation to destruction), and an instance gone from the list bills nothing. A rate
 change in the same state (a bid change) or a new label opens a new interval too.
 
@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import re
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from typing import ClassVar
 
 from vastevents.models import Instance, State
 from vastevents.store._codec import iso, time
@@ -132,7 +133,7 @@ class LedgerInstance:
 class Ledger:
     """The ``ledger`` component: intervals, the instances they belong to, and the keys already recorded."""
 
-    MIGRATIONS = MIGRATIONS
+    MIGRATIONS: ClassVar[Sequence[Migration]] = MIGRATIONS
 
     def __init__(self, db: Database) -> None:
         self.db = db
@@ -173,7 +174,8 @@ class Ledger:
             return True
         label, job_id = instance.label, job_id_of(instance.label)
         conn.execute(
-            "INSERT INTO ledger_intervals (instance_id, label, job_id, state, rate, start_at) VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO ledger_intervals (instance_id, label, job_id, state, rate, start_at)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
             (instance_id, label, job_id, instance.state.value, hourly_rate(instance), iso(at)),
         )
         conn.execute(
@@ -191,16 +193,17 @@ class Ledger:
         """
         listed = {instance.id: instance for instance in instances}
         with self.db.transaction() as conn:
-            open_ids = {int(r[0]) for r in conn.execute("SELECT instance_id FROM ledger_intervals WHERE end_at IS NULL")}
+            open_ids = {
+                int(r[0]) for r in conn.execute("SELECT instance_id FROM ledger_intervals WHERE end_at IS NULL")
+            }
             for instance_id in sorted(open_ids | set(listed)):
                 self.observe(conn, instance_id, listed.get(instance_id), at)
 
     def intervals(self, *, instance_id: int | None = None) -> list[Interval]:
-        where, params = ("WHERE instance_id = ?", (instance_id,)) if instance_id is not None else ("", ())
         rows = self.db.query(
             "SELECT instance_id, label, job_id, state, rate, start_at, end_at FROM ledger_intervals"
-            f" {where} ORDER BY instance_id, start_at, id",
-            params,
+            " WHERE ? IS NULL OR instance_id = ? ORDER BY instance_id, start_at, id",
+            (instance_id, instance_id),
         )
         return [
             Interval(int(r[0]), r[1], r[2], str(r[3]), float(r[4]), datetime.fromisoformat(r[5]), time(r[6]))
