@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from handlers.billing import BillingHandler
-from vastevents import Ledger
+from vastevents import Interval, Ledger, LedgerInstance
+from vastevents.cli._cost_report import build_report
 from vastevents.config import parse_config
 from vastevents.plugins import ActiveHandler, activate
 from vastevents.testing import FakeCloud, Harness
@@ -137,3 +139,30 @@ async def test_a_per_job_budget_stops_that_job_only() -> None:
         events = await h.poll_once()
         assert [(e.name, e.instance_id) for e in events] == [("budget_exceeded", 20)]
         assert h.cloud.calls == [("stop", 20)]
+
+
+def test_the_report_flags_an_instance_billing_while_the_list_hides_it_and_splits_days_at_midnight() -> None:
+    start = datetime(2026, 1, 1, 23, 0, tzinfo=UTC)
+    now = start + timedelta(hours=3)
+    intervals = [
+        Interval(1, "vastevents:job-1", "1", "running", 1.0, start, None),  # the list stopped showing it
+        Interval(2, "vastevents:job-2", "2", "running", 1.0, start, start + timedelta(hours=1)),
+    ]
+    known = {
+        1: LedgerInstance(1, start, "running", "vastevents:job-1", "1", None),
+        2: LedgerInstance(2, start, "loading", "vastevents:job-2", "2", start + timedelta(hours=1)),
+    }
+    report = build_report(intervals, known, now=now, by="day", charged={1: 3.0, 2: 1.004, 3: 0.5}, listed=set())
+    rows = {row.instance_id: row for row in report.instances}
+    assert rows[1].ghost is None and not rows[1].flagged  # billing as we saw it: not a ghost yet
+    assert rows[2].ghost is None and not rows[2].flagged  # destroyed, charged what we saw, within a cent
+    assert rows[3].ghost is not None and "never seen" in rows[3].ghost
+    assert rows[1].observed_only and not rows[2].observed_only
+    assert dict(report.groups) == {"2026-01-01": pytest.approx(2.0), "2026-01-02": pytest.approx(2.0)}
+
+    later = build_report(intervals, known, now=now, charged={1: 5.0, 2: 1.0}, listed={2})
+    ghost = {row.instance_id: row.ghost for row in later.instances}
+    assert ghost[1] is not None and "no longer on the instance list" in ghost[1]
+    assert ghost[2] is None  # shown by the list: a difference at most, never a ghost
+    unread = build_report(intervals, known, now=now, charges_error="HTTP 401")
+    assert unread.charged_total_usd is None and unread.total_usd == pytest.approx(4.0)
