@@ -8,6 +8,7 @@ per_job_usd = 5.0           # accrued spend of one job's instances (label "<pref
 warn_at = 0.8               # budget_warning at this fraction of a budget
 on_exceed = "alert"         # alert | stop | destroy (owned instances in the exceeded scope only)
 projection = "1h"           # budget_warning too when spend + burn rate x this would cross a total/job budget
+low_credit_usd = 20.0       # budget_warning (once a day) when the account's credit is below this
 
 Every status change (``any_change``) opens or closes a ledger interval in the delivery's own transaction. A
 periodic check (every 5 s, so at least once per poll cycle) first brings the ledger in line with the last
@@ -16,6 +17,7 @@ sight), then compares accrued spend with each budget: ``budget_warning`` once pe
 ``warn_at`` of it or the projection crosses it (a daily budget projects to the end of the day),
 ``budget_exceeded`` once per scope when spend reaches it, and then, every check while it stays exceeded, the
 ``on_exceed`` action on the owned instances of that scope. Projections only warn; acting is on accrued spend.
+The account's credit (``users/current``) is read at most every 10 minutes, and only with ``low_credit_usd``.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ from vastevents import (
 BUDGET_WARNING = "budget_warning"
 BUDGET_EXCEEDED = "budget_exceeded"
 _DOWN = frozenset({"stopped", "exited"})
+CREDIT_EVERY = timedelta(minutes=10)
 
 
 class BillingOptions(HandlerOptions):
@@ -57,6 +60,7 @@ class BillingOptions(HandlerOptions):
     warn_at: float = Field(default=0.8, gt=0, le=1)
     on_exceed: Literal["alert", "stop", "destroy"] = "alert"
     projection: Duration = Field(default=3600.0, ge=0)
+    low_credit_usd: float | None = Field(default=None, gt=0)
 
 
 @dataclass(frozen=True)
@@ -81,6 +85,10 @@ class BillingHandler(Handler[BillingOptions]):
 
     Options = BillingOptions
     emits = (BUDGET_WARNING, BUDGET_EXCEEDED)
+
+    def __init__(self, options: BillingOptions | None = None) -> None:
+        super().__init__(options)
+        self._credit_read: datetime | None = None
 
     @on("any_change")
     async def record(self, event: Event, ctx: Context) -> None:
@@ -108,8 +116,27 @@ class BillingHandler(Handler[BillingOptions]):
         failures = []
         for scope in self.scopes(owned, now):
             failures += await self._enforce(scope, [i for i in live if scope.covers(i)], ctx)
+        await self._check_credit(ctx, now)
         if failures:
             raise TemporaryError(f"budget action failed, trying again next check: {'; '.join(failures)}")
+
+    async def _check_credit(self, ctx: Context, now: datetime) -> None:
+        low = self.options.low_credit_usd
+        if low is None or (self._credit_read is not None and now < self._credit_read + CREDIT_EVERY):
+            return
+        self._credit_read = now
+        try:
+            credit = float((await ctx.client.current_user())["credit"])
+        except (VastEventsError, KeyError, TypeError, ValueError) as exc:
+            ctx.logger.warning("cannot read the account's credit: %s", exc)
+            return
+        if credit < low:
+            day = now.astimezone(UTC).date()
+            await ctx.emit(
+                BUDGET_WARNING,
+                key=f"credit:{day}",
+                detail=f"account credit ${credit:.2f} is below low_credit_usd ${low:.2f}",
+            )
 
     def scopes(self, owned: Sequence[Interval], now: datetime) -> list[Scope]:
         """Every configured budget with its accrued spend and burn rate over the owned intervals."""

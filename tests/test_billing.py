@@ -166,3 +166,16 @@ def test_the_report_flags_an_instance_billing_while_the_list_hides_it_and_splits
     assert ghost[2] is None  # shown by the list: a difference at most, never a ghost
     unread = build_report(intervals, known, now=now, charges_error="HTTP 401")
     assert unread.charged_total_usd is None and unread.total_usd == pytest.approx(4.0)
+
+
+async def test_low_account_credit_warns_once_a_day() -> None:
+    async with Harness(billing(low_credit_usd=20.0)) as h:
+        await h.poll_once()
+        h.cloud.credit = 12.5
+        h.clock.advance(600)
+        events = await h.poll_once()
+        assert [(e.name, e.detail) for e in events] == [
+            ("budget_warning", "account credit $12.50 is below low_credit_usd $20.00")
+        ]
+        h.clock.advance(600)
+        assert await h.poll_once() == []
