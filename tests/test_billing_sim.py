@@ -228,7 +228,8 @@ def test_reap_dry_run_reports_and_reap_yes_destroys_the_orphan_only(
     sim: Simulator, api_key: str, tmp_path: Path
 ) -> None:
     config_file = tmp_path / "c.toml"
-    config_file.write_text(config_text(tmp_path / "s.db", '[handlers.reaper]\nuse = "reaper"\nidle_ttl = "30m"\n'))
+    handlers = '[handlers.billing]\nuse = "billing"\n[handlers.reaper]\nuse = "reaper"\nidle_ttl = "30m"\n'
+    config_file.write_text(config_text(tmp_path / "s.db", handlers))
     orphan = sim.create_instance(label="vastevents:scratch", pull="30s")
     job = sim.create_instance(label="vastevents:job-5", pull="30s")  # claimed by a job still running
     foreign = sim.create_instance(label="by-hand", pull="30s")
@@ -254,7 +255,9 @@ def test_reap_dry_run_reports_and_reap_yes_destroys_the_orphan_only(
         assert sim.instance(job) is not None and sim.instance(foreign) is not None
         with SqliteStore(tmp_path / "s.db") as store:
             reaped = store.events(name="reaped")
+            ledger = store.repository(Ledger).instances()
         assert [(e.instance_id, "no job claims it" in e.detail) for e in reaped] == [(orphan, True)]
+        assert sorted(ledger) == [orphan, job, foreign]  # the other handlers saw the cycles too
     finally:
         for ref in (orphan, job, foreign):
             if sim.instance(ref) is not None:

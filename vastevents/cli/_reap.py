@@ -1,4 +1,9 @@
-"""``reap``: one pass of the reaper handler through the Runtime, after a confirmation unless ``--yes``."""
+"""``reap``: one pass of the reaper handler through the Runtime, after a confirmation unless ``--yes``.
+
+A pass is one ``watch --once`` cycle with every configured handler (so none of them misses the events this
+poll journals) and the reaper's options overridden: no grace (a person asked), and report-only for the first
+pass; the second pass, after the confirmation, destroys.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +18,7 @@ from rich.table import Table
 from vastevents.cli._app import ConfigOption, app, fail, table_console
 from vastevents.config import Config, load_config
 from vastevents.errors import ConfigError, VastEventsError
-from vastevents.plugins import activate, resolve
+from vastevents.plugins import activate, load_handlers, resolve
 from vastevents.runtime import Runtime
 
 REAPER = "reaper"
@@ -28,15 +33,16 @@ def _reaper(cfg: Config) -> tuple[str, str, dict[str, Any]]:
 
 
 async def _pass(cfg: Config, *, dry_run: bool) -> list[dict[str, Any]]:
-    """Poll, then run the reaper once with no grace (a person asked for it); what it found."""
+    """One cycle with the reaper forced to run, without grace; what it found."""
     name, use, options = _reaper(cfg)
+    others = [handler for handler in load_handlers(cfg) if handler.name != name]
     try:
         target, source = resolve(use)
         active = activate(name, target, {**options, "dry_run": dry_run, "grace": 0}, use=use, source=source)
     except (LookupError, ValueError) as exc:
         raise ConfigError(f"[handlers.{name}]: {exc}") from None
-    async with Runtime(cfg, handlers=[active]) as runtime:
-        await runtime.poll_once(all_periodic=True)
+    async with Runtime(cfg, handlers=[*others, active]) as runtime:
+        await runtime.poll_once(all_periodic=True)  # as `watch --once`: every periodic handler runs once
     return [finding.to_json() for finding in getattr(active.target, "last_pass", [])]
 
 
