@@ -65,7 +65,7 @@ class BillingOptions(HandlerOptions):
 
 @dataclass(frozen=True)
 class Scope:
-    """One budget to check: its key (for exactly-once events), words, limit and the instances it covers."""
+    """One budget to check: its key (events are once per key and limit), words, limit and the instances it covers."""
 
     key: str
     what: str
@@ -189,14 +189,14 @@ class BillingHandler(Handler[BillingOptions]):
                 await ctx.emit(
                     BUDGET_WARNING,
                     instance=subject,
-                    key=f"warning:{scope.key}",
+                    key=f"warning:{scope.key}:{scope.limit_usd:g}",
                     detail=f"{scope.what} reached {numbers}",
                 )
             elif scope.projected_usd >= scope.limit_usd:
                 await ctx.emit(
                     BUDGET_WARNING,
                     instance=subject,
-                    key=f"warning:{scope.key}",
+                    key=f"warning:{scope.key}:{scope.limit_usd:g}",
                     detail=f"{scope.what} ${scope.spend_usd:.2f} is projected to reach"
                     f" ${scope.projected_usd:.2f} of ${scope.limit_usd:.2f} at ${scope.burn_usd_h:.3f}/h",
                 )
@@ -205,7 +205,7 @@ class BillingHandler(Handler[BillingOptions]):
         await ctx.emit(
             BUDGET_EXCEEDED,
             instance=subject,
-            key=f"exceeded:{scope.key}",
+            key=f"exceeded:{scope.key}:{scope.limit_usd:g}",
             detail=f"{scope.what} {numbers}; on_exceed = {action}",
         )
         failures = []

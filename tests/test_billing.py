@@ -179,3 +179,20 @@ async def test_low_account_credit_warns_once_a_day() -> None:
         ]
         h.clock.advance(600)
         assert await h.poll_once() == []
+
+
+async def test_a_raised_budget_is_watched_afresh(tmp_path: Path) -> None:
+    cloud = FakeCloud()
+    cloud.add(30, "running", dph_total=1.0, label="vastevents:a", **STORAGE)
+    first = Harness(billing(budget_usd=1.0, projection=0), cloud=cloud, store_path=tmp_path / "s.db")
+    await first.poll_once()
+    first.clock.advance(3600)
+    assert [e.name for e in await first.poll_once()] == ["budget_exceeded"]
+    await first.aclose()
+    async with Harness(
+        billing(budget_usd=2.0, projection=0), cloud=cloud, clock=first.clock, store_path=tmp_path / "s.db"
+    ) as second:
+        assert await second.poll_once() == []
+        second.clock.advance(3600)
+        events = await second.poll_once()
+        assert [(e.name, "of $2.00" in e.detail) for e in events] == [("budget_exceeded", True)]
