@@ -10,7 +10,7 @@ import pytest
 
 from handlers.billing import BillingHandler
 from vastevents import Interval, Ledger, LedgerInstance
-from vastevents.cli._cost_report import build_report
+from vastevents.cli._cost_report import Charge, build_report
 from vastevents.config import parse_config
 from vastevents.plugins import ActiveHandler, activate
 from vastevents.testing import FakeCloud, Harness
@@ -141,6 +141,10 @@ async def test_a_per_job_budget_stops_that_job_only() -> None:
         assert h.cloud.calls == [("stop", 20)]
 
 
+def charges(amounts: dict[int, float], until: datetime) -> dict[int, Charge]:
+    return {instance_id: Charge(amount, until) for instance_id, amount in amounts.items()}
+
+
 def test_the_report_flags_an_instance_billing_while_the_list_hides_it_and_splits_days_at_midnight() -> None:
     start = datetime(2026, 1, 1, 23, 0, tzinfo=UTC)
     now = start + timedelta(hours=3)
@@ -152,7 +156,9 @@ def test_the_report_flags_an_instance_billing_while_the_list_hides_it_and_splits
         1: LedgerInstance(1, start, "running", "vastevents:job-1", "1", None),
         2: LedgerInstance(2, start, "loading", "vastevents:job-2", "2", start + timedelta(hours=1)),
     }
-    report = build_report(intervals, known, now=now, by="day", charged={1: 3.0, 2: 1.004, 3: 0.5}, listed=set())
+    report = build_report(
+        intervals, known, now=now, by="day", charged=charges({1: 3.0, 2: 1.004, 3: 0.5}, now), listed=set()
+    )
     rows = {row.instance_id: row for row in report.instances}
     assert rows[1].ghost is None and not rows[1].flagged  # billing as we saw it: not a ghost yet
     assert rows[2].ghost is None and not rows[2].flagged  # destroyed, charged what we saw, within a cent
@@ -160,10 +166,14 @@ def test_the_report_flags_an_instance_billing_while_the_list_hides_it_and_splits
     assert rows[1].observed_only and not rows[2].observed_only
     assert dict(report.groups) == {"2026-01-01": pytest.approx(2.0), "2026-01-02": pytest.approx(2.0)}
 
-    later = build_report(intervals, known, now=now, charged={1: 5.0, 2: 1.0}, listed={2})
+    later = build_report(intervals, known, now=now, charged=charges({1: 5.0, 2: 1.0}, now), listed={2})
     ghost = {row.instance_id: row.ghost for row in later.instances}
     assert ghost[1] is not None and "no longer on the instance list" in ghost[1]
     assert ghost[2] is None  # shown by the list: a difference at most, never a ghost
+    before_we_watched = build_report(intervals, known, now=now, charged=charges({4: 2.0}, start), listed=set())
+    assert [row.ghost for row in before_we_watched.instances if row.instance_id == 4] == [None]
+    nothing_kept = build_report([], {}, now=now, charged=charges({4: 2.0}, now), listed=set())
+    assert nothing_kept.ghosts == []  # no ledger: nothing to account with, no alarm
     unread = build_report(intervals, known, now=now, charges_error="HTTP 401")
     assert unread.charged_total_usd is None and unread.total_usd == pytest.approx(4.0)
 

@@ -12,7 +12,7 @@ import typer
 from rich.table import Table
 
 from vastevents.cli._app import ConfigOption, app, fail, table_console
-from vastevents.cli._cost_report import CostReport, GroupBy, build_report, charged_by_instance
+from vastevents.cli._cost_report import Charge, CostReport, GroupBy, build_report, charged_by_instance
 from vastevents.config import Config, load_config, resolve_api_key
 from vastevents.errors import ConfigError, VastEventsError
 from vastevents.store import SqliteStore, StoreError
@@ -35,14 +35,14 @@ def _since(text: str | None) -> datetime | None:
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
 
 
-async def _vast_side(config: Config, start: datetime, end: datetime) -> tuple[dict[int, float] | str, set[int] | str]:
+async def _vast_side(config: Config, start: datetime, end: datetime) -> tuple[dict[int, Charge] | str, set[int] | str]:
     """Vast's charges per instance and the listed ids, or the reason each could not be read."""
     key = resolve_api_key()
     if key is None:
         reason = "no Vast API key (set VAST_API_KEY)"
         return reason, reason
     async with VastClient(key, config.vast.url, max_attempts=3, max_wait=2.0) as client:
-        charges: dict[int, float] | str
+        charges: dict[int, Charge] | str
         listed: set[int] | str
         try:
             items: list[dict[str, Any]] = []

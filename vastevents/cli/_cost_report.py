@@ -30,9 +30,17 @@ def tolerance(charged_usd: float) -> float:
     return max(0.01, 0.02 * abs(charged_usd))
 
 
-def charged_by_instance(items: Iterable[Mapping[str, Any]]) -> dict[int, float]:
+@dataclass(frozen=True)
+class Charge:
+    """What Vast charged for one instance, and the end of the last charged period (None: not given)."""
+
+    amount_usd: float
+    until: datetime | None
+
+
+def charged_by_instance(items: Iterable[Mapping[str, Any]]) -> dict[int, Charge]:
     """Vast's charge items summed per instance id (``instance_id``, else a ``source`` like ``instance-123``)."""
-    out: dict[int, float] = defaultdict(float)
+    out: dict[int, Charge] = {}
     for item in items:
         instance_id = item.get("instance_id")
         if instance_id is None:
@@ -41,10 +49,14 @@ def charged_by_instance(items: Iterable[Mapping[str, Any]]) -> dict[int, float]:
                 continue
             instance_id = found.group(1)
         try:
-            out[int(instance_id)] += float(item.get("amount") or 0.0)
-        except (TypeError, ValueError):
+            key, amount = int(instance_id), float(item.get("amount") or 0.0)
+            end = datetime.fromtimestamp(float(item["end"]), UTC) if item.get("end") is not None else None
+        except (TypeError, ValueError, OverflowError, OSError):
             continue
-    return dict(out)
+        before = out.get(key, Charge(0.0, None))
+        ends = [moment for moment in (before.until, end) if moment is not None]
+        out[key] = Charge(before.amount_usd + amount, max(ends) if ends else None)
+    return out
 
 
 @dataclass(frozen=True)
@@ -131,7 +143,7 @@ def build_report(
     now: datetime,
     by: GroupBy = "instance",
     since: datetime | None = None,
-    charged: Mapping[int, float] | None = None,
+    charged: Mapping[int, Charge] | None = None,
     listed: Collection[int] | None = None,
     charges_error: str | None = None,
     list_error: str | None = None,
@@ -141,13 +153,16 @@ def build_report(
     for interval in intervals:
         per_instance[interval.instance_id].append(interval)
     charged = charged if charges_error is None else None
+    watched_since = min((seen.first_seen for seen in known.values()), default=None)
     rows = []
     for instance_id in sorted(set(per_instance) | set(known) | set(charged or {})):
         mine = per_instance.get(instance_id, [])
         seen = known.get(instance_id)
         cost = sum(i.cost_usd(now, since=since) for i in mine)
         is_listed = None if listed is None else instance_id in listed
-        charge = (charged or {}).get(instance_id, 0.0 if charged is not None else None)
+        bill = (charged or {}).get(instance_id)
+        charge = bill.amount_usd if bill is not None else (0.0 if charged is not None else None)
+        watched = watched_since is not None and (bill is None or bill.until is None or bill.until > watched_since)
         label = mine[-1].label if mine else (seen.label if seen else None)
         rows.append(
             InstanceCost(
@@ -160,20 +175,23 @@ def build_report(
                 billing=any(i.end is None for i in mine),
                 listed=is_listed,
                 charged_usd=charge,
-                ghost=_ghost(seen, cost, charge, is_listed),
+                ghost=_ghost(seen, cost, charge, is_listed, watched),
             )
         )
     return CostReport(by, since, now, tuple(rows), _groups(intervals, now, by, since), charges_error, list_error)
 
 
-def _ghost(seen: LedgerInstance | None, cost: float, charged: float | None, listed: bool | None) -> str | None:
+def _ghost(
+    seen: LedgerInstance | None, cost: float, charged: float | None, listed: bool | None, watched: bool
+) -> str | None:
+    """Why a charge is ghost billing, or None; `watched`: it billed while the ledger was being kept."""
     if not charged:
         return None
     hidden = listed is False or (listed is None and (seen is None or seen.gone_at is not None))
     if not hidden:
         return None
     if seen is None:
-        return f"charged ${charged:.2f} but never seen on the instance list"
+        return f"charged ${charged:.2f} but never seen on the instance list" if watched else None
     if charged > cost + tolerance(charged):
         return f"charged ${charged - cost:.2f} more than we saw it bill, and it is no longer on the instance list"
     return None
