@@ -5,6 +5,8 @@ use = "reaper"
 idle_ttl = "30m"        # owned, and no active job claims it for this long ("none" turns the rule off)
 exited_ttl = "1h"       # owned, and stopped/exited (billing storage) for this long
 max_lifetime = "none"   # owned, and alive this long since it was created (or first seen), e.g. "2d"
+gpu_idle_ttl = "none"   # owned, running, and gpu_util below gpu_idle_below (%) on every pass for this long
+gpu_idle_below = 1.0
 grace = "10m"           # warn when a rule first matches, destroy only this much later
 dry_run = false         # only report what would be reaped
 
@@ -15,6 +17,8 @@ Rules, over the last complete instance list, owned instances only (label startin
   created (Vast's ``start_date``, else first sight); a job's instance from the end of its job.
 - *exited*: stopped or exited since we saw it change (it still bills storage), whatever the reason.
 - *too old*: alive longer than ``max_lifetime`` since it was created (the same start).
+- *gpu idle*: running with ``gpu_util`` below ``gpu_idle_below`` on every pass since it first was (kept in
+  the store, so a restart does not reset it; a pass that sees it busy or not running starts it over).
 
 A match older than its rule's TTL is warned about (notifier, once per watcher run) and destroyed with
 ``ctx.destroy`` once it is older than TTL + ``grace``; each destroy journals ``reaped`` with the reason.
@@ -23,16 +27,53 @@ The pass runs every minute. ``last_pass`` keeps what the last pass found, for ``
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field, field_validator
 
-from vastevents import Context, Duration, Handler, HandlerOptions, InstanceView, every, job_id_of
+from vastevents import (
+    Context,
+    Database,
+    Duration,
+    Handler,
+    HandlerOptions,
+    InstanceView,
+    Migration,
+    every,
+    job_id_of,
+)
 
 REAPED = "reaped"
-Rule = Literal["unclaimed", "exited", "too old"]
+Rule = Literal["unclaimed", "exited", "too old", "gpu idle"]
+
+
+class GpuIdle:
+    """The ``reaper`` component: since when each running owned instance has shown an idle GPU."""
+
+    MIGRATIONS: ClassVar[Sequence[Migration]] = (
+        Migration(
+            "reaper", 1, ("CREATE TABLE reaper_gpu_idle (instance_id INTEGER PRIMARY KEY, since TEXT NOT NULL)",)
+        ),
+    )
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def update(self, idle: Iterable[int], now: datetime) -> dict[int, datetime]:
+        """Keep exactly the `idle` ids (new ones idle since `now`); since when each has been idle."""
+        ids = sorted(set(idle))
+        with self.db.transaction() as conn:
+            known = {int(r[0]): datetime.fromisoformat(r[1]) for r in conn.execute("SELECT * FROM reaper_gpu_idle")}
+            for gone in set(known) - set(ids):
+                conn.execute("DELETE FROM reaper_gpu_idle WHERE instance_id = ?", (gone,))
+            for new in set(ids) - set(known):
+                conn.execute("INSERT INTO reaper_gpu_idle (instance_id, since) VALUES (?, ?)", (new, now.isoformat()))
+        return {instance_id: known.get(instance_id, now) for instance_id in ids}
+
+
 JOB_ENDS = ("job_finished", "job_failed")
 
 
@@ -40,10 +81,12 @@ class ReaperOptions(HandlerOptions):
     idle_ttl: Duration | None = 1800.0
     exited_ttl: Duration | None = 3600.0
     max_lifetime: Duration | None = None
+    gpu_idle_ttl: Duration | None = None
+    gpu_idle_below: float = Field(default=1.0, ge=0, le=100)
     grace: Duration = Field(default=600.0, ge=0)
     dry_run: bool = False
 
-    @field_validator("idle_ttl", "exited_ttl", "max_lifetime", mode="before")
+    @field_validator("idle_ttl", "exited_ttl", "max_lifetime", "gpu_idle_ttl", mode="before")
     @classmethod
     def _none_turns_off(cls, value: object) -> object:
         return None if isinstance(value, str) and value.strip().lower() in ("none", "off") else value
@@ -84,10 +127,10 @@ class ReaperHandler(Handler[ReaperOptions]):
     async def reap(self, ctx: Context) -> None:
         now = ctx.clock.now()
         found: list[Finding] = []
-        for view in ctx.store.load_snapshot().views.values():
-            if not ctx.owns(view.instance):
-                continue
-            match = self._match(view, now, ctx)
+        owned = [view for view in ctx.store.load_snapshot().views.values() if ctx.owns(view.instance)]
+        idle = ctx.store.repository(GpuIdle).update([v.instance.id for v in owned if self._gpu_idle(v)], now)
+        for view in owned:
+            match = self._match(view, now, idle.get(view.instance.id), ctx)
             if match is None:
                 continue
             rule, reason, age, ttl = match
@@ -109,7 +152,18 @@ class ReaperHandler(Handler[ReaperOptions]):
                 )
         self.last_pass = found
 
-    def _match(self, view: InstanceView, now: datetime, ctx: Context) -> tuple[Rule, str, float, float] | None:
+    def _gpu_idle(self, view: InstanceView) -> bool:
+        util = view.instance.gpu_util
+        return (
+            self.options.gpu_idle_ttl is not None
+            and view.state.value == "running"
+            and util is not None
+            and (util < self.options.gpu_idle_below)
+        )
+
+    def _match(
+        self, view: InstanceView, now: datetime, idle_since: datetime | None, ctx: Context
+    ) -> tuple[Rule, str, float, float] | None:
         """(rule, reason, seconds since the rule's start, the rule's TTL) of the first rule that matches."""
         options, instance = self.options, view.instance
         born = _born(view)
@@ -126,6 +180,10 @@ class ReaperHandler(Handler[ReaperOptions]):
                     age,
                     options.exited_ttl,
                 )
+        if options.gpu_idle_ttl is not None and idle_since is not None:
+            age = (now - idle_since).total_seconds()
+            if age >= options.gpu_idle_ttl:
+                return "gpu idle", f"GPU idle for {age / 60:.0f} min while running", age, options.gpu_idle_ttl
         if options.idle_ttl is not None:
             unclaimed = self._unclaimed_since(view, born, ctx)
             if unclaimed is not None:

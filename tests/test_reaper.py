@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from handlers.reaper import ReaperHandler
 from vastevents import Event
 from vastevents.plugins import ActiveHandler, activate
-from vastevents.testing import Harness
+from vastevents.testing import FakeCloud, Harness
 
 
 def reaper(**options: Any) -> ActiveHandler:
@@ -86,3 +87,28 @@ async def test_dry_run_reports_what_a_real_pass_destroys_exited_and_too_old() ->
         events = await h.poll_once()
         assert [(e.name, e.instance_id) for e in events] == [("reaped", 8)]
         assert "billing storage" in events[0].detail and h.cloud.calls == [("destroy", 8)]
+
+
+async def test_a_running_instance_with_an_idle_gpu_is_reaped_after_its_ttl_and_a_busy_pass_starts_over(
+    tmp_path: Path,
+) -> None:
+    options = {"idle_ttl": "none", "gpu_idle_ttl": "20m", "grace": 0}
+    cloud = FakeCloud()
+    cloud.add(9, "running", label="vastevents:job-3", gpu_util=0.0)
+    first = Harness(reaper(**options), cloud=cloud, store_path=tmp_path / "s.db")
+    await first.poll_once()
+    first.clock.advance(600)
+    cloud.update(9, gpu_util=85.0)  # busy for a pass: the idle time starts over
+    await first.poll_once()
+    first.clock.advance(60)
+    cloud.update(9, gpu_util=0.2)
+    await first.poll_once()
+    first.clock.advance(600)
+    await first.poll_once()
+    assert findings(first) == []
+    await first.aclose()
+    async with Harness(reaper(**options), cloud=cloud, clock=first.clock, store_path=tmp_path / "s.db") as h:
+        h.clock.advance(600)  # 20 min idle in all, across a restart
+        events = await h.poll_once()
+        assert [(e.name, e.instance_id) for e in events] == [("reaped", 9)]
+        assert "GPU idle" in events[0].detail
