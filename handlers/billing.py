@@ -22,7 +22,6 @@ The account's credit (``users/current``) is read at most every 10 minutes, and o
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -31,6 +30,7 @@ from typing import Literal
 from pydantic import Field
 
 from vastevents import (
+    Conn,
     Context,
     Duration,
     Event,
@@ -99,7 +99,7 @@ class BillingHandler(Handler[BillingOptions]):
         instance = None if event.name == "vanished" else event.instance
         key = f"event:{event.id}"
 
-        def write(conn: sqlite3.Connection) -> None:
+        def write(conn: Conn) -> None:
             ledger.observe(conn, instance_id, instance, event.at, key=key)
 
         ctx.in_delivery(write)

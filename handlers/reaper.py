@@ -66,7 +66,8 @@ class GpuIdle:
         """Keep exactly the `idle` ids (new ones idle since `now`); since when each has been idle."""
         ids = sorted(set(idle))
         with self.db.transaction() as conn:
-            known = {int(r[0]): datetime.fromisoformat(r[1]) for r in conn.execute("SELECT * FROM reaper_gpu_idle")}
+            rows = conn.execute("SELECT instance_id, since FROM reaper_gpu_idle").fetchall()
+            known = {int(r[0]): datetime.fromisoformat(r[1]) for r in rows}
             for gone in set(known) - set(ids):
                 conn.execute("DELETE FROM reaper_gpu_idle WHERE instance_id = ?", (gone,))
             for new in set(ids) - set(known):

@@ -42,10 +42,10 @@ from vastevents.runtime import Runtime
 from vastevents.snapshot import InstanceView, Snapshot
 from vastevents.store import Conn, Database, Migration, SqliteStore, Store
 from vastevents.store.hosts import HostRecord, Hosts
+from vastevents.store.ledger import Interval, Ledger, LedgerInstance, hourly_rate, job_id_of
 from vastevents.store.outbox import Outbox, OutboxMessage
 from vastevents.store.recoveries import Recoveries, Recovery, RecoveryStatus
 from vastevents.store.webhooks import Webhooks
-from vastevents.store.ledger import Interval, Ledger, LedgerInstance, hourly_rate, job_id_of
 from vastevents.vast import VastClient
 
 __all__ = [

@@ -13,7 +13,6 @@ nothing, so a redelivered event never bills twice. Handlers write observations w
 from __future__ import annotations
 
 import re
-import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -21,7 +20,7 @@ from typing import ClassVar
 
 from vastevents.models import Instance, State
 from vastevents.store._codec import iso, time
-from vastevents.store._db import Database, Migration
+from vastevents.store._db import Conn, Database, Migration
 
 HOURS_PER_MONTH = 720.0
 """Vast prices disk per GB per month of 30 days."""
@@ -140,7 +139,7 @@ class Ledger:
 
     def observe(
         self,
-        conn: sqlite3.Connection,
+        conn: Conn,
         instance_id: int,
         instance: Instance | None,
         at: datetime,
@@ -152,8 +151,10 @@ class Ledger:
         The open interval is closed at `at` and a new one opened when the state, rate or label changed.
         """
         if key is not None:
-            marked = conn.execute("INSERT INTO ledger_marks (key) VALUES (?) ON CONFLICT (key) DO NOTHING", (key,))
-            if marked.rowcount == 0:
+            marked = conn.execute(
+                "INSERT INTO ledger_marks (key) VALUES (?) ON CONFLICT (key) DO NOTHING RETURNING key", (key,)
+            ).fetchone()
+            if marked is None:
                 return False
         row = conn.execute(
             "SELECT id, state, rate, label, start_at FROM ledger_intervals WHERE instance_id = ? AND end_at IS NULL",
@@ -193,18 +194,18 @@ class Ledger:
         """
         listed = {instance.id: instance for instance in instances}
         with self.db.transaction() as conn:
-            open_ids = {
-                int(r[0]) for r in conn.execute("SELECT instance_id FROM ledger_intervals WHERE end_at IS NULL")
-            }
+            rows = conn.execute("SELECT instance_id FROM ledger_intervals WHERE end_at IS NULL").fetchall()
+            open_ids = {int(r[0]) for r in rows}
             for instance_id in sorted(open_ids | set(listed)):
                 self.observe(conn, instance_id, listed.get(instance_id), at)
 
     def intervals(self, *, instance_id: int | None = None) -> list[Interval]:
-        rows = self.db.query(
-            "SELECT instance_id, label, job_id, state, rate, start_at, end_at FROM ledger_intervals"
-            " WHERE ? IS NULL OR instance_id = ? ORDER BY instance_id, start_at, id",
-            (instance_id, instance_id),
-        )
+        columns = "SELECT instance_id, label, job_id, state, rate, start_at, end_at FROM ledger_intervals"
+        order = " ORDER BY instance_id, start_at, id"
+        if instance_id is None:
+            rows = self.db.query(columns + order)
+        else:
+            rows = self.db.query(columns + " WHERE instance_id = ?" + order, (instance_id,))
         return [
             Interval(int(r[0]), r[1], r[2], str(r[3]), float(r[4]), datetime.fromisoformat(r[5]), time(r[6]))
             for r in rows
