@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -9,10 +10,11 @@ from typing import Any
 import pytest
 
 from handlers.billing import BillingHandler
-from vastevents import Interval, Ledger, LedgerInstance
+from vastevents import Instance, Interval, Ledger, LedgerInstance, SqliteStore
 from vastevents.cli._cost_report import Charge, build_report
 from vastevents.config import parse_config
 from vastevents.plugins import ActiveHandler, activate
+from vastevents.store import PostgresStore, SqlStore
 from vastevents.testing import FakeCloud, Harness
 
 STORAGE = {"storage_cost": 0.1, "disk_space": 72.0}  # 0.1 $/GB/month x 72 GB / 720 h = $0.01/h
@@ -206,3 +208,35 @@ async def test_a_raised_budget_is_watched_afresh(tmp_path: Path) -> None:
         second.clock.advance(3600)
         events = await second.poll_once()
         assert [(e.name, "of $2.00" in e.detail) for e in events] == [("budget_exceeded", True)]
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SqlStore]:
+    store: SqlStore
+    if request.param == "sqlite":
+        store = SqliteStore(tmp_path / "s.db")
+    else:
+        store = PostgresStore(request.getfixturevalue("pg_url"))
+    yield store
+    store.close()
+
+
+def test_the_ledger_records_a_keyed_observation_once_and_a_sweep_opens_a_bid_change_on_both_backends(
+    any_store: SqlStore,
+) -> None:
+    ledger = any_store.repository(Ledger)
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    running = Instance(id=1, actual_status="running", dph_total=0.31, label="vastevents:job-2", **STORAGE)
+    with any_store.db.transaction() as conn:
+        assert ledger.observe(conn, 1, running, t0, key="event:1")
+        assert not ledger.observe(conn, 1, running.model_copy(update={"actual_status": "stopped"}), t0, key="event:1")
+    ledger.sweep([running], t0 + timedelta(minutes=5))  # unchanged: nothing new
+    ledger.sweep([running.model_copy(update={"dph_total": 0.37})], t0 + timedelta(hours=1))
+    ledger.sweep([], t0 + timedelta(hours=2))
+    intervals = ledger.intervals()
+    assert [(i.rate_usd_h, i.start, i.end, i.job_id) for i in intervals] == [
+        (0.31, t0, t0 + timedelta(hours=1), "2"),
+        (0.37, t0 + timedelta(hours=1), t0 + timedelta(hours=2), "2"),
+    ]
+    assert ledger.intervals(instance_id=2) == []
+    assert ledger.instances()[1].gone_at == t0 + timedelta(hours=2)
