@@ -5,18 +5,16 @@ from __future__ import annotations
 import asyncio
 import json
 from datetime import UTC, date, datetime, timedelta
-from pathlib import Path
 from typing import Annotated, Any, cast
 
 import typer
 from rich.table import Table
 
-from vastevents.cli._app import ConfigOption, app, fail, table_console
+from vastevents.cli._app import ConfigOption, app, existing_store, fail, table_console
 from vastevents.cli._cost_report import Charge, CostReport, GroupBy, build_report, charged_by_instance
 from vastevents.config import Config, load_config, resolve_api_key
 from vastevents.errors import ConfigError, VastEventsError
-from vastevents.store import SqliteStore, StoreError
-from vastevents.store.ledger import Ledger
+from vastevents.store.ledger import Interval, Ledger, LedgerInstance
 from vastevents.vast import VastClient
 
 _MAX_PAGES = 1000
@@ -108,13 +106,12 @@ def cost(
         cfg = load_config(config)
     except ConfigError as exc:
         fail(str(exc), 2)
-    path: Path = cfg.store.resolved_path()
-    try:
-        with SqliteStore(path) as store:
+    intervals: list[Interval] = []
+    known: dict[int, LedgerInstance] = {}
+    if (store := existing_store(cfg)) is not None:  # the team's shared store in team mode
+        with store:
             ledger = store.repository(Ledger)
             intervals, known = ledger.intervals(), ledger.instances()
-    except StoreError as exc:
-        fail(str(exc))
     now = datetime.now(UTC)
     first = min((i.start for i in intervals), default=now - _WEEK) - timedelta(days=1)
     charges, listed = asyncio.run(_vast_side(cfg, start or first, now + timedelta(days=1)))
