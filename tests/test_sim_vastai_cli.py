@@ -82,3 +82,16 @@ def test_official_cli_search_create_show_destroy_and_ssh_keys(tmp_path: Path) ->
         keys = _vastai(sim, tmp_path, "show", "ssh-keys")
         assert PUBKEY in keys.stdout
         assert [k["public_key"] for k in _json(_vastai(sim, tmp_path, "show", "ssh-keys", "--raw"))] == [PUBKEY]
+
+
+def test_official_cli_shows_the_simulators_charges_and_invoices(tmp_path: Path) -> None:
+    with Simulator(api_key=KEY, clock=ManualClock()) as sim:
+        instance_id = sim.create_instance(label="vastevents:job-1", pull="30s")
+        sim.advance(3600)
+        window = ("--start-date", "2025-12-31", "--end-date", "2026-01-03")
+        charges = _vastai(sim, tmp_path, "show", "invoices-v1", "-c", "--no-color", *window)
+        assert "Instance" in charges.stdout and str(instance_id) in charges.stdout, charges.stdout
+        invoices = _vastai(sim, tmp_path, "show", "invoices-v1", "-i", "--no-color", *window)
+        assert "Transfer" in invoices.stdout and "$100.00" in invoices.stdout, invoices.stdout
+        sim.vanish(instance_id)
+        assert sim.instance_count() == 0

@@ -43,6 +43,7 @@ from vastevents.runtime import Runtime
 from vastevents.snapshot import InstanceView, Snapshot
 from vastevents.store import Conn, Database, Job, Jobs, Migration, SqliteStore, Store
 from vastevents.store.hosts import HostRecord, Hosts
+from vastevents.store.ledger import Interval, Ledger, LedgerInstance, hourly_rate, job_id_of
 from vastevents.store.outbox import Outbox, OutboxMessage
 from vastevents.store.recoveries import Recoveries, Recovery, RecoveryStatus
 from vastevents.store.webhooks import Webhooks
@@ -70,10 +71,13 @@ __all__ = [
     "Hosts",
     "Instance",
     "InstanceView",
+    "Interval",
     "Job",
     "JobSpec",
     "Jobs",
     "JsonWebhookTransport",
+    "Ledger",
+    "LedgerInstance",
     "Migration",
     "NoSuchAsk",
     "NotFound",
@@ -110,6 +114,8 @@ __all__ = [
     "daemon",
     "diff",
     "every",
+    "hourly_rate",
+    "job_id_of",
     "load_spec",
     "observe",
     "on",

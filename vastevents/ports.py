@@ -55,6 +55,10 @@ class VastApi(Protocol):
 
     async def list_ssh_keys(self) -> list[dict[str, Any]]: ...
 
+    async def current_user(self) -> dict[str, Any]:
+        """The account (``users/current``): ``credit`` is the balance left in dollars."""
+        ...
+
     async def charges(
         self, *, start: float | None = None, end: float | None = None, limit: int = 100, after_token: str | None = None
     ) -> dict[str, Any]: ...

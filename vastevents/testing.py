@@ -58,6 +58,7 @@ class FakeCloud:
         self.offers: list[Offer] = []
         self.ssh_keys: list[dict[str, Any]] = []
         self.charge_rows: list[dict[str, Any]] = []
+        self.credit = 100.0
         self.calls: list[tuple[str, int]] = []
         self._failures: list[Exception] = []
         self._next_id = 1000
@@ -149,6 +150,9 @@ class FakeCloud:
 
     async def list_ssh_keys(self) -> list[dict[str, Any]]:
         return list(self.ssh_keys)
+
+    async def current_user(self) -> dict[str, Any]:
+        return {"id": 1, "credit": self.credit, "balance": self.credit}
 
     async def charges(
         self, *, start: float | None = None, end: float | None = None, limit: int = 100, after_token: str | None = None

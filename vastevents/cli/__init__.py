@@ -5,7 +5,9 @@ from __future__ import annotations
 from vastevents.cli import (
     _api,  # noqa: F401  (registers offers, status)
     _check,  # noqa: F401  (registers check)
+    _cost,  # noqa: F401  (registers cost)
     _hosts,  # noqa: F401  (registers hosts)
+    _reap,  # noqa: F401  (registers reap)
     _run,  # noqa: F401  (registers run, jobs, logs)
     _sim,  # noqa: F401  (registers sim)
     _team,  # noqa: F401  (registers team status)

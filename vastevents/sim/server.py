@@ -421,6 +421,9 @@ class Api:
                 "description": "Simulator starting credit",
                 "amount": world.credit,
                 "when": world.origin,
+                "start": world.origin,
+                "end": world.origin,
+                "metadata": {"invoice_id": 1},
                 "items": [],
             }
         return Response(200, {"results": [credit], "count": 1, "total": 1, "next_token": None})

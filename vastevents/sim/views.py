@@ -75,10 +75,11 @@ def charge_item(m: Machine, inst: SimInstance, *, now: float) -> dict[str, Any]:
         "start": inst.created_at,
         "end": end,
         "day": end,
+        "metadata": {"instance_id": inst.id},
         "items": [
             {"type": "gpu", "source": "gpu", "description": "GPU time while running", "amount": gpu,
-             "start": inst.created_at, "end": end, "items": []},
+             "start": inst.created_at, "end": end, "metadata": {}, "items": []},
             {"type": "storage", "source": "storage", "description": f"{inst.disk} GB disk, stopped too",
-             "amount": storage, "start": inst.created_at, "end": end, "items": []},
+             "amount": storage, "start": inst.created_at, "end": end, "metadata": {}, "items": []},
         ],
     }  # fmt: skip

@@ -1,0 +1,242 @@
+"""The billing handler: ledger arithmetic on a manual clock, budgets, and a restart in the middle."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from handlers.billing import BillingHandler
+from vastevents import Instance, Interval, Ledger, LedgerInstance, SqliteStore
+from vastevents.cli._cost_report import Charge, build_report
+from vastevents.config import parse_config
+from vastevents.plugins import ActiveHandler, activate
+from vastevents.store import PostgresStore, SqlStore
+from vastevents.testing import FakeCloud, Harness
+
+STORAGE = {"storage_cost": 0.1, "disk_space": 72.0}  # 0.1 $/GB/month x 72 GB / 720 h = $0.01/h
+
+
+def billing(**options: Any) -> ActiveHandler:
+    return activate("billing", BillingHandler, options, use="billing")
+
+
+def ledger_total(h: Harness) -> float:
+    return sum(i.cost_usd(h.clock.now()) for i in h.store.repository(Ledger).intervals())
+
+
+async def test_running_stopped_running_bid_change_destroyed_to_the_cent() -> None:
+    async with Harness(billing()) as h:
+        h.cloud.add(1, "running", dph_total=0.5, label="vastevents:job-7", **STORAGE)
+        await h.poll_once()
+        h.clock.advance(3600)
+        h.cloud.set_status(1, "stopped")
+        await h.poll_once()  # running 1 h at 0.50
+        h.clock.advance(7200)
+        h.cloud.set_status(1, "running")
+        await h.poll_once()  # stopped 2 h at 0.01 (storage only)
+        h.clock.advance(1800)
+        h.cloud.update(1, dph_total=0.8)
+        await h.poll_once()  # running 0.5 h at 0.50; the bid change opens a new interval
+        h.clock.advance(1800)
+        h.cloud.remove(1)
+        await h.poll_once()  # running 0.5 h at 0.80, then nothing
+
+        intervals = h.store.repository(Ledger).intervals()
+        assert [(i.state, round(i.rate_usd_h, 4), i.cost_usd(h.clock.now())) for i in intervals] == [
+            ("running", 0.5, pytest.approx(0.5)),
+            ("stopped", 0.01, pytest.approx(0.02)),
+            ("running", 0.5, pytest.approx(0.25)),
+            ("running", 0.8, pytest.approx(0.4)),
+        ]
+        assert all(i.end is not None and i.job_id == "7" for i in intervals)
+        h.clock.advance(3600)  # destroyed: nothing accrues any more
+        assert ledger_total(h) == pytest.approx(1.17)
+        seen = h.store.repository(Ledger).instances()[1]
+        assert seen.observed_only  # first seen already running: the report says "observed since"
+        assert seen.gone_at is not None
+
+
+async def test_an_instance_seen_while_loading_is_covered_from_first_sight_at_storage_rate() -> None:
+    async with Harness(billing()) as h:
+        h.cloud.add(2, "loading", dph_total=0.31, **STORAGE)
+        await h.poll_once()
+        h.clock.advance(600)
+        h.cloud.set_status(2, "running")
+        await h.poll_once()
+        h.clock.advance(600)
+        assert ledger_total(h) == pytest.approx(0.01 / 6 + 0.31 / 6)
+        assert not h.store.repository(Ledger).instances()[2].observed_only
+
+
+class Killed(BaseException):
+    """The process dies here (nothing after it runs, the open transaction is rolled back)."""
+
+
+async def test_a_kill_between_the_ledger_write_and_the_delivery_mark_neither_loses_nor_double_counts(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "state.db"
+    cloud = FakeCloud()
+    cloud.add(3, "running", dph_total=1.0, label="vastevents:a", **STORAGE)
+    first = Harness(billing(), cloud=cloud, store_path=path)
+    clock = first.clock
+    await first.poll_once()
+    clock.advance(3600)
+    cloud.set_status(3, "stopped")
+
+    def die(*args: Any, **kwargs: Any) -> None:
+        raise Killed
+
+    first.store.journal._compact = die  # type: ignore[method-assign]  # dies inside the delivery's transaction
+    with pytest.raises(Killed):
+        await first.poll_once()
+    first.close()
+
+    async with Harness(billing(), cloud=cloud, clock=clock, store_path=path) as second:
+        await second.poll_once()  # the stop is delivered again: the ledger gets it exactly once
+        await second.poll_once()
+        ledger = second.store.repository(Ledger)
+        assert [(i.state, i.end is None) for i in ledger.intervals()] == [("running", False), ("stopped", True)]
+        assert ledger_total(second) == pytest.approx(1.0)
+        clock.advance(3600)
+        assert ledger_total(second) == pytest.approx(1.01)
+
+
+async def test_a_budget_warns_then_exceeds_once_and_destroys_only_owned_instances() -> None:
+    config = parse_config('[vast]\nlabel_prefix = "vastevents"\n')
+    handler = billing(budget_usd=1.0, on_exceed="destroy")
+    async with Harness(handler, config=config) as h:
+        h.cloud.add(10, "running", dph_total=0.6, label="vastevents:job-1", **STORAGE)
+        h.cloud.add(11, "running", dph_total=5.0, label="someone-else", **STORAGE)  # costs a lot, not ours
+        await h.poll_once()
+        h.clock.advance(3600)  # $0.60: past warn_at 0.8? no; projected past $1 within the hour: a warning
+        events = await h.poll_once()
+        assert [e.name for e in events] == ["budget_warning"]
+        assert "projected" in events[0].detail
+        h.clock.advance(2400)  # $1.00
+        events = await h.poll_once()
+        assert [e.name for e in events] == ["budget_exceeded"]
+        assert h.cloud.calls == [("destroy", 10)]
+        assert sorted(h.cloud.instances) == [11]
+        events = await h.poll_once()
+        assert [e.name for e in events] == ["vanished"]  # exceeded is journaled once per scope
+        assert h.cloud.calls == [("destroy", 10)]
+
+
+async def test_a_per_job_budget_stops_that_job_only() -> None:
+    handler = billing(per_job_usd=0.5, on_exceed="stop")
+    async with Harness(handler) as h:
+        h.cloud.add(20, "running", dph_total=1.0, label="vastevents:job-a", **STORAGE)
+        h.cloud.add(21, "running", dph_total=0.5, label="vastevents:job-b", **STORAGE)
+        events = await h.poll_once()  # both burn a job's budget within the projection hour
+        assert [(e.name, e.instance_id) for e in events if e.name.startswith("budget")] == [
+            ("budget_warning", 20),
+            ("budget_warning", 21),
+        ]
+        h.clock.advance(1800)
+        events = await h.poll_once()
+        assert [(e.name, e.instance_id) for e in events] == [("budget_exceeded", 20)]
+        assert h.cloud.calls == [("stop", 20)]
+
+
+def charges(amounts: dict[int, float], until: datetime) -> dict[int, Charge]:
+    return {instance_id: Charge(amount, until) for instance_id, amount in amounts.items()}
+
+
+def test_the_report_flags_an_instance_billing_while_the_list_hides_it_and_splits_days_at_midnight() -> None:
+    start = datetime(2026, 1, 1, 23, 0, tzinfo=UTC)
+    now = start + timedelta(hours=3)
+    intervals = [
+        Interval(1, "vastevents:job-1", "1", "running", 1.0, start, None),  # the list stopped showing it
+        Interval(2, "vastevents:job-2", "2", "running", 1.0, start, start + timedelta(hours=1)),
+    ]
+    known = {
+        1: LedgerInstance(1, start, "running", "vastevents:job-1", "1", None),
+        2: LedgerInstance(2, start, "loading", "vastevents:job-2", "2", start + timedelta(hours=1)),
+    }
+    report = build_report(
+        intervals, known, now=now, by="day", charged=charges({1: 3.0, 2: 1.004, 3: 0.5}, now), listed=set()
+    )
+    rows = {row.instance_id: row for row in report.instances}
+    assert rows[1].ghost is None and not rows[1].flagged  # billing as we saw it: not a ghost yet
+    assert rows[2].ghost is None and not rows[2].flagged  # destroyed, charged what we saw, within a cent
+    assert rows[3].ghost is not None and "never seen" in rows[3].ghost
+    assert rows[1].observed_only and not rows[2].observed_only
+    assert dict(report.groups) == {"2026-01-01": pytest.approx(2.0), "2026-01-02": pytest.approx(2.0)}
+
+    later = build_report(intervals, known, now=now, charged=charges({1: 5.0, 2: 1.0}, now), listed={2})
+    ghost = {row.instance_id: row.ghost for row in later.instances}
+    assert ghost[1] is not None and "no longer on the instance list" in ghost[1]
+    assert ghost[2] is None  # shown by the list: a difference at most, never a ghost
+    before_we_watched = build_report(intervals, known, now=now, charged=charges({4: 2.0}, start), listed=set())
+    assert [row.ghost for row in before_we_watched.instances if row.instance_id == 4] == [None]
+    nothing_kept = build_report([], {}, now=now, charged=charges({4: 2.0}, now), listed=set())
+    assert nothing_kept.ghosts == []  # no ledger: nothing to account with, no alarm
+    unread = build_report(intervals, known, now=now, charges_error="HTTP 401")
+    assert unread.charged_total_usd is None and unread.total_usd == pytest.approx(4.0)
+
+
+async def test_low_account_credit_warns_once_a_day() -> None:
+    async with Harness(billing(low_credit_usd=20.0)) as h:
+        await h.poll_once()
+        h.cloud.credit = 12.5
+        h.clock.advance(600)
+        events = await h.poll_once()
+        assert [(e.name, e.detail) for e in events] == [
+            ("budget_warning", "account credit $12.50 is below low_credit_usd $20.00")
+        ]
+        h.clock.advance(600)
+        assert await h.poll_once() == []
+
+
+async def test_a_raised_budget_is_watched_afresh(tmp_path: Path) -> None:
+    cloud = FakeCloud()
+    cloud.add(30, "running", dph_total=1.0, label="vastevents:a", **STORAGE)
+    first = Harness(billing(budget_usd=1.0, projection=0), cloud=cloud, store_path=tmp_path / "s.db")
+    await first.poll_once()
+    first.clock.advance(3600)
+    assert [e.name for e in await first.poll_once()] == ["budget_exceeded"]
+    await first.aclose()
+    async with Harness(
+        billing(budget_usd=2.0, projection=0), cloud=cloud, clock=first.clock, store_path=tmp_path / "s.db"
+    ) as second:
+        assert await second.poll_once() == []
+        second.clock.advance(3600)
+        events = await second.poll_once()
+        assert [(e.name, "of $2.00" in e.detail) for e in events] == [("budget_exceeded", True)]
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SqlStore]:
+    store: SqlStore
+    if request.param == "sqlite":
+        store = SqliteStore(tmp_path / "s.db")
+    else:
+        store = PostgresStore(request.getfixturevalue("pg_url"))
+    yield store
+    store.close()
+
+
+def test_the_ledger_records_a_keyed_observation_once_and_a_sweep_opens_a_bid_change_on_both_backends(
+    any_store: SqlStore,
+) -> None:
+    ledger = any_store.repository(Ledger)
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    running = Instance(id=1, actual_status="running", dph_total=0.31, label="vastevents:job-2", **STORAGE)
+    with any_store.db.transaction() as conn:
+        assert ledger.observe(conn, 1, running, t0, key="event:1")
+        assert not ledger.observe(conn, 1, running.model_copy(update={"actual_status": "stopped"}), t0, key="event:1")
+    ledger.sweep([running], t0 + timedelta(minutes=5))  # unchanged: nothing new
+    ledger.sweep([running.model_copy(update={"dph_total": 0.37})], t0 + timedelta(hours=1))
+    ledger.sweep([], t0 + timedelta(hours=2))
+    intervals = ledger.intervals()
+    assert [(i.rate_usd_h, i.start, i.end, i.job_id) for i in intervals] == [
+        (0.31, t0, t0 + timedelta(hours=1), "2"),
+        (0.37, t0 + timedelta(hours=1), t0 + timedelta(hours=2), "2"),
+    ]
+    assert ledger.intervals(instance_id=2) == []
+    assert ledger.instances()[1].gone_at == t0 + timedelta(hours=2)

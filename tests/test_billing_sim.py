@@ -1,0 +1,265 @@
+"""Billing, budgets, the cost report and the reaper end to end: the simulator over real HTTP, a real SQLite file."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner, Result
+
+from vastevents import Ledger, Runtime, SqliteStore, VastClient
+from vastevents.cli import app
+from vastevents.config import parse_config
+from vastevents.plugins import load_handlers
+from vastevents.sim import Simulator
+
+POLL = 15.0
+
+
+def config_text(store: Path, handlers: str) -> str:
+    return f'[vast]\nlabel_prefix = "vastevents"\n[store]\npath = "{store}"\n{handlers}'
+
+
+def sim_spend(sim: Simulator, instance_id: int) -> float:
+    return next(s["gpu_usd"] + s["storage_usd"] for s in sim.state()["spend"]["instances"] if s["id"] == instance_id)
+
+
+async def destroy_all(sim: Simulator, client: VastClient) -> None:
+    for instance in await client.list_instances():
+        await client.destroy_instance(instance.id)
+    assert sim.instance_count() == 0
+
+
+@pytest.mark.parametrize("action", ["destroy", "stop"])
+async def test_a_total_budget_acts_on_the_owned_instance_within_one_cycle_and_never_on_a_foreign_one(
+    sim: Simulator, api_key: str, tmp_path: Path, action: str
+) -> None:
+    text = config_text(
+        tmp_path / "s.db", f'[handlers.billing]\nuse = "billing"\nbudget_usd = 0.05\non_exceed = "{action}"\n'
+    )
+    config = parse_config(text)
+    ours = sim.create_instance(label="vastevents:job-1", pull="30s")
+    foreign = sim.create_instance(label="mine-by-hand", pull="30s")
+    store = SqliteStore(tmp_path / "s.db")
+    async with VastClient(api_key, sim.url) as client:
+        try:
+            async with Runtime(
+                config, client=client, store=store, clock=sim.clock, handlers=load_handlers(config)
+            ) as rt:
+                names: list[str] = []
+                cycles = 0
+                while "budget_exceeded" not in names:
+                    sim.advance(POLL)
+                    names += [e.name for e in await rt.poll_once()]
+                    cycles += 1
+                    assert cycles < 1000, "the budget was never exceeded"
+                now = sim.clock.now()
+                before = now - timedelta(seconds=POLL)
+                intervals = store.repository(Ledger).intervals(instance_id=ours)
+                assert sum(i.cost_usd(now) for i in intervals) >= 0.05
+                assert sum(i.cost_usd(before, until=before) for i in intervals) < 0.05  # it acted in the first cycle
+                assert "budget_warning" in names
+                spent = sim_spend(sim, ours)
+                row = sim.instance(ours)
+                if action == "destroy":
+                    assert row is None
+                else:
+                    assert row is not None and row["intended_status"] == "stopped"
+                sim.advance(3600)
+                await rt.poll_once()
+                after = sim_spend(sim, ours) - spent
+                assert after == 0.0 if action == "destroy" else after < 0.01  # a stopped one bills storage only
+                foreign_row = sim.instance(foreign)
+                assert foreign_row is not None and foreign_row["actual_status"] == "running"
+                assert store.effects.intents(foreign) == []
+        finally:
+            store.close()
+            await destroy_all(sim, client)
+
+
+async def run_story(sim: Simulator, client: VastClient, config_file: Path, store_path: Path) -> dict[str, int]:
+    """Several instances: one runs and is destroyed, a bid one is preempted, one is stopped; a restart midway."""
+    config = parse_config(config_file.read_text())
+    ids = {
+        "a": sim.create_instance(label="vastevents:job-1", pull="30s"),
+        "b": sim.create_instance(label="vastevents:job-2", pull="30s", bid=True),
+        "c": sim.create_instance(label="by-hand", pull="30s"),
+    }
+
+    async def cycles(runtime: Runtime, seconds: float) -> None:
+        for _ in range(int(seconds // POLL)):
+            sim.advance(POLL)
+            await runtime.poll_once()
+
+    with SqliteStore(store_path) as store:
+        async with Runtime(config, client=client, store=store, clock=sim.clock, handlers=load_handlers(config)) as rt:
+            await rt.poll_once()  # first sight at creation: the ledger covers their whole lives
+            await cycles(rt, 1800)
+            sim.preempt(ids["b"])
+            await rt.poll_once()
+            await cycles(rt, 600)
+        async with Runtime(config, client=client, store=store, clock=sim.clock, handlers=load_handlers(config)) as rt:
+            await client.stop_instance(ids["c"])
+            await rt.poll_once()
+            await cycles(rt, 1200)
+            await client.destroy_instance(ids["a"])
+            await rt.poll_once()
+            await cycles(rt, 300)
+            for instance in await client.list_instances():
+                await client.destroy_instance(instance.id)
+            await rt.poll_once()
+    assert sim.instance_count() == 0
+    return ids
+
+
+async def invoke(args: list[str], env: dict[str, str]) -> Result:
+    """Run a command of the CLI (its own event loop) in a thread, as a separate process would."""
+    return await asyncio.to_thread(CliRunner().invoke, app, args, env=env)
+
+
+async def cost_json(config_file: Path, sim: Simulator, api_key: str, *args: str) -> tuple[dict[str, Any], str]:
+    env = {"VAST_URL": sim.url, "VAST_API_KEY": api_key}
+    result = await invoke(["cost", "--json", "--config", str(config_file), *args], env)
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout), result.stderr
+
+
+async def test_the_cost_report_equals_the_simulators_charges_within_a_cent_per_instance(
+    sim: Simulator, api_key: str, tmp_path: Path
+) -> None:
+    store_path = tmp_path / "s.db"
+    config_file = tmp_path / "c.toml"
+    config_file.write_text(config_text(store_path, '[handlers.billing]\nuse = "billing"\n'))
+    async with VastClient(api_key, sim.url) as client:
+        try:
+            ids = await run_story(sim, client, config_file, store_path)
+        finally:
+            await destroy_all(sim, client)
+
+    report, stderr = await cost_json(config_file, sim, api_key)
+    rows = {row["instance_id"]: row for row in report["instances"]}
+    assert sorted(rows) == sorted(ids.values())
+    for instance_id in ids.values():
+        row = rows[instance_id]
+        assert row["charged_usd"] == pytest.approx(sim_spend(sim, instance_id))
+        assert abs(row["cost_usd"] - row["charged_usd"]) < 0.01, row
+        assert row["cost_usd"] > 0.01 and not row["flagged"] and row["ghost"] is None
+        assert row["observed_only"] is False and row["observed_since"].endswith("Z")
+    assert rows[ids["a"]]["job_id"] == "1"
+    assert report["total_usd"] == pytest.approx(sum(r["cost_usd"] for r in rows.values()))
+    assert report["ghost_billing"] == [] and report["charges_error"] is None and "GHOST" not in stderr
+
+    by_job, _ = await cost_json(config_file, sim, api_key, "--by", "job")
+    assert {g["key"] for g in by_job["groups"]} == {"1", "2", "-"}
+    assert sum(g["cost_usd"] for g in by_job["groups"]) == pytest.approx(report["total_usd"])
+
+
+async def test_charges_for_an_instance_the_list_never_showed_are_ghost_billing(
+    sim: Simulator, api_key: str, tmp_path: Path
+) -> None:
+    store_path = tmp_path / "s.db"
+    config_file = tmp_path / "c.toml"
+    config_file.write_text(config_text(store_path, '[handlers.billing]\nuse = "billing"\n'))
+    config = parse_config(config_file.read_text())
+    seen = sim.create_instance(label="vastevents:job-1", pull="30s")
+    async with VastClient(api_key, sim.url) as client:
+        try:
+            with SqliteStore(store_path) as store:
+                async with Runtime(
+                    config, client=client, store=store, clock=sim.clock, handlers=load_handlers(config)
+                ) as rt:
+                    await rt.poll_once()
+                    sim.advance(60)
+                    await rt.poll_once()  # seen loading, then running: the ledger accounts for all of it
+                    ghost = sim.create_instance(label="vastevents:job-2", pull="30s")  # billed, never listed to us
+                    sim.advance(3600)
+                    sim.vanish(ghost)
+                    await client.destroy_instance(seen)
+                    await rt.poll_once()
+        finally:
+            await destroy_all(sim, client)
+
+    report, stderr = await cost_json(config_file, sim, api_key)
+    assert [row["instance_id"] for row in report["ghost_billing"]] == [ghost]
+    assert "never seen" in report["ghost_billing"][0]["ghost"]
+    assert report["ghost_billing"][0]["charged_usd"] == pytest.approx(sim_spend(sim, ghost))
+    assert f"GHOST BILLING: instance {ghost}" in stderr
+    table = await invoke(["cost", "--config", str(config_file)], {"VAST_URL": sim.url, "VAST_API_KEY": api_key})
+    assert table.exit_code == 0 and "GHOST" in table.stdout
+
+
+async def test_when_charges_cannot_be_read_the_ledger_is_still_printed_with_a_warning(
+    sim: Simulator, api_key: str, tmp_path: Path
+) -> None:
+    store_path = tmp_path / "s.db"
+    config_file = tmp_path / "c.toml"
+    config_file.write_text(config_text(store_path, '[handlers.billing]\nuse = "billing"\n'))
+    config = parse_config(config_file.read_text())
+    instance_id = sim.create_instance(label="vastevents:job-1", pull="30s")
+    async with VastClient(api_key, sim.url) as client:
+        try:
+            with SqliteStore(store_path) as store:
+                async with Runtime(
+                    config, client=client, store=store, clock=sim.clock, handlers=load_handlers(config)
+                ) as rt:
+                    await rt.poll_once()
+                    sim.advance(600)
+                    await client.destroy_instance(instance_id)
+                    await rt.poll_once()
+        finally:
+            await destroy_all(sim, client)
+    env = {"VAST_URL": sim.url, "VAST_API_KEY": "not-the-key"}
+    result = await invoke(["cost", "--json", "--config", str(config_file)], env=env)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert "cannot read Vast's charges" in result.stderr
+    assert report["charges_error"] and report["charged_total_usd"] is None
+    assert [row["instance_id"] for row in report["instances"]] == [instance_id]
+    assert report["instances"][0]["cost_usd"] > 0 and report["instances"][0]["charged_usd"] is None
+    plain = await invoke(["cost", "--config", str(config_file)], env=env)
+    assert plain.exit_code == 0 and str(instance_id) in plain.stdout
+
+
+def test_reap_dry_run_reports_and_reap_yes_destroys_the_orphan_only(
+    sim: Simulator, api_key: str, tmp_path: Path
+) -> None:
+    config_file = tmp_path / "c.toml"
+    handlers = '[handlers.billing]\nuse = "billing"\n[handlers.reaper]\nuse = "reaper"\nidle_ttl = "30m"\n'
+    config_file.write_text(config_text(tmp_path / "s.db", handlers))
+    orphan = sim.create_instance(label="vastevents:scratch", pull="30s")
+    job = sim.create_instance(label="vastevents:job-5", pull="30s")  # claimed by a job still running
+    foreign = sim.create_instance(label="by-hand", pull="30s")
+    sim.advance(3600)
+    env = {"VAST_URL": sim.url, "VAST_API_KEY": api_key}
+    try:
+        dry = CliRunner().invoke(app, ["reap", "--dry-run", "--json", "--config", str(config_file)], env=env)
+        assert dry.exit_code == 0, dry.output
+        found = json.loads(dry.stdout)
+        assert found["dry_run"] is True
+        assert [(f["instance_id"], f["rule"], f["action"]) for f in found["found"]] == [
+            (orphan, "unclaimed", "would reap")
+        ]
+        assert sim.instance_count() == 3
+
+        refused = CliRunner().invoke(app, ["reap", "--json", "--config", str(config_file)], env=env)
+        assert refused.exit_code == 2 and "--yes" in refused.stderr and sim.instance_count() == 3
+
+        real = CliRunner().invoke(app, ["reap", "--yes", "--json", "--config", str(config_file)], env=env)
+        assert real.exit_code == 0, real.output
+        assert [(f["instance_id"], f["action"]) for f in json.loads(real.stdout)["found"]] == [(orphan, "reaped")]
+        assert sim.instance(orphan) is None
+        assert sim.instance(job) is not None and sim.instance(foreign) is not None
+        with SqliteStore(tmp_path / "s.db") as store:
+            reaped = store.events(name="reaped")
+            ledger = store.repository(Ledger).instances()
+        assert [(e.instance_id, "no job claims it" in e.detail) for e in reaped] == [(orphan, True)]
+        assert sorted(ledger) == [orphan, job, foreign]  # the other handlers saw the cycles too
+    finally:
+        for ref in (orphan, job, foreign):
+            if sim.instance(ref) is not None:
+                sim.vanish(ref)
+    assert sim.instance_count() == 0

@@ -1,0 +1,114 @@
+"""The reaper handler on a manual clock: which owned instances leak, the grace, dry-run vs real."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from handlers.reaper import ReaperHandler
+from vastevents import Event
+from vastevents.plugins import ActiveHandler, activate
+from vastevents.testing import FakeCloud, Harness
+
+
+def reaper(**options: Any) -> ActiveHandler:
+    return activate("reaper", ReaperHandler, options, use="reaper")
+
+
+def findings(h: Harness) -> list[tuple[int, str, str]]:
+    target = h.runtime.handlers[0].target
+    assert isinstance(target, ReaperHandler)
+    return [(f.instance_id, f.rule, f.action) for f in target.last_pass]
+
+
+async def test_an_unclaimed_owned_instance_is_warned_then_reaped_after_the_grace_and_a_foreign_one_never() -> None:
+    async with Harness(reaper(idle_ttl="30m", grace="10m")) as h:
+        h.cloud.add(1, "running", label="vastevents:scratch")
+        h.cloud.add(2, "running", label="by-hand")
+        h.cloud.add(3, "running", label="vastevents:job-9")  # its job is still running: claimed
+        await h.poll_once()
+        h.clock.advance(1800)
+        await h.poll_once()
+        assert findings(h) == [(1, "unclaimed", "warned")]
+        assert len(h.notifier.messages) == 1 and "reaped in 600s" in h.notifier.messages[0]
+        h.clock.advance(300)
+        await h.poll_once()
+        assert h.cloud.calls == [] and len(h.notifier.messages) == 1  # warned once
+        h.clock.advance(300)
+        events = await h.poll_once()
+        assert [(e.name, e.instance_id) for e in events] == [("reaped", 1)]
+        assert "no job claims it" in events[0].detail
+        assert h.cloud.calls == [("destroy", 1)]
+        assert sorted(h.cloud.instances) == [2, 3]
+
+
+async def test_a_jobs_instance_is_unclaimed_from_the_end_of_its_job() -> None:
+    async with Harness(reaper(idle_ttl="10m", grace=0)) as h:
+        h.cloud.add(5, "running", label="vastevents:job-4")
+        await h.poll_once()
+        h.clock.advance(7200)
+        await h.poll_once()
+        assert findings(h) == []
+        finished = Event(name="job_finished", instance_id=5, at=h.clock.now(), detail="exit 0")
+        h.store.append([finished])
+        h.clock.advance(599)
+        await h.poll_once()
+        assert findings(h) == []
+        h.clock.advance(61)
+        await h.poll_once()
+        assert findings(h) == [(5, "unclaimed", "reaped")]
+
+
+async def test_dry_run_reports_what_a_real_pass_destroys_exited_and_too_old() -> None:
+    async with Harness(reaper(dry_run=True, idle_ttl="none", exited_ttl="1h", max_lifetime="1d", grace=0)) as h:
+        h.cloud.add(7, "running", label="vastevents:job-1")
+        h.cloud.add(8, "running", label="vastevents:job-2")
+        await h.poll_once()
+        h.cloud.set_status(8, "exited", intended_status="stopped")
+        h.clock.advance(60)
+        await h.poll_once()
+        h.clock.advance(3600)
+        await h.poll_once()
+        assert findings(h) == [(8, "exited", "would reap")]
+        h.clock.advance(86400)
+        events = await h.poll_once()
+        assert findings(h) == [(7, "too old", "would reap"), (8, "too old", "would reap")]
+        assert events == [] and h.cloud.calls == []
+
+    async with Harness(reaper(idle_ttl="none", exited_ttl="1h", grace=0)) as h:
+        h.cloud.add(8, "running", label="vastevents:job-2")
+        await h.poll_once()
+        h.cloud.set_status(8, "exited")
+        h.clock.advance(60)
+        await h.poll_once()
+        h.clock.advance(3540)
+        assert [e.name for e in await h.poll_once()] == ["preempted"]  # not yet reaped: 59 min exited
+        h.clock.advance(60)
+        events = await h.poll_once()
+        assert [(e.name, e.instance_id) for e in events] == [("reaped", 8)]
+        assert "billing storage" in events[0].detail and h.cloud.calls == [("destroy", 8)]
+
+
+async def test_a_running_instance_with_an_idle_gpu_is_reaped_after_its_ttl_and_a_busy_pass_starts_over(
+    tmp_path: Path,
+) -> None:
+    options = {"idle_ttl": "none", "gpu_idle_ttl": "20m", "grace": 0}
+    cloud = FakeCloud()
+    cloud.add(9, "running", label="vastevents:job-3", gpu_util=0.0)
+    first = Harness(reaper(**options), cloud=cloud, store_path=tmp_path / "s.db")
+    await first.poll_once()
+    first.clock.advance(600)
+    cloud.update(9, gpu_util=85.0)  # busy for a pass: the idle time starts over
+    await first.poll_once()
+    first.clock.advance(60)
+    cloud.update(9, gpu_util=0.2)
+    await first.poll_once()
+    first.clock.advance(600)
+    await first.poll_once()
+    assert findings(first) == []
+    await first.aclose()
+    async with Harness(reaper(**options), cloud=cloud, clock=first.clock, store_path=tmp_path / "s.db") as h:
+        h.clock.advance(600)  # 20 min idle in all, across a restart
+        events = await h.poll_once()
+        assert [(e.name, e.instance_id) for e in events] == [("reaped", 9)]
+        assert "GPU idle" in events[0].detail

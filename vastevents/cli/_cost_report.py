@@ -1,0 +1,211 @@
+"""The cost report: the ledger's totals beside Vast's own charges, per instance, with ghost billing found.
+
+Pure: the ledger rows, the charge items, the ids the instance list shows and the time come in as arguments.
+A difference larger than :func:`tolerance` is flagged. *Ghost billing* is a charge for an instance the list
+does not show (or no longer shows) that the ledger cannot account for: never seen by us, or charged more
+than we saw it bill — the way instances kept billing for days while an API change made them invisible.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from vastevents.store.ledger import Interval, LedgerInstance
+
+GroupBy = Literal["instance", "job", "label", "day"]
+_SOURCE = re.compile(r"instance[-_ ]?(\d+)$")
+
+
+def _utc_iso(at: datetime) -> str:
+    return at.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def tolerance(charged_usd: float) -> float:
+    """How far the ledger may be from Vast's charge before it is flagged: a cent, or 2 % of larger charges."""
+    return max(0.01, 0.02 * abs(charged_usd))
+
+
+@dataclass(frozen=True)
+class Charge:
+    """What Vast charged for one instance, and the end of the last charged period (None: not given)."""
+
+    amount_usd: float
+    until: datetime | None
+
+
+def charged_by_instance(items: Iterable[Mapping[str, Any]]) -> dict[int, Charge]:
+    """Vast's charge items summed per instance id (``instance_id``, else a ``source`` like ``instance-123``)."""
+    out: dict[int, Charge] = {}
+    for item in items:
+        instance_id = item.get("instance_id")
+        if instance_id is None:
+            found = _SOURCE.search(str(item.get("source") or ""))
+            if found is None:
+                continue
+            instance_id = found.group(1)
+        try:
+            key, amount = int(instance_id), float(item.get("amount") or 0.0)
+            end = datetime.fromtimestamp(float(item["end"]), UTC) if item.get("end") is not None else None
+        except (TypeError, ValueError, OverflowError, OSError):
+            continue
+        before = out.get(key, Charge(0.0, None))
+        ends = [moment for moment in (before.until, end) if moment is not None]
+        out[key] = Charge(before.amount_usd + amount, max(ends) if ends else None)
+    return out
+
+
+@dataclass(frozen=True)
+class InstanceCost:
+    instance_id: int
+    label: str | None
+    job_id: str | None
+    cost_usd: float
+    observed_since: datetime | None
+    observed_only: bool
+    billing: bool
+    listed: bool | None
+    charged_usd: float | None
+    ghost: str | None
+
+    @property
+    def difference_usd(self) -> float | None:
+        return None if self.charged_usd is None else self.cost_usd - self.charged_usd
+
+    @property
+    def flagged(self) -> bool:
+        return self.charged_usd is not None and abs(self.cost_usd - self.charged_usd) > tolerance(self.charged_usd)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "instance_id": self.instance_id,
+            "label": self.label,
+            "job_id": self.job_id,
+            "cost_usd": self.cost_usd,
+            "observed_since": _utc_iso(self.observed_since) if self.observed_since is not None else None,
+            "observed_only": self.observed_only,
+            "billing": self.billing,
+            "listed": self.listed,
+            "charged_usd": self.charged_usd,
+            "difference_usd": self.difference_usd,
+            "flagged": self.flagged,
+            "ghost": self.ghost,
+        }
+
+
+@dataclass(frozen=True)
+class CostReport:
+    by: GroupBy
+    since: datetime | None
+    now: datetime
+    instances: tuple[InstanceCost, ...]
+    groups: tuple[tuple[str, float], ...]
+    charges_error: str | None
+    list_error: str | None
+
+    @property
+    def total_usd(self) -> float:
+        return sum(row.cost_usd for row in self.instances)
+
+    @property
+    def charged_total_usd(self) -> float | None:
+        if self.charges_error is not None:
+            return None
+        return sum(row.charged_usd or 0.0 for row in self.instances)
+
+    @property
+    def ghosts(self) -> list[InstanceCost]:
+        return [row for row in self.instances if row.ghost is not None]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "total_usd": self.total_usd,
+            "charged_total_usd": self.charged_total_usd,
+            "by": self.by,
+            "since": _utc_iso(self.since) if self.since is not None else None,
+            "generated_at": _utc_iso(self.now),
+            "instances": [row.to_json() for row in self.instances],
+            "groups": [{"key": key, "cost_usd": cost} for key, cost in self.groups],
+            "ghost_billing": [row.to_json() for row in self.ghosts],
+            "charges_error": self.charges_error,
+            "list_error": self.list_error,
+        }
+
+
+def build_report(
+    intervals: Sequence[Interval],
+    known: Mapping[int, LedgerInstance],
+    *,
+    now: datetime,
+    by: GroupBy = "instance",
+    since: datetime | None = None,
+    charged: Mapping[int, Charge] | None = None,
+    listed: Collection[int] | None = None,
+    charges_error: str | None = None,
+    list_error: str | None = None,
+) -> CostReport:
+    """One row per instance the ledger or the charges know, and the ledger's totals grouped `by`."""
+    per_instance: dict[int, list[Interval]] = defaultdict(list)
+    for interval in intervals:
+        per_instance[interval.instance_id].append(interval)
+    charged = charged if charges_error is None else None
+    watched_since = min((seen.first_seen for seen in known.values()), default=None)
+    rows = []
+    for instance_id in sorted(set(per_instance) | set(known) | set(charged or {})):
+        mine = per_instance.get(instance_id, [])
+        seen = known.get(instance_id)
+        cost = sum(i.cost_usd(now, since=since) for i in mine)
+        is_listed = None if listed is None else instance_id in listed
+        bill = (charged or {}).get(instance_id)
+        charge = bill.amount_usd if bill is not None else (0.0 if charged is not None else None)
+        watched = watched_since is not None and (bill is None or bill.until is None or bill.until > watched_since)
+        label = mine[-1].label if mine else (seen.label if seen else None)
+        rows.append(
+            InstanceCost(
+                instance_id=instance_id,
+                label=label,
+                job_id=mine[-1].job_id if mine else (seen.job_id if seen else None),
+                cost_usd=cost,
+                observed_since=seen.first_seen if seen else None,
+                observed_only=seen.observed_only if seen else False,
+                billing=any(i.end is None for i in mine),
+                listed=is_listed,
+                charged_usd=charge,
+                ghost=_ghost(seen, cost, charge, is_listed, watched),
+            )
+        )
+    return CostReport(by, since, now, tuple(rows), _groups(intervals, now, by, since), charges_error, list_error)
+
+
+def _ghost(
+    seen: LedgerInstance | None, cost: float, charged: float | None, listed: bool | None, watched: bool
+) -> str | None:
+    """Why a charge is ghost billing, or None; `watched`: it billed while the ledger was being kept."""
+    if not charged:
+        return None
+    hidden = listed is False or (listed is None and (seen is None or seen.gone_at is not None))
+    if not hidden:
+        return None
+    if seen is None:
+        return f"charged ${charged:.2f} but never seen on the instance list" if watched else None
+    if charged > cost + tolerance(charged):
+        return f"charged ${charged - cost:.2f} more than we saw it bill, and it is no longer on the instance list"
+    return None
+
+
+def _groups(
+    intervals: Sequence[Interval], now: datetime, by: GroupBy, since: datetime | None
+) -> tuple[tuple[str, float], ...]:
+    totals: dict[str, float] = defaultdict(float)
+    for interval in intervals:
+        if by == "day":
+            for day, cost in interval.by_day(now, since).items():
+                totals[day.isoformat()] += cost
+        else:
+            key = {"instance": str(interval.instance_id), "job": interval.job_id, "label": interval.label}[by]
+            totals[key or "-"] += interval.cost_usd(now, since=since)
+    return tuple(sorted(totals.items()))

@@ -1,0 +1,222 @@
+"""The billing ledger: one interval per instance per observed state, with the rate it bills at.
+
+Intervals start and end at the moments we observe a change (the event's ``at``): running bills ``dph_total``
+per hour (GPU and storage), every other live state bills storage only (``storage_cost x disk / 720`` per hour,
+as Vast bills disk from creation to destruction), and an instance gone from the list bills nothing. A rate
+change in the same state (a bid change) or a new label opens a new interval too.
+
+An observation made for an event carries a key (the event id); one whose key is already recorded changes
+nothing, so a redelivered event never bills twice. Handlers write observations with
+``ctx.in_delivery`` so they commit together with the delivery mark.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from typing import ClassVar
+
+from vastevents.models import Instance, State
+from vastevents.store._codec import iso, time
+from vastevents.store._db import Conn, Database, Migration
+
+HOURS_PER_MONTH = 720.0
+"""Vast prices disk per GB per month of 30 days."""
+
+FRESH_STATES = frozenset({State.SCHEDULING.value, State.CREATED.value, State.LOADING.value})
+"""States an instance is in right after it was rented: first seen in one, the ledger covers its whole life."""
+
+_JOB_LABEL = re.compile(r":job-([A-Za-z0-9_.-]+)$")
+
+MIGRATIONS = (
+    Migration(
+        "ledger",
+        1,
+        (
+            """CREATE TABLE ledger_intervals (
+                id INTEGER PRIMARY KEY AUTOINCREMENT,
+                instance_id INTEGER NOT NULL,
+                label TEXT,
+                job_id TEXT,
+                state TEXT NOT NULL,
+                rate REAL NOT NULL,
+                start_at TEXT NOT NULL,
+                end_at TEXT
+            )""",
+            "CREATE INDEX ledger_intervals_instance ON ledger_intervals (instance_id, end_at)",
+            """CREATE TABLE ledger_instances (
+                instance_id INTEGER PRIMARY KEY,
+                first_seen TEXT NOT NULL,
+                first_state TEXT NOT NULL,
+                label TEXT,
+                job_id TEXT,
+                gone_at TEXT
+            )""",
+            "CREATE TABLE ledger_marks (key TEXT PRIMARY KEY)",
+        ),
+    ),
+)
+
+
+def hourly_rate(instance: Instance) -> float:
+    """What `instance` bills per hour in its current state: ``dph_total`` running, else storage only."""
+    if instance.state is State.RUNNING:
+        return instance.dph_total or 0.0
+    return storage_rate(instance)
+
+
+def storage_rate(instance: Instance) -> float:
+    return (instance.storage_cost or 0.0) * (instance.disk_space or 0.0) / HOURS_PER_MONTH
+
+
+def job_id_of(label: str | None) -> str | None:
+    """The job id of a job's instance label (``"<prefix>:job-<id>"``), else None."""
+    found = _JOB_LABEL.search(label or "")
+    return found.group(1) if found else None
+
+
+def _utc(at: datetime) -> datetime:
+    return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
+
+
+@dataclass(frozen=True)
+class Interval:
+    """One stretch of one instance in one state at one rate; ``end`` None while it is still open."""
+
+    instance_id: int
+    label: str | None
+    job_id: str | None
+    state: str
+    rate_usd_h: float
+    start: datetime
+    end: datetime | None
+
+    def cost_usd(self, now: datetime, since: datetime | None = None, until: datetime | None = None) -> float:
+        """Accrued cost up to `now` (an open interval runs until then), only the part within [since, until]."""
+        start = max(self.start, since) if since is not None else self.start
+        end = self.end if self.end is not None else now
+        end = min(end, until) if until is not None else end
+        return max(0.0, (end - start).total_seconds()) / 3600.0 * self.rate_usd_h
+
+    def by_day(self, now: datetime, since: datetime | None = None) -> dict[date, float]:
+        """The accrued cost split at UTC midnights."""
+        out: dict[date, float] = {}
+        start = _utc(max(self.start, since) if since is not None else self.start)
+        end = _utc(self.end if self.end is not None else now)
+        while start < end:
+            midnight = datetime.combine(start.date() + timedelta(days=1), datetime.min.time(), UTC)
+            out[start.date()] = self.cost_usd(now, since=start, until=min(midnight, end))
+            start = midnight
+        return out
+
+
+@dataclass(frozen=True)
+class LedgerInstance:
+    """What the ledger knows of one instance: when and in which state it was first seen, where it went."""
+
+    instance_id: int
+    first_seen: datetime
+    first_state: str
+    label: str | None
+    job_id: str | None
+    gone_at: datetime | None
+
+    @property
+    def observed_only(self) -> bool:
+        """True if it was already past loading at first sight: it billed before we saw it ("observed since")."""
+        return self.first_state not in FRESH_STATES
+
+
+class Ledger:
+    """The ``ledger`` component: intervals, the instances they belong to, and the keys already recorded."""
+
+    MIGRATIONS: ClassVar[Sequence[Migration]] = MIGRATIONS
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def observe(
+        self,
+        conn: Conn,
+        instance_id: int,
+        instance: Instance | None,
+        at: datetime,
+        *,
+        key: str | None = None,
+    ) -> bool:
+        """Record that `instance_id` is `instance` (None: gone) from `at` on; False if `key` was recorded already.
+
+        The open interval is closed at `at` and a new one opened when the state, rate or label changed.
+        """
+        if key is not None:
+            marked = conn.execute(
+                "INSERT INTO ledger_marks (key) VALUES (?) ON CONFLICT (key) DO NOTHING RETURNING key", (key,)
+            ).fetchone()
+            if marked is None:
+                return False
+        row = conn.execute(
+            "SELECT id, state, rate, label, start_at FROM ledger_intervals WHERE instance_id = ? AND end_at IS NULL",
+            (instance_id,),
+        ).fetchone()
+        if row is not None:
+            opened = datetime.fromisoformat(row[4])
+            at = max(at, opened)  # an observation older than the open interval (a late retry) never overlaps it
+            if instance is not None and (row[1], row[2], row[3]) == (
+                instance.state.value,
+                hourly_rate(instance),
+                instance.label,
+            ):
+                return True
+            conn.execute("UPDATE ledger_intervals SET end_at = ? WHERE id = ?", (iso(at), row[0]))
+        if instance is None:
+            conn.execute("UPDATE ledger_instances SET gone_at = ? WHERE instance_id = ?", (iso(at), instance_id))
+            return True
+        label, job_id = instance.label, job_id_of(instance.label)
+        conn.execute(
+            "INSERT INTO ledger_intervals (instance_id, label, job_id, state, rate, start_at)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (instance_id, label, job_id, instance.state.value, hourly_rate(instance), iso(at)),
+        )
+        conn.execute(
+            "INSERT INTO ledger_instances (instance_id, first_seen, first_state, label, job_id) VALUES (?, ?, ?, ?, ?)"
+            " ON CONFLICT (instance_id) DO UPDATE SET label = excluded.label, job_id = excluded.job_id, gone_at = NULL",
+            (instance_id, iso(at), instance.state.value, label, job_id),
+        )
+        return True
+
+    def sweep(self, instances: Iterable[Instance], at: datetime) -> None:
+        """Bring the ledger in line with a complete list at `at`: rate changes, instances no event told us of.
+
+        Instances the ledger has open but the list lacks are closed; listed ones whose rate or label changed
+        without a status change (a bid change) get a new interval.
+        """
+        listed = {instance.id: instance for instance in instances}
+        with self.db.transaction() as conn:
+            rows = conn.execute("SELECT instance_id FROM ledger_intervals WHERE end_at IS NULL").fetchall()
+            open_ids = {int(r[0]) for r in rows}
+            for instance_id in sorted(open_ids | set(listed)):
+                self.observe(conn, instance_id, listed.get(instance_id), at)
+
+    def intervals(self, *, instance_id: int | None = None) -> list[Interval]:
+        columns = "SELECT instance_id, label, job_id, state, rate, start_at, end_at FROM ledger_intervals"
+        order = " ORDER BY instance_id, start_at, id"
+        if instance_id is None:
+            rows = self.db.query(columns + order)
+        else:
+            rows = self.db.query(columns + " WHERE instance_id = ?" + order, (instance_id,))
+        return [
+            Interval(int(r[0]), r[1], r[2], str(r[3]), float(r[4]), datetime.fromisoformat(r[5]), time(r[6]))
+            for r in rows
+        ]
+
+    def instances(self) -> dict[int, LedgerInstance]:
+        rows = self.db.query(
+            "SELECT instance_id, first_seen, first_state, label, job_id, gone_at FROM ledger_instances"
+            " ORDER BY instance_id"
+        )
+        return {
+            int(r[0]): LedgerInstance(int(r[0]), datetime.fromisoformat(r[1]), str(r[2]), r[3], r[4], time(r[5]))
+            for r in rows
+        }
