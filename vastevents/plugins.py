@@ -255,14 +255,29 @@ def _periodic(target: object) -> tuple[tuple[str, float, PeriodicFunc], ...]:
 
 
 def unknown_subscriptions(handlers: Sequence[ActiveHandler]) -> list[tuple[str, str]]:
-    """(handler, event name) pairs subscribing to a name nothing emits: neither vastevents nor an active handler."""
+    """(handler, event name) pairs subscribing to a name nothing emits: not vastevents, not an active handler,
+    not an installed one (a Slack handler may listen for ``reaped`` while the reaper is not configured)."""
     declared = {name for handler in handlers for name in handler.emits}
-    return [
+    unknown = [
         (handler.name, event)
         for handler in handlers
         for event, _ in handler.subscriptions
         if not is_known_event_name(event) and event not in declared
     ]
+    if unknown:
+        declared |= _installed_emits()
+    return [(handler, event) for handler, event in unknown if event not in declared]
+
+
+def _installed_emits() -> set[str]:
+    """Every event name an installed handler declares (loading them; only asked when a name is unknown)."""
+    names: set[str] = set()
+    for point in _entry_points().values():
+        try:
+            names.update(getattr(point.load(), "emits", ()) or ())
+        except Exception as exc:  # a broken plugin must not break another's check
+            log.debug("cannot load handler %s: %s", point.name, exc)
+    return names
 
 
 def load_handlers(config: Config) -> list[ActiveHandler]:
