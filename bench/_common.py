@@ -15,6 +15,8 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from vastevents.clock import ManualClock
 from vastevents.sim import Simulator
 
@@ -110,3 +112,30 @@ def write_json(path: str | None, name: str, results: Any) -> None:
     if path:
         Path(path).write_text(json.dumps({"bench": name, "machine": machine(), "results": results}, indent=2) + "\n")
         print(f"wrote {path}")
+
+
+def admin(url: str, key: str, action: str, **params: Any) -> dict[str, Any]:
+    """One simulator admin action (``POST /_sim/<action>``), as the scenario steps use them."""
+    response = httpx.post(f"{url}/_sim/{action}", json=params, headers={"Authorization": f"Bearer {key}"}, timeout=30)
+    response.raise_for_status()
+    result: dict[str, Any] = response.json()
+    return result
+
+
+def instance_ids(url: str, key: str) -> list[int]:
+    """The ids of every instance the simulator holds, in id order."""
+    response = httpx.get(f"{url}/_sim/state", headers={"Authorization": f"Bearer {key}"}, timeout=30)
+    response.raise_for_status()
+    return sorted(row["id"] for row in response.json()["instances"])
+
+
+def percentiles(values: Sequence[float]) -> dict[str, float]:
+    """Mean, median, 90th percentile and maximum."""
+    ordered = sorted(values)
+    return {
+        "mean": statistics.fmean(ordered),
+        "p50": statistics.median(ordered),
+        "p90": ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))],
+        "max": ordered[-1],
+        "count": len(ordered),
+    }

@@ -10,6 +10,7 @@ import math
 import re
 import secrets
 import socket
+import sys
 import threading
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Mapping
@@ -552,6 +553,13 @@ class SimHTTPServer(ThreadingHTTPServer):
         with self._connections_lock:
             self._connections.discard(request)
         super().shutdown_request(request)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that went away mid-connection (killed, timed out) is routine; anything else is logged."""
+        if isinstance(sys.exc_info()[1], ConnectionError | TimeoutError):
+            logger.debug("client %s went away", client_address[0])
+            return
+        logger.exception("simulator error serving %s", client_address[0])
 
     def server_close(self) -> None:
         with self._connections_lock:
