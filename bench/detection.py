@@ -160,8 +160,11 @@ def _kills(kills: int, instances: int, seed: int) -> dict[str, Any]:
         lines = [json.loads(line)["id"] for line in jsonl.read_text().splitlines()]
     per_instance = Counter((e.name, e.instance_id) for e in journal if e.instance_id is not None)
     wanted = Counter({**{("appeared", i): 1 for i in ids}, **{(VANISHED, i): 1 for i in destroyed}})
-    problems = [f"{name} {instance}: {per_instance[(name, instance)]}x" for (name, instance) in
-                sorted(wanted.keys() | per_instance.keys(), key=str) if per_instance[(name, instance)] != wanted[(name, instance)]]  # fmt: skip
+    problems = [
+        f"{name} {instance}: {per_instance[(name, instance)]}x"
+        for (name, instance) in sorted(wanted.keys() | per_instance.keys(), key=str)
+        if per_instance[(name, instance)] != wanted[(name, instance)]
+    ]
     line_counts = Counter(lines)
     problems += [f"JSONL id {i}: {n}x" for i, n in line_counts.items() if n != 1]
     problems += [f"journal id {e.id} missing from JSONL" for e in journal if e.id not in line_counts]
@@ -189,8 +192,10 @@ def _table(results: dict[str, Any]) -> None:
     print_table("P3 detection latency: change in the account -> event journaled", header, rows)
     k = results["kills"]
     verdict = "exactly once" if k["exactly_once"] else "VIOLATED: " + "; ".join(k["problems"])
-    print(f"P3 journal under {k['kills']} SIGKILLs of a running watch ({k['instances']} instances, "
-          f"{k['destroyed']} destroyed, {k['journaled']} events, {k['jsonl_lines']} JSONL lines): {verdict}")  # fmt: skip
+    print(
+        f"P3 journal under {k['kills']} SIGKILLs of a running watch ({k['instances']} instances, "
+        f"{k['destroyed']} destroyed, {k['journaled']} events, {k['jsonl_lines']} JSONL lines): {verdict}"
+    )
 
 
 async def _latencies(intervals: list[float], wall: list[float], trials: int, wall_trials: int) -> dict[str, Any]:
