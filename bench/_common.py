@@ -55,9 +55,9 @@ def _cpu(children: bool) -> float:
     return own + times.children_user + times.children_system
 
 
-def _serve(instances: int, conn: Connection) -> None:
-    clock = ManualClock()  # never advanced: every poll sees the same account (the steady state)
-    with Simulator(clock=clock, hosts=max(10, instances // 2), rate_limits=False) as sim:
+def _serve(instances: int, hosts: int | None, conn: Connection) -> None:
+    clock = ManualClock()  # only advanced by `/_sim/advance`: else every poll sees the same account
+    with Simulator(clock=clock, hosts=hosts or max(10, instances // 2), rate_limits=False) as sim:
         for n in range(instances):
             sim.create_instance(label=f"vastevents:job-{n}")
         clock.advance(600)  # every instance running
@@ -66,13 +66,13 @@ def _serve(instances: int, conn: Connection) -> None:
 
 
 @contextmanager
-def simulator_process(instances: int) -> Iterator[tuple[str, str]]:
+def simulator_process(instances: int, hosts: int | None = None) -> Iterator[tuple[str, str]]:
     """A simulator holding `instances` running instances, served from its own process: (url, api key).
 
     Its own process keeps the server's CPU out of the numbers measured in this one.
     """
     ours, theirs = multiprocessing.get_context("fork").Pipe()
-    process = multiprocessing.get_context("fork").Process(target=_serve, args=(instances, theirs), daemon=True)
+    process = multiprocessing.get_context("fork").Process(target=_serve, args=(instances, hosts, theirs), daemon=True)
     process.start()
     try:
         if not ours.poll(120):
