@@ -29,6 +29,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +64,7 @@ async def _simulated(interval: float, trials: int, seed: int) -> dict[str, Any]:
             for trial in range(trials):
                 offset = rng.uniform(0, interval)
                 sim.advance(offset)
-                changed = {}
+                changed: dict[tuple[str, int | None], datetime] = {}
                 for n, (name, action) in enumerate(CHANGES.items()):
                     instance = ids[trial * len(CHANGES) + n]
                     sim.apply(action, instance=instance)
@@ -211,16 +212,17 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=40, help="changes per simulated interval")
     parser.add_argument("--wall-intervals", default="0.5,2", help="wall-clock poll intervals (s), comma-separated")
     parser.add_argument("--wall-trials", type=int, default=15, help="changes per wall-clock interval")
-    parser.add_argument("--kills", type=int, default=100, help="SIGKILLs of a running watch")
+    parser.add_argument("--kills", type=int, help="SIGKILLs of a running watch (default 100, 5 with --quick)")
     parser.add_argument("--kill-instances", type=int, default=200, help="instances the killed watcher sees")
-    parser.add_argument("--quick", action="store_true", help="a smoke run: few trials, 10 kills")
+    parser.add_argument("--quick", action="store_true", help="a smoke run: few trials, 5 kills")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     args = parser.parse_args()
     intervals = [float(i) for i in args.intervals.split(",")]
     wall = [float(i) for i in args.wall_intervals.split(",")]
-    trials, wall_trials, kills, instances = args.trials, args.wall_trials, args.kills, args.kill_instances
+    trials, wall_trials, kills, instances = args.trials, args.wall_trials, 100, args.kill_instances
     if args.quick:
-        intervals, wall, trials, wall_trials, kills, instances = intervals[:2], [0.2], 5, 4, 10, 50
+        intervals, wall, trials, wall_trials, kills, instances = intervals[:2], [0.2], 5, 4, 5, 50
+    kills = args.kills if args.kills is not None else kills
     results = asyncio.run(_latencies(intervals, wall, trials, wall_trials))
     results["kills"] = _kills(kills, instances, seed=len(intervals))
     _table(results)
