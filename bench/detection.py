@@ -5,8 +5,9 @@ Run: ``python bench/detection.py [--intervals 5,15,60] [--trials 40] [--kills 10
 - ``simulated``: the real Runtime against the simulator on a manual clock. Each trial changes one instance
   at a seeded random moment between two polls (it vanishes, or is preempted) and polls every interval until
   the event is journaled; the latency is the event's time minus the change's, in simulated seconds, so it
-  is exact and independent of the machine. ``vanished`` shows the interval alone (uniform over it);
-  ``preempted`` adds the ``preempt_grace`` a preemption needs before it is told apart from a pause.
+  is exact and independent of the machine. ``vanished`` and an outbid bid instance show the interval alone
+  (uniform over it); an on-demand preemption adds the ``[watch] preempt_grace`` (120 s) it must stay down
+  before it is told apart from a short outage.
 - ``wall``: the real watch loop (``Runtime.run``) on the system clock at short intervals, against a
   simulator in its own process; an instance vanishes at a random wall moment and the latency runs until
   the journal has its event (so it includes the list, the diff and the commit).
@@ -44,16 +45,25 @@ from vastevents.sim import Simulator
 from vastevents.store import SqliteStore
 from vastevents.vast import VastClient
 
-CHANGES = {VANISHED: "vanish", PREEMPTED: "preempt"}
+CHANGES = {
+    "vanished": ("vanish", True, VANISHED),
+    "preempted, bid (outbid)": ("preempt", True, PREEMPTED),
+    "preempted, on-demand": ("preempt", False, PREEMPTED),
+}
+"""What each trial does, by name: the admin action, on a bid instance or not, and the event that tells it."""
 
 
 async def _simulated(interval: float, trials: int, seed: int) -> dict[str, Any]:
     """Exact detection latency in simulated seconds, per kind of change."""
     rng = random.Random(seed)
-    latencies: dict[str, list[float]] = {name: [] for name in CHANGES}
+    latencies: dict[str, list[float]] = {kind: [] for kind in CHANGES}
     clock = ManualClock()
-    with Simulator(clock=clock, hosts=trials * 2, rate_limits=False) as sim, tempfile.TemporaryDirectory() as tmp:
-        ids = [sim.create_instance(label=f"vastevents:job-{n}", bid=True) for n in range(trials * len(CHANGES))]
+    hosts = trials * len(CHANGES)
+    with Simulator(clock=clock, hosts=hosts, rate_limits=False) as sim, tempfile.TemporaryDirectory() as tmp:
+        ids = {
+            kind: [sim.create_instance(label=f"vastevents:{n}-{kind}", bid=bid) for n in range(trials)]
+            for kind, (_, bid, _) in CHANGES.items()
+        }
         sim.advance(600)
         config = Config.model_validate({"store": {"path": str(Path(tmp) / "s.db")}, "watch": {"interval": interval}})
         async with (
@@ -64,23 +74,22 @@ async def _simulated(interval: float, trials: int, seed: int) -> dict[str, Any]:
             for trial in range(trials):
                 offset = rng.uniform(0, interval)
                 sim.advance(offset)
-                changed: dict[tuple[str, int | None], datetime] = {}
-                for n, (name, action) in enumerate(CHANGES.items()):
-                    instance = ids[trial * len(CHANGES) + n]
-                    sim.apply(action, instance=instance)
-                    changed[(name, instance)] = clock.now()
+                changed: dict[tuple[str, int | None], tuple[str, datetime]] = {}
+                for kind, (action, _, event_name) in CHANGES.items():
+                    sim.apply(action, instance=ids[kind][trial])
+                    changed[(event_name, ids[kind][trial])] = (kind, clock.now())
                 sim.advance(interval - offset)
                 while changed:
                     for event in await runtime.poll_once():
-                        at = changed.pop((event.name, event.instance_id), None)
-                        if at is not None:
-                            latencies[event.name].append((event.at - at).total_seconds())
+                        found = changed.pop((event.name, event.instance_id), None)
+                        if found is not None:
+                            latencies[found[0]].append((event.at - found[1]).total_seconds())
                     if changed:
                         sim.advance(interval)
             for instance in sim.state()["instances"]:
                 sim.apply("destroy", instance=instance["id"])
         assert sim.instance_count() == 0
-    return {name: percentiles(values) for name, values in latencies.items()}
+    return {kind: percentiles(values) for kind, values in latencies.items()}
 
 
 async def _wall(interval: float, trials: int, seed: int) -> dict[str, Any]:

@@ -77,7 +77,7 @@ def _p3(results: dict[str, Any]) -> list[Row]:
     rows = []
     for interval, by_name in results["simulated"].items():
         p = by_name["vanished"]
-        rows.append([f"simulated {float(interval):g} s: mean latency/interval", f"{p['mean'] / float(interval):.2f}",
+        rows.append([f"simulated {float(interval):g} s: vanish latency/interval", f"{p['mean'] / float(interval):.2f}",
                      "≈ 0.5 (uniform)", "-", "-"])  # fmt: skip
     for interval, p in results["wall"].items():
         rows.append([f"wall {float(interval):g} s: mean latency/interval", f"{p['mean'] / float(interval):.2f}",
