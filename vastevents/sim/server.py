@@ -576,6 +576,9 @@ class _RequestHandler(BaseHTTPRequestHandler):
     server: SimHTTPServer
     protocol_version = "HTTP/1.1"  # keep-alive: every response, errors included, carries its Content-Length
     server_version = "vastevents-sim"
+    # Headers and body go out as two writes: on a kept-alive connection Nagle's algorithm would hold the body
+    # back until the client's delayed ACK of the headers (tens of ms per page).
+    disable_nagle_algorithm = True
     timeout = 30.0  # an idle kept-alive connection is closed after this; stop() ends waiting ones at once
 
     def do_GET(self) -> None:
