@@ -15,6 +15,8 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from vastevents.clock import ManualClock
 from vastevents.sim import Simulator
 
@@ -53,9 +55,9 @@ def _cpu(children: bool) -> float:
     return own + times.children_user + times.children_system
 
 
-def _serve(instances: int, conn: Connection) -> None:
-    clock = ManualClock()  # never advanced: every poll sees the same account (the steady state)
-    with Simulator(clock=clock, hosts=max(10, instances // 2), rate_limits=False) as sim:
+def _serve(instances: int, hosts: int | None, conn: Connection) -> None:
+    clock = ManualClock()  # only advanced by `/_sim/advance`: else every poll sees the same account
+    with Simulator(clock=clock, hosts=hosts or max(10, instances // 2), rate_limits=False) as sim:
         for n in range(instances):
             sim.create_instance(label=f"vastevents:job-{n}")
         clock.advance(600)  # every instance running
@@ -64,13 +66,13 @@ def _serve(instances: int, conn: Connection) -> None:
 
 
 @contextmanager
-def simulator_process(instances: int) -> Iterator[tuple[str, str]]:
+def simulator_process(instances: int, hosts: int | None = None) -> Iterator[tuple[str, str]]:
     """A simulator holding `instances` running instances, served from its own process: (url, api key).
 
     Its own process keeps the server's CPU out of the numbers measured in this one.
     """
     ours, theirs = multiprocessing.get_context("fork").Pipe()
-    process = multiprocessing.get_context("fork").Process(target=_serve, args=(instances, theirs), daemon=True)
+    process = multiprocessing.get_context("fork").Process(target=_serve, args=(instances, hosts, theirs), daemon=True)
     process.start()
     try:
         if not ours.poll(120):
@@ -110,3 +112,30 @@ def write_json(path: str | None, name: str, results: Any) -> None:
     if path:
         Path(path).write_text(json.dumps({"bench": name, "machine": machine(), "results": results}, indent=2) + "\n")
         print(f"wrote {path}")
+
+
+def admin(url: str, key: str, action: str, **params: Any) -> dict[str, Any]:
+    """One simulator admin action (``POST /_sim/<action>``), as the scenario steps use them."""
+    response = httpx.post(f"{url}/_sim/{action}", json=params, headers={"Authorization": f"Bearer {key}"}, timeout=30)
+    response.raise_for_status()
+    result: dict[str, Any] = response.json()
+    return result
+
+
+def instance_ids(url: str, key: str) -> list[int]:
+    """The ids of every instance the simulator holds, in id order."""
+    response = httpx.get(f"{url}/_sim/state", headers={"Authorization": f"Bearer {key}"}, timeout=30)
+    response.raise_for_status()
+    return sorted(row["id"] for row in response.json()["instances"])
+
+
+def percentiles(values: Sequence[float]) -> dict[str, float]:
+    """Mean, median, 90th percentile and maximum."""
+    ordered = sorted(values)
+    return {
+        "mean": statistics.fmean(ordered),
+        "p50": statistics.median(ordered),
+        "p90": ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))],
+        "max": ordered[-1],
+        "count": len(ordered),
+    }

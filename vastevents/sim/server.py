@@ -9,6 +9,8 @@ import logging
 import math
 import re
 import secrets
+import socket
+import sys
 import threading
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Mapping
@@ -529,21 +531,58 @@ ROUTES = [
 
 
 class SimHTTPServer(ThreadingHTTPServer):
-    """One thread per request (joined on close); the Api holds the state."""
+    """One thread per connection (joined on close); the Api holds the state.
+
+    Connections are kept alive (HTTP/1.1), so a client's pages share one connection as with the real API.
+    Closing ends the read side of every open connection first: a thread waiting for a client's next request
+    sees the end at once, while a request in progress still sends its response.
+    """
 
     daemon_threads = False
     block_on_close = True
 
     def __init__(self, address: tuple[str, int], api: Api) -> None:
         self.api = api
+        self._connections: set[socket.socket] = set()
+        self._connections_lock = threading.Lock()
         super().__init__(address, _RequestHandler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._connections_lock:
+            self._connections.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self._connections_lock:
+            self._connections.discard(request)
+        super().shutdown_request(request)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that went away mid-connection (killed, timed out) is routine; anything else is logged."""
+        if isinstance(sys.exc_info()[1], ConnectionError | TimeoutError):
+            logger.debug("client %s went away", client_address[0])
+            return
+        logger.exception("simulator error serving %s", client_address[0])
+
+    def server_close(self) -> None:
+        with self._connections_lock:
+            open_connections = list(self._connections)
+        for connection in open_connections:
+            try:
+                connection.shutdown(socket.SHUT_RD)
+            except OSError:
+                pass  # already closed by its client
+        super().server_close()
 
 
 class _RequestHandler(BaseHTTPRequestHandler):
     server: SimHTTPServer
-    protocol_version = "HTTP/1.0"
+    protocol_version = "HTTP/1.1"  # keep-alive: every response, errors included, carries its Content-Length
     server_version = "vastevents-sim"
-    timeout = 3.0  # a client that connects and never sends cannot hold up stop() for longer
+    # Headers and body go out as two writes: on a kept-alive connection Nagle's algorithm would hold the body
+    # back until the client's delayed ACK of the headers (tens of ms per page).
+    disable_nagle_algorithm = True
+    timeout = 30.0  # an idle kept-alive connection is closed after this; stop() ends waiting ones at once
 
     def do_GET(self) -> None:
         self._handle("GET")
@@ -567,6 +606,11 @@ class _RequestHandler(BaseHTTPRequestHandler):
         url = urlsplit(self.path)
         try:
             length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            # Where this body ends is unknown, so no next request can be read from this connection.
+            self._send(_error(400, "invalid_args", "Content-Length is not an integer", {"Connection": "close"}))
+            return
+        try:
             raw = self.rfile.read(length) if length > 0 else b""
             body = json.loads(raw) if raw.strip() else None
         except ValueError as exc:

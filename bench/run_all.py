@@ -1,0 +1,237 @@
+"""Every benchmark in one run, one table of ratios against the issue's goals, and bench/RESULTS.md.
+
+Run: ``python bench/run_all.py [--quick] [--json PATH]``.
+
+Each benchmark runs as its own process (``--json`` to a temporary file), one after the other, its own table
+printed as it finishes. A full run writes ``bench/RESULTS.md`` (the ratio table, every benchmark's table and
+the machine it ran on); ``--quick`` is the smoke run CI uses: a few seconds per benchmark, RESULTS.md left
+alone. The exit status is 1 only if a benchmark crashed (or broke the journal's exactly-once guarantee),
+never because of a number.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).parent
+
+Row = list[str]
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    key: str
+    script: str
+    what: str
+    rows: Callable[[Any], list[Row]]
+    """The ratio rows of its JSON results: measure, value, goal, value/goal, met."""
+
+
+def _row(measure: str, value: float, goal: float, unit: str, *, lower_is_better: bool = True) -> Row:
+    def show(x: float) -> str:
+        return f"{x:.3g}{unit}" if unit != "%" else f"{x:.2%}"
+
+    ratio = value / goal if lower_is_better else goal / value
+    return [measure, show(value), ("≤ " if lower_is_better else "≥ ") + show(goal), f"{ratio:.2f}", _met(ratio <= 1)]
+
+
+def _met(ok: bool) -> str:
+    return "yes" if ok else "NO"
+
+
+def _p1(results: list[dict[str, Any]]) -> list[Row]:
+    rows = []
+    for r in results:
+        n, ours, floor = r["instances"], r["ours"], r["floor"]
+        rows.append(_row(f"N={n} ours/floor cpu", ours["cpu"] / floor["cpu"], 2.0, "x"))
+        rows.append(_row(f"N={n} ours/floor wall", ours["wall"] / floor["wall"], 2.0, "x"))
+        if n == 100 and "seed" in r:
+            rows.append(
+                _row("N=100 seed/ours wall", r["seed"]["wall"] / ours["wall"], 100.0, "x", lower_is_better=False)
+            )
+    return rows
+
+
+def _p2(results: list[dict[str, Any]]) -> list[Row]:
+    largest = max(results, key=lambda r: r["instances"])
+    observe = largest["observe"]
+    return [
+        _row(f"N={largest['instances']} unchanged diff cpu", observe["cpu"] * 1000, 10.0, " ms"),
+        _row(f"N={largest['instances']} unchanged diff wall", observe["wall"] * 1000, 10.0, " ms"),
+    ]
+
+
+def _p3(results: dict[str, Any]) -> list[Row]:
+    rows = []
+    for interval, by_name in results["simulated"].items():
+        p = by_name["vanished"]
+        rows.append([f"simulated {float(interval):g} s: vanish latency/interval", f"{p['mean'] / float(interval):.2f}",
+                     "≈ 0.5 (uniform)", "-", "-"])  # fmt: skip
+    for interval, p in results["wall"].items():
+        rows.append([f"wall {float(interval):g} s: mean latency/interval", f"{p['mean'] / float(interval):.2f}",
+                     "≈ 0.5 + poll/interval", "-", "-"])  # fmt: skip
+    k = results["kills"]
+    rows.append([f"exactly-once after {k['kills']} SIGKILLs", "held" if k["exactly_once"] else "BROKEN",
+                 "held", "-", _met(k["exactly_once"])])  # fmt: skip
+    return rows
+
+
+def _p4(result: dict[str, Any]) -> list[Row]:
+    return [
+        _row("preemption seen -> create sent, max", result["wall"]["max"], result["goal"], " s"),
+        _row("preemption seen -> create sent, p50", result["wall"]["p50"], result["goal"], " s"),
+    ]
+
+
+def _p6(result: dict[str, Any]) -> list[Row]:
+    label = f"N={result['instances']} every {result['interval']:g} s: share of a core"
+    return [_row(label, result["share"], result["goal"], "%")]
+
+
+BENCHMARKS = [
+    Benchmark("P1", "poll_cycle.py", "poll cycle vs the seed's way and the bare httpx floor", _p1),
+    Benchmark("P2", "diff_cost.py", "parse and pure diff of an unchanged account", _p2),
+    Benchmark("P3", "detection.py", "detection latency; journal exactly-once under SIGKILLs", _p3),
+    Benchmark("P4", "recovery_overhead.py", "recovery overhead", _p4),
+    Benchmark("P6", "watcher_cpu.py", "watcher CPU share", _p6),
+]
+
+
+def machine() -> dict[str, Any]:
+    model = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in _read("/proc/cpuinfo").splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor() or platform.machine(),
+    )
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": model,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+
+
+def _read(path: str) -> str:
+    try:
+        return Path(path).read_text()
+    except OSError:
+        return ""
+
+
+@dataclass
+class Outcome:
+    benchmark: Benchmark
+    seconds: float
+    output: str
+    results: Any
+    error: str | None
+
+
+def _run(benchmark: Benchmark, quick: bool, tmp: Path) -> Outcome:
+    path = tmp / f"{benchmark.key}.json"
+    command = [sys.executable, str(HERE / benchmark.script), "--json", str(path), *(["--quick"] if quick else [])]
+    print(f"== {benchmark.key} {benchmark.what}: {' '.join(command[1:])}", flush=True)
+    start = time.perf_counter()
+    process = subprocess.run(command, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    output = "\n".join(line for line in process.stdout.splitlines() if not line.startswith("wrote "))
+    print(output, f"({seconds:.0f} s)", sep="\n", flush=True)
+    results = json.loads(path.read_text())["results"] if path.exists() else None
+    error = None
+    if process.returncode != 0:
+        error = f"exited {process.returncode}: {process.stderr.strip().splitlines()[-1:] or ''}"
+        print(process.stderr, file=sys.stderr, flush=True)
+    return Outcome(benchmark, seconds, output, results, error)
+
+
+def _ratio_rows(outcomes: list[Outcome]) -> list[Row]:
+    rows = []
+    for o in outcomes:
+        if o.results is None:
+            rows.append([o.benchmark.key, "crashed", o.error or "", "-", "-", "NO"])
+            continue
+        rows += [[o.benchmark.key, *row] for row in o.benchmark.rows(o.results)]
+    return rows
+
+
+HEADER = ["bench", "measure", "value", "goal", "to goal (≤ 1 meets it)", "met"]
+
+
+def _print(rows: list[Row]) -> None:
+    widths = [max(len(row[i]) for row in [HEADER, *rows]) for i in range(len(HEADER))]
+    print("\n== ratios against the goals")
+    for row in [HEADER, *rows]:
+        print("  " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
+
+
+def _markdown(rows: list[Row], outcomes: list[Outcome], host: dict[str, Any]) -> str:
+    load = ", ".join(f"{x:g}" for x in host["load_average"])
+    lines = [
+        "# Benchmark results",
+        "",
+        f"Written by `python bench/run_all.py` on {host['date']}. Machine: {host['nproc']} cores ({host['cpu']}), "
+        f"Python {host['python']}, {host['platform']}; load average at start {load}.",
+        "",
+        f"The machine was shared with other work while this ran (load average {load} on {host['nproc']} cores), so "
+        "wall times carry that noise: the CPU-time ratios (our process's CPU against the floor's, measured side "
+        "by side in the same run) are the ones to read first.",
+        "",
+        "| " + " | ".join(HEADER) + " |",
+        "|" + "---|" * len(HEADER),
+        *("| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows),
+        "",
+        "P5 (job transfer against `tar | ssh`) is measured by the job transfer work and joins this table with it.",
+        "P3 measures detection by polling; its webhook variant (an event pushed by Vast instead of found by the "
+        "next poll) is measured together with the webhook feature.",
+        "",
+    ]
+    for o in outcomes:
+        lines += [f"## {o.benchmark.key}: {o.benchmark.what}", "", f"`python bench/{o.benchmark.script}` "
+                  f"({o.seconds:.0f} s)", "", "```", o.output or o.error or "", "```", ""]  # fmt: skip
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="smoke mode: every benchmark in a few seconds")
+    parser.add_argument("--json", metavar="PATH", help="also write every benchmark's results as one JSON document")
+    args = parser.parse_args()
+    host = machine()
+    print(f"machine: {host['nproc']} cores, {host['cpu']}, Python {host['python']}, load {host['load_average']}")
+    with tempfile.TemporaryDirectory() as tmp:
+        outcomes = [_run(benchmark, args.quick, Path(tmp)) for benchmark in BENCHMARKS]
+    rows = _ratio_rows(outcomes)
+    _print(rows)
+    if args.json:
+        results = {o.benchmark.key: {"seconds": o.seconds, "results": o.results} for o in outcomes}
+        document = {"machine": host, "quick": args.quick, "benchmarks": results}
+        Path(args.json).write_text(json.dumps(document, indent=2) + "\n")
+        print(f"wrote {args.json}")
+    if not args.quick:
+        (HERE / "RESULTS.md").write_text(_markdown(rows, outcomes, host))
+        print(f"wrote {HERE / 'RESULTS.md'}")
+    crashed = [o.benchmark.key for o in outcomes if o.error is not None]
+    if crashed:
+        print(f"failed: {', '.join(crashed)}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
