@@ -62,6 +62,12 @@ echo "trained steps $start..$step" > out/result.txt
 """
 EVALUATE = """mkdir -p out && echo "accuracy 0.93" > out/result.txt && echo evaluated"""
 
+_JOBS_SECTION = """[handlers.jobs]
+use = "jobs"
+ssh_retry = "1s"
+poll_first = "1s"
+poll_every = "1s"
+"""
 CONFIG = """
 [vast]
 url = "{url}"
@@ -70,12 +76,7 @@ interval = 15
 preempt_grace = "60s"
 [store]
 path = "{store}"
-[handlers.jobs]
-use = "jobs"
-ssh_retry = "1s"
-poll_first = "1s"
-poll_every = "1s"
-[handlers.recovery]
+{jobs}[handlers.recovery]
 use = "recovery"
 on_preempt = "replace"
 [handlers.billing]
@@ -118,6 +119,7 @@ class _Story:
     events: list[Event] = field(default_factory=list)
     jobs: list[Job] = field(default_factory=list)
     preempted: int | None = None
+    preempt_sent: bool = False
     charges: list[dict[str, Any]] = field(default_factory=list)
     steps: int = 0
     interrupted: bool = False
@@ -138,8 +140,13 @@ def demo(
     from vastevents.sim import Simulator, sshhost  # only the demo needs the simulator
 
     console = Console(stderr=as_json, highlight=False)
-    if sshhost.find_sshd() is None or shutil.which("ssh-keygen") is None:
-        fail("the demo runs its jobs on real sshd hosts: apt-get install -y openssh-server openssh-client", EXIT_FAILED)
+    with_jobs = sshhost.find_sshd() is not None and shutil.which("ssh-keygen") is not None
+    if not with_jobs:
+        console.print(
+            "no OpenSSH sshd here, so the demo runs SSH-free: instances are rented, preempted, recovered, billed and"
+            " alerted on, but no job runs on them (apt-get install -y openssh-server openssh-client for the rest)",
+            style="bold yellow",
+        )
     tmp = Path(tempfile.mkdtemp(prefix="vastevents-demo-"))
     sink = ThreadingHTTPServer(("127.0.0.1", 0), type("Sink", (_Sink,), {"messages": []}))
     messages: list[str] = sink.RequestHandlerClass.messages  # type: ignore[attr-defined]
@@ -147,23 +154,27 @@ def demo(
     os.environ[SLACK_ENV] = f"http://127.0.0.1:{sink.server_port}/hooks/demo"
     story = _Story()
     try:
-        with Simulator(api_key="demo-key", clock=ManualClock(), ssh=True) as sim:
-            config = parse_config(CONFIG.format(url=sim.url, store=tmp / "state.db", budget=0.05, slack_env=SLACK_ENV))
+        with Simulator(api_key="demo-key", clock=ManualClock(), ssh=with_jobs) as sim:
+            jobs = _JOBS_SECTION if with_jobs else ""
+            config = parse_config(
+                CONFIG.format(url=sim.url, store=tmp / "state.db", budget=0.05, slack_env=SLACK_ENV, jobs=jobs)
+            )
             console.rule("vastevents demo")
             console.print(
-                f"simulator {sim.url} with real sshd hosts · temporary directory {tmp} · a poll every"
+                f"simulator {sim.url}{' with real sshd hosts' if with_jobs else ''} · temporary directory {tmp} ·"
+                " a poll every"
                 f" {STEP:g} simulated s",
                 style="dim",
             )
             try:
-                asyncio.run(_play(sim, config, tmp, story, console, pause=0.1 / speed))
+                asyncio.run(_play(sim, config, tmp, story, console, pause=0.1 / speed, with_jobs=with_jobs))
             except VastEventsError as exc:
                 fail(f"the demo failed: {exc}")
             left = sim.instance_count()
     finally:
         sink.shutdown()
         os.environ.pop(SLACK_ENV, None)
-    report = _report(tmp, story, messages, left)
+    report = _report(tmp, story, messages, left, with_jobs=with_jobs)
     _show(console, report, as_json)
     if not keep:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -175,28 +186,38 @@ def demo(
         raise typer.Exit(EXIT_FAILED)
 
 
-async def _play(sim: Any, config: Config, tmp: Path, story: _Story, console: Console, *, pause: float) -> None:
-    """Submit the two jobs, step the clock until both are done (preempting the first mid-run), clean up."""
+async def _play(
+    sim: Any, config: Config, tmp: Path, story: _Story, console: Console, *, pause: float, with_jobs: bool
+) -> None:
+    """Submit the two jobs, step the clock until both are done (preempting the first mid-run), clean up.
+
+    SSH-free, two owned instances stand in for the jobs: the first is preempted once running, and the story
+    ends a few polls after its replacement runs.
+    """
     from vastevents.ssh import ParamikoSsh, SshSettings
 
     key = tmp / "id_ed25519"
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True, timeout=30)
+    if with_jobs:
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True, timeout=30)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    ssh = ParamikoSsh(tmp / "known_hosts", key_file=key, settings=SshSettings(connect_attempts=3, connect_wait=1.0))
+    ssh = ParamikoSsh(tmp / "known_hosts", key_file=key if with_jobs else None,
+                      settings=SshSettings(connect_attempts=3, connect_wait=1.0))  # fmt: skip
     store = SqliteStore(tmp / "state.db")
     async with VastClient(sim.api_key, sim.url) as client:
-        await client.add_ssh_key(key.with_suffix(".pub").read_text())
+        if with_jobs:
+            await client.add_ssh_key(key.with_suffix(".pub").read_text())
         runtime = Runtime(
             config, client=client, store=store, clock=sim.clock, ssh=ssh, handlers=load_handlers(config),
             observers=[story.events.append],
         )  # fmt: skip
         async with runtime, _progress(console) as progress:
             jobs = store.repository(Jobs)
-            train, evaluate = await _submit(runtime, tmp)
-            started, first = time.monotonic(), True
+            train, evaluate = await _submit(runtime, tmp) if with_jobs else (None, None)
+            stand_ins = [] if with_jobs else await _rent_stand_ins(runtime)
+            started, first, after_recovery = time.monotonic(), True, 0
             try:
                 while story.steps < MAX_STEPS and time.monotonic() - started < MAX_REAL_SECONDS:
                     if stop.is_set():
@@ -210,19 +231,30 @@ async def _play(sim: Any, config: Config, tmp: Path, story: _Story, console: Con
                         f"step {story.steps} · simulated {story.steps * STEP / 60:.0f} min · "
                         f"{len(story.events)} events, last: {last} · {sim.instance_count()} instances"
                     )
-                    current = jobs.get(train.id)
-                    if story.preempted is None and current is not None and _checkpointed(current):
-                        story.preempted = current.instance_id
-                        console.print(f"preempting job {train.id}'s instance {story.preempted}", style="bold yellow")
-                        sim.preempt(story.preempted)
-                    finished = [jobs.get(job.id) for job in (train, evaluate)]
-                    if all(job is not None and job.done and job.status != "collecting" for job in finished):
-                        if sim.instance_count() == 0:
+                    if train is not None and evaluate is not None:
+                        current = jobs.get(train.id)
+                        if story.preempted is None and current is not None and _checkpointed(current):
+                            story.preempted = current.instance_id
+                        finished = [jobs.get(job.id) for job in (train, evaluate)]
+                        if all(job is not None and job.done and job.status != "collecting" for job in finished):
+                            if sim.instance_count() == 0:
+                                break
+                    elif story.preempted is None and any(
+                        event.instance_id == stand_ins[0] and event.new == "running" for event in story.events
+                    ):
+                        story.preempted = stand_ins[0]
+                    elif "recovered" in [event.name for event in story.events]:
+                        after_recovery += 1
+                        if after_recovery > 8:
                             break
+                    if story.preempted is not None and not story.preempt_sent:
+                        story.preempt_sent = True
+                        console.print(f"preempting instance {story.preempted}", style="bold yellow")
+                        sim.preempt(story.preempted)
                     sim.advance(STEP)
                     await asyncio.sleep(pause)  # the jobs' commands run for real on the sshd hosts
             finally:
-                story.jobs = [job for job in (jobs.get(train.id), jobs.get(evaluate.id)) if job is not None]
+                story.jobs = [job for job in map(jobs.get, [j.id for j in (train, evaluate) if j]) if job is not None]
                 await _destroy_everything(runtime, client)
                 for _ in range(3):  # journal what the cleanup did
                     sim.advance(STEP)
@@ -264,6 +296,16 @@ async def _submit(runtime: Runtime, tmp: Path) -> tuple[Job, Job]:
     return submitted[0], submitted[1]
 
 
+async def _rent_stand_ins(runtime: Runtime) -> list[int]:
+    """Two owned on-demand instances, rented through the runtime like a handler would."""
+    offers = await runtime.client.search_offers("num_gpus=1 reliability>0.9", limit=2)
+    context = runtime.context.bound("demo", ())
+    return [
+        await context.create(offer, image="pytorch/pytorch", disk=16, label=f"vastevents:demo-{name}")
+        for offer, name in zip(offers, ("train", "evaluate"), strict=True)
+    ]
+
+
 def _checkpointed(job: Job) -> bool:
     """True once the job runs and a checkpoint of it has come back to the local copy."""
     spec = JobSpec.model_validate(job.spec)
@@ -292,7 +334,7 @@ async def _charges(client: VastClient, now: float) -> list[dict[str, Any]]:
             return items
 
 
-def _report(tmp: Path, story: _Story, messages: list[str], left: int) -> dict[str, Any]:
+def _report(tmp: Path, story: _Story, messages: list[str], left: int, *, with_jobs: bool) -> dict[str, Any]:
     names = [event.name for event in story.events]
     with SqliteStore(tmp / "state.db") as store:
         ledger = store.repository(Ledger)
@@ -306,11 +348,14 @@ def _report(tmp: Path, story: _Story, messages: list[str], left: int) -> dict[st
     result = Path(JobSpec.model_validate(train.spec).out) / "out" / "result.txt" if train else None
     resumed = result is not None and result.exists() and not result.read_text().startswith("trained steps 0.")
     matched = bool(cost.instances) and not any(row.flagged for row in cost.instances)
-    checks = [
+    job_checks = [
         ("both jobs finished with exit 0", len(story.jobs) == 2 and all(j.exit_code == 0 for j in story.jobs)),
-        ("the first job was preempted", story.preempted is not None and "preempted" in names),
-        ("recovery rented a replacement", "recovered" in names),
         ("the job resumed from its checkpoint", resumed),
+    ]
+    checks = [
+        *(job_checks if with_jobs else []),
+        ("the first instance was preempted", story.preempted is not None and "preempted" in names),
+        ("recovery rented a replacement", "recovered" in names),
         ("the preempted host has a strike", bool(blocked)),
         ("a budget warning fired", "budget_warning" in names),
         ("Slack got the preemption", any("preempted" in text for text in messages)),
