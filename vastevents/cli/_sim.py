@@ -16,7 +16,7 @@ import typer
 from rich.table import Table
 
 from vastevents._logging import register_secret
-from vastevents.cli._app import app, fail, table_console
+from vastevents.cli._app import EXIT_INTERRUPTED, app, fail, table_console
 from vastevents.errors import VastEventsError
 from vastevents.sim import Simulator
 
@@ -92,6 +92,7 @@ def sim(
     finally:
         simulator.stop()
         typer.echo("vastevents sim stopped")
+    raise typer.Exit(EXIT_INTERRUPTED)  # a server ends only by Ctrl-C or SIGTERM: the interrupted convention
 
 
 def _status_target(ctx: typer.Context, host: str, port: int, api_key: str) -> tuple[str, str]:
