@@ -242,6 +242,10 @@ class SSHHosts:
             "PubkeyAuthentication yes",
             "PermitRootLogin prohibit-password",
             f"ForceCommand {session}",
+            # sshd starts the ForceCommand through the user's own shell, and bash then reads ~/.bashrc; with HOME
+            # on the instance's directory it reads none, so a machine's shell setup (a pyenv rehash waiting on
+            # its lock, say) cannot slow or hang the simulated host's logins.
+            f"SetEnv HOME={_session_env(host, instance.env)['HOME']}",
             "PrintMotd no",
             "LogLevel ERROR",
         ]
