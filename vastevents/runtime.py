@@ -93,11 +93,11 @@ class Runtime:
             self._owned.push_async_callback(vast.aclose)
             client = vast
         self.client: VastApi = client
+        url = self.config.store.resolved_url()
         if store is None:
-            store = open_store(self.config.store.resolved_path(), self.config.store.resolved_url())
+            store = open_store(self.config.store.resolved_path(), url)
             self._owned.callback(store.close)
         self.store: Store = store
-        url = self.config.store.resolved_url()
         if leadership is None and isinstance(store, PostgresStore) and url == store.url:
             leadership = Leadership(url, store, failover=self.config.team.failover)
             self._owned.callback(leadership.close)
@@ -209,7 +209,7 @@ class Runtime:
         The events journaled by it, handler-made ones included.
         """
         if self.leadership is not None and not self._in_charge:
-            if not await self.leadership.acquire(_already_set()):
+            if not await self.leadership.try_acquire():
                 raise NotLeader(f"another watcher leads this team store; {self.leadership.member} stands by")
             await self._take_charge()
         seen: list[Event] = []
@@ -276,13 +276,18 @@ class Runtime:
             return interval
         return min(interval, max(0.0, (due - self.clock.now()).total_seconds()))
 
+    def _due_in(self, handler: str, name: str, period: float) -> float:
+        """Seconds until a periodic handler is due (0 or less: due now; never run: due now)."""
+        last = self.store.effects.last_run(handler, name)
+        if last is None:
+            return 0.0
+        return ((last + timedelta(seconds=period)) - self.clock.now()).total_seconds()
+
     def _periodic_delay(self) -> float:
-        now = self.clock.now()
         waits = [
-            max(0.0, ((last + timedelta(seconds=period)) - now).total_seconds()) if last is not None else 0.0
+            max(0.0, self._due_in(handler.name, name, period))
             for handler in self.handlers
             for name, period, _ in handler.periodic
-            for last in [self.store.effects.last_run(handler.name, name)]
         ]
         return min(waits, default=3600.0)
 
@@ -291,8 +296,7 @@ class Runtime:
         now = self.clock.now()
         for handler in self.handlers:
             for name, period, func in handler.periodic:
-                last = self.store.effects.last_run(handler.name, name)
-                if not everything and last is not None and now < last + timedelta(seconds=period):
+                if not everything and self._due_in(handler.name, name, period) > 0:
                     continue
                 self.store.effects.ran(handler.name, name, now)
                 context = replace(self.context.bound(handler.name, handler.emits), forced=everything)
@@ -417,12 +421,6 @@ class Runtime:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._daemons.clear()
-
-
-def _already_set() -> asyncio.Event:
-    event = asyncio.Event()
-    event.set()
-    return event
 
 
 async def _set_when(target: asyncio.Event, *sources: asyncio.Event) -> None:

@@ -107,11 +107,17 @@ class Leadership:
                 pass
         self._conn = None
 
+    async def try_acquire(self) -> bool:
+        """Try for the lock once: True if this watcher leads now."""
+        if await asyncio.to_thread(self._try):
+            log.info("%s leads", self.member)
+            return True
+        return False
+
     async def acquire(self, stop: asyncio.Event) -> bool:
         """Try for the lock, then keep trying as a follower until this watcher leads (True) or `stop` is set."""
         while True:
-            if await asyncio.to_thread(self._try):
-                log.info("%s leads", self.member)
+            if await self.try_acquire():
                 return True
             if stop.is_set():
                 return False

@@ -238,7 +238,3 @@ class Journal:
                 [*params, limit],
             )
         return [load_event(row) for row in rows]
-
-    def names(self) -> frozenset[str]:
-        """Every event name the journal holds (for telling a typo from a handler-made name)."""
-        return frozenset(str(row[0]) for row in self.db.query("SELECT DISTINCT name FROM events"))
