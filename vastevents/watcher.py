@@ -175,7 +175,7 @@ class Watcher:
         self.status.error = message
         if self.status.failures == 1:  # once per failure streak, not every cycle of an outage
             failed = Event(name=POLL_FAILED, instance_id=None, at=self.clock.now(), detail=message)
-            self._journaled(self.store.append([failed]))
+            self.journaled(self.store.append([failed]))
 
     def _commit(self, previous: Snapshot, rows: list[Instance], catch_up: bool) -> None:
         now = self.clock.now()
@@ -193,15 +193,12 @@ class Watcher:
             self.status.polls += 1
             self.status.instances = len(snapshot)
             self.status.last_poll = now
-            self._journaled(journaled)
+            self.journaled(journaled)
             return
         raise StaleSnapshot("two watchers keep writing the same store; run only one watcher per store")
 
     def journaled(self, events: Sequence[Event]) -> None:
         """Tell the observers about newly journaled events (also those handlers emit), in journal order."""
-        self._journaled(events)
-
-    def _journaled(self, events: Sequence[Event]) -> None:
         for event in events:
             self._cycle.append(event)
             self.status.events += 1
@@ -232,7 +229,7 @@ class Watcher:
         report = self._failure_event(event, failure) if failure else None
         journaled = self.store.mark_delivered(event.id, handler, report, outcome.writes)
         if journaled is not None:
-            self._journaled([journaled])
+            self.journaled([journaled])
 
     def _failure_event(self, event: Event, failure: str) -> Event | None:
         if event.name == HANDLER_FAILED:
