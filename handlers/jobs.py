@@ -17,7 +17,7 @@ again. The monitor is a daemon whose phase is checkpointed, so a watcher restart
 from __future__ import annotations
 
 import re
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from pydantic import field_validator
@@ -39,9 +39,28 @@ from vastevents import (
     on,
 )
 from vastevents.config import parse_duration
+from vastevents.jobspec import unpack_dir
 
 _JOB_LABEL = re.compile(r":job-(\d+)$")
 _EARLY = 60.0
+_STALE_CLAIM = 600.0
+"""Seconds after which a claim with nothing rented under its label is taken to be a dead watcher's."""
+
+
+def local_spec(job: Job, ctx: Context) -> JobSpec:
+    """The spec as this machine runs it. A submitted job's upload is unpacked from the store, and a relative
+    ``out`` lands, under ``<state dir>/jobs/job-<id>/`` (whichever watcher leads when it runs)."""
+    spec = JobSpec.model_validate(job.spec)
+    if job.submitted_by is None:
+        return spec
+    home = ctx.config.store.resolved_path().parent / "jobs" / f"job-{job.id}"
+    changes: dict[str, Any] = {} if spec.out.is_absolute() else {"out": home / spec.out}
+    archive = ctx.store.repository(Jobs).inputs(job.id)
+    if archive is not None:
+        if not (home / "input").is_dir():
+            unpack_dir(archive, home / "input")
+        changes["upload"] = home / "input"
+    return spec.model_copy(update=changes)
 
 
 class JobsOptions(HandlerOptions):
@@ -64,18 +83,39 @@ class JobsHandler(Handler[JobsOptions]):
 
     @every("15s")
     async def launch_pending(self, ctx: Context) -> None:
-        """Rent an offer for every job that has none (new ones, and ones whose offer was dropped)."""
-        for job in ctx.store.repository(Jobs).list(unfinished=True):
-            if job.status == "pending":
-                await self.launch(job, ctx)
+        """Claim and rent for every pending job (new ones, submitted ones, ones whose offer was dropped); a claim
+        whose watcher died before it rented anything goes back to pending first."""
+        jobs = ctx.store.repository(Jobs)
+        now = ctx.clock.now()
+        labels = {instance.label for instance in ctx.store.load_snapshot().instances() if instance.label}
+        for job in jobs.release_stale_claims(now - timedelta(seconds=_STALE_CLAIM), labels):
+            ctx.logger.warning("job %d: its claim was never rented for; pending again", job.id)
+        while (job := jobs.claim(now)) is not None:
+            await self.launch(job, ctx)
+
+    async def relaunch(self, job: Job, reason: str, ctx: Context) -> None:
+        """Back to pending with `reason` noted, then claim and rent again (unless another watcher claimed it)."""
+        jobs = ctx.store.repository(Jobs)
+        jobs.update(job.id, status="pending", instance_id=None)
+        jobs.add_error(job.id, reason)
+        claimed = jobs.claim(ctx.clock.now(), job.id)
+        if claimed is not None:
+            await self.launch(claimed, ctx)
 
     async def launch(self, job: Job, ctx: Context) -> None:
+        """Rent the first offer that works for a claimed job; a submitted job's offers are searched here."""
         jobs = ctx.store.repository(Jobs)
-        current = jobs.get(job.id)
-        if current is None or current.status != "pending":
-            return  # another path already rented for it
-        job = current
         spec = JobSpec.model_validate(job.spec)
+        if not job.offers:
+            offers = await spec.offers(ctx.client)
+            if not offers:
+                await self.give_up(job, f"no offer matches {spec.query!r}", ctx)
+                return
+            if spec.max_cost is not None and spec.estimate(offers[0]) > spec.max_cost:
+                reason = f"the estimate ${spec.estimate(offers[0]):.2f} is over max_cost ${spec.max_cost:.2f}"
+                await self.give_up(job, reason, ctx)
+                return
+            job = jobs.update(job.id, offers=[offer.id for offer in offers])
         tried = list(job.tried)
         for ask in job.offers:
             if len(tried) >= spec.max_offers:
@@ -83,7 +123,7 @@ class JobsHandler(Handler[JobsOptions]):
             if ask in tried:
                 continue
             tried.append(ask)
-            jobs.update(job.id, tried=tried, status="creating")
+            jobs.update(job.id, tried=tried)
             try:
                 instance_id = await ctx.create(
                     ask,
@@ -111,10 +151,9 @@ class JobsHandler(Handler[JobsOptions]):
         """Destroy a bad offer's instance and rent the next offer."""
         jobs = ctx.store.repository(Jobs)
         ctx.logger.warning("job %d: dropping instance %d: %s", job.id, instance.id, reason)
-        jobs.update(job.id, status="pending", instance_id=None)  # first: its `vanished` is no longer the job's
-        job = jobs.add_error(job.id, f"instance {instance.id} (machine {instance.machine_id}) dropped: {reason}")
+        jobs.update(job.id, status="creating", instance_id=None)  # first: its `vanished` is no longer the job's
         await ctx.destroy(instance)
-        await self.launch(job, ctx)
+        await self.relaunch(job, f"instance {instance.id} (machine {instance.machine_id}) dropped: {reason}", ctx)
 
     # --- the instance's life ------------------------------------------------------------------------------
 
@@ -132,8 +171,7 @@ class JobsHandler(Handler[JobsOptions]):
             await self.drop_offer(job, instance, f"stuck loading: {instance.status_msg or 'no progress'}", ctx)
         elif event.name == "vanished":
             if ours and job.status == "loading":
-                jobs.update(job.id, status="pending", instance_id=None)
-                await self.launch(jobs.add_error(job.id, f"instance {instance.id} vanished before running"), ctx)
+                await self.relaunch(job, f"instance {instance.id} vanished before running", ctx)
         elif instance.actual_status == "running":
             if not ours:
                 # A replacement under the job's label (after a preemption): it takes the job over.
@@ -165,14 +203,12 @@ class JobsHandler(Handler[JobsOptions]):
         except Exception as exc:
             reason = f"error: {type(exc).__name__}: {exc}"
             jobs.add_error(job.id, reason)
-            await ctx.emit("job_failed", instance=instance, detail=reason, key=f"job-{job.id}-end")
-            destroyed = await results.destroy(ctx, instance)
-            jobs.update(job.id, status="failed", finished_at=ctx.clock.now(), destroyed=destroyed)
+            await self.fail_and_destroy(job, instance, reason, f"job-{job.id}-end", ctx)
 
     async def _phases(self, job: Job, instance: Instance, state: dict[str, Any], ctx: Context) -> None:
         jobs = ctx.store.repository(Jobs)
         instance_id = instance.id
-        spec = JobSpec.model_validate(job.spec)
+        spec = local_spec(job, ctx)
         target = SshTarget.of(instance, spec.ssh_user)
         if state["phase"] == "connect":
             if not await self._connected(job, instance, target, state, ctx):
@@ -241,9 +277,15 @@ class JobsHandler(Handler[JobsOptions]):
             await ctx.emit("job_failed", instance=instance, detail=f"{problem}; trying the next offer", key=key)
             await self.drop_offer(job, instance, problem, ctx)
             return
+        ctx.store.repository(Jobs).add_error(job.id, problem)
+        await self.fail_and_destroy(job, instance, problem, key, ctx)
+
+    async def fail_and_destroy(self, job: Job, instance: Instance, reason: str, key: str, ctx: Context) -> None:
+        """Destroy the instance of a failed job, winding down (``collecting``) first: that instance's ``vanished``,
+        delivered while the destroy is still being checked, must not rent a new one for a job still ``loading``."""
         jobs = ctx.store.repository(Jobs)
-        jobs.add_error(job.id, problem)
-        await ctx.emit("job_failed", instance=instance, detail=problem, key=key)
+        jobs.update(job.id, status="collecting")
+        await ctx.emit("job_failed", instance=instance, detail=reason, key=key)
         destroyed = await results.destroy(ctx, instance)
         jobs.update(job.id, status="failed", finished_at=ctx.clock.now(), destroyed=destroyed)
 

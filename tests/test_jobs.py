@@ -7,6 +7,7 @@ import os
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sshkit import USER, edge, keypair, needs_openssh, register
@@ -14,6 +15,7 @@ from sshkit import USER, edge, keypair, needs_openssh, register
 from vastevents import Job, Jobs, Runtime, SqliteStore, VastClient
 from vastevents.clock import ManualClock
 from vastevents.config import parse_config
+from vastevents.jobspec import JobSpec, pack_dir
 from vastevents.plugins import load_handlers
 from vastevents.sim import Simulator
 from vastevents.ssh import ParamikoSsh
@@ -40,7 +42,7 @@ class World:
     store_path: Path
 
     def runtime(self, client: VastClient) -> Runtime:
-        config = parse_config(CONFIG)
+        config = parse_config(CONFIG + f'[store]\npath = "{self.store_path}"\n')
         return Runtime(
             config,
             client=client,
@@ -80,8 +82,6 @@ async def client(world: World) -> AsyncIterator[VastClient]:
 
 
 def submit(rt: Runtime, spec: dict[str, object], offers: list[int]) -> Job:
-    from vastevents.jobspec import JobSpec
-
     checked = JobSpec.model_validate(spec).to_json()
     return rt.store.repository(Jobs).submit(checked, offers, "vastevents", rt.clock.now())
 
@@ -121,6 +121,67 @@ async def test_a_job_uploads_runs_collects_and_destroys(world: World, client: Va
     assert (out / "out dir" / "copy.bin").read_bytes() == payload
     assert (out / "result.txt").read_text() == "it's done: a 'b' c\n"
     assert "it's done" in (out / "job.log").read_text()
+
+
+async def test_a_submitted_job_is_claimed_searched_unpacked_and_run_with_results_under_the_state_dir(
+    world: World, client: VastClient
+) -> None:
+    """What ``run --submit`` queues: no offers (the claimer searches), the upload as an archive, a relative out."""
+    inputs = world.tmp / "in"
+    inputs.mkdir()
+    (inputs / "data.txt").write_text("from a teammate\n")
+    spec = JobSpec.model_validate(
+        {"image": "pytorch/pytorch", "ssh_user": USER, "cmd": "cp data.txt copy.txt", "download": ["copy.txt"]}
+    )
+    async with world.runtime(client) as rt:
+        jobs = rt.store.repository(Jobs)
+        job = jobs.submit(spec.to_json(), [], "vastevents", rt.clock.now(), submitted_by="ana@laptop",
+                          inputs=pack_dir(inputs))  # fmt: skip
+        job = await until(rt, world, job.id)
+    home = world.store_path.parent / "jobs" / f"job-{job.id}"
+    assert job.status == "finished" and job.destroyed and job.offers, job
+    assert job.results_dir == str(home / "results")
+    assert (home / "results" / "copy.txt").read_text() == "from a teammate\n"
+
+
+async def test_a_submitted_job_over_its_max_cost_is_failed_before_renting(world: World, client: VastClient) -> None:
+    spec = JobSpec.model_validate({"image": "pytorch/pytorch", "cmd": "true", "max_cost": 0.0001})
+    async with world.runtime(client) as rt:
+        jobs = rt.store.repository(Jobs)
+        job = jobs.submit(spec.to_json(), [], "vastevents", rt.clock.now(), submitted_by="ana@laptop")
+        job = await until(rt, world, job.id)
+        failed = [e.detail for e in rt.store.events() if e.name == "job_failed"]
+    assert job.status == "failed" and job.tried == [] and job.instance_id is None
+    assert failed and "over max_cost" in (failed[0] or "")
+
+
+async def test_a_job_failing_before_it_starts_is_not_rented_again_when_its_instance_vanishes(
+    world: World, client: VastClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The instance of a job that failed (here: its upload dir is gone) is destroyed. A watcher delivers that
+    instance's ``vanished`` while the destroy is still being checked, so the job must already have left
+    ``loading`` (which a vanished instance sends back to renting) when the destroy starts."""
+    from handlers import results
+
+    during_destroy: list[str] = []
+    real_destroy = results.destroy
+
+    async def destroy(ctx: Any, instance: Any) -> bool:
+        job = ctx.store.repository(Jobs).by_label(instance.label)
+        during_destroy.append(job.status)
+        return await real_destroy(ctx, instance)
+
+    monkeypatch.setattr(results, "destroy", destroy)
+    spec = world.spec(cmd="true", upload=str(world.tmp / "deleted"))
+    async with world.runtime(client) as rt:
+        job = await until(rt, world, submit(rt, spec, world.offers()).id)
+        for _ in range(3):  # a few more cycles: nothing is rented after the failure
+            await rt.poll_once(all_periodic=True)
+            world.sim.advance(15)
+        rented = [e.instance_id for e in rt.store.events() if e.name == "appeared"]
+    assert job.status == "failed" and job.destroyed and len(job.tried) == 1, job
+    assert any("not a directory" in error for error in job.errors)
+    assert during_destroy == ["collecting"] and len(rented) == 1
 
 
 async def test_a_failing_job_reports_its_exit_code_keeps_the_log_and_is_destroyed(

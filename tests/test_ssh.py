@@ -107,3 +107,27 @@ async def test_a_changed_host_key_is_refused(host: tuple[Simulator, SshTarget, P
             await other.run(target, "true")
     finally:
         other.close()
+
+
+async def test_without_a_key_file_both_clients_use_the_keys_under_home(
+    host: tuple[Simulator, SshTarget, ParamikoSsh], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A watcher's edge has no key file: paramiko and OpenSSH's client (bulk transfers) must log in with the
+    same key from $HOME/.ssh (OpenSSH alone would read the passwd entry's home)."""
+    _, target, _ = host
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    for name in ("id_ed25519", "id_ed25519.pub"):
+        (home / ".ssh" / name).write_bytes((tmp_path / name).read_bytes())
+    (home / ".ssh" / "id_ed25519").chmod(0o600)
+    monkeypatch.setenv("HOME", str(home))
+    source = tmp_path / "in"
+    source.mkdir()
+    (source / "a.txt").write_text("bulk\n")
+    edge = ParamikoSsh(tmp_path / "known_hosts_home", settings=FAST)
+    try:
+        assert edge._openssh(), "this test covers the OpenSSH transfer path"
+        await edge.upload(target, source, "from-home")
+        assert (await edge.run(target, "cat from-home/a.txt")).stdout == "bulk\n"
+    finally:
+        edge.close()

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from sshkit import USER, keypair, needs_openssh, register
 from typer.testing import CliRunner
 
 from vastevents import Runtime
@@ -20,7 +21,7 @@ from vastevents.cli import app
 from vastevents.clock import ManualClock
 from vastevents.config import parse_config
 from vastevents.sim import Simulator
-from vastevents.store import PostgresStore
+from vastevents.store import Jobs, PostgresStore
 from vastevents.store.team import TeamMembers as TeamMembersRepo
 from vastevents.team import Leadership, NotLeader
 from vastevents.testing import FakeCloud
@@ -147,3 +148,75 @@ def test_two_watch_processes_one_leader_and_failover_after_kill_9(
     for instance_id in (first_id, second_id):
         sim.vanish(instance_id)
     assert sim.instance_count() == 0
+
+
+@needs_openssh
+@pytest.mark.ssh
+def test_a_job_submitted_from_a_third_process_runs_once_across_a_leader_kill_and_is_followed(
+    tmp_path: Path, api_key: str, pg_url: str, team_config: str
+) -> None:
+    """Two `watch` processes lead and follow on PostgreSQL; `run --submit` queues a job with an upload from a
+    third process and `jobs --follow` (LISTEN/NOTIFY) reports it to the end. The leader is SIGKILLed while the
+    job runs: the follower takes over and finishes the same job on the same instance."""
+    (tmp_path / ".ssh").mkdir()
+    key = keypair(tmp_path / ".ssh")
+    jobs_handler = '[handlers.jobs]\nuse = "jobs"\nssh_retry = "1s"\npoll_first = "1s"\npoll_every = "1s"\n'
+    (tmp_path / "team.toml").write_text(team_config + jobs_handler)
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "data.txt").write_text("from a teammate\n")
+    (tmp_path / "job.toml").write_text(
+        f'image = "pytorch/pytorch"\nssh_user = "{USER}"\nupload = "work"\ndownload = ["copy.txt"]\n'
+        'cmd = "sleep 4; cp data.txt copy.txt"\n'
+    )
+    with Simulator(api_key=api_key, clock=ManualClock(), ssh=True) as sim:
+        register(sim, key)
+        env = {**os.environ, "VAST_URL": sim.url, "VAST_API_KEY": api_key, "HOME": str(tmp_path),
+               "PYTHONPATH": str(ROOT)}  # fmt: skip
+        cli = [sys.executable, "-m", "vastevents"]
+        config = ["--config", str(tmp_path / "team.toml")]
+        watchers = [Watch(tmp_path, "a", env), Watch(tmp_path, "b", env)]
+        follower_process = None
+        try:
+            submitted = subprocess.run(
+                [*cli, "run", str(tmp_path / "job.toml"), "--submit", "--yes", "--json", *config],
+                env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60,
+            )  # fmt: skip
+            assert submitted.returncode == 0, submitted.stderr
+            job_id = json.loads(submitted.stdout)["job_id"]
+            follower_process = subprocess.Popen(
+                [*cli, "jobs", "--follow", str(job_id), "--json", *config],
+                env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            )  # fmt: skip
+            with PostgresStore(pg_url) as store:
+                jobs = store.repository(Jobs)
+
+                def status() -> str:
+                    sim.advance(15)  # the simulator's clock moves only here: loading finishes, the host boots
+                    time.sleep(0.05)
+                    job = jobs.get(job_id)
+                    return job.status if job else "missing"
+
+                wait_until(lambda: status() == "running", "the leader runs the submitted job", seconds=90)
+                leader = next(w for w in watchers if w.names())
+                leader.process.kill()
+                leader.process.wait(timeout=10)
+                wait_until(lambda: status() == "finished", "the new leader finishes the job", seconds=120)
+                job = jobs.get(job_id)
+                assert job is not None and job.destroyed and job.exit_code == 0
+                started = [e for e in store.events() if e.name == "job_started"]
+                rented = {e.instance_id for e in store.events() if e.name == "appeared"}
+            assert len(started) == 1 and rented == {job.instance_id}  # run once, on one instance
+            assert job.results_dir is not None
+            assert (Path(job.results_dir) / "copy.txt").read_text() == "from a teammate\n"
+            out, err = follower_process.communicate(timeout=30)
+            assert follower_process.returncode == 0, err
+            statuses = [json.loads(line)["status"] for line in out.splitlines()]
+            assert statuses[0] == "pending" and statuses[-1] == "finished" and "running" in statuses
+        finally:
+            if follower_process is not None and follower_process.poll() is None:
+                follower_process.kill()
+                follower_process.communicate()
+            for watcher in watchers:
+                watcher.stop()
+        assert sim.instance_count() == 0

@@ -15,14 +15,23 @@ Validated by pydantic; errors name the key (and the file line when it came from 
 
 from __future__ import annotations
 
+import io
+import os
+import shutil
+import tarfile
+import tempfile
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from vastevents.config import parse_duration
 from vastevents.errors import ConfigError
+
+if TYPE_CHECKING:
+    from vastevents.models import Offer
+    from vastevents.ports import VastApi
 
 DEFAULT_QUERY = "gpu_ram>=24 num_gpus=1 reliability>0.9 disk_space>=64"
 
@@ -91,6 +100,16 @@ class JobSpec(BaseModel):
     def to_json(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
 
+    async def offers(self, client: VastApi, limit: int = 20) -> list[Offer]:
+        """The offers this job may rent, cheapest first: interruptible with a bid, else on-demand; ``max_dph``."""
+        kind = "bid" if self.bid is not None else "on-demand"
+        found = await client.search_offers(self.query, type=kind, limit=limit, order=[["dph_total", "asc"]])
+        return [o for o in found if self.max_dph is None or (o.dph_total or 0.0) <= self.max_dph]
+
+    def estimate(self, offer: Offer) -> float:
+        """Dollars for ``max_duration`` (an hour when unset) on `offer`."""
+        return (offer.dph_total or 0.0) * (self.max_duration or 3600.0) / 3600.0
+
 
 def load_spec(path: Path | None, overrides: dict[str, Any]) -> JobSpec:
     """The spec from `path` (TOML) with `overrides` (flags given, None meaning not given) on top."""
@@ -113,6 +132,28 @@ def load_spec(path: Path | None, overrides: dict[str, Any]) -> JobSpec:
         return JobSpec.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_describe(exc, path, text)) from None
+
+
+def pack_dir(path: Path) -> bytes:
+    """`path`'s contents as a gzipped tar (names relative to it), for a job submitted to another machine."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+        for child in sorted(path.iterdir()):
+            archive.add(child, arcname=child.name)
+    return buffer.getvalue()
+
+
+def unpack_dir(archive: bytes, dest: Path) -> None:
+    """Extract a :func:`pack_dir` archive into `dest` (made whole or not at all; ``filter="data"`` refuses
+    absolute names, ``..`` and device files)."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
+    try:
+        with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as tar:
+            tar.extractall(staging, filter="data")
+        os.replace(staging, dest)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _describe(exc: ValidationError, path: Path | None, text: str) -> str:

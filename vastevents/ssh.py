@@ -72,6 +72,12 @@ class _TrustOnFirstUse(paramiko.MissingHostKeyPolicy):  # type: ignore[misc]
         self.edge.check_host_key(self.alias, key)
 
 
+def _default_keys() -> list[Path]:
+    """The private keys under ``$HOME/.ssh`` that paramiko's ``look_for_keys`` tries."""
+    ssh_dir = Path.home() / ".ssh"
+    return [ssh_dir / name for name in ("id_ed25519", "id_ecdsa", "id_rsa") if (ssh_dir / name).is_file()]
+
+
 class ParamikoSsh:
     """The :class:`~vastevents.ports.Ssh` port over paramiko; one cached connection per target."""
 
@@ -208,7 +214,10 @@ class ParamikoSsh:
     def _openssh_command(self, target: SshTarget, command: str) -> list[str]:
         """``ssh`` checking the host key recorded on first use (paramiko connects first, recording it)."""
         self._client(target)
-        identity = ["-i", str(self.key_file), "-o", "IdentitiesOnly=yes"] if self.key_file else []
+        if self.key_file:
+            identity = ["-i", str(self.key_file), "-o", "IdentitiesOnly=yes"]
+        else:  # the keys paramiko looks for: OpenSSH would read the passwd entry's home, not $HOME
+            identity = [arg for key in _default_keys() for arg in ("-i", str(key))]
         return ["ssh", "-p", str(target.port), *identity, "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
                 "-o", f"UserKnownHostsFile={self.known_hosts}", "-o", f"HostKeyAlias={host_alias(target)}",
                 "-o", f"ConnectTimeout={int(self.settings.connect_timeout)}", "-o", "LogLevel=ERROR",

@@ -22,10 +22,11 @@ from rich.console import Console
 from rich.table import Table
 
 from vastevents.cli._app import ConfigOption, app, existing_store, fail
+from vastevents.cli._submit import follow as follow_job
+from vastevents.cli._submit import submit as queue_job
 from vastevents.config import Config, HandlerConfig, load_config
 from vastevents.errors import ConfigError, VastEventsError
 from vastevents.jobspec import JobSpec, load_spec
-from vastevents.models import Offer
 from vastevents.plugins import load_handlers
 from vastevents.ports import SshTarget
 from vastevents.runtime import Runtime
@@ -73,14 +74,6 @@ async def _register_key(runtime: Runtime, key: Path, err: Console) -> None:
     err.print(f"registered {key}.pub with the account")
 
 
-async def _offers(runtime: Runtime, spec: JobSpec) -> list[Offer]:
-    kind = "bid" if spec.bid is not None else "on-demand"
-    found = await runtime.client.search_offers(spec.query, type=kind, limit=20, order=[["dph_total", "asc"]])
-    if spec.max_dph is not None:
-        found = [o for o in found if (o.dph_total or 0.0) <= spec.max_dph]
-    return found
-
-
 def _report(job: Job | None, runtime_s: float, console: Console) -> dict[str, Any]:
     data = {
         "job_id": job.id if job else None,
@@ -117,6 +110,14 @@ def run(
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Skip every confirmation.")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show the offer and estimate, rent nothing.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object on stdout, last.")] = False,
+    submit: Annotated[
+        bool,
+        typer.Option(
+            "--submit",
+            help="Queue the job for the team's watcher (the leader rents, runs and collects it; results land on its"
+            " machine) and print its id, instead of running it here.",
+        ),
+    ] = False,
     config: ConfigOption = None,
 ) -> None:
     """Rent a GPU, upload, run COMMAND, download the results, destroy the instance."""
@@ -124,13 +125,18 @@ def run(
     overrides = {"image": image, "query": query, "disk": disk, "bid": bid, "upload": upload, "cmd": cmd,
                  "download": tuple(download or ()), "out": out, "max_duration": max_duration}  # fmt: skip
     try:
-        settings, handler = _with_jobs_handler(load_config(config))
+        base = load_config(config)
+        settings, handler = _with_jobs_handler(base)
         spec = load_spec(spec_file, overrides)
         handlers = load_handlers(settings)
     except ConfigError as exc:
         fail(str(exc), 2)
     if spec.upload is not None and not spec.upload.is_dir():
         fail(f"--upload {spec.upload}: not a directory", 2)
+    if submit:
+        has_jobs = any(entry.use == JOBS_HANDLER for entry in base.handlers.values())
+        queue_job(settings, spec, jobs_handler=has_jobs, yes=yes, dry_run=dry_run, as_json=as_json)
+        return
     try:
         code, report = asyncio.run(
             _run(settings, handler, handlers, spec, yes=yes, dry_run=dry_run, as_json=as_json, err=err)
@@ -177,12 +183,12 @@ async def _run_with(
         running = [i for i in await runtime.client.list_instances() if i.actual_status == "running"]
         if running:
             err.print(f"[yellow]note:[/] {len(running)} instance(s) already running on the account")
-        offers = await _offers(runtime, spec)
+        offers = await spec.offers(runtime.client)
         if not offers:
             raise VastEventsError(f"no offer matches {spec.query!r}")
         best = offers[0]
         hours = (spec.max_duration or 3600.0) / 3600.0
-        estimate = (best.dph_total or 0.0) * hours
+        estimate = spec.estimate(best)
         err.print(
             f"offer {best.id}: {best.num_gpus or 1}x {best.gpu_name} on machine {best.machine_id},"
             f" ${best.dph_total or 0:.4f}/h, about ${estimate:.2f} for {hours:g} h"
@@ -274,12 +280,21 @@ async def _cancel(runtime: Runtime, handler: str, jobs: Jobs, job_id: int, err: 
 
 
 @app.command()
-def jobs(as_json: Annotated[bool, typer.Option("--json")] = False, config: ConfigOption = None) -> None:
-    """List the jobs in the store."""
+def jobs(
+    as_json: Annotated[bool, typer.Option("--json", help="JSON (with --follow: one object per change).")] = False,
+    follow: Annotated[
+        int | None,
+        typer.Option("--follow", metavar="ID", help="Print job ID at each change until it ends; exit with its code."),
+    ] = None,
+    config: ConfigOption = None,
+) -> None:
+    """List the jobs in the store (a team's shared one from any machine), or follow one."""
     try:
         settings = load_config(config)
     except ConfigError as exc:
         fail(str(exc), 2)
+    if follow is not None:
+        raise typer.Exit(follow_job(settings, follow, as_json=as_json))
     rows: list[Job] = []
     if (store := existing_store(settings)) is not None:
         with store:
@@ -287,11 +302,12 @@ def jobs(as_json: Annotated[bool, typer.Option("--json")] = False, config: Confi
     if as_json:
         sys.stdout.write(json.dumps([job.to_json() for job in rows]) + "\n")
         return
-    table = Table("job", "status", "instance", "gpu", "$/h", "exit", "results")
+    table = Table("job", "status", "instance", "gpu", "$/h", "exit", "results", "submitted by")
     for job in rows:
         table.add_row(str(job.id), job.status, str(job.instance_id or ""), job.gpu_name or "",
                       f"{job.dph_total:.4f}" if job.dph_total else "",
-                      "" if job.exit_code is None else str(job.exit_code), job.results_dir or "")  # fmt: skip
+                      "" if job.exit_code is None else str(job.exit_code), job.results_dir or "",
+                      job.submitted_by or "")  # fmt: skip
     Console().print(table)
 
 

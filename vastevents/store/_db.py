@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -61,6 +62,11 @@ class Database:
 
     dialect = "sql"
     errors: tuple[type[Exception], ...] = (sqlite3.DatabaseError,)
+    skip_locked = ""
+    """What ends a ``SELECT`` that claims rows, so two claimers never take the same one (SQLite's write
+    transaction is exclusive already; PostgreSQL says ``FOR UPDATE SKIP LOCKED``)."""
+    pushes = False
+    """True when :meth:`listener` is woken by :meth:`notify` (PostgreSQL's LISTEN/NOTIFY); else it polls."""
 
     def __init__(self, where: str) -> None:
         self.where = where
@@ -91,6 +97,22 @@ class Database:
 
     def close(self) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def notify(self, conn: Conn, channel: str, payload: str) -> None:
+        """Wake the listeners of `channel` when this transaction commits (SQLite has none: its readers poll)."""
+
+    @contextmanager
+    def listener(self, channel: str) -> Iterator[Callable[[float], bool]]:
+        """A ``wait(timeout)`` that returns True once `channel` is notified, False after `timeout` seconds.
+
+        Without pushed notifications (SQLite) it only sleeps: the caller re-reads what it follows.
+        """
+
+        def wait(timeout: float) -> bool:
+            time.sleep(timeout)
+            return False
+
+        yield wait
 
     # --- shared ---------------------------------------------------------------------------------------------
 

@@ -2,13 +2,19 @@
 
 A job is bound to its instance by label (``<label_prefix>:job-<id>``), so a replacement rented under the same
 label after a preemption is recognised as the same job. Statuses: ``pending`` (nothing rented, or the last offer
-was dropped), ``loading``, ``running``, ``collecting``, then one of ``finished``, ``failed``, ``cancelled``.
+was dropped), ``creating`` (claimed by a watcher, renting), ``loading``, ``running``, ``collecting``, then one of
+``finished``, ``failed``, ``cancelled``.
+
+``vastevents run --submit`` queues a job for the team's leader: its upload dir travels through the store as an
+archive (``job_inputs``), and the leader claims pending jobs one at a time (``FOR UPDATE SKIP LOCKED`` on
+PostgreSQL), so no job is rented twice. Every change is announced on the ``vastevents_jobs`` channel
+(PostgreSQL's NOTIFY), which :meth:`Jobs.follow` listens to.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, ClassVar
@@ -17,6 +23,9 @@ from vastevents.store._codec import iso, time
 from vastevents.store._db import Database, Migration
 
 FINAL = ("finished", "failed", "cancelled")
+CHANNEL = "vastevents_jobs"
+MAX_INPUT_BYTES = 256 * 1024 * 1024
+"""The largest upload archive a submitted job carries through the store."""
 
 MIGRATIONS = (
     Migration(
@@ -46,6 +55,16 @@ MIGRATIONS = (
             "CREATE INDEX jobs_label ON jobs (label)",
         ),
     ),
+    Migration(
+        "jobs",
+        2,
+        (
+            "ALTER TABLE jobs ADD COLUMN submitted_by TEXT",
+            "ALTER TABLE jobs ADD COLUMN claimed_at TEXT",
+            "CREATE INDEX jobs_status ON jobs (status)",
+            "CREATE TABLE job_inputs (job_id INTEGER PRIMARY KEY, archive BLOB NOT NULL)",
+        ),
+    ),
 )
 
 
@@ -69,6 +88,9 @@ class Job:
     started_at: datetime | None
     finished_at: datetime | None
     errors: list[str] = field(default_factory=list)
+    submitted_by: str | None = None
+    """``user@host`` of a ``run --submit``; None for a job its own ``run`` drives."""
+    claimed_at: datetime | None = None
 
     @property
     def done(self) -> bool:
@@ -97,17 +119,18 @@ class Job:
             "started_at": iso(self.started_at) if self.started_at else None,
             "finished_at": iso(self.finished_at) if self.finished_at else None,
             "errors": self.errors,
+            "submitted_by": self.submitted_by,
         }
 
 
 _COLUMNS = (
     "id, label, spec, offers, status, instance_id, tried, attempts, exit_code, results_dir, gpu_name, dph_total,"
-    " cost_usd, destroyed, created_at, started_at, finished_at, errors"
+    " cost_usd, destroyed, created_at, started_at, finished_at, errors, submitted_by, claimed_at"
 )
 _SELECT = f"SELECT {_COLUMNS} FROM jobs"  # noqa: S608 - constant column list
 _NAMES = tuple(name.strip() for name in _COLUMNS.split(","))
 _JSON = ("spec", "offers", "tried", "errors")
-_TIMES = ("created_at", "started_at", "finished_at")
+_TIMES = ("created_at", "started_at", "finished_at", "claimed_at")
 
 
 class Jobs:
@@ -116,19 +139,69 @@ class Jobs:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    def submit(self, spec: dict[str, Any], offers: list[int], label_prefix: str, at: datetime) -> Job:
-        """A new pending job that may rent `offers` (ask ids, best first); its label names its id."""
+    def submit(
+        self,
+        spec: dict[str, Any],
+        offers: list[int],
+        label_prefix: str,
+        at: datetime,
+        *,
+        submitted_by: str | None = None,
+        inputs: bytes | None = None,
+    ) -> Job:
+        """A new pending job that may rent `offers` (ask ids, best first; empty: the claimer searches); its label
+        names its id. `inputs` is the upload dir's archive, for a job submitted to another machine."""
+        if inputs is not None and len(inputs) > MAX_INPUT_BYTES:
+            raise ValueError(f"the upload archive is {len(inputs) >> 20} MiB, over {MAX_INPUT_BYTES >> 20} MiB")
         with self.db.transaction() as conn:
             row = conn.execute(
-                "INSERT INTO jobs (spec, offers, status, tried, created_at, errors)"
-                " VALUES (?, ?, 'pending', '[]', ?, '[]') RETURNING id",
-                (json.dumps(spec), json.dumps(offers), iso(at)),
+                "INSERT INTO jobs (spec, offers, status, tried, created_at, errors, submitted_by)"
+                " VALUES (?, ?, 'pending', '[]', ?, '[]', ?) RETURNING id",
+                (json.dumps(spec), json.dumps(offers), iso(at), submitted_by),
             ).fetchone()
             job_id = int(row[0])
             conn.execute("UPDATE jobs SET label = ? WHERE id = ?", (f"{label_prefix}:job-{job_id}", job_id))
+            if inputs is not None:
+                conn.execute("INSERT INTO job_inputs (job_id, archive) VALUES (?, ?)", (job_id, inputs))
+            self.db.notify(conn, CHANNEL, str(job_id))
         job = self.get(job_id)
         assert job is not None
         return job
+
+    def inputs(self, job_id: int) -> bytes | None:
+        """The upload archive a submitted job carries, if any."""
+        rows = self.db.query("SELECT archive FROM job_inputs WHERE job_id = ?", (job_id,))
+        return bytes(rows[0][0]) if rows else None
+
+    def claim(self, at: datetime, job_id: int | None = None) -> Job | None:
+        """Take a pending job (that one, or the oldest) to rent for it: ``pending`` → ``creating``, atomically.
+
+        None when none is pending, or another watcher's claim holds it.
+        """
+        which, params = (" AND id = ?", (job_id,)) if job_id is not None else ("", ())
+        with self.db.transaction() as conn:
+            row = conn.execute(
+                f"SELECT id FROM jobs WHERE status = 'pending'{which} ORDER BY id LIMIT 1 {self.db.skip_locked}",  # noqa: S608 - ours
+                params,
+            ).fetchone()
+            if row is None:
+                return None
+            return self.update(int(row[0]), status="creating", claimed_at=at)
+
+    def release_stale_claims(self, before: datetime, labels_in_use: set[str]) -> list[Job]:
+        """Jobs claimed before `before` whose watcher died before renting (no instance, none under their label):
+        back to ``pending``, so the next claim rents for them."""
+        released = []
+        with self.db.transaction():
+            for job in self.list(unfinished=True):
+                if (
+                    job.status == "creating"
+                    and job.instance_id is None
+                    and job.label not in labels_in_use
+                    and (job.claimed_at is None or job.claimed_at < before)
+                ):
+                    released.append(self.update(job.id, status="pending"))
+        return released
 
     def get(self, job_id: int) -> Job | None:
         rows = self.db.query(_SELECT + " WHERE id = ?", (job_id,))
@@ -163,9 +236,26 @@ class Jobs:
         assignments = ", ".join(f"{key} = ?" for key in changes)
         with self.db.transaction() as conn:
             conn.execute(f"UPDATE jobs SET {assignments} WHERE id = ?", (*values, job_id))  # noqa: S608 - column names are ours
-        job = self.get(job_id)
+            self.db.notify(conn, CHANNEL, str(job_id))
+            job = self.get(job_id)
         assert job is not None
         return job
+
+    def follow(self, job_id: int, *, poll: float = 1.0) -> Iterator[Job]:
+        """The job now, then each time it changes, until it is done (or gone).
+
+        On PostgreSQL a NOTIFY wakes the reader at once (`poll` is then only a safety re-read, 30 s at least);
+        on SQLite the row is re-read every `poll` seconds.
+        """
+        with self.db.listener(CHANNEL) as wait:
+            last = None
+            while (job := self.get(job_id)) is not None:
+                if job != last:
+                    yield job
+                    last = job
+                if job.done:
+                    return
+                wait(max(poll, 30.0) if self.db.pushes else poll)
 
     def add_error(self, job_id: int, message: str) -> Job:
         with self.db.transaction():

@@ -8,7 +8,7 @@ serialized by a transaction-scoped advisory lock.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -16,6 +16,7 @@ from vastevents._logging import redact, register_secret, without_password
 from vastevents.store._db import Conn, Cursor, Database, Params, StoreError
 
 MIGRATION_LOCK = 0x76617374  # "vast": pg_advisory_xact_lock key serializing schema changes
+_CHANNEL = re.compile(r"[a-z_][a-z0-9_]*")
 
 _RULES = (
     (re.compile(r"%"), "%%"),
@@ -56,6 +57,8 @@ class PostgresDatabase(Database):
     """A PostgreSQL database (``postgresql://user@host:port/db``); the URL is treated as a secret."""
 
     dialect = "postgresql"
+    skip_locked = "FOR UPDATE SKIP LOCKED"
+    pushes = True
 
     def __init__(self, url: str, *, pool_size: int = 4, connect_timeout: float = 10.0) -> None:
         register_secret(url)
@@ -66,6 +69,7 @@ class PostgresDatabase(Database):
         except ImportError:
             raise StoreError("a postgresql:// store needs psycopg: pip install 'vastevents[postgres]'") from None
         self.url = url
+        self.connect_timeout = connect_timeout
         self.errors = (psycopg.Error, psycopg_pool.PoolTimeout)
         try:
             self.pool = psycopg_pool.ConnectionPool(
@@ -106,6 +110,28 @@ class PostgresDatabase(Database):
                 return list(self._current.execute(sql, params).fetchall())
             with self.pool.connection() as raw:
                 return list(_Connection(raw).execute(sql, params).fetchall())
+
+    def notify(self, conn: Conn, channel: str, payload: str) -> None:
+        conn.execute("SELECT pg_notify(?, ?)", (channel, payload))
+
+    @contextmanager
+    def listener(self, channel: str) -> Iterator[Callable[[float], bool]]:
+        """LISTEN on a dedicated session (a pooled one would drop the subscription when it goes back)."""
+        import psycopg
+
+        if not _CHANNEL.fullmatch(channel):
+            raise ValueError(f"{channel!r} is not a channel name")
+        try:
+            raw = psycopg.connect(self.url, autocommit=True, connect_timeout=int(self.connect_timeout))
+        except self.errors as exc:
+            raise StoreError(f"cannot reach the {self.where}: {redact(str(exc))}") from None
+        with raw:
+            raw.execute(f"LISTEN {channel}")
+
+            def wait(timeout: float) -> bool:
+                return any(True for _ in raw.notifies(timeout=timeout, stop_after=1))
+
+            yield wait
 
     def close(self) -> None:
         self.pool.close()

@@ -1,0 +1,194 @@
+"""The jobs queue on both backends: claims (``FOR UPDATE SKIP LOCKED`` on PostgreSQL), stale claims, upload
+archives, and following a job (LISTEN/NOTIFY on PostgreSQL, re-reading on SQLite)."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+import threading
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from vastevents.jobspec import pack_dir, unpack_dir
+from vastevents.store import Job, Jobs, PostgresStore, SqliteStore, SqlStore
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+SPEC = {"image": "pytorch/pytorch", "cmd": "true"}
+
+Opener = Callable[[], SqlStore]
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def opener(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Opener]:
+    opened: list[SqlStore] = []
+
+    def open_() -> SqlStore:
+        if request.param == "sqlite":
+            opened.append(SqliteStore(tmp_path / "state.db"))
+        else:
+            opened.append(PostgresStore(request.getfixturevalue("pg_url")))
+        return opened[-1]
+
+    yield open_
+    for store in opened:
+        store.close()
+
+
+def queue(store: SqlStore, count: int) -> list[Job]:
+    jobs = store.repository(Jobs)
+    return [jobs.submit(SPEC, [], "vastevents", T0, submitted_by="ana@laptop") for _ in range(count)]
+
+
+def test_claims_take_the_oldest_pending_job_once(opener: Opener) -> None:
+    store = opener()
+    first, second = queue(store, 2)
+    jobs = store.repository(Jobs)
+    claimed = jobs.claim(T0)
+    assert claimed is not None and (claimed.id, claimed.status, claimed.claimed_at) == (first.id, "creating", T0)
+    assert jobs.claim(T0, first.id) is None  # no longer pending
+    again = jobs.claim(T0)
+    assert again is not None and again.id == second.id
+    assert jobs.claim(T0) is None
+    assert [job.submitted_by for job in jobs.list()] == ["ana@laptop", "ana@laptop"]
+
+
+def test_a_claim_held_in_another_transaction_is_skipped_not_waited_for(pg_url: str) -> None:
+    holder, other = PostgresStore(pg_url), PostgresStore(pg_url)
+    try:
+        first, second = queue(holder, 2)
+        with holder.db.transaction():  # the leader is mid-claim: its row lock is held until it commits
+            held = holder.repository(Jobs).claim(T0)
+            assert held is not None and held.id == first.id
+            taken = other.repository(Jobs).claim(T0)  # SKIP LOCKED: the next job, at once
+            assert taken is not None and taken.id == second.id
+            assert other.repository(Jobs).claim(T0) is None
+        assert [job.status for job in other.repository(Jobs).list()] == ["creating", "creating"]
+    finally:
+        holder.close()
+        other.close()
+
+
+def test_concurrent_claimers_take_every_job_exactly_once(pg_url: str) -> None:
+    stores = [PostgresStore(pg_url) for _ in range(4)]
+    try:
+        submitted = {job.id for job in queue(stores[0], 40)}
+        taken: list[list[int]] = [[] for _ in stores]
+
+        def claim_all(index: int) -> None:
+            jobs = stores[index].repository(Jobs)
+            while (job := jobs.claim(T0)) is not None:
+                taken[index].append(job.id)
+
+        threads = [threading.Thread(target=claim_all, args=(i,)) for i in range(len(stores))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+        every = [job_id for ids in taken for job_id in ids]
+        assert sorted(every) == sorted(submitted)  # all claimed, none twice
+    finally:
+        for store in stores:
+            store.close()
+
+
+def test_a_dead_watchers_claim_goes_back_to_pending_but_a_renting_one_stays(opener: Opener) -> None:
+    store = opener()
+    jobs = store.repository(Jobs)
+    dead, renting, rented = queue(store, 3)
+    for job in (dead, renting, rented):
+        jobs.claim(T0, job.id)
+    jobs.update(rented.id, status="loading", instance_id=7)
+    released = jobs.release_stale_claims(T0 + timedelta(seconds=1), labels_in_use={renting.label})
+    assert [job.id for job in released] == [dead.id]
+    assert [job.status for job in jobs.list()] == ["pending", "creating", "loading"]
+    assert jobs.release_stale_claims(T0, labels_in_use=set()) == []  # a claim newer than the cut-off stays
+
+
+def test_an_upload_archive_travels_through_the_store_and_unpacks_safely(opener: Opener, tmp_path: Path) -> None:
+    source = tmp_path / "in"
+    (source / "sub").mkdir(parents=True)
+    (source / "sub" / "data.bin").write_bytes(bytes(range(256)) * 100)
+    (source / "run.sh").write_text("echo hi\n")
+    store = opener()
+    jobs = store.repository(Jobs)
+    job = jobs.submit(SPEC, [], "vastevents", T0, inputs=pack_dir(source))
+    archive = jobs.inputs(job.id)
+    assert archive is not None and jobs.inputs(job.id + 1) is None
+    unpack_dir(archive, tmp_path / "out")
+    assert (tmp_path / "out" / "sub" / "data.bin").read_bytes() == bytes(range(256)) * 100
+    assert (tmp_path / "out" / "run.sh").read_text() == "echo hi\n"
+    with pytest.raises(ValueError, match="MiB"):
+        jobs.submit(SPEC, [], "vastevents", T0, inputs=b"x" * (256 * 1024 * 1024 + 1))
+
+
+def test_an_archive_escaping_its_directory_is_refused_and_leaves_nothing(tmp_path: Path) -> None:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+        info = tarfile.TarInfo("../escaped.txt")
+        info.size = 2
+        archive.addfile(info, io.BytesIO(b"no"))
+    with pytest.raises(tarfile.OutsideDestinationError):
+        unpack_dir(buffer.getvalue(), tmp_path / "jobs" / "input")
+    assert not (tmp_path / "jobs" / "escaped.txt").exists()
+    assert list((tmp_path / "jobs").iterdir()) == []
+
+
+def test_following_a_job_yields_each_change_until_it_ends(opener: Opener) -> None:
+    writer, reader = opener(), opener()
+    (job,) = queue(writer, 1)
+    seen: list[str] = []
+    first = threading.Event()
+
+    def follow() -> None:
+        for update in reader.repository(Jobs).follow(job.id, poll=0.05):
+            seen.append(update.status)
+            first.set()
+
+    thread = threading.Thread(target=follow)
+    thread.start()
+    assert first.wait(30)
+    jobs = writer.repository(Jobs)
+    for status in ("creating", "loading", "running"):
+        jobs.update(job.id, status=status)
+        _wait_for(lambda: seen[-1] == status, f"the follower to see {status}")  # noqa: B023
+    jobs.update(job.id, status="finished", exit_code=0)
+    thread.join(timeout=30)
+    assert not thread.is_alive()
+    assert seen == ["pending", "creating", "loading", "running", "finished"]
+
+
+def test_on_postgresql_a_follower_is_woken_by_notify_not_by_its_re_read(pg_url: str) -> None:
+    """The safety re-read is at least 30 s apart; the change arrives long before: it came by NOTIFY."""
+    writer, reader = PostgresStore(pg_url), PostgresStore(pg_url)
+    try:
+        (job,) = queue(writer, 1)
+        seen: list[str] = []
+        started = threading.Event()
+
+        def follow() -> None:
+            for update in reader.repository(Jobs).follow(job.id):
+                seen.append(update.status)
+                started.set()
+
+        thread = threading.Thread(target=follow)
+        thread.start()
+        assert started.wait(30)
+        writer.repository(Jobs).update(job.id, status="cancelled")
+        thread.join(timeout=20)
+        assert not thread.is_alive(), "a NOTIFY wakes the follower before its 30 s re-read"
+        assert seen == ["pending", "cancelled"]
+    finally:
+        writer.close()
+        reader.close()
+
+
+def _wait_for(condition: Callable[[], bool], what: str, seconds: float = 30) -> None:
+    event = threading.Event()
+    for _ in range(int(seconds / 0.02)):
+        if condition():
+            return
+        event.wait(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
