@@ -212,7 +212,9 @@ def test_a_job_submitted_from_a_third_process_runs_once_across_a_leader_kill_and
             out, err = follower_process.communicate(timeout=30)
             assert follower_process.returncode == 0, err
             statuses = [json.loads(line)["status"] for line in out.splitlines()]
-            assert statuses[0] == "pending" and statuses[-1] == "finished" and "running" in statuses
+            # It started following after the submit, so the leader may already have claimed the job by then.
+            assert statuses[0] in ("pending", "creating", "loading") and statuses[-1] == "finished"
+            assert "running" in statuses
         finally:
             if follower_process is not None and follower_process.poll() is None:
                 follower_process.kill()
