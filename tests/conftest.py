@@ -1,4 +1,5 @@
-"""Shared fixtures: an in-process simulator on a free loopback port, driven by a ManualClock.
+"""Shared fixtures: an in-process simulator on a free loopback port, driven by a ManualClock; `opener` and
+`store`, which run a test once on each store backend (a SQLite file, a PostgreSQL schema of its own).
 
 Every test is also checked for leaks: no simulator thread, and no sshd or job of a simulated ssh host (in this
 process or any simulator subprocess a test started) may outlive the test; and the loggers a CLI run configures
@@ -19,10 +20,12 @@ from pathlib import Path
 import httpx
 import pytest
 from slack_sink import SlackSink
+from stores import Opener
 
 from vastevents.clock import ManualClock
 from vastevents.sim import Simulator
 from vastevents.sim.sshhost import DIRECTORY_PREFIX, MARKER
+from vastevents.store import SqlStore
 
 SIM_API_KEY = "sim-test-key-0123"
 
@@ -159,6 +162,23 @@ def pg_url() -> Iterator[str]:
             yield f"{base}{separator}options={quote(f'-csearch_path={schema}')}"
         finally:
             admin.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def opener(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Opener]:
+    """The test runs once on a SQLite file and once on PostgreSQL (a fresh schema, see `pg_url`)."""
+    url = request.getfixturevalue("pg_url") if request.param == "postgresql" else None
+    stores = Opener(tmp_path / "state" / "state.db", url)
+    try:
+        yield stores
+    finally:
+        stores.close()
+
+
+@pytest.fixture
+def store(opener: Opener) -> SqlStore:
+    """A store on each backend (see `opener`)."""
+    return opener()
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -4,11 +4,11 @@ delivery marks, stale-snapshot detection, migrations."""
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from stores import Opener
 
 from vastevents.diff import observe
 from vastevents.events import Event
@@ -18,7 +18,6 @@ from vastevents.store import (
     FORMAT_VERSION,
     Database,
     Migration,
-    PostgresStore,
     SqliteStore,
     SqlStore,
     StaleSnapshot,
@@ -33,36 +32,6 @@ def rows(*pairs: tuple[int, str | None]) -> list[Instance]:
         Instance.model_validate({"id": i, "actual_status": s, "label": f"vastevents:{i}", "odd_field": [1, 2]})
         for i, s in pairs
     ]
-
-
-Opener = Callable[[], SqlStore]
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def opener(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Opener]:
-    """Opens (again) one store on the backend the test runs on; every store it opened is closed afterwards."""
-    opened: list[SqlStore] = []
-    if request.param == "sqlite":
-        path = tmp_path / "state" / "state.db"
-
-        def open_() -> SqlStore:
-            opened.append(SqliteStore(path))
-            return opened[-1]
-    else:
-        url = request.getfixturevalue("pg_url")
-
-        def open_() -> SqlStore:
-            opened.append(PostgresStore(url))
-            return opened[-1]
-
-    yield open_
-    for store in opened:
-        store.close()
-
-
-@pytest.fixture
-def store(opener: Opener) -> SqlStore:
-    return opener()
 
 
 def components(store: SqlStore) -> dict[str, int]:

@@ -18,7 +18,7 @@
 
 No network, no sleeping: the clock only moves when told to (``await h.advance(seconds)`` also wakes daemons
 sleeping on it), and the harness runs the real runtime — watcher, store (an in-memory SQLite database unless
-you give a path), bus, periodic handlers and daemons — built by :class:`vastevents.runtime.Runtime`.
+you give a path or a store), bus, periodic handlers and daemons — built by :class:`vastevents.runtime.Runtime`.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from vastevents.models import Instance, Offer
 from vastevents.plugins import ActiveHandler, activate
 from vastevents.ports import CommandResult, SshTarget
 from vastevents.runtime import Runtime
-from vastevents.store import SqliteStore
+from vastevents.store import SqliteStore, Store
 from vastevents.watcher import Watcher
 
 FakeClock = ManualClock
@@ -210,6 +210,8 @@ class Harness:
 
     `handlers` are @on functions, Handler classes or instances, or ready :class:`ActiveHandler` objects. Use it
     as ``async with Harness(...) as h:`` or just call ``await h.poll_once()`` (it starts on first use; ``close()``).
+    The store is an in-memory SQLite one, the file at `store_path`, or `store` (any backend); the harness
+    closes it.
     """
 
     def __init__(
@@ -220,12 +222,13 @@ class Harness:
         config: Config | None = None,
         rules: Rules | None = None,
         store_path: Path | str = ":memory:",
+        store: Store | None = None,
     ) -> None:
         self.cloud = cloud or FakeCloud()
         self.clock = clock or FakeClock(auto_advance=False)
         self.notifier = RecordingNotifier()
         self.ssh = FakeSsh()
-        self.store = SqliteStore(store_path)
+        self.store: Store = store if store is not None else SqliteStore(store_path)
         active = [
             handler if isinstance(handler, ActiveHandler) else activate(_handler_name(handler), handler)
             for handler in handlers
