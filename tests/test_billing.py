@@ -1,20 +1,20 @@
-"""The billing handler: ledger arithmetic on a manual clock, budgets, and a restart in the middle."""
+"""The billing handler on both store backends: ledger arithmetic on a manual clock, budgets, and a restart in
+the middle."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
+from stores import Opener
 
 from handlers.billing import BillingHandler
-from vastevents import Instance, Interval, Ledger, LedgerInstance, SqliteStore
+from vastevents import Instance, Interval, Ledger, LedgerInstance
 from vastevents.cli._cost_report import Charge, build_report
 from vastevents.config import parse_config
 from vastevents.plugins import ActiveHandler, activate
-from vastevents.store import PostgresStore, SqlStore
+from vastevents.store import SqlStore
 from vastevents.testing import FakeCloud, Harness
 
 STORAGE = {"storage_cost": 0.1, "disk_space": 72.0}  # 0.1 $/GB/month x 72 GB / 720 h = $0.01/h
@@ -28,8 +28,8 @@ def ledger_total(h: Harness) -> float:
     return sum(i.cost_usd(h.clock.now()) for i in h.store.repository(Ledger).intervals())
 
 
-async def test_running_stopped_running_bid_change_destroyed_to_the_cent() -> None:
-    async with Harness(billing()) as h:
+async def test_running_stopped_running_bid_change_destroyed_to_the_cent(store: SqlStore) -> None:
+    async with Harness(billing(), store=store) as h:
         h.cloud.add(1, "running", dph_total=0.5, label="vastevents:job-7", **STORAGE)
         await h.poll_once()
         h.clock.advance(3600)
@@ -60,8 +60,8 @@ async def test_running_stopped_running_bid_change_destroyed_to_the_cent() -> Non
         assert seen.gone_at is not None
 
 
-async def test_an_instance_seen_while_loading_is_covered_from_first_sight_at_storage_rate() -> None:
-    async with Harness(billing()) as h:
+async def test_an_instance_seen_while_loading_is_covered_from_first_sight_at_storage_rate(store: SqlStore) -> None:
+    async with Harness(billing(), store=store) as h:
         h.cloud.add(2, "loading", dph_total=0.31, **STORAGE)
         await h.poll_once()
         h.clock.advance(600)
@@ -77,12 +77,11 @@ class Killed(BaseException):
 
 
 async def test_a_kill_between_the_ledger_write_and_the_delivery_mark_neither_loses_nor_double_counts(
-    tmp_path: Path,
+    opener: Opener,
 ) -> None:
-    path = tmp_path / "state.db"
     cloud = FakeCloud()
     cloud.add(3, "running", dph_total=1.0, label="vastevents:a", **STORAGE)
-    first = Harness(billing(), cloud=cloud, store_path=path)
+    first = Harness(billing(), cloud=cloud, store=opener())
     clock = first.clock
     await first.poll_once()
     clock.advance(3600)
@@ -96,7 +95,7 @@ async def test_a_kill_between_the_ledger_write_and_the_delivery_mark_neither_los
         await first.poll_once()
     first.close()
 
-    async with Harness(billing(), cloud=cloud, clock=clock, store_path=path) as second:
+    async with Harness(billing(), cloud=cloud, clock=clock, store=opener()) as second:
         await second.poll_once()  # the stop is delivered again: the ledger gets it exactly once
         await second.poll_once()
         ledger = second.store.repository(Ledger)
@@ -106,10 +105,10 @@ async def test_a_kill_between_the_ledger_write_and_the_delivery_mark_neither_los
         assert ledger_total(second) == pytest.approx(1.01)
 
 
-async def test_a_budget_warns_then_exceeds_once_and_destroys_only_owned_instances() -> None:
+async def test_a_budget_warns_then_exceeds_once_and_destroys_only_owned_instances(store: SqlStore) -> None:
     config = parse_config('[vast]\nlabel_prefix = "vastevents"\n')
     handler = billing(budget_usd=1.0, on_exceed="destroy")
-    async with Harness(handler, config=config) as h:
+    async with Harness(handler, config=config, store=store) as h:
         h.cloud.add(10, "running", dph_total=0.6, label="vastevents:job-1", **STORAGE)
         h.cloud.add(11, "running", dph_total=5.0, label="someone-else", **STORAGE)  # costs a lot, not ours
         await h.poll_once()
@@ -127,9 +126,9 @@ async def test_a_budget_warns_then_exceeds_once_and_destroys_only_owned_instance
         assert h.cloud.calls == [("destroy", 10)]
 
 
-async def test_a_per_job_budget_stops_that_job_only() -> None:
+async def test_a_per_job_budget_stops_that_job_only(store: SqlStore) -> None:
     handler = billing(per_job_usd=0.5, on_exceed="stop")
-    async with Harness(handler) as h:
+    async with Harness(handler, store=store) as h:
         h.cloud.add(20, "running", dph_total=1.0, label="vastevents:job-a", **STORAGE)
         h.cloud.add(21, "running", dph_total=0.5, label="vastevents:job-b", **STORAGE)
         events = await h.poll_once()  # both burn a job's budget within the projection hour
@@ -180,8 +179,8 @@ def test_the_report_flags_an_instance_billing_while_the_list_hides_it_and_splits
     assert unread.charged_total_usd is None and unread.total_usd == pytest.approx(4.0)
 
 
-async def test_low_account_credit_warns_once_a_day() -> None:
-    async with Harness(billing(low_credit_usd=20.0)) as h:
+async def test_low_account_credit_warns_once_a_day(store: SqlStore) -> None:
+    async with Harness(billing(low_credit_usd=20.0), store=store) as h:
         await h.poll_once()
         h.cloud.credit = 12.5
         h.clock.advance(600)
@@ -193,41 +192,26 @@ async def test_low_account_credit_warns_once_a_day() -> None:
         assert await h.poll_once() == []
 
 
-async def test_a_raised_budget_is_watched_afresh(tmp_path: Path) -> None:
+async def test_a_raised_budget_is_watched_afresh(opener: Opener) -> None:
     cloud = FakeCloud()
     cloud.add(30, "running", dph_total=1.0, label="vastevents:a", **STORAGE)
-    first = Harness(billing(budget_usd=1.0, projection=0), cloud=cloud, store_path=tmp_path / "s.db")
+    first = Harness(billing(budget_usd=1.0, projection=0), cloud=cloud, store=opener())
     await first.poll_once()
     first.clock.advance(3600)
     assert [e.name for e in await first.poll_once()] == ["budget_exceeded"]
     await first.aclose()
-    async with Harness(
-        billing(budget_usd=2.0, projection=0), cloud=cloud, clock=first.clock, store_path=tmp_path / "s.db"
-    ) as second:
+    async with Harness(billing(budget_usd=2.0, projection=0), cloud=cloud, clock=first.clock, store=opener()) as second:
         assert await second.poll_once() == []
         second.clock.advance(3600)
         events = await second.poll_once()
         assert [(e.name, "of $2.00" in e.detail) for e in events] == [("budget_exceeded", True)]
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SqlStore]:
-    store: SqlStore
-    if request.param == "sqlite":
-        store = SqliteStore(tmp_path / "s.db")
-    else:
-        store = PostgresStore(request.getfixturevalue("pg_url"))
-    yield store
-    store.close()
-
-
-def test_the_ledger_records_a_keyed_observation_once_and_a_sweep_opens_a_bid_change_on_both_backends(
-    any_store: SqlStore,
-) -> None:
-    ledger = any_store.repository(Ledger)
+def test_the_ledger_records_a_keyed_observation_once_and_a_sweep_opens_a_bid_change(store: SqlStore) -> None:
+    ledger = store.repository(Ledger)
     t0 = datetime(2026, 1, 1, tzinfo=UTC)
     running = Instance(id=1, actual_status="running", dph_total=0.31, label="vastevents:job-2", **STORAGE)
-    with any_store.db.transaction() as conn:
+    with store.db.transaction() as conn:
         assert ledger.observe(conn, 1, running, t0, key="event:1")
         assert not ledger.observe(conn, 1, running.model_copy(update={"actual_status": "stopped"}), t0, key="event:1")
     ledger.sweep([running], t0 + timedelta(minutes=5))  # unchanged: nothing new

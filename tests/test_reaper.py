@@ -1,13 +1,16 @@
-"""The reaper handler on a manual clock: which owned instances leak, the grace, dry-run vs real."""
+"""The reaper handler on a manual clock and both store backends: which owned instances leak, the grace, dry-run
+vs real."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
+
+from stores import Opener
 
 from handlers.reaper import ReaperHandler
 from vastevents import Event
 from vastevents.plugins import ActiveHandler, activate
+from vastevents.store import SqlStore
 from vastevents.testing import FakeCloud, Harness
 
 
@@ -21,8 +24,10 @@ def findings(h: Harness) -> list[tuple[int, str, str]]:
     return [(f.instance_id, f.rule, f.action) for f in target.last_pass]
 
 
-async def test_an_unclaimed_owned_instance_is_warned_then_reaped_after_the_grace_and_a_foreign_one_never() -> None:
-    async with Harness(reaper(idle_ttl="30m", grace="10m")) as h:
+async def test_an_unclaimed_owned_instance_is_warned_then_reaped_after_the_grace_and_a_foreign_one_never(
+    store: SqlStore,
+) -> None:
+    async with Harness(reaper(idle_ttl="30m", grace="10m"), store=store) as h:
         h.cloud.add(1, "running", label="vastevents:scratch")
         h.cloud.add(2, "running", label="by-hand")
         h.cloud.add(3, "running", label="vastevents:job-9")  # its job is still running: claimed
@@ -42,8 +47,8 @@ async def test_an_unclaimed_owned_instance_is_warned_then_reaped_after_the_grace
         assert sorted(h.cloud.instances) == [2, 3]
 
 
-async def test_a_jobs_instance_is_unclaimed_from_the_end_of_its_job() -> None:
-    async with Harness(reaper(idle_ttl="10m", grace=0)) as h:
+async def test_a_jobs_instance_is_unclaimed_from_the_end_of_its_job(store: SqlStore) -> None:
+    async with Harness(reaper(idle_ttl="10m", grace=0), store=store) as h:
         h.cloud.add(5, "running", label="vastevents:job-4")
         await h.poll_once()
         h.clock.advance(7200)
@@ -59,8 +64,9 @@ async def test_a_jobs_instance_is_unclaimed_from_the_end_of_its_job() -> None:
         assert findings(h) == [(5, "unclaimed", "reaped")]
 
 
-async def test_dry_run_reports_what_a_real_pass_destroys_exited_and_too_old() -> None:
-    async with Harness(reaper(dry_run=True, idle_ttl="none", exited_ttl="1h", max_lifetime="1d", grace=0)) as h:
+async def test_dry_run_reports_what_a_real_pass_destroys_exited_and_too_old(store: SqlStore) -> None:
+    dry_run = reaper(dry_run=True, idle_ttl="none", exited_ttl="1h", max_lifetime="1d", grace=0)
+    async with Harness(dry_run, store=store) as h:
         h.cloud.add(7, "running", label="vastevents:job-1")
         h.cloud.add(8, "running", label="vastevents:job-2")
         await h.poll_once()
@@ -75,7 +81,9 @@ async def test_dry_run_reports_what_a_real_pass_destroys_exited_and_too_old() ->
         assert findings(h) == [(7, "too old", "would reap"), (8, "too old", "would reap")]
         assert events == [] and h.cloud.calls == []
 
-    async with Harness(reaper(idle_ttl="none", exited_ttl="1h", grace=0)) as h:
+
+async def test_an_exited_instance_is_reaped_once_exited_ttl_has_passed(store: SqlStore) -> None:
+    async with Harness(reaper(idle_ttl="none", exited_ttl="1h", grace=0), store=store) as h:
         h.cloud.add(8, "running", label="vastevents:job-2")
         await h.poll_once()
         h.cloud.set_status(8, "exited")
@@ -90,12 +98,12 @@ async def test_dry_run_reports_what_a_real_pass_destroys_exited_and_too_old() ->
 
 
 async def test_a_running_instance_with_an_idle_gpu_is_reaped_after_its_ttl_and_a_busy_pass_starts_over(
-    tmp_path: Path,
+    opener: Opener,
 ) -> None:
     options = {"idle_ttl": "none", "gpu_idle_ttl": "20m", "grace": 0}
     cloud = FakeCloud()
     cloud.add(9, "running", label="vastevents:job-3", gpu_util=0.0)
-    first = Harness(reaper(**options), cloud=cloud, store_path=tmp_path / "s.db")
+    first = Harness(reaper(**options), cloud=cloud, store=opener())
     await first.poll_once()
     first.clock.advance(600)
     cloud.update(9, gpu_util=85.0)  # busy for a pass: the idle time starts over
@@ -107,7 +115,7 @@ async def test_a_running_instance_with_an_idle_gpu_is_reaped_after_its_ttl_and_a
     await first.poll_once()
     assert findings(first) == []
     await first.aclose()
-    async with Harness(reaper(**options), cloud=cloud, clock=first.clock, store_path=tmp_path / "s.db") as h:
+    async with Harness(reaper(**options), cloud=cloud, clock=first.clock, store=opener()) as h:
         h.clock.advance(600)  # 20 min idle in all, across a restart
         events = await h.poll_once()
         assert [(e.name, e.instance_id) for e in events] == [("reaped", 9)]
