@@ -1,13 +1,14 @@
-"""Handler semantics through the composition root: threads and timeouts, retries, emits, actions, daemons, timers."""
+"""Handler semantics through the composition root: threads and timeouts, retries, emits, actions, daemons, timers
+(what the store keeps for them on both backends)."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
-from pathlib import Path
 from typing import Any
 
 import pytest
+from stores import Opener
 
 from vastevents import (
     Context,
@@ -27,6 +28,7 @@ from vastevents.clock import ManualClock
 from vastevents.config import parse_config
 from vastevents.plugins import activate
 from vastevents.sim import Simulator
+from vastevents.store import SqlStore
 from vastevents.testing import FakeClock, FakeCloud, Harness
 
 FAST = parse_config("[watch]\nhandler_timeout = 0.5\n")
@@ -78,9 +80,9 @@ class Flaky(Handler):
         self.done.append(event.id)
 
 
-async def test_temporary_errors_redeliver_after_the_delay_with_attempts_persisted() -> None:
+async def test_temporary_errors_redeliver_after_the_delay_with_attempts_persisted(store: SqlStore) -> None:
     flaky = Flaky()
-    async with Harness(activate("flaky", flaky)) as h:
+    async with Harness(activate("flaky", flaky), store=store) as h:
         h.cloud.add(1, "running")
         await h.poll_once()
         assert flaky.calls == 1
@@ -99,7 +101,9 @@ async def test_temporary_errors_redeliver_after_the_delay_with_attempts_persiste
         assert "handler_failed" not in names(h.journal())
 
 
-async def test_a_temporary_error_past_max_attempts_becomes_handler_failed_and_permanent_is_at_once() -> None:
+async def test_a_temporary_error_past_max_attempts_becomes_handler_failed_and_permanent_is_at_once(
+    store: SqlStore,
+) -> None:
     @on("appeared")
     async def never(event: Event, ctx: Context) -> None:
         if event.instance_id == 1:
@@ -107,7 +111,7 @@ async def test_a_temporary_error_past_max_attempts_becomes_handler_failed_and_pe
         raise PermanentError("the image does not exist")
 
     config = parse_config("[watch]\nmax_attempts = 3\n")
-    async with Harness(never, config=config) as h:
+    async with Harness(never, config=config, store=store) as h:
         h.cloud.add(1, "running")
         h.cloud.add(2, "running")
         await h.poll_once()
@@ -116,7 +120,7 @@ async def test_a_temporary_error_past_max_attempts_becomes_handler_failed_and_pe
     assert "PermanentError: the image does not exist" in failed[2]
 
 
-async def test_a_retrying_event_holds_back_later_events_of_its_instance_for_that_handler() -> None:
+async def test_a_retrying_event_holds_back_later_events_of_its_instance_for_that_handler(store: SqlStore) -> None:
     seen: list[str] = []
 
     @on("*")
@@ -126,7 +130,7 @@ async def test_a_retrying_event_holds_back_later_events_of_its_instance_for_that
             raise TemporaryError("later", delay=60)
         seen.append(event.name)
 
-    async with Harness(ordered) as h:
+    async with Harness(ordered, store=store) as h:
         h.cloud.add(1, "loading")
         await h.poll_once()
         h.cloud.set_status(1, "running")
@@ -146,14 +150,14 @@ class Starter(Handler):
         await ctx.emit("job_started", detail="train.py")
 
 
-async def test_an_emitted_event_reaches_observers_other_handlers_and_the_journal_once() -> None:
+async def test_an_emitted_event_reaches_observers_other_handlers_and_the_journal_once(store: SqlStore) -> None:
     heard: list[str] = []
 
     @on("job_started")
     async def listener(event: Event, ctx: Context) -> None:
         heard.append(f"{event.instance_id} {event.detail}")
 
-    async with Harness(activate("starter", Starter()), listener) as h:
+    async with Harness(activate("starter", Starter()), listener, store=store) as h:
         h.cloud.add(1, "loading", label="vastevents:job-1")
         await h.poll_once()
         h.cloud.set_status(1, "running")
@@ -182,7 +186,7 @@ async def test_emitting_an_undeclared_name_is_an_error() -> None:
     assert "declares only nothing" in failed.detail
 
 
-async def test_destroying_a_foreign_instance_is_refused_and_sends_nothing() -> None:
+async def test_destroying_a_foreign_instance_is_refused_and_sends_nothing(store: SqlStore) -> None:
     refused: list[str] = []
 
     @on("appeared")
@@ -192,7 +196,7 @@ async def test_destroying_a_foreign_instance_is_refused_and_sends_nothing() -> N
         except NotOwned as exc:
             refused.append(str(exc))
 
-    async with Harness(reaper) as h:
+    async with Harness(reaper, store=store) as h:
         h.cloud.add(7, "running", label="someone-else")
         await h.poll_once()
         assert h.cloud.calls == [] and 7 in h.cloud.instances
@@ -200,8 +204,8 @@ async def test_destroying_a_foreign_instance_is_refused_and_sends_nothing() -> N
     assert "refusing to destroy instance 7" in refused[0]
 
 
-async def test_create_records_the_intent_first_and_a_crash_in_between_is_reconciled(tmp_path: Path) -> None:
-    cloud, path = FakeCloud(), tmp_path / "state.db"
+async def test_create_records_the_intent_first_and_a_crash_in_between_is_reconciled(store: SqlStore) -> None:
+    cloud = FakeCloud()
 
     async def rent_then_crash(ask_id: int, **kwargs: Any) -> int:
         FakeCloud.create_instance.__get__(cloud)
@@ -209,16 +213,15 @@ async def test_create_records_the_intent_first_and_a_crash_in_between_is_reconci
         raise KeyboardInterrupt  # the process dies between the call and recording its result
 
     cloud.create_instance = rent_then_crash  # type: ignore[method-assign]
-    with SqliteStore(path) as store:
-        runtime = Runtime(client=cloud, store=store, clock=ManualClock(), handlers=[])
-        async with runtime:
-            with pytest.raises(KeyboardInterrupt):
-                await runtime.context.bound("jobs", ()).create(1, image="pytorch/pytorch", disk=64)
-            (intent,) = store.effects.open_intents()
-            assert intent.action == "create" and intent.label and intent.label.startswith("vastevents:jobs-")
-        async with Runtime(client=cloud, store=store, clock=ManualClock(), handlers=[]):
-            assert store.effects.open_intents() == []
-            assert store.effects.intents(2001) == [("create", "created (found after a restart)")]
+    runtime = Runtime(client=cloud, store=store, clock=ManualClock(), handlers=[])
+    async with runtime:
+        with pytest.raises(KeyboardInterrupt):
+            await runtime.context.bound("jobs", ()).create(1, image="pytorch/pytorch", disk=64)
+        (intent,) = store.effects.open_intents()
+        assert intent.action == "create" and intent.label and intent.label.startswith("vastevents:jobs-")
+    async with Runtime(client=cloud, store=store, clock=ManualClock(), handlers=[]):
+        assert store.effects.open_intents() == []
+        assert store.effects.intents(2001) == [("create", "created (found after a restart)")]
 
 
 async def test_our_stop_of_a_bid_instance_is_a_stop_never_a_preemption(sim: Simulator, api_key: str) -> None:
@@ -270,11 +273,11 @@ class Monitor(Handler):
             raise
 
 
-async def test_a_daemon_survives_a_restart_from_its_checkpoint_and_is_cancelled_on_vanished(tmp_path: Path) -> None:
-    cloud, clock, path = FakeCloud(), FakeClock(auto_advance=False), tmp_path / "state.db"
+async def test_a_daemon_survives_a_restart_from_its_checkpoint_and_is_cancelled_on_vanished(opener: Opener) -> None:
+    cloud, clock = FakeCloud(), FakeClock(auto_advance=False)
     cloud.add(1, "running", label="vastevents:job-1")
     first = Monitor()
-    async with Harness(activate("monitor", first), cloud=cloud, clock=clock, store_path=path) as h:
+    async with Harness(activate("monitor", first), cloud=cloud, clock=clock, store=opener()) as h:
         await h.poll_once()
         await h.advance(60)
         await h.advance(60)
@@ -282,7 +285,7 @@ async def test_a_daemon_survives_a_restart_from_its_checkpoint_and_is_cancelled_
     assert first.started == [(1, {"step": 0})] and first.cancelled == [1]  # stopped with the runtime
 
     second = Monitor()
-    async with Harness(activate("monitor", second), cloud=cloud, clock=clock, store_path=path) as h:
+    async with Harness(activate("monitor", second), cloud=cloud, clock=clock, store=opener()) as h:
         await h.advance(0)
         assert second.started == [(1, {"step": 2})]  # resumed from the last checkpoint, not from scratch
         cloud.remove(1)
@@ -303,9 +306,9 @@ class Ticker(Handler):
         self.ticks.append(ctx.clock.now().strftime("%H:%M"))
 
 
-async def test_a_periodic_handler_runs_when_due_on_a_manual_clock() -> None:
+async def test_a_periodic_handler_runs_when_due_on_a_manual_clock(store: SqlStore) -> None:
     ticker = Ticker()
-    async with Harness(activate("ticker", ticker)) as h:
+    async with Harness(activate("ticker", ticker), store=store) as h:
         await h.poll_once()
         h.clock.advance(120)
         await h.poll_once()
