@@ -21,6 +21,7 @@ from typing import Any
 
 import httpx
 import pytest
+from stores import Opener
 from typer.testing import CliRunner
 
 from vastevents import Webhooks
@@ -361,12 +362,12 @@ def test_watch_refuses_a_webhook_listener_without_its_secret(
     assert bad.exit_code == 2 and "HOST:PORT" in bad.output
 
 
-def test_accepted_event_ids_survive_a_restart(tmp_path: Path) -> None:
+def test_accepted_event_ids_survive_a_restart(opener: Opener) -> None:
     at = datetime(2026, 1, 1, tzinfo=UTC)
-    with SqliteStore(tmp_path / "s.db") as store:
+    with opener() as store:
         seen = store.repository(Webhooks)
         assert seen.first_delivery("evt-1", at) and not seen.first_delivery("evt-1", at)
-    with SqliteStore(tmp_path / "s.db") as store:
+    with opener() as store:
         seen = store.repository(Webhooks)
         assert not seen.first_delivery("evt-1", at + timedelta(hours=1))
         seen.forget_before(at + timedelta(days=8))
