@@ -1,4 +1,4 @@
-"""The recovery handler end to end: the real runtime and store against the simulator over HTTP."""
+"""The recovery handler end to end: the real runtime and store (on both backends) against the simulator over HTTP."""
 
 from __future__ import annotations
 
@@ -10,10 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from stores import Opener
 from typer.testing import CliRunner
 
 from handlers.recovery import RecoveryHandler
-from vastevents import Event, Hosts, Recoveries, RecoveryStatus, Runtime, SqliteStore, VastClient
+from vastevents import Event, Hosts, Recoveries, RecoveryStatus, Runtime, VastClient
 from vastevents.cli import app
 from vastevents.config import Config, load_config
 from vastevents.sim import Simulator
@@ -22,12 +23,13 @@ from vastevents.testing import RecordingNotifier
 LABEL = "vastevents:job-7"
 
 
-def _config(tmp_path: Path, **options: Any) -> tuple[Config, Path]:
-    """A config file with the recovery handler (min_reliability lowered to the simulated market's)."""
+def _config(tmp_path: Path, opener: Opener, **options: Any) -> tuple[Config, Path]:
+    """A config file with the recovery handler (min_reliability lowered to the simulated market's); a command
+    finds the test's store with it (on PostgreSQL also with ``opener.env``)."""
     keys = {"min_reliability": 0.9, **options}
     lines = [f"{key} = {json.dumps(value)}" for key, value in keys.items()]
     path = tmp_path / "vastevents.toml"
-    head = f'[store]\npath = "{tmp_path / "state.db"}"\n\n[handlers.recovery]\nuse = "recovery"\n'
+    head = f'[store]\npath = "{opener.path}"\n\n[handlers.recovery]\nuse = "recovery"\n'
     path.write_text(head + "\n".join(lines) + "\n")
     return load_config(path), path
 
@@ -39,8 +41,8 @@ def _common_gpu(sim: Simulator) -> str:
 
 
 @asynccontextmanager
-async def _runtime(sim: Simulator, api_key: str, config: Config) -> AsyncIterator[Runtime]:
-    with SqliteStore(config.store.resolved_path()) as store:
+async def _runtime(sim: Simulator, api_key: str, config: Config, opener: Opener) -> AsyncIterator[Runtime]:
+    with opener() as store:
         async with VastClient(api_key, sim.url) as client:
             async with Runtime(config, client=client, store=store, clock=sim.clock, notifier=RecordingNotifier()) as rt:
                 yield rt
@@ -71,15 +73,15 @@ def _running(sim: Simulator, **create: Any) -> int:
 
 
 async def test_a_preempted_on_demand_instance_is_replaced_elsewhere_with_the_same_label(
-    sim: Simulator, api_key: str, tmp_path: Path
+    sim: Simulator, api_key: str, tmp_path: Path, opener: Opener
 ) -> None:
-    config, path = _config(tmp_path)
+    config, path = _config(tmp_path, opener)
     gpu = _common_gpu(sim)
     old_id = _running(sim, label=LABEL, gpu_name=gpu, disk=40, env={"JOB": "7"}, onstart="python train.py")
     old = sim.instance(old_id)
     assert old is not None
     try:
-        async with _runtime(sim, api_key, config) as runtime:
+        async with _runtime(sim, api_key, config, opener) as runtime:
             await runtime.poll_once()
             sim.preempt(old_id)
             events = await _polls(runtime, sim, 4)
@@ -95,7 +97,7 @@ async def test_a_preempted_on_demand_instance_is_replaced_elsewhere_with_the_sam
             )
             events += await _polls(runtime, sim, 3)
             assert len(_named(events, "recovered")) == 1 and sim.instance_count() == 1
-        result = CliRunner().invoke(app, ["hosts", "--json", "--config", str(path)])
+        result = CliRunner().invoke(app, ["hosts", "--json", "--config", str(path)], env=opener.env)
         assert result.exit_code == 0, result.output
         (host,) = json.loads(result.stdout)
         assert set(host) == {"machine_id", "host_id", "strikes", "reasons", "blocked", "blocked_until"}
@@ -107,15 +109,15 @@ async def test_a_preempted_on_demand_instance_is_replaced_elsewhere_with_the_sam
 
 
 async def test_a_stuck_load_blocks_its_host_and_the_replacement_avoids_it(
-    sim: Simulator, api_key: str, tmp_path: Path
+    sim: Simulator, api_key: str, tmp_path: Path, opener: Opener
 ) -> None:
     # `hosts` judges blocks by the wall clock, the runtime by the simulated one: a block long enough for both
-    config, path = _config(tmp_path, strikes_to_block=1, exclude_ttl="36500d")
+    config, path = _config(tmp_path, opener, strikes_to_block=1, exclude_ttl="36500d")
     old_id = sim.create_instance(label=LABEL, gpu_name=_common_gpu(sim), pull=600)
     sim.advance(30)
     machine = sim.instance(old_id)["machine_id"]  # type: ignore[index]
     try:
-        async with _runtime(sim, api_key, config) as runtime:
+        async with _runtime(sim, api_key, config, opener) as runtime:
             await runtime.poll_once()
             sim.stick_loading(old_id)
             events = await _polls(runtime, sim, 2)
@@ -126,7 +128,7 @@ async def test_a_stuck_load_blocks_its_host_and_the_replacement_avoids_it(
             ]
             assert sim.instance(old_id) is None
             assert runtime.store.repository(Hosts).blocked(sim.clock.now())[0] == [machine]
-        (host,) = json.loads(CliRunner().invoke(app, ["hosts", "--json", "--config", str(path)]).stdout)
+        (host,) = json.loads(CliRunner().invoke(app, ["hosts", "--json", "--config", str(path)], env=opener.env).stdout)
         assert host["blocked"] is True and host["blocked_until"] is not None
     finally:
         _destroy_all(sim)
@@ -135,12 +137,12 @@ async def test_a_stuck_load_blocks_its_host_and_the_replacement_avoids_it(
 
 @pytest.mark.parametrize("resumes", [True, False], ids=["resumes-in-time", "never-resumes"])
 async def test_wait_gives_an_outbid_instance_time_to_resume_then_replaces_it(
-    sim: Simulator, api_key: str, tmp_path: Path, resumes: bool
+    sim: Simulator, api_key: str, tmp_path: Path, opener: Opener, resumes: bool
 ) -> None:
-    config, _ = _config(tmp_path, wait_timeout="10m")
+    config, _ = _config(tmp_path, opener, wait_timeout="10m")
     old_id = _running(sim, label=LABEL, gpu_name=_common_gpu(sim), bid=True)
     try:
-        async with _runtime(sim, api_key, config) as runtime:
+        async with _runtime(sim, api_key, config, opener) as runtime:
             await runtime.poll_once()
             sim.apply("outbid", instance=old_id)
             events = await _polls(runtime, sim, 3)
@@ -163,11 +165,13 @@ async def test_wait_gives_an_outbid_instance_time_to_resume_then_replaces_it(
     assert sim.instance_count() == 0
 
 
-async def test_rebid_raises_the_bid_and_the_instance_resumes(sim: Simulator, api_key: str, tmp_path: Path) -> None:
-    config, _ = _config(tmp_path, on_preempt="rebid", rebid_factor=1.5)
+async def test_rebid_raises_the_bid_and_the_instance_resumes(
+    sim: Simulator, api_key: str, tmp_path: Path, opener: Opener
+) -> None:
+    config, _ = _config(tmp_path, opener, on_preempt="rebid", rebid_factor=1.5)
     old_id = _running(sim, label=LABEL, gpu_name=_common_gpu(sim), bid=True)
     try:
-        async with _runtime(sim, api_key, config) as runtime:
+        async with _runtime(sim, api_key, config, opener) as runtime:
             await runtime.poll_once()
             sim.apply("outbid", instance=old_id)
             events = await _polls(runtime, sim, 12)
@@ -180,11 +184,13 @@ async def test_rebid_raises_the_bid_and_the_instance_resumes(sim: Simulator, api
     assert sim.instance_count() == 0
 
 
-async def test_max_restarts_ends_the_lineage_with_recovery_failed(sim: Simulator, api_key: str, tmp_path: Path) -> None:
-    config, _ = _config(tmp_path, max_restarts=1)
+async def test_max_restarts_ends_the_lineage_with_recovery_failed(
+    sim: Simulator, api_key: str, tmp_path: Path, opener: Opener
+) -> None:
+    config, _ = _config(tmp_path, opener, max_restarts=1)
     old_id = _running(sim, label=LABEL, gpu_name=_common_gpu(sim))
     try:
-        async with _runtime(sim, api_key, config) as runtime:
+        async with _runtime(sim, api_key, config, opener) as runtime:
             await runtime.poll_once()
             sim.preempt(old_id)
             (recovered,) = _named(await _polls(runtime, sim, 4), "recovered")
@@ -199,11 +205,13 @@ async def test_max_restarts_ends_the_lineage_with_recovery_failed(sim: Simulator
     assert sim.instance_count() == 0
 
 
-async def test_a_foreign_instance_is_never_touched(sim: Simulator, api_key: str, tmp_path: Path) -> None:
-    config, _ = _config(tmp_path, on_preempt="replace")
+async def test_a_foreign_instance_is_never_touched(
+    sim: Simulator, api_key: str, tmp_path: Path, opener: Opener
+) -> None:
+    config, _ = _config(tmp_path, opener, on_preempt="replace")
     foreign = _running(sim, label="someone-else:job", gpu_name=_common_gpu(sim))
     try:
-        async with _runtime(sim, api_key, config) as runtime:
+        async with _runtime(sim, api_key, config, opener) as runtime:
             await runtime.poll_once()
             sim.preempt(foreign)
             events = await _polls(runtime, sim, 5)
@@ -222,9 +230,9 @@ class Crash(BaseException):
 
 @pytest.mark.parametrize("step", ["_rent", "_recovered"], ids=["before-the-create", "after-the-create"])
 async def test_a_redelivered_event_after_a_crash_rents_exactly_once(
-    sim: Simulator, api_key: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, step: str
+    sim: Simulator, api_key: str, tmp_path: Path, opener: Opener, monkeypatch: pytest.MonkeyPatch, step: str
 ) -> None:
-    config, _ = _config(tmp_path)
+    config, _ = _config(tmp_path, opener)
     old_id = _running(sim, label=LABEL, gpu_name=_common_gpu(sim))
     real = getattr(RecoveryHandler, step)
 
@@ -232,7 +240,7 @@ async def test_a_redelivered_event_after_a_crash_rents_exactly_once(
         raise Crash
 
     try:
-        async with _runtime(sim, api_key, config) as runtime:
+        async with _runtime(sim, api_key, config, opener) as runtime:
             await runtime.poll_once()
             sim.preempt(old_id)
             monkeypatch.setattr(RecoveryHandler, step, crash)
@@ -240,7 +248,7 @@ async def test_a_redelivered_event_after_a_crash_rents_exactly_once(
                 await _polls(runtime, sim, 4)
         monkeypatch.setattr(RecoveryHandler, step, real)
         assert sim.instance_count() == (1 if step == "_recovered" else 0)
-        async with _runtime(sim, api_key, config) as runtime:
+        async with _runtime(sim, api_key, config, opener) as runtime:
             events = await _polls(runtime, sim, 3)
             (recovered,) = _named(events, "recovered")
             assert sim.instance_count() == 1 and sim.instance(recovered.instance_id or 0) is not None
