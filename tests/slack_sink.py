@@ -8,16 +8,16 @@ the port down and back up (connection refused in between),
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 
-from vastevents import Event, Runtime, SqliteStore, VastClient
+from vastevents import Event, Runtime, Store, VastClient
 from vastevents.config import parse_config
 from vastevents.plugins import load_handlers
 from vastevents.sim import Simulator
@@ -112,7 +112,9 @@ class SlackSink:
 
         self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
         self.port = self._server.server_address[1]
-        self._thread = threading.Thread(target=self._server.serve_forever, name="slack-sink", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="slack-sink", daemon=True
+        )  # a short poll: stop() waits for it
         self._thread.start()
 
     def stop(self) -> None:
@@ -126,14 +128,14 @@ class SlackSink:
 
 
 @asynccontextmanager
-async def running(sim: Simulator, api_key: str, store: Path, toml: str) -> AsyncIterator[Runtime]:
-    """The real Runtime with the handlers of `toml`, against the simulator over HTTP, on a SQLite store."""
+async def running(sim: Simulator, api_key: str, store: Store, toml: str) -> AsyncIterator[Runtime]:
+    """The real Runtime with the handlers of `toml`, against the simulator over HTTP, on `store` (closed after)."""
     config = parse_config(toml)
-    async with VastClient(api_key, sim.url) as client, Runtime(
-        config, client=client, store=SqliteStore(store), clock=sim.clock, handlers=load_handlers(config)
-    ) as runtime:  # fmt: skip
-        yield runtime
-    runtime.store.close()
+    with contextlib.closing(store):
+        async with VastClient(api_key, sim.url) as client, Runtime(
+            config, client=client, store=store, clock=sim.clock, handlers=load_handlers(config)
+        ) as runtime:  # fmt: skip
+            yield runtime
 
 
 async def destroy_all(sim: Simulator, api_key: str) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import pytest
 from slack_sink import SlackSink, destroy_all, failures, running
@@ -12,6 +11,7 @@ from vastevents import ConfigError, Outbox
 from vastevents.config import parse_config
 from vastevents.plugins import load_handlers
 from vastevents.sim import Simulator
+from vastevents.store import SqlStore
 
 APPRISE = '[handlers.chat]\nuse = "apprise"\npace = 0\n'
 
@@ -24,11 +24,11 @@ def urls(sink: SlackSink, monkeypatch: pytest.MonkeyPatch) -> SlackSink:
 
 
 async def test_a_preemption_goes_out_once_through_apprise_and_an_outage_keeps_it(
-    sim: Simulator, api_key: str, urls: SlackSink, tmp_path: Path
+    sim: Simulator, api_key: str, urls: SlackSink, store: SqlStore
 ) -> None:
     instance_id = sim.create_instance(label="vastevents:train", bid=True, gpu_name="RTX 4090")
     sim.advance(600)
-    async with running(sim, api_key, tmp_path / "s.db", APPRISE) as runtime:
+    async with running(sim, api_key, store, APPRISE) as runtime:
         await runtime.poll_once()
         urls.failing = 500
         sim.preempt(instance_id)

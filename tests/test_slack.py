@@ -1,4 +1,5 @@
-"""The slack handler end to end: the simulator over HTTP, the real Runtime and store, a real local Slack endpoint."""
+"""The slack handler end to end: the simulator over HTTP, the real Runtime and store (its outbox on both
+backends), a real local Slack endpoint."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from slack_sink import SlackSink, destroy_all, failures, running
+from stores import Opener
 
 from vastevents import (
     BotTransport,
@@ -19,6 +21,7 @@ from vastevents import (
 from vastevents.config import parse_config
 from vastevents.plugins import load_handlers
 from vastevents.sim import Simulator
+from vastevents.store import SqliteStore, SqlStore
 
 
 @pytest.fixture
@@ -32,10 +35,10 @@ def slack_config(extra: str = "", *, retries: int = 0) -> str:
 
 
 async def test_a_ready_instance_and_its_preemption_are_one_message_each(
-    sim: Simulator, api_key: str, webhook: SlackSink, tmp_path: Path
+    sim: Simulator, api_key: str, webhook: SlackSink, store: SqlStore
 ) -> None:
     instance_id = sim.create_instance(label="vastevents:train", bid=True, gpu_name="RTX 4090", pull=30)
-    async with running(sim, api_key, tmp_path / "s.db", slack_config()) as runtime:
+    async with running(sim, api_key, store, slack_config()) as runtime:
         await runtime.poll_once()
         sim.advance(120)
         await runtime.poll_once()
@@ -60,7 +63,7 @@ async def test_a_flap_within_grace_says_nothing_by_default(
 ) -> None:
     instance_id = sim.create_instance(label="vastevents:flappy")
     sim.advance(600)
-    async with running(sim, api_key, tmp_path / "s.db", slack_config()) as runtime:
+    async with running(sim, api_key, SqliteStore(tmp_path / "s.db"), slack_config()) as runtime:
         await runtime.poll_once()
         sim.set_offline(instance_id)
         sim.advance(30)
@@ -74,12 +77,12 @@ async def test_a_flap_within_grace_says_nothing_by_default(
 
 
 async def test_a_subscribed_offline_folds_with_its_return_into_one_message(
-    sim: Simulator, api_key: str, webhook: SlackSink, tmp_path: Path
+    sim: Simulator, api_key: str, webhook: SlackSink, store: SqlStore
 ) -> None:
     instance_id = sim.create_instance(label="vastevents:flappy")
     sim.advance(600)
     toml = slack_config('events = ["running_to_offline", "preempted"]\nflap_grace = "5m"')
-    async with running(sim, api_key, tmp_path / "s.db", toml) as runtime:
+    async with running(sim, api_key, store, toml) as runtime:
         await runtime.poll_once()
         sim.set_offline(instance_id)
         sim.advance(15)
@@ -99,10 +102,10 @@ async def test_a_subscribed_offline_folds_with_its_return_into_one_message(
     await destroy_all(sim, api_key)
 
 
-async def test_a_burst_becomes_one_digest(sim: Simulator, api_key: str, webhook: SlackSink, tmp_path: Path) -> None:
+async def test_a_burst_becomes_one_digest(sim: Simulator, api_key: str, webhook: SlackSink, store: SqlStore) -> None:
     ids = [sim.create_instance(label=f"vastevents:bulk-{n}", bid=True) for n in range(8)]
     sim.advance(600)
-    async with running(sim, api_key, tmp_path / "s.db", slack_config("burst_count = 5")) as runtime:
+    async with running(sim, api_key, store, slack_config("burst_count = 5")) as runtime:
         await runtime.poll_once()
         for instance_id in ids:
             sim.preempt(instance_id)
@@ -119,11 +122,11 @@ async def test_a_burst_becomes_one_digest(sim: Simulator, api_key: str, webhook:
 
 
 async def test_an_outage_keeps_every_message_and_sends_them_in_order_once_it_ends(
-    sim: Simulator, api_key: str, webhook: SlackSink, tmp_path: Path
+    sim: Simulator, api_key: str, webhook: SlackSink, store: SqlStore
 ) -> None:
     first, second = (sim.create_instance(label=f"vastevents:o-{n}", bid=True) for n in range(2))
     sim.advance(600)
-    async with running(sim, api_key, tmp_path / "s.db", slack_config("burst_count = 50")) as runtime:
+    async with running(sim, api_key, store, slack_config("burst_count = 50")) as runtime:
         await runtime.poll_once()
         webhook.failing = 503
         sim.preempt(first)
@@ -152,12 +155,11 @@ async def test_an_outage_keeps_every_message_and_sends_them_in_order_once_it_end
 
 
 async def test_a_pending_message_survives_a_restart_and_watch_once_tries_it_regardless_of_backoff(
-    sim: Simulator, api_key: str, webhook: SlackSink, tmp_path: Path
+    sim: Simulator, api_key: str, webhook: SlackSink, opener: Opener
 ) -> None:
     instance_id = sim.create_instance(label="vastevents:r", bid=True)
     sim.advance(600)
-    store = tmp_path / "s.db"
-    async with running(sim, api_key, store, slack_config()) as runtime:
+    async with running(sim, api_key, opener(), slack_config()) as runtime:
         await runtime.poll_once()
         webhook.failing = 500
         sim.preempt(instance_id)
@@ -166,7 +168,7 @@ async def test_a_pending_message_survives_a_restart_and_watch_once_tries_it_rega
         (row,) = runtime.store.repository(Outbox).pending("slack")
         assert row.next_attempt > sim.clock.now()
     webhook.failing = None
-    async with running(sim, api_key, store, slack_config()) as runtime:
+    async with running(sim, api_key, opener(), slack_config()) as runtime:
         await runtime.poll_once(all_periodic=True)  # what `watch --once` runs
         await runtime.poll_once(all_periodic=True)
     assert len(webhook.posts) == 1 and "preempted" in webhook.texts()[0]
@@ -174,13 +176,11 @@ async def test_a_pending_message_survives_a_restart_and_watch_once_tries_it_rega
 
 
 async def test_a_permanent_refusal_is_reported_once_and_dropped(
-    sim: Simulator, api_key: str, webhook: SlackSink, tmp_path: Path
+    sim: Simulator, api_key: str, webhook: SlackSink, store: SqlStore
 ) -> None:
     instance_id = sim.create_instance(label="vastevents:p", bid=True)
     sim.advance(600)
-    async with running(
-        sim, api_key, tmp_path / "s.db", slack_config('events = ["preempted", "notification_failed"]')
-    ) as runtime:
+    async with running(sim, api_key, store, slack_config('events = ["preempted", "notification_failed"]')) as runtime:
         await runtime.poll_once()
         webhook.failing = 404
         sim.preempt(instance_id)
@@ -199,11 +199,11 @@ async def test_a_permanent_refusal_is_reported_once_and_dropped(
 
 
 async def test_a_long_retry_after_is_respected_and_a_short_one_retried_by_slack_sdk(
-    sim: Simulator, api_key: str, webhook: SlackSink, tmp_path: Path
+    sim: Simulator, api_key: str, webhook: SlackSink, store: SqlStore
 ) -> None:
     first, second = (sim.create_instance(label=f"vastevents:rl-{n}", bid=True) for n in range(2))
     sim.advance(600)
-    async with running(sim, api_key, tmp_path / "s.db", slack_config("burst_count = 50", retries=1)) as runtime:
+    async with running(sim, api_key, store, slack_config("burst_count = 50", retries=1)) as runtime:
         await runtime.poll_once()
         webhook.answer(429, retry_after=120)
         sim.preempt(first)
@@ -225,14 +225,14 @@ async def test_a_long_retry_after_is_respected_and_a_short_one_retried_by_slack_
 
 
 async def test_bot_mode_threads_an_instances_updates_under_its_first_message(
-    sim: Simulator, api_key: str, sink: SlackSink, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    sim: Simulator, api_key: str, sink: SlackSink, store: SqlStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("SLACK_BOT_TOKEN", "xoxb-0000-test-token")
     toml = slack_config(f'mode = "bot"\nchannel = "#gpu"\napi_url = "{sink.api_url}"\n'
                         'channels = {"vastevents:team-b" = "#team-b"}')  # fmt: skip
     one = sim.create_instance(label="vastevents:team-a", bid=True, pull=30)
     two = sim.create_instance(label="vastevents:team-b", bid=True, pull=30)
-    async with running(sim, api_key, tmp_path / "s.db", toml) as runtime:
+    async with running(sim, api_key, store, toml) as runtime:
         await runtime.poll_once()
         sim.advance(120)
         await runtime.poll_once()
@@ -268,7 +268,7 @@ async def test_the_webhook_url_and_token_never_reach_logs_events_or_the_store(
     two = sim.create_instance(label="vastevents:team", bid=True)
     sim.advance(600)
     store = tmp_path / "s.db"
-    async with running(sim, api_key, store, toml) as runtime:
+    async with running(sim, api_key, SqliteStore(store), toml) as runtime:
         await runtime.poll_once()
         sink.failing = 404
         sim.preempt(one)

@@ -15,6 +15,7 @@ from vastevents.config import parse_config
 from vastevents.notify.webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER, signature
 from vastevents.plugins import load_handlers
 from vastevents.sim import Simulator
+from vastevents.store import SqliteStore, SqlStore
 from vastevents.webhooks import verify
 
 SECRET = "whsec-local-test-0123456789"
@@ -36,7 +37,9 @@ async def test_a_preemption_is_posted_once_as_the_events_json_object_signed(
 ) -> None:
     instance_id = sim.create_instance(label="vastevents:train", bid=True, gpu_name="RTX 4090")
     sim.advance(600)
-    async with running(sim, api_key, tmp_path / "s.db", webhook_config('secret_env = "HOOK_SECRET"')) as runtime:
+    async with running(
+        sim, api_key, SqliteStore(tmp_path / "s.db"), webhook_config('secret_env = "HOOK_SECRET"')
+    ) as runtime:
         await runtime.poll_once()
         sim.preempt(instance_id)
         for _ in range(3):
@@ -69,7 +72,7 @@ async def test_unsigned_by_default_and_a_short_outage_is_retried_within_the_send
 ) -> None:
     instance_id = sim.create_instance(label="vastevents:t", bid=True)
     sim.advance(600)
-    async with running(sim, api_key, tmp_path / "s.db", webhook_config(retries=2)) as runtime:
+    async with running(sim, api_key, SqliteStore(tmp_path / "s.db"), webhook_config(retries=2)) as runtime:
         await runtime.poll_once()
         hook.answer(503)
         hook.answer(429, retry_after=0)
@@ -82,11 +85,11 @@ async def test_unsigned_by_default_and_a_short_outage_is_retried_within_the_send
 
 
 async def test_transient_failures_keep_the_message_until_the_endpoint_answers_then_it_goes_once(
-    sim: Simulator, api_key: str, hook: SlackSink, tmp_path: Path
+    sim: Simulator, api_key: str, hook: SlackSink, store: SqlStore
 ) -> None:
     instance_id = sim.create_instance(label="vastevents:t", bid=True)
     sim.advance(600)
-    async with running(sim, api_key, tmp_path / "s.db", webhook_config()) as runtime:
+    async with running(sim, api_key, store, webhook_config()) as runtime:
         await runtime.poll_once()
         hook.answer(429, retry_after=120)  # too long to wait inside the call: left to the outbox
         sim.preempt(instance_id)
@@ -121,7 +124,7 @@ async def test_a_4xx_is_reported_once_and_dropped_and_secrets_stay_out_of_logs_a
     sim.advance(600)
     store = tmp_path / "s.db"
     toml = webhook_config('secret_env = "HOOK_SECRET"\nevents = ["preempted", "notification_failed"]')
-    async with running(sim, api_key, store, toml) as runtime:
+    async with running(sim, api_key, SqliteStore(store), toml) as runtime:
         await runtime.poll_once()
         hook.failing = 410
         sim.preempt(instance_id)
@@ -148,7 +151,7 @@ async def test_a_burst_is_one_digest_carrying_every_message(
 ) -> None:
     ids = [sim.create_instance(label=f"vastevents:bulk-{n}", bid=True) for n in range(4)]
     sim.advance(600)
-    async with running(sim, api_key, tmp_path / "s.db", webhook_config("burst_count = 3")) as runtime:
+    async with running(sim, api_key, SqliteStore(tmp_path / "s.db"), webhook_config("burst_count = 3")) as runtime:
         await runtime.poll_once()
         for instance_id in ids:
             sim.preempt(instance_id)
