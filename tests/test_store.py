@@ -1,5 +1,5 @@
 """The store on both backends (a real SQLite file, a real PostgreSQL server): atomic commits, round trips,
-delivery marks, stale-snapshot detection, migrations."""
+delivery marks, stale-snapshot detection, migrations; the jobs and team repositories."""
 
 from __future__ import annotations
 
@@ -17,12 +17,14 @@ from vastevents.snapshot import Snapshot
 from vastevents.store import (
     FORMAT_VERSION,
     Database,
+    Jobs,
     Migration,
     SqliteStore,
     SqlStore,
     StaleSnapshot,
     StoreError,
 )
+from vastevents.store.team import TeamMembers
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -179,26 +181,26 @@ def test_a_new_sqlite_file_is_at_the_current_format(tmp_path: Path) -> None:
     assert user_version(tmp_path / "s.db") == FORMAT_VERSION
 
 
-class Jobs:
+class Notes:
     """A repository another part adds later, with its own migrations."""
 
-    MIGRATIONS = (Migration("jobs", 1, ("CREATE TABLE jobs (id INTEGER PRIMARY KEY, spec TEXT NOT NULL)",)),)
+    MIGRATIONS = (Migration("notes", 1, ("CREATE TABLE notes (id INTEGER PRIMARY KEY, text TEXT NOT NULL)",)),)
 
     def __init__(self, db: Database) -> None:
         self.db = db
 
     def count(self) -> int:
-        return int(self.db.query("SELECT COUNT(*) FROM jobs")[0][0])
+        return int(self.db.query("SELECT COUNT(*) FROM notes")[0][0])
 
 
 def test_a_repository_added_later_brings_its_migrations_and_keeps_the_data(opener: Opener) -> None:
     with opener() as old:
         old.append([Event(name="poll_failed", instance_id=None, at=T0)])
     with opener() as upgraded:
-        assert upgraded.repository(Jobs).count() == 0
-        assert upgraded.repository(Jobs) is upgraded.repository(Jobs)
+        assert upgraded.repository(Notes).count() == 0
+        assert upgraded.repository(Notes) is upgraded.repository(Notes)
         assert [e.name for e in upgraded.events()] == ["poll_failed"]
-        assert components(upgraded)["jobs"] == 1
+        assert components(upgraded)["notes"] == 1
     with opener() as reopened:  # a process that does not use the repository still opens the store
         assert [e.name for e in reopened.events()] == ["poll_failed"]
 
@@ -226,7 +228,7 @@ def test_a_store_of_the_single_list_format_is_upgraded_in_place(tmp_path: Path) 
 
 
 def test_a_failing_migration_changes_nothing(store: SqlStore) -> None:
-    class Broken(Jobs):
+    class Broken(Notes):
         MIGRATIONS = (Migration("ledger", 1, ("CREATE TABLE ledger (id INTEGER)", "THIS IS NOT SQL")),)
 
     with pytest.raises(StoreError, match="cannot open the state"):
@@ -257,3 +259,51 @@ def test_a_state_directory_that_cannot_be_made_is_a_clear_error(tmp_path: Path) 
     (tmp_path / "file").write_text("")
     with pytest.raises(StoreError, match="cannot open the state file"):
         SqliteStore(tmp_path / "file" / "state.db")
+
+
+# --- repositories the runner and team mode add (their other tests need sshd or a second watcher)
+
+
+def test_a_job_round_trips_every_column_and_only_unfinished_ones_are_listed_as_such(store: SqlStore) -> None:
+    jobs = store.repository(Jobs)
+    spec = {"image": "python:3.11", "cmd": "python train.py", "env": {"SEED": "1"}}
+    first = jobs.submit(spec, [11, 12], "vastevents", T0)
+    second = jobs.submit({"image": "x"}, [], "team", T0 + timedelta(seconds=1))
+    assert first.label == f"vastevents:job-{first.id}" and first.status == "pending" and first.spec == spec
+    assert (first.offers, first.created_at, first.destroyed, first.errors) == ([11, 12], T0, False, [])
+    assert second.id > first.id and second.label == f"team:job-{second.id}"
+    assert jobs.by_label(first.label) == first and jobs.by_label(None) is None and jobs.get(second.id + 1) is None
+
+    started = T0 + timedelta(minutes=1)
+    done = jobs.update(
+        first.id, status="finished", instance_id=4242, tried=[11], attempts=1, exit_code=0, results_dir="out",
+        gpu_name="RTX 4090", dph_total=0.305, cost_usd=0.0123456789, destroyed=True, started_at=started,
+        finished_at=started + timedelta(hours=1),
+    )  # fmt: skip
+    assert jobs.get(first.id) == done and done.done
+    assert (done.instance_id, done.tried, done.exit_code, done.results_dir) == (4242, [11], 0, "out")
+    assert (done.dph_total, done.cost_usd, done.runtime_s(T0)) == (0.305, 0.0123456789, 3600.0)
+    assert done.destroyed is True
+    assert jobs.add_error(first.id, "one").errors == ["one"]
+    assert jobs.add_error(first.id, "two").errors == ["one", "two"]
+    assert [job.id for job in jobs.list()] == [first.id, second.id]
+    assert [job.id for job in jobs.list(unfinished=True)] == [second.id]
+    with pytest.raises(ValueError, match="no column 'colour'"):
+        jobs.update(second.id, colour="red")
+    with pytest.raises(ValueError, match="nothing to update"):
+        jobs.update(second.id)
+
+
+def test_a_team_member_keeps_its_since_until_its_role_changes_and_is_gone_once_it_leaves(store: SqlStore) -> None:
+    team = store.repository(TeamMembers)
+    team.seen("host-a:1", "leader", T0)
+    team.seen("host-b:2", "follower", T0 + timedelta(seconds=1))
+    team.seen("host-a:1", "leader", T0 + timedelta(seconds=5))
+    assert [(m.member, m.role, m.since, m.seen) for m in team.members()] == [
+        ("host-b:2", "follower", T0 + timedelta(seconds=1), T0 + timedelta(seconds=1)),
+        ("host-a:1", "leader", T0, T0 + timedelta(seconds=5)),
+    ]
+    team.seen("host-a:1", "follower", T0 + timedelta(seconds=9))
+    team.leave("host-b:2")
+    (member,) = team.members()
+    assert (member.member, member.role, member.since) == ("host-a:1", "follower", T0 + timedelta(seconds=9))
