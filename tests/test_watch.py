@@ -1,5 +1,5 @@
-"""The watcher loop through real parts (SQLite file, bus) on the fake cloud and a manual clock, and through the
-real client against the simulator."""
+"""The watcher loop through real parts (a store on each backend, the bus) on the fake cloud and a manual clock, and
+through the real client against the simulator."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from stores import Opener
 
 from vastevents import Context, Event, Runtime, on
 from vastevents.clock import ManualClock
@@ -23,12 +24,11 @@ def names(events: list[Event]) -> list[str]:
     return [event.name for event in events]
 
 
-async def test_restart_catch_up_and_no_event_for_known_unchanged(tmp_path: Path) -> None:
-    db = tmp_path / "state.db"
+async def test_restart_catch_up_and_no_event_for_known_unchanged(opener: Opener) -> None:
     cloud, clock = FakeCloud(), FakeClock()
     cloud.add(1, "running")
     cloud.add(2, "loading")
-    first = Harness(cloud=cloud, clock=clock, store_path=db)
+    first = Harness(cloud=cloud, clock=clock, store=opener())
     appeared = await first.poll_once()
     assert [(e.name, e.catch_up) for e in appeared] == [("appeared", False), ("appeared", False)]
     first.close()
@@ -36,7 +36,7 @@ async def test_restart_catch_up_and_no_event_for_known_unchanged(tmp_path: Path)
     cloud.set_status(2, "running")
     cloud.add(3, None)
     clock.advance(600)
-    second = Harness(cloud=cloud, clock=clock, store_path=db)
+    second = Harness(cloud=cloud, clock=clock, store=opener())
     events = await second.poll_once()
     assert [(e.instance_id, e.name, e.catch_up) for e in events] == [
         (2, "loading_to_running", True),
@@ -49,17 +49,16 @@ async def test_restart_catch_up_and_no_event_for_known_unchanged(tmp_path: Path)
     second.close()
 
 
-async def test_catch_up_waits_for_the_first_list_that_succeeds_after_a_restart(tmp_path: Path) -> None:
-    db = tmp_path / "state.db"
+async def test_catch_up_waits_for_the_first_list_that_succeeds_after_a_restart(opener: Opener) -> None:
     cloud, clock = FakeCloud(), FakeClock()
     cloud.add(1, "loading")
-    first = Harness(cloud=cloud, clock=clock, store_path=db)
+    first = Harness(cloud=cloud, clock=clock, store=opener())
     await first.poll_once()
     first.close()
 
     cloud.set_status(1, "running")  # changed while nobody watched
     cloud.fail_next(ApiError("HTTP 503", status_code=503))
-    restarted = Harness(cloud=cloud, clock=clock, store_path=db)
+    restarted = Harness(cloud=cloud, clock=clock, store=opener())
     assert names(await restarted.poll_once()) == ["poll_failed"]
     clock.advance(15)
     assert [(e.name, e.catch_up) for e in await restarted.poll_once()] == [("loading_to_running", True)]
@@ -69,8 +68,7 @@ async def test_catch_up_waits_for_the_first_list_that_succeeds_after_a_restart(t
     restarted.close()
 
 
-async def test_undelivered_events_are_delivered_first_after_a_crash(tmp_path: Path) -> None:
-    db = tmp_path / "state.db"
+async def test_undelivered_events_are_delivered_first_after_a_crash(opener: Opener) -> None:
     cloud, clock = FakeCloud(), FakeClock()
     cloud.add(1, "loading")
 
@@ -81,7 +79,7 @@ async def test_undelivered_events_are_delivered_first_after_a_crash(tmp_path: Pa
         started.set()
         await never.wait()
 
-    crashing = Harness(activate("recorder", hangs), cloud=cloud, clock=clock, store_path=db)
+    crashing = Harness(activate("recorder", hangs), cloud=cloud, clock=clock, store=opener())
     cycle = asyncio.ensure_future(crashing.poll_once())
     await asyncio.wait_for(started.wait(), 5)  # committed, delivery under way: now "crash"
     cycle.cancel()
@@ -97,7 +95,7 @@ async def test_undelivered_events_are_delivered_first_after_a_crash(tmp_path: Pa
 
     cloud.set_status(1, "running")
     clock.advance(30)
-    restarted = Harness(activate("recorder", records), cloud=cloud, clock=clock, store_path=db)
+    restarted = Harness(activate("recorder", records), cloud=cloud, clock=clock, store=opener())
     events = await restarted.poll_once()
     assert got == [(1, "appeared"), (2, "loading_to_running")]
     assert names(events) == ["loading_to_running"]
@@ -105,18 +103,17 @@ async def test_undelivered_events_are_delivered_first_after_a_crash(tmp_path: Pa
     restarted.close()
 
 
-async def test_another_watchers_handlers_on_the_same_store_do_not_hang_delivery(tmp_path: Path) -> None:
+async def test_another_watchers_handlers_on_the_same_store_do_not_hang_delivery(opener: Opener) -> None:
     @on("*")
     async def a(event: Event, ctx: Context) -> None: ...
 
     @on("*")
     async def b(event: Event, ctx: Context) -> None: ...
 
-    db = tmp_path / "state.db"
     cloud = FakeCloud()
-    first = Harness(activate("a", a), cloud=cloud, store_path=db)
+    first = Harness(activate("a", a), cloud=cloud, store=opener())
     await first.poll_once()
-    second = Harness(activate("b", b), cloud=cloud, store_path=db)
+    second = Harness(activate("b", b), cloud=cloud, store=opener())
     await second.poll_once()  # makes "b" the store's only active handler
     cloud.add(1, "running")
     events = await asyncio.wait_for(first.poll_once(), 5)  # b's undelivered events are not ours to spin on
