@@ -1,45 +1,60 @@
-"""The jobs queue on both backends: claims (``FOR UPDATE SKIP LOCKED`` on PostgreSQL), stale claims, upload
-archives, and following a job (LISTEN/NOTIFY on PostgreSQL, re-reading on SQLite)."""
+"""The jobs repository and queue on both backends: every column round trips, claims (``FOR UPDATE SKIP LOCKED`` on
+PostgreSQL), stale claims, upload archives, and following a job (LISTEN/NOTIFY on PostgreSQL, re-reading on
+SQLite)."""
 
 from __future__ import annotations
 
 import io
 import tarfile
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from stores import Opener
 
 from vastevents.jobspec import pack_dir, unpack_dir
-from vastevents.store import Job, Jobs, PostgresStore, SqliteStore, SqlStore
+from vastevents.store import Job, Jobs, PostgresStore, SqlStore
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 SPEC = {"image": "pytorch/pytorch", "cmd": "true"}
-
-Opener = Callable[[], SqlStore]
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def opener(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Opener]:
-    opened: list[SqlStore] = []
-
-    def open_() -> SqlStore:
-        if request.param == "sqlite":
-            opened.append(SqliteStore(tmp_path / "state.db"))
-        else:
-            opened.append(PostgresStore(request.getfixturevalue("pg_url")))
-        return opened[-1]
-
-    yield open_
-    for store in opened:
-        store.close()
 
 
 def queue(store: SqlStore, count: int) -> list[Job]:
     jobs = store.repository(Jobs)
     return [jobs.submit(SPEC, [], "vastevents", T0, submitted_by="ana@laptop") for _ in range(count)]
+
+
+def test_a_job_round_trips_every_column_and_only_unfinished_ones_are_listed_as_such(store: SqlStore) -> None:
+    jobs = store.repository(Jobs)
+    spec = {"image": "python:3.11", "cmd": "python train.py", "env": {"SEED": "1"}}
+    first = jobs.submit(spec, [11, 12], "vastevents", T0)
+    second = jobs.submit({"image": "x"}, [], "team", T0 + timedelta(seconds=1))
+    assert first.label == f"vastevents:job-{first.id}" and first.status == "pending" and first.spec == spec
+    assert (first.offers, first.created_at, first.errors) == ([11, 12], T0, [])
+    assert first.destroyed is False and first.submitted_by is None and first.claimed_at is None
+    assert second.id > first.id and second.label == f"team:job-{second.id}"
+    assert jobs.by_label(first.label) == first and jobs.by_label(None) is None and jobs.get(second.id + 1) is None
+
+    started = T0 + timedelta(minutes=1)
+    done = jobs.update(
+        first.id, status="finished", instance_id=4242, tried=[11], attempts=1, exit_code=0, results_dir="out",
+        gpu_name="RTX 4090", dph_total=0.305, cost_usd=0.0123456789, destroyed=True, started_at=started,
+        finished_at=started + timedelta(hours=1),
+    )  # fmt: skip
+    assert jobs.get(first.id) == done and done.done
+    assert (done.instance_id, done.tried, done.exit_code, done.results_dir) == (4242, [11], 0, "out")
+    assert (done.dph_total, done.cost_usd, done.runtime_s(T0)) == (0.305, 0.0123456789, 3600.0)
+    assert done.destroyed is True
+    assert jobs.add_error(first.id, "one").errors == ["one"]
+    assert jobs.add_error(first.id, "two").errors == ["one", "two"]
+    assert [job.id for job in jobs.list()] == [first.id, second.id]
+    assert [job.id for job in jobs.list(unfinished=True)] == [second.id]
+    with pytest.raises(ValueError, match="no column 'colour'"):
+        jobs.update(second.id, colour="red")
+    with pytest.raises(ValueError, match="nothing to update"):
+        jobs.update(second.id)
 
 
 def test_claims_take_the_oldest_pending_job_once(opener: Opener) -> None:

@@ -1,5 +1,5 @@
 """The store on both backends (a real SQLite file, a real PostgreSQL server): atomic commits, round trips,
-delivery marks, stale-snapshot detection, migrations; the jobs and team repositories."""
+delivery marks, stale-snapshot detection, migrations; the team-members repository."""
 
 from __future__ import annotations
 
@@ -17,7 +17,6 @@ from vastevents.snapshot import Snapshot
 from vastevents.store import (
     FORMAT_VERSION,
     Database,
-    Jobs,
     Migration,
     SqliteStore,
     SqlStore,
@@ -261,37 +260,7 @@ def test_a_state_directory_that_cannot_be_made_is_a_clear_error(tmp_path: Path) 
         SqliteStore(tmp_path / "file" / "state.db")
 
 
-# --- repositories the runner and team mode add (their other tests need sshd or a second watcher)
-
-
-def test_a_job_round_trips_every_column_and_only_unfinished_ones_are_listed_as_such(store: SqlStore) -> None:
-    jobs = store.repository(Jobs)
-    spec = {"image": "python:3.11", "cmd": "python train.py", "env": {"SEED": "1"}}
-    first = jobs.submit(spec, [11, 12], "vastevents", T0)
-    second = jobs.submit({"image": "x"}, [], "team", T0 + timedelta(seconds=1))
-    assert first.label == f"vastevents:job-{first.id}" and first.status == "pending" and first.spec == spec
-    assert (first.offers, first.created_at, first.destroyed, first.errors) == ([11, 12], T0, False, [])
-    assert second.id > first.id and second.label == f"team:job-{second.id}"
-    assert jobs.by_label(first.label) == first and jobs.by_label(None) is None and jobs.get(second.id + 1) is None
-
-    started = T0 + timedelta(minutes=1)
-    done = jobs.update(
-        first.id, status="finished", instance_id=4242, tried=[11], attempts=1, exit_code=0, results_dir="out",
-        gpu_name="RTX 4090", dph_total=0.305, cost_usd=0.0123456789, destroyed=True, started_at=started,
-        finished_at=started + timedelta(hours=1),
-    )  # fmt: skip
-    assert jobs.get(first.id) == done and done.done
-    assert (done.instance_id, done.tried, done.exit_code, done.results_dir) == (4242, [11], 0, "out")
-    assert (done.dph_total, done.cost_usd, done.runtime_s(T0)) == (0.305, 0.0123456789, 3600.0)
-    assert done.destroyed is True
-    assert jobs.add_error(first.id, "one").errors == ["one"]
-    assert jobs.add_error(first.id, "two").errors == ["one", "two"]
-    assert [job.id for job in jobs.list()] == [first.id, second.id]
-    assert [job.id for job in jobs.list(unfinished=True)] == [second.id]
-    with pytest.raises(ValueError, match="no column 'colour'"):
-        jobs.update(second.id, colour="red")
-    with pytest.raises(ValueError, match="nothing to update"):
-        jobs.update(second.id)
+# --- the team-members repository (its other test needs two watchers)
 
 
 def test_a_team_member_keeps_its_since_until_its_role_changes_and_is_gone_once_it_leaves(store: SqlStore) -> None:
