@@ -3,6 +3,7 @@ delivery marks, stale-snapshot detection, migrations; the team-members repositor
 
 from __future__ import annotations
 
+import itertools
 import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -276,3 +277,18 @@ def test_a_team_member_keeps_its_since_until_its_role_changes_and_is_gone_once_i
     team.leave("host-b:2")
     (member,) = team.members()
     assert (member.member, member.role, member.since) == ("host-a:1", "follower", T0 + timedelta(seconds=9))
+
+
+def test_stored_times_sort_as_text_under_an_icu_collation_too(pg_url: str) -> None:
+    """Repositories compare and sort stored times as text; a whole second must not sort after its successor."""
+    import psycopg
+
+    from vastevents.store._codec import iso
+
+    times = [T0, T0 + timedelta(microseconds=1), T0 + timedelta(seconds=1)]
+    with psycopg.connect(pg_url) as conn:
+        if conn.execute("SELECT 1 FROM pg_collation WHERE collname = 'und-x-icu'").fetchone() is None:
+            pytest.skip("this PostgreSQL server is built without ICU")
+        for earlier, later in itertools.pairwise(times):
+            row = conn.execute('SELECT %s::text < %s::text COLLATE "und-x-icu"', (iso(earlier), iso(later))).fetchone()
+            assert row == (True,), (iso(earlier), iso(later))

@@ -14,7 +14,9 @@ EVENT_COLUMNS = "id, name, instance_id, old, new, at, catch_up, raw, detail, ins
 
 
 def iso(value: datetime | None) -> str | None:
-    return value.isoformat() if value is not None else None
+    """Fixed width (always microseconds), so stored times sort as text under any collation: with a variable
+    width, ICU collations put ``00:00:00.000001+00:00`` before ``00:00:00+00:00``."""
+    return value.isoformat(timespec="microseconds") if value is not None else None
 
 
 def time(value: str | None) -> datetime | None:
