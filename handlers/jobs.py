@@ -28,6 +28,7 @@ from vastevents import (
     Event,
     Handler,
     HandlerOptions,
+    Hosts,
     Instance,
     Job,
     Jobs,
@@ -107,7 +108,7 @@ class JobsHandler(Handler[JobsOptions]):
         jobs = ctx.store.repository(Jobs)
         spec = JobSpec.model_validate(job.spec)
         if not job.offers:
-            offers = await spec.offers(ctx.client)
+            offers = await spec.offers(ctx.client, blocked=ctx.store.repository(Hosts).blocked(ctx.clock.now()))
             if not offers:
                 await self.give_up(job, f"no offer matches {spec.query!r}", ctx)
                 return

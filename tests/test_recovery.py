@@ -6,6 +6,7 @@ import json
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -257,3 +258,37 @@ async def test_a_redelivered_event_after_a_crash_rents_exactly_once(
     finally:
         _destroy_all(sim)
     assert sim.instance_count() == 0
+
+
+async def test_a_machine_blocked_by_hand_is_listed_never_offered_to_a_job_and_can_be_forgiven(
+    tmp_path: Path, opener: Opener
+) -> None:
+    from vastevents import JobSpec, Offer
+    from vastevents.testing import FakeCloud
+
+    _, path = _config(tmp_path, opener)
+    opener().close()  # the store exists, as after a first watch
+
+    def hosts(*args: str) -> Any:
+        result = CliRunner().invoke(app, ["hosts", *args, "--config", str(path)], env=opener.env)
+        return result.exit_code, result.stdout + result.stderr
+
+    code, said = hosts("--block", "41", "--reason", "corrupts checkpoints", "--for", "2d")
+    assert code == 0 and "machine 41 blocked" in said
+    code, said = hosts("--json")
+    (host,) = json.loads(said)
+    assert (host["machine_id"], host["blocked"], host["reasons"]) == (41, True, ["corrupts checkpoints"])
+
+    cloud = FakeCloud()
+    cloud.offers = [Offer.model_validate({"id": ask, "machine_id": machine, "dph_total": price})
+                    for ask, machine, price in ((1, 41, 0.10), (2, 42, 0.20))]  # fmt: skip
+    spec = JobSpec.model_validate({"image": "img", "cmd": "true"})
+    with opener() as store:
+        blocked = store.repository(Hosts).blocked(datetime.now(UTC))
+    assert [offer.id for offer in await spec.offers(cloud, blocked=blocked)] == [2]  # the cheaper one is blocked
+
+    assert hosts("--unblock", "41")[0] == 0
+    assert json.loads(hosts("--json")[1]) == []
+    code, said = hosts("--unblock", "41")
+    assert code == 1 and "no strike" in said
+    assert hosts("--block", "41", "--for", "soon")[0] == 2

@@ -100,11 +100,21 @@ class JobSpec(BaseModel):
     def to_json(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
 
-    async def offers(self, client: VastApi, limit: int = 20) -> list[Offer]:
-        """The offers this job may rent, cheapest first: interruptible with a bid, else on-demand; ``max_dph``."""
+    async def offers(
+        self, client: VastApi, *, blocked: tuple[list[int], list[int]] = ([], []), limit: int = 20
+    ) -> list[Offer]:
+        """The offers this job may rent, cheapest first: interruptible with a bid, else on-demand; at most
+        ``max_dph``; none on a `blocked` (machine ids, host ids) host."""
+        machines, hosts = set(blocked[0]), set(blocked[1])
         kind = "bid" if self.bid is not None else "on-demand"
         found = await client.search_offers(self.query, type=kind, limit=limit, order=[["dph_total", "asc"]])
-        return [o for o in found if self.max_dph is None or (o.dph_total or 0.0) <= self.max_dph]
+        return [
+            offer
+            for offer in found
+            if (self.max_dph is None or (offer.dph_total or 0.0) <= self.max_dph)
+            and offer.machine_id not in machines
+            and offer.host_id not in hosts
+        ]
 
     def estimate(self, offer: Offer) -> float:
         """Dollars for ``max_duration`` (an hour when unset) on `offer`."""

@@ -1,4 +1,4 @@
-"""``vastevents hosts``: the bad-host blocklist the recovery handler keeps (read-only over the store)."""
+"""``vastevents hosts``: the bad-host blocklist the recovery handler keeps, and blocking or unblocking by hand."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ from rich.console import Console
 from rich.table import Table
 
 from vastevents.cli._app import ConfigOption, app, existing_store, fail, table_console
-from vastevents.config import load_config
+from vastevents.config import Config, load_config, parse_duration
 from vastevents.errors import ConfigError
+from vastevents.store import StoreError, open_store
 from vastevents.store.hosts import HostRecord, Hosts
 
 
@@ -20,12 +21,28 @@ from vastevents.store.hosts import HostRecord, Hosts
 def hosts(
     config: ConfigOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON array of every struck host.")] = False,
+    block: Annotated[
+        int | None, typer.Option("--block", metavar="MACHINE_ID", help="Block a machine by hand (with --reason).")
+    ] = None,
+    reason: Annotated[str, typer.Option(help="Why --block blocks it (listed with its strikes).")] = "blocked by hand",
+    block_for: Annotated[str, typer.Option("--for", metavar="DURATION", help="How long --block lasts.")] = "7d",
+    unblock: Annotated[
+        int | None,
+        typer.Option("--unblock", metavar="MACHINE_ID", help="Unblock a machine and forget its strikes."),
+    ] = None,
 ) -> None:
-    """List every host with at least one strike, blocked or not, with the reasons."""
+    """List every host with at least one strike, blocked or not, with the reasons; or block/unblock one.
+
+    Recovery and the jobs runner never rent on a blocked machine.
+    """
     try:
         cfg = load_config(config)
-    except ConfigError as exc:
-        fail(str(exc), 2)
+        ttl = parse_duration(block_for)
+    except (ConfigError, ValueError) as exc:
+        fail(f"--for {block_for!r}: {exc}" if isinstance(exc, ValueError) else str(exc), 2)
+    if block is not None or unblock is not None:
+        _change(cfg, block, unblock, reason, ttl)
+        return
     found: list[HostRecord] = []
     if (store := existing_store(cfg)) is not None:
         with store:
@@ -44,3 +61,20 @@ def hosts(
         table.add_row(str(record.machine_id), str(record.host_id or "-"), str(record.strikes), until,
                       "; ".join(record.reasons))  # fmt: skip
     table_console().print(table)
+
+
+def _change(cfg: Config, block: int | None, unblock: int | None, reason: str, ttl: float) -> None:
+    if block is not None and unblock is not None:
+        fail("give --block or --unblock, not both", 2)
+    try:
+        with open_store(cfg.store.resolved_path(), cfg.store.resolved_url()) as store:
+            repository = store.repository(Hosts)
+            if block is not None:
+                repository.block(block, reason, datetime.now(UTC), ttl)
+                typer.echo(f"machine {block} blocked for {ttl:g} s: {reason}")
+            elif unblock is not None and repository.forgive(unblock):
+                typer.echo(f"machine {unblock} unblocked; its strikes are forgotten")
+            else:
+                fail(f"machine {unblock} has no strike and no block", 1)
+    except StoreError as exc:
+        fail(str(exc), 2)

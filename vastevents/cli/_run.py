@@ -32,6 +32,7 @@ from vastevents.ports import SshTarget
 from vastevents.runtime import Runtime
 from vastevents.ssh import ParamikoSsh
 from vastevents.store import Job, Jobs
+from vastevents.store.hosts import Hosts
 
 JOBS_HANDLER = "jobs"
 KEY_FILES = ("id_ed25519", "id_rsa")
@@ -183,7 +184,7 @@ async def _run_with(
         running = [i for i in await runtime.client.list_instances() if i.actual_status == "running"]
         if running:
             err.print(f"[yellow]note:[/] {len(running)} instance(s) already running on the account")
-        offers = await spec.offers(runtime.client)
+        offers = await spec.offers(runtime.client, blocked=runtime.store.repository(Hosts).blocked(runtime.clock.now()))
         if not offers:
             raise VastEventsError(f"no offer matches {spec.query!r}")
         best = offers[0]

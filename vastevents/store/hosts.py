@@ -99,6 +99,34 @@ class Hosts:
             )
             return not was_blocked
 
+    def block(self, machine_id: int, reason: str, at: datetime, ttl: float) -> None:
+        """Block a machine by hand for `ttl` seconds (a strike saying why, and a block however many it has)."""
+        until = at + timedelta(seconds=ttl)
+        with self.db.transaction() as conn:
+            row = conn.execute(
+                "SELECT host_id FROM host_strikes WHERE machine_id = ? AND host_id IS NOT NULL ORDER BY at DESC",
+                (machine_id,),
+            ).fetchone()
+            host_id = int(row[0]) if row else None
+            conn.execute(
+                "INSERT INTO host_strikes (key, machine_id, host_id, reason, at) VALUES (?, ?, ?, ?, ?)"
+                " ON CONFLICT (key) DO NOTHING",
+                (f"manual-{machine_id}-{iso(at)}", machine_id, host_id, reason, iso(at)),
+            )
+            conn.execute(
+                "INSERT INTO host_blocks (machine_id, host_id, blocked_until) VALUES (?, ?, ?)"
+                " ON CONFLICT (machine_id) DO UPDATE SET blocked_until = excluded.blocked_until",
+                (machine_id, host_id, iso(until)),
+            )
+
+    def forgive(self, machine_id: int) -> bool:
+        """Unblock a machine and forget its strikes (its next failure starts a new count); False if unknown."""
+        with self.db.transaction() as conn:
+            known = conn.execute("SELECT 1 FROM host_strikes WHERE machine_id = ?", (machine_id,)).fetchone()
+            conn.execute("DELETE FROM host_blocks WHERE machine_id = ?", (machine_id,))
+            conn.execute("DELETE FROM host_strikes WHERE machine_id = ?", (machine_id,))
+            return known is not None
+
     def blocked(self, now: datetime) -> tuple[list[int], list[int]]:
         """(machine ids, host ids) blocked at `now`: what an offer search must leave out."""
         rows = self.db.query("SELECT machine_id, host_id FROM host_blocks WHERE blocked_until > ?", (iso(now),))
