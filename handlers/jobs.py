@@ -44,8 +44,13 @@ from vastevents.jobspec import unpack_dir
 
 _JOB_LABEL = re.compile(r":job-(\d+)$")
 _EARLY = 60.0
-_STALE_CLAIM = 600.0
-"""Seconds after which a claim with nothing rented under its label is taken to be a dead watcher's."""
+_STALE = 600.0
+"""Seconds after which a claim with nothing rented under its label, or a job winding down with its instance
+gone, is taken to be a dead watcher's."""
+
+
+def _older(at: datetime | None, now: datetime) -> bool:
+    return at is None or (now - at).total_seconds() > _STALE
 
 
 def local_spec(job: Job, ctx: Context) -> JobSpec:
@@ -89,10 +94,22 @@ class JobsHandler(Handler[JobsOptions]):
         jobs = ctx.store.repository(Jobs)
         now = ctx.clock.now()
         labels = {instance.label for instance in ctx.store.load_snapshot().instances() if instance.label}
-        for job in jobs.release_stale_claims(now - timedelta(seconds=_STALE_CLAIM), labels):
+        for job in jobs.release_stale_claims(now - timedelta(seconds=_STALE), labels):
             ctx.logger.warning("job %d: its claim was never rented for; pending again", job.id)
+        for job in jobs.list(unfinished=True):
+            if job.status == "collecting" and job.label not in labels and _older(job.finished_at, now):
+                self.settle(job, ctx)
         while (job := jobs.claim(now)) is not None:
             await self.launch(job, ctx)
+
+    def settle(self, job: Job, ctx: Context) -> None:
+        """Record the end of a job left winding down with its instance gone: a watcher died between the destroy
+        and the outcome (the destroy lets the daemon go first, so no daemon resumes it)."""
+        jobs = ctx.store.repository(Jobs)
+        jobs.add_error(job.id, "the watcher stopped while winding the job down; its instance is gone")
+        jobs.update(job.id, status="finished" if job.exit_code == 0 else "failed", destroyed=True)
+        ctx.logger.warning("job %d: settled as %s after its watcher stopped while winding it down", job.id,
+                           "finished" if job.exit_code == 0 else "failed")  # fmt: skip
 
     async def relaunch(self, job: Job, reason: str, ctx: Context) -> None:
         """Back to pending with `reason` noted, then claim and rent again (unless another watcher claimed it)."""
@@ -285,7 +302,7 @@ class JobsHandler(Handler[JobsOptions]):
         """Destroy the instance of a failed job, winding down (``collecting``) first: that instance's ``vanished``,
         delivered while the destroy is still being checked, must not rent a new one for a job still ``loading``."""
         jobs = ctx.store.repository(Jobs)
-        jobs.update(job.id, status="collecting")
+        jobs.update(job.id, status="collecting", finished_at=ctx.clock.now())
         await ctx.emit("job_failed", instance=instance, detail=reason, key=key)
         destroyed = await results.destroy(ctx, instance)
         jobs.update(job.id, status="failed", finished_at=ctx.clock.now(), destroyed=destroyed)

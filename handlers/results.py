@@ -122,8 +122,10 @@ async def collect(
 ) -> None:
     """Download the listed paths and the log under ``out``, destroy the instance, record the outcome."""
     jobs = ctx.store.repository(Jobs)
-    jobs.update(job.id, status="collecting")
     out = spec.out
+    # What the outcome needs is recorded first, should the watcher stop before the end (see JobsHandler.settle).
+    job = jobs.update(job.id, status="collecting", exit_code=exit_code, results_dir=str(out),
+                      finished_at=job.finished_at or ctx.clock.now())  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
     for path in spec.download:
         try:
@@ -141,8 +143,6 @@ async def collect(
     jobs.update(
         job.id,
         status="finished" if exit_code == 0 else "failed",
-        exit_code=exit_code,
-        results_dir=str(out),
         finished_at=now,
         cost_usd=cost,
         destroyed=destroyed,

@@ -259,3 +259,39 @@ async def test_a_replacement_under_the_same_label_resumes_the_job_from_its_check
     assert job.status == "finished" and job.instance_id == replacement and job.destroyed
     assert started == [first.instance_id, replacement]
     assert (world.tmp / "out" / "result.txt").read_text() == "resumed\n"
+
+
+async def test_a_watcher_dying_between_the_destroy_and_the_outcome_leaves_no_job_hanging(
+    world: World, client: VastClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first watcher destroys the finished job's instance and dies before recording the outcome; the next
+    one finds the job winding down with its instance gone and records the end (with the exit code the monitor
+    saw) instead of leaving it ``collecting`` forever."""
+    from handlers import results
+
+    real_destroy = results.destroy
+    destroyed = asyncio.Event()
+
+    async def destroy_then_hang(ctx: Any, instance: Any) -> bool:
+        await real_destroy(ctx, instance)
+        destroyed.set()
+        await asyncio.Event().wait()  # the watcher is killed here
+        raise AssertionError("unreachable")
+
+    monkeypatch.setattr(results, "destroy", destroy_then_hang)
+    async with world.runtime(client) as rt:
+        job = submit(rt, world.spec(cmd="echo ok > out.txt", download=["out.txt"]), world.offers())
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 60
+        while not destroyed.is_set():
+            assert loop.time() < deadline, "the job reached its destroy"
+            await rt.poll_once()
+            world.sim.advance(15)
+            await asyncio.sleep(0.05)
+        assert rt.store.repository(Jobs).get(job.id).status == "collecting"  # type: ignore[union-attr]
+    monkeypatch.setattr(results, "destroy", real_destroy)
+    async with world.runtime(client) as rt:
+        job = await until(rt, world, job.id)  # 15 simulated seconds a cycle: past the 10 min grace in 41
+    assert (job.status, job.exit_code, job.destroyed) == ("finished", 0, True), job
+    assert job.results_dir == str(world.tmp / "out") and (world.tmp / "out" / "out.txt").read_text() == "ok\n"
+    assert any("winding the job down" in error for error in job.errors)

@@ -83,6 +83,7 @@ class Runtime:
         self.metrics = metrics
         self._observers = [*observers, *([metrics.journaled] if metrics is not None else [])]
         self._daemons: dict[DaemonKey, asyncio.Task[None]] = {}
+        self._letting_go: set[asyncio.Task[Any]] = set()
         self._owned = contextlib.AsyncExitStack()
         self.ssh: Ssh = ssh if ssh is not None else self._real_ssh()
         if client is None:
@@ -369,6 +370,9 @@ class Runtime:
                 self.store.effects.drop_daemon(*key)
                 if task is not current:
                     task.cancel()
+                else:  # it goes on (destroying its own instance) untracked by key, but still stopped at shutdown
+                    self._letting_go.add(task)
+                    task.add_done_callback(self._letting_go.discard)
                 del self._daemons[key]
 
     def daemons(self) -> list[DaemonKey]:
@@ -416,7 +420,7 @@ class Runtime:
 
     async def _cancel_daemons(self) -> None:
         """Stop every daemon task at shutdown; their rows stay, so the next start resumes them."""
-        tasks = list(self._daemons.values())
+        tasks = [*self._daemons.values(), *self._letting_go]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
