@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -16,7 +17,7 @@ import pytest
 from sshkit import USER, keypair, needs_openssh, register
 from typer.testing import CliRunner
 
-from vastevents import Runtime
+from vastevents import Instance, Runtime
 from vastevents.cli import app
 from vastevents.clock import ManualClock
 from vastevents.config import parse_config
@@ -222,3 +223,53 @@ def test_a_job_submitted_from_a_third_process_runs_once_across_a_leader_kill_and
             for watcher in watchers:
                 watcher.stop()
         assert sim.instance_count() == 0
+
+
+class HeldList:
+    """An instance list that can be held in flight: the rows it returns are those of the moment it was asked."""
+
+    def __init__(self, cloud: FakeCloud) -> None:
+        self.cloud = cloud
+        self.asked = asyncio.Event()
+        self.release: asyncio.Event | None = None
+
+    async def list_instances(self) -> list[Instance]:
+        rows = await self.cloud.list_instances()
+        if self.release is not None:
+            self.asked.set()
+            await self.release.wait()
+        return rows
+
+
+async def test_a_leader_that_loses_the_lock_while_listing_never_commits_its_list_over_the_new_leaders(
+    pg_url: str, team_config: str
+) -> None:
+    cloud, clock = FakeCloud(), ManualClock()
+    cloud.add(1, "running", label="vastevents:job-1")
+    config = parse_config(team_config)
+    held = HeldList(cloud)
+    one_store, two_store = PostgresStore(pg_url), PostgresStore(pg_url)
+    one = Runtime(config, client=cloud, lister=held, store=one_store, clock=clock, handlers=[],
+                  leadership=Leadership(pg_url, one_store, failover=3, member="one"))  # fmt: skip
+    two = Runtime(config, client=cloud, store=two_store, clock=clock, handlers=[],
+                  leadership=Leadership(pg_url, two_store, failover=3, member="two"))  # fmt: skip
+    try:
+        async with one, two:
+            assert [e.name for e in await one.poll_once()] == ["appeared"]
+            held.release = asyncio.Event()
+            clock.advance(15)
+            polling = asyncio.create_task(one.poll_once())  # its lease holds as it asks for the list
+            await asyncio.wait_for(held.asked.wait(), 10)
+            assert one.leadership is not None
+            terminate(one.leadership, pg_url)  # the lock's session dies while the list is in flight
+            cloud.remove(1)
+            clock.advance(15)
+            assert [e.name for e in await two.poll_once()] == ["vanished"]  # the follower took over
+            held.release.set()
+            assert await asyncio.wait_for(polling, 10) == []  # the old list, answered late, is not committed
+            assert [e.name for e in two_store.events()] == ["appeared", "vanished"]  # nothing twice
+            clock.advance(15)
+            assert await two.poll_once() == []
+    finally:
+        one_store.close()
+        two_store.close()

@@ -93,7 +93,8 @@ class Watcher:
     ) -> None:
         config = context.config
         self.before_poll = before_poll
-        """Asked before every list; False skips the poll (a watcher that lost its team leadership)."""
+        """Asked before every list, and again before a list is diffed against another watcher's newer commit; False
+        skips the poll (a watcher that lost its team leadership)."""
         self.on_poll = on_poll
         self.context = context
         self.store = context.store
@@ -143,7 +144,8 @@ class Watcher:
         if rows is not None:
             # The first complete list this watcher sees shows what changed while it was not running.
             catch_up = not self._caught_up and previous.taken_at is not None
-            self._commit(previous, rows, catch_up)
+            if not await self._commit(previous, rows, catch_up):
+                return []
             self._caught_up = True
         if self.on_poll is not None:
             self.on_poll(self._snapshot if rows is not None else None, time.monotonic() - started, self.last_error)
@@ -177,7 +179,12 @@ class Watcher:
             failed = Event(name=POLL_FAILED, instance_id=None, at=self.clock.now(), detail=message)
             self.journaled(self.store.append([failed]))
 
-    def _commit(self, previous: Snapshot, rows: list[Instance], catch_up: bool) -> None:
+    async def _commit(self, previous: Snapshot, rows: list[Instance], catch_up: bool) -> bool:
+        """Diff `rows` against `previous` and commit; False if they were dropped (this watcher may not poll now).
+
+        Another watcher's commit in between means `rows` may be older than its snapshot: they are diffed against
+        it only if this watcher may still poll (in a team, a leader whose lock was lost while it listed may not).
+        """
         now = self.clock.now()
         for _ in range(2):
             snapshot, events = observe(
@@ -186,6 +193,9 @@ class Watcher:
             try:
                 journaled = self.store.commit(previous, snapshot, events)
             except StaleSnapshot:
+                if self.before_poll is not None and not await self.before_poll():
+                    log.warning("another watcher took over while this one listed; its list is dropped")
+                    return False
                 log.warning("another watcher committed to this store; diffing against its snapshot instead")
                 previous = self.store.load_snapshot()
                 continue
@@ -194,7 +204,7 @@ class Watcher:
             self.status.instances = len(snapshot)
             self.status.last_poll = now
             self.journaled(journaled)
-            return
+            return True
         raise StaleSnapshot("two watchers keep writing the same store; run only one watcher per store")
 
     def journaled(self, events: Sequence[Event]) -> None:
