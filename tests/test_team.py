@@ -17,10 +17,11 @@ import pytest
 from sshkit import USER, keypair, needs_openssh, register
 from typer.testing import CliRunner
 
-from vastevents import Instance, Runtime
+from vastevents import Context, Event, Instance, Runtime, on
 from vastevents.cli import app
 from vastevents.clock import ManualClock
 from vastevents.config import parse_config
+from vastevents.plugins import activate
 from vastevents.sim import Simulator
 from vastevents.store import Jobs, PostgresStore
 from vastevents.store.team import TeamMembers as TeamMembersRepo
@@ -270,6 +271,45 @@ async def test_a_leader_that_loses_the_lock_while_listing_never_commits_its_list
             assert [e.name for e in two_store.events()] == ["appeared", "vanished"]  # nothing twice
             clock.advance(15)
             assert await two.poll_once() == []
+    finally:
+        one_store.close()
+        two_store.close()
+
+
+async def test_a_handler_refused_because_its_leader_was_deposed_leaves_the_event_to_the_next_leader(
+    pg_url: str, team_config: str
+) -> None:
+    cloud, clock = FakeCloud(), ManualClock()
+    cloud.add(1, "running", label="vastevents:job-1")
+    config = parse_config(team_config)
+    working = asyncio.Event()
+    go_on = asyncio.Event()
+
+    @on("appeared")
+    async def reap(event: Event, ctx: Context) -> None:
+        working.set()
+        await go_on.wait()
+        await ctx.destroy(event.instance_id or 0)
+
+    one_store, two_store = PostgresStore(pg_url), PostgresStore(pg_url)
+    one = Runtime(config, client=cloud, store=one_store, clock=clock, handlers=[activate("reap", reap)],
+                  leadership=Leadership(pg_url, one_store, failover=3, member="one"))  # fmt: skip
+    two = Runtime(config, client=cloud, store=two_store, clock=clock, handlers=[activate("reap", reap)],
+                  leadership=Leadership(pg_url, two_store, failover=3, member="two"))  # fmt: skip
+    try:
+        async with one, two:
+            polling = asyncio.create_task(one.poll_once())
+            await asyncio.wait_for(working.wait(), 10)
+            assert one.leadership is not None
+            terminate(one.leadership, pg_url)  # deposed while its handler works on the event
+            go_on.set()
+            assert [e.name for e in await asyncio.wait_for(polling, 10)] == ["appeared"]  # no handler_failed
+            assert cloud.calls == []
+
+            clock.advance(15)
+            assert [e.name for e in await two.poll_once()] == ["vanished"]  # it delivered the event, then polled
+            assert cloud.calls == [("destroy", 1)]
+            assert [e.name for e in two_store.events()] == ["appeared", "vanished"]
     finally:
         one_store.close()
         two_store.close()

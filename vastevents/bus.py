@@ -2,9 +2,10 @@
 
 A sync handler runs in a worker thread under the same timeout as an async one. What a listener did becomes an
 :class:`Outcome`: done, try again later (``TemporaryError``), or failed (any other exception, a timeout) —
-the watcher turns the last into a ``handler_failed`` event. Events of one instance are handled in order;
-different instances concurrently, at most ``max_concurrency`` at a time, so a slow handler delays only its
-own instance's queue.
+the watcher turns the last into a ``handler_failed`` event. A handler refused an action because its watcher no
+longer leads the team (``NotLeader``) has neither done nor failed: the event stays undelivered for the next
+leader. Events of one instance are handled in order; different instances concurrently, at most
+``max_concurrency`` at a time, so a slow handler delays only its own instance's queue.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from vastevents.errors import TemporaryError
 from vastevents.events import ANY_CHANGE, EVERYTHING, Event, is_status_change
 from vastevents.plugins import ActiveHandler, HandlerFunc
 from vastevents.store import Write
+from vastevents.team import NotLeader
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +40,8 @@ class Outcome:
     failure: str | None = None
     retry_in: float | None = None
     writes: tuple[Write, ...] = ()
+    deposed: bool = False
+    """The handler was refused an action because this watcher no longer leads its team: not done, not failed."""
 
 
 Delivered = Callable[[Event, str, Outcome], None]
@@ -124,6 +128,9 @@ class Bus:
             log.info("handler %s (%s) will retry #%d %s in %gs: %s", handler, label, event.id, event.name,
                      exc.delay, redact(str(exc)))  # fmt: skip
             return Outcome(failure=f"{handler} ({label}) {redact(str(exc)) or 'temporary error'}", retry_in=exc.delay)
+        except NotLeader:
+            log.warning("handler %s (%s) left #%d %s to the team's next leader", handler, label, event.id, event.name)
+            return Outcome(deposed=True)
         except Exception as exc:
             message = describe_failure(exc, self.timeout)
             log.error("handler %s (%s) failed on event #%d %s: %s", handler, label, event.id, event.name, message,
@@ -133,31 +140,41 @@ class Bus:
     def _emitter_error(self, error: BaseException) -> None:  # pragma: no cover - _invoke catches everything
         log.error("unexpected error in event dispatch: %r", error)
 
-    async def dispatch(self, batch: Sequence[tuple[Event, frozenset[str]]], delivered: Delivered) -> None:
-        """Deliver each event to the handlers named with it (all added here); one instance's events in order."""
+    async def dispatch(self, batch: Sequence[tuple[Event, frozenset[str]]], delivered: Delivered) -> bool:
+        """Deliver each event to the handlers named with it (all added here); one instance's events in order.
+
+        False if a handler found that this watcher no longer leads its team: that delivery, and every later
+        event of the same instance, is left undelivered (not failed) for the next leader.
+        """
         by_instance: dict[int | None, list[tuple[Event, frozenset[str]]]] = defaultdict(list)
         for item in batch:
             by_instance[item[0].instance_id].append(item)
         slots = asyncio.Semaphore(self.max_concurrency)
 
-        async def in_order(items: list[tuple[Event, frozenset[str]]]) -> None:
+        async def in_order(items: list[tuple[Event, frozenset[str]]]) -> bool:
             async with slots:
                 for event, handlers in items:
-                    await self._deliver(event, handlers, delivered)
+                    if not await self._deliver(event, handlers, delivered):
+                        return False
+                return True
 
-        await asyncio.gather(*(in_order(items) for items in by_instance.values()))
+        return all(await asyncio.gather(*(in_order(items) for items in by_instance.values())))
 
-    async def _deliver(self, event: Event, handlers: frozenset[str], delivered: Delivered) -> None:
+    async def _deliver(self, event: Event, handlers: frozenset[str], delivered: Delivered) -> bool:
+        """Deliver one event; False if a handler was deposed (its delivery is not marked)."""
         delivery = _Delivery(handlers)
         names = [event.name, *([ANY_CHANGE] if is_status_change(event.name) else []), EVERYTHING]
         for name in names:
             self._emitter.emit(name, event, delivery)
 
-        async def finish(handler: str) -> None:
+        async def finish(handler: str) -> bool:
             outcomes = await asyncio.gather(*delivery.tasks[handler])
+            if any(outcome.deposed for outcome in outcomes):
+                return False
             delivered(event, handler, _combined(outcomes))
+            return True
 
-        await asyncio.gather(*(finish(handler) for handler in sorted(handlers)))
+        return all(await asyncio.gather(*(finish(handler) for handler in sorted(handlers))))
 
 
 def _combined(outcomes: Sequence[Outcome]) -> Outcome:

@@ -225,7 +225,8 @@ class Watcher:
             while batch := [
                 (event, handlers & ours) for event, handlers in self.store.pending(self.clock.now()) if handlers & ours
             ]:
-                await self.bus.dispatch(batch, self._delivered)
+                if not await self.bus.dispatch(batch, self._delivered):
+                    return  # this watcher no longer leads: what it could not deliver waits for the next leader
 
     def _delivered(self, event: Event, handler: str, outcome: Outcome) -> None:
         """Mark a delivery done, or keep it for a retry; a final failure becomes ``handler_failed``."""
