@@ -11,13 +11,14 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
 from sshkit import USER, keypair, needs_openssh, register
 from typer.testing import CliRunner
 
-from vastevents import Context, Event, Instance, Runtime, on
+from vastevents import Context, Event, Handler, Instance, Runtime, daemon, on
 from vastevents.cli import app
 from vastevents.clock import ManualClock
 from vastevents.config import parse_config
@@ -310,6 +311,65 @@ async def test_a_handler_refused_because_its_leader_was_deposed_leaves_the_event
             assert [e.name for e in await two.poll_once()] == ["vanished"]  # it delivered the event, then polled
             assert cloud.calls == [("destroy", 1)]
             assert [e.name for e in two_store.events()] == ["appeared", "vanished"]
+    finally:
+        one_store.close()
+        two_store.close()
+
+
+class DestroysWhenTold(Handler):
+    """A daemon that destroys its instance once `go` is set (a job's monitor ending, say)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.go = asyncio.Event()
+        self.destroyed: list[int] = []
+
+    @on("appeared")
+    async def begin(self, event: Event, ctx: Context) -> None:
+        await ctx.spawn(self.finish, event.instance_id or 0, {})
+
+    @daemon
+    async def finish(self, instance_id: int, state: dict[str, Any], ctx: Context) -> None:
+        await self.go.wait()
+        await ctx.destroy(instance_id)
+        self.destroyed.append(instance_id)
+
+
+async def test_a_daemon_refused_because_its_leader_was_deposed_is_resumed_by_the_next_leader(
+    pg_url: str, team_config: str
+) -> None:
+    cloud, clock = FakeCloud(), ManualClock()
+    cloud.add(1, "running", label="vastevents:job-1")
+    config = parse_config(team_config)
+    one_store, two_store = PostgresStore(pg_url), PostgresStore(pg_url)
+    first, second = DestroysWhenTold(), DestroysWhenTold()
+    one = Runtime(config, client=cloud, store=one_store, clock=clock, handlers=[activate("closer", first)],
+                  leadership=Leadership(pg_url, one_store, failover=3, member="one"))  # fmt: skip
+    two = Runtime(config, client=cloud, store=two_store, clock=clock, handlers=[activate("closer", second)],
+                  leadership=Leadership(pg_url, two_store, failover=3, member="two"))  # fmt: skip
+    try:
+        async with one, two:
+            await one.poll_once()
+            assert one.daemons() == [("closer", "finish", 1)]
+            assert one.leadership is not None
+            terminate(one.leadership, pg_url)
+            clock.advance(15)
+            first.go.set()
+            for _ in range(1000):  # let the daemon run into the refusal (bounded: 10 s)
+                if not one.daemons():
+                    break
+                await asyncio.sleep(0.01)
+            assert first.destroyed == [] and cloud.calls == []  # refused before any API call
+            assert [row.instance_id for row in two_store.effects.daemons()] == [1]  # kept for the next leader
+
+            second.go.set()
+            await two.poll_once()  # takes charge: resumes the daemon
+            for _ in range(1000):
+                if second.destroyed:
+                    break
+                await asyncio.sleep(0.01)
+            assert second.destroyed == [1] and two_store.effects.daemons() == []
+            assert not [e for e in two_store.events() if e.name == "handler_failed"]
     finally:
         one_store.close()
         two_store.close()

@@ -35,7 +35,8 @@ class Actions:
         self.prefix = config.vast.label_prefix
         self._guard = guard
 
-    async def _may_act(self) -> None:
+    async def may_act(self) -> None:
+        """Raise NotLeader if this watcher no longer leads its team (nothing outside a team)."""
         if self._guard is not None:
             await self._guard()
 
@@ -46,7 +47,7 @@ class Actions:
         return instance is not None and self.owns_label(instance.label)
 
     async def _owned(self, target: Target, action: str) -> Instance:
-        await self._may_act()
+        await self.may_act()
         instance = target if isinstance(target, Instance) else await self.client.get_instance(target)
         if instance is None:
             raise NotOwned(f"cannot {action} instance {target}: it is not on the account")
@@ -77,7 +78,7 @@ class Actions:
         if not self.owns_label(label):
             raise NotOwned(f"refusing to create an instance labelled {label!r}: labels must start with {self.prefix!r}")
         ask_id = offer.id if isinstance(offer, Offer) else offer
-        await self._may_act()
+        await self.may_act()
         intent = self.store.effects.open_intent(handler, "create", self.clock.now(), label=label)
         try:
             instance_id = await self.client.create_instance(

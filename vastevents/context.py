@@ -151,8 +151,10 @@ class Context:
         """Destroy an owned instance (its other daemons are cancelled); False if it was already gone.
 
         The daemons are let go before the call, so a daemon destroying its own instance is not cancelled by the
-        ``vanished`` a concurrent poll sees while the destroy is being verified.
+        ``vanished`` a concurrent poll sees while the destroy is being verified; a watcher deposed from its team's
+        lead keeps them, for the next leader to resume.
         """
+        await self.actions.may_act()
         self.hooks.instance_gone(instance.id if isinstance(instance, Instance) else instance)
         return await self.actions.destroy(self.handler, instance)
 

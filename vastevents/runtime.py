@@ -410,6 +410,10 @@ class Runtime:
                 saved = [r.state for r in self.store.effects.daemons() if (r.handler, r.name, r.instance_id) == key]
                 state = saved[0] if saved else state
                 continue
+            except NotLeader:  # this watcher was deposed mid-action: the row stays, the next leader resumes it
+                log.warning("daemon %s.%s of instance %d is left to the team's next leader", *key)
+                self._daemons.pop(key, None)
+                return
             except Exception as exc:
                 log.error("daemon %s.%s of instance %d failed", *key, exc_info=True)
                 what = f"{row.handler} (daemon {row.name}) failed on instance {row.instance_id}"
