@@ -9,16 +9,18 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import psycopg
 import pytest
 from sshkit import USER, keypair, needs_openssh, register
 from typer.testing import CliRunner
 
-from vastevents import Context, Event, Handler, Instance, Runtime, daemon, on
+from vastevents import Context, Event, Handler, Instance, Runtime, daemon, every, on
 from vastevents.cli import app
 from vastevents.clock import ManualClock
 from vastevents.config import parse_config
@@ -44,39 +46,73 @@ def terminate(leadership: Leadership, pg_url: str) -> None:
         admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
 
 
+class Team(NamedTuple):
+    """Two runtimes of one team on a PostgreSQL store, over one fake cloud (instance 1 running, owned)."""
+
+    cloud: FakeCloud
+    clock: ManualClock
+    one: Runtime
+    two: Runtime
+    one_store: PostgresStore
+    two_store: PostgresStore
+
+
+@asynccontextmanager
+async def team(
+    pg_url: str,
+    team_config: str,
+    handlers: Callable[[], list[Any]] = list,
+    *,
+    cloud: FakeCloud | None = None,
+    lister: Any = None,
+) -> AsyncIterator[Team]:
+    """`handlers()` gives each runtime its own handlers; `lister` lists for the first one instead of `cloud`."""
+    if cloud is None:
+        cloud = FakeCloud()
+        cloud.add(1, "running", label="vastevents:job-1")
+    clock, config = ManualClock(), parse_config(team_config)
+    stores = PostgresStore(pg_url), PostgresStore(pg_url)
+    try:
+        one, two = (
+            Runtime(
+                config,
+                client=cloud,
+                store=store,
+                clock=clock,
+                handlers=handlers(),
+                leadership=Leadership(pg_url, store, failover=3, member=member),
+                **({"lister": lister} if lister is not None and member == "one" else {}),
+            )
+            for store, member in zip(stores, ("one", "two"), strict=True)
+        )
+        async with one, two:
+            yield Team(cloud, clock, one, two, *stores)
+    finally:
+        for store in stores:
+            store.close()
+
+
 async def test_one_leader_polls_a_cut_leader_stops_acting_and_the_follower_takes_over(
     pg_url: str, team_config: str
 ) -> None:
-    cloud, clock = FakeCloud(), ManualClock()
-    cloud.add(1, "running", label="vastevents:job-1")
-    config = parse_config(team_config)
-    one_store, two_store = PostgresStore(pg_url), PostgresStore(pg_url)
-    one = Runtime(config, client=cloud, store=one_store, clock=clock, handlers=[],
-                  leadership=Leadership(pg_url, one_store, failover=3, member="one"))  # fmt: skip
-    two = Runtime(config, client=cloud, store=two_store, clock=clock, handlers=[],
-                  leadership=Leadership(pg_url, two_store, failover=3, member="two"))  # fmt: skip
-    try:
-        async with one, two:
-            assert [e.name for e in await one.poll_once()] == ["appeared"]
-            with pytest.raises(NotLeader, match="another watcher leads"):
-                await two.poll_once()
+    async with team(pg_url, team_config) as (cloud, clock, one, two, _, two_store):
+        assert [e.name for e in await one.poll_once()] == ["appeared"]
+        with pytest.raises(NotLeader, match="another watcher leads"):
+            await two.poll_once()
 
-            assert one.leadership is not None
-            terminate(one.leadership, pg_url)
-            cloud.set_status(1, "exited")
-            clock.advance(15)
-            assert await one.poll_once() == []  # the lease check fails: no poll
-            with pytest.raises(NotLeader):
-                await one.context.bound("reaper", ()).destroy(1)
-            assert cloud.calls == []  # nothing was sent by the leader that lost its lock
+        assert one.leadership is not None
+        terminate(one.leadership, pg_url)
+        cloud.set_status(1, "exited")
+        clock.advance(15)
+        assert await one.poll_once() == []  # the lease check fails: no poll
+        with pytest.raises(NotLeader):
+            await one.context.bound("reaper", ()).destroy(1)
+        assert cloud.calls == []  # nothing was sent by the leader that lost its lock
 
-            assert [e.name for e in await two.poll_once()] == ["running_to_exited"]
-            assert [e.name for e in two_store.events()] == ["appeared", "running_to_exited"]  # nothing twice
-            roles = {m.member: m.role for m in two_store.repository(TeamMembersRepo).members()}
-            assert roles == {"one": "follower", "two": "leader"}
-    finally:
-        one_store.close()
-        two_store.close()
+        assert [e.name for e in await two.poll_once()] == ["running_to_exited"]
+        assert [e.name for e in two_store.events()] == ["appeared", "running_to_exited"]  # nothing twice
+        roles = {m.member: m.role for m in two_store.repository(TeamMembersRepo).members()}
+        assert roles == {"one": "follower", "two": "leader"}
 
 
 class Watch:
@@ -246,43 +282,30 @@ class HeldList:
 async def test_a_leader_that_loses_the_lock_while_listing_never_commits_its_list_over_the_new_leaders(
     pg_url: str, team_config: str
 ) -> None:
-    cloud, clock = FakeCloud(), ManualClock()
+    cloud = FakeCloud()
     cloud.add(1, "running", label="vastevents:job-1")
-    config = parse_config(team_config)
     held = HeldList(cloud)
-    one_store, two_store = PostgresStore(pg_url), PostgresStore(pg_url)
-    one = Runtime(config, client=cloud, lister=held, store=one_store, clock=clock, handlers=[],
-                  leadership=Leadership(pg_url, one_store, failover=3, member="one"))  # fmt: skip
-    two = Runtime(config, client=cloud, store=two_store, clock=clock, handlers=[],
-                  leadership=Leadership(pg_url, two_store, failover=3, member="two"))  # fmt: skip
-    try:
-        async with one, two:
-            assert [e.name for e in await one.poll_once()] == ["appeared"]
-            held.release = asyncio.Event()
-            clock.advance(15)
-            polling = asyncio.create_task(one.poll_once())  # its lease holds as it asks for the list
-            await asyncio.wait_for(held.asked.wait(), 10)
-            assert one.leadership is not None
-            terminate(one.leadership, pg_url)  # the lock's session dies while the list is in flight
-            cloud.remove(1)
-            clock.advance(15)
-            assert [e.name for e in await two.poll_once()] == ["vanished"]  # the follower took over
-            held.release.set()
-            assert await asyncio.wait_for(polling, 10) == []  # the old list, answered late, is not committed
-            assert [e.name for e in two_store.events()] == ["appeared", "vanished"]  # nothing twice
-            clock.advance(15)
-            assert await two.poll_once() == []
-    finally:
-        one_store.close()
-        two_store.close()
+    async with team(pg_url, team_config, cloud=cloud, lister=held) as (_, clock, one, two, _, two_store):
+        assert [e.name for e in await one.poll_once()] == ["appeared"]
+        held.release = asyncio.Event()
+        clock.advance(15)
+        polling = asyncio.create_task(one.poll_once())  # its lease holds as it asks for the list
+        await asyncio.wait_for(held.asked.wait(), 10)
+        assert one.leadership is not None
+        terminate(one.leadership, pg_url)  # the lock's session dies while the list is in flight
+        cloud.remove(1)
+        clock.advance(15)
+        assert [e.name for e in await two.poll_once()] == ["vanished"]  # the follower took over
+        held.release.set()
+        assert await asyncio.wait_for(polling, 10) == []  # the old list, answered late, is not committed
+        assert [e.name for e in two_store.events()] == ["appeared", "vanished"]  # nothing twice
+        clock.advance(15)
+        assert await two.poll_once() == []
 
 
 async def test_a_handler_refused_because_its_leader_was_deposed_leaves_the_event_to_the_next_leader(
     pg_url: str, team_config: str
 ) -> None:
-    cloud, clock = FakeCloud(), ManualClock()
-    cloud.add(1, "running", label="vastevents:job-1")
-    config = parse_config(team_config)
     working = asyncio.Event()
     go_on = asyncio.Event()
 
@@ -292,28 +315,19 @@ async def test_a_handler_refused_because_its_leader_was_deposed_leaves_the_event
         await go_on.wait()
         await ctx.destroy(event.instance_id or 0)
 
-    one_store, two_store = PostgresStore(pg_url), PostgresStore(pg_url)
-    one = Runtime(config, client=cloud, store=one_store, clock=clock, handlers=[activate("reap", reap)],
-                  leadership=Leadership(pg_url, one_store, failover=3, member="one"))  # fmt: skip
-    two = Runtime(config, client=cloud, store=two_store, clock=clock, handlers=[activate("reap", reap)],
-                  leadership=Leadership(pg_url, two_store, failover=3, member="two"))  # fmt: skip
-    try:
-        async with one, two:
-            polling = asyncio.create_task(one.poll_once())
-            await asyncio.wait_for(working.wait(), 10)
-            assert one.leadership is not None
-            terminate(one.leadership, pg_url)  # deposed while its handler works on the event
-            go_on.set()
-            assert [e.name for e in await asyncio.wait_for(polling, 10)] == ["appeared"]  # no handler_failed
-            assert cloud.calls == []
+    async with team(pg_url, team_config, lambda: [activate("reap", reap)]) as (cloud, clock, one, two, _, two_store):
+        polling = asyncio.create_task(one.poll_once())
+        await asyncio.wait_for(working.wait(), 10)
+        assert one.leadership is not None
+        terminate(one.leadership, pg_url)  # deposed while its handler works on the event
+        go_on.set()
+        assert [e.name for e in await asyncio.wait_for(polling, 10)] == ["appeared"]  # no handler_failed
+        assert cloud.calls == []
 
-            clock.advance(15)
-            assert [e.name for e in await two.poll_once()] == ["vanished"]  # it delivered the event, then polled
-            assert cloud.calls == [("destroy", 1)]
-            assert [e.name for e in two_store.events()] == ["appeared", "vanished"]
-    finally:
-        one_store.close()
-        two_store.close()
+        clock.advance(15)
+        assert [e.name for e in await two.poll_once()] == ["vanished"]  # it delivered the event, then polled
+        assert cloud.calls == [("destroy", 1)]
+        assert [e.name for e in two_store.events()] == ["appeared", "vanished"]
 
 
 class DestroysWhenTold(Handler):
@@ -338,38 +352,51 @@ class DestroysWhenTold(Handler):
 async def test_a_daemon_refused_because_its_leader_was_deposed_is_resumed_by_the_next_leader(
     pg_url: str, team_config: str
 ) -> None:
-    cloud, clock = FakeCloud(), ManualClock()
-    cloud.add(1, "running", label="vastevents:job-1")
-    config = parse_config(team_config)
-    one_store, two_store = PostgresStore(pg_url), PostgresStore(pg_url)
     first, second = DestroysWhenTold(), DestroysWhenTold()
-    one = Runtime(config, client=cloud, store=one_store, clock=clock, handlers=[activate("closer", first)],
-                  leadership=Leadership(pg_url, one_store, failover=3, member="one"))  # fmt: skip
-    two = Runtime(config, client=cloud, store=two_store, clock=clock, handlers=[activate("closer", second)],
-                  leadership=Leadership(pg_url, two_store, failover=3, member="two"))  # fmt: skip
-    try:
-        async with one, two:
-            await one.poll_once()
-            assert one.daemons() == [("closer", "finish", 1)]
-            assert one.leadership is not None
-            terminate(one.leadership, pg_url)
-            clock.advance(15)
-            first.go.set()
-            for _ in range(1000):  # let the daemon run into the refusal (bounded: 10 s)
-                if not one.daemons():
-                    break
-                await asyncio.sleep(0.01)
-            assert first.destroyed == [] and cloud.calls == []  # refused before any API call
-            assert [row.instance_id for row in two_store.effects.daemons()] == [1]  # kept for the next leader
+    handlers = iter([[activate("closer", first)], [activate("closer", second)]]).__next__
+    async with team(pg_url, team_config, handlers) as (cloud, clock, one, two, _, two_store):
+        await one.poll_once()
+        assert one.daemons() == [("closer", "finish", 1)]
+        assert one.leadership is not None
+        terminate(one.leadership, pg_url)
+        clock.advance(15)
+        first.go.set()
+        for _ in range(1000):  # let the daemon run into the refusal (bounded: 10 s)
+            if not one.daemons():
+                break
+            await asyncio.sleep(0.01)
+        assert first.destroyed == [] and cloud.calls == []  # refused before any API call
+        assert [row.instance_id for row in two_store.effects.daemons()] == [1]  # kept for the next leader
 
-            second.go.set()
-            await two.poll_once()  # takes charge: resumes the daemon
-            for _ in range(1000):
-                if second.destroyed:
-                    break
-                await asyncio.sleep(0.01)
-            assert second.destroyed == [1] and two_store.effects.daemons() == []
-            assert not [e for e in two_store.events() if e.name == "handler_failed"]
-    finally:
-        one_store.close()
-        two_store.close()
+        second.go.set()
+        await two.poll_once()  # takes charge: resumes the daemon
+        for _ in range(1000):
+            if second.destroyed:
+                break
+            await asyncio.sleep(0.01)
+        assert second.destroyed == [1] and two_store.effects.daemons() == []
+        assert not [e for e in two_store.events() if e.name == "handler_failed"]
+
+
+async def test_a_periodic_run_refused_because_its_leader_was_deposed_is_left_to_the_next_leader(
+    pg_url: str, team_config: str
+) -> None:
+    @every("1m")
+    async def sweep(ctx: Context) -> None:
+        await ctx.stop(1)
+
+    async with team(pg_url, team_config, lambda: [activate("sweep", sweep)]) as (cloud, _, one, two, _, two_store):
+        assert one.leadership is not None
+        await one.poll_once()  # leads, and runs the sweep (never run: due)
+        assert cloud.calls == [("stop", 1)]
+        overdue = datetime(2000, 1, 1, tzinfo=UTC)
+        two_store.effects.ran("sweep", "sweep", overdue)
+        terminate(one.leadership, pg_url)
+        await one.run_periodic()
+        assert cloud.calls == [("stop", 1)]  # refused before the API call
+        assert two_store.effects.last_run("sweep", "sweep") == overdue  # not recorded as run
+        assert not [e for e in two_store.events() if e.name == "handler_failed"]  # nor as failed
+
+        await two.poll_once()  # the next leader finds it due and runs it
+        assert cloud.calls == [("stop", 1), ("stop", 1)]
+        assert two_store.effects.last_run("sweep", "sweep") != overdue

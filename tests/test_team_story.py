@@ -31,8 +31,7 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -220,17 +219,6 @@ def spare_machines(sim: Simulator, instance_id: int) -> list[int]:
     ]
 
 
-@contextmanager
-def simulator(api_key: str) -> Iterator[Simulator]:
-    """A simulator like the ``sim`` fixture's (seed 0, manual clock, rate limits on): each telling gets one."""
-    sim = Simulator(api_key=api_key, clock=ManualClock())
-    sim.start()
-    try:
-        yield sim
-    finally:
-        sim.stop()
-
-
 class Team:
     """The second watcher of a team telling and the leader's death; a solo telling has none of it."""
 
@@ -301,7 +289,7 @@ def tell(tmp_path: Path, api_key: str, store_toml: str, *, team: bool) -> tuple[
     periods = {(h.name, name): period for h in load_handlers(cfg) for name, period, _ in h.periodic}
     del periods[MARKER]
     moment = tmp_path / "moment"
-    with simulator(api_key) as sim:
+    with Simulator(api_key=api_key, clock=ManualClock()) as sim:  # seed 0, like the sim fixture: each telling gets one
         env = {**os.environ, "VAST_URL": sim.url, "VAST_API_KEY": api_key, "HOME": str(tmp_path),
                "PYTHONPATH": str(ROOT), "SIMTIME_FILE": str(moment)}  # fmt: skip
         train_a = sim.create_instance(label=LABEL_A, gpu_name="RTX 3060")

@@ -293,22 +293,29 @@ class Runtime:
         return min(waits, default=3600.0)
 
     async def run_periodic(self, *, everything: bool = False) -> None:
-        """Run the periodic handlers that are due (all of them with `everything`); each failure is reported."""
+        """Run the periodic handlers that are due (all of them with `everything`); each failure is reported.
+
+        A run is recorded when it ends (timed from its start), so one a crash cut short runs again at the next
+        start; one refused because this watcher was deposed is not recorded, and the pass stops there.
+        """
         now = self.clock.now()
         for handler in self.handlers:
             for name, period, func in handler.periodic:
                 if not everything and self._due_in(handler.name, name, period) > 0:
                     continue
-                self.store.effects.ran(handler.name, name, now)
                 context = replace(self.context.bound(handler.name, handler.emits), forced=everything)
                 timeout = self.config.watch.handler_timeout
                 try:
                     await call_handler(func, (context,), timeout=timeout, executor=self.watcher.bus.executor)
+                except NotLeader:
+                    log.warning("periodic %s.%s is left to the team's next leader", handler.name, name)
+                    return
                 except TemporaryError as exc:
                     log.info("periodic %s.%s will run again when due: %s", handler.name, name, redact(str(exc)))
                 except Exception as exc:
                     log.error("periodic %s.%s failed", handler.name, name, exc_info=not isinstance(exc, TimeoutError))
                     self._report(f"{handler.name} (every {period:g}s {name}) failed: {describe_failure(exc, timeout)}")
+                self.store.effects.ran(handler.name, name, now)
 
     def _report(self, detail: str, instance_id: int | None = None) -> None:
         failed = Event(name=HANDLER_FAILED, instance_id=instance_id, at=self.clock.now(), detail=detail)
