@@ -20,7 +20,7 @@ Rules, over the last complete instance list, owned instances only (label startin
 - *gpu idle*: running with ``gpu_util`` below ``gpu_idle_below`` on every pass since it first was (kept in
   the store, so a restart does not reset it; a pass that sees it busy or not running starts it over).
 
-A match older than its rule's TTL is warned about (notifier, once per watcher run) and destroyed with
+A match older than its rule's TTL is warned about (notifier, once per match, kept in the store) and destroyed with
 ``ctx.destroy`` once it is older than TTL + ``grace``; each destroy journals ``reaped`` with the reason.
 The pass runs every minute. ``last_pass`` keeps what the last pass found, for ``vastevents reap``.
 """
@@ -50,12 +50,21 @@ REAPED = "reaped"
 Rule = Literal["unclaimed", "exited", "too old", "gpu idle"]
 
 
-class GpuIdle:
-    """The ``reaper`` component: since when each running owned instance has shown an idle GPU."""
+class ReaperMemory:
+    """The ``reaper`` component: since when each running owned instance has shown an idle GPU, and which
+    warnings were sent (so a restart or a new team leader does not send them again)."""
 
     MIGRATIONS: ClassVar[Sequence[Migration]] = (
         Migration(
             "reaper", 1, ("CREATE TABLE reaper_gpu_idle (instance_id INTEGER PRIMARY KEY, since TEXT NOT NULL)",)
+        ),
+        Migration(
+            "reaper",
+            2,
+            (
+                "CREATE TABLE reaper_warned (instance_id INTEGER NOT NULL, rule TEXT NOT NULL,"
+                " PRIMARY KEY (instance_id, rule))",
+            ),
         ),
     )
 
@@ -73,6 +82,23 @@ class GpuIdle:
             for new in set(ids) - set(known):
                 conn.execute("INSERT INTO reaper_gpu_idle (instance_id, since) VALUES (?, ?)", (new, now.isoformat()))
         return {instance_id: known.get(instance_id, now) for instance_id in ids}
+
+    def first_warning(self, instance_id: int, rule: str) -> bool:
+        """True the first time (instance, rule) is warned about, recording it."""
+        with self.db.transaction() as conn:
+            row = conn.execute(
+                "INSERT INTO reaper_warned (instance_id, rule) VALUES (?, ?) ON CONFLICT DO NOTHING RETURNING rule",
+                (instance_id, rule),
+            ).fetchone()
+        return row is not None
+
+    def keep_warnings(self, matched: Iterable[tuple[int, str]]) -> None:
+        """Forget the warnings of every (instance, rule) that no longer matches: a new match warns again."""
+        keep = set(matched)
+        with self.db.transaction() as conn:
+            for instance_id, rule in conn.execute("SELECT instance_id, rule FROM reaper_warned").fetchall():
+                if (int(instance_id), str(rule)) not in keep:
+                    conn.execute("DELETE FROM reaper_warned WHERE instance_id = ? AND rule = ?", (instance_id, rule))
 
 
 JOB_ENDS = ("job_finished", "job_failed")
@@ -122,14 +148,14 @@ class ReaperHandler(Handler[ReaperOptions]):
     def __init__(self, options: ReaperOptions | None = None) -> None:
         super().__init__(options)
         self.last_pass: list[Finding] = []
-        self._warned: set[tuple[int, str]] = set()
 
     @every("1m")
     async def reap(self, ctx: Context) -> None:
         now = ctx.clock.now()
         found: list[Finding] = []
         owned = [view for view in ctx.store.load_snapshot().views.values() if ctx.owns(view.instance)]
-        idle = ctx.store.repository(GpuIdle).update([v.instance.id for v in owned if self._gpu_idle(v)], now)
+        memory = ctx.store.repository(ReaperMemory)
+        idle = memory.update([v.instance.id for v in owned if self._gpu_idle(v)], now)
         for view in owned:
             match = self._match(view, now, idle.get(view.instance.id), ctx)
             if match is None:
@@ -137,8 +163,7 @@ class ReaperHandler(Handler[ReaperOptions]):
             rule, reason, age, ttl = match
             label = view.instance.label
             if age < ttl + self.options.grace:
-                if (view.instance.id, rule) not in self._warned:
-                    self._warned.add((view.instance.id, rule))
+                if memory.first_warning(view.instance.id, rule):
                     left = ttl + self.options.grace - age
                     await ctx.notify(f"instance {view.instance.id} ({label}) {reason}; reaped in {left:.0f}s")
                 found.append(Finding(view.instance.id, label, rule, reason, age, "warned"))
@@ -151,6 +176,7 @@ class ReaperHandler(Handler[ReaperOptions]):
                 found.append(
                     Finding(view.instance.id, label, rule, reason, age, "reaped" if existed else "already gone")
                 )
+        memory.keep_warnings((finding.instance_id, finding.rule) for finding in found if finding.action == "warned")
         self.last_pass = found
 
     def _gpu_idle(self, view: InstanceView) -> bool:

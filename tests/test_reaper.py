@@ -120,3 +120,32 @@ async def test_a_running_instance_with_an_idle_gpu_is_reaped_after_its_ttl_and_a
         events = await h.poll_once()
         assert [(e.name, e.instance_id) for e in events] == [("reaped", 9)]
         assert "GPU idle" in events[0].detail
+
+
+async def test_a_warning_is_sent_once_across_a_restart_and_again_for_a_new_match(opener: Opener) -> None:
+    """What was warned is kept in the store: a restarted watcher (or a team's next leader) does not warn again,
+    but an instance that stopped matching and matches again is warned anew."""
+    options = {"idle_ttl": "none", "exited_ttl": "30m", "grace": "10m"}
+    cloud = FakeCloud()
+    cloud.add(4, "running", label="vastevents:job-2")
+    first = Harness(reaper(**options), cloud=cloud, store=opener())
+    await first.poll_once()
+    cloud.set_status(4, "exited")
+    await first.poll_once()
+    first.clock.advance(1860)
+    await first.poll_once()
+    assert findings(first) == [(4, "exited", "warned")] and len(first.notifier.messages) == 1
+    await first.aclose()
+    async with Harness(reaper(**options), cloud=cloud, clock=first.clock, store=opener()) as h:
+        h.clock.advance(60)
+        await h.poll_once()
+        assert findings(h) == [(4, "exited", "warned")] and h.notifier.messages == []  # not again
+        cloud.set_status(4, "running")  # restarted by hand: no longer a match
+        h.clock.advance(60)
+        await h.poll_once()
+        assert findings(h) == []
+        cloud.set_status(4, "exited")
+        await h.poll_once()
+        h.clock.advance(1860)
+        await h.poll_once()
+        assert findings(h) == [(4, "exited", "warned")] and len(h.notifier.messages) == 1  # a new match
