@@ -61,11 +61,11 @@ def local_spec(job: Job, ctx: Context) -> JobSpec:
         return spec
     home = ctx.config.store.resolved_path().parent / "jobs" / f"job-{job.id}"
     changes: dict[str, Any] = {} if spec.out.is_absolute() else {"out": home / spec.out}
-    archive = ctx.store.repository(Jobs).inputs(job.id)
-    if archive is not None:
-        if not (home / "input").is_dir():
-            unpack_dir(archive, home / "input")
-        changes["upload"] = home / "input"
+    inputs = home / "input"
+    if not inputs.is_dir() and (archive := ctx.store.repository(Jobs).inputs(job.id)) is not None:
+        unpack_dir(archive, inputs)  # once per machine: each SSH retry and daemon restart reads the unpacked copy
+    if inputs.is_dir():
+        changes["upload"] = inputs
     return spec.model_copy(update=changes)
 
 
