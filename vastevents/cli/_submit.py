@@ -21,7 +21,7 @@ from vastevents.config import Config
 from vastevents.errors import VastEventsError
 from vastevents.jobspec import JobSpec, pack_dir
 from vastevents.store import Job, Jobs, open_store
-from vastevents.store.jobs import MAX_INPUT_BYTES
+from vastevents.store.jobs import check_inputs
 
 CANCELLED_EXIT = 130
 
@@ -30,9 +30,11 @@ def submit(config: Config, spec: JobSpec, *, jobs_handler: bool, yes: bool, dry_
     """Queue `spec` for the leader; print the job (one JSON object with ``--json``)."""
     err = Console(stderr=True)
     archive = pack_dir(spec.upload) if spec.upload is not None else None
-    if archive is not None and len(archive) > MAX_INPUT_BYTES:
-        fail(f"--upload {spec.upload}: {len(archive) >> 20} MiB packed, over the {MAX_INPUT_BYTES >> 20} MiB a"
-             " submitted job carries through the store; let the job fetch large data itself", 2)  # fmt: skip
+    try:
+        if archive is not None:
+            check_inputs(archive)  # before the dry run and the question, not only when it is written
+    except ValueError as exc:
+        fail(f"--upload {spec.upload}: {exc}; let the job fetch large data itself", 2)
     queued = spec.model_copy(update={"upload": None}).to_json()
     size = f", upload {len(archive) / 1024:.0f} KiB" if archive is not None else ""
     err.print(f"job: {spec.cmd!r} on {spec.image or spec.template_hash}, query {spec.query!r}{size}")

@@ -151,8 +151,8 @@ class Jobs:
     ) -> Job:
         """A new pending job that may rent `offers` (ask ids, best first; empty: the claimer searches); its label
         names its id. `inputs` is the upload dir's archive, for a job submitted to another machine."""
-        if inputs is not None and len(inputs) > MAX_INPUT_BYTES:
-            raise ValueError(f"the upload archive is {len(inputs) >> 20} MiB, over {MAX_INPUT_BYTES >> 20} MiB")
+        if inputs is not None:
+            check_inputs(inputs)
         with self.db.transaction() as conn:
             row = conn.execute(
                 "INSERT INTO jobs (spec, offers, status, tried, created_at, errors, submitted_by)"
@@ -262,6 +262,12 @@ class Jobs:
             job = self.get(job_id)
             assert job is not None
             return self.update(job_id, errors=[*job.errors, message])
+
+
+def check_inputs(archive: bytes) -> None:
+    """ValueError if `archive` is over what a submitted job may carry through the store."""
+    if len(archive) > MAX_INPUT_BYTES:
+        raise ValueError(f"the upload archive is {len(archive) >> 20} MiB, over {MAX_INPUT_BYTES >> 20} MiB")
 
 
 def _job(row: tuple[Any, ...]) -> Job:
