@@ -100,24 +100,14 @@ class Hosts:
             return not was_blocked
 
     def block(self, machine_id: int, reason: str, at: datetime, ttl: float) -> None:
-        """Block a machine by hand for `ttl` seconds (a strike saying why, and a block however many it has)."""
-        until = at + timedelta(seconds=ttl)
+        """Block a machine by hand for `ttl` seconds: a strike saying why that blocks however many it has."""
         with self.db.transaction() as conn:
             row = conn.execute(
                 "SELECT host_id FROM host_strikes WHERE machine_id = ? AND host_id IS NOT NULL ORDER BY at DESC",
                 (machine_id,),
             ).fetchone()
             host_id = int(row[0]) if row else None
-            conn.execute(
-                "INSERT INTO host_strikes (key, machine_id, host_id, reason, at) VALUES (?, ?, ?, ?, ?)"
-                " ON CONFLICT (key) DO NOTHING",
-                (f"manual-{machine_id}-{iso(at)}", machine_id, host_id, reason, iso(at)),
-            )
-            conn.execute(
-                "INSERT INTO host_blocks (machine_id, host_id, blocked_until) VALUES (?, ?, ?)"
-                " ON CONFLICT (machine_id) DO UPDATE SET blocked_until = excluded.blocked_until",
-                (machine_id, host_id, iso(until)),
-            )
+            self.strike(f"manual-{machine_id}-{iso(at)}", machine_id, host_id, reason, at, threshold=1, ttl=ttl)
 
     def forgive(self, machine_id: int) -> bool:
         """Unblock a machine and forget its strikes (its next failure starts a new count); False if unknown."""
