@@ -106,10 +106,10 @@ class JobsHandler(Handler[JobsOptions]):
         """Record the end of a job left winding down with its instance gone: a watcher died between the destroy
         and the outcome (the destroy lets the daemon go first, so no daemon resumes it)."""
         jobs = ctx.store.repository(Jobs)
+        status = "finished" if job.exit_code == 0 else "failed"
         jobs.add_error(job.id, "the watcher stopped while winding the job down; its instance is gone")
-        jobs.update(job.id, status="finished" if job.exit_code == 0 else "failed", destroyed=True)
-        ctx.logger.warning("job %d: settled as %s after its watcher stopped while winding it down", job.id,
-                           "finished" if job.exit_code == 0 else "failed")  # fmt: skip
+        jobs.update(job.id, status=status, destroyed=True)
+        ctx.logger.warning("job %d: settled as %s after its watcher stopped while winding it down", job.id, status)
 
     async def relaunch(self, job: Job, reason: str, ctx: Context) -> None:
         """Back to pending with `reason` noted, then claim and rent again (unless another watcher claimed it)."""
@@ -129,9 +129,9 @@ class JobsHandler(Handler[JobsOptions]):
             if not offers:
                 await self.give_up(job, f"no offer matches {spec.query!r}", ctx)
                 return
-            if spec.max_cost is not None and spec.estimate(offers[0]) > spec.max_cost:
-                reason = f"the estimate ${spec.estimate(offers[0]):.2f} is over max_cost ${spec.max_cost:.2f}"
-                await self.give_up(job, reason, ctx)
+            estimate = spec.estimate(offers[0])
+            if spec.max_cost is not None and estimate > spec.max_cost:
+                await self.give_up(job, f"the estimate ${estimate:.2f} is over max_cost ${spec.max_cost:.2f}", ctx)
                 return
             job = jobs.update(job.id, offers=[offer.id for offer in offers])
         tried = list(job.tried)

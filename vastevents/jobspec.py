@@ -116,9 +116,14 @@ class JobSpec(BaseModel):
             and offer.host_id not in hosts
         ]
 
+    @property
+    def hours(self) -> float:
+        """What an estimate counts on: ``max_duration``, an hour when unset."""
+        return (self.max_duration or 3600.0) / 3600.0
+
     def estimate(self, offer: Offer) -> float:
-        """Dollars for ``max_duration`` (an hour when unset) on `offer`."""
-        return (offer.dph_total or 0.0) * (self.max_duration or 3600.0) / 3600.0
+        """Dollars for :attr:`hours` on `offer`."""
+        return (offer.dph_total or 0.0) * self.hours
 
 
 def load_spec(path: Path | None, overrides: dict[str, Any]) -> JobSpec:

@@ -188,11 +188,10 @@ async def _run_with(
         if not offers:
             raise VastEventsError(f"no offer matches {spec.query!r}")
         best = offers[0]
-        hours = (spec.max_duration or 3600.0) / 3600.0
         estimate = spec.estimate(best)
         err.print(
             f"offer {best.id}: {best.num_gpus or 1}x {best.gpu_name} on machine {best.machine_id},"
-            f" ${best.dph_total or 0:.4f}/h, about ${estimate:.2f} for {hours:g} h"
+            f" ${best.dph_total or 0:.4f}/h, about ${estimate:.2f} for {spec.hours:g} h"
         )
         if spec.max_cost is not None and estimate > spec.max_cost:
             raise VastEventsError(f"the estimate ${estimate:.2f} is over max_cost ${spec.max_cost:.2f}")
