@@ -13,9 +13,10 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from handlers import slack_messages as messages
-from handlers.outbox_notifier import NotifierOptions, OutboxNotifier, env_value
 from vastevents import AppriseTransport, ChatTransport, Event
+
+from . import slack_messages as messages
+from .outbox_notifier import NotifierOptions, OutboxNotifier, env_value
 
 
 class AppriseOptions(NotifierOptions):

@@ -22,7 +22,6 @@ from typing import Any
 
 from pydantic import field_validator
 
-from handlers import results
 from vastevents import (
     Context,
     Event,
@@ -41,6 +40,8 @@ from vastevents import (
 )
 from vastevents.config import parse_duration
 from vastevents.jobspec import unpack_dir
+
+from . import jobs_remote
 
 _JOB_LABEL = re.compile(r":job-(\d+)$")
 _EARLY = 60.0
@@ -233,16 +234,16 @@ class JobsHandler(Handler[JobsOptions]):
                 return
             state = self._next(state, "preflight", ctx)
         if state["phase"] == "preflight":
-            problem = await results.preflight(ctx, target, spec)
+            problem = await jobs_remote.preflight(ctx, target, spec)
             if problem is not None:
                 await self._preflight_failed(job, instance, problem, ctx)
                 return
             state = self._next(state, "upload", ctx)
         if state["phase"] == "upload":
-            await results.upload_inputs(ctx, target, spec, job, resume=bool(state.get("resume")))
+            await jobs_remote.upload_inputs(ctx, target, spec, job, resume=bool(state.get("resume")))
             state = self._next(state, "start", ctx)
         if state["phase"] == "start":
-            pid = await results.start(ctx, target, spec)
+            pid = await jobs_remote.start(ctx, target, spec)
             now = ctx.clock.now()
             job = jobs.update(
                 job.id,
@@ -265,7 +266,7 @@ class JobsHandler(Handler[JobsOptions]):
             await ctx.emit(name, instance=instance, detail=detail, key=f"job-{job.id}-end")
             state = self._next(state, "collect", ctx, exit_code=exit_code, reason=reason)
         if state["phase"] == "collect":
-            await results.collect(ctx, target, spec, jobs.get(job.id) or job, instance, state.get("exit_code"))
+            await jobs_remote.collect(ctx, target, spec, jobs.get(job.id) or job, instance, state.get("exit_code"))
 
     def _next(self, state: dict[str, Any], phase: str, ctx: Context, **more: Any) -> dict[str, Any]:
         state = {**state, **more, "phase": phase}
@@ -291,7 +292,7 @@ class JobsHandler(Handler[JobsOptions]):
 
     async def _preflight_failed(self, job: Job, instance: Instance, problem: str, ctx: Context) -> None:
         key = f"job-{job.id}-preflight-{instance.id}"
-        if problem.startswith(results.HOST_PROBLEMS):
+        if problem.startswith(jobs_remote.HOST_PROBLEMS):
             await ctx.emit("job_failed", instance=instance, detail=f"{problem}; trying the next offer", key=key)
             await self.drop_offer(job, instance, problem, ctx)
             return
@@ -304,7 +305,7 @@ class JobsHandler(Handler[JobsOptions]):
         jobs = ctx.store.repository(Jobs)
         jobs.update(job.id, status="collecting", finished_at=ctx.clock.now())
         await ctx.emit("job_failed", instance=instance, detail=reason, key=key)
-        destroyed = await results.destroy(ctx, instance)
+        destroyed = await jobs_remote.destroy(ctx, instance)
         jobs.update(job.id, status="failed", finished_at=ctx.clock.now(), destroyed=destroyed)
 
     async def _monitor(
@@ -318,7 +319,7 @@ class JobsHandler(Handler[JobsOptions]):
             if current is None or current.done or current.instance_id != instance.id:
                 return None
             try:
-                status = await results.status(ctx, target, spec, int(state["pid"]))
+                status = await jobs_remote.status(ctx, target, spec, int(state["pid"]))
             except Exception as exc:
                 raise TemporaryError(
                     f"job {job.id}: cannot check the process: {exc}", delay=self.options.ssh_retry
@@ -328,10 +329,10 @@ class JobsHandler(Handler[JobsOptions]):
             now = ctx.clock.now()
             elapsed = (now - started).total_seconds()
             if spec.max_duration is not None and elapsed > spec.max_duration:
-                await results.kill(ctx, target, spec, int(state["pid"]))
+                await jobs_remote.kill(ctx, target, spec, int(state["pid"]))
                 return 124, f"killed after max_duration {spec.max_duration:g}s"
             synced = datetime.fromisoformat(state["synced"])
             if spec.checkpoint_dir and (now - synced).total_seconds() >= spec.checkpoint_every:
-                await results.sync_checkpoint(ctx, target, spec, job)
+                await jobs_remote.sync_checkpoint(ctx, target, spec, job)
                 state = self._next(state, "monitor", ctx, synced=now.isoformat())
             await ctx.clock.sleep(self.options.poll_first if elapsed < _EARLY else self.options.poll_every)

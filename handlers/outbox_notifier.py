@@ -27,7 +27,6 @@ from typing import Any, ClassVar, Literal, TypeVar
 
 from pydantic import Field
 
-from handlers.slack_messages import SEVERITIES, is_back, is_down, severity, transition
 from vastevents import (
     ChatMessage,
     ChatTransport,
@@ -44,6 +43,8 @@ from vastevents import (
     TransientSendError,
     every,
 )
+
+from .slack_messages import SEVERITIES, is_back, is_down, severity, transition
 
 DEFAULT_EVENTS = (
     "preempted", "stuck_loading", "offline_too_long", "host_flap", "vanished",

@@ -14,9 +14,10 @@ from typing import Any, Literal
 
 from pydantic import model_validator
 
-from handlers import slack_messages as messages
-from handlers.outbox_notifier import NotifierOptions, OutboxNotifier, env_value
 from vastevents import BotTransport, ChatTransport, Event, WebhookTransport
+
+from . import slack_messages as messages
+from .outbox_notifier import NotifierOptions, OutboxNotifier, env_value
 
 
 class SlackOptions(NotifierOptions):

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from handlers import slack_messages as messages
-from handlers.outbox_notifier import NotifierOptions, OutboxNotifier, env_value
 from vastevents import ChatTransport, Event, JsonWebhookTransport
+
+from . import slack_messages as messages
+from .outbox_notifier import NotifierOptions, OutboxNotifier, env_value
 
 
 class WebhookOptions(NotifierOptions):

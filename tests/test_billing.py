@@ -9,13 +9,13 @@ from typing import Any
 import pytest
 from stores import Opener
 
-from handlers.billing import BillingHandler
 from vastevents import Instance, Interval, Ledger, LedgerInstance
 from vastevents.cli._cost_report import Charge, build_report
 from vastevents.config import parse_config
 from vastevents.plugins import ActiveHandler, activate
 from vastevents.store import SqlStore
 from vastevents.testing import FakeCloud, Harness
+from vastevents_handlers.billing import BillingHandler
 
 STORAGE = {"storage_cost": 0.1, "disk_space": 72.0}  # 0.1 $/GB/month x 72 GB / 720 h = $0.01/h
 

@@ -161,17 +161,17 @@ async def test_a_job_failing_before_it_starts_is_not_rented_again_when_its_insta
     """The instance of a job that failed (here: its upload dir is gone) is destroyed. A watcher delivers that
     instance's ``vanished`` while the destroy is still being checked, so the job must already have left
     ``loading`` (which a vanished instance sends back to renting) when the destroy starts."""
-    from handlers import results
+    from vastevents_handlers import jobs_remote
 
     during_destroy: list[str] = []
-    real_destroy = results.destroy
+    real_destroy = jobs_remote.destroy
 
     async def destroy(ctx: Any, instance: Any) -> bool:
         job = ctx.store.repository(Jobs).by_label(instance.label)
         during_destroy.append(job.status)
         return await real_destroy(ctx, instance)
 
-    monkeypatch.setattr(results, "destroy", destroy)
+    monkeypatch.setattr(jobs_remote, "destroy", destroy)
     spec = world.spec(cmd="true", upload=str(world.tmp / "deleted"))
     async with world.runtime(client) as rt:
         job = await until(rt, world, submit(rt, spec, world.offers()).id)
@@ -267,9 +267,9 @@ async def test_a_watcher_dying_between_the_destroy_and_the_outcome_leaves_no_job
     """The first watcher destroys the finished job's instance and dies before recording the outcome; the next
     one finds the job winding down with its instance gone and records the end (with the exit code the monitor
     saw) instead of leaving it ``collecting`` forever."""
-    from handlers import results
+    from vastevents_handlers import jobs_remote
 
-    real_destroy = results.destroy
+    real_destroy = jobs_remote.destroy
     destroyed = asyncio.Event()
 
     async def destroy_then_hang(ctx: Any, instance: Any) -> bool:
@@ -278,7 +278,7 @@ async def test_a_watcher_dying_between_the_destroy_and_the_outcome_leaves_no_job
         await asyncio.Event().wait()  # the watcher is killed here
         raise AssertionError("unreachable")
 
-    monkeypatch.setattr(results, "destroy", destroy_then_hang)
+    monkeypatch.setattr(jobs_remote, "destroy", destroy_then_hang)
     async with world.runtime(client) as rt:
         job = submit(rt, world.spec(cmd="echo ok > out.txt", download=["out.txt"]), world.offers())
         loop = asyncio.get_running_loop()
@@ -289,7 +289,7 @@ async def test_a_watcher_dying_between_the_destroy_and_the_outcome_leaves_no_job
             world.sim.advance(15)
             await asyncio.sleep(0.05)
         assert rt.store.repository(Jobs).get(job.id).status == "collecting"  # type: ignore[union-attr]
-    monkeypatch.setattr(results, "destroy", real_destroy)
+    monkeypatch.setattr(jobs_remote, "destroy", real_destroy)
     async with world.runtime(client) as rt:
         job = await until(rt, world, job.id)  # 15 simulated seconds a cycle: past the 10 min grace in 41
     assert (job.status, job.exit_code, job.destroyed) == ("finished", 0, True), job

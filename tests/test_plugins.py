@@ -87,7 +87,7 @@ def test_the_built_in_log_handler_is_installed_and_configurable() -> None:
     assert "log" in {h.name for h in installed_handlers()}
     config = parse_config('[handlers.log]\nuse = "log"\nevents = ["appeared", "preempted"]\nlevel = "warning"\n')
     (active,) = load_handlers(config)
-    assert active.source.startswith("entry point 'log' = handlers.log:LogHandler")
+    assert active.source.startswith("entry point 'log' = vastevents_handlers.log:LogHandler")
     assert sorted(name for name, _ in active.subscriptions) == ["appeared", "preempted"]
 
 
@@ -110,8 +110,8 @@ def test_bad_use_values_are_config_errors() -> None:
 
 
 def test_use_by_import_path() -> None:
-    target, source = resolve("handlers.log:LogHandler")
-    assert source == "import handlers.log:LogHandler"
+    target, source = resolve("vastevents_handlers.log:LogHandler")
+    assert source == "import vastevents_handlers.log:LogHandler"
     assert getattr(target, "__name__", "") == "LogHandler"
 
 
@@ -177,5 +177,5 @@ def test_handlers_command_shows_installed_versus_active(installed_example: Path,
     ).stdout  # fmt: skip
     installed, active = out.split("active (from")
     assert "hello" in installed and "vastevents-hello 0.1.0" in installed
-    assert "log" in installed and "handlers.log:LogHandler" in installed
+    assert "log" in installed and "vastevents_handlers.log:LogHandler" in installed
     assert "greeter" in active and "entry point 'hello'" in active and "loading_to_running" in active

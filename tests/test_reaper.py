@@ -7,11 +7,11 @@ from typing import Any
 
 from stores import Opener
 
-from handlers.reaper import ReaperHandler
 from vastevents import Event
 from vastevents.plugins import ActiveHandler, activate
 from vastevents.store import SqlStore
 from vastevents.testing import FakeCloud, Harness
+from vastevents_handlers.reaper import ReaperHandler
 
 
 def reaper(**options: Any) -> ActiveHandler:

@@ -14,12 +14,12 @@ import pytest
 from stores import Opener
 from typer.testing import CliRunner
 
-from handlers.recovery import RecoveryHandler
 from vastevents import Event, Hosts, Recoveries, RecoveryStatus, Runtime, VastClient
 from vastevents.cli import app
 from vastevents.config import Config, load_config
 from vastevents.sim import Simulator
 from vastevents.testing import RecordingNotifier
+from vastevents_handlers.recovery import RecoveryHandler
 
 LABEL = "vastevents:job-7"
 
