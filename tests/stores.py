@@ -18,8 +18,12 @@ class Opener:
         self.url = url
         self.opened: list[SqlStore] = []
 
-    def __call__(self) -> SqlStore:
-        self.opened.append(SqliteStore(self.path) if self.url is None else PostgresStore(self.url))
+    def __call__(self, *, read_only: bool = False) -> SqlStore:
+        self.opened.append(
+            SqliteStore(self.path, read_only=read_only)
+            if self.url is None
+            else PostgresStore(self.url, read_only=read_only)
+        )
         return self.opened[-1]
 
     @property

@@ -19,6 +19,7 @@ from vastevents.store import (
     FORMAT_VERSION,
     Database,
     Migration,
+    PostgresStore,
     SqliteStore,
     SqlStore,
     StaleSnapshot,
@@ -259,6 +260,75 @@ def test_a_state_directory_that_cannot_be_made_is_a_clear_error(tmp_path: Path) 
     (tmp_path / "file").write_text("")
     with pytest.raises(StoreError, match="cannot open the state file"):
         SqliteStore(tmp_path / "file" / "state.db")
+
+
+# --- read-only opening (what commands that only look use)
+
+
+def test_a_read_only_store_reads_what_was_written_and_refuses_every_write(opener: Opener) -> None:
+    with opener() as store:
+        snapshot, events = observe(store.load_snapshot(), rows((1, "loading")), T0)
+        journaled = store.commit(store.load_snapshot(), snapshot, events)
+    looking = opener(read_only=True)
+    assert looking.read_only
+    assert looking.load_snapshot() == snapshot
+    assert looking.events() == journaled
+    later, more = observe(snapshot, rows((1, "running")), T0 + timedelta(seconds=5))
+    with pytest.raises(StoreError, match="read-only"):
+        looking.commit(snapshot, later, more)
+    with pytest.raises(StoreError, match="read-only"):
+        looking.append([Event(name="poll_failed", instance_id=None, at=T0)])
+    with pytest.raises(StoreError, match="read-only"):
+        looking.request_stop(1, T0)
+    with opener() as store:
+        assert store.load_snapshot() == snapshot
+        assert store.events() == journaled
+        assert store.stop_requests() == frozenset()
+
+
+def test_a_read_only_store_that_no_watcher_made_reads_as_empty_and_creates_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "state" / "state.db"
+    with SqliteStore(path, read_only=True) as store:
+        assert store.load_snapshot() == Snapshot({}, None)
+        assert store.events() == []
+        assert store.repository(Notes).count() == 0
+    assert not path.parent.exists()
+
+
+def test_a_read_only_team_store_that_no_watcher_made_reads_as_empty_and_creates_nothing(pg_url: str) -> None:
+    with PostgresStore(pg_url, read_only=True) as store:
+        assert store.events() == []
+        assert store.repository(Notes).count() == 0
+        assert store.db.query("SELECT COUNT(*) FROM pg_tables WHERE schemaname = current_schema()") == [(0,)]
+
+
+def test_a_repository_never_used_reads_as_empty_in_a_read_only_store_without_being_created(opener: Opener) -> None:
+    opener().close()
+    with opener(read_only=True) as store:
+        assert store.repository(Notes).count() == 0
+    with opener() as store:
+        assert "notes" not in components(store)
+
+
+def test_a_read_only_store_that_needs_an_upgrade_says_how_to_upgrade_it(opener: Opener) -> None:
+    class NotesWithTags(Notes):
+        MIGRATIONS = (*Notes.MIGRATIONS, Migration("notes", 2, ("ALTER TABLE notes ADD COLUMN tags TEXT",)))
+
+    with opener() as store:
+        store.repository(Notes)
+    with opener(read_only=True) as store, pytest.raises(StoreError, match="vastevents watch --once"):
+        store.repository(NotesWithTags)
+    with opener() as store:  # a writing opening upgrades it
+        assert store.repository(NotesWithTags).count() == 0
+    with opener(read_only=True) as store:
+        assert store.repository(NotesWithTags).count() == 0
+
+
+def test_a_read_only_store_refuses_a_store_from_a_newer_vastevents(opener: Opener) -> None:
+    with opener() as store, store.db.transaction() as conn:
+        conn.execute("UPDATE schema SET version = 9 WHERE component = 'journal'")
+    with pytest.raises(StoreError, match="newer vastevents"):
+        opener(read_only=True)
 
 
 # --- the team-members repository (its other test needs two watchers)

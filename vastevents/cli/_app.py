@@ -129,12 +129,13 @@ def fail(message: str, code: int = EXIT_FAILED) -> NoReturn:
 def existing_store(config: Config) -> SqlStore | None:
     """The configured store to read (a team's shared one, or the SQLite file), None if no watch made it yet.
 
-    Reading commands never create a store; a store that cannot be opened exits 2 with one line.
+    Opened read-only: a command that only looks never writes, migrates or creates a store, so it cannot disturb
+    a running watcher. A store that cannot be opened exits 2 with one line.
     """
     url, path = config.store.resolved_url(), config.store.resolved_path()
     if url is None and not path.exists():
         return None
     try:
-        return open_store(path, url)
+        return open_store(path, url, read_only=True)
     except StoreError as exc:
         fail(str(exc), 2)

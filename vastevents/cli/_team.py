@@ -36,7 +36,7 @@ def status(
     if url is None:
         fail('team status needs a shared store: set [store] url = "postgresql://..." or VASTEVENTS_STORE_URL', 2)
     try:
-        with open_store(cfg.store.resolved_path(), url) as store:
+        with open_store(cfg.store.resolved_path(), url, read_only=True) as store:
             members = store.repository(TeamMembers).members()
     except StoreError as exc:
         fail(str(exc))

@@ -8,6 +8,10 @@ delivered again (at least once to handlers, exactly once in the journal).
 Repositories: :class:`Snapshots` (the diff base), :class:`Journal` (events, delivery marks, retries),
 :class:`Effects` (intents, daemons, periodic runs); more (jobs, ledger, hosts, outbox) register with
 :meth:`SqliteStore.repository`, each bringing its own migrations.
+
+Commands that only look (``events``, ``jobs``, ``cost``, a dashboard, ...) open the store with
+``read_only=True``: the backend refuses every write, nothing is migrated, and what was never written (a
+store no watcher made yet, a repository whose handler never ran) reads as empty.
 """
 
 from __future__ import annotations
@@ -100,27 +104,42 @@ class Store(Protocol):
 
 
 class SqlStore:
-    """The :class:`Store` over any :class:`Database` backend."""
+    """The :class:`Store` over any :class:`Database` backend (read-only when the database is)."""
 
     def __init__(self, db: Database) -> None:
         self.db = db
+        self.read_only = db.read_only
+        self._empty: SqliteDatabase | None = None
         try:
-            self.db.migrate(CORE_MIGRATIONS)
+            if not self.read_only:
+                self.db.migrate(CORE_MIGRATIONS)
+            self.snapshots = Snapshots(self.db if not self.read_only else self._database_for(_SNAPSHOT))
+            self.journal = Journal(self.db if not self.read_only else self._database_for(_JOURNAL))
+            self.effects = Effects(self.db if not self.read_only else self._database_for(_EFFECTS))
         except StoreError:
-            self.db.close()
+            self.close()
             raise
-        self.snapshots = Snapshots(self.db)
-        self.journal = Journal(self.db)
-        self.effects = Effects(self.db)
         self._repositories: dict[type[Any], object] = {}
 
     def repository(self, kind: type[R]) -> R:
         """The one `kind` repository of this store, its migrations applied on first use."""
         if kind not in self._repositories:
             migrations: Sequence[Migration] = getattr(kind, "MIGRATIONS", ())
-            self.db.migrate((*CORE_MIGRATIONS, *migrations))
-            self._repositories[kind] = cast(Callable[[Database], object], kind)(self.db)
+            self._repositories[kind] = cast(Callable[[Database], object], kind)(self._database_for(migrations))
         return cast(R, self._repositories[kind])
+
+    def _database_for(self, migrations: Sequence[Migration]) -> Database:
+        """Where a repository with `migrations` reads and writes: this database, migrated when it is writable;
+        when it is read-only and never had those tables, an empty in-memory twin of them (reads find nothing)."""
+        if not self.read_only:
+            self.db.migrate((*CORE_MIGRATIONS, *migrations))
+            return self.db
+        if not migrations or not self.db.lacks(migrations):
+            return self.db
+        if self._empty is None:
+            self._empty = SqliteDatabase(":memory:")
+        self._empty.migrate(migrations)
+        return self._empty
 
     def load_snapshot(self) -> Snapshot:
         return self.snapshots.load()
@@ -164,6 +183,8 @@ class SqlStore:
 
     def close(self) -> None:
         self.db.close()
+        if self._empty is not None:
+            self._empty.close()
 
     def __enter__(self) -> Self:
         return self
@@ -175,21 +196,24 @@ class SqlStore:
 class SqliteStore(SqlStore):
     """The store in one SQLite file (the embedded default); ``":memory:"`` for tests."""
 
-    def __init__(self, path: Path | str) -> None:
+    def __init__(self, path: Path | str, *, read_only: bool = False) -> None:
         self.path = path
-        super().__init__(SqliteDatabase(path))
+        super().__init__(SqliteDatabase(path, read_only=read_only))
 
 
 class PostgresStore(SqlStore):
     """The store on a PostgreSQL server (team mode); needs the ``postgres`` extra."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, read_only: bool = False) -> None:
         from vastevents.store.postgres import PostgresDatabase
 
         self.url = url
-        super().__init__(PostgresDatabase(url))
+        super().__init__(PostgresDatabase(url, read_only=read_only))
 
 
-def open_store(path: Path | str, url: str | None = None) -> SqlStore:
-    """The store a config names: PostgreSQL when `url` is set, else the SQLite file at `path`."""
-    return PostgresStore(url) if url else SqliteStore(path)
+def open_store(path: Path | str, url: str | None = None, *, read_only: bool = False) -> SqlStore:
+    """The store a config names: PostgreSQL when `url` is set, else the SQLite file at `path`.
+
+    With `read_only` nothing is ever written (see the module's docstring): the way to open it for looking.
+    """
+    return PostgresStore(url, read_only=read_only) if url else SqliteStore(path, read_only=read_only)

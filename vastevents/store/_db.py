@@ -68,8 +68,10 @@ class Database:
     pushes = False
     """True when :meth:`listener` is woken by :meth:`notify` (PostgreSQL's LISTEN/NOTIFY); else it polls."""
 
-    def __init__(self, where: str) -> None:
+    def __init__(self, where: str, *, read_only: bool = False) -> None:
         self.where = where
+        self.read_only = read_only
+        """Opened for reading only: the backend refuses every write and :meth:`migrate` is never called."""
         self._lock = threading.RLock()
         self._depth = 0
         self._current: Conn | None = None
@@ -85,6 +87,10 @@ class Database:
         raise NotImplementedError
 
     def _set_format(self, conn: Conn) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _recorded(self) -> tuple[int, dict[str, int]]:  # pragma: no cover - abstract
+        """The store format and each component's schema version, read without writing (0 and {} when new)."""
         raise NotImplementedError
 
     def query(self, sql: str, params: Params = ()) -> list[tuple[Any, ...]]:  # pragma: no cover - abstract
@@ -118,7 +124,22 @@ class Database:
 
     @contextmanager
     def transaction(self) -> Iterator[Conn]:
-        """One transaction (``ROLLBACK`` on any error); nested calls join the outer one."""
+        """One transaction (``ROLLBACK`` on any error); nested calls join the outer one.
+
+        On a read-only database a write in it raises :class:`StoreError`.
+        """
+        if self.read_only and not self._depth:
+            try:
+                with self._transaction() as conn:
+                    yield conn
+            except self.errors as exc:
+                raise StoreError(f"the {self.where} is open read-only here: {exc}") from None
+            return
+        with self._transaction() as conn:
+            yield conn
+
+    @contextmanager
+    def _transaction(self) -> Iterator[Conn]:
         with self._lock:
             if self._depth:
                 self._depth += 1
@@ -177,41 +198,83 @@ class Database:
         except self.errors as exc:
             raise StoreError(f"cannot open the state {self.where}: {exc}") from None
 
+    def lacks(self, migrations: Sequence[Migration]) -> bool:
+        """For a read-only opening: True when this database has none of the components of `migrations` (nothing
+        was ever written there, so it reads as empty), False when it has all of them at the versions `migrations`
+        know; a :class:`StoreError` when one needs an upgrade (a command that writes does it) or is newer."""
+        try:
+            fmt, applied = self._recorded()
+        except self.errors as exc:
+            raise StoreError(f"cannot open the state {self.where}: {exc}") from None
+        if fmt > FORMAT_VERSION:
+            raise StoreError(
+                f"{self.where} was written by a newer vastevents (store format {fmt}, this one knows"
+                f" {FORMAT_VERSION}); upgrade vastevents"
+            )
+        components = {m.component for m in migrations}
+        if fmt == 0 or not components & applied.keys():
+            return True
+        for name in sorted(components):
+            version, latest = applied.get(name, 0), _latest(migrations, name)
+            if version > latest:
+                raise StoreError(
+                    f"{self.where} was written by a newer vastevents ({name} schema {version}); upgrade vastevents"
+                )
+            if version < latest or fmt < FORMAT_VERSION:
+                raise StoreError(
+                    f"{self.where} needs an upgrade to this vastevents ({name} schema {version} of {latest}), which"
+                    " a reading command does not do: run `vastevents watch --once` once"
+                )
+        return False
+
 
 def _latest(migrations: Sequence[Migration], component: str) -> int:
     return max((m.version for m in migrations if m.component == component), default=0)
 
 
 class SqliteDatabase(Database):
-    """One SQLite file (WAL mode, synchronous=FULL; ``":memory:"`` for tests)."""
+    """One SQLite file (WAL mode, synchronous=FULL; ``":memory:"`` for tests).
+
+    `read_only` opens the file with ``mode=ro`` (nothing is created or written, not even the state directory);
+    a file that does not exist yet reads as an empty database.
+    """
 
     dialect = "sqlite"
 
-    def __init__(self, path: Path | str) -> None:
-        super().__init__(f"file {path}")
+    def __init__(self, path: Path | str, *, read_only: bool = False) -> None:
+        super().__init__(f"file {path}", read_only=read_only)
         self.path = path
-        in_memory = str(path) == ":memory:"
+        file = Path(path).expanduser()
+        in_memory = str(path) == ":memory:" or (read_only and not file.exists())
         try:
-            if not in_memory:
-                Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
-            self._conn = sqlite3.connect(
-                ":memory:" if in_memory else str(Path(path).expanduser()),
-                isolation_level=None,
-                check_same_thread=False,
-                timeout=30.0,
-            )
+            if in_memory:
+                self._conn = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+            elif read_only:
+                self._conn = sqlite3.connect(
+                    f"{file.resolve().as_uri()}?mode=ro",
+                    uri=True,
+                    isolation_level=None,
+                    check_same_thread=False,
+                    timeout=30.0,
+                )
+            else:
+                file.parent.mkdir(parents=True, exist_ok=True)
+                self._conn = sqlite3.connect(str(file), isolation_level=None, check_same_thread=False, timeout=30.0)
         except (OSError, sqlite3.DatabaseError) as exc:
             raise StoreError(f"cannot open the state file {path}: {exc}") from None
         try:
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA synchronous=FULL")
+            if read_only:
+                self._conn.execute("PRAGMA query_only = ON")
+            else:
+                self._conn.execute("PRAGMA journal_mode=WAL")
+                self._conn.execute("PRAGMA synchronous=FULL")
         except sqlite3.DatabaseError as exc:
             self._conn.close()
             raise StoreError(f"cannot open the state file {path}: {exc}") from None
 
     @contextmanager
     def _begin(self) -> Iterator[Conn]:
-        self._conn.execute("BEGIN IMMEDIATE")
+        self._conn.execute("BEGIN" if self.read_only else "BEGIN IMMEDIATE")
         try:
             yield self._conn
         except BaseException:
@@ -224,6 +287,12 @@ class SqliteDatabase(Database):
 
     def _set_format(self, conn: Conn) -> None:
         conn.execute(f"PRAGMA user_version = {FORMAT_VERSION}")
+
+    def _recorded(self) -> tuple[int, dict[str, int]]:
+        fmt = int(self.query("PRAGMA user_version")[0][0])
+        if not self.query("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema'"):
+            return fmt, {}
+        return fmt, {str(name): int(version) for name, version in self.query("SELECT * FROM schema")}
 
     def query(self, sql: str, params: Params = ()) -> list[tuple[Any, ...]]:
         with self._lock:

@@ -37,6 +37,14 @@ def translate(sql: str) -> str:
     return sql
 
 
+def _read_only_options(url: str) -> str:
+    """The URL's own ``options`` (a search_path, say) plus read-only transactions for every session."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    given = conninfo_to_dict(url).get("options") or ""
+    return f"{given} -c default_transaction_read_only=on".strip()
+
+
 class _Connection:
     """A psycopg connection that takes the repositories' SQLite spelling."""
 
@@ -54,15 +62,19 @@ class _Connection:
 
 
 class PostgresDatabase(Database):
-    """A PostgreSQL database (``postgresql://user@host:port/db``); the URL is treated as a secret."""
+    """A PostgreSQL database (``postgresql://user@host:port/db``); the URL is treated as a secret.
+
+    `read_only` makes every session's transactions read-only (``default_transaction_read_only``), so the server
+    itself refuses a write.
+    """
 
     dialect = "postgresql"
     skip_locked = "FOR UPDATE SKIP LOCKED"
     pushes = True
 
-    def __init__(self, url: str, *, pool_size: int = 4, connect_timeout: float = 10.0) -> None:
+    def __init__(self, url: str, *, pool_size: int = 4, connect_timeout: float = 10.0, read_only: bool = False) -> None:
         register_secret(url)
-        super().__init__(f"database {without_password(url)}")
+        super().__init__(f"database {without_password(url)}", read_only=read_only)
         try:
             import psycopg
             import psycopg_pool
@@ -76,7 +88,11 @@ class PostgresDatabase(Database):
                 url,
                 min_size=1,
                 max_size=pool_size,
-                kwargs={"autocommit": True, "connect_timeout": int(connect_timeout)},
+                kwargs={
+                    "autocommit": True,
+                    "connect_timeout": int(connect_timeout),
+                    **({"options": _read_only_options(url)} if read_only else {}),
+                },
                 timeout=connect_timeout,
                 open=True,
             )
@@ -100,6 +116,14 @@ class PostgresDatabase(Database):
 
         conn.execute("DELETE FROM store_format")
         conn.execute("INSERT INTO store_format (version) VALUES (?)", (FORMAT_VERSION,))
+
+    def _recorded(self) -> tuple[int, dict[str, int]]:
+        if self.query("SELECT to_regclass('store_format')")[0][0] is None:
+            return 0, {}
+        fmt = self.query("SELECT MAX(version) FROM store_format")[0][0]
+        if self.query("SELECT to_regclass('schema')")[0][0] is None:
+            return int(fmt or 0), {}
+        return int(fmt or 0), {str(name): int(version) for name, version in self.query("SELECT * FROM schema")}
 
     def translate(self, sql: str) -> str:
         return translate(sql)
