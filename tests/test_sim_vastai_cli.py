@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -95,3 +96,28 @@ def test_official_cli_shows_the_simulators_charges_and_invoices(tmp_path: Path) 
         assert "Transfer" in invoices.stdout and "$100.00" in invoices.stdout, invoices.stdout
         sim.vanish(instance_id)
         assert sim.instance_count() == 0
+
+
+def test_at_speed_dates_and_charges_are_on_the_wall_clock_the_cli_reads(tmp_path: Path) -> None:
+    """One simulated hour per wall second: the lifecycle runs that fast, yet no date lies ahead of the wall clock,
+    the CLI's default charges window (the last 7 days) finds the charge, and it accrued per wall second."""
+    with Simulator(api_key=KEY, speed=3600) as sim:
+        auth = {"Authorization": f"Bearer {KEY}"}
+        before = time.time()
+        ask = httpx.post(f"{sim.url}/api/v0/bundles/", json={"order": [["dph_total", "asc"]]}, headers=auth)
+        offer = ask.json()["offers"][0]
+        created = httpx.put(f"{sim.url}/api/v0/asks/{offer['id']}/", json={"image": "x", "disk": 10}, headers=auth)
+        instance_id = created.json()["new_contract"]
+        deadline = time.monotonic() + 30
+        while (sim.instance(instance_id) or {}).get("actual_status") != "running":
+            assert time.monotonic() < deadline, "70 simulated seconds of loading take 20 wall milliseconds"
+            time.sleep(0.01)
+        rows = _json(_vastai(sim, tmp_path, "show", "instances", "--raw"))
+        after = time.time()
+        assert before <= rows[0]["start_date"] <= after, "the start date is on the wall clock, not hours ahead"
+        assert rows[0]["duration"] >= 0, "so the CLI shows no negative age"
+        charges = _vastai(sim, tmp_path, "show", "invoices-v1", "-c", "--no-color")
+        assert str(instance_id) in charges.stdout, charges.stdout
+        charged = httpx.get(f"{sim.url}/api/v0/charges/", headers=auth).json()["results"][0]["amount"]
+        assert 0 < charged <= offer["dph_total"] * 1.001 * (time.time() - before) / 3600, "per wall second"
+        sim.apply("destroy", instance=instance_id)

@@ -10,11 +10,11 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections.abc import Callable, Iterable, Mapping
-from datetime import UTC, datetime
 from typing import Any
 
 from vastevents.sim.model import Ask, HostBackend, Machine, SimError, SimInstance, Step, Storm
 from vastevents.sim.params import price_param
+from vastevents.sim.wiretime import WireTime
 
 SCHEDULE_S = 5.0  # null -> created
 CREATE_S = 5.0  # created -> loading
@@ -51,6 +51,7 @@ class Lifecycle:
         self.next_key_id = 1
         self.backend: HostBackend | None = None
         self.port_for: Callable[[int], int] = _default_port
+        self.wire = WireTime()  # how times and money look to clients (the Simulator sets it; not saved)
         self._heap: list[_Entry] = []
         self._seq = itertools.count()
         for machine in self.machines.values():
@@ -205,7 +206,7 @@ class Lifecycle:
 
     def _expire(self, inst: SimInstance) -> None:
         self.halt(inst)
-        when = datetime.fromtimestamp(inst.end_date, UTC).isoformat()
+        when = self.wire.iso(inst.end_date)
         self.set_status(inst, "exited", "stopped", "stopped", "stopped", f"Contract ended at {when}")
 
     def end(self, inst: SimInstance) -> None:

@@ -8,6 +8,7 @@ from dataclasses import fields
 from typing import Any
 
 from vastevents.sim.model import Ask, Machine
+from vastevents.sim.wiretime import WireTime
 
 HOURS_PER_MONTH = 720.0
 
@@ -105,7 +106,9 @@ def _machine_from_spec(index: int, spec: dict[str, Any], origin: float) -> Machi
     return Machine(**{**defaults, **spec})
 
 
-def offer_row(m: Machine, ask: Ask, *, now: float, bid: bool = False, storage_gb: float = 5.0) -> dict[str, Any]:
+def offer_row(
+    m: Machine, ask: Ask, *, now: float, wire: WireTime, bid: bool = False, storage_gb: float = 5.0
+) -> dict[str, Any]:
     """The search answer for one ask, as Vast shows an offer (bid offers are priced at the minimum bid)."""
     n = ask.num_gpus
     base = round((m.min_bid_per_gpu if bid else m.dph_per_gpu) * n, 4)
@@ -142,8 +145,8 @@ def offer_row(m: Machine, ask: Ask, *, now: float, bid: bool = False, storage_gb
         "rentable": True,
         "rented": False,
         "is_bid": bid,
-        "end_date": m.end_date,
-        "duration": m.end_date - now,
+        "end_date": wire.at(m.end_date),
+        "duration": wire.span(m.end_date - now),
         "total_flops": round(n * m.gpu_ram / 1024.0, 1),
         "dlperf": round(n * m.gpu_ram / 1024.0 * m.reliability, 2),
         "score": round(n * m.gpu_ram / 1024.0 * m.reliability / max(base, 0.01), 3),

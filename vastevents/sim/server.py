@@ -99,6 +99,9 @@ class Served(Protocol):
     def clock(self) -> Clock: ...
 
     @property
+    def client_clock(self) -> Clock: ...
+
+    @property
     def url(self) -> str: ...
 
     def world(self) -> AbstractContextManager[World]:
@@ -161,7 +164,7 @@ class Api:
         self.sim = sim
         self._buckets = _TokenBuckets(RATE_LIMITS) if rate_limits else None
         self._logs: OrderedDict[str, str] = OrderedDict()  # result_url token -> log text, the newest _KEPT_LOGS
-        self.webhooks = SimWebhooks(sim.clock)
+        self.webhooks = SimWebhooks(sim.client_clock)
 
     def handle(self, request: Request) -> Response:
         for route in ROUTES:
@@ -422,9 +425,9 @@ class Api:
                 "source": "credit",
                 "description": "Simulator starting credit",
                 "amount": world.credit,
-                "when": world.origin,
-                "start": world.origin,
-                "end": world.origin,
+                "when": world.wire.at(world.origin),
+                "start": world.wire.at(world.origin),
+                "end": world.wire.at(world.origin),
                 "metadata": {"invoice_id": 1},
                 "items": [],
             }

@@ -7,6 +7,7 @@ import logging
 import os
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -21,6 +22,7 @@ from vastevents.sim.model import SimError, SimInstance
 from vastevents.sim.scenario import builtin_scenario, load_scenario
 from vastevents.sim.server import Api, SimHTTPServer
 from vastevents.sim.sshhost import Gpus, SSHHosts
+from vastevents.sim.wiretime import ClientClock, WireTime
 from vastevents.sim.world import World
 
 logger = logging.getLogger("vastevents.sim")
@@ -57,8 +59,6 @@ class Simulator:
     ) -> None:
         register_secret(api_key)
         self.api_key = api_key
-        self.clock: Clock = clock or ScaledClock(speed)
-        self.speed = self.clock.speed if isinstance(self.clock, ScaledClock) else speed  # simulated s per wall s
         self.host = host
         self.port = port
         self.state_path = Path(state) if state is not None else None
@@ -66,23 +66,30 @@ class Simulator:
         self._lock = threading.RLock()
         self._server: SimHTTPServer | None = None
         self._thread: threading.Thread | None = None
-        self._api = Api(self, rate_limits=rate_limits)
         self._ssh = SSHHosts() if ssh else None
         plan = load_scenario(scenario) if scenario is not None else None
         self.description = plan.description if plan is not None else ""
+        saved = self.state_path is not None and self.state_path.exists()
+        restored = self._load_state(self.state_path) if self.state_path is not None and saved else None
+        self.clock, wire = _clocks(clock, speed, restored)
+        self.speed = self.clock.speed if isinstance(self.clock, ScaledClock) else speed  # simulated s per wall s
+        self.client_clock: Clock = ClientClock(self.clock, wire)
+        """The clock the clients read (webhook timestamps): the simulator's own, or the wall clock (see wiretime)."""
         now = self.clock.now().timestamp()
-        if self.state_path is not None and self.state_path.exists():
-            self._world = self._load_state(self.state_path)
+        if restored is not None:
+            self._world = restored
         elif plan is not None and plan.machines:
             self._world = World.from_machines(plan.machines, origin=now)
         else:
             seed = plan.seed if plan is not None and plan.seed is not None else seed
             count = hosts or (plan.hosts if plan is not None and plan.hosts else DEFAULT_HOSTS)
             self._world = World.generate(seed=seed, hosts=count, origin=now)
+        self._world.wire = wire
         if plan is not None:
             self._world.set_steps(plan.steps)
             if plan.credit is not None:
                 self._world.credit = plan.credit
+        self._api = Api(self, rate_limits=rate_limits)
         if self._ssh is not None:
             self._world.backend = self._ssh
             self._world.port_for = self._ssh.port_for
@@ -233,12 +240,10 @@ class Simulator:
         return self._world.instance_row(inst, ssh_host=self.host)
 
     def instance_log(self, inst: SimInstance) -> str:
-        lines = [
-            f"{datetime.fromtimestamp(at, UTC).isoformat()} status {status or 'scheduling'}\n"
-            for at, status in inst.history
-        ]
+        wire = self._world.wire
+        lines = [f"{wire.iso(at)} status {status or 'scheduling'}\n" for at, status in inst.history]
         if inst.status_msg:
-            lines.append(f"{datetime.fromtimestamp(self._world.now, UTC).isoformat()} {inst.status_msg}\n")
+            lines.append(f"{wire.iso(self._world.now)} {inst.status_msg}\n")
         if self._ssh is not None:
             lines.append(self._ssh.onstart_output(inst.id))
         return "".join(lines)
@@ -347,3 +352,18 @@ class Simulator:
                 return self.row(world.resolve(ref))
             except SimError:
                 return None
+
+
+def _clocks(clock: Clock | None, speed: float, restored: World | None) -> tuple[Clock, WireTime]:
+    """The simulated clock, and how its times look to the clients (see :mod:`~vastevents.sim.wiretime`).
+
+    A clock the caller passes is shared with its clients (a test's ManualClock, ``watch --sim``): they see its
+    times as they are. Otherwise the simulator runs its own clock at `speed`, from the wall clock's now (or from
+    where a restored world's time stood, if that is later), and its clients read the wall clock.
+    """
+    if clock is not None:
+        return clock, WireTime()
+    wall = time.time()
+    start = max(wall, restored.now) if restored is not None else wall
+    scaled = ScaledClock(speed, start=datetime.fromtimestamp(start, UTC))
+    return scaled, WireTime.on_wall_clock(sim_now=start, wall_now=wall, speed=speed)

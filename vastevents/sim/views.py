@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from vastevents.sim.billing import charges, gpu_rate, storage_rate
+from vastevents.sim.billing import gpu_rate, storage_rate
 from vastevents.sim.model import Machine, SimInstance
+from vastevents.sim.wiretime import WireTime
 
 
-def instance_row(m: Machine, inst: SimInstance, *, now: float, ssh_host: str) -> dict[str, Any]:
+def instance_row(m: Machine, inst: SimInstance, *, now: float, wire: WireTime, ssh_host: str) -> dict[str, Any]:
     base = round(gpu_rate(m, inst), 6)
     storage_ph = storage_rate(m, inst)
     port = str(inst.ssh_port)
@@ -45,9 +46,9 @@ def instance_row(m: Machine, inst: SimInstance, *, now: float, ssh_host: str) ->
         "ports": {"22/tcp": [{"HostIp": "0.0.0.0", "HostPort": port}]},  # noqa: S104 - Vast's wire shape
         "direct_port_start": inst.ssh_port,
         "direct_port_end": inst.ssh_port,
-        "start_date": inst.created_at,
-        "end_date": inst.end_date,
-        "duration": inst.end_date - now,
+        "start_date": wire.at(inst.created_at),
+        "end_date": wire.at(inst.end_date),
+        "duration": wire.span(inst.end_date - now),
         "extra_env": [[k, v] for k, v in inst.env.items()],
         "image_uuid": inst.image,
         "image_runtype": inst.runtype,
@@ -63,23 +64,24 @@ def instance_row(m: Machine, inst: SimInstance, *, now: float, ssh_host: str) ->
     }
 
 
-def charge_item(m: Machine, inst: SimInstance, *, now: float) -> dict[str, Any]:
-    """One ``/charges`` result: the instance's total with its gpu and storage parts."""
-    gpu, storage = charges(m, inst, now=now)
-    end = inst.ended_at if inst.ended_at is not None else now
+def charge_item(inst: SimInstance, charged: tuple[float, float], *, now: float, wire: WireTime) -> dict[str, Any]:
+    """One ``/charges`` result: the instance's total with its `charged` (gpu $, storage $) parts."""
+    gpu, storage = charged
+    start = wire.at(inst.created_at)
+    end = wire.at(inst.ended_at if inst.ended_at is not None else now)
     return {
         "type": "instance",
         "source": f"instance-{inst.id}",
         "description": f"{inst.label or 'instance'} on machine {inst.machine_id}",
         "amount": gpu + storage,
-        "start": inst.created_at,
+        "start": start,
         "end": end,
         "day": end,
         "metadata": {"instance_id": inst.id},
         "items": [
             {"type": "gpu", "source": "gpu", "description": "GPU time while running", "amount": gpu,
-             "start": inst.created_at, "end": end, "metadata": {}, "items": []},
+             "start": start, "end": end, "metadata": {}, "items": []},
             {"type": "storage", "source": "storage", "description": f"{inst.disk} GB disk, stopped too",
-             "amount": storage, "start": inst.created_at, "end": end, "metadata": {}, "items": []},
+             "amount": storage, "start": start, "end": end, "metadata": {}, "items": []},
         ],
     }  # fmt: skip

@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
-from datetime import UTC, datetime
 from typing import Any
 
 from vastevents.config import parse_duration
@@ -180,6 +179,7 @@ class World(Lifecycle):
                 self.machines[ask.machine_id],
                 ask,
                 now=self.now,
+                wire=self.wire,
                 bid=kind in ("bid", "interruptible"),
                 storage_gb=storage,
             )
@@ -247,7 +247,7 @@ class World(Lifecycle):
             "user_id": 1,
             "public_key": key,
             "key": key,
-            "created_at": datetime.fromtimestamp(self.now, UTC).isoformat(),
+            "created_at": self.wire.iso(self.now),
             "deleted_at": None,
         }
         self.next_key_id += 1
@@ -265,14 +265,18 @@ class World(Lifecycle):
     # ----------------------------------------------------------------- views
 
     def instance_row(self, inst: SimInstance, *, ssh_host: str = "127.0.0.1") -> dict[str, Any]:
-        return views.instance_row(self.machines[inst.machine_id], inst, now=self.now, ssh_host=ssh_host)
+        return views.instance_row(self.machines[inst.machine_id], inst, now=self.now, wire=self.wire, ssh_host=ssh_host)
 
     def charges(self, inst: SimInstance) -> tuple[float, float]:
-        """(gpu $, storage $) accrued so far: the GPU price while running, storage for the whole life."""
-        return billing.charges(self.machines[inst.machine_id], inst, now=self.now)
+        """(gpu $, storage $) charged so far: the GPU price while running, storage for the whole life.
+
+        Accrued per second of the clients' clock (see :mod:`~vastevents.sim.wiretime`).
+        """
+        gpu, storage = billing.charges(self.machines[inst.machine_id], inst, now=self.now)
+        return self.wire.span(gpu), self.wire.span(storage)
 
     def charge_item(self, inst: SimInstance) -> dict[str, Any]:
-        return views.charge_item(self.machines[inst.machine_id], inst, now=self.now)
+        return views.charge_item(inst, self.charges(inst), now=self.now, wire=self.wire)
 
     def all_instances(self) -> list[SimInstance]:
         return sorted([*self.instances.values(), *self.ended.values()], key=lambda i: i.id)
