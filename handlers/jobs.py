@@ -32,6 +32,7 @@ from vastevents import (
     Job,
     Jobs,
     JobSpec,
+    Rental,
     SshTarget,
     TemporaryError,
     daemon,
@@ -144,15 +145,16 @@ class JobsHandler(Handler[JobsOptions]):
             tried.append(ask)
             jobs.update(job.id, tried=tried)
             try:
-                instance_id = await ctx.create(
+                rental = Rental(
                     ask,
                     image=spec.image or "",
                     disk=spec.disk,
                     label=job.label,
                     price=spec.bid,
-                    env=spec.env or None,
+                    env=spec.env,
                     onstart=spec.onstart,
                 )
+                instance_id = await ctx.create(rental)
             except Exception as exc:
                 jobs.add_error(job.id, f"offer {ask}: {type(exc).__name__}: {exc}")
                 continue

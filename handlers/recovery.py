@@ -47,6 +47,7 @@ from vastevents import (
     Recoveries,
     Recovery,
     RecoveryStatus,
+    Rental,
     State,
     VastEventsError,
     every,
@@ -256,15 +257,16 @@ class RecoveryHandler(Handler[RecoveryOptions]):
                 if offer.machine_id in avoid_machines or offer.host_id in avoid_hosts:
                     continue  # the search already leaves them out; a market that ignores a filter must not win
                 try:
-                    return await ctx.create(
-                        offer,
+                    rental = Rental(
+                        offer.id,
                         image=original.image_uuid or "",
                         disk=original.disk_space or 10.0,
                         label=record.label,
                         price=self._bid(offer) if original.is_bid else None,
-                        env=_env(original),
+                        env=_env(original) or {},
                         onstart=original.onstart,
                     )
+                    return await ctx.create(rental)
                 except NoSuchAsk:
                     ctx.logger.info("offer %d was rented first; trying the next one", offer.id)
         wanted = " or ".join(gpus) or "any GPU"

@@ -16,6 +16,7 @@ from vastevents import (
     Handler,
     NotOwned,
     PermanentError,
+    Rental,
     Runtime,
     SqliteStore,
     TemporaryError,
@@ -207,16 +208,15 @@ async def test_destroying_a_foreign_instance_is_refused_and_sends_nothing(store:
 async def test_create_records_the_intent_first_and_a_crash_in_between_is_reconciled(store: SqlStore) -> None:
     cloud = FakeCloud()
 
-    async def rent_then_crash(ask_id: int, **kwargs: Any) -> int:
-        FakeCloud.create_instance.__get__(cloud)
-        cloud.add(2001, "loading", label=kwargs["label"])
+    async def rent_then_crash(rental: Rental) -> int:
+        cloud.add(2001, "loading", label=rental.label)
         raise KeyboardInterrupt  # the process dies between the call and recording its result
 
     cloud.create_instance = rent_then_crash  # type: ignore[method-assign]
     runtime = Runtime(client=cloud, store=store, clock=ManualClock(), handlers=[])
     async with runtime:
         with pytest.raises(KeyboardInterrupt):
-            await runtime.context.bound("jobs", ()).create(1, image="pytorch/pytorch", disk=64)
+            await runtime.context.bound("jobs", ()).create(Rental(1, image="pytorch/pytorch", disk=64))
         (intent,) = store.effects.open_intents()
         assert intent.action == "create" and intent.label and intent.label.startswith("vastevents:jobs-")
     async with Runtime(client=cloud, store=store, clock=ManualClock(), handlers=[]):

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from vastevents.errors import AmbiguousCreate, ApiError, AuthError, NoSuchAsk, NotFound, RateLimited
-from vastevents.models import State
+from vastevents.models import Rental, State
 from vastevents.query import parse_query
 from vastevents.sim import Simulator
 from vastevents.vast import MAX_RETRY_AFTER, VastClient
@@ -124,7 +124,7 @@ async def test_create_instance_puts_the_ask_with_the_cli_body() -> None:
     fake = FakeVast(ok({"success": True, "new_contract": 4242}))
     async with client_for(fake) as client:
         new_id = await client.create_instance(
-            77, image="pytorch/pytorch", disk=32, label="vastevents:job-1", env={"A": "1"}, onstart="echo hi"
+            Rental(77, image="pytorch/pytorch", disk=32, label="vastevents:job-1", env={"A": "1"}, onstart="echo hi")
         )
     assert new_id == 4242
     request = fake.requests[0]
@@ -356,7 +356,7 @@ async def test_create_on_a_taken_offer_is_no_such_ask(status: int) -> None:
     fake = FakeVast(ok({"success": False, "error": "no_such_ask", "msg": "Instance type no longer available."}, status))
     async with client_for(fake) as client:
         with pytest.raises(NoSuchAsk, match="try the next offer") as caught:
-            await client.create_instance(77, image="img", disk=10)
+            await client.create_instance(Rental(77, image="img", disk=10))
     assert caught.value.error == "no_such_ask"
     assert len(fake.requests) == 1
 
@@ -528,7 +528,7 @@ async def test_create_is_not_retried_on_gateway_errors_and_is_ambiguous(status: 
     sleeps = Sleeps()
     async with client_for(fake, sleeps) as client:
         with pytest.raises(AmbiguousCreate, match=f"may or may not have succeeded \\(HTTP {status}\\)") as caught:
-            await client.create_instance(77, image="img", disk=10, label="vastevents:j")
+            await client.create_instance(Rental(77, image="img", disk=10, label="vastevents:j"))
     assert caught.value.instance_id is None
     assert "reconcile by label 'vastevents:j'" in str(caught.value)
     assert len(fake.requests) == 1 and sleeps == []
@@ -538,7 +538,7 @@ async def test_create_is_not_retried_after_a_mid_request_failure() -> None:
     fake = FakeVast(httpx.ReadTimeout("timed out"), ok({"success": True, "new_contract": 1}))
     async with client_for(fake) as client:
         with pytest.raises(AmbiguousCreate, match="connection failed mid-request") as caught:
-            await client.create_instance(77, image="img", disk=10)
+            await client.create_instance(Rental(77, image="img", disk=10))
     assert "no label was sent to match: look in `vastevents status`" in str(caught.value)
     assert len(fake.requests) == 1
 
@@ -547,7 +547,7 @@ async def test_create_reporting_failure_with_a_new_contract_names_the_instance()
     fake = FakeVast(ok({"success": False, "error": "invalid_price", "msg": "bid below min", "new_contract": 9001}))
     async with client_for(fake) as client:
         with pytest.raises(AmbiguousCreate) as caught:
-            await client.create_instance(77, image="img", disk=10, price=0.01)
+            await client.create_instance(Rental(77, image="img", disk=10, price=0.01))
     error = caught.value
     assert isinstance(error, ApiError)
     assert error.instance_id == 9001 and error.error == "invalid_price"
@@ -560,21 +560,21 @@ async def test_create_error_status_with_a_new_contract_names_the_instance() -> N
     fake = FakeVast(ok({"error": "invalid_price", "msg": "bid too low", "new_contract": "9002"}, 400))
     async with client_for(fake) as client:
         with pytest.raises(AmbiguousCreate, match="created instance 9002") as caught:
-            await client.create_instance(77, image="img", disk=10, price=0.01)
+            await client.create_instance(Rental(77, image="img", disk=10, price=0.01))
     assert caught.value.instance_id == 9002 and caught.value.status_code == 400
 
 
 async def test_create_success_without_a_success_flag_returns_the_id() -> None:
     fake = FakeVast(ok({"new_contract": 31}))
     async with client_for(fake) as client:
-        assert await client.create_instance(77, image="img", disk=10) == 31
+        assert await client.create_instance(Rental(77, image="img", disk=10)) == 31
 
 
 async def test_create_success_naming_no_usable_instance_is_ambiguous() -> None:
     fake = FakeVast(ok({"success": True, "new_contract": "soon"}))
     async with client_for(fake) as client:
         with pytest.raises(AmbiguousCreate, match="named no new instance") as caught:
-            await client.create_instance(77, image="img", disk=10)
+            await client.create_instance(Rental(77, image="img", disk=10))
     assert caught.value.instance_id is None
 
 
@@ -582,21 +582,21 @@ async def test_create_on_a_wrong_url_html_404_is_not_found_rather_than_a_taken_o
     fake = FakeVast(httpx.Response(404, text="<html>Not Found</html>", headers={"content-type": "text/html"}))
     async with client_for(fake) as client:
         with pytest.raises(NotFound):
-            await client.create_instance(77, image="img", disk=10)
+            await client.create_instance(Rental(77, image="img", disk=10))
 
 
 async def test_create_with_unreadable_success_answer_is_ambiguous() -> None:
     fake = FakeVast(httpx.Response(200, text='{"success": tr', headers={"content-type": "application/json"}))
     async with client_for(fake) as client:
         with pytest.raises(AmbiguousCreate, match="not Vast's JSON"):
-            await client.create_instance(77, image="img", disk=10)
+            await client.create_instance(Rental(77, image="img", disk=10))
 
 
 async def test_create_refused_cleanly_is_a_plain_api_error() -> None:
     fake = FakeVast(ok({"success": False, "error": "invalid_args", "msg": "disk too small"}))
     async with client_for(fake) as client:
         with pytest.raises(ApiError, match="disk too small") as caught:
-            await client.create_instance(77, image="img", disk=1)
+            await client.create_instance(Rental(77, image="img", disk=1))
     assert not isinstance(caught.value, AmbiguousCreate)
 
 
@@ -607,7 +607,7 @@ async def test_create_is_resent_only_when_the_server_surely_did_nothing() -> Non
         ok({"success": True, "new_contract": 55}),
     )
     async with client_for(fake) as client:
-        assert await client.create_instance(77, image="img", disk=10) == 55
+        assert await client.create_instance(Rental(77, image="img", disk=10)) == 55
     assert len(fake.requests) == 3
 
 
@@ -685,7 +685,7 @@ async def test_every_call_works_against_the_simulator(sim: Simulator, api_key: s
         prices = [offer.dph_total or 0.0 for offer in offers]
         assert prices == sorted(prices)
         instance_id = await client.create_instance(
-            offers[0].id, image="pytorch/pytorch", disk=10, label="vastevents:t1"
+            Rental(offers[0].id, image="pytorch/pytorch", disk=10, label="vastevents:t1")
         )
         listed = {instance.id: instance for instance in await client.list_instances()}
         assert listed[instance_id].label == "vastevents:t1"
@@ -719,7 +719,7 @@ async def test_unclear_creates_against_the_simulator_are_reconciled_by_label(sim
         offer = (await client.search_offers("num_gpus=1", limit=3))[0]
         sim.apply("create_error")
         with pytest.raises(AmbiguousCreate) as server_error:
-            await client.create_instance(offer.id, image="img", disk=10, label="vastevents:ambiguous")
+            await client.create_instance(Rental(offer.id, image="img", disk=10, label="vastevents:ambiguous"))
         assert server_error.value.instance_id is None and server_error.value.status_code == 500
         left_behind = [i.id for i in await client.list_instances() if i.label == "vastevents:ambiguous"]
         assert len(left_behind) == 1
@@ -727,14 +727,16 @@ async def test_unclear_creates_against_the_simulator_are_reconciled_by_label(sim
 
         offer = (await client.search_offers("num_gpus=1", limit=3))[0]
         with pytest.raises(AmbiguousCreate) as low_bid:
-            await client.create_instance(offer.id, image="img", disk=10, label="vastevents:lowbid", price=0.0001)
+            await client.create_instance(
+                Rental(offer.id, image="img", disk=10, label="vastevents:lowbid", price=0.0001)
+            )
         assert low_bid.value.instance_id is not None
         assert await client.destroy_instance(low_bid.value.instance_id) is True
 
         sim.apply("no_such_ask")
         offer = (await client.search_offers("num_gpus=1", limit=3))[0]
         with pytest.raises(NoSuchAsk):
-            await client.create_instance(offer.id, image="img", disk=10, label="vastevents:race")
+            await client.create_instance(Rental(offer.id, image="img", disk=10, label="vastevents:race"))
     assert sim.instance_count() == 0
 
 

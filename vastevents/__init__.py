@@ -23,7 +23,7 @@ from vastevents.errors import (
 )
 from vastevents.events import Event
 from vastevents.jobspec import JobSpec, load_spec
-from vastevents.models import Instance, Offer, State
+from vastevents.models import Instance, Offer, Rental, State
 from vastevents.notify import (
     BotTransport,
     ChatMessage,
@@ -94,6 +94,7 @@ __all__ = [
     "Recoveries",
     "Recovery",
     "RecoveryStatus",
+    "Rental",
     "Rules",
     "Runtime",
     "SendError",

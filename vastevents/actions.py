@@ -10,11 +10,12 @@ from __future__ import annotations
 import logging
 import secrets
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 
 from vastevents.clock import Clock
 from vastevents.config import Config
 from vastevents.errors import AmbiguousCreate, NotOwned
-from vastevents.models import Instance, Offer
+from vastevents.models import Instance, Rental
 from vastevents.ports import VastApi
 from vastevents.store import Store
 
@@ -61,29 +62,16 @@ class Actions:
     def new_label(self, handler: str) -> str:
         return f"{self.prefix}:{handler}-{secrets.token_hex(4)}"
 
-    async def create(
-        self,
-        handler: str,
-        offer: Offer | int,
-        *,
-        image: str,
-        disk: float,
-        label: str | None = None,
-        price: float | None = None,
-        env: dict[str, str] | None = None,
-        onstart: str | None = None,
-    ) -> int:
-        """Rent `offer` under an owned label; the new instance id. An unclear outcome is reconciled by label."""
-        label = label or self.new_label(handler)
+    async def create(self, handler: str, rental: Rental) -> int:
+        """Rent under an owned label (generated if None); the new instance id. An unclear outcome is reconciled by
+        label."""
+        label = rental.label or self.new_label(handler)
         if not self.owns_label(label):
             raise NotOwned(f"refusing to create an instance labelled {label!r}: labels must start with {self.prefix!r}")
-        ask_id = offer.id if isinstance(offer, Offer) else offer
         await self.may_act()
         intent = self.store.effects.open_intent(handler, "create", self.clock.now(), label=label)
         try:
-            instance_id = await self.client.create_instance(
-                ask_id, image=image, disk=disk, label=label, price=price, env=env, onstart=onstart
-            )
+            instance_id = await self.client.create_instance(replace(rental, label=label))
         except AmbiguousCreate as exc:
             found = exc.instance_id or await self._find_label(label)
             if found is not None:

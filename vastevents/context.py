@@ -17,7 +17,7 @@ from vastevents.clock import Clock
 from vastevents.config import Config
 from vastevents.errors import VastEventsError
 from vastevents.events import Event
-from vastevents.models import Instance, Offer
+from vastevents.models import Instance, Rental
 from vastevents.ports import Notifier, Ssh, VastApi
 from vastevents.store import Store, Write
 
@@ -120,21 +120,9 @@ class Context:
             raise VastEventsError("in_delivery() works only while an event is being delivered")
         self.writes.append(write)
 
-    async def create(
-        self,
-        offer: Offer | int,
-        *,
-        image: str,
-        disk: float,
-        label: str | None = None,
-        price: float | None = None,
-        env: dict[str, str] | None = None,
-        onstart: str | None = None,
-    ) -> int:
-        """Rent `offer` under an owned label (generated if None); the new instance id."""
-        return await self.actions.create(
-            self.handler, offer, image=image, disk=disk, label=label, price=price, env=env, onstart=onstart
-        )
+    async def create(self, rental: Rental) -> int:
+        """Rent `rental` under an owned label (generated if it has none); the new instance id."""
+        return await self.actions.create(self.handler, rental)
 
     async def start(self, instance: Target) -> None:
         await self.actions.start(self.handler, instance)

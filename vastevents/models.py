@@ -6,6 +6,8 @@ and an unknown ``actual_status`` maps to :attr:`State.UNKNOWN` while the raw val
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import KW_ONLY, dataclass, field
 from enum import StrEnum
 from typing import Any
 
@@ -133,3 +135,23 @@ class Offer(_VastModel):
     verification: str | None = None
     rentable: bool | None = None
     rented: bool | None = None
+
+
+@dataclass(frozen=True)
+class Rental:
+    """What to rent and what runs there: one create request, ``Rental(offer.id, image=..., disk=...)``.
+
+    A non-null `price` makes it an interruptible bid at that $/h; `onstart` runs when the instance starts.
+    """
+
+    ask_id: int
+    """The offer's ``id`` (Vast rents by "ask")."""
+    _: KW_ONLY
+    image: str
+    disk: float
+    """Disk in GB."""
+    label: str | None = None
+    price: float | None = None
+    env: Mapping[str, str] = field(default_factory=dict)
+    onstart: str | None = None
+    runtype: str = "ssh_direct"

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from vastevents.events import Event
-from vastevents.models import Instance, Offer
+from vastevents.models import Instance, Offer, Rental
 
 
 class VastApi(Protocol):
@@ -30,18 +30,7 @@ class VastApi(Protocol):
         order: list[list[str]] | None = None,
     ) -> list[Offer]: ...
 
-    async def create_instance(
-        self,
-        ask_id: int,
-        *,
-        image: str,
-        disk: float,
-        label: str | None = None,
-        price: float | None = None,
-        env: dict[str, str] | None = None,
-        onstart: str | None = None,
-        runtype: str = "ssh_direct",
-    ) -> int: ...
+    async def create_instance(self, rental: Rental) -> int: ...
 
     async def destroy_instance(self, instance_id: int) -> bool: ...
 

@@ -33,7 +33,7 @@ from vastevents.config import Config
 from vastevents.context import Context
 from vastevents.diff import Rules
 from vastevents.events import Event
-from vastevents.models import Instance, Offer
+from vastevents.models import Instance, Offer, Rental
 from vastevents.plugins import ActiveHandler, activate
 from vastevents.ports import CommandResult, SshTarget
 from vastevents.runtime import Runtime
@@ -122,21 +122,12 @@ class FakeCloud:
         found = sorted(self.offers, key=lambda offer: offer.dph_total or 0.0)
         return found[:limit] if limit is not None else found
 
-    async def create_instance(
-        self,
-        ask_id: int,
-        *,
-        image: str,
-        disk: float,
-        label: str | None = None,
-        price: float | None = None,
-        env: dict[str, str] | None = None,
-        onstart: str | None = None,
-        runtype: str = "ssh_direct",
-    ) -> int:
+    async def create_instance(self, rental: Rental) -> int:
         """Rent a scripted offer: a new instance in ``loading`` on its machine."""
-        offer = next((o for o in self.offers if o.id == ask_id), None)
-        fields: dict[str, Any] = {"label": label, "image_uuid": image, "disk_space": disk, "is_bid": price is not None}
+        offer = next((o for o in self.offers if o.id == rental.ask_id), None)
+        price = rental.price
+        fields: dict[str, Any] = {"label": rental.label, "image_uuid": rental.image, "disk_space": rental.disk}
+        fields["is_bid"] = price is not None
         if offer is not None:
             fields.update(machine_id=offer.machine_id, host_id=offer.host_id, gpu_name=offer.gpu_name,
                           num_gpus=offer.num_gpus, dph_total=price or offer.dph_total)  # fmt: skip

@@ -27,7 +27,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_aft
 
 from vastevents._logging import REDACTED, redact, register_secret
 from vastevents.errors import AmbiguousCreate, ApiError, AuthError, NoSuchAsk, NotFound, RateLimited
-from vastevents.models import Instance, Offer
+from vastevents.models import Instance, Offer, Rental
 from vastevents.query import parse_query
 
 log = logging.getLogger("vastevents.vast")
@@ -294,33 +294,23 @@ class VastClient:
             raise ApiError("The Vast API answered an offer search without an 'offers' list")
         return [_model(Offer, row, "an offer") for row in rows]
 
-    async def create_instance(
-        self,
-        ask_id: int,
-        *,
-        image: str,
-        disk: float,
-        label: str | None = None,
-        price: float | None = None,
-        env: dict[str, str] | None = None,
-        onstart: str | None = None,
-        runtype: str = "ssh_direct",
-    ) -> int:
-        """Rent offer `ask_id`; returns the new instance id. A non-null `price` makes it an interruptible bid.
+    async def create_instance(self, rental: Rental) -> int:
+        """Rent `rental`'s offer; returns the new instance id. A non-null price makes it an interruptible bid.
 
         Raises :class:`NoSuchAsk` when someone rented the offer first, and :class:`AmbiguousCreate` when an
-        instance may exist although the call failed (reconcile by `label`, destroy what you do not want).
+        instance may exist although the call failed (reconcile by label, destroy what you do not want).
         """
+        ask_id, label = rental.ask_id, rental.label
         path = f"/api/v0/asks/{ask_id}/"
         body = {
             "client_id": "me",
-            "image": image,
-            "env": env or {},
-            "price": price,
-            "disk": disk,
+            "image": rental.image,
+            "env": dict(rental.env),
+            "price": rental.price,
+            "disk": rental.disk,
             "label": label,
-            "onstart": onstart,
-            "runtype": runtype,
+            "onstart": rental.onstart,
+            "runtype": rental.runtype,
         }
         unclear = f"Creating an instance from offer {ask_id} may or may not have succeeded"
         reconcile = (

@@ -39,6 +39,7 @@ from vastevents.config import Config, parse_config
 from vastevents.errors import VastEventsError
 from vastevents.events import Event
 from vastevents.jobspec import JobSpec
+from vastevents.models import Rental
 from vastevents.plugins import load_handlers
 from vastevents.runtime import Runtime
 from vastevents.store import SqliteStore
@@ -303,7 +304,7 @@ async def _rent_stand_ins(runtime: Runtime) -> list[int]:
     offers = await runtime.client.search_offers("num_gpus=1 reliability>0.9", limit=2)
     context = runtime.context.bound("demo", ())
     return [
-        await context.create(offer, image="pytorch/pytorch", disk=16, label=f"vastevents:demo-{name}")
+        await context.create(Rental(offer.id, image="pytorch/pytorch", disk=16, label=f"vastevents:demo-{name}"))
         for offer, name in zip(offers, ("train", "evaluate"), strict=True)
     ]
 
