@@ -20,10 +20,9 @@ import re
 from datetime import datetime, timedelta
 from typing import Any
 
-from pydantic import field_validator
-
 from vastevents import (
     Context,
+    Duration,
     Event,
     Handler,
     HandlerOptions,
@@ -38,9 +37,8 @@ from vastevents import (
     daemon,
     every,
     on,
+    unpack_dir,
 )
-from vastevents.config import parse_duration
-from vastevents.jobspec import unpack_dir
 
 from . import jobs_remote
 
@@ -72,15 +70,10 @@ def local_spec(job: Job, ctx: Context) -> JobSpec:
 
 
 class JobsOptions(HandlerOptions):
-    ssh_wait: float = 600.0
-    ssh_retry: float = 10.0
-    poll_first: float = 5.0
-    poll_every: float = 30.0
-
-    @field_validator("ssh_wait", "ssh_retry", "poll_first", "poll_every", mode="before")
-    @classmethod
-    def _duration(cls, value: Any) -> float:
-        return parse_duration(value)
+    ssh_wait: Duration = 600.0
+    ssh_retry: Duration = 10.0
+    poll_first: Duration = 5.0
+    poll_every: Duration = 30.0
 
 
 class JobsHandler(Handler[JobsOptions]):
@@ -101,8 +94,8 @@ class JobsHandler(Handler[JobsOptions]):
         for job in jobs.list(unfinished=True):
             if job.status == "collecting" and job.label not in labels and _older(job.finished_at, now):
                 self.settle(job, ctx)
-        while (job := jobs.claim(now)) is not None:
-            await self.launch(job, ctx)
+        while (claimed := jobs.claim(now)) is not None:
+            await self.launch(claimed, ctx)
 
     def settle(self, job: Job, ctx: Context) -> None:
         """Record the end of a job left winding down with its instance gone: a watcher died between the destroy

@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 from shlex import quote
 
-from vastevents import Context, Instance, Job, Jobs, JobSpec, SshTarget
+from vastevents import Context, Instance, Job, Jobs, JobSpec, Ssh, SshTarget
 
 CONTROL = ".vastevents"
 LOG = f"{CONTROL}/job.log"
@@ -20,7 +20,7 @@ HOST_PROBLEMS = ("preflight: no GPU", "preflight: CUDA")
 _CUDA = re.compile(r"CUDA Version:\s*([0-9]+(?:\.[0-9]+)?)")
 
 
-def _ssh(ctx: Context):  # type: ignore[no-untyped-def]
+def _ssh(ctx: Context) -> Ssh:
     assert ctx.ssh is not None, "the jobs handler needs an SSH edge"
     return ctx.ssh
 

@@ -22,7 +22,7 @@ from vastevents.errors import (
     VastEventsError,
 )
 from vastevents.events import Event
-from vastevents.jobspec import JobSpec, load_spec
+from vastevents.jobspec import JobSpec, load_spec, unpack_dir
 from vastevents.models import Instance, Offer, Rental, State
 from vastevents.notify import (
     BotTransport,
@@ -121,4 +121,5 @@ __all__ = [
     "observe",
     "on",
     "parse_query",
+    "unpack_dir",
 ]
