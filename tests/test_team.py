@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -227,6 +228,12 @@ def test_a_job_submitted_from_a_third_process_runs_once_across_a_leader_kill_and
                 [*cli, "jobs", "--follow", str(job_id), "--json", *config],
                 env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             )  # fmt: skip
+            # It prints the job as it is when it starts: read that before the simulator moves (under load it can
+            # take the follower longer to start than the leader to run the job).
+            assert follower_process.stdout is not None and follower_process.stderr is not None
+            ready, _, _ = select.select([follower_process.stdout], [], [], 60)
+            assert ready, "jobs --follow printed nothing within 60 s"
+            first = follower_process.stdout.readline()
             with PostgresStore(pg_url) as store:
                 jobs = store.repository(Jobs)
 
@@ -248,9 +255,9 @@ def test_a_job_submitted_from_a_third_process_runs_once_across_a_leader_kill_and
             assert len(started) == 1 and rented == {job.instance_id}  # run once, on one instance
             assert job.results_dir is not None
             assert (Path(job.results_dir) / "copy.txt").read_text() == "from a teammate\n"
-            out, err = follower_process.communicate(timeout=30)
-            assert follower_process.returncode == 0, err
-            statuses = [json.loads(line)["status"] for line in out.splitlines()]
+            follower_process.wait(timeout=30)
+            assert follower_process.returncode == 0, follower_process.stderr.read()
+            statuses = [json.loads(line)["status"] for line in [first, *follower_process.stdout.read().splitlines()]]
             # It started following after the submit, so the leader may already have claimed the job by then.
             assert statuses[0] in ("pending", "creating", "loading") and statuses[-1] == "finished"
             assert "running" in statuses
