@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -30,6 +31,7 @@ from vastevents.config import parse_config
 from vastevents.plugins import activate
 from vastevents.sim import Simulator
 from vastevents.store import SqlStore
+from vastevents.team import MISSED_BEATS, leading_watcher, member_name
 from vastevents.testing import FakeClock, FakeCloud, Harness
 
 FAST = parse_config("[watch]\nhandler_timeout = 0.5\n")
@@ -328,3 +330,21 @@ async def test_a_failing_periodic_handler_is_reported_and_the_cycle_goes_on() ->
         journaled = await h.poll_once()
     assert names(journaled) == ["appeared", "handler_failed"]
     assert journaled[1].detail.startswith("broken") and "ledger unreadable" in journaled[1].detail
+
+
+async def test_a_watcher_alone_on_its_store_beats_each_cycle_and_leaves_the_roster_when_it_stops(
+    opener: Opener,
+) -> None:
+    """Readers (``team status``, ``run --submit``, ``vastevents mcp``) tell by the heartbeat whether one watches."""
+    interval, store = FAST.watch.interval, opener()
+    assert leading_watcher(store, interval) is None
+    async with Harness(store=opener()) as h:
+        await h.poll_once()
+        first = leading_watcher(store, interval)
+        assert first is not None and first.member == member_name() and first.role == "leader"
+        await h.poll_once()
+        again = leading_watcher(store, interval)
+        assert again is not None and again.seen >= first.seen and again.since == first.since
+        later = first.seen + timedelta(seconds=MISSED_BEATS * interval + 1)
+        assert leading_watcher(store, interval, later) is None  # three intervals unheard: nobody watches
+    assert leading_watcher(store, interval) is None

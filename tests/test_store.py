@@ -349,6 +349,17 @@ def test_a_team_member_keeps_its_since_until_its_role_changes_and_is_gone_once_i
     assert (member.member, member.role, member.since) == ("host-a:1", "follower", T0 + timedelta(seconds=9))
 
 
+def test_the_leader_is_the_one_heard_from_last_and_only_if_heard_from_lately(store: SqlStore) -> None:
+    team = store.repository(TeamMembers)
+    assert team.leader(T0) is None
+    team.seen("host-a:1", "leader", T0)
+    team.seen("host-b:2", "follower", T0 + timedelta(seconds=8))
+    team.seen("host-c:3", "leader", T0 + timedelta(seconds=5))  # a leader that took over
+    leader = team.leader(T0 + timedelta(seconds=2))
+    assert leader is not None and leader.member == "host-c:3"
+    assert team.leader(T0 + timedelta(seconds=6)) is None  # a follower heard from later is no leader
+
+
 def test_stored_times_sort_as_text_under_an_icu_collation_too(pg_url: str) -> None:
     """Repositories compare and sort stored times as text; a whole second must not sort after its successor."""
     import psycopg

@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from vastevents.cli import app
 from vastevents.store import Jobs, SqliteStore
+from vastevents.team import Heartbeat
 
 AT = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -43,6 +44,7 @@ def test_submit_queues_the_job_with_its_upload_and_rents_nothing(config: Path, t
     queued = json.loads(out)
     assert (queued["status"], queued["instance_id"], queued["offers_tried"]) == ("pending", None, [])
     assert "@" in queued["submitted_by"] and f"jobs --follow {queued['job_id']}" in err
+    assert "no watcher has been heard from" in err and "start `vastevents watch`" in err
     with SqliteStore(tmp_path / "state.db") as store:
         jobs = store.repository(Jobs)
         job = jobs.get(queued["job_id"])
@@ -82,3 +84,20 @@ def test_follow_prints_the_job_and_exits_with_its_code(config: Path, tmp_path: P
     assert code == 130 and json.loads(out)["status"] == "cancelled"
     code, _, err = cli(config, "jobs", "--follow", "99")
     assert code == 2 and "no job 99" in err
+
+
+def test_with_a_watcher_beating_submit_and_team_status_name_it_and_without_one_say_to_start_it(
+    config: Path, tmp_path: Path
+) -> None:
+    code, out, _ = cli(config, "team", "status")
+    assert code == 0 and "start `vastevents watch`" in out  # no store yet: nobody ever watched
+    with SqliteStore(tmp_path / "state.db") as store:
+        watcher = Heartbeat(store, "gpu-box:4242")  # what a running `watch` writes each cycle
+        watcher.beat("leader")
+        code, _, err = cli(config, "run", "--image", "img", "--cmd", "true", "--submit", "--yes")
+        assert code == 0 and "no watcher" not in err
+        code, out, _ = cli(config, "team", "status", "--json")
+        assert code == 0 and json.loads(out)["leader"] == "gpu-box:4242"
+        watcher.stop()  # a watcher that stops leaves the roster at once
+    code, out, _ = cli(config, "team", "status")
+    assert code == 0 and "no watcher has been heard from" in out

@@ -38,7 +38,7 @@ from vastevents.ports import Notifier, Ssh, VastApi
 from vastevents.ssh import ParamikoSsh
 from vastevents.store import DaemonRow, PostgresStore, Store, open_store
 from vastevents.store.webhooks import Webhooks
-from vastevents.team import Leadership, NotLeader
+from vastevents.team import Heartbeat, Leadership, NotLeader
 from vastevents.vast import VastClient
 from vastevents.watcher import EventObserver, InstanceLister, Watcher
 from vastevents.webhooks import Notification, WebhookReceiver, parse_listen
@@ -103,6 +103,10 @@ class Runtime:
             leadership = Leadership(url, store, failover=self.config.team.failover)
             self._owned.callback(leadership.close)
         self.leadership = leadership
+        self.heartbeat = Heartbeat(store) if leadership is None else None
+        """Alone on its store, this watcher leads it; its heartbeat (each cycle) tells readers that one watches."""
+        if self.heartbeat is not None:
+            self._owned.callback(self.heartbeat.stop)
         self._in_charge = False
         self.actions = Actions(
             self.client, self.store, self.clock, self.config, guard=self._guard if leadership is not None else None
@@ -125,7 +129,7 @@ class Runtime:
             rules=rules,
             interval=interval,
             observers=[self._observe],
-            before_poll=self._still_leading if leadership is not None else None,
+            before_poll=self._still_leading if leadership is not None else self._alive,
             on_poll=metrics.polled if metrics is not None else None,
         )
         self._owned.callback(self.watcher.bus.close)
@@ -185,6 +189,11 @@ class Runtime:
     async def _guard(self) -> None:
         assert self.leadership is not None
         await asyncio.to_thread(self.leadership.guard)
+
+    async def _alive(self) -> bool:
+        assert self.heartbeat is not None
+        self.heartbeat.beat("leader")
+        return True
 
     async def _still_leading(self) -> bool:
         assert self.leadership is not None

@@ -4,6 +4,9 @@ Only the leader polls and acts. It re-checks its lock before every poll and befo
 whose session is gone (the connection cut, the server restarted, the backend terminated) stops acting
 before its next API call. Followers try for the lock every third of ``[team] failover`` and take over
 when the leader's session dies. Blocking database calls run in a worker thread.
+
+Every watcher, in a team or alone on its store, writes a :class:`Heartbeat` each cycle; readers ask
+:func:`leading_watcher` whether anyone watches the store now.
 """
 
 from __future__ import annotations
@@ -13,15 +16,56 @@ import logging
 import os
 import socket
 import zlib
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from vastevents._logging import redact
 from vastevents.errors import VastEventsError
 from vastevents.store import Store
-from vastevents.store.team import TeamMembers
+from vastevents.store.team import Member, TeamMembers
 
 log = logging.getLogger(__name__)
+
+MISSED_BEATS = 3
+"""A watcher not heard from for this many poll intervals is taken to be gone."""
+
+
+def no_watcher(interval: float) -> str:
+    """What to tell someone whose work needs a watcher when none was heard from lately."""
+    window = MISSED_BEATS * interval
+    return f"no watcher has been heard from in the last {window:g} s: start `vastevents watch` (jobs run there)"
+
+
+def member_name() -> str:
+    """How a watcher process names itself in the roster: ``host:pid``."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class Heartbeat:
+    """A watcher's sign of life: its roster row (``leader`` or ``follower``), stamped on the wall clock each cycle
+    (liveness is about the process, whatever clock the watcher's events run on) and removed when it stops."""
+
+    def __init__(self, store: Store, member: str | None = None) -> None:
+        self.member = member or member_name()
+        self.members = store.repository(TeamMembers)
+
+    def beat(self, role: str) -> None:
+        try:
+            self.members.seen(self.member, role, datetime.now(UTC))
+        except Exception as exc:  # polling never depends on it (a store that fails here fails the commit too)
+            log.debug("could not record this watcher's heartbeat: %s", redact(str(exc)))
+
+    def stop(self) -> None:
+        try:
+            self.members.leave(self.member)
+        except Exception as exc:
+            log.debug("could not leave the roster: %s", exc)
+
+
+def leading_watcher(store: Store, interval: float, now: datetime | None = None) -> Member | None:
+    """The watcher leading this store, if it was heard from within :data:`MISSED_BEATS` poll intervals."""
+    now = now or datetime.now(UTC)
+    return store.repository(TeamMembers).leader(now - timedelta(seconds=MISSED_BEATS * interval))
 
 
 class NotLeader(VastEventsError):
@@ -36,8 +80,8 @@ class Leadership:
 
         self.url = url
         self.failover = failover
-        self.member = member or f"{socket.gethostname()}:{os.getpid()}"
-        self.members = store.repository(TeamMembers)
+        self.heartbeat = Heartbeat(store, member)
+        self.member = self.heartbeat.member
         self._errors = (psycopg.Error, OSError)
         self._conn: Any = None
         self._key = 0
@@ -93,10 +137,7 @@ class Leadership:
         return self.leading
 
     def _record(self) -> None:
-        try:
-            self.members.seen(self.member, "leader" if self.leading else "follower", datetime.now(UTC))
-        except Exception as exc:  # the roster is for people; leadership never depends on it
-            log.debug("could not record team membership: %s", exc)
+        self.heartbeat.beat("leader" if self.leading else "follower")  # leadership never depends on it
 
     def _drop(self) -> None:
         self.leading = False
@@ -138,7 +179,4 @@ class Leadership:
     def close(self) -> None:
         if self._conn is not None:
             self._drop()
-        try:
-            self.members.leave(self.member)
-        except Exception as exc:
-            log.debug("could not leave the team roster: %s", exc)
+        self.heartbeat.stop()

@@ -22,6 +22,7 @@ from vastevents.errors import VastEventsError
 from vastevents.jobspec import JobSpec, pack_dir
 from vastevents.store import Job, Jobs, open_store
 from vastevents.store.jobs import check_inputs
+from vastevents.team import leading_watcher, no_watcher
 
 CANCELLED_EXIT = 130
 
@@ -58,9 +59,12 @@ def submit(config: Config, spec: JobSpec, *, jobs_handler: bool, yes: bool, dry_
                 submitted_by=f"{getpass.getuser()}@{socket.gethostname()}",
                 inputs=archive,
             )
+            watched = leading_watcher(store, config.watch.interval) is not None
     except VastEventsError as exc:
         fail(str(exc), 1)
     err.print(f"job {job.id} queued ({job.label}) in {config.store.describe()}")
+    if not watched:
+        err.print(f"[yellow]note:[/] {no_watcher(config.watch.interval)}; the job waits in the queue until one does")
     err.print(f"follow it with: vastevents jobs --follow {job.id}")
     if as_json:
         sys.stdout.write(json.dumps(job.to_json()) + "\n")

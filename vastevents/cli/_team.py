@@ -1,4 +1,4 @@
-"""``vastevents team status``: who leads a shared (PostgreSQL) store, since when, and who stands by."""
+"""``vastevents team status``: who leads the store (since when), who stands by, or that nobody watches it."""
 
 from __future__ import annotations
 
@@ -10,11 +10,12 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from vastevents.cli._app import ConfigOption, app, fail
+from vastevents.cli._app import ConfigOption, app, existing_store, fail
 from vastevents.config import load_config
 from vastevents.errors import ConfigError
-from vastevents.store import StoreError, open_store
-from vastevents.store.team import TeamMembers
+from vastevents.store import StoreError
+from vastevents.store.team import Member, TeamMembers
+from vastevents.team import leading_watcher, no_watcher
 
 team_app = typer.Typer(
     help="Several watchers on one shared store: one leads, the others stand by.", no_args_is_help=True
@@ -27,23 +28,27 @@ def status(
     config: ConfigOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
-    """Show the leader (since when) and the followers of the team store."""
+    """Show the leader (since when) and the followers of the store, or that no watcher runs on it."""
     try:
         cfg = load_config(config)
     except ConfigError as exc:
         fail(str(exc), 2)
-    url = cfg.store.resolved_url()
-    if url is None:
-        fail('team status needs a shared store: set [store] url = "postgresql://..." or VASTEVENTS_STORE_URL', 2)
-    try:
-        with open_store(cfg.store.resolved_path(), url, read_only=True) as store:
-            members = store.repository(TeamMembers).members()
-    except StoreError as exc:
-        fail(str(exc))
     now = datetime.now(UTC)
-    stale = 3 * cfg.team.failover
-    alive = [m for m in members if (now - m.seen).total_seconds() <= stale]
-    leader = next((m for m in alive if m.role == "leader"), None)
+    members: list[Member] = []
+    leader = None
+    store = existing_store(cfg)
+    if store is not None:
+        try:
+            with store:
+                members = store.repository(TeamMembers).members()
+                leader = leading_watcher(store, cfg.watch.interval, now)
+        except StoreError as exc:
+            fail(str(exc))
+    stale = 3 * cfg.team.failover  # followers try for the lock every third of the failover
+
+    def alive(member: Member) -> bool:
+        return member == leader or (member.role != "leader" and (now - member.seen).total_seconds() <= stale)
+
     if as_json:
         document = {
             "leader": leader.member if leader else None,
@@ -54,7 +59,7 @@ def status(
                     "role": m.role,
                     "since": m.since.isoformat(),
                     "seen": m.seen.isoformat(),
-                    "alive": m in alive,
+                    "alive": alive(m),
                 }
                 for m in members
             ],
@@ -63,13 +68,15 @@ def status(
         return
     console = Console(highlight=False)
     if leader is None:
-        console.print("no watcher leads right now", style="bold red")
+        console.print(no_watcher(cfg.watch.interval), style="bold red")
     else:
         console.print(f"leader: {leader.member} since {leader.since:%Y-%m-%d %H:%M:%S} UTC")
+    if not members:
+        return
     table = Table(box=None)
     for column in ("member", "role", "since", "last seen"):
         table.add_column(column, header_style="bold")
     for m in members:
-        seen = f"{(now - m.seen).total_seconds():.0f}s ago" + ("" if m in alive else " (gone)")
+        seen = f"{(now - m.seen).total_seconds():.0f}s ago" + ("" if alive(m) else " (gone)")
         table.add_row(m.member, m.role, f"{m.since:%H:%M:%S}", seen)
     console.print(table)

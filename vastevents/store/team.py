@@ -1,9 +1,14 @@
-"""Who watches: every watcher of a shared store records itself here, the leader and its followers."""
+"""Who watches: every watcher records itself here each cycle, the leader and (in a team) its followers.
+
+A row's ``seen`` is the watcher's heartbeat, on the wall clock: how long ago a process was last heard from, which
+readers (``team status``, ``run --submit``, ``vastevents mcp``) use to tell whether anyone watches the store.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from vastevents.store._codec import iso
 from vastevents.store._db import Database, Migration
@@ -54,6 +59,20 @@ class TeamMembers:
         with self.db.transaction() as conn:
             conn.execute("DELETE FROM team_members WHERE member = ?", (member,))
 
+    def leader(self, heard_since: datetime) -> Member | None:
+        """The leader heard from most recently, if it was heard from at `heard_since` or later."""
+        rows = self.db.query(
+            "SELECT member, role, since, seen FROM team_members WHERE role = 'leader' AND seen >= ?"
+            " ORDER BY seen DESC LIMIT 1",
+            (iso(heard_since),),
+        )
+        return _member(rows[0]) if rows else None
+
     def members(self) -> list[Member]:
         rows = self.db.query("SELECT member, role, since, seen FROM team_members ORDER BY role, since")
-        return [Member(m, r, datetime.fromisoformat(a), datetime.fromisoformat(b)) for m, r, a, b in rows]
+        return [_member(row) for row in rows]
+
+
+def _member(row: tuple[Any, ...]) -> Member:
+    member, role, since, seen = row
+    return Member(member, role, datetime.fromisoformat(since), datetime.fromisoformat(seen))
