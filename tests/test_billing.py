@@ -10,8 +10,8 @@ import pytest
 from stores import Opener
 
 from vastevents import Instance, Interval, Ledger, LedgerInstance
-from vastevents.cli._cost_report import Charge, build_report
 from vastevents.config import parse_config
+from vastevents.costs import Charge, build_report
 from vastevents.plugins import ActiveHandler, activate
 from vastevents.store import SqlStore
 from vastevents.testing import FakeCloud, Harness

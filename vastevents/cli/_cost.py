@@ -4,61 +4,40 @@ from __future__ import annotations
 
 import asyncio
 import json
-from datetime import UTC, date, datetime, timedelta
-from typing import Annotated, Any, cast
+from datetime import UTC, datetime
+from typing import Annotated, cast
 
 import typer
 from rich.table import Table
 
 from vastevents.cli._app import ConfigOption, app, existing_store, fail, table_console
-from vastevents.cli._cost_report import Charge, CostReport, GroupBy, build_report, charged_by_instance
 from vastevents.config import Config, load_config, resolve_api_key
-from vastevents.errors import ConfigError, VastEventsError
-from vastevents.store.ledger import Interval, Ledger, LedgerInstance
+from vastevents.costs import CostReport, GroupBy, cost_report, parse_since
+from vastevents.errors import ConfigError
+from vastevents.store.ledger import Ledger
 from vastevents.vast import VastClient
-
-_MAX_PAGES = 1000
-_WEEK = timedelta(days=7)
 
 
 def _since(text: str | None) -> datetime | None:
-    if text is None:
-        return None
     try:
-        moment = datetime.fromisoformat(text) if "T" in text or " " in text else None
-        if moment is None:
-            moment = datetime.combine(date.fromisoformat(text), datetime.min.time())
-    except ValueError:
-        fail(f"--since {text!r}: expected a date like 2026-01-31 or 2026-01-31T12:00", 2)
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
+        return parse_since(text) if text is not None else None
+    except ValueError as exc:
+        fail(f"--since {exc}", 2)
 
 
-async def _vast_side(config: Config, start: datetime, end: datetime) -> tuple[dict[int, Charge] | str, set[int] | str]:
-    """Vast's charges per instance and the listed ids, or the reason each could not be read."""
+async def _report(config: Config, by: GroupBy, since: datetime | None) -> CostReport:
+    """The report over the ledger of the configured store (empty before any watch made one)."""
     key = resolve_api_key()
-    if key is None:
-        reason = "no Vast API key (set VAST_API_KEY)"
-        return reason, reason
-    async with VastClient(key, config.vast.url, max_attempts=3, max_wait=2.0) as client:
-        charges: dict[int, Charge] | str
-        listed: set[int] | str
-        try:
-            items: list[dict[str, Any]] = []
-            token: str | None = None
-            for _ in range(_MAX_PAGES):
-                page = await client.charges(start=start.timestamp(), end=end.timestamp(), after_token=token)
-                items += [item for item in page.get("results") or [] if isinstance(item, dict)]
-                token = page.get("next_token") or None
-                if token is None:
-                    break
-            charges = charged_by_instance(items)
-        except VastEventsError as exc:
-            charges = str(exc)
-        try:
-            listed = {instance.id for instance in await client.list_instances()}
-        except VastEventsError as exc:
-            listed = str(exc)
-    return charges, listed
+    client = VastClient(key, config.vast.url, max_attempts=3, max_wait=2.0) if key else None
+    store = existing_store(config)  # the team's shared store in team mode
+    try:
+        ledger = store.repository(Ledger) if store is not None else None
+        return await cost_report(ledger, client, now=datetime.now(UTC), by=by, since=since)
+    finally:
+        if store is not None:
+            store.close()
+        if client is not None:
+            await client.aclose()
 
 
 def _money(value: float | None) -> str:
@@ -106,26 +85,7 @@ def cost(
         cfg = load_config(config)
     except ConfigError as exc:
         fail(str(exc), 2)
-    intervals: list[Interval] = []
-    known: dict[int, LedgerInstance] = {}
-    if (store := existing_store(cfg)) is not None:  # the team's shared store in team mode
-        with store:
-            ledger = store.repository(Ledger)
-            intervals, known = ledger.intervals(), ledger.instances()
-    now = datetime.now(UTC)
-    first = min((i.start for i in intervals), default=now - _WEEK) - timedelta(days=1)
-    charges, listed = asyncio.run(_vast_side(cfg, start or first, now + timedelta(days=1)))
-    report = build_report(
-        intervals,
-        known,
-        now=now,
-        by=cast(GroupBy, by),
-        since=start,
-        charged=charges if isinstance(charges, dict) else None,
-        listed=listed if isinstance(listed, set) else None,
-        charges_error=charges if isinstance(charges, str) else None,
-        list_error=listed if isinstance(listed, str) else None,
-    )
+    report = asyncio.run(_report(cfg, cast(GroupBy, by), start))
     if report.charges_error is not None:
         typer.echo(f"warning: cannot read Vast's charges ({report.charges_error}); showing the ledger only", err=True)
     for ghost in report.ghosts:

@@ -33,9 +33,9 @@ from rich.status import Status
 from rich.table import Table
 
 from vastevents.cli._app import EXIT_FAILED, EXIT_INTERRUPTED, app, fail
-from vastevents.cli._cost_report import build_report, charged_by_instance
 from vastevents.clock import ManualClock
 from vastevents.config import Config, parse_config
+from vastevents.costs import build_report, charged_by_instance
 from vastevents.errors import VastEventsError
 from vastevents.events import Event
 from vastevents.jobspec import JobSpec

@@ -1,6 +1,7 @@
-"""The cost report: the ledger's totals beside Vast's own charges, per instance, with ghost billing found.
+"""What was spent: the ledger's totals beside Vast's own charges, per instance, with ghost billing found.
 
-Pure: the ledger rows, the charge items, the ids the instance list shows and the time come in as arguments.
+:func:`build_report` is pure: the ledger rows, the charge items, the ids the instance list shows and the time come
+in as arguments; :func:`cost_report` reads them (``vastevents cost`` and the agents' ``cost`` tool).
 A difference larger than :func:`tolerance` is flagged. *Ghost billing* is a charge for an instance the list
 does not show (or no longer shows) that the ledger cannot account for: never seen by us, or charged more
 than we saw it bill — the way instances kept billing for days while an API change made them invisible.
@@ -12,10 +13,12 @@ import re
 from collections import defaultdict
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any, Literal
 
-from vastevents.store.ledger import Interval, LedgerInstance
+from vastevents.errors import VastEventsError
+from vastevents.store.ledger import Interval, Ledger, LedgerInstance
+from vastevents.vast import VastClient
 
 GroupBy = Literal["instance", "job", "label", "day"]
 _SOURCE = re.compile(r"instance[-_ ]?(\d+)$")
@@ -209,3 +212,75 @@ def _groups(
             key = {"instance": str(interval.instance_id), "job": interval.job_id, "label": interval.label}[by]
             totals[key or "-"] += interval.cost_usd(now, since=since)
     return tuple(sorted(totals.items()))
+
+
+# --- gathering: the ledger beside what Vast charged ------------------------------------------------------------
+
+_MAX_PAGES = 1000
+_WEEK = timedelta(days=7)
+
+
+def parse_since(text: str) -> datetime:
+    """A UTC moment from ``2026-01-31`` or ``2026-01-31T12:00`` (a time without a zone is UTC); ValueError if not."""
+    try:
+        moment = datetime.fromisoformat(text) if "T" in text or " " in text else None
+        if moment is None:
+            moment = datetime.combine(date.fromisoformat(text), datetime.min.time())
+    except ValueError:
+        raise ValueError(f"{text!r}: expected a date like 2026-01-31 or 2026-01-31T12:00") from None
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
+
+
+async def account_side(
+    client: VastClient | None, start: datetime, end: datetime
+) -> tuple[dict[int, Charge] | str, set[int] | str]:
+    """Vast's charges per instance between `start` and `end`, and the ids the instance list shows; each, when it
+    cannot be read, the reason in words."""
+    if client is None:
+        reason = "no Vast API key (set VAST_API_KEY)"
+        return reason, reason
+    charges: dict[int, Charge] | str
+    listed: set[int] | str
+    try:
+        items: list[dict[str, Any]] = []
+        token: str | None = None
+        for _ in range(_MAX_PAGES):
+            page = await client.charges(start=start.timestamp(), end=end.timestamp(), after_token=token)
+            items += [item for item in page.get("results") or [] if isinstance(item, dict)]
+            token = page.get("next_token") or None
+            if token is None:
+                break
+        charges = charged_by_instance(items)
+    except VastEventsError as exc:
+        charges = str(exc)
+    try:
+        listed = {instance.id for instance in await client.list_instances()}
+    except VastEventsError as exc:
+        listed = str(exc)
+    return charges, listed
+
+
+async def cost_report(
+    ledger: Ledger | None,
+    client: VastClient | None,
+    *,
+    now: datetime,
+    by: GroupBy = "instance",
+    since: datetime | None = None,
+) -> CostReport:
+    """The report ``cost`` prints: the ledger's intervals (none without a store) beside Vast's charges over the
+    ledger's whole span, or the last week."""
+    intervals, known = (ledger.intervals(), ledger.instances()) if ledger is not None else ([], {})
+    first = min((i.start for i in intervals), default=now - _WEEK) - timedelta(days=1)
+    charges, listed = await account_side(client, since or first, now + timedelta(days=1))
+    return build_report(
+        intervals,
+        known,
+        now=now,
+        by=by,
+        since=since,
+        charged=charges if isinstance(charges, dict) else None,
+        listed=listed if isinstance(listed, set) else None,
+        charges_error=charges if isinstance(charges, str) else None,
+        list_error=listed if isinstance(listed, str) else None,
+    )
