@@ -17,10 +17,11 @@ again. The monitor is a daemon whose phase is checkpointed, so a watcher restart
 from __future__ import annotations
 
 import re
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from vastevents import (
+    Cause,
     Context,
     Duration,
     Event,
@@ -31,6 +32,7 @@ from vastevents import (
     Job,
     Jobs,
     JobSpec,
+    JobStatus,
     Rental,
     SshTarget,
     TemporaryError,
@@ -45,8 +47,7 @@ from . import jobs_remote
 _JOB_LABEL = re.compile(r":job-(\d+)$")
 _EARLY = 60.0
 _STALE = 600.0
-"""Seconds after which a claim with nothing rented under its label, or a job winding down with its instance
-gone, is taken to be a dead watcher's."""
+"""Seconds after which a job winding down with its instance gone is taken to be a dead watcher's."""
 
 
 def _older(at: datetime | None, now: datetime) -> bool:
@@ -80,6 +81,11 @@ class JobsHandler(Handler[JobsOptions]):
     Options = JobsOptions
     emits = ("job_started", "job_finished", "job_failed")
 
+    def __init__(self, options: JobsOptions | None = None) -> None:
+        super().__init__(options)
+        self._launching: set[int] = set()
+        """Jobs this process is renting for right now (a ``creating`` job not here was left by a dead watcher)."""
+
     # --- renting ------------------------------------------------------------------------------------------
 
     @every("15s")
@@ -89,10 +95,11 @@ class JobsHandler(Handler[JobsOptions]):
         jobs = ctx.store.repository(Jobs)
         now = ctx.clock.now()
         labels = {instance.label for instance in ctx.store.load_snapshot().instances() if instance.label}
-        for job in jobs.release_stale_claims(now - timedelta(seconds=_STALE), labels):
-            ctx.logger.warning("job %d: its claim was never rented for; pending again", job.id)
         for job in jobs.list(unfinished=True):
-            if job.status == "collecting" and job.label not in labels and _older(job.finished_at, now):
+            if job.status == JobStatus.CREATING and job.id not in self._launching and job.label not in labels:
+                jobs.release(job.id)
+                ctx.logger.warning("job %d: its claim was never rented for; pending again", job.id)
+            elif job.status == JobStatus.COLLECTING and job.label not in labels and _older(job.finished_at, now):
                 self.settle(job, ctx)
         while (claimed := jobs.claim(now)) is not None:
             await self.launch(claimed, ctx)
@@ -101,7 +108,7 @@ class JobsHandler(Handler[JobsOptions]):
         """Record the end of a job left winding down with its instance gone: a watcher died between the destroy
         and the outcome (the destroy lets the daemon go first, so no daemon resumes it)."""
         jobs = ctx.store.repository(Jobs)
-        status = "finished" if job.exit_code == 0 else "failed"
+        status = JobStatus.FINISHED if job.exit_code == 0 else JobStatus.FAILED
         jobs.add_error(job.id, "the watcher stopped while winding the job down; its instance is gone")
         jobs.update(job.id, status=status, destroyed=True)
         ctx.logger.warning("job %d: settled as %s after its watcher stopped while winding it down", job.id, status)
@@ -109,7 +116,7 @@ class JobsHandler(Handler[JobsOptions]):
     async def relaunch(self, job: Job, reason: str, ctx: Context) -> None:
         """Back to pending with `reason` noted, then claim and rent again (unless another watcher claimed it)."""
         jobs = ctx.store.repository(Jobs)
-        jobs.update(job.id, status="pending", instance_id=None)
+        jobs.update(job.id, status=JobStatus.PENDING, instance_id=None)
         jobs.add_error(job.id, reason)
         claimed = jobs.claim(ctx.clock.now(), job.id)
         if claimed is not None:
@@ -117,16 +124,24 @@ class JobsHandler(Handler[JobsOptions]):
 
     async def launch(self, job: Job, ctx: Context) -> None:
         """Rent the first offer that works for a claimed job; a submitted job's offers are searched here."""
+        self._launching.add(job.id)
+        try:
+            await self._launch(job, ctx)
+        finally:
+            self._launching.discard(job.id)
+
+    async def _launch(self, job: Job, ctx: Context) -> None:
         jobs = ctx.store.repository(Jobs)
         spec = JobSpec.model_validate(job.spec)
         if not job.offers:
             offers = await spec.offers(ctx.client, blocked=ctx.store.repository(Hosts).blocked(ctx.clock.now()))
             if not offers:
-                await self.give_up(job, f"no offer matches {spec.query!r}", ctx)
+                await self.give_up(job, f"no offer matches {spec.query!r}", Cause.CAPACITY, ctx)
                 return
             estimate = spec.estimate(offers[0])
             if spec.max_cost is not None and estimate > spec.max_cost:
-                await self.give_up(job, f"the estimate ${estimate:.2f} is over max_cost ${spec.max_cost:.2f}", ctx)
+                reason = f"the estimate ${estimate:.2f} is over max_cost ${spec.max_cost:.2f}"
+                await self.give_up(job, reason, Cause.CAPACITY, ctx)
                 return
             job = jobs.update(job.id, offers=[offer.id for offer in offers])
         tried = list(job.tried)
@@ -151,21 +166,23 @@ class JobsHandler(Handler[JobsOptions]):
             except Exception as exc:
                 jobs.add_error(job.id, f"offer {ask}: {type(exc).__name__}: {exc}")
                 continue
-            jobs.update(job.id, status="loading", instance_id=instance_id)
+            jobs.update(job.id, status=JobStatus.LOADING, instance_id=instance_id)
             ctx.logger.info("job %d rented offer %d as instance %d", job.id, ask, instance_id)
             return
         reason = f"no offer could be rented (tried {len(tried)} of {len(job.offers)}, at most {spec.max_offers})"
-        await self.give_up(jobs.add_error(job.id, reason), reason, ctx)
+        await self.give_up(jobs.add_error(job.id, reason), reason, Cause.CAPACITY, ctx)
 
-    async def give_up(self, job: Job, reason: str, ctx: Context, instance: Instance | None = None) -> None:
-        ctx.store.repository(Jobs).update(job.id, status="failed", finished_at=ctx.clock.now(), instance_id=None)
-        await ctx.emit("job_failed", instance=instance, detail=reason, key=f"job-{job.id}-gave-up")
+    async def give_up(self, job: Job, reason: str, cause: Cause, ctx: Context) -> None:
+        ctx.store.repository(Jobs).update(
+            job.id, status=JobStatus.FAILED, finished_at=ctx.clock.now(), instance_id=None, cause=cause
+        )
+        await ctx.emit("job_failed", detail=reason, cause=cause, key=f"job-{job.id}-gave-up")
 
     async def drop_offer(self, job: Job, instance: Instance, reason: str, ctx: Context) -> None:
         """Destroy a bad offer's instance and rent the next offer."""
         jobs = ctx.store.repository(Jobs)
         ctx.logger.warning("job %d: dropping instance %d: %s", job.id, instance.id, reason)
-        jobs.update(job.id, status="creating", instance_id=None)  # first: its `vanished` is no longer the job's
+        jobs.update(job.id, status=JobStatus.CREATING, instance_id=None)  # first: its `vanished` is no longer the job's
         await ctx.destroy(instance)
         await self.relaunch(job, f"instance {instance.id} (machine {instance.machine_id}) dropped: {reason}", ctx)
 
@@ -181,20 +198,20 @@ class JobsHandler(Handler[JobsOptions]):
         if job is None or job.done:
             return
         ours = job.instance_id == instance.id
-        if event.name == "stuck_loading" and ours and job.status == "loading":
+        if event.name == "stuck_loading" and ours and job.status == JobStatus.LOADING:
             await self.drop_offer(job, instance, f"stuck loading: {instance.status_msg or 'no progress'}", ctx)
         elif event.name == "vanished":
-            if ours and job.status == "loading":
+            if ours and job.status == JobStatus.LOADING:
                 await self.relaunch(job, f"instance {instance.id} vanished before running", ctx)
         elif instance.actual_status == "running":
             if not ours:
                 # A replacement under the job's label (after a preemption): it takes the job over.
                 ctx.logger.info("job %d moves from instance %s to %d", job.id, job.instance_id, instance.id)
-                jobs.update(job.id, instance_id=instance.id, status="loading")
+                jobs.update(job.id, instance_id=instance.id, status=JobStatus.LOADING)
                 await ctx.spawn(self.run_job, instance, {"job": job.id, "phase": "connect", "resume": True})
-            elif job.status in ("loading", "creating"):
+            elif job.status in (JobStatus.LOADING, JobStatus.CREATING):
                 await ctx.spawn(self.run_job, instance, {"job": job.id, "phase": "connect", "resume": False})
-        elif ours and job.status == "loading" and instance.actual_status in ("exited", "offline", "stopped"):
+        elif ours and job.status == JobStatus.LOADING and instance.actual_status in ("exited", "offline", "stopped"):
             await self.drop_offer(job, instance, f"{instance.actual_status} before running", ctx)
 
     @daemon
@@ -217,7 +234,7 @@ class JobsHandler(Handler[JobsOptions]):
         except Exception as exc:
             reason = f"error: {type(exc).__name__}: {exc}"
             jobs.add_error(job.id, reason)
-            await self.fail_and_destroy(job, instance, reason, f"job-{job.id}-end", ctx)
+            await self.fail_and_destroy(job, instance, reason, Cause.JOB_ERROR, f"job-{job.id}-end", ctx)
 
     async def _phases(self, job: Job, instance: Instance, state: dict[str, Any], ctx: Context) -> None:
         jobs = ctx.store.repository(Jobs)
@@ -229,9 +246,9 @@ class JobsHandler(Handler[JobsOptions]):
                 return
             state = self._next(state, "preflight", ctx)
         if state["phase"] == "preflight":
-            problem = await jobs_remote.preflight(ctx, target, spec)
-            if problem is not None:
-                await self._preflight_failed(job, instance, problem, ctx)
+            unfit = await jobs_remote.preflight(ctx, target, spec)
+            if unfit is not None:
+                await self._preflight_failed(job, instance, unfit, ctx)
                 return
             state = self._next(state, "upload", ctx)
         if state["phase"] == "upload":
@@ -242,7 +259,7 @@ class JobsHandler(Handler[JobsOptions]):
             now = ctx.clock.now()
             job = jobs.update(
                 job.id,
-                status="running",
+                status=JobStatus.RUNNING,
                 started_at=job.started_at or now,
                 attempts=job.attempts + 1,
                 gpu_name=instance.gpu_name,
@@ -256,9 +273,13 @@ class JobsHandler(Handler[JobsOptions]):
             if outcome is None:
                 return
             exit_code, reason = outcome
-            name = "job_finished" if exit_code == 0 else "job_failed"
             detail = f"exit code {exit_code}" + (f": {reason}" if reason else "")
-            await ctx.emit(name, instance=instance, detail=detail, key=f"job-{job.id}-end")
+            if exit_code == 0:
+                await ctx.emit("job_finished", instance=instance, detail=detail, key=f"job-{job.id}-end")
+            else:
+                cause = Cause.TIMEOUT if exit_code == jobs_remote.KILLED else Cause.JOB_ERROR
+                jobs.update(job.id, cause=cause)
+                await ctx.emit("job_failed", instance=instance, detail=detail, cause=cause, key=f"job-{job.id}-end")
             state = self._next(state, "collect", ctx, exit_code=exit_code, reason=reason)
         if state["phase"] == "collect":
             await jobs_remote.collect(ctx, target, spec, jobs.get(job.id) or job, instance, state.get("exit_code"))
@@ -285,23 +306,26 @@ class JobsHandler(Handler[JobsOptions]):
                 return False
             raise TemporaryError(f"job {job.id}: SSH not ready yet: {exc}", delay=self.options.ssh_retry) from None
 
-    async def _preflight_failed(self, job: Job, instance: Instance, problem: str, ctx: Context) -> None:
+    async def _preflight_failed(self, job: Job, instance: Instance, unfit: jobs_remote.Unfit, ctx: Context) -> None:
         key = f"job-{job.id}-preflight-{instance.id}"
-        if problem.startswith(jobs_remote.HOST_PROBLEMS):
-            await ctx.emit("job_failed", instance=instance, detail=f"{problem}; trying the next offer", key=key)
-            await self.drop_offer(job, instance, problem, ctx)
+        if unfit.cause is Cause.HOST_UNFIT:
+            detail = f"{unfit.problem}; trying the next offer"
+            await ctx.emit("job_failed", instance=instance, detail=detail, cause=unfit.cause, key=key)
+            await self.drop_offer(job, instance, unfit.problem, ctx)
             return
-        ctx.store.repository(Jobs).add_error(job.id, problem)
-        await self.fail_and_destroy(job, instance, problem, key, ctx)
+        ctx.store.repository(Jobs).add_error(job.id, unfit.problem)
+        await self.fail_and_destroy(job, instance, unfit.problem, unfit.cause, key, ctx)
 
-    async def fail_and_destroy(self, job: Job, instance: Instance, reason: str, key: str, ctx: Context) -> None:
+    async def fail_and_destroy(
+        self, job: Job, instance: Instance, reason: str, cause: Cause, key: str, ctx: Context
+    ) -> None:
         """Destroy the instance of a failed job, winding down (``collecting``) first: that instance's ``vanished``,
         delivered while the destroy is still being checked, must not rent a new one for a job still ``loading``."""
         jobs = ctx.store.repository(Jobs)
-        jobs.update(job.id, status="collecting", finished_at=ctx.clock.now())
-        await ctx.emit("job_failed", instance=instance, detail=reason, key=key)
+        jobs.update(job.id, status=JobStatus.COLLECTING, finished_at=ctx.clock.now(), cause=cause)
+        await ctx.emit("job_failed", instance=instance, detail=reason, cause=cause, key=key)
         destroyed = await jobs_remote.destroy(ctx, instance)
-        jobs.update(job.id, status="failed", finished_at=ctx.clock.now(), destroyed=destroyed)
+        jobs.update(job.id, status=JobStatus.FAILED, finished_at=ctx.clock.now(), destroyed=destroyed)
 
     async def _monitor(
         self, job: Job, instance: Instance, target: SshTarget, spec: JobSpec, state: dict[str, Any], ctx: Context
@@ -325,7 +349,7 @@ class JobsHandler(Handler[JobsOptions]):
             elapsed = (now - started).total_seconds()
             if spec.max_duration is not None and elapsed > spec.max_duration:
                 await jobs_remote.kill(ctx, target, spec, int(state["pid"]))
-                return 124, f"killed after max_duration {spec.max_duration:g}s"
+                return jobs_remote.KILLED, f"killed after max_duration {spec.max_duration:g}s"
             synced = datetime.fromisoformat(state["synced"])
             if spec.checkpoint_dir and (now - synced).total_seconds() >= spec.checkpoint_every:
                 await jobs_remote.sync_checkpoint(ctx, target, spec, job)

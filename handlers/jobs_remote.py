@@ -8,15 +8,16 @@ then destroys the instance and checks that it is gone.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from shlex import quote
 
-from vastevents import Context, Instance, Job, Jobs, JobSpec, Ssh, SshTarget
+from vastevents import Cause, Context, Instance, Job, Jobs, JobSpec, JobStatus, Ssh, SshTarget
 
 CONTROL = ".vastevents"
 LOG = f"{CONTROL}/job.log"
-HOST_PROBLEMS = ("preflight: no GPU", "preflight: CUDA")
-"""Preflight failures the host causes (the recovery handler strikes the host for these)."""
+KILLED = 124
+"""The exit code of a command killed after ``max_duration`` (as ``timeout(1)`` reports it)."""
 _CUDA = re.compile(r"CUDA Version:\s*([0-9]+(?:\.[0-9]+)?)")
 
 
@@ -25,29 +26,39 @@ def _ssh(ctx: Context) -> Ssh:
     return ctx.ssh
 
 
-async def preflight(ctx: Context, target: SshTarget, spec: JobSpec) -> str | None:
-    """None if the host is fit, else the problem, starting with ``preflight: ...``."""
+@dataclass(frozen=True)
+class Unfit:
+    """A failed preflight: whose fault it is (``host_unfit`` or ``job_error``) and what was found."""
+
+    cause: Cause
+    problem: str
+
+
+async def preflight(ctx: Context, target: SshTarget, spec: JobSpec) -> Unfit | None:
+    """None if the host is fit for the job, else what failed: no GPU or too old a CUDA is the host's fault, a
+    package that does not import is the job's (its image)."""
     ssh = _ssh(ctx)
     checks = spec.preflight
     if checks.gpu:
         gpus = await ssh.run(target, "nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader")
         if gpus.exit_code != 0 or not gpus.stdout.strip():
             said = (gpus.stderr or gpus.stdout).strip().splitlines()
-            return f"preflight: no GPU visible (nvidia-smi exit {gpus.exit_code}: {said[0] if said else 'no output'})"
+            seen = said[0] if said else "no output"
+            return Unfit(Cause.HOST_UNFIT, f"preflight: no GPU visible (nvidia-smi exit {gpus.exit_code}: {seen})")
         ctx.logger.info("preflight: GPUs %s", "; ".join(gpus.stdout.strip().splitlines()))
     if checks.cuda is not None:
         banner = await ssh.run(target, "nvidia-smi")
         found = _CUDA.search(banner.stdout)
         if found is None or float(found.group(1)) < checks.cuda:
             have = found.group(1) if found else "unknown"
-            return f"preflight: CUDA {have} is older than the required {checks.cuda:g}"
+            return Unfit(Cause.HOST_UNFIT, f"preflight: CUDA {have} is older than the required {checks.cuda:g}")
         ctx.logger.info("preflight: CUDA %s", found.group(1))
     for module in checks.imports:
         code = f"import {module} as m; print(getattr(m, '__version__', 'unknown'))"
         result = await ssh.run(target, f"python3 -c {quote(code)} || python -c {quote(code)}")
         if result.exit_code != 0:
             why = (result.stderr.strip().splitlines() or ["not importable"])[-1]
-            return f"preflight: cannot import {module}: {why}"
+            return Unfit(Cause.JOB_ERROR, f"preflight: cannot import {module}: {why}")
         ctx.logger.info("preflight: %s %s", module, result.stdout.strip())
     return None
 
@@ -124,7 +135,7 @@ async def collect(
     jobs = ctx.store.repository(Jobs)
     out = spec.out
     # What the outcome needs is recorded first, should the watcher stop before the end (see JobsHandler.settle).
-    job = jobs.update(job.id, status="collecting", exit_code=exit_code, results_dir=str(out),
+    job = jobs.update(job.id, status=JobStatus.COLLECTING, exit_code=exit_code, results_dir=str(out),
                       finished_at=job.finished_at or ctx.clock.now())  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
     for path in spec.download:
@@ -142,7 +153,7 @@ async def collect(
     cost = (instance.dph_total or 0.0) * (now - started).total_seconds() / 3600.0
     jobs.update(
         job.id,
-        status="finished" if exit_code == 0 else "failed",
+        status=JobStatus.FINISHED if exit_code == 0 else JobStatus.FAILED,
         finished_at=now,
         cost_usd=cost,
         destroyed=destroyed,

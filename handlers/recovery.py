@@ -1,8 +1,11 @@
 """The ``recovery`` handler: an owned instance that died is replaced on another host, under the same label.
 
-It reacts to ``preempted``, ``stuck_loading``, ``offline_too_long`` and a host-caused ``job_failed`` (its detail
-starts with ``preflight:``) of owned instances, and strikes hosts that flap (``host_flap``). A replacement keeps
-the original's GPU, disk, image, onstart, env and label, so a job runner resumes the job on it by label.
+It reacts to ``preempted``, ``stuck_loading`` and ``offline_too_long`` of owned instances. Each death gets a cause
+(:class:`~vastevents.Cause`): a bid instance outbid is ``outbid``, another preemption ``preempted``, a stuck load or
+a host offline too long ``host_unfit``. Only ``host_unfit`` strikes the host: those deaths, hosts that flap
+(``host_flap``), and a ``job_failed`` whose cause is ``host_unfit`` (the job runner drops that instance and rents
+its next offer itself, so nothing is replaced for it here). A replacement keeps the original's GPU, disk, image,
+onstart, env and label, so a job runner resumes the job on it by label.
 
 [handlers.recovery]
 use = "recovery"
@@ -35,6 +38,7 @@ from pydantic import Field
 
 from vastevents import (
     ApiError,
+    Cause,
     Context,
     Duration,
     Event,
@@ -53,9 +57,6 @@ from vastevents import (
     every,
     on,
 )
-
-HOST_CAUSED = "preflight:"
-"""How a job runner's ``job_failed`` detail starts when the host, not the job, is at fault."""
 
 Policy = Literal["replace", "wait", "rebid", "alert"]
 
@@ -98,7 +99,9 @@ class RecoveryHandler(Handler[RecoveryOptions]):
         instance = event.instance
         if instance is None or not ctx.owns(instance) or not instance.label:
             return
-        if event.name == "job_failed" and not (event.detail or "").startswith(HOST_CAUSED):
+        if event.name == "job_failed":
+            if event.cause is Cause.HOST_UNFIT:
+                await self._strike(ctx, instance, f"job_failed: {event.detail}", event)
             return
         recoveries = ctx.store.repository(Recoveries)
         known = recoveries.get(instance.id)
@@ -106,13 +109,14 @@ class RecoveryHandler(Handler[RecoveryOptions]):
             if known.status is RecoveryStatus.RENTING and instance.id not in self._busy:
                 await self._attempt(known, ctx)
             return
-        if self._host_at_fault(event, instance):
+        cause = _death_cause(event.name, instance)
+        if cause is Cause.HOST_UNFIT:
             await self._strike(ctx, instance, f"{event.name}: {event.detail}" if event.detail else event.name, event)
         policy = self._policy(event, instance)
         record = Recovery(
             dead_id=instance.id,
             label=instance.label,
-            cause=event.name,
+            cause=cause,
             reason=event.detail or event.name,
             status=RecoveryStatus.PENDING,
             failures=0,
@@ -169,11 +173,6 @@ class RecoveryHandler(Handler[RecoveryOptions]):
         if self.options.on_preempt is not None:
             return self.options.on_preempt
         return "wait" if instance.is_bid else "replace"
-
-    @staticmethod
-    def _host_at_fault(event: Event, instance: Instance) -> bool:
-        """Everything but an outbid bid instance: being outbid is the market, not the host."""
-        return not (event.name == "preempted" and instance.is_bid)
 
     async def _rebid(self, instance: Instance, ctx: Context) -> bool:
         """Raise the bid to the market minimum times rebid_factor (within max_price); False if that is not possible."""
@@ -232,14 +231,18 @@ class RecoveryHandler(Handler[RecoveryOptions]):
         restarts = sum(1 for r in lineage if r.status is RecoveryStatus.RECOVERED)
         dead = next((i for i in live if i.id == record.dead_id), None)
         if restarts >= self.options.max_restarts:
-            await self._give_up(record, dead, f"max_restarts ({self.options.max_restarts}) reached", ctx)
+            why = f"max_restarts ({self.options.max_restarts}) reached"
+            await self._give_up(record, dead, why, record.cause or Cause.PREEMPTED, ctx)
             return
         try:
             if dead is not None:
                 await ctx.destroy(dead)
             new_id = await self._rent(record, ctx)
-        except (NoOffer, ApiError) as exc:
-            await self._failed_attempt(record, str(exc), ctx)
+        except NoOffer as exc:
+            await self._failed_attempt(record, str(exc), Cause.CAPACITY, ctx)
+            return
+        except ApiError as exc:
+            await self._failed_attempt(record, str(exc), Cause.API_ERROR, ctx)
             return
         new = await ctx.client.get_instance(new_id)
         await self._recovered(record, new or Instance(id=new_id, label=record.label), ctx)
@@ -305,11 +308,11 @@ class RecoveryHandler(Handler[RecoveryOptions]):
         await ctx.emit("recovered", instance=new, detail=detail, key=f"recovered:{record.dead_id}")
         ctx.store.repository(Recoveries).update(record.dead_id, RecoveryStatus.RECOVERED, new_id=new.id)
 
-    async def _failed_attempt(self, record: Recovery, why: str, ctx: Context) -> None:
+    async def _failed_attempt(self, record: Recovery, why: str, cause: Cause, ctx: Context) -> None:
         now = ctx.clock.now()
         failures = record.failures + 1
         if now >= record.started_at + timedelta(seconds=self.options.give_up_after):
-            await self._give_up(record, None, f"gave up after {_seconds(now - record.started_at)}: {why}", ctx)
+            await self._give_up(record, None, f"gave up after {_seconds(now - record.started_at)}: {why}", cause, ctx)
             return
         delay = min(self.options.backoff_max, self.options.backoff * self.options.backoff_factor ** (failures - 1))
         ctx.store.repository(Recoveries).update(
@@ -319,17 +322,25 @@ class RecoveryHandler(Handler[RecoveryOptions]):
             await ctx.notify(f"cannot replace instance {record.dead_id} ({record.label}) yet: {why}; retrying")
         ctx.logger.warning("replacing %d failed (%s); next try in %gs", record.dead_id, why, delay)
 
-    async def _give_up(self, record: Recovery, dead: Instance | None, why: str, ctx: Context) -> None:
+    async def _give_up(self, record: Recovery, dead: Instance | None, why: str, cause: Cause, ctx: Context) -> None:
         if dead is not None:
             await ctx.destroy(dead)
         await ctx.emit(
             "recovery_failed",
             instance=Instance.model_validate(record.original),
             detail=f"{record.dead_id} ({record.label}): {why}",
+            cause=cause,
             key=f"recovery_failed:{record.dead_id}",
         )
         ctx.store.repository(Recoveries).update(record.dead_id, RecoveryStatus.FAILED, reason=why)
         await ctx.notify(f"recovery of instance {record.dead_id} ({record.label}) failed: {why}")
+
+
+def _death_cause(event: str, instance: Instance) -> Cause:
+    """Why an owned instance died, from the event that told: the market, the host taking it back, or the host."""
+    if event == "preempted":
+        return Cause.OUTBID if instance.is_bid else Cause.PREEMPTED
+    return Cause.HOST_UNFIT  # stuck loading, offline too long
 
 
 def _env(instance: Instance) -> dict[str, str] | None:

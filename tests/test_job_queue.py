@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from stores import Opener
 
+from vastevents import Cause, JobStatus
 from vastevents.jobspec import pack_dir, unpack_dir
 from vastevents.store import Job, Jobs, PostgresStore, SqlStore
 
@@ -39,11 +40,14 @@ def test_a_job_round_trips_every_column_and_only_unfinished_ones_are_listed_as_s
 
     started = T0 + timedelta(minutes=1)
     done = jobs.update(
-        first.id, status="finished", instance_id=4242, tried=[11], attempts=1, exit_code=0, results_dir="out",
+        first.id, status=JobStatus.FAILED, instance_id=4242, tried=[11], attempts=1, exit_code=0, results_dir="out",
         gpu_name="RTX 4090", dph_total=0.305, cost_usd=0.0123456789, destroyed=True, started_at=started,
-        finished_at=started + timedelta(hours=1),
+        finished_at=started + timedelta(hours=1), cause=Cause.JOB_ERROR, drops=2,
+        avoid=[5, 6],
     )  # fmt: skip
     assert jobs.get(first.id) == done and done.done
+    assert (done.status, done.cause, done.drops, done.avoid) == (JobStatus.FAILED, Cause.JOB_ERROR, 2, [5, 6])
+    assert done.to_json()["cause"] == "job_error" and done.to_json()["status"] == "failed"
     assert (done.instance_id, done.tried, done.exit_code, done.results_dir) == (4242, [11], 0, "out")
     assert (done.dph_total, done.cost_usd, done.runtime_s(T0)) == (0.305, 0.0123456789, 3600.0)
     assert done.destroyed is True
@@ -109,17 +113,31 @@ def test_concurrent_claimers_take_every_job_exactly_once(pg_url: str) -> None:
             store.close()
 
 
-def test_a_dead_watchers_claim_goes_back_to_pending_but_a_renting_one_stays(opener: Opener) -> None:
+def test_a_released_claim_is_claimed_again_only_once_its_backoff_is_over(opener: Opener) -> None:
     store = opener()
     jobs = store.repository(Jobs)
-    dead, renting, rented = queue(store, 3)
-    for job in (dead, renting, rented):
-        jobs.claim(T0, job.id)
-    jobs.update(rented.id, status="loading", instance_id=7)
-    released = jobs.release_stale_claims(T0 + timedelta(seconds=1), labels_in_use={renting.label})
-    assert [job.id for job in released] == [dead.id]
-    assert [job.status for job in jobs.list()] == ["pending", "creating", "loading"]
-    assert jobs.release_stale_claims(T0, labels_in_use=set()) == []  # a claim newer than the cut-off stays
+    (job,) = queue(store, 1)
+    assert jobs.claim(T0) is not None
+    released = jobs.release(job.id, T0 + timedelta(seconds=10), failed=True)
+    assert (released.status, released.failures, released.retry_at) == ("pending", 1, T0 + timedelta(seconds=10))
+    assert jobs.claim(T0 + timedelta(seconds=9)) is None and jobs.claim(T0 + timedelta(seconds=9), job.id) is None
+    claimed = jobs.claim(T0 + timedelta(seconds=10))
+    assert claimed is not None and claimed.status == JobStatus.CREATING
+    assert jobs.release(job.id).failures == 1  # given back without a failure: the count stays
+
+
+def test_a_cancel_request_is_recorded_once_and_never_on_a_job_that_ended(opener: Opener) -> None:
+    store = opener()
+    jobs = store.repository(Jobs)
+    running, done = queue(store, 2)
+    jobs.update(done.id, status=JobStatus.FINISHED)
+    requested = jobs.request_cancel(running.id, T0)
+    assert requested is not None and requested.cancel_requested_at == T0
+    again = jobs.request_cancel(running.id, T0 + timedelta(seconds=5))
+    assert again is not None and again.cancel_requested_at == T0
+    ended = jobs.request_cancel(done.id, T0)
+    assert ended is not None and ended.cancel_requested_at is None
+    assert jobs.request_cancel(done.id + 1, T0) is None
 
 
 def test_an_upload_archive_travels_through_the_store_and_unpacks_safely(opener: Opener, tmp_path: Path) -> None:

@@ -172,7 +172,7 @@ async def test_an_emitted_event_reaches_observers_other_handlers_and_the_journal
         assert len(job_started) == 1 and job_started[0].instance is not None
 
         # Delivered again (as after a crash before the mark): the same emit journals nothing new.
-        again = h.runtime.context.bound("starter", Starter.emits, cause=h.store.events(name="loading_to_running")[0])
+        again = h.runtime.context.bound("starter", Starter.emits, event=h.store.events(name="loading_to_running")[0])
         await again.emit("job_started", detail="train.py")
         assert len(h.store.events(name="job_started")) == 1
 

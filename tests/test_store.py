@@ -12,7 +12,7 @@ import pytest
 from stores import Opener
 
 from vastevents.diff import observe
-from vastevents.events import Event
+from vastevents.events import Cause, Event
 from vastevents.models import Instance
 from vastevents.snapshot import Snapshot
 from vastevents.store import (
@@ -55,12 +55,15 @@ def test_snapshot_and_events_round_trip_through_a_reopen(opener: Opener) -> None
         snapshot, events = observe(previous, rows((1, "loading"), (2, "Weird")), T0)
         journaled = store.commit(previous, snapshot, events)
         assert [e.id for e in journaled] == [1, 2]
+        failed = store.append([Event(name="job_failed", instance_id=1, at=T0, detail="exit 3", cause=Cause.JOB_ERROR)])
     with opener() as store:
         assert store.load_snapshot() == snapshot
-        assert store.events() == journaled
+        assert store.events() == [*journaled, *failed]
         assert store.events()[1].raw == "Weird"
         instance = store.events()[0].instance
         assert instance is not None and instance.model_extra == {"odd_field": [1, 2]}
+        assert [e.cause for e in store.events()] == [None, None, Cause.JOB_ERROR]
+        assert store.events()[2].to_json()["cause"] == "job_error"
 
 
 def test_commit_writes_everything_or_nothing(store: SqlStore) -> None:
@@ -174,7 +177,7 @@ def user_version(path: Path) -> int:
 
 
 def test_a_new_store_records_each_component_version(store: SqlStore) -> None:
-    assert components(store) == {"effects": 1, "journal": 2, "snapshot": 1}
+    assert components(store) == {"effects": 1, "journal": 3, "snapshot": 1}
 
 
 def test_a_new_sqlite_file_is_at_the_current_format(tmp_path: Path) -> None:

@@ -123,7 +123,7 @@ def assert_consistent_chains(lines: list[dict[str, Any]]) -> dict[int, str | Non
     assert [line["id"] for line in lines] == sorted({line["id"] for line in lines})
     state: dict[int, str | None] = {}
     for line in lines:
-        assert list(line) == ["id", "name", "instance_id", "old", "new", "at", "catch_up", "instance", "detail"]
+        assert list(line) == "id name instance_id old new at catch_up instance detail cause".split()
         name, instance_id = line["name"], line["instance_id"]
         if name == "appeared":
             assert instance_id not in state

@@ -21,7 +21,7 @@ from vastevents.errors import (
     TemporaryError,
     VastEventsError,
 )
-from vastevents.events import Event
+from vastevents.events import Cause, Event
 from vastevents.jobspec import JobSpec, load_spec, unpack_dir
 from vastevents.models import Instance, Offer, Rental, State
 from vastevents.notify import (
@@ -41,7 +41,7 @@ from vastevents.ports import CommandResult, Notifier, Ssh, SshTarget, VastApi
 from vastevents.query import parse_query
 from vastevents.runtime import Runtime
 from vastevents.snapshot import InstanceView, Snapshot
-from vastevents.store import Conn, Database, Job, Jobs, Migration, SqliteStore, Store
+from vastevents.store import Conn, Database, Job, Jobs, JobStatus, Migration, SqliteStore, Store
 from vastevents.store.hosts import HostRecord, Hosts
 from vastevents.store.ledger import Interval, Ledger, LedgerInstance, hourly_rate, job_id_of
 from vastevents.store.outbox import Outbox, OutboxMessage
@@ -55,6 +55,7 @@ __all__ = [
     "AppriseTransport",
     "AuthError",
     "BotTransport",
+    "Cause",
     "ChatMessage",
     "ChatTransport",
     "CommandResult",
@@ -74,6 +75,7 @@ __all__ = [
     "Interval",
     "Job",
     "JobSpec",
+    "JobStatus",
     "Jobs",
     "JsonWebhookTransport",
     "Ledger",

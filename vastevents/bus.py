@@ -112,7 +112,7 @@ class Bus:
         def listener(event: Event, delivery: _Delivery) -> asyncio.Future[Outcome] | None:
             if handler.name not in delivery.handlers:
                 return None
-            context = self.context.bound(handler.name, handler.emits, cause=event)
+            context = self.context.bound(handler.name, handler.emits, event=event)
             task = asyncio.ensure_future(self._invoke(handler.name, label, func, event, context))
             delivery.tasks[handler.name].append(task)
             return task  # pyee keeps track of it; _invoke itself never raises

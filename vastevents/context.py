@@ -16,7 +16,7 @@ from vastevents.actions import Actions, Target
 from vastevents.clock import Clock
 from vastevents.config import Config
 from vastevents.errors import VastEventsError
-from vastevents.events import Event
+from vastevents.events import Cause, Event
 from vastevents.models import Instance, Rental
 from vastevents.ports import Notifier, Ssh, VastApi
 from vastevents.store import Store, Write
@@ -47,7 +47,7 @@ class Context:
     logger: logging.Logger
     handler: str = ""
     emits: tuple[str, ...] = ()
-    cause: Event | None = None
+    event: Event | None = None
     """The event being delivered (None in a periodic handler or a daemon)."""
     daemon: tuple[str, int] | None = None
     """(daemon name, instance id) when this context runs a daemon."""
@@ -64,7 +64,7 @@ class Context:
         handler: str,
         emits: tuple[str, ...],
         *,
-        cause: Event | None = None,
+        event: Event | None = None,
         daemon: tuple[str, int] | None = None,
     ) -> Context:
         """A fresh context for one invocation of `handler` (its own logger, emit counter and writes)."""
@@ -72,7 +72,7 @@ class Context:
             self,
             handler=handler,
             emits=emits,
-            cause=cause,
+            event=event,
             daemon=daemon,
             forced=False,
             logger=logging.getLogger(f"vastevents.handlers.{handler}"),
@@ -81,19 +81,28 @@ class Context:
         )
 
     async def notify(self, text: str, *, event: Event | None = None) -> None:
-        await self.notifier.notify(text, event=event if event is not None else self.cause)
+        await self.notifier.notify(text, event=event if event is not None else self.event)
 
     def owns(self, instance: Instance | None) -> bool:
         """True if handlers may act on `instance`: its label starts with ``[vast] label_prefix``."""
         return self.actions.owns(instance)
 
     async def emit(
-        self, name: str, *, instance: Instance | None = None, detail: str | None = None, key: str | None = None
+        self,
+        name: str,
+        *,
+        instance: Instance | None = None,
+        detail: str | None = None,
+        key: str | None = None,
+        cause: Cause | None = None,
     ) -> Event:
         """Journal a handler-made event (declared in ``emits``); observers and other handlers see it.
 
-        Exactly once: during a delivery the event is keyed by (handler, cause, name, n-th emit of that name), so
-        a redelivery after a crash journals nothing twice; elsewhere pass `key` for the same guarantee.
+        `cause` says why something failed (``job_failed``, ``recovery_failed``): handlers that react read it,
+        never the words of `detail`.
+
+        Exactly once: during a delivery the event is keyed by (handler, delivered event, name, n-th emit of that
+        name), so a redelivery after a crash journals nothing twice; elsewhere pass `key` for the same guarantee.
         """
         if name not in self.emits:
             declared = ", ".join(self.emits) or "nothing"
@@ -101,22 +110,23 @@ class Context:
         self._emitted[name] += 1
         if key is not None:
             key = f"{self.handler}:key:{key}"
-        elif self.cause is not None:
-            key = f"{self.handler}:{self.cause.id}:{name}:{self._emitted[name]}"
-        cause = self.cause
-        instance = instance if instance is not None else (cause.instance if cause is not None else None)
+        elif self.event is not None:
+            key = f"{self.handler}:{self.event.id}:{name}:{self._emitted[name]}"
+        delivered = self.event
+        instance = instance if instance is not None else (delivered.instance if delivered is not None else None)
         event = Event(
             name=name,
             instance_id=instance.id if instance is not None else None,
             at=self.clock.now(),
             instance=instance,
             detail=detail or "",
+            cause=cause,
         )
         return self.hooks.emit(event, key)
 
     def in_delivery(self, write: Write) -> None:
         """Run `write(conn)` in the transaction that marks this delivery done (unit of work)."""
-        if self.cause is None:
+        if self.event is None:
             raise VastEventsError("in_delivery() works only while an event is being delivered")
         self.writes.append(write)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
 
 from vastevents.models import Instance, State
@@ -28,6 +29,44 @@ ANY_CHANGE = "any_change"
 """Wildcard: every change of an instance's status (transitions, ``appeared``, ``vanished``)."""
 EVERYTHING = "*"
 """Wildcard: every event, semantic and failure events included."""
+
+
+class Cause(StrEnum):
+    """Why a job or a recovery failed: set where the failure is understood, read by every handler that reacts.
+
+    ``job_failed`` and ``recovery_failed`` events carry one (``detail`` keeps the words); only
+    :attr:`HOST_UNFIT` strikes a host.
+    """
+
+    HOST_UNFIT = "host_unfit"
+    """The host cannot run the job: no GPU, CUDA below the spec, SSH host key or login refused, never reachable."""
+    JOB_ERROR = "job_error"
+    """The job's own fault: its command failed, an import in the preflight failed, a download it needs is missing."""
+    PREEMPTED = "preempted"
+    """The host took the machine back (or it went down while meant to run)."""
+    OUTBID = "outbid"
+    """A higher bid took the GPUs of a bid instance."""
+    CAPACITY = "capacity"
+    """No offer matches."""
+    API_ERROR = "api_error"
+    """The Vast API kept failing."""
+    CANCELLED = "cancelled"
+    """Ctrl-C, SIGTERM, or a cancel request."""
+    TIMEOUT = "timeout"
+    """Killed after ``max_duration``."""
+    DISK_FULL = "disk_full"
+    """The instance's disk filled up."""
+
+    @classmethod
+    def stored(cls, value: str | None) -> Cause | None:
+        """A cause read back from the store; one this version does not know (a newer one wrote it) is None."""
+        if value is None:
+            return None
+        try:
+            return cls(value)
+        except ValueError:
+            return None
+
 
 SEMANTIC_EVENTS = (PREEMPTED, STUCK_LOADING, OFFLINE_TOO_LONG, HOST_FLAP)
 RUNTIME_EVENTS = (HANDLER_FAILED, POLL_FAILED, VAST_NOTIFICATION)
@@ -87,6 +126,8 @@ class Event:
     instance: Instance | None = None
     raw: str | None = None
     detail: str = ""
+    cause: Cause | None = None
+    """Why it failed, on ``job_failed`` and ``recovery_failed``; None on every other event."""
 
     def journaled(self, event_id: int) -> Event:
         """This event with the journal id the store gave it."""
@@ -104,6 +145,7 @@ class Event:
             "catch_up": self.catch_up,
             "instance": self.instance.model_dump(mode="json") if self.instance is not None else None,
             "detail": self.detail or None,
+            "cause": self.cause.value if self.cause is not None else None,
         }
 
     def describe(self) -> str:
@@ -112,5 +154,6 @@ class Event:
         label = f" ({self.instance.label})" if self.instance is not None and self.instance.label else ""
         raw = f" [raw status {self.raw!r}]" if self.raw is not None else ""
         detail = f": {self.detail}" if self.detail else ""
+        detail += f" [{self.cause}]" if self.cause is not None else ""
         catch_up = " (catch-up)" if self.catch_up else ""
         return f"#{self.id} {self.name}{who}{label}{raw}{catch_up}{detail}"

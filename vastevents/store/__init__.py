@@ -26,7 +26,7 @@ from vastevents.snapshot import Snapshot
 from vastevents.store._db import FORMAT_VERSION, Conn, Database, Migration, SqliteDatabase, StoreError
 from vastevents.store.effects import MIGRATIONS as _EFFECTS
 from vastevents.store.effects import DaemonRow, Effects, Intent
-from vastevents.store.jobs import Job, Jobs
+from vastevents.store.jobs import Job, Jobs, JobStatus
 from vastevents.store.journal import MIGRATIONS as _JOURNAL
 from vastevents.store.journal import Journal, Retry, Write
 from vastevents.store.snapshots import MIGRATIONS as _SNAPSHOT
@@ -40,6 +40,7 @@ __all__ = [
     "Effects",
     "Intent",
     "Job",
+    "JobStatus",
     "Jobs",
     "Journal",
     "Migration",

@@ -6,11 +6,11 @@ import json
 from datetime import datetime
 from typing import Any
 
-from vastevents.events import Event
+from vastevents.events import Cause, Event
 from vastevents.models import Instance
 from vastevents.snapshot import InstanceView
 
-EVENT_COLUMNS = "id, name, instance_id, old, new, at, catch_up, raw, detail, instance"
+EVENT_COLUMNS = "id, name, instance_id, old, new, at, catch_up, raw, detail, instance, cause"
 
 
 def iso(value: datetime | None) -> str | None:
@@ -52,12 +52,12 @@ def event_row(event: Event) -> tuple[Any, ...]:
     instance = json.dumps(event.instance.model_dump(mode="json")) if event.instance is not None else None
     return (
         event.name, event.instance_id, event.old, event.new, event.at.isoformat(), int(event.catch_up),
-        event.raw, event.detail, instance,
+        event.raw, event.detail, instance, event.cause,
     )  # fmt: skip
 
 
 def load_event(row: tuple[Any, ...]) -> Event:
-    event_id, name, instance_id, old, new, at, catch_up, raw, detail, instance = tuple(row)[:10]
+    event_id, name, instance_id, old, new, at, catch_up, raw, detail, instance, cause = tuple(row)[:11]
     return Event(
         id=event_id,
         name=name,
@@ -69,4 +69,5 @@ def load_event(row: tuple[Any, ...]) -> Event:
         instance=Instance.model_validate_json(instance) if instance is not None else None,
         raw=raw,
         detail=detail,
+        cause=Cause.stored(cause),
     )

@@ -1,9 +1,11 @@
 """Jobs: one row per ``vastevents run``: its spec, the offers it may rent, where it runs, how it ended.
 
 A job is bound to its instance by label (``<label_prefix>:job-<id>``), so a replacement rented under the same
-label after a preemption is recognised as the same job. Statuses: ``pending`` (nothing rented, or the last offer
-was dropped), ``creating`` (claimed by a watcher, renting), ``loading``, ``running``, ``collecting``, then one of
-``finished``, ``failed``, ``cancelled``.
+label after a preemption is recognised as the same job. Statuses (:class:`JobStatus`): ``pending`` (nothing
+rented, or the last offer was dropped; claimable once ``retry_at`` has passed), ``creating`` (claimed by a
+watcher, renting), ``loading``, ``running``, ``collecting``, then one of ``finished``, ``failed``, ``cancelled``.
+A job that failed carries its :class:`~vastevents.events.Cause`; a cancel request (``cancel_requested_at``) is
+carried out by the watcher's ``jobs`` handler.
 
 ``vastevents run --submit`` queues a job for the team's leader: its upload dir travels through the store as an
 archive (``job_inputs``), and the leader claims pending jobs one at a time (``FOR UPDATE SKIP LOCKED`` on
@@ -17,12 +19,26 @@ import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from enum import StrEnum
 from typing import Any, ClassVar
 
+from vastevents.events import Cause
 from vastevents.store._codec import iso, time
 from vastevents.store._db import Database, Migration
 
-FINAL = ("finished", "failed", "cancelled")
+
+class JobStatus(StrEnum):
+    PENDING = "pending"
+    CREATING = "creating"
+    LOADING = "loading"
+    RUNNING = "running"
+    COLLECTING = "collecting"
+    FINISHED = "finished"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+FINAL = (JobStatus.FINISHED, JobStatus.FAILED, JobStatus.CANCELLED)
 CHANNEL = "vastevents_jobs"
 MAX_INPUT_BYTES = 256 * 1024 * 1024
 """The largest upload archive a submitted job carries through the store."""
@@ -65,6 +81,18 @@ MIGRATIONS = (
             "CREATE TABLE job_inputs (job_id INTEGER PRIMARY KEY, archive BLOB NOT NULL)",
         ),
     ),
+    Migration(
+        "jobs",
+        3,
+        (
+            "ALTER TABLE jobs ADD COLUMN cause TEXT",
+            "ALTER TABLE jobs ADD COLUMN retry_at TEXT",
+            "ALTER TABLE jobs ADD COLUMN failures INTEGER NOT NULL DEFAULT 0",
+            "ALTER TABLE jobs ADD COLUMN drops INTEGER NOT NULL DEFAULT 0",
+            "ALTER TABLE jobs ADD COLUMN avoid TEXT NOT NULL DEFAULT '[]'",
+            "ALTER TABLE jobs ADD COLUMN cancel_requested_at TEXT",
+        ),
+    ),
 )
 
 
@@ -74,7 +102,7 @@ class Job:
     label: str
     spec: dict[str, Any]
     offers: list[int]
-    status: str
+    status: JobStatus
     instance_id: int | None
     tried: list[int]
     attempts: int
@@ -91,6 +119,17 @@ class Job:
     submitted_by: str | None = None
     """``user@host`` of a ``run --submit``; None for a job its own ``run`` drives."""
     claimed_at: datetime | None = None
+    cause: Cause | None = None
+    """Why it failed (or was cancelled); None while it runs and once it finished."""
+    retry_at: datetime | None = None
+    """A pending job is not claimed before then (the backoff after a failed search or create)."""
+    failures: int = 0
+    """Renting attempts in a row that failed on the API (search or create); the backoff grows with them."""
+    drops: int = 0
+    """Rented instances dropped as unfit (at most the spec's ``max_offers``)."""
+    avoid: list[int] = field(default_factory=list)
+    """Machines this job does not rent again (an instance there was dropped as unfit)."""
+    cancel_requested_at: datetime | None = None
 
     @property
     def done(self) -> bool:
@@ -120,17 +159,19 @@ class Job:
             "finished_at": iso(self.finished_at) if self.finished_at else None,
             "errors": self.errors,
             "submitted_by": self.submitted_by,
+            "cause": self.cause.value if self.cause is not None else None,
         }
 
 
 _COLUMNS = (
     "id, label, spec, offers, status, instance_id, tried, attempts, exit_code, results_dir, gpu_name, dph_total,"
-    " cost_usd, destroyed, created_at, started_at, finished_at, errors, submitted_by, claimed_at"
+    " cost_usd, destroyed, created_at, started_at, finished_at, errors, submitted_by, claimed_at, cause, retry_at,"
+    " failures, drops, avoid, cancel_requested_at"
 )
 _SELECT = f"SELECT {_COLUMNS} FROM jobs"  # noqa: S608 - constant column list
 _NAMES = tuple(name.strip() for name in _COLUMNS.split(","))
-_JSON = ("spec", "offers", "tried", "errors")
-_TIMES = ("created_at", "started_at", "finished_at", "claimed_at")
+_JSON = ("spec", "offers", "tried", "errors", "avoid")
+_TIMES = ("created_at", "started_at", "finished_at", "claimed_at", "retry_at", "cancel_requested_at")
 
 
 class Jobs:
@@ -174,34 +215,39 @@ class Jobs:
         return bytes(rows[0][0]) if rows else None
 
     def claim(self, at: datetime, job_id: int | None = None) -> Job | None:
-        """Take a pending job (that one, or the oldest) to rent for it: ``pending`` → ``creating``, atomically.
+        """Take a pending job due at `at` (that one, or the oldest) to rent for it: ``pending`` → ``creating``,
+        atomically.
 
-        None when none is pending, or another watcher's claim holds it.
+        None when none is pending and due, or another watcher's claim holds it.
         """
         which, params = (" AND id = ?", (job_id,)) if job_id is not None else ("", ())
         with self.db.transaction() as conn:
             row = conn.execute(
-                f"SELECT id FROM jobs WHERE status = 'pending'{which} ORDER BY id LIMIT 1 {self.db.skip_locked}",  # noqa: S608 - ours
-                params,
+                "SELECT id FROM jobs WHERE status = 'pending' AND (retry_at IS NULL OR retry_at <= ?)"  # noqa: S608
+                f"{which} ORDER BY id LIMIT 1 {self.db.skip_locked}",
+                (iso(at), *params),
             ).fetchone()
             if row is None:
                 return None
-            return self.update(int(row[0]), status="creating", claimed_at=at)
+            return self.update(int(row[0]), status=JobStatus.CREATING, claimed_at=at)
 
-    def release_stale_claims(self, before: datetime, labels_in_use: set[str]) -> list[Job]:
-        """Jobs claimed before `before` whose watcher died before renting (no instance, none under their label):
-        back to ``pending``, so the next claim rents for them."""
-        released = []
+    def release(self, job_id: int, retry_at: datetime | None = None, *, failed: bool = False) -> Job:
+        """A claim given back: ``pending`` again, claimable from `retry_at` (with `failed`, one more failure)."""
         with self.db.transaction():
-            for job in self.list(unfinished=True):
-                if (
-                    job.status == "creating"
-                    and job.instance_id is None
-                    and job.label not in labels_in_use
-                    and (job.claimed_at is None or job.claimed_at < before)
-                ):
-                    released.append(self.update(job.id, status="pending"))
-        return released
+            job = self.get(job_id)
+            assert job is not None
+            failures = job.failures + 1 if failed else job.failures
+            return self.update(job_id, status=JobStatus.PENDING, instance_id=None, retry_at=retry_at, failures=failures)
+
+    def request_cancel(self, job_id: int, at: datetime) -> Job | None:
+        """Ask the watcher running the job to cancel it (it destroys what the job rented and journals
+        ``job_failed`` with cause ``cancelled``); None if there is no such job. A job already done stays as it is.
+        """
+        with self.db.transaction():
+            job = self.get(job_id)
+            if job is None or job.done or job.cancel_requested_at is not None:
+                return job
+            return self.update(job_id, cancel_requested_at=at)
 
     def get(self, job_id: int) -> Job | None:
         rows = self.db.query(_SELECT + " WHERE id = ?", (job_id,))
@@ -226,7 +272,9 @@ class Jobs:
             raise ValueError(f"jobs have no column {sorted(unknown)[0]!r}")
         values = []
         for key, value in changes.items():
-            if key in _JSON:
+            if isinstance(value, StrEnum):
+                value = value.value
+            elif key in _JSON:
                 value = json.dumps(value)
             elif key in _TIMES and value is not None:
                 value = iso(value)
@@ -277,4 +325,6 @@ def _job(row: tuple[Any, ...]) -> Job:
     for key in _TIMES:
         data[key] = time(data[key]) if data[key] else None
     data["destroyed"] = bool(data["destroyed"])
+    data["status"] = JobStatus(data["status"])
+    data["cause"] = Cause.stored(data["cause"])
     return Job(**data)

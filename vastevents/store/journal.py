@@ -59,6 +59,7 @@ MIGRATIONS = (
             ) WITHOUT ROWID""",
         ),
     ),
+    Migration("journal", 3, ("ALTER TABLE events ADD COLUMN cause TEXT",)),
 )
 
 Write = Callable[[Conn], None]
@@ -85,8 +86,8 @@ class Journal:
         journaled = []
         for event in events:
             row = conn.execute(
-                "INSERT INTO events (name, instance_id, old, new, at, catch_up, raw, detail, instance)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                "INSERT INTO events (name, instance_id, old, new, at, catch_up, raw, detail, instance, cause)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
                 event_row(event),
             ).fetchone()
             journaled.append(event.journaled(int(row[0])))
@@ -134,7 +135,7 @@ class Journal:
         """
         rows = self.db.query(
             "SELECT e.id, e.name, e.instance_id, e.old, e.new, e.at, e.catch_up, e.raw, e.detail, e.instance,"
-            " h.name, r.due_at"
+            " e.cause, h.name, r.due_at"
             " FROM events e JOIN handlers h ON e.id > h.delivered_upto"
             " LEFT JOIN retries r ON r.handler = h.name AND r.event_id = e.id"
             " WHERE NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.handler = h.name AND d.event_id = e.id)"
@@ -143,7 +144,7 @@ class Journal:
         grouped: dict[int, tuple[Event, set[str]]] = {}
         waiting: set[tuple[str, int | None]] = set()
         for row in rows:
-            event_id, instance_id, handler, due_at = row[0], row[2], row[10], time(row[11])
+            event_id, instance_id, handler, due_at = row[0], row[2], row[11], time(row[12])
             if (handler, instance_id) in waiting:
                 continue
             if now is not None and due_at is not None and due_at > now:

@@ -14,6 +14,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any, ClassVar
 
+from vastevents.events import Cause
 from vastevents.store._codec import iso, time
 from vastevents.store._db import Conn, Database, Migration
 
@@ -60,7 +61,8 @@ OPEN = (RecoveryStatus.WAITING, RecoveryStatus.PENDING, RecoveryStatus.RENTING)
 class Recovery:
     dead_id: int
     label: str
-    cause: str
+    cause: Cause | None
+    """Why it died (``preempted``, ``outbid``, ``host_unfit``); None for a row an older vastevents wrote."""
     reason: str
     status: RecoveryStatus
     failures: int
@@ -80,7 +82,9 @@ def _row(r: tuple[Any, ...]) -> Recovery:
     started = time(r[8])
     assert started is not None
     status = RecoveryStatus(r[4])
-    return Recovery(int(r[0]), r[1], r[2], r[3], status, int(r[5]), json.loads(r[6]), r[7], started, time(r[9]))
+    return Recovery(
+        int(r[0]), r[1], Cause.stored(r[2]), r[3], status, int(r[5]), json.loads(r[6]), r[7], started, time(r[9])
+    )
 
 
 class Recoveries:
@@ -97,7 +101,7 @@ class Recoveries:
             (
                 recovery.dead_id,
                 recovery.label,
-                recovery.cause,
+                recovery.cause.value if recovery.cause is not None else "",
                 recovery.reason,
                 recovery.status,
                 recovery.failures,
