@@ -146,12 +146,14 @@ def build_report(
     now: datetime,
     by: GroupBy = "instance",
     since: datetime | None = None,
+    until: datetime | None = None,
     charged: Mapping[int, Charge] | None = None,
     listed: Collection[int] | None = None,
     charges_error: str | None = None,
     list_error: str | None = None,
 ) -> CostReport:
-    """One row per instance the ledger or the charges know, and the ledger's totals grouped `by`."""
+    """One row per instance the ledger or the charges know, and the ledger's totals grouped `by`, counting only
+    spend within [`since`, `until`)."""
     per_instance: dict[int, list[Interval]] = defaultdict(list)
     for interval in intervals:
         per_instance[interval.instance_id].append(interval)
@@ -161,7 +163,7 @@ def build_report(
     for instance_id in sorted(set(per_instance) | set(known) | set(charged or {})):
         mine = per_instance.get(instance_id, [])
         seen = known.get(instance_id)
-        cost = sum(i.cost_usd(now, since=since) for i in mine)
+        cost = sum(i.cost_usd(now, since=since, until=until) for i in mine)
         is_listed = None if listed is None else instance_id in listed
         bill = (charged or {}).get(instance_id)
         charge = bill.amount_usd if bill is not None else (0.0 if charged is not None else None)
@@ -181,7 +183,8 @@ def build_report(
                 ghost=_ghost(seen, cost, charge, is_listed, watched),
             )
         )
-    return CostReport(by, since, now, tuple(rows), _groups(intervals, now, by, since), charges_error, list_error)
+    groups = _groups(intervals, now, by, since, until)
+    return CostReport(by, since, now, tuple(rows), groups, charges_error, list_error)
 
 
 def _ghost(
@@ -201,16 +204,16 @@ def _ghost(
 
 
 def _groups(
-    intervals: Sequence[Interval], now: datetime, by: GroupBy, since: datetime | None
+    intervals: Sequence[Interval], now: datetime, by: GroupBy, since: datetime | None, until: datetime | None
 ) -> tuple[tuple[str, float], ...]:
     totals: dict[str, float] = defaultdict(float)
     for interval in intervals:
         if by == "day":
-            for day, cost in interval.by_day(now, since).items():
+            for day, cost in interval.by_day(now, since, until).items():
                 totals[day.isoformat()] += cost
         else:
             key = {"instance": str(interval.instance_id), "job": interval.job_id, "label": interval.label}[by]
-            totals[key or "-"] += interval.cost_usd(now, since=since)
+            totals[key or "-"] += interval.cost_usd(now, since=since, until=until)
     return tuple(sorted(totals.items()))
 
 

@@ -50,9 +50,10 @@ def load_view(text: str) -> InstanceView:
 
 def event_row(event: Event) -> tuple[Any, ...]:
     instance = json.dumps(event.instance.model_dump(mode="json")) if event.instance is not None else None
+    at = event.at.isoformat(timespec="microseconds")  # fixed width, as iso() (and an error for a missing time)
     return (
-        event.name, event.instance_id, event.old, event.new, event.at.isoformat(), int(event.catch_up),
-        event.raw, event.detail, instance, event.cause,
+        event.name, event.instance_id, event.old, event.new, at, int(event.catch_up), event.raw, event.detail, instance,
+        event.cause,
     )  # fmt: skip
 
 

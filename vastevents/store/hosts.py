@@ -124,12 +124,21 @@ class Hosts:
         hosts = sorted({int(host) for _, host in rows if host is not None})
         return machines, hosts
 
-    def records(self, now: datetime) -> list[HostRecord]:
-        """Every machine with at least one strike, blocked or not, by machine id."""
-        rows = self.db.query(
+    def records(self, now: datetime, *, offset: int = 0, limit: int | None = None) -> list[HostRecord]:
+        """Every machine with at least one strike, blocked or not, by machine id (a page of them with `limit`)."""
+        select = (
             "SELECT s.machine_id, s.host_id, s.reason, b.blocked_until FROM host_strikes s"
-            " LEFT JOIN host_blocks b ON b.machine_id = s.machine_id ORDER BY s.machine_id, s.at, s.key"
+            " LEFT JOIN host_blocks b ON b.machine_id = s.machine_id"
         )
+        order = " ORDER BY s.machine_id, s.at, s.key"
+        if limit is None:
+            rows = self.db.query(select + order)
+        else:
+            page = (
+                " WHERE s.machine_id IN (SELECT machine_id FROM (SELECT DISTINCT machine_id FROM host_strikes"
+                " ORDER BY machine_id LIMIT ? OFFSET ?) AS page)"
+            )
+            rows = self.db.query(select + page + order, (limit, offset))
         grouped: dict[int, list[tuple[int | None, str, str | None]]] = {}
         for machine_id, host_id, reason, until in rows:
             grouped.setdefault(int(machine_id), []).append((host_id, str(reason), until))

@@ -259,6 +259,15 @@ class Jobs:
         rows = self.db.query(_SELECT + " WHERE label = ?", (label,))
         return _job(rows[0]) if rows else None
 
+    def page(self, *, offset: int = 0, limit: int = 50) -> list[Job]:
+        """One page of jobs, newest first (on the primary key)."""
+        rows = self.db.query(_SELECT + " ORDER BY id DESC LIMIT ? OFFSET ?", (limit, offset))
+        return [_job(row) for row in rows]
+
+    def counts(self) -> dict[str, int]:
+        """How many jobs are in each status."""
+        return {str(status): int(n) for status, n in self.db.query("SELECT status, COUNT(*) FROM jobs GROUP BY status")}
+
     def list(self, *, unfinished: bool = False) -> list[Job]:
         where = " WHERE status NOT IN ('finished', 'failed', 'cancelled')" if unfinished else ""
         return [_job(row) for row in self.db.query(_SELECT + where + " ORDER BY id")]

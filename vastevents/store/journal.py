@@ -60,7 +60,18 @@ MIGRATIONS = (
         ),
     ),
     Migration("journal", 3, ("ALTER TABLE events ADD COLUMN cause TEXT",)),
+    Migration(
+        "journal",
+        4,
+        (
+            "CREATE INDEX events_by_name ON events (name, id)",
+            "CREATE INDEX events_by_at ON events (at)",
+        ),
+    ),
 )
+
+CHANNEL = "vastevents_events"
+"""Announces each journaling transaction (payload: its last event id) to readers that follow the journal."""
 
 Write = Callable[[Conn], None]
 """A handler's own store write, run inside the transaction that marks its delivery (unit of work)."""
@@ -91,6 +102,8 @@ class Journal:
                 event_row(event),
             ).fetchone()
             journaled.append(event.journaled(int(row[0])))
+        if journaled:
+            self.db.notify(conn, CHANNEL, str(journaled[-1].id))
         return journaled
 
     def append(self, events: Sequence[Event]) -> list[Event]:
@@ -238,4 +251,39 @@ class Journal:
                 f"SELECT * FROM ({select} ORDER BY id DESC LIMIT ?) AS latest ORDER BY id",  # noqa: S608
                 [*params, limit],
             )
+        return [load_event(row) for row in rows]
+
+    def page(
+        self,
+        *,
+        name: str | None = None,
+        instance_ids: Sequence[int] | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        offset: int = 0,
+        limit: int = 50,
+    ) -> list[Event]:
+        """One page of matching events, newest first: of one name, of these instances, at or after `since` and
+        before `until`; skipping the `offset` newest. Each filter is served by an index."""
+        clauses: list[str] = []
+        params: list[object] = []
+        if name is not None:
+            clauses.append("name = ?")
+            params.append(name)
+        if instance_ids is not None:
+            if not instance_ids:
+                return []
+            clauses.append(f"instance_id IN ({', '.join('?' for _ in instance_ids)})")
+            params.extend(instance_ids)
+        if since is not None:
+            clauses.append("at >= ?")
+            params.append(iso(since))
+        if until is not None:
+            clauses.append("at < ?")
+            params.append(iso(until))
+        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        rows = self.db.query(
+            f"SELECT {EVENT_COLUMNS} FROM events{where} ORDER BY id DESC LIMIT ? OFFSET ?",  # noqa: S608 - fixed clauses
+            [*params, limit, offset],
+        )
         return [load_event(row) for row in rows]

@@ -57,6 +57,14 @@ MIGRATIONS = (
             "CREATE TABLE ledger_marks (key TEXT PRIMARY KEY)",
         ),
     ),
+    Migration(
+        "ledger",
+        2,
+        (
+            "CREATE INDEX ledger_intervals_start ON ledger_intervals (start_at)",
+            "CREATE INDEX ledger_intervals_end ON ledger_intervals (end_at)",
+        ),
+    ),
 )
 
 
@@ -100,11 +108,12 @@ class Interval:
         end = min(end, until) if until is not None else end
         return max(0.0, (end - start).total_seconds()) / 3600.0 * self.rate_usd_h
 
-    def by_day(self, now: datetime, since: datetime | None = None) -> dict[date, float]:
-        """The accrued cost split at UTC midnights."""
+    def by_day(self, now: datetime, since: datetime | None = None, until: datetime | None = None) -> dict[date, float]:
+        """The accrued cost within [`since`, `until`) split at UTC midnights."""
         out: dict[date, float] = {}
         start = _utc(max(self.start, since) if since is not None else self.start)
         end = _utc(self.end if self.end is not None else now)
+        end = min(end, _utc(until)) if until is not None else end
         while start < end:
             midnight = datetime.combine(start.date() + timedelta(days=1), datetime.min.time(), UTC)
             out[start.date()] = self.cost_usd(now, since=start, until=min(midnight, end))
@@ -199,13 +208,24 @@ class Ledger:
             for instance_id in sorted(open_ids | set(listed)):
                 self.observe(conn, instance_id, listed.get(instance_id), at)
 
-    def intervals(self, *, instance_id: int | None = None) -> list[Interval]:
+    def intervals(
+        self, *, instance_id: int | None = None, since: datetime | None = None, until: datetime | None = None
+    ) -> list[Interval]:
+        """Intervals of one instance, or all; only those that overlap [`since`, `until`) when given."""
         columns = "SELECT instance_id, label, job_id, state, rate, start_at, end_at FROM ledger_intervals"
-        order = " ORDER BY instance_id, start_at, id"
-        if instance_id is None:
-            rows = self.db.query(columns + order)
-        else:
-            rows = self.db.query(columns + " WHERE instance_id = ?" + order, (instance_id,))
+        clauses: list[str] = []
+        params: list[object] = []
+        if instance_id is not None:
+            clauses.append("instance_id = ?")
+            params.append(instance_id)
+        if since is not None:
+            clauses.append("(end_at IS NULL OR end_at > ?)")
+            params.append(iso(since))
+        if until is not None:
+            clauses.append("start_at < ?")
+            params.append(iso(until))
+        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        rows = self.db.query(columns + where + " ORDER BY instance_id, start_at, id", params)
         return [
             Interval(int(r[0]), r[1], r[2], str(r[3]), float(r[4]), datetime.fromisoformat(r[5]), time(r[6]))
             for r in rows

@@ -53,6 +53,7 @@ MIGRATIONS = (
             )""",
         ),
     ),
+    Migration("outbox", 2, ("CREATE INDEX outbox_pending ON outbox (handler) WHERE state = 'pending'",)),
 )
 
 PENDING, SENT, FAILED, EXPIRED, FOLDED, DIGESTED = "pending", "sent", "failed", "expired", "folded", "digested"
@@ -168,6 +169,11 @@ class Outbox:
         """Every message still to send, oldest first."""
         rows = self.db.query(_select("WHERE handler = ? AND state = ? ORDER BY id"), (handler, PENDING))
         return [_message(row) for row in rows]
+
+    def backlog(self) -> dict[str, int]:
+        """How many messages each handler still has to send."""
+        rows = self.db.query("SELECT handler, COUNT(*) FROM outbox WHERE state = 'pending' GROUP BY handler")
+        return {str(handler): int(count) for handler, count in rows}
 
     def sent_since(self, handler: str, channel: str, since: datetime) -> int:
         """How many messages went to `channel` at or after `since`."""
