@@ -19,6 +19,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr,
 from vastevents._logging import register_secret, without_password
 from vastevents.errors import ConfigError
 from vastevents.vast import DEFAULT_URL
+from vastevents.webhooks import parse_listen
 
 DEFAULT_STORE = "~/.local/state/vastevents/state.db"
 
@@ -97,6 +98,25 @@ class WebhooksConfig(_Section):
     max_skew: Duration = Field(default=300.0, gt=0)
 
 
+def _listen(value: object, what: str, example: int) -> object:
+    """`value` if it is a ``HOST:PORT`` string (pydantic says what else is wrong)."""
+    if isinstance(value, str):
+        try:
+            parse_listen(value, what, example)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+    return value
+
+
+class DashboardConfig(_Section):
+    """``[dashboard]``: ``vastevents dashboard``, a read-only web view of the store."""
+
+    listen: Annotated[str, BeforeValidator(lambda value: _listen(value, "listen address", 8780))] = "127.0.0.1:8780"
+    """``HOST:PORT``; any host but a loopback one requires ``token_env``."""
+    token_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    """The name of the environment variable holding the token every request must carry (never the token)."""
+
+
 class HandlerConfig(BaseModel):
     """``[handlers.NAME]``: ``use`` picks the handler; every other key belongs to that handler."""
 
@@ -114,6 +134,7 @@ class Config(_Section):
     store: StoreConfig = StoreConfig()
     team: TeamConfig = TeamConfig()
     webhooks: WebhooksConfig = WebhooksConfig()
+    dashboard: DashboardConfig = DashboardConfig()
     handlers: dict[str, HandlerConfig] = {}
 
     _source: Path | None = PrivateAttr(default=None)

@@ -68,6 +68,12 @@ def leading_watcher(store: Store, interval: float, now: datetime | None = None) 
     return store.repository(TeamMembers).leader(now - timedelta(seconds=MISSED_BEATS * interval))
 
 
+def alive(member: Member, leader: Member | None, now: datetime, failover: float) -> bool:
+    """Whether a roster row is a live watcher: the leader heard from lately (`leader`, from
+    :func:`leading_watcher`), or a follower seen within three failovers (followers try for the lock every third)."""
+    return member == leader or (member.role != "leader" and (now - member.seen).total_seconds() <= 3 * failover)
+
+
 class NotLeader(VastEventsError):
     """This watcher does not (or no longer) hold the leadership; it must not act."""
 

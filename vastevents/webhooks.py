@@ -122,12 +122,12 @@ def verify(headers: Mapping[str, str], body: bytes, *, secret: str, now: float, 
     )
 
 
-def parse_listen(value: str) -> tuple[str, int]:
+def parse_listen(value: str, what: str = "webhook listen address", example: int = 8787) -> tuple[str, int]:
     """``HOST:PORT`` (``[::1]:8787`` for IPv6) as (host, port); a ConfigError naming the value otherwise."""
     host, sep, port = value.rpartition(":")
     host = host.strip().removeprefix("[").removesuffix("]")
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ConfigError(f"webhook listen address {value!r} is not HOST:PORT (e.g. 127.0.0.1:8787)")
+        raise ConfigError(f"{what} {value!r} is not HOST:PORT (e.g. 127.0.0.1:{example})")
     return host, int(port)
 
 

@@ -6,6 +6,7 @@ from vastevents.cli import (
     _api,  # noqa: F401  (registers offers, status)
     _check,  # noqa: F401  (registers check)
     _cost,  # noqa: F401  (registers cost)
+    _dashboard,  # noqa: F401  (registers dashboard)
     _demo,  # noqa: F401  (registers demo)
     _hosts,  # noqa: F401  (registers hosts)
     _reap,  # noqa: F401  (registers reap)

@@ -15,7 +15,7 @@ from vastevents.config import load_config
 from vastevents.errors import ConfigError
 from vastevents.store import StoreError
 from vastevents.store.team import Member, TeamMembers
-from vastevents.team import leading_watcher, no_watcher
+from vastevents.team import alive, leading_watcher, no_watcher
 
 team_app = typer.Typer(
     help="Several watchers on one shared store: one leads, the others stand by.", no_args_is_help=True
@@ -44,10 +44,9 @@ def status(
                 leader = leading_watcher(store, cfg.watch.interval, now)
         except StoreError as exc:
             fail(str(exc))
-    stale = 3 * cfg.team.failover  # followers try for the lock every third of the failover
 
-    def alive(member: Member) -> bool:
-        return member == leader or (member.role != "leader" and (now - member.seen).total_seconds() <= stale)
+    def is_alive(member: Member) -> bool:
+        return alive(member, leader, now, cfg.team.failover)
 
     if as_json:
         document = {
@@ -59,7 +58,7 @@ def status(
                     "role": m.role,
                     "since": m.since.isoformat(),
                     "seen": m.seen.isoformat(),
-                    "alive": alive(m),
+                    "alive": is_alive(m),
                 }
                 for m in members
             ],
@@ -77,6 +76,6 @@ def status(
     for column in ("member", "role", "since", "last seen"):
         table.add_column(column, header_style="bold")
     for m in members:
-        seen = f"{(now - m.seen).total_seconds():.0f}s ago" + ("" if alive(m) else " (gone)")
+        seen = f"{(now - m.seen).total_seconds():.0f}s ago" + ("" if is_alive(m) else " (gone)")
         table.add_row(m.member, m.role, f"{m.since:%H:%M:%S}", seen)
     console.print(table)

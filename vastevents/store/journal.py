@@ -253,6 +253,11 @@ class Journal:
             )
         return [load_event(row) for row in rows]
 
+    def after(self, event_id: int, limit: int) -> list[Event]:
+        """The first `limit` events journaled after id `event_id`, in id order."""
+        rows = self.db.query(f"SELECT {EVENT_COLUMNS} FROM events WHERE id > ? ORDER BY id LIMIT ?", (event_id, limit))  # noqa: S608
+        return [load_event(row) for row in rows]
+
     def page(
         self,
         *,

@@ -1,0 +1,107 @@
+"""One reader of the journal for every ``/stream`` client.
+
+A thread waits for the journal to grow — woken by PostgreSQL's NOTIFY on the journal's channel, or, on SQLite,
+by a cheap look at the last id every half second — reads the new events once and hands them to each subscriber's
+queue. A subscriber that falls too far behind is dropped; its browser reconnects with ``Last-Event-ID`` and
+catches up from the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+from collections.abc import AsyncIterator
+
+from vastevents.errors import VastEventsError
+from vastevents.events import Event
+from vastevents.store import Database, Journal
+from vastevents.store.journal import CHANNEL, MIGRATIONS
+
+log = logging.getLogger(__name__)
+
+POLL_SECONDS = 0.5
+"""How often the journal's last id is read when nothing pushes (SQLite), and the longest wait when something does."""
+BATCH = 500
+QUEUE = 2000
+"""Events a subscriber may have waiting before it is dropped."""
+
+
+class Feed:
+    def __init__(self, db: Database, *, poll: float = POLL_SECONDS) -> None:
+        self.db = db
+        self.journal = Journal(db)
+        self.poll = poll
+        self._subscribers: set[asyncio.Queue[Event | None]] = set()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.failures: tuple[type[Exception], ...] = (VastEventsError, *db.errors)
+
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._thread = threading.Thread(target=self._run, name="vastevents-dashboard-feed", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5 * self.poll + 10)
+        for queue in list(self._subscribers):
+            with contextlib.suppress(asyncio.QueueFull):
+                queue.put_nowait(None)
+
+    async def events(self, after: int | None) -> AsyncIterator[Event]:
+        """Every event journaled after id `after` (None: from now on), in id order, until the feed stops."""
+        queue: asyncio.Queue[Event | None] = asyncio.Queue(QUEUE)
+        self._subscribers.add(queue)
+        try:
+            last = await asyncio.to_thread(self._last_id) if after is None else after
+            while True:  # first what this subscriber missed, read from the store
+                backlog = await asyncio.to_thread(self.journal.after, last, BATCH)
+                for missed in backlog:
+                    yield missed
+                    last = missed.id
+                if len(backlog) < BATCH:
+                    break
+            while (event := await queue.get()) is not None:
+                if event.id > last:
+                    yield event
+                    last = event.id
+        finally:
+            self._subscribers.discard(queue)
+
+    def _last_id(self) -> int:
+        return 0 if self.db.lacks(MIGRATIONS) else self.journal.last_id()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                with self.db.listener(CHANNEL) as wait:
+                    last = self._last_id()
+                    while not self._stop.is_set():
+                        wait(self.poll)
+                        if self._last_id() <= last:
+                            continue
+                        while batch := self.journal.after(last, BATCH):
+                            for event in batch:
+                                self._publish(event)
+                            last = batch[-1].id
+            except self.failures as exc:
+                log.warning("cannot follow the journal (trying again): %s", exc)
+                self._stop.wait(5 * self.poll)
+
+    def _publish(self, event: Event) -> None:
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self._deliver, event)
+
+    def _deliver(self, event: Event) -> None:
+        for queue in list(self._subscribers):
+            try:
+                queue.put_nowait(event)
+            except asyncio.QueueFull:
+                self._subscribers.discard(queue)
+                with contextlib.suppress(asyncio.QueueFull):
+                    queue.get_nowait()
+                    queue.put_nowait(None)
