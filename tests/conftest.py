@@ -182,7 +182,7 @@ def store(opener: Opener) -> SqlStore:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Under CI=true the real parts must be there: a missing sshd or PostgreSQL fails the run, never skips."""
+    """Under CI=true the real parts must be there: a missing sshd, PostgreSQL or chromium fails the run, never skips."""
     if os.environ.get("CI") != "true":
         return
     import shutil
@@ -200,5 +200,7 @@ def pytest_configure(config: pytest.Config) -> None:
         ).close()
     except Exception as exc:
         missing.append(f"a PostgreSQL server ({PG_HINT}): {exc}")
+    if not os.access("/usr/bin/chromium", os.X_OK):
+        missing.append("Debian's chromium for the dashboard's browser tests (apt-get install -y chromium)")
     if missing:
         pytest.exit("CI=true but these are missing: " + "; ".join(missing), returncode=1)

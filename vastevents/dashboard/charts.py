@@ -76,4 +76,4 @@ def _round_up(value: float) -> float:
 def _money(value: float) -> str:
     if value == 0:
         return "$0"
-    return f"${value:.2f}" if value >= 0.01 else f"${value:.2g}"
+    return f"${value:,.2f}" if value >= 0.01 else f"${value:.8f}".rstrip("0")
