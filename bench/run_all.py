@@ -16,6 +16,7 @@ import datetime
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -100,12 +101,23 @@ def _p6(result: dict[str, Any]) -> list[Row]:
     return [_row(label, result["share"], result["goal"], "%")]
 
 
+def _p7(result: dict[str, Any]) -> list[Row]:
+    pages = result["pages"]
+    slowest = max(pages, key=lambda page: page["p90"])
+    size = f"{result['events']} events, {result['jobs']} jobs"
+    return [
+        _row(f"{size}: slowest page p90 ({slowest['page']})", slowest["p90"] * 1000, result["goal_ms"], " ms"),
+        _row(f"{size}: median page p50", statistics.median(p["p50"] for p in pages) * 1000, result["goal_ms"], " ms"),
+    ]
+
+
 BENCHMARKS = [
     Benchmark("P1", "poll_cycle.py", "poll cycle vs the seed's way and the bare httpx floor", _p1),
     Benchmark("P2", "diff_cost.py", "parse and pure diff of an unchanged account", _p2),
     Benchmark("P3", "detection.py", "detection latency; journal exactly-once under SIGKILLs", _p3),
     Benchmark("P4", "recovery_overhead.py", "recovery overhead", _p4),
     Benchmark("P6", "watcher_cpu.py", "watcher CPU share", _p6),
+    Benchmark("P7", "dashboard_pages.py", "dashboard page render on a large store", _p7),
 ]
 
 

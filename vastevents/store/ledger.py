@@ -114,10 +114,12 @@ class Interval:
         start = _utc(max(self.start, since) if since is not None else self.start)
         end = _utc(self.end if self.end is not None else now)
         end = min(end, _utc(until)) if until is not None else end
+        per_second = self.rate_usd_h / 3600.0
         while start < end:
-            midnight = datetime.combine(start.date() + timedelta(days=1), datetime.min.time(), UTC)
-            out[start.date()] = self.cost_usd(now, since=start, until=min(midnight, end))
-            start = midnight
+            day = start.date()
+            stop = min(datetime.combine(day + timedelta(days=1), datetime.min.time(), UTC), end)
+            out[day] = (stop - start).total_seconds() * per_second
+            start = stop
         return out
 
 
