@@ -108,6 +108,7 @@ def _p7(result: dict[str, Any]) -> list[Row]:
     return [
         _row(f"{size}: slowest page p90 ({slowest['page']})", slowest["p90"] * 1000, result["goal_ms"], " ms"),
         _row(f"{size}: median page p50", statistics.median(p["p50"] for p in pages) * 1000, result["goal_ms"], " ms"),
+        _row(f"{size}: most CPU per page (p50)", max(p["cpu_p50"] for p in pages) * 1000, result["goal_ms"], " ms"),
     ]
 
 
