@@ -289,3 +289,18 @@ def test_the_command_refuses_what_it_cannot_serve_safely_with_exit_2(
     assert result.exit_code == 2, result.output
     assert message in result.output
     assert not (tmp_path / "none").exists()
+
+
+def test_a_jobs_downloaded_log_tail_is_shown_escaped_and_redacted(opener: Opener, tmp_path: Path) -> None:
+    store = opener()
+    jobs = store.repository(Jobs)
+    job = jobs.submit({"image": "python:3.11"}, [], "vastevents", T0)
+    results = tmp_path / "results" / f"job-{job.id}"
+    results.mkdir(parents=True)
+    (results / "job.log").write_text("x" * 20_000 + "\nepoch 3 <b>done</b> Bearer sk-live-0123456789\n")
+    jobs.update(job.id, status="finished", results_dir=str(results), exit_code=0)
+    with client_for(opener) as client:
+        html = client.get(f"/jobs/{job.id}").text
+    assert "epoch 3 &lt;b&gt;done&lt;/b&gt; Bearer ***" in html and "sk-live" not in html
+    assert f"the last 16384 bytes of {results / 'job.log'}" in html
+    assert "x" * 16_000 in html and "x" * 16_400 not in html  # only the tail: 16 KiB of the 20 KiB log

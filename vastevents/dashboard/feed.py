@@ -37,10 +37,17 @@ class Feed:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._last: int | None = None
         self.failures: tuple[type[Exception], ...] = (VastEventsError, *db.errors)
 
     def start(self) -> None:
+        """Follow the journal from its current end: what is journaled from now on reaches the subscribers (any
+        subscriber reads what came before from the store itself)."""
         self._loop = asyncio.get_running_loop()
+        try:
+            self._last = self._last_id()
+        except self.failures:
+            self._last = None  # the thread finds the end once the store can be read
         self._thread = threading.Thread(target=self._run, name="vastevents-dashboard-feed", daemon=True)
         self._thread.start()
 
@@ -79,18 +86,23 @@ class Feed:
         while not self._stop.is_set():
             try:
                 with self.db.listener(CHANNEL) as wait:
-                    last = self._last_id()
                     while not self._stop.is_set():
+                        self._catch_up()  # first what was journaled while (re)connecting
                         wait(self.poll)
-                        if self._last_id() <= last:
-                            continue
-                        while batch := self.journal.after(last, BATCH):
-                            for event in batch:
-                                self._publish(event)
-                            last = batch[-1].id
             except self.failures as exc:
                 log.warning("cannot follow the journal (trying again): %s", exc)
                 self._stop.wait(5 * self.poll)
+
+    def _catch_up(self) -> None:
+        end = self._last_id()
+        if self._last is None:
+            self._last = end
+        if end <= self._last:
+            return
+        while batch := self.journal.after(self._last, BATCH):
+            for event in batch:
+                self._publish(event)
+            self._last = batch[-1].id
 
     def _publish(self, event: Event) -> None:
         assert self._loop is not None
