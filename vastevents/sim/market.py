@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import fields
 from typing import Any
 
+from vastevents.sim.hardware import hardware
 from vastevents.sim.model import Ask, Machine
 from vastevents.sim.wiretime import WireTime
 
@@ -113,13 +114,17 @@ def offer_row(
     n = ask.num_gpus
     base = round((m.min_bid_per_gpu if bid else m.dph_per_gpu) * n, 4)
     storage_ph = m.storage_cost * storage_gb / HOURS_PER_MONTH
-    disk = round(m.disk_space * n / m.num_gpus, 1)
+    dph_total = round(base + storage_ph, 6)
+    total_flops = round(n * m.gpu_ram / 1024.0, 1)
+    dlperf = round(n * m.gpu_ram / 1024.0 * m.reliability, 2)
     return {
+        **hardware(m).fields(),
         "id": ask.id,
         "ask_contract_id": ask.id,
         "bundle_id": ask.id,
         "machine_id": m.machine_id,
         "host_id": m.host_id,
+        "cluster_id": None,
         "gpu_name": m.gpu_name,
         "num_gpus": n,
         "gpu_frac": n / m.num_gpus,
@@ -128,9 +133,9 @@ def offer_row(
         "cpu_cores": m.cpu_cores * n // m.num_gpus,
         "cpu_cores_effective": float(m.cpu_cores * n // m.num_gpus),
         "cpu_ram": m.cpu_ram * n / m.num_gpus,
-        "disk_space": disk,
+        "disk_space": round(m.disk_space * n / m.num_gpus, 1),
         "dph_base": base,
-        "dph_total": round(base + storage_ph, 6),
+        "dph_total": dph_total,
         "storage_cost": m.storage_cost,
         "min_bid": round(m.min_bid_per_gpu * n, 4),
         "reliability": m.reliability,
@@ -147,13 +152,20 @@ def offer_row(
         "is_bid": bid,
         "end_date": wire.at(m.end_date),
         "duration": wire.span(m.end_date - now),
-        "total_flops": round(n * m.gpu_ram / 1024.0, 1),
-        "dlperf": round(n * m.gpu_ram / 1024.0 * m.reliability, 2),
+        "total_flops": total_flops,
+        "dlperf": dlperf,
+        "dlperf_per_dphtotal": round(dlperf / max(dph_total, 0.0001), 3),
+        "flops_per_dphtotal": round(total_flops / max(dph_total, 0.0001), 3),
         "score": round(n * m.gpu_ram / 1024.0 * m.reliability / max(base, 0.01), 3),
         "direct_port_count": 100,
         "static_ip": True,
         "datacenter": False,
-        "compute_cap": 890,
-        "driver_version": "550.54.14",
+        "hosting_type": 0,
         "public_ipaddr": "127.0.0.1",
     }
+
+
+_SAMPLE = Machine(0, 0, "RTX 4090", 1, 24576.0, 8, 32768.0, 500.0, 0.4, 0.1, 0.2, 0.99, "Texas, US", 12.4, 1000.0,
+                  500.0, 0.0)  # fmt: skip
+OFFER_FIELDS = frozenset(offer_row(_SAMPLE, Ask(0, 0, 1), now=0.0, wire=WireTime()))
+"""Every field an offer row has: a search filter on any other field is refused, as Vast refuses it."""

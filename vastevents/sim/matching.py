@@ -11,6 +11,7 @@ from typing import Any
 from vastevents.sim.model import SimError
 
 _OPS = frozenset({"eq", "neq", "gt", "gte", "lt", "lte", "in", "notin", "nin", "ne"})
+_NEGATIONS = frozenset({"neq", "ne", "notin", "nin"})
 
 
 def _coerce(want: Any, like: Any) -> Any:
@@ -60,8 +61,29 @@ def compare(actual: Any, op: str, want: Any) -> bool:
     return bool(actual <= want)
 
 
+def _forms(name: str, value: Any) -> list[Any]:
+    """The forms a field's value answers to: a location by its country code too ("Taipei, TW" is also "TW", as
+    the CLI documents), a driver version by its number too ("535.86.05" is 535086005, what the CLI sends)."""
+    if not isinstance(value, str):
+        return [value]
+    if name == "geolocation":
+        return [value, value.rsplit(",", 1)[-1].strip()]
+    if name == "driver_version" and value.count(".") == 2 and value.replace(".", "").isdigit():
+        major, minor, patch = value.split(".")
+        return [value, int(f"{major:0>3}{minor:0>3}{patch:0>3}")]
+    return [value]
+
+
+def _field_passes(name: str, value: Any, op: str, want: Any) -> bool:
+    forms = _forms(name, value)
+    if op in _NEGATIONS:
+        return all(compare(form, op, want) for form in forms)
+    return any(compare(form, op, want) for form in forms)
+
+
 def matches(row: Mapping[str, Any], filters: Mapping[str, Any]) -> bool:
-    """Whether a row passes `{field: {op: value}}`; a field the row lacks is not a constraint (Vast ignores it)."""
+    """Whether a row passes `{field: {op: value}}`; a field the row lacks is not a constraint (callers that must
+    refuse unknown fields check them first)."""
     for name, ops in filters.items():
         if name not in row:
             continue
@@ -70,7 +92,7 @@ def matches(row: Mapping[str, Any], filters: Mapping[str, Any]) -> bool:
         for op, want in ops.items():
             if op not in _OPS:
                 raise SimError(400, "invalid_args", f"unknown operator {op!r} for {name}")
-            if not compare(row[name], op, want):
+            if not _field_passes(name, row[name], op, want):
                 return False
     return True
 

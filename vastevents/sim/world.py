@@ -21,13 +21,14 @@ from typing import Any
 from vastevents.config import parse_duration
 from vastevents.sim import billing, faults, views
 from vastevents.sim.lifecycle import Lifecycle
-from vastevents.sim.market import generate_machines, machines_from_specs, offer_row
+from vastevents.sim.market import OFFER_FIELDS, generate_machines, machines_from_specs, offer_row
 from vastevents.sim.matching import matches, sort_rows
 from vastevents.sim.model import DEFAULT_PULL_S, Ask, Machine, SimError, SimInstance, Step, Storm
 from vastevents.sim.params import env_param, number_param, price_param, public_key_param
 
 _USER_VERBS = frozenset({"stop", "start", "reboot", "destroy"})  # what the owner does, scripted
 ACTIONS = frozenset({*faults.FAULTS, *_USER_VERBS, "flap"})
+_SEARCH_CONTROLS = frozenset({"order", "type", "limit", "allocated_storage", "disable_bundling", "extra_ids"})
 
 logger = logging.getLogger("vastevents.sim")
 
@@ -169,11 +170,10 @@ class World(Lifecycle):
         if kind not in ("on-demand", "bid", "interruptible", "reserved"):
             raise SimError(400, "invalid_args", f"unknown offer type {kind!r}")
         storage = number_param(query.get("allocated_storage"), 5.0, what="allocated_storage")
-        filters = {
-            ("reliability2" if k == "reliability" else k): v
-            for k, v in query.items()
-            if k not in ("order", "type", "limit", "allocated_storage", "disable_bundling", "extra_ids")
-        }
+        filters = {k: v for k, v in query.items() if k not in _SEARCH_CONTROLS}
+        unknown = sorted(set(filters) - OFFER_FIELDS)
+        if unknown:
+            raise SimError(400, "invalid_args", f"Unknown search field(s): {', '.join(unknown)}.")
         rows = [
             offer_row(
                 self.machines[ask.machine_id],
