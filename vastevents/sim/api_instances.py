@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from typing import TYPE_CHECKING
 
@@ -120,15 +121,30 @@ def bid_price(api: Api, request: Request, args: dict[str, str]) -> Response:
 
 
 def request_logs(api: Api, request: Request, args: dict[str, str]) -> Response:
-    tail_raw = request.object_body().get("tail") or 1000
+    """The log behind a result URL: the last `tail` lines, of those matching `filter` (a regular expression, or
+    plain text if it is none); `daemon_logs` keeps the daemon's own lines only (no onstart output)."""
+    body = request.object_body()
     try:
-        tail = int(tail_raw)
+        tail = int(body.get("tail") or 1000)
     except (TypeError, ValueError):
         raise SimError(400, "invalid_args", "tail must be an integer") from None
+    wanted = body.get("filter")
+    if wanted is not None and not isinstance(wanted, str):
+        raise SimError(400, "invalid_args", "filter must be a string")
+    daemon_only = str(body.get("daemon_logs", "")).lower() in ("true", "1")
     with api.sim.world() as world:
-        text = api.sim.instance_log(world.instance(int(args["id"])))
-    url = api.publish("".join(text.splitlines(keepends=True)[-tail:]))
-    return Response(200, {"success": True, "result_url": url})
+        text = api.sim.instance_log(world.instance(int(args["id"])), daemon_only=daemon_only)
+    lines = text.splitlines(keepends=True)
+    if wanted:
+        lines = [line for line in lines if _grep(wanted, line)]
+    return Response(200, {"success": True, "result_url": api.publish("".join(lines[-tail:]))})
+
+
+def _grep(pattern: str, line: str) -> bool:
+    try:
+        return re.search(pattern, line) is not None
+    except re.error:
+        return pattern in line
 
 
 def attach_ssh_key(api: Api, request: Request, args: dict[str, str]) -> Response:

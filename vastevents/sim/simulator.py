@@ -239,12 +239,13 @@ class Simulator:
     def row(self, inst: SimInstance) -> dict[str, Any]:
         return self._world.instance_row(inst, ssh_host=self.host)
 
-    def instance_log(self, inst: SimInstance) -> str:
+    def instance_log(self, inst: SimInstance, *, daemon_only: bool = False) -> str:
+        """The daemon's lines (status changes, the status message), then what the onstart script printed."""
         wire = self._world.wire
         lines = [f"{wire.iso(at)} status {status or 'scheduling'}\n" for at, status in inst.history]
         if inst.status_msg:
             lines.append(f"{wire.iso(self._world.now)} {inst.status_msg}\n")
-        if self._ssh is not None:
+        if self._ssh is not None and not daemon_only:
             lines.append(self._ssh.onstart_output(inst.id))
         return "".join(lines)
 

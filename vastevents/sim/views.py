@@ -6,13 +6,19 @@ from typing import Any
 
 from vastevents.sim.billing import gpu_rate, storage_rate
 from vastevents.sim.model import Machine, SimInstance
+from vastevents.sim.params import exposed_ports
 from vastevents.sim.wiretime import WireTime
 
 
 def instance_row(m: Machine, inst: SimInstance, *, now: float, wire: WireTime, ssh_host: str) -> dict[str, Any]:
     base = round(gpu_rate(m, inst), 6)
     storage_ph = storage_rate(m, inst)
-    port = str(inst.ssh_port)
+    # Vast's wire shape: each exposed container port on a host port of the instance's direct range.
+    extra = [port for port in exposed_ports(inst.env) if port != "22/tcp"]
+    ports = {
+        container_port: [{"HostIp": "0.0.0.0", "HostPort": str(inst.ssh_port + offset)}]  # noqa: S104
+        for offset, container_port in enumerate(["22/tcp", *extra])
+    }
     return {
         "id": inst.id,
         "actual_status": inst.actual_status,
@@ -43,9 +49,9 @@ def instance_row(m: Machine, inst: SimInstance, *, now: float, wire: WireTime, s
         "ssh_port": inst.ssh_port,
         "ssh_idx": "1",
         "public_ipaddr": ssh_host,
-        "ports": {"22/tcp": [{"HostIp": "0.0.0.0", "HostPort": port}]},  # noqa: S104 - Vast's wire shape
+        "ports": ports,
         "direct_port_start": inst.ssh_port,
-        "direct_port_end": inst.ssh_port,
+        "direct_port_end": inst.ssh_port + len(ports) - 1,
         "start_date": wire.at(inst.created_at),
         "end_date": wire.at(inst.end_date),
         "duration": wire.span(inst.end_date - now),
