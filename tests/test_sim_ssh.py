@@ -130,3 +130,66 @@ def test_a_restart_from_the_state_file_brings_running_hosts_back(keypair: Path, 
         assert second.instance(instance_id)["ssh_port"] == port  # type: ignore[index]
         assert second.ssh_pids(), "the running instance has its sshd again"
         assert _ssh(keypair, port, "true").returncode == 0, "attached keys survive the restart"
+
+
+@needs_openssh
+def test_volumes_keep_files_across_instances_execute_sees_them_and_only_attached_keys_log_in(
+    tmp_path: Path,
+) -> None:
+    account_key = _keypair(tmp_path / "account")
+    later_key = _keypair(tmp_path / "later")
+    with (
+        Simulator(clock=ManualClock(), ssh=True) as sim,
+        httpx.Client(base_url=sim.url, headers={"Authorization": f"Bearer {sim.api_key}"}, timeout=10) as client,
+    ):
+        client.post("/api/v0/ssh/", json={"ssh_key": account_key.with_suffix(".pub").read_text()})
+        offer = client.post("/api/v0/bundles/", json={"num_gpus": {"eq": 1}, "order": [["dph_total", "asc"]]})
+        ask = offer.json()["offers"][0]
+        volume_offer = 90_000_000 + ask["machine_id"]
+        info = {"create_new": True, "volume_id": volume_offer, "size": 5, "mount_path": "/root/ckpt"}
+        first = client.put(f"/api/v0/asks/{ask['id']}/", json={"image": "i", "volume_info": info}).json()
+        sim.advance(120)
+        port = sim.instance(first["new_contract"])["ssh_port"]  # type: ignore[index]
+        wrote = _ssh(account_key, port, "echo step-41 > ckpt/state.txt && mkdir scratch && ls")
+        assert wrote.returncode == 0 and "ckpt" in wrote.stdout, wrote.stderr
+        assert _ssh(later_key, port, "true").returncode != 0, "a key added after the create is not let in"
+        attached = client.post(f"/api/v0/instances/{first['new_contract']}/ssh/",
+                               json={"ssh_key": later_key.with_suffix(".pub").read_text()}).json()  # fmt: skip
+        assert _ssh(later_key, port, "cat ckpt/state.txt").stdout == "step-41\n", "attached: it logs in"
+        client.delete(f"/api/v0/instances/{first['new_contract']}/ssh/{attached['key_id']}/")
+        assert _ssh(later_key, port, "true").returncode != 0, "detached: refused again"
+
+        listing = client.put(f"/api/v0/instances/command/{first['new_contract']}/", json={"command": "ls -a root"})
+        text = httpx.get(listing.json()["result_url"]).text
+        assert "ckpt" in text and "scratch" in text
+        for bad in ("ls /", "cat root/ckpt/state.txt", "rm -r ../x"):
+            refused = client.put(f"/api/v0/instances/command/{first['new_contract']}/", json={"command": bad})
+            assert refused.status_code == 400, bad
+
+        volume_id = client.get("/api/v0/volumes/").json()["volumes"][0]["id"]
+        client.delete(f"/api/v0/instances/{first['new_contract']}/")
+        link = {"create_new": False, "volume_id": volume_id, "mount_path": "/root/resume"}
+        second = client.put(f"/api/v0/asks/{_free_ask(client, ask['machine_id'])}/",
+                            json={"image": "i", "volume_info": link}).json()  # fmt: skip
+        sim.advance(120)
+        port = sim.instance(second["new_contract"])["ssh_port"]  # type: ignore[index]
+        resumed = _ssh(account_key, port, "cat resume/state.txt; ls")
+        assert resumed.stdout.split() == ["step-41", "resume"], "the volume's files, not the old container's"
+        client.put(f"/api/v0/instances/recycle/{second['new_contract']}/")
+        sim.advance(120)
+        assert _ssh(account_key, port, "cat resume/state.txt").stdout == "step-41\n", "a recycle keeps the volume"
+        client.delete(f"/api/v0/instances/{second['new_contract']}/")
+        assert client.delete("/api/v0/volumes/", params={"id": volume_id}).status_code == 200
+        assert sim.instance_count() == 0
+
+
+def _keypair(directory: Path) -> Path:
+    directory.mkdir()
+    key = directory / "id_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True, timeout=30)
+    return key
+
+
+def _free_ask(client: httpx.Client, machine_id: int) -> int:
+    offers = client.post("/api/v0/bundles/", json={"machine_id": {"eq": machine_id}, "num_gpus": {"eq": 1}})
+    return int(offers.json()["offers"][0]["id"])

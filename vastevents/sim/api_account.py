@@ -1,12 +1,10 @@
-"""The account: the user, its SSH keys, charges and invoices, webhooks."""
+"""The account: the user, its SSH keys, API keys and env-vars, the addresses it was used from, webhooks."""
 
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING
 
-from vastevents.sim.model import SimError
-from vastevents.sim.params import number_param
+from vastevents.sim import account
 from vastevents.sim.routing import Request, Response, route
 
 if TYPE_CHECKING:
@@ -16,6 +14,7 @@ if TYPE_CHECKING:
 def current_user(api: Api, request: Request, args: dict[str, str]) -> Response:
     with api.sim.world() as world:
         spend = world.spend()
+        balance = world.balance()
         keys = world.ssh_keys
         return Response(
             200,
@@ -24,8 +23,8 @@ def current_user(api: Api, request: Request, args: dict[str, str]) -> Response:
                 "username": "sim",
                 "email": "sim@vastevents.invalid",
                 "fullname": "Simulated User",
-                "credit": round(world.credit - spend, 6),
-                "balance": round(world.credit - spend, 6),
+                "credit": round(balance, 6),
+                "balance": round(balance, 6),
                 "total_spend": round(spend, 6),
                 "ssh_key": keys[-1]["public_key"] if keys else None,
                 "host_agreement_accepted": False,
@@ -41,42 +40,77 @@ def list_ssh_keys(api: Api, request: Request, args: dict[str, str]) -> Response:
 
 
 def add_ssh_key(api: Api, request: Request, args: dict[str, str]) -> Response:
-    key = request.object_body().get("ssh_key")
-    if not isinstance(key, str):
-        raise SimError(400, "invalid_args", "ssh_key is required")
     with api.sim.world() as world:
-        record = world.add_ssh_key(key)
+        record = account.add_ssh_key(world, request.object_body().get("ssh_key"))
     return Response(200, {"success": True, **record})
 
 
-def charges(api: Api, request: Request, args: dict[str, str]) -> Response:
-    """One item per instance (gpu and storage parts), those overlapping ``select_filters`` ``day`` if given."""
-    window = request.json_param("select_filters", {})
-    window = window.get("day", {}) if isinstance(window, dict) else {}
-    if not isinstance(window, dict):
-        raise SimError(400, "invalid_args", "select_filters.day must be an object like {'gte': t0, 'lte': t1}")
-    start = number_param(window.get("gte"), -math.inf, what="select_filters.day.gte")
-    end = number_param(window.get("lte"), math.inf, what="select_filters.day.lte")
+def update_ssh_key(api: Api, request: Request, args: dict[str, str]) -> Response:
+    """A new public key for an account key: instances created from now on let it in (existing ones keep theirs)."""
     with api.sim.world() as world:
-        results = [world.charge_item(inst) for inst in world.all_instances()]
-    results = [item for item in results if item["end"] >= start and item["start"] <= end]
-    return Response(200, {"results": results, "count": len(results), "total": len(results), "next_token": None})
+        record = account.update_ssh_key(world, args["id"], request.object_body().get("ssh_key"))
+    return Response(200, {"success": True, **record})
 
 
-def invoices(api: Api, request: Request, args: dict[str, str]) -> Response:
+def delete_ssh_key(api: Api, request: Request, args: dict[str, str]) -> Response:
     with api.sim.world() as world:
-        credit = {
-            "type": "transfer",
-            "source": "credit",
-            "description": "Simulator starting credit",
-            "amount": world.credit,
-            "when": world.wire.at(world.origin),
-            "start": world.wire.at(world.origin),
-            "end": world.wire.at(world.origin),
-            "metadata": {"invoice_id": 1},
-            "items": [],
-        }
-    return Response(200, {"results": [credit], "count": 1, "total": 1, "next_token": None})
+        account.delete_ssh_key(world, args["id"])
+    return Response(200, {"success": True, "msg": "SSH key removed from the account"})
+
+
+def list_api_keys(api: Api, request: Request, args: dict[str, str]) -> Response:
+    with api.sim.world() as world:
+        return Response(200, {"apikeys": account.api_key_rows(world)})
+
+
+def show_api_key(api: Api, request: Request, args: dict[str, str]) -> Response:
+    with api.sim.world() as world:
+        return Response(200, account.api_key_row(world, int(args["id"])))
+
+
+def create_api_key(api: Api, request: Request, args: dict[str, str]) -> Response:
+    with api.sim.world() as world:
+        return Response(200, account.create_api_key(world, request.object_body()))
+
+
+def delete_api_key(api: Api, request: Request, args: dict[str, str]) -> Response:
+    with api.sim.world() as world:
+        account.delete_api_key(world, int(args["id"]))
+    return Response(200, {"success": True, "msg": "API key deleted"})
+
+
+def list_env_vars(api: Api, request: Request, args: dict[str, str]) -> Response:
+    with api.sim.world() as world:
+        return Response(200, {"success": True, "secrets": dict(world.env_vars)})
+
+
+def create_env_var(api: Api, request: Request, args: dict[str, str]) -> Response:
+    with api.sim.world() as world:
+        name = account.set_env_var(world, request.object_body(), new=True)
+    return Response(200, {"success": True, "msg": f"env-var {name} created"})
+
+
+def update_env_var(api: Api, request: Request, args: dict[str, str]) -> Response:
+    with api.sim.world() as world:
+        name = account.set_env_var(world, request.object_body(), new=False)
+    return Response(200, {"success": True, "msg": f"env-var {name} updated"})
+
+
+def delete_env_var(api: Api, request: Request, args: dict[str, str]) -> Response:
+    with api.sim.world() as world:
+        name = account.delete_env_var(world, request.object_body())
+    return Response(200, {"success": True, "msg": f"env-var {name} deleted"})
+
+
+def ip_addresses(api: Api, request: Request, args: dict[str, str]) -> Response:
+    """``show ipaddrs``: the addresses this simulator has served the account's key to, first seen when."""
+    rows = [{"ip": ip, "first_seen": seen, "first_location": "loopback (simulator)"} for ip, seen in api.clients()]
+    return Response(200, {"success": True, "results": rows})
+
+
+def cloud_connections(api: Api, request: Request, args: dict[str, str]) -> Response:
+    """``show connections``: cloud storage integrations, which the simulator has none of."""
+    return Response(200, [])
 
 
 def list_webhooks(api: Api, request: Request, args: dict[str, str]) -> Response:
@@ -100,15 +134,22 @@ def test_webhook(api: Api, request: Request, args: dict[str, str]) -> Response:
     return Response(200, api.webhooks.test(int(args["id"])))
 
 
-# ----------------------------------------------------------------- admin
-
-
 ROUTES = [
     route("GET", "/api/v0/users/current", current_user),
     route("GET", "/api/v0/ssh", list_ssh_keys),
     route("POST", "/api/v0/ssh", add_ssh_key),
-    route("GET", "/api/v0/charges", charges),
-    route("GET", "/api/v1/invoices", invoices),
+    route("PUT", "/api/v0/ssh/{id}", update_ssh_key),
+    route("DELETE", "/api/v0/ssh/{id}", delete_ssh_key),
+    route("GET", "/api/v0/auth/apikeys", list_api_keys),
+    route("POST", "/api/v0/auth/apikeys", create_api_key),
+    route("GET", "/api/v0/auth/apikeys/{id}", show_api_key),
+    route("DELETE", "/api/v0/auth/apikeys/{id}", delete_api_key),
+    route("GET", "/api/v0/secrets", list_env_vars),
+    route("POST", "/api/v0/secrets", create_env_var),
+    route("PUT", "/api/v0/secrets", update_env_var),
+    route("DELETE", "/api/v0/secrets", delete_env_var),
+    route("GET", "/api/v0/users/me/ipaddrs", ip_addresses),
+    route("GET", "/api/v0/users/cloud_integrations", cloud_connections),
     route("GET", "/api/v0/webhooks", list_webhooks),
     route("POST", "/api/v0/webhooks", create_webhook),
     route("DELETE", "/api/v0/webhooks/{id}", delete_webhook),

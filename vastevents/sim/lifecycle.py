@@ -12,8 +12,9 @@ import itertools
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from vastevents.sim.model import Ask, HostBackend, Machine, SimError, SimInstance, Step, Storm
+from vastevents.sim.model import Ask, HostBackend, Machine, SimError, SimInstance, SimVolume, Step, Storm
 from vastevents.sim.params import price_param
+from vastevents.sim.templates import Templates
 from vastevents.sim.wiretime import WireTime
 
 SCHEDULE_S = 5.0  # null -> created
@@ -49,6 +50,12 @@ class Lifecycle:
         self.next_ask_id = 5_000_001
         self.next_instance_id = 10_000_001
         self.next_key_id = 1
+        self.attached_keys: dict[int, str] = {}  # id -> key, for keys attached to an instance only
+        self.volumes: dict[int, SimVolume] = {}
+        self.next_volume_id = 301
+        self.templates = Templates(now=origin)
+        self.env_vars: dict[str, str] = {}  # the account's "env-vars", set in every new instance
+        self.api_keys: list[dict[str, Any]] = []  # keys made with "create api-key" (a hash, never the key)
         self.backend: HostBackend | None = None
         self.port_for: Callable[[int], int] = _default_port
         self.wire = WireTime()  # how times and money look to clients (the Simulator sets it; not saved)
@@ -268,6 +275,17 @@ class Lifecycle:
         self.halt(inst)
         self.set_status(inst, "rebooting", "running", "running", "running", "Rebooting")
         self.schedule(inst, self.now + REBOOT_S, "running")
+
+    def recycle(self, instance_id: int) -> None:
+        """Destroy and recreate the container in place: a fresh pull of its image and a fresh filesystem (its
+        volume keeps its files); the GPUs stay the instance's."""
+        inst = self.instance(instance_id)
+        if self.machines[inst.machine_id].offline:
+            raise SimError(400, "host_offline", f"The host of instance {instance_id} is offline.")
+        self.halt(inst)
+        if self.backend is not None:
+            self.backend.instance_reset(inst.id)
+        self._begin_loading(inst, inst.pull_s, f"Recreating the container: pulling image {inst.image}")
 
     def set_label(self, instance_id: int, label: str | None) -> None:
         self.instance(instance_id).label = label

@@ -35,6 +35,14 @@ class HostBackend(Protocol):
 
     def instance_gone(self, instance_id: int) -> None: ...
 
+    def instance_reset(self, instance_id: int) -> None:
+        """A fresh container filesystem (recycle, update): everything but the volumes is gone."""
+        ...
+
+    def volume_gone(self, volume_id: int) -> None: ...
+
+    def volume_cloned(self, source_id: int, volume_id: int) -> None: ...
+
 
 @dataclass
 class Machine:
@@ -98,7 +106,27 @@ class SimInstance:
     disk_util: float = 0.0
     history: list[tuple[float, str | None]] = field(default_factory=list)
     ended_at: float | None = None  # destroyed or vanished
-    ssh_keys: list[str] = field(default_factory=list)
+    ssh_keys: list[str] = field(default_factory=list)  # the keys that log in: the account's at create, attached
+    template_id: int | None = None
+    template_hash_id: str | None = None
+    template_name: str | None = None
+    volume_id: int | None = None
+    mount_path: str | None = None
+    deposit: float = 0.0  # $ prepaid (prepay instance)
+    discount_rate: float = 0.0
+    prepaid_at: float | None = None
+
+
+@dataclass
+class SimVolume:
+    """A local volume: disk on one machine, billed by size until deleted, outliving the instances it is used by."""
+
+    id: int
+    machine_id: int
+    size: float  # GB
+    name: str | None
+    created_at: float
+    ended_at: float | None = None  # deleted
 
 
 @dataclass

@@ -19,7 +19,16 @@ from urllib.parse import parse_qs, urlsplit
 
 from vastevents._logging import redact
 from vastevents.clock import Clock
-from vastevents.sim import api_account, api_admin, api_instances, api_market
+from vastevents.sim import (
+    account,
+    api_account,
+    api_admin,
+    api_billing,
+    api_container,
+    api_instances,
+    api_market,
+    api_volumes,
+)
 from vastevents.sim.model import SimError, SimInstance
 from vastevents.sim.routing import Request, Response, Route, error
 from vastevents.sim.webhooks import SimWebhooks
@@ -72,6 +81,10 @@ class Served(Protocol):
 
     def keys_changed(self, inst: SimInstance) -> None: ...
 
+    def execute(self, inst: SimInstance, argv: list[str]) -> str: ...
+
+    def container_root(self, inst: SimInstance) -> str | None: ...
+
     def state(self) -> dict[str, Any]: ...
 
     def advance(self, seconds: float) -> datetime: ...
@@ -104,6 +117,8 @@ class Api:
         self._buckets = _TokenBuckets(RATE_LIMITS) if rate_limits else None
         self._logs: OrderedDict[str, str] = OrderedDict()  # result_url token -> log text, the newest _KEPT_LOGS
         self.webhooks = SimWebhooks(sim.client_clock)
+        self._clients: dict[str, float] = {}
+        self._clients_lock = threading.Lock()
 
     def handle(self, request: Request) -> Response:
         for route in ROUTES:
@@ -153,8 +168,17 @@ class Api:
         if not key:
             return error(403, "auth_error", "This action requires login.")
         if not secrets.compare_digest(key.encode(), self.sim.api_key.encode()):
-            return error(401, "auth_error", "Invalid user key")
+            with self.sim.world() as world:
+                if not account.is_api_key(world, key):
+                    return error(401, "auth_error", "Invalid user key")
+        with self._clients_lock:
+            self._clients.setdefault(request.client, self.sim.client_clock.now().timestamp())
         return None
+
+    def clients(self) -> list[tuple[str, float]]:
+        """The addresses requests came from with a valid key, and when each was first seen (clients' clock)."""
+        with self._clients_lock:
+            return sorted(self._clients.items(), key=lambda item: item[1])
 
     def _storm_response(self, route: Route) -> Response | None:
         with self.sim.world() as world:
@@ -189,7 +213,15 @@ class Api:
         return self._logs.get(token)
 
 
-ROUTES: list[Route] = [*api_account.ROUTES, *api_market.ROUTES, *api_instances.ROUTES, *api_admin.ROUTES]
+ROUTES: list[Route] = [
+    *api_account.ROUTES,
+    *api_billing.ROUTES,
+    *api_market.ROUTES,
+    *api_instances.ROUTES,
+    *api_container.ROUTES,
+    *api_volumes.ROUTES,
+    *api_admin.ROUTES,
+]
 
 
 class SimHTTPServer(ThreadingHTTPServer):

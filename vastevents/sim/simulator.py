@@ -249,6 +249,16 @@ class Simulator:
             lines.append(self._ssh.onstart_output(inst.id))
         return "".join(lines)
 
+    def execute(self, inst: SimInstance, argv: list[str]) -> str:
+        """Output of one constrained command in the instance's filesystem (only ssh hosts have one)."""
+        if self._ssh is None:
+            return "(this simulator has no container filesystems: start it with ssh hosts, --ssh)\n"
+        return self._ssh.execute(inst.id, argv)
+
+    def container_root(self, inst: SimInstance) -> str | None:
+        """Where the instance's container filesystem lives on this machine (None without ssh hosts)."""
+        return str(self._ssh.directory(inst.id)) if self._ssh is not None else None
+
     def keys_changed(self, inst: SimInstance) -> None:
         if self._ssh is not None:
             self._ssh.update_keys(inst.id, inst.ssh_keys)
@@ -271,11 +281,10 @@ class Simulator:
                 for m in world.machines.values()
             ]
             spend: list[dict[str, Any]] = []
-            total = 0.0
+            total = world.spend()  # volumes' storage too
             for inst in world.all_instances():
-                gpu, storage = world.charges(inst)
-                total += gpu + storage
-                spend.append({"id": inst.id, "label": inst.label, "gpu_usd": gpu, "storage_usd": storage,
+                cost = world.charges(inst)
+                spend.append({"id": inst.id, "label": inst.label, "gpu_usd": cost.gpu, "storage_usd": cost.storage,
                               "ended": inst.ended_at is not None})  # fmt: skip
             return {
                 "now": datetime.fromtimestamp(world.now, UTC).isoformat(),

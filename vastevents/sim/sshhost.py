@@ -6,6 +6,10 @@ that stands in for the container's filesystem: every session starts there with `
 sshd runs as the current user, so it can only log that user in: as root (CI) ``root@`` works as on Vast;
 as another user connect as ``$USER@127.0.0.1``. Stopping an instance ends its sshd and every process its
 sessions started (found by a marker variable in their environment); the directory stays until destroy.
+
+The instance's directory stands in for the container's ``/`` (``/root`` is its home): a volume mounted at
+``/root/data`` is a link at ``root/data`` in it to the volume's own directory, which outlives the instance.
+``execute`` runs Vast's constrained commands (``ls``, ``rm``, ``du``) there, on relative paths only.
 """
 
 from __future__ import annotations
@@ -152,6 +156,9 @@ class SSHHosts:
             self._hosts[instance_id] = host
         return host
 
+    def directory(self, instance_id: int) -> Path:
+        return self._host(instance_id).directory
+
     def ports(self) -> dict[int, int]:
         return {i: h.port for i, h in self._hosts.items() if h.sshd is not None and h.sshd.poll() is None}
 
@@ -162,6 +169,8 @@ class SSHHosts:
         if host.sshd is not None and host.sshd.poll() is None:
             return
         self.update_keys(instance.id, authorized_keys)
+        if instance.volume_id is not None and instance.mount_path is not None:
+            self._mount(host, instance.volume_id, instance.mount_path)
         config = self._write_config(host, instance)
         log = (host.directory / "sshd.log").open("ab")
         host.logs.append(log)
@@ -186,6 +195,49 @@ class SSHHosts:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
+
+    def _volume_directory(self, volume_id: int) -> Path:
+        directory = self.root / "volumes" / f"volume-{volume_id}"
+        directory.mkdir(parents=True, exist_ok=True)
+        return directory
+
+    def _mount(self, host: _Host, volume_id: int, mount_path: str) -> None:
+        link = host.directory / mount_path.strip("/")
+        target = self._volume_directory(volume_id)
+        if link.is_symlink() and link.resolve() == target.resolve():
+            return
+        if link.exists() or link.is_symlink():
+            logger.warning("volume %s not mounted at %s: something is already there", volume_id, mount_path)
+            return
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(target, target_is_directory=True)
+
+    def volume_gone(self, volume_id: int) -> None:
+        shutil.rmtree(self.root / "volumes" / f"volume-{volume_id}", ignore_errors=True)
+
+    def volume_cloned(self, source_id: int, volume_id: int) -> None:
+        shutil.copytree(self._volume_directory(source_id), self._volume_directory(volume_id), dirs_exist_ok=True)
+
+    def instance_reset(self, instance_id: int) -> None:
+        """A recreated container: the processes end and its filesystem starts empty (volumes keep their files)."""
+        self.instance_down(instance_id)
+        host = self._hosts.get(instance_id)
+        if host is not None:
+            root = host.directory / "root"
+            shutil.rmtree(root, ignore_errors=True)  # a mounted volume is a link: removed, never followed
+            root.mkdir()
+            (host.directory / "onstart.log").unlink(missing_ok=True)
+
+    def execute(self, instance_id: int, argv: Sequence[str]) -> str:
+        """Run one of Vast's constrained commands in the instance's filesystem: its output (and errors)."""
+        host = self._host(instance_id)
+        try:
+            done = subprocess.run(
+                list(argv), cwd=host.directory, capture_output=True, text=True, timeout=30, check=False
+            )
+        except subprocess.TimeoutExpired:
+            return f"{argv[0]}: timed out after 30 s\n"
+        return done.stdout + done.stderr
 
     def update_keys(self, instance_id: int, keys: Iterable[str]) -> None:
         host = self._host(instance_id)

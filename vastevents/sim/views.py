@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from vastevents.sim.billing import gpu_rate, storage_rate
+from vastevents.sim.billing import Charges, gpu_rate, storage_rate
 from vastevents.sim.model import Machine, SimInstance
 from vastevents.sim.params import exposed_ports
 from vastevents.sim.wiretime import WireTime
@@ -65,14 +65,16 @@ def instance_row(m: Machine, inst: SimInstance, *, now: float, wire: WireTime, s
         "inet_down": m.inet_down,
         "inet_up": m.inet_up,
         "verification": "verified",
-        "template_hash_id": None,
+        "template_id": inst.template_id,
+        "template_hash_id": inst.template_hash_id,
+        "template_name": inst.template_name,
         "uptime_mins": None,
     }
 
 
-def charge_item(inst: SimInstance, charged: tuple[float, float], *, now: float, wire: WireTime) -> dict[str, Any]:
-    """One ``/charges`` result: the instance's total with its `charged` (gpu $, storage $) parts."""
-    gpu, storage = charged
+def charge_item(inst: SimInstance, charged: Charges, *, now: float, wire: WireTime) -> dict[str, Any]:
+    """One ``/charges`` result: the instance's total with its gpu and storage parts."""
+    gpu, storage = charged.gpu, charged.storage
     start = wire.at(inst.created_at)
     end = wire.at(inst.ended_at if inst.ended_at is not None else now)
     return {

@@ -19,12 +19,13 @@ from dataclasses import asdict
 from typing import Any
 
 from vastevents.config import parse_duration
-from vastevents.sim import billing, faults, views
+from vastevents.sim import billing, faults, views, volumes
 from vastevents.sim.lifecycle import Lifecycle
-from vastevents.sim.market import OFFER_FIELDS, generate_machines, machines_from_specs, offer_row
+from vastevents.sim.market import HOURS_PER_MONTH, OFFER_FIELDS, generate_machines, machines_from_specs, offer_row
 from vastevents.sim.matching import matches, sort_rows
-from vastevents.sim.model import DEFAULT_PULL_S, Ask, Machine, SimError, SimInstance, Step, Storm
-from vastevents.sim.params import env_param, number_param, price_param, public_key_param
+from vastevents.sim.model import DEFAULT_PULL_S, Ask, Machine, SimError, SimInstance, SimVolume, Step, Storm
+from vastevents.sim.params import env_param, number_param, price_param
+from vastevents.sim.templates import Templates
 
 _USER_VERBS = frozenset({"stop", "start", "reboot", "destroy"})  # what the owner does, scripted
 ACTIONS = frozenset({*faults.FAULTS, *_USER_VERBS, "flap"})
@@ -65,6 +66,12 @@ class World(Lifecycle):
             "next_ask_id": self.next_ask_id,
             "next_instance_id": self.next_instance_id,
             "next_key_id": self.next_key_id,
+            "attached_keys": self.attached_keys,
+            "volumes": [asdict(v) for v in self.volumes.values()],
+            "next_volume_id": self.next_volume_id,
+            "templates": self.templates.to_list(),
+            "env_vars": self.env_vars,
+            "api_keys": self.api_keys,
         }
 
     @classmethod
@@ -83,6 +90,13 @@ class World(Lifecycle):
         world.next_ask_id = int(data["next_ask_id"])
         world.next_instance_id = int(data["next_instance_id"])
         world.next_key_id = int(data["next_key_id"])
+        world.attached_keys = {int(k): str(v) for k, v in data.get("attached_keys", {}).items()}
+        world.volumes = {v["id"]: SimVolume(**v) for v in data.get("volumes", [])}
+        world.next_volume_id = int(data.get("next_volume_id", world.next_volume_id))
+        if "templates" in data:
+            world.templates = Templates.from_list(data["templates"])
+        world.env_vars = dict(data.get("env_vars", {}))
+        world.api_keys = list(data.get("api_keys", []))
         world.reschedule_all()
         return world
 
@@ -195,35 +209,44 @@ class World(Lifecycle):
         return rows[: max(limit, 0)]
 
     def create(self, ask_id: int, body: Mapping[str, Any]) -> tuple[int, dict[str, Any] | None]:
-        """Rent an ask (`PUT /asks/{id}/`). Returns the new id and, for a low bid, a failure body."""
+        """Rent an ask (`PUT /asks/{id}/`). Returns the new id and, for a low bid, a failure body.
+
+        A template (``template_hash_id`` or ``template_id``) gives the image, docker options and onstart the
+        request leaves out; ``volume_info`` makes a volume from an offer of the same machine, or links one.
+        """
         if self.pending_races and ask_id in self.asks:
             self.pending_races -= 1
             self.rented_elsewhere(self.asks[ask_id])
         ask = self.asks.get(ask_id)
         if ask is None or self.machines[ask.machine_id].offline:
             raise SimError(404, "no_such_ask", f"Instance type {ask_id} is no longer available.")
-        image = body.get("image")
+        template = self.templates.for_create(body, now=self.now)
+        image = body.get("image") or (template.full_image if template else None)
         if not isinstance(image, str) or not image.strip():
-            if not body.get("template_hash_id"):
-                raise SimError(400, "invalid_args", "image is required (or template_hash_id).")
-            image = f"template/{body['template_hash_id']}"
-        disk = number_param(body.get("disk"), 10.0, what="disk")
+            raise SimError(400, "invalid_args", "image is required (or a template: template_hash_id, template_id).")
+        disk = number_param(body.get("disk"), (template and template.recommended_disk_space) or 10.0, what="disk")
         if not 0 < disk <= self.machines[ask.machine_id].disk_space:
             raise SimError(400, "invalid_args", f"disk must be between 0 and the machine's free space, got {disk}")
         price = price_param(body["price"]) if body.get("price") is not None else None
+        env = {**self.env_vars, **env_param(template.env if template else None), **env_param(body.get("env"))}
         label = body.get("label")
-        onstart = body.get("onstart")
+        onstart = body.get("onstart") or (template.onstart if template else None)
+        volume = volumes.for_create(self, ask, body.get("volume_info"))
         inst = self.new_instance(
             ask,
             image=image.strip(),
             disk=disk,
             label=str(label) if label is not None else None,
             onstart=str(onstart) if onstart else None,
-            env=env_param(body.get("env")),
+            env=env,
             bid_price=price,
-            runtype=str(body.get("runtype") or "ssh"),
+            runtype=str(body.get("runtype") or (template.runtype if template else None) or "ssh"),
             pull_s=number_param(body.get("_pull_s"), DEFAULT_PULL_S, what="_pull_s"),
         )
+        if template is not None:
+            inst.template_id, inst.template_hash_id, inst.template_name = template.id, template.hash_id, template.name
+        if volume is not None:
+            inst.volume_id, inst.mount_path = volume[0].id, volume[1]
         if self.pending_create_errors:
             self.pending_create_errors -= 1
             raise SimError(500, "server_error", "Internal error while creating the instance; please retry.")
@@ -240,49 +263,92 @@ class World(Lifecycle):
             return inst.id, failure
         return inst.id, None
 
-    def add_ssh_key(self, public_key: str) -> dict[str, Any]:
-        key = public_key_param(public_key)
-        record = {
-            "id": self.next_key_id,
-            "user_id": 1,
-            "public_key": key,
-            "key": key,
-            "created_at": self.wire.iso(self.now),
-            "deleted_at": None,
-        }
-        self.next_key_id += 1
-        self.ssh_keys.append(record)
-        return record
+    def launch(self, body: Mapping[str, Any]) -> tuple[int, dict[str, Any] | None]:
+        """``launch instance``: rent the first offer the query ``q`` finds (in its order), with the rest of `body`."""
+        query = body.get("q")
+        if not isinstance(query, Mapping):
+            raise SimError(400, "invalid_args", "q must be a search query object")
+        offers = self.search({**query, "limit": 1})
+        if not offers:
+            raise SimError(404, "no_such_ask", "No offer matches the launch query.")
+        return self.create(int(offers[0]["id"]), body)
 
-    def attach_ssh_key(self, instance_id: int, public_key: Any) -> SimInstance:
-        """Let `public_key` into one instance too (the caller tells its host)."""
-        key = public_key_param(public_key)
+    def update_template(self, instance_id: int, body: Mapping[str, Any]) -> None:
+        """``update instance``: recreate the container from a new template or image, env, onstart (args ignored)."""
         inst = self.instance(instance_id)
-        if key not in inst.ssh_keys:
-            inst.ssh_keys.append(key)
-        return inst
+        template = self.templates.for_create(body, now=self.now)
+        image = body.get("image") or (template.full_image if template else None)
+        if template is None and not any(body.get(k) for k in ("image", "env", "onstart")):
+            raise SimError(
+                400, "invalid_args", "give a template (template_id, template_hash_id), image, env or onstart"
+            )
+        if template is not None:
+            inst.template_id, inst.template_hash_id, inst.template_name = template.id, template.hash_id, template.name
+            inst.env = {**self.env_vars, **env_param(template.env)}
+            inst.onstart = template.onstart
+        if isinstance(image, str) and image.strip():
+            inst.image, inst.stuck_msg = image.strip(), None
+        if body.get("env") is not None:
+            inst.env = {**inst.env, **env_param(body.get("env"))}
+        if body.get("onstart") is not None:
+            inst.onstart = str(body["onstart"]) or None
+        self.recycle(instance_id)
+
+    def prepay(self, instance_id: int, amount: Any) -> dict[str, float]:
+        """Move `amount` of credit into the instance's deposit for a discount on its GPU price (see billing)."""
+        inst = self.instance(instance_id)
+        paid = number_param(amount, 0.0, what="amount")
+        if inst.is_bid:
+            raise SimError(400, "invalid_args", "only on-demand instances can be prepaid, not interruptible ones")
+        if not 0 < paid <= self.balance():
+            raise SimError(400, "invalid_args", f"amount must be between 0 and the balance {self.balance():.2f}")
+        months = (inst.deposit + paid) / (billing.gpu_rate(self.machines[inst.machine_id], inst) * HOURS_PER_MONTH)
+        if inst.prepaid_at is None:
+            inst.prepaid_at = self.now
+        inst.deposit += paid
+        inst.discount_rate = billing.discount_for(months)
+        return {"timescale": months, "discount_rate": inst.discount_rate}
 
     # ----------------------------------------------------------------- views
 
     def instance_row(self, inst: SimInstance, *, ssh_host: str = "127.0.0.1") -> dict[str, Any]:
-        return views.instance_row(self.machines[inst.machine_id], inst, now=self.now, wire=self.wire, ssh_host=ssh_host)
+        row = views.instance_row(self.machines[inst.machine_id], inst, now=self.now, wire=self.wire, ssh_host=ssh_host)
+        if inst.volume_id is not None:
+            volume = self.volumes[inst.volume_id]
+            row["volume_info"] = [{"id": volume.id, "name": volume.name, "mount_path": inst.mount_path,
+                                   "total_space": volume.size, "avail_space": None}]  # fmt: skip
+        return row
 
-    def charges(self, inst: SimInstance) -> tuple[float, float]:
-        """(gpu $, storage $) charged so far: the GPU price while running, storage for the whole life.
+    def charges(self, inst: SimInstance) -> billing.Charges:
+        """What `inst` has cost: the GPU price while running, storage for the whole life, a deposit's discount.
 
         Accrued per second of the clients' clock (see :mod:`~vastevents.sim.wiretime`).
         """
-        gpu, storage = billing.charges(self.machines[inst.machine_id], inst, now=self.now)
-        return self.wire.span(gpu), self.wire.span(storage)
+        cost = billing.charges(self.machines[inst.machine_id], inst, now=self.now)
+        span = self.wire.span
+        return billing.Charges(span(cost.gpu), span(cost.storage), span(cost.from_deposit))
 
     def charge_item(self, inst: SimInstance) -> dict[str, Any]:
         return views.charge_item(inst, self.charges(inst), now=self.now, wire=self.wire)
+
+    def charge_items(self) -> list[dict[str, Any]]:
+        """Every instance's and volume's ``/charges`` item, live or ended."""
+        items = [self.charge_item(inst) for inst in self.all_instances()]
+        return items + [volumes.charge_item(self, v) for v in sorted(self.volumes.values(), key=lambda v: v.id)]
 
     def all_instances(self) -> list[SimInstance]:
         return sorted([*self.instances.values(), *self.ended.values()], key=lambda i: i.id)
 
     def spend(self) -> float:
-        return sum(sum(self.charges(inst)) for inst in self.all_instances())
+        """All charges so far, instances' and volumes'."""
+        return sum(self.charges(inst).total for inst in self.all_instances()) + sum(
+            volumes.charges(self, v) for v in self.volumes.values()
+        )
+
+    def balance(self) -> float:
+        """Credit left: the starting credit less what was charged and what sits in deposits unspent."""
+        unspent = sum(inst.deposit - self.charges(inst).from_deposit for inst in self.all_instances())
+        return self.credit - self.spend() - unspent
 
 
 def _expand_flap(step: Step) -> list[Step]:
