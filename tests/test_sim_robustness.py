@@ -86,6 +86,12 @@ def test_state_file_survives_a_restart(tmp_path: Path) -> None:
         with httpx.Client(base_url=first.url, headers={"Authorization": f"Bearer {first.api_key}"}) as sim_client:
             assert sim_client.delete(f"/api/v0/instances/{gone}/").status_code == 200
             sim_client.post("/api/v0/ssh/", json={"ssh_key": "ssh-ed25519 AAAAkey me@x"})
+            template = sim_client.post("/api/v0/template/", json={"name": "kept", "image": "python"}).json()
+            volume = sim_client.put("/api/v0/volumes/", json={"id": 90_000_000 + first.instance(kept)["machine_id"],
+                                                              "size": 5}).json()  # fmt: skip
+            sim_client.post("/api/v0/secrets/", json={"key": "TOKEN", "value": "t-123"})
+            extra_key = sim_client.post("/api/v0/auth/apikeys/", json={"name": "ci"}).json()["key"]
+            sim_client.put(f"/api/v0/instances/prepay/{kept}/", json={"amount": 1})
         before = first.state()
     assert state.exists()
     with Simulator(clock=clock, state=state) as second:
@@ -97,6 +103,14 @@ def test_state_file_survives_a_restart(tmp_path: Path) -> None:
         assert new > max(kept, gone), "ids keep counting after a restart"
         with httpx.Client(base_url=second.url, headers={"Authorization": f"Bearer {second.api_key}"}) as sim_client:
             assert [k["public_key"] for k in sim_client.get("/api/v0/ssh/").json()] == ["ssh-ed25519 AAAAkey me@x"]
+            search = sim_client.get("/api/v0/template/", params={"select_filters": '{"name": {"eq": "kept"}}'})
+            assert [t["hash_id"] for t in search.json()["templates"]] == [template["template"]["hash_id"]]
+            assert [v["id"] for v in sim_client.get("/api/v0/volumes/").json()["volumes"]] == [volume["volume_id"]]
+            assert sim_client.get("/api/v0/secrets/").json()["secrets"] == {"TOKEN": "t-123"}
+            assert sim_client.get(f"/api/v0/instances/balance/{kept}/").json()["prepaid"] == 1
+        extra = httpx.get(f"{second.url}/api/v0/users/current/", headers={"Authorization": f"Bearer {extra_key}"})
+        assert extra.status_code == 200, "a key made with create api-key still authenticates"
+        assert extra_key not in state.read_text(), "the state file keeps its hash only"
 
 
 def test_unreadable_state_file_is_a_clear_error(tmp_path: Path) -> None:
