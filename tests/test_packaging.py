@@ -33,3 +33,15 @@ def test_the_entry_points_name_the_installed_handler_package() -> None:
     for value in points.values():
         module = value.split(":")[0].removeprefix("vastevents_handlers.")
         assert (ROOT / "handlers" / f"{module}.py").is_file(), value
+
+
+def test_the_pytest_plugin_installs_as_a_module_of_its_own() -> None:
+    """pytest loads it into every run of the environment: it must not import vastevents (a second or two) until a
+    test asks for its fixtures, so it lives outside the vastevents package."""
+    with (ROOT / "pyproject.toml").open("rb") as file:
+        points = tomllib.load(file)["project"]["entry-points"]["pytest11"]
+    assert points == {"vastevents": "vastevents_pytest"}
+    assert "vastevents_pytest" in _setuptools()["packages"]  # type: ignore[operator]
+    source = (ROOT / "vastevents_pytest" / "__init__.py").read_text()
+    top_level_imports = [line for line in source.splitlines() if line.startswith(("import ", "from "))]
+    assert not [line for line in top_level_imports if "vastevents" in line], top_level_imports

@@ -1,6 +1,7 @@
 """A local Vast.ai: the wire protocol on loopback, an accelerated lifecycle, scripted faults, real sshd hosts.
 
-``from vastevents.sim import Simulator`` is the whole public surface; the rest is private.
+``from vastevents.sim import Simulator`` is the public surface (and :class:`VastSim`, what the ``vast_sim``
+pytest fixture gives a test); the rest is private. docs/simulator.md describes all of it.
 
 - Lifecycle: null (scheduling, 5 s) -> created (5 s) -> loading (the image pull, 60 s unless ``pull`` says)
   -> running; stop/start (15 s back through loading), reboot (20 s), destroy, contract ``end_date`` expiry.
@@ -25,6 +26,7 @@
 
 from __future__ import annotations
 
+from vastevents.sim.fixture import VastSim
 from vastevents.sim.simulator import Simulator
 
-__all__ = ["Simulator"]
+__all__ = ["Simulator", "VastSim"]
