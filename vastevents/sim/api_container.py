@@ -51,8 +51,8 @@ def execute(api: Api, request: Request, args: dict[str, str]) -> Response:
         inst = world.instance(int(args["id"]))
         if inst.actual_status != "running":
             raise SimError(400, "invalid_args", f"Instance {inst.id} is not running.")
-        output = api.sim.execute(inst, argv)
         root = api.sim.container_root(inst) or ""
+    output = api.sim.execute(inst, argv)  # outside the lock: the command takes what it takes
     return Response(200, {"success": True, "result_url": api.publish(output), "writeable_path": root})
 
 

@@ -7,6 +7,7 @@ field here never changes which machines a seed generates.
 
 from __future__ import annotations
 
+import functools
 import random
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -71,8 +72,13 @@ class Hardware:
 
 
 def hardware(machine: Machine) -> Hardware:
-    rng = random.Random(machine.machine_id)
-    gpu = GPU_MODELS.get(machine.gpu_name, _UNKNOWN_GPU)
+    return _hardware(machine.machine_id, machine.gpu_name, machine.num_gpus)
+
+
+@functools.lru_cache(maxsize=4096)
+def _hardware(machine_id: int, gpu_name: str, num_gpus: int) -> Hardware:
+    rng = random.Random(machine_id)
+    gpu = GPU_MODELS.get(gpu_name, _UNKNOWN_GPU)
     cpu_name, cpu_ghz = rng.choice(_CPUS)
     pci_gen = rng.choice((3.0, 4.0, 4.0, 5.0))
     return Hardware(
@@ -90,7 +96,7 @@ def hardware(machine: Machine) -> Hardware:
         gpu_max_power=gpu.max_power,
         gpu_max_temp=83.0,
         gpu_display_active=False,
-        bw_nvlink=gpu.nvlink_bw if machine.num_gpus > 1 else 0.0,
+        bw_nvlink=gpu.nvlink_bw if num_gpus > 1 else 0.0,
         compute_cap=gpu.compute_cap,
         inet_up_cost=round(rng.choice((0.0, 0.002, 0.005, 0.01)), 4),
         inet_down_cost=round(rng.choice((0.0, 0.001, 0.003, 0.005)), 4),

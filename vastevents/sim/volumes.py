@@ -154,10 +154,10 @@ def delete(world: Lifecycle, volume_id: Any) -> SimVolume:
 def clone(world: Lifecycle, source_id: Any, offer_id: Any, *, size: Any) -> SimVolume:
     """A new volume on an offer's machine holding a copy of `source_id`'s files (at least its size)."""
     source = volume(world, source_id)
-    copy = create(world, offer_id, size=size if size not in (None, "") else source.size, name=source.name)
-    if copy.size < source.size:
-        del world.volumes[copy.id]
+    wanted = number_param(size, source.size, what="size")
+    if wanted < source.size:
         raise SimError(400, "invalid_args", f"size must be at least the source's {source.size:g} GB")
+    copy = create(world, offer_id, size=wanted, name=source.name)
     if world.backend is not None:
         world.backend.volume_cloned(source.id, copy.id)
     return copy
