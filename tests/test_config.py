@@ -39,6 +39,7 @@ def test_no_file_gives_defaults() -> None:
     assert config.vast.url == DEFAULT_URL
     assert config.vast.label_prefix == "vastevents"
     assert config.watch.interval == 15.0
+    assert (config.agents.max_job_usd, config.agents.session_budget_usd, config.agents.quote_ttl) == (None, None, 300.0)
     assert config.store.resolved_path() == Path.home() / ".local/state/vastevents/state.db"
     assert config.handlers == {}
 
@@ -47,6 +48,7 @@ def test_example_config_is_valid() -> None:
     config = load_config(EXAMPLE)
     assert config.source == EXAMPLE
     assert set(config.handlers) >= {"log"}
+    assert (config.agents.max_dph, config.agents.quote_ttl) == (2.0, 300.0)
 
 
 def test_search_order_env_then_cwd_then_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -79,6 +81,9 @@ def test_vast_url_env_wins(monkeypatch: pytest.MonkeyPatch) -> None:
         ("[vast]\nurl = 'x'\n[handlers.slack]\nwebhook_url_env = 'X'\n", "cfg.toml:3: handlers.slack.use: required"),
         ("[store]\npath = 3\n", "cfg.toml:2: store.path:"),
         ("[colour]\nx = 1\n", "cfg.toml:1: colour: unknown key"),
+        ("[agents]\nmax_dph = 1\nbudget = 3\n", "cfg.toml:3: agents.budget: unknown key"),
+        ("[agents]\nquote_ttl = 'later'\n", "cfg.toml:2: agents.quote_ttl: expected a duration"),
+        ("[agents]\n\nmax_job_usd = -1\n", "cfg.toml:3: agents.max_job_usd: Input should be greater than 0"),
     ],
 )
 def test_errors_name_file_key_and_line(text: str, expected: str) -> None:

@@ -117,6 +117,19 @@ class DashboardConfig(_Section):
     """The name of the environment variable holding the token every request must carry (never the token)."""
 
 
+class AgentsConfig(_Section):
+    """``[agents]``: what an agent may spend through ``vastevents mcp`` (a limit left out is not applied)."""
+
+    max_dph: float | None = Field(default=None, gt=0)
+    """The most an agent's job may cost per hour."""
+    max_job_usd: float | None = Field(default=None, gt=0)
+    """The most one agent's job may cost (its price per hour times its ``max_duration``)."""
+    session_budget_usd: float | None = Field(default=None, gt=0)
+    """The most the jobs of one ``vastevents mcp`` process may cost together."""
+    quote_ttl: Duration = Field(default=300.0, gt=0)
+    """How long an estimate's quote may be submitted."""
+
+
 class HandlerConfig(BaseModel):
     """``[handlers.NAME]``: ``use`` picks the handler; every other key belongs to that handler."""
 
@@ -135,6 +148,7 @@ class Config(_Section):
     team: TeamConfig = TeamConfig()
     webhooks: WebhooksConfig = WebhooksConfig()
     dashboard: DashboardConfig = DashboardConfig()
+    agents: AgentsConfig = AgentsConfig()
     handlers: dict[str, HandlerConfig] = {}
 
     _source: Path | None = PrivateAttr(default=None)
