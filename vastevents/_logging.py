@@ -64,6 +64,14 @@ def configure_logging(*, debug: bool = False) -> None:
     logging.getLogger("httpcore").setLevel(logging.WARNING)
 
 
+def adopt_logger(name: str, level: int = logging.WARNING) -> None:
+    """Send another library's records (`level` and up) through vastevents' redacting stderr handler only."""
+    logger = logging.getLogger(name)
+    logger.handlers[:] = logging.getLogger("vastevents").handlers
+    logger.setLevel(level)
+    logger.propagate = False
+
+
 def without_password(url: str) -> str:
     """`url` with any password replaced, for messages (``postgresql://team:***@db/vastevents``)."""
     return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:" + REDACTED + "@", url)

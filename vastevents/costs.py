@@ -1,4 +1,5 @@
-"""What was spent: the ledger's totals beside Vast's own charges, per instance, with ghost billing found.
+"""What was spent: the ledger's totals beside Vast's own charges, per instance, with ghost billing found; and
+what is left of the billing budgets.
 
 :func:`build_report` is pure: the ledger rows, the charge items, the ids the instance list shows and the time come
 in as arguments; :func:`cost_report` reads them (``vastevents cost`` and the agents' ``cost`` tool).
@@ -11,11 +12,12 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Literal
 
+from vastevents.config import Config
 from vastevents.errors import VastEventsError
 from vastevents.store.ledger import Interval, Ledger, LedgerInstance
 from vastevents.vast import VastClient
@@ -287,3 +289,36 @@ async def cost_report(
         charges_error=charges if isinstance(charges, str) else None,
         list_error=listed if isinstance(listed, str) else None,
     )
+
+
+# --- budgets ---------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BudgetLeft:
+    name: str
+    """The budget in config words, e.g. ``[handlers.billing] daily_budget_usd $10``."""
+    left_usd: float
+
+
+def budgets_left(
+    config: Config, intervals: Sequence[Interval], now: datetime, owns: Callable[[str | None], bool]
+) -> list[BudgetLeft]:
+    """What a new job may still spend under each ``[handlers.billing]`` budget: the total and today's, less the
+    accrued spend of owned instances (`owns` tells by label), and the per-job one whole."""
+    found = []
+    owned = [interval for interval in intervals if owns(interval.label)]
+    midnight = datetime.combine(now.astimezone(UTC).date(), datetime.min.time(), UTC)
+    for name, handler in config.handlers.items():
+        if handler.use != "billing":
+            continue
+        options = handler.options()
+        spent = {
+            "budget_usd": sum(i.cost_usd(now) for i in owned),
+            "daily_budget_usd": sum(i.cost_usd(now, since=midnight) for i in owned),
+            "per_job_usd": 0.0,
+        }
+        for key, spend in spent.items():
+            if isinstance(limit := options.get(key), int | float) and not isinstance(limit, bool):
+                found.append(BudgetLeft(f"[handlers.{name}] {key} ${limit:g}", float(limit) - spend))
+    return found

@@ -24,6 +24,8 @@ HANDLER_FAILED = "handler_failed"
 POLL_FAILED = "poll_failed"
 VAST_NOTIFICATION = "vast_notification"
 """A verified Vast webhook delivery (``detail``: type, subject, event id); the poll it triggers says what changed."""
+AGENT_CALL = "agent_call"
+"""A tool call of an agent through ``vastevents mcp`` (``detail``: the tool and its arguments, secrets masked)."""
 
 ANY_CHANGE = "any_change"
 """Wildcard: every change of an instance's status (transitions, ``appeared``, ``vanished``)."""
@@ -69,7 +71,7 @@ class Cause(StrEnum):
 
 
 SEMANTIC_EVENTS = (PREEMPTED, STUCK_LOADING, OFFLINE_TOO_LONG, HOST_FLAP)
-RUNTIME_EVENTS = (HANDLER_FAILED, POLL_FAILED, VAST_NOTIFICATION)
+RUNTIME_EVENTS = (HANDLER_FAILED, POLL_FAILED, VAST_NOTIFICATION, AGENT_CALL)
 _STATE_NAMES = frozenset(state.value for state in State)
 
 

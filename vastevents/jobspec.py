@@ -117,6 +117,11 @@ class JobSpec(BaseModel):
         ]
 
     @property
+    def log_path(self) -> str:
+        """The command's log on the host (``<workdir>/.vastevents/job.log``)."""
+        return f"{self.workdir}/.vastevents/job.log"
+
+    @property
     def hours(self) -> float:
         """What an estimate counts on: ``max_duration``, an hour when unset."""
         return (self.max_duration or 3600.0) / 3600.0

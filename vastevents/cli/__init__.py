@@ -9,6 +9,7 @@ from vastevents.cli import (
     _dashboard,  # noqa: F401  (registers dashboard)
     _demo,  # noqa: F401  (registers demo)
     _hosts,  # noqa: F401  (registers hosts)
+    _mcp,  # noqa: F401  (registers mcp)
     _reap,  # noqa: F401  (registers reap)
     _run,  # noqa: F401  (registers run, jobs, logs)
     _sim,  # noqa: F401  (registers sim)

@@ -254,7 +254,7 @@ async def _tail(runtime: Runtime, job: Job, spec: JobSpec, offset: int, stream: 
     if instance is None or not instance.ssh_host:
         return offset
     target = SshTarget.of(instance, spec.ssh_user)
-    log = shlex.quote(f"{spec.workdir}/.vastevents/job.log")
+    log = shlex.quote(spec.log_path)
     try:
         result = await runtime.ssh.run(target, f"tail -c +{offset + 1} {log} 2>/dev/null", timeout=30)
     except Exception:
