@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import hashlib
 import hmac
+import ipaddress
 import json
 import logging
 from collections.abc import Callable, Mapping
@@ -129,6 +130,16 @@ def parse_listen(value: str, what: str = "webhook listen address", example: int 
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ConfigError(f"{what} {value!r} is not HOST:PORT (e.g. 127.0.0.1:{example})")
     return host, int(port)
+
+
+def is_loopback(host: str) -> bool:
+    """True for ``localhost`` and addresses in 127.0.0.0/8 or ``::1`` (a listener only this machine reaches)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class WebhookReceiver:

@@ -14,7 +14,7 @@ from vastevents.cli._app import EXIT_INTERRUPTED, EXIT_USAGE, ConfigOption, app,
 from vastevents.config import Config, load_config, resolve_api_key
 from vastevents.errors import ConfigError
 from vastevents.store import StoreError, open_store
-from vastevents.webhooks import parse_listen
+from vastevents.webhooks import is_loopback, parse_listen
 
 MIN_TOKEN = 16
 """The shortest token accepted: the login form is the one thing a stranger can try guesses on."""
@@ -47,7 +47,6 @@ def dashboard(
         import uvicorn
 
         from vastevents.dashboard import create_app
-        from vastevents.dashboard.security import is_loopback
     except ImportError:
         fail("the dashboard needs its extra: pip install 'vastevents[dashboard]'", EXIT_USAGE)
     if token is None and not is_loopback(host):

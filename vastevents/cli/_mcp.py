@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 from typing import Annotated
 
 import typer
@@ -10,7 +9,7 @@ import typer
 from vastevents.cli._app import EXIT_INTERRUPTED, EXIT_USAGE, ConfigOption, app, fail
 from vastevents.config import load_config
 from vastevents.errors import ConfigError
-from vastevents.webhooks import parse_listen
+from vastevents.webhooks import is_loopback, parse_listen
 
 _LISTEN_HELP = (
     "Serve streamable HTTP at http://HOST:PORT/mcp instead of stdio (loopback only: the tools spend money and the"
@@ -49,11 +48,7 @@ def _loopback(listen: str) -> tuple[str, int]:
         host, port = parse_listen(listen, "--listen", 8791)
     except ConfigError as exc:
         fail(str(exc), EXIT_USAGE)
-    try:
-        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        loopback = False
-    if not loopback:
+    if not is_loopback(host):
         fail(
             f"--listen {listen!r}: vastevents mcp listens on loopback only (127.0.0.1 or ::1); its tools spend money"
             " and it has no login, so reach it from elsewhere through SSH port forwarding",

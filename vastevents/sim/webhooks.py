@@ -7,7 +7,6 @@ HTTPS only), the simulator registers loopback URLs only, so it never sends anyth
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import logging
 import secrets
@@ -22,7 +21,7 @@ import httpx
 from vastevents._logging import register_secret
 from vastevents.clock import Clock
 from vastevents.sim.model import SimError
-from vastevents.webhooks import sign
+from vastevents.webhooks import is_loopback, sign
 
 logger = logging.getLogger("vastevents.sim")
 
@@ -153,11 +152,4 @@ def _new_secret() -> str:
 
 def _loopback_http(url: str) -> bool:
     parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        return False
-    if parts.hostname == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(parts.hostname).is_loopback
-    except ValueError:
-        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname) and is_loopback(parts.hostname or "")
