@@ -379,6 +379,7 @@ async def test_without_a_fresh_matching_quote_or_above_a_limit_nothing_is_submit
         async with agent(tmp_path, limited("budget", f"session_budget_usd = {1.5 * bound}"), here.env) as it:
             first, second = await it.call("estimate", spec=spec), await it.call("estimate", spec=spec)
             queued = (await it.call("submit", spec=spec, quote_id=first["quote_id"]))["job_id"]
+            assert "used already" in await it.refused("submit", spec=spec, quote_id=first["quote_id"])  # a retry
             said = await it.refused("submit", spec=spec, quote_id=second["quote_id"])
             assert "session_budget_usd" in said  # the first job's bound is committed: no room for a second
             assert (await it.call("cancel", job_id=queued))["status"] == "pending"  # the watcher carries it out

@@ -108,7 +108,7 @@ async def _estimate(s: AgentSession, a: _SpecArgs) -> Any:
 
 
 async def _submit(s: AgentSession, a: _SubmitArgs) -> Any:
-    return s.submit(a.spec.to_json(), a.quote_id)
+    return await s.submit(a.spec.to_json(), a.quote_id)
 
 
 async def _job(s: AgentSession, a: _JobArgs) -> Any:

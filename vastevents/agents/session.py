@@ -107,6 +107,8 @@ class AgentSession:
         self.limits = config.agents
         self.jobs = store.repository(Jobs)
         self.quotes: dict[str, Quote] = {}
+        self.used: set[str] = set()
+        """Quotes a job was submitted with: one job per quote, so a retried submit cannot rent twice."""
         self.submitted: dict[int, float] = {}
         """Job id → the cost bound it was submitted with: what this session has committed."""
 
@@ -228,25 +230,28 @@ class AgentSession:
 
     # --- jobs -----------------------------------------------------------------------------------------------
 
-    def submit(self, raw_spec: dict[str, Any], quote_id: str) -> dict[str, Any]:
+    async def submit(self, raw_spec: dict[str, Any], quote_id: str) -> dict[str, Any]:
         self.need_watcher()
         quote = self.quotes.get(quote_id)
         if quote is None:
-            raise Refused(f"no quote {quote_id!r} in this session: call `estimate` with the spec, show the user the"
-                          " price, then submit with its quote_id")  # fmt: skip
+            raise self._no_quote(quote_id)
         if self.clock.now() >= quote.expires_at:
             raise Refused(f"quote {quote_id} expired at {_iso(quote.expires_at)}: call `estimate` again (prices move)"
                           " and show the user the new price")  # fmt: skip
         spec = self.normalize(raw_spec)
         if spec.to_json() != quote.spec:
             raise Refused(f"quote {quote_id} priced a different spec: call `estimate` with exactly this spec")
-        self.check_limits(quote.offer, quote.max_cost_usd)
-        archive = pack_dir(spec.upload) if spec.upload is not None else None
+        archive = await asyncio.to_thread(pack_dir, spec.upload) if spec.upload is not None else None
         if archive is not None:
             try:
                 check_inputs(archive)
             except ValueError as exc:
                 raise Refused(f"spec.upload: {exc}; let the job fetch large data itself") from None
+        # From here to the end nothing awaits: two calls at once cannot both spend the same budget or quote.
+        if self.quotes.pop(quote_id, None) is None:
+            raise self._no_quote(quote_id)
+        self.used.add(quote_id)
+        self.check_limits(quote.offer, quote.max_cost_usd)
         # The watcher searches again when it claims the job; it never rents above the quoted price or bound.
         dph = quote.offer.dph_total or 0.0
         queued = spec.model_copy(
@@ -256,7 +261,6 @@ class AgentSession:
                 "max_cost": min(spec.max_cost or quote.max_cost_usd, quote.max_cost_usd),
             }
         )
-        del self.quotes[quote_id]  # one job per quote: a retried submit cannot rent twice
         job = self.jobs.submit(
             queued.to_json(),
             [],
@@ -267,6 +271,13 @@ class AgentSession:
         )
         self.submitted[job.id] = quote.max_cost_usd
         return {"job_id": job.id}
+
+    def _no_quote(self, quote_id: str) -> Refused:
+        if quote_id in self.used:
+            return Refused(f"quote {quote_id} was used already (one job per quote): `jobs` shows the job it queued;"
+                           " call `estimate` for another")  # fmt: skip
+        return Refused(f"no quote {quote_id!r} in this session: call `estimate` with the spec, show the user the"
+                       " price, then submit with its quote_id")  # fmt: skip
 
     def get(self, job_id: int) -> Job:
         job = self.jobs.get(job_id)
