@@ -25,14 +25,14 @@ async def test_a_raising_handler_becomes_handler_failed_and_others_still_run(cap
 
     h = Harness(broken, fine)
     h.cloud.add(1, "running")
-    with caplog.at_level(logging.ERROR, logger="vastevents.bus"):
+    with caplog.at_level(logging.ERROR, logger="vastevents.invoke"):
         events = await h.poll_once()
     assert got == ["appeared"]
     assert [e.name for e in events] == ["appeared", "handler_failed"]
     failed = events[1]
     assert failed.instance_id == 1
     assert "broken" in failed.detail and "#1 appeared" in failed.detail and "RuntimeError: disk full" in failed.detail
-    assert any("event #1" in r.getMessage() and "broken" in r.getMessage() for r in caplog.records)
+    assert any("#1 appeared" in r.getMessage() and "broken" in r.getMessage() for r in caplog.records)
     assert h.store.pending() == []  # a failure counts as delivered: no endless retries
 
 

@@ -283,7 +283,7 @@ async def test_a_daemon_survives_a_restart_from_its_checkpoint_and_is_cancelled_
         await h.poll_once()
         await h.advance(60)
         await h.advance(60)
-        assert h.runtime.daemons() == [("monitor", "watch_job", 1)]
+        assert h.runtime.daemons.running() == [("monitor", "watch_job", 1)]
     assert first.started == [(1, {"step": 0})] and first.cancelled == [1]  # stopped with the runtime
 
     second = Monitor()
@@ -294,7 +294,7 @@ async def test_a_daemon_survives_a_restart_from_its_checkpoint_and_is_cancelled_
         clock.advance(15)
         assert names(await h.poll_once()) == ["vanished"]
         await h.advance(0)
-        assert second.cancelled == [1] and h.runtime.daemons() == []
+        assert second.cancelled == [1] and h.runtime.daemons.running() == []
         assert h.store.effects.daemons() == []
 
 

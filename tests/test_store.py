@@ -177,7 +177,7 @@ def user_version(path: Path) -> int:
 
 
 def test_a_new_store_records_each_component_version(store: SqlStore) -> None:
-    assert components(store) == {"effects": 1, "journal": 4, "snapshot": 1}
+    assert components(store) == {"effects": 2, "journal": 4, "snapshot": 1}
 
 
 def test_a_new_sqlite_file_is_at_the_current_format(tmp_path: Path) -> None:

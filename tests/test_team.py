@@ -25,11 +25,13 @@ from vastevents import Context, Event, Handler, Instance, Runtime, daemon, every
 from vastevents.cli import app
 from vastevents.clock import ManualClock
 from vastevents.config import parse_config
+from vastevents.errors import NotLeader
 from vastevents.plugins import activate
 from vastevents.sim import Simulator
 from vastevents.store import Jobs, PostgresStore
+from vastevents.store.effects import PeriodicRun
 from vastevents.store.team import TeamMembers as TeamMembersRepo
-from vastevents.team import Leadership, NotLeader
+from vastevents.team import Leadership
 from vastevents.testing import FakeCloud
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -363,13 +365,13 @@ async def test_a_daemon_refused_because_its_leader_was_deposed_is_resumed_by_the
     handlers = iter([[activate("closer", first)], [activate("closer", second)]]).__next__
     async with team(pg_url, team_config, handlers) as (cloud, clock, one, two, _, two_store):
         await one.poll_once()
-        assert one.daemons() == [("closer", "finish", 1)]
+        assert one.daemons.running() == [("closer", "finish", 1)]
         assert one.leadership is not None
         terminate(one.leadership, pg_url)
         clock.advance(15)
         first.go.set()
         for _ in range(1000):  # let the daemon run into the refusal (bounded: 10 s)
-            if not one.daemons():
+            if not one.daemons.running():
                 break
             await asyncio.sleep(0.01)
         assert first.destroyed == [] and cloud.calls == []  # refused before any API call
@@ -399,11 +401,11 @@ async def test_a_periodic_run_refused_because_its_leader_was_deposed_is_left_to_
         overdue = datetime(2000, 1, 1, tzinfo=UTC)
         two_store.effects.ran("sweep", "sweep", overdue)
         terminate(one.leadership, pg_url)
-        await one.run_periodic()
+        await one.periodic.run_due(one.context)
         assert cloud.calls == [("stop", 1)]  # refused before the API call
-        assert two_store.effects.last_run("sweep", "sweep") == overdue  # not recorded as run
+        assert two_store.effects.periodic_run("sweep", "sweep") == PeriodicRun(overdue)  # not recorded as run
         assert not [e for e in two_store.events() if e.name == "handler_failed"]  # nor as failed
 
         await two.poll_once()  # the next leader finds it due and runs it
         assert cloud.calls == [("stop", 1), ("stop", 1)]
-        assert two_store.effects.last_run("sweep", "sweep") != overdue
+        assert two_store.effects.periodic_run("sweep", "sweep") != PeriodicRun(overdue)

@@ -153,7 +153,8 @@ class Story:
 
     def pass_done(self) -> bool:
         """The periodic pass at now is over and every action it took is settled."""
-        return self.store.effects.last_run(*MARKER) == self.now() and not self.store.effects.open_intents()
+        run = self.store.effects.periodic_run(*MARKER)
+        return run is not None and run.last_run == self.now() and not self.store.effects.open_intents()
 
     def poll_done(self) -> bool:
         """The poll at now is committed and every event (handler-made ones too) delivered, every action settled."""
@@ -168,7 +169,8 @@ class Story:
         return [
             key
             for key, period in self.periods.items()
-            if (last := self.store.effects.last_run(*key)) is None or last + timedelta(seconds=period) <= poll
+            if (run := self.store.effects.periodic_run(*key)) is None
+            or run.last_run + timedelta(seconds=period) <= poll
         ]
 
     def tick(self) -> None:
@@ -286,7 +288,7 @@ def tell(tmp_path: Path, api_key: str, store_toml: str, *, team: bool) -> tuple[
     text = store_toml + (f"[team]\nfailover = {FAILOVER:g}\n" if team else "") + HANDLERS
     config.write_text(text)
     cfg = parse_config(text)
-    periods = {(h.name, name): period for h in load_handlers(cfg) for name, period, _ in h.periodic}
+    periods = {(h.name, e.name): e.period or 0.0 for h in load_handlers(cfg) for e in h.periodic}
     del periods[MARKER]
     moment = tmp_path / "moment"
     with Simulator(api_key=api_key, clock=ManualClock()) as sim:  # seed 0, like the sim fixture: each telling gets one

@@ -205,7 +205,7 @@ async def test_observers_see_every_journaled_event_in_order() -> None:
         raise RuntimeError("x")
 
     h = Harness(broken)
-    h.watcher.observers.append(lambda event: seen.append(event.id))
+    h.runtime.journal.observers.append(lambda event: seen.append(event.id))
     h.cloud.add(1, "running")
     h.cloud.add(2, "running")
     await h.poll_once()

@@ -1,4 +1,4 @@
-"""What handlers get besides the event: the edges, the clock, and effects that go through the runtime.
+"""What handlers get besides the event: the edges, the clock, the journal, the daemons, and acting on instances.
 
 Only the composition root (:mod:`vastevents.runtime`) builds a :class:`Context`; each delivery, periodic run
 and daemon gets its own copy (:meth:`Context.bound`), which knows the handler and the event it serves.
@@ -17,19 +17,16 @@ from vastevents.clock import Clock
 from vastevents.config import Config
 from vastevents.errors import VastEventsError
 from vastevents.events import Cause, Event
+from vastevents.journaling import JournalWriter
 from vastevents.models import Instance, Rental
 from vastevents.ports import Notifier, Ssh, VastApi
-from vastevents.store import Store, Write
+from vastevents.store import DaemonRow, Store, Write
 
 
-class RuntimeHooks(Protocol):
-    """The runtime services a context reaches: journaling handler-made events, and daemons."""
+class DaemonRegistry(Protocol):
+    """The runtime's daemons as a context reaches them (:class:`vastevents.daemons.Daemons`)."""
 
-    def emit(self, event: Event, key: str | None) -> Event: ...
-
-    def spawn(self, handler: str, daemon: str, instance_id: int, state: dict[str, Any]) -> None: ...
-
-    def checkpoint(self, handler: str, daemon: str, instance_id: int, state: dict[str, Any]) -> None: ...
+    def spawn(self, context: Context, name: str, instance_id: int, state: dict[str, Any]) -> None: ...
 
     def instance_gone(self, instance_id: int) -> None: ...
 
@@ -54,7 +51,8 @@ class Context:
     forced: bool = False
     """True in a periodic handler run because every one was asked to run now (``watch --once``), not because it was
     due: do what is pending now, ignoring backoff."""
-    hooks: RuntimeHooks
+    journal: JournalWriter
+    daemons: DaemonRegistry
     actions: Actions
     writes: list[Write] = field(default_factory=list)
     _emitted: Counter[str] = field(default_factory=Counter)
@@ -122,7 +120,7 @@ class Context:
             detail=detail or "",
             cause=cause,
         )
-        return self.hooks.emit(event, key)
+        return self.journal.emit(event, key)
 
     def in_delivery(self, write: Write) -> None:
         """Run `write(conn)` in the transaction that marks this delivery done (unit of work)."""
@@ -153,7 +151,7 @@ class Context:
         lead keeps them, for the next leader to resume.
         """
         await self.actions.may_act()
-        self.hooks.instance_gone(instance.id if isinstance(instance, Instance) else instance)
+        self.daemons.instance_gone(instance.id if isinstance(instance, Instance) else instance)
         return await self.actions.destroy(self.handler, instance)
 
     async def spawn(
@@ -162,10 +160,11 @@ class Context:
         """Start this handler's daemon for `instance` (persisted: it restarts after a watcher restart)."""
         name = daemon if isinstance(daemon, str) else getattr(daemon, "__name__", "")
         instance_id = instance.id if isinstance(instance, Instance) else instance
-        self.hooks.spawn(self.handler, name, instance_id, dict(state or {}))
+        self.daemons.spawn(self, name, instance_id, dict(state or {}))
 
     def checkpoint(self, state: dict[str, Any]) -> None:
         """Save a daemon's state; a restarted daemon starts from the last checkpoint."""
         if self.daemon is None:
             raise VastEventsError("checkpoint() works only inside a daemon")
-        self.hooks.checkpoint(self.handler, self.daemon[0], self.daemon[1], dict(state))
+        name, instance_id = self.daemon
+        self.store.effects.save_daemon(DaemonRow(self.handler, name, instance_id, dict(state), self.clock.now()))

@@ -73,5 +73,9 @@ class PermanentError(VastEventsError):
     """Raised by a handler: this event cannot be handled; report ``handler_failed`` now, never retry."""
 
 
+class NotLeader(VastEventsError):
+    """This watcher does not (or no longer) lead its team's shared store; it must not act (see ``[team]``)."""
+
+
 class NotOwned(VastEventsError):
     """A handler asked to act on an instance vastevents does not own (label prefix); nothing was sent."""

@@ -61,18 +61,23 @@ def subscribed_events(func: object) -> tuple[str, ...]:
     return tuple(names) if isinstance(names, tuple) else ()
 
 
-def every(period: str | float) -> Callable[[F], F]:
+EACH_POLL = "poll"
+"""``@every("poll")``: after every poll cycle."""
+
+
+def every(period: str | float, *, at_start: bool = False) -> Callable[[F], F]:
     """Make the decorated ``async def f(ctx)`` (function or method) a periodic handler: ``@every("5m")``.
 
     The runtime runs it when it is due (its last run is kept in the store, so a restart does not reset it);
-    ``watch --once`` runs every periodic handler once.
+    ``@every("poll")`` runs it after every poll cycle; `at_start` also runs it as soon as this watcher takes charge
+    (it starts, or becomes its team's leader). ``watch --once`` runs every periodic handler once.
     """
-    seconds = parse_duration(period)
-    if seconds <= 0:
-        raise ValueError("every() needs a positive period")
+    seconds = None if period == EACH_POLL else parse_duration(period)
+    if seconds is not None and seconds <= 0:
+        raise ValueError('every() needs a positive period, or "poll"')
 
     def mark(func: F) -> F:
-        setattr(func, _PERIOD, seconds)
+        setattr(func, _PERIOD, (seconds, at_start))
         return func
 
     return mark
@@ -86,16 +91,6 @@ def daemon(func: F) -> F:
     """
     setattr(func, _DAEMON, True)
     return func
-
-
-class LoggingNotifier:
-    """The default notifier: messages go to the ``vastevents.notify`` logger."""
-
-    def __init__(self, logger: logging.Logger | None = None) -> None:
-        self.logger = logger or logging.getLogger("vastevents.notify")
-
-    async def notify(self, text: str, *, event: Event | None = None) -> None:
-        self.logger.info("%s%s", f"[#{event.id} {event.name}] " if event is not None else "", text)
 
 
 class HandlerOptions(BaseModel):
@@ -146,6 +141,17 @@ class InstalledHandler:
 
 
 @dataclass(frozen=True)
+class Every:
+    """One periodic handler of an active handler (its method or function marked with :func:`every`)."""
+
+    name: str
+    func: PeriodicFunc
+    period: float | None
+    """Seconds between runs; None: after every poll cycle."""
+    at_start: bool = False
+
+
+@dataclass(frozen=True)
 class ActiveHandler:
     """A handler the config named, ready to subscribe: ``source`` says where it came from."""
 
@@ -155,7 +161,7 @@ class ActiveHandler:
     subscriptions: tuple[tuple[str, HandlerFunc], ...]
     target: object
     emits: tuple[str, ...] = ()
-    periodic: tuple[tuple[str, float, PeriodicFunc], ...] = ()
+    periodic: tuple[Every, ...] = ()
     daemons: tuple[tuple[str, DaemonFunc], ...] = ()
 
     def daemon(self, name: str) -> DaemonFunc | None:
@@ -243,15 +249,20 @@ def activate(
     )
 
 
-def _periodic(target: object) -> tuple[tuple[str, float, PeriodicFunc], ...]:
+def _periodic(target: object) -> tuple[Every, ...]:
     if callable(target) and hasattr(target, _PERIOD):
-        return ((getattr(target, "__name__", "every"), float(getattr(target, _PERIOD)), cast(PeriodicFunc, target)),)
+        return (_every(getattr(target, "__name__", "every"), target),)
     found = []
     for attr in sorted(dir(type(target))):
         member = getattr(target, attr, None) if not attr.startswith("__") else None
         if member is not None and hasattr(member, _PERIOD):
-            found.append((attr, float(getattr(member, _PERIOD)), cast(PeriodicFunc, member)))
+            found.append(_every(attr, member))
     return tuple(found)
+
+
+def _every(name: str, func: object) -> Every:
+    period, at_start = getattr(func, _PERIOD)
+    return Every(name, cast(PeriodicFunc, func), period, at_start)
 
 
 def unknown_subscriptions(handlers: Sequence[ActiveHandler]) -> list[tuple[str, str]]:

@@ -20,7 +20,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from vastevents._logging import redact
-from vastevents.errors import VastEventsError
+from vastevents.errors import NotLeader
 from vastevents.store import Store
 from vastevents.store.team import Member, TeamMembers
 
@@ -72,10 +72,6 @@ def alive(member: Member, leader: Member | None, now: datetime, failover: float)
     """Whether a roster row is a live watcher: the leader heard from lately (`leader`, from
     :func:`leading_watcher`), or a follower seen within three failovers (followers try for the lock every third)."""
     return member == leader or (member.role != "leader" and (now - member.seen).total_seconds() <= 3 * failover)
-
-
-class NotLeader(VastEventsError):
-    """This watcher does not (or no longer) hold the leadership; it must not act."""
 
 
 class Leadership:

@@ -12,18 +12,20 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol
 
 from vastevents._logging import redact
-from vastevents.bus import Bus, Outcome
+from vastevents.bus import Bus
 from vastevents.clock import Clock, sleep_or
 from vastevents.config import Config
 from vastevents.context import Context
 from vastevents.diff import Rules, observe
 from vastevents.errors import AuthError, RateLimited
 from vastevents.events import HANDLER_FAILED, POLL_FAILED, Event
+from vastevents.invoke import Outcome
 from vastevents.models import Instance
 from vastevents.plugins import ActiveHandler
 from vastevents.snapshot import Snapshot
@@ -44,8 +46,8 @@ class InstanceLister(Protocol):
 PollObserver = Callable[[Snapshot | None, float, Exception | None], None]
 """Told after every poll: the new snapshot (None if the list failed), the seconds it took, the error."""
 
-EventObserver = Callable[[Event], None]
-"""Told about each newly journaled event, in journal order (``--jsonl``, the terminal printer)."""
+AfterPoll = Callable[[], Awaitable[None]]
+"""Run after each poll cycle's deliveries (the periodic handlers due), before what they journaled is delivered."""
 
 
 @dataclass
@@ -84,28 +86,32 @@ class Watcher:
         context: Context,
         handlers: Sequence[ActiveHandler] = (),
         *,
+        executor: Executor,
         lister: InstanceLister | None = None,
         rules: Rules | None = None,
         interval: float | None = None,
-        observers: Sequence[EventObserver] = (),
         before_poll: Callable[[], Awaitable[bool]] | None = None,
+        after_poll: AfterPoll | None = None,
         on_poll: PollObserver | None = None,
     ) -> None:
         config = context.config
         self.before_poll = before_poll
         """Asked before every list, and again before a list is diffed against another watcher's newer commit; False
         skips the poll (a watcher that lost its team leadership)."""
+        self.after_poll = after_poll
         self.on_poll = on_poll
         self.context = context
         self.store = context.store
+        self.journal = context.journal
+        self.journal.observers.insert(0, self._journaled)
         self.clock: Clock = context.clock
         self.lister: InstanceLister = lister or context.client
         self.rules = rules or rules_from_config(config)
         self.interval = interval if interval is not None else config.watch.interval
-        self.observers = list(observers)
         self.status = WatchStatus(next_delay=self.interval)
         self.max_attempts = config.watch.max_attempts
-        self.bus = Bus(context, timeout=config.watch.handler_timeout, max_concurrency=config.watch.max_concurrency)
+        watch = config.watch
+        self.bus = Bus(context, executor=executor, timeout=watch.handler_timeout, max_concurrency=watch.max_concurrency)
         for handler in handlers:
             self.bus.add(handler)
         self.last_error: Exception | None = None
@@ -130,8 +136,9 @@ class Watcher:
             self._snapshot = self.store.load_snapshot()
         return self._snapshot
 
-    async def poll_once(self) -> list[Event]:
-        """One cycle: deliver what is pending, poll, commit, deliver. The events journaled in this cycle."""
+    async def poll_once(self, *, then: AfterPoll | None = None) -> list[Event]:
+        """One cycle: deliver what is pending, poll, commit, deliver, run `then` (else ``after_poll``), deliver
+        again. The events journaled in this cycle."""
         self._cycle = []
         first = self._snapshot is None
         previous = self._start()
@@ -150,6 +157,9 @@ class Watcher:
         if self.on_poll is not None:
             self.on_poll(self._snapshot if rows is not None else None, time.monotonic() - started, self.last_error)
         await self.deliver_pending()
+        if (then := then or self.after_poll) is not None:
+            await then()
+            await self.deliver_pending()
         return list(self._cycle)
 
     async def _list(self) -> list[Instance] | None:
@@ -176,8 +186,7 @@ class Watcher:
         self.status.failures += 1
         self.status.error = message
         if self.status.failures == 1:  # once per failure streak, not every cycle of an outage
-            failed = Event(name=POLL_FAILED, instance_id=None, at=self.clock.now(), detail=message)
-            self.journaled(self.store.append([failed]))
+            self.journal.append([Event(name=POLL_FAILED, instance_id=None, at=self.clock.now(), detail=message)])
 
     async def _commit(self, previous: Snapshot, rows: list[Instance], catch_up: bool) -> bool:
         """Diff `rows` against `previous` and commit; False if they were dropped (this watcher may not poll now).
@@ -203,17 +212,14 @@ class Watcher:
             self.status.polls += 1
             self.status.instances = len(snapshot)
             self.status.last_poll = now
-            self.journaled(journaled)
+            self.journal.tell(journaled)
             return True
         raise StaleSnapshot("two watchers keep writing the same store; run only one watcher per store")
 
-    def journaled(self, events: Sequence[Event]) -> None:
-        """Tell the observers about newly journaled events (also those handlers emit), in journal order."""
-        for event in events:
-            self._cycle.append(event)
-            self.status.events += 1
-            for observer in self.observers:
-                observer(event)
+    def _journaled(self, event: Event) -> None:
+        """The first observer of the journal: counts what this cycle journaled."""
+        self._cycle.append(event)
+        self.status.events += 1
 
     async def deliver_pending(self) -> None:
         """Deliver every journaled event some active handler has not had yet (failures included)."""
@@ -240,7 +246,7 @@ class Watcher:
         report = self._failure_event(event, failure) if failure else None
         journaled = self.store.mark_delivered(event.id, handler, report, outcome.writes)
         if journaled is not None:
-            self.journaled([journaled])
+            self.journal.tell([journaled])
 
     def _failure_event(self, event: Event, failure: str) -> Event | None:
         if event.name == HANDLER_FAILED:
@@ -254,6 +260,19 @@ class Watcher:
             instance=event.instance,
             detail=failure,
         )
+
+    async def retry_timer(self, stop: asyncio.Event) -> None:
+        """Deliver retries as they come due between polls, until `stop` is set."""
+        while not stop.is_set():
+            await sleep_or(self.clock, self._retry_delay(), stop)
+            if not stop.is_set():
+                await self.deliver_pending()
+
+    def _retry_delay(self) -> float:
+        due = self.store.journal.next_retry_due()
+        if due is None:
+            return self.interval
+        return min(self.interval, max(0.0, (due - self.clock.now()).total_seconds()))
 
     def next_delay(self) -> float:
         """Seconds until the next poll: the interval, or longer after a 429 or a rejected key (never stop)."""

@@ -39,12 +39,13 @@ from vastevents.events import (
     Event,
     is_known_event_name,
 )
+from vastevents.journaling import EventObserver
 from vastevents.metrics import Metrics
 from vastevents.plugins import ActiveHandler, installed_handlers, load_handlers
 from vastevents.runtime import Runtime
 from vastevents.store import SqliteStore, Store, StoreError, open_store
 from vastevents.vast import VastClient
-from vastevents.watcher import EventObserver, Watcher, WatchStatus
+from vastevents.watcher import Watcher, WatchStatus
 
 SIM_POLL_SECONDS = 0.5
 """Real seconds between the polls of ``watch --sim`` by default (``--pace``)."""

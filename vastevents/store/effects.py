@@ -43,6 +43,7 @@ MIGRATIONS = (
             " PRIMARY KEY (handler, name)) WITHOUT ROWID",
         ),
     ),
+    Migration("effects", 2, ("ALTER TABLE periodic ADD COLUMN again_at TEXT",)),
 )
 
 
@@ -54,6 +55,14 @@ class Intent:
     instance_id: int | None
     label: str | None
     at: datetime
+
+
+@dataclass(frozen=True)
+class PeriodicRun:
+    """A periodic handler's last run (when it started), and when it asked to run again (``TemporaryError``)."""
+
+    last_run: datetime
+    again_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -115,14 +124,18 @@ class Effects:
         rows = self.db.query("SELECT handler, name, instance_id, state, started_at FROM daemons ORDER BY started_at")
         return [DaemonRow(r[0], r[1], int(r[2]), json.loads(r[3]), datetime.fromisoformat(r[4])) for r in rows]
 
-    def last_run(self, handler: str, name: str) -> datetime | None:
-        rows = self.db.query("SELECT last_run FROM periodic WHERE handler = ? AND name = ?", (handler, name))
-        return time(rows[0][0]) if rows else None
+    def periodic_run(self, handler: str, name: str) -> PeriodicRun | None:
+        rows = self.db.query("SELECT last_run, again_at FROM periodic WHERE handler = ? AND name = ?", (handler, name))
+        if not rows:
+            return None
+        last_run, again_at = rows[0]
+        return PeriodicRun(datetime.fromisoformat(last_run), time(again_at))
 
-    def ran(self, handler: str, name: str, at: datetime) -> None:
+    def ran(self, handler: str, name: str, at: datetime, *, again_at: datetime | None = None) -> None:
+        """Record a run that started `at`; `again_at`: when it asked to run again (else after its period)."""
         with self.db.transaction() as conn:
             conn.execute(
-                "INSERT INTO periodic (handler, name, last_run) VALUES (?, ?, ?)"
-                " ON CONFLICT (handler, name) DO UPDATE SET last_run = excluded.last_run",
-                (handler, name, iso(at)),
+                "INSERT INTO periodic (handler, name, last_run, again_at) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (handler, name) DO UPDATE SET last_run = excluded.last_run, again_at = excluded.again_at",
+                (handler, name, iso(at), iso(again_at)),
             )
