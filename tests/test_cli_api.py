@@ -19,6 +19,7 @@ import pytest
 from typer.testing import CliRunner
 
 from vastevents.cli import app
+from vastevents.config import NO_API_KEY
 from vastevents.sim import Simulator
 
 KEY = "vk-cli-test-9f8e7d6c5b4a-secret"
@@ -358,7 +359,7 @@ def test_check_without_a_key_finds_the_key_file_or_says_how_to_set_one(
     monkeypatch.delenv("VAST_API_KEY")
     result = run_cli("check")
     assert result.exit_code == 2  # no key is a setup (usage) error, as in every command
-    assert "✗ no API key: set VAST_API_KEY or run `vastai set api-key YOUR_KEY`" in result.stdout
+    assert f"✗ {NO_API_KEY}" in result.stdout
     assert canned.seen == []
     key_file = home / ".config" / "vastai" / "vast_api_key"
     key_file.parent.mkdir(parents=True)

@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 
 from vastevents.cli import app
 from vastevents.cli._app import COMMAND_ORDER, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
+from vastevents.config import NO_API_KEY
 from vastevents.sim import Simulator
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -139,7 +140,7 @@ def test_status_without_a_key_fails_fast_like_check(user: Path) -> None:
     """Nothing listens at VAST_URL: a request would end in a connection error (exit 1), not this."""
     result = CliRunner().invoke(app, ["status"])
     assert result.exit_code == EXIT_USAGE
-    assert result.stderr == "error: no Vast API key: set VAST_API_KEY or run `vastai set api-key YOUR_KEY`\n"
+    assert result.stderr == f"error: {NO_API_KEY}\n"
 
 
 # --- global options -------------------------------------------------------------------------------------------

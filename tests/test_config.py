@@ -15,7 +15,6 @@ from vastevents.config import (
     load_config,
     parse_config,
     parse_duration,
-    resolve_api_key,
 )
 from vastevents.errors import ConfigError
 
@@ -132,18 +131,17 @@ def test_find_key_line_dotted_keys_and_tables() -> None:
 
 
 def test_api_key_env_then_files(isolated_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    assert resolve_api_key() is None
+    assert find_api_key() is None
     legacy = isolated_env / ".vast_api_key"
     legacy.write_text("legacy-key-123\n")
-    assert resolve_api_key() == "legacy-key-123"
+    assert find_api_key() == ("legacy-key-123", str(legacy))
     current = isolated_env / ".config/vastai/vast_api_key"
     current.parent.mkdir(parents=True)
     current.write_text("current-key-456")
-    assert resolve_api_key() == "current-key-456"
+    assert find_api_key() == ("current-key-456", str(current))
     current.write_text("  \n")
     assert find_api_key() == ("legacy-key-123", str(legacy))
     monkeypatch.setenv("VAST_API_KEY", "env-key-789")
-    assert resolve_api_key() == "env-key-789"
     assert find_api_key() == ("env-key-789", "$VAST_API_KEY")
     assert redact("Authorization failed for env-key-789") == "Authorization failed for ***"
 

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
+from vastevents import connect
 from vastevents.cli import _watch, app
 from vastevents.clock import ManualClock
 from vastevents.events import Event
@@ -264,7 +265,8 @@ def test_jsonl_resumes_after_its_last_id_and_cuts_a_torn_line(tmp_path: Path) ->
         )
         path = tmp_path / "out.jsonl"
         path.write_text(json.dumps(journaled[0].to_json()) + "\n" + '{"id": 2, "name": "appe')
-        sink = _watch.JsonlSink(str(path), store)
+        sink = _watch.JsonlSink(str(path))
+        sink.catch_up(store)
         sink(journaled[2])  # already written during the catch-up: not again
         sink.close()
     ids = [json.loads(line)["id"] for line in path.read_text().splitlines()]
@@ -317,7 +319,7 @@ def test_watch_without_a_key_says_what_to_do(tmp_path: Path, monkeypatch: pytest
     monkeypatch.setenv("HOME", str(tmp_path))
     for name in ("VAST_API_KEY", "VASTEVENTS_CONFIG", "VAST_URL"):
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setattr(_watch, "VastClient", None)  # any attempt to make a client would fail loudly
+    monkeypatch.setattr(connect, "VastClient", None)  # any attempt to make a client would fail loudly
     result = CliRunner().invoke(app, ["watch", *once])
     assert result.exit_code == 2
     (line,) = error_lines(result.output)

@@ -69,13 +69,14 @@ class WatchConfig(_Section):
 class StoreConfig(_Section):
     path: Path = Path(DEFAULT_STORE)
     url: str | None = None
-    """``postgresql://...`` shares one store between watchers (team mode); env ``VASTEVENTS_STORE_URL`` wins."""
+    """``postgresql://...`` shares one store between watchers (team mode); env ``VASTEVENTS_STORE_URL`` wins (when
+    the config is loaded)."""
 
     def resolved_path(self) -> Path:
         return self.path.expanduser()
 
     def resolved_url(self) -> str | None:
-        return os.environ.get("VASTEVENTS_STORE_URL") or self.url or None
+        return self.url or None
 
     def describe(self) -> str:
         """Where the store is, for people: the file, or the database without its password."""
@@ -253,19 +254,23 @@ def parse_config(text: str, source: Path | None = None) -> Config:
     config._source = source
     config._text = text
     if url := os.environ.get("VAST_URL"):
-        config = _with_url(config, url)
+        config = with_sections(config, vast=config.vast.model_copy(update={"url": url}))
+    if url := os.environ.get("VASTEVENTS_STORE_URL"):
+        config = with_sections(config, store=config.store.model_copy(update={"url": url}))
     return config
 
 
-def _with_url(config: Config, url: str) -> Config:
-    updated = config.model_copy(update={"vast": config.vast.model_copy(update={"url": url})})
+def with_sections(config: Config, **sections: BaseModel) -> Config:
+    """`config` with whole sections replaced (``vast=VastConfig(...)``); errors still name its file and lines."""
+    updated = config.model_copy(update=sections)
     updated._source = config._source
     updated._text = config._text
     return updated
 
 
 def load_config(path: Path | None = None) -> Config:
-    """Load the config (see module docstring for where from); env ``VAST_URL`` overrides ``[vast] url``."""
+    """Load the config (see module docstring for where from); env ``VAST_URL`` overrides ``[vast] url``, and
+    ``VASTEVENTS_STORE_URL`` ``[store] url``."""
     source = resolve_config_path(path)
     if source is None:
         return parse_config("", None)
@@ -280,6 +285,13 @@ def api_key_paths() -> list[Path]:
     """Where the API key is looked for after ``$VAST_API_KEY``, in order."""
     home = Path.home()
     return [home / ".config" / "vastai" / "vast_api_key", home / ".vast_api_key"]
+
+
+NO_API_KEY = (
+    "no Vast API key: set VAST_API_KEY or run `vastai set api-key YOUR_KEY`"
+    " (`vastevents watch --sim` and `vastevents demo` need none)"
+)
+"""What every command says when it needs the API key and there is none."""
 
 
 def find_api_key() -> tuple[str, str] | None:
@@ -299,9 +311,3 @@ def find_api_key() -> tuple[str, str] | None:
     if found is not None:
         register_secret(found[0])
     return found
-
-
-def resolve_api_key() -> str | None:
-    """The API key from ``$VAST_API_KEY``, else the vastai key files; registered as a secret to redact."""
-    found = find_api_key()
-    return found[0] if found is not None else None

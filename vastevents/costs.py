@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Literal
 
-from vastevents.config import Config
+from vastevents.config import NO_API_KEY, Config
 from vastevents.errors import VastEventsError
 from vastevents.store.ledger import Interval, Ledger, LedgerInstance
 from vastevents.vast import VastClient
@@ -242,7 +242,7 @@ async def account_side(
     """Vast's charges per instance between `start` and `end`, and the ids the instance list shows; each, when it
     cannot be read, the reason in words."""
     if client is None:
-        reason = "no Vast API key (set VAST_API_KEY)"
+        reason = NO_API_KEY
         return reason, reason
     charges: dict[int, Charge] | str
     listed: set[int] | str

@@ -4,11 +4,11 @@
         await runtime.run(stop)                 # the watcher loop and every background service, one stop signal
 
 The CLI passes configuration (the config, an API key, a listen address); the runtime builds what it needs from it
-and closes what it built. ``poll_once()`` is one deterministic cycle for ``watch --once``, simulations on a manual
-clock and tests: poll, deliver (retries already due included), run the periodic handlers that are due, deliver
-what they journaled. In a team (a PostgreSQL store), only the leader polls and acts. With ``[webhooks] listen`` (or
-``webhook_listen=``), ``run()`` also serves Vast's signed notifications: each new verified delivery is journaled as
-``vast_notification`` and makes the watcher poll now.
+(through :mod:`vastevents.connect`) and closes what it built. ``poll_once()`` is one deterministic cycle for
+``watch --once``, simulations on a manual clock and tests: poll, deliver (retries already due included), run the
+periodic handlers that are due, deliver what they journaled. In a team (a PostgreSQL store), only the leader polls
+and acts. With ``[webhooks] listen`` (or ``webhook_listen=``), ``run()`` also serves Vast's signed notifications:
+each new verified delivery is journaled as ``vast_notification`` and makes the watcher poll now.
 """
 
 from __future__ import annotations
@@ -24,11 +24,12 @@ from typing import Self
 
 from vastevents.actions import Actions
 from vastevents.clock import Clock, SystemClock, sleep_or
-from vastevents.config import Config, resolve_api_key
+from vastevents.config import Config
+from vastevents.connect import configured_store, vast_client
 from vastevents.context import Context
 from vastevents.daemons import Daemons
 from vastevents.diff import Rules
-from vastevents.errors import ConfigError, NotLeader
+from vastevents.errors import NotLeader
 from vastevents.events import Event
 from vastevents.intake import Intake, webhook_receiver
 from vastevents.journaling import EventObserver, JournalWriter
@@ -38,9 +39,8 @@ from vastevents.periodic import Periodic
 from vastevents.plugins import ActiveHandler, load_handlers
 from vastevents.ports import Notifier, Ssh, VastApi
 from vastevents.ssh import ParamikoSsh
-from vastevents.store import PostgresStore, Store, open_store
+from vastevents.store import PostgresStore, Store
 from vastevents.team import Heartbeat, Leadership
-from vastevents.vast import VastClient
 from vastevents.watcher import InstanceLister, Watcher
 
 log = logging.getLogger(__name__)
@@ -79,11 +79,11 @@ class Runtime:
         self._owned = contextlib.AsyncExitStack()
         self.client: VastApi = client if client is not None else self._own_client(api_key)
         self.ssh: Ssh = ssh if ssh is not None else self._real_ssh()
-        url = config.store.resolved_url()
         if store is None:
-            store = open_store(config.store.resolved_path(), url)
+            store = configured_store(config)
             self._owned.callback(store.close)
         self.store: Store = store
+        url = config.store.resolved_url()
         if leadership is None and isinstance(store, PostgresStore) and url == store.url:
             leadership = Leadership(url, store, failover=config.team.failover)
             self._owned.callback(leadership.close)
@@ -125,10 +125,7 @@ class Runtime:
         self.intake = Intake(store, self.clock, self.journal, self.watcher.wake)
 
     def _own_client(self, api_key: str | None) -> VastApi:
-        key = api_key or resolve_api_key()
-        if key is None:
-            raise ConfigError("no Vast API key: set VAST_API_KEY or run `vastai set api-key KEY`")
-        client = VastClient(key, self.config.vast.url)
+        client = vast_client(self.config, api_key)
         self._owned.push_async_callback(client.aclose)
         return client
 

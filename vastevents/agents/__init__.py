@@ -15,9 +15,10 @@ import anyio
 from vastevents._logging import adopt_logger
 from vastevents.agents.server import build_server, serve_http, serve_stdio
 from vastevents.agents.session import AgentSession, Refused
-from vastevents.config import Config, resolve_api_key
+from vastevents.config import Config
+from vastevents.connect import configured_store, vast_client
+from vastevents.errors import ConfigError
 from vastevents.ssh import ParamikoSsh
-from vastevents.store import open_store
 from vastevents.vast import VastClient
 
 __all__ = ["AgentSession", "Refused", "build_server", "serve"]
@@ -34,12 +35,14 @@ def serve(config: Config, listen: tuple[str, int] | None) -> None:
 
 
 async def _serve(config: Config, listen: tuple[str, int] | None) -> None:
-    key = resolve_api_key()
+    try:
+        client: VastClient | None = vast_client(config, max_attempts=_ATTEMPTS, max_wait=_MAX_WAIT)
+    except ConfigError:
+        client = None  # no API key: the tools that need Vast say so
     with contextlib.ExitStack() as closing:
-        store = closing.enter_context(open_store(config.store.resolved_path(), config.store.resolved_url()))
+        store = closing.enter_context(configured_store(config))
         ssh = ParamikoSsh(config.store.resolved_path().parent / "known_hosts")
         closing.callback(ssh.close)
-        client = VastClient(key, config.vast.url, max_attempts=_ATTEMPTS, max_wait=_MAX_WAIT) if key else None
         try:
             server = build_server(AgentSession(config, store, client, ssh))
             if listen is None:

@@ -29,7 +29,7 @@ from pydantic import ValidationError
 from vastevents._logging import REDACTED, register_secret
 from vastevents.actions import Actions
 from vastevents.clock import Clock, SystemClock
-from vastevents.config import Config
+from vastevents.config import NO_API_KEY, Config
 from vastevents.costs import budgets_left, cost_report, parse_since
 from vastevents.errors import NotOwned, VastEventsError
 from vastevents.events import AGENT_CALL, Event
@@ -117,7 +117,7 @@ class AgentSession:
     @property
     def client(self) -> VastClient:
         if self._client is None:
-            raise Refused("no Vast API key: set VAST_API_KEY for `vastevents mcp` (or run `vastai set api-key KEY`)")
+            raise Refused(NO_API_KEY)
         return self._client
 
     def need_watcher(self) -> None:

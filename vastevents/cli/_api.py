@@ -15,7 +15,8 @@ from rich.table import Table
 
 from vastevents._logging import redact
 from vastevents.cli._app import EXIT_FAILED, EXIT_USAGE, ConfigOption, app, fail, table_console
-from vastevents.config import Config, find_api_key, load_config, resolve_api_key
+from vastevents.config import Config, load_config
+from vastevents.connect import vast_client
 from vastevents.errors import ConfigError, QueryError, VastEventsError
 from vastevents.models import Instance, Offer
 from vastevents.query import parse_query
@@ -40,13 +41,16 @@ def _one_line_errors() -> Iterator[None]:
         fail(str(exc), EXIT_FAILED)
 
 
-def call_api(config: Config, request: Callable[[VastClient], Awaitable[_T]]) -> _T:
-    """Run one API request with a client tuned for a person waiting: few attempts, short waits."""
+def call_api(config: Config, request: Callable[[VastClient], Awaitable[_T]], *, key_required: bool = True) -> _T:
+    """Run one API request with a client tuned for a person waiting: few attempts, short waits.
+
+    No key is a ConfigError before anything is sent, unless the request needs none (`key_required`).
+    """
 
     async def run() -> _T:
-        client = VastClient(
-            resolve_api_key(),
-            config.vast.url,
+        client = vast_client(
+            config,
+            key_required=key_required,
             max_attempts=_INTERACTIVE_ATTEMPTS,
             max_wait=_INTERACTIVE_MAX_WAIT,
             timeout=_INTERACTIVE_TIMEOUT,
@@ -68,15 +72,6 @@ def _gb(megabytes: float | None) -> str:
 
 def _plural(count: int, noun: str) -> str:
     return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
-
-
-_NO_API_KEY = "no Vast API key: set VAST_API_KEY or run `vastai set api-key YOUR_KEY`"
-
-
-def _require_api_key() -> None:
-    """Fail fast, before any request, when there is no key to send (a usage error, as in `check`)."""
-    if find_api_key() is None:
-        fail(_NO_API_KEY, EXIT_USAGE)
 
 
 def _narrow_table(title: str) -> Table:
@@ -101,7 +96,7 @@ def offers(
     with _one_line_errors():
         settings = load_config(config)
         parsed = parse_query(query)
-        found = call_api(settings, lambda client: client.search_offers(parsed, limit=limit))
+        found = call_api(settings, lambda client: client.search_offers(parsed, limit=limit), key_required=False)
     if "order" not in parsed:
         found.sort(key=_price_key)
     if limit is not None:
@@ -148,7 +143,6 @@ def status(
     """List every instance on the account: id, label, status, GPU, price and how to SSH in."""
     with _one_line_errors():
         settings = load_config(config)
-        _require_api_key()
         instances = sorted(call_api(settings, VastClient.list_instances), key=lambda instance: instance.id)
     if as_json:
         typer.echo(redact(json.dumps([instance.model_dump(mode="json") for instance in instances], indent=2)))

@@ -14,7 +14,8 @@ from typer.core import TyperGroup
 from vastevents import __version__
 from vastevents._logging import configure_logging, redact
 from vastevents.config import Config
-from vastevents.store import SqlStore, StoreError, open_store
+from vastevents.connect import configured_store
+from vastevents.store import SqlStore, StoreError
 
 EXIT_OK = 0
 """The command did what it was asked."""
@@ -132,10 +133,9 @@ def existing_store(config: Config) -> SqlStore | None:
     Opened read-only: a command that only looks never writes, migrates or creates a store, so it cannot disturb
     a running watcher. A store that cannot be opened exits 2 with one line.
     """
-    url, path = config.store.resolved_url(), config.store.resolved_path()
-    if url is None and not path.exists():
+    if config.store.resolved_url() is None and not config.store.resolved_path().exists():
         return None
     try:
-        return open_store(path, url, read_only=True)
+        return configured_store(config, read_only=True)
     except StoreError as exc:
         fail(str(exc), 2)

@@ -14,7 +14,7 @@ import typer
 from vastevents._logging import redact
 from vastevents.cli._api import call_api
 from vastevents.cli._app import EXIT_FAILED, EXIT_OK, EXIT_USAGE, ConfigOption, app
-from vastevents.config import Config, find_api_key, load_config
+from vastevents.config import NO_API_KEY, Config, find_api_key, load_config
 from vastevents.errors import ConfigError, VastEventsError
 from vastevents.events import (
     ANY_CHANGE,
@@ -68,7 +68,7 @@ def check(config: ConfigOption = None) -> None:
     if found is not None:
         report.ok(f"API key found in {found[1]}")
     else:
-        report.bad("no API key: set VAST_API_KEY or run `vastai set api-key YOUR_KEY`", EXIT_USAGE)
+        report.bad(NO_API_KEY, EXIT_USAGE)
 
     account_keys: list[dict[str, Any]] | None = None
     if settings is None:

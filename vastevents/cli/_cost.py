@@ -11,7 +11,8 @@ import typer
 from rich.table import Table
 
 from vastevents.cli._app import ConfigOption, app, existing_store, fail, table_console
-from vastevents.config import Config, load_config, resolve_api_key
+from vastevents.config import Config, load_config
+from vastevents.connect import vast_client
 from vastevents.costs import CostReport, GroupBy, cost_report, parse_since
 from vastevents.errors import ConfigError
 from vastevents.store.ledger import Ledger
@@ -27,8 +28,10 @@ def _since(text: str | None) -> datetime | None:
 
 async def _report(config: Config, by: GroupBy, since: datetime | None) -> CostReport:
     """The report over the ledger of the configured store (empty before any watch made one)."""
-    key = resolve_api_key()
-    client = VastClient(key, config.vast.url, max_attempts=3, max_wait=2.0) if key else None
+    try:
+        client: VastClient | None = vast_client(config, max_attempts=3, max_wait=2.0)
+    except ConfigError:
+        client = None  # the report says why Vast's side is missing
     store = existing_store(config)  # the team's shared store in team mode
     try:
         ledger = store.repository(Ledger) if store is not None else None

@@ -11,9 +11,10 @@ import typer
 
 from vastevents._logging import register_secret
 from vastevents.cli._app import EXIT_INTERRUPTED, EXIT_USAGE, ConfigOption, app, fail
-from vastevents.config import Config, load_config, resolve_api_key
+from vastevents.config import Config, find_api_key, load_config
+from vastevents.connect import configured_store
 from vastevents.errors import ConfigError
-from vastevents.store import StoreError, open_store
+from vastevents.store import StoreError
 from vastevents.webhooks import is_loopback, parse_listen
 
 MIN_TOKEN = 16
@@ -59,7 +60,7 @@ def dashboard(
     if url is None and not path.exists():
         fail(f"no state file at {path} yet: a watcher creates it (run `vastevents watch`)", EXIT_USAGE)
     try:
-        store = open_store(path, url, read_only=True)
+        store = configured_store(cfg, read_only=True)
     except StoreError as exc:
         fail(str(exc), EXIT_USAGE)
     db = store.db
@@ -72,9 +73,10 @@ def dashboard(
     shown = f"[{host}]" if ":" in host else host
     lock = " · token required" if token is not None else ""
     typer.echo(f"dashboard at http://{shown}:{bound}/ · store {cfg.store.describe()} (read-only){lock}", color=False)
+    found = find_api_key()  # optional: with a key, the cost page shows Vast's charges
     server = uvicorn.Server(
         uvicorn.Config(
-            create_app(cfg, db, token=token, api_key=resolve_api_key()),
+            create_app(cfg, db, token=token, api_key=found[0] if found is not None else None),
             log_level="warning",
             access_log=False,
             timeout_graceful_shutdown=2,

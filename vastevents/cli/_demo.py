@@ -33,21 +33,20 @@ from rich.markup import escape
 from rich.status import Status
 from rich.table import Table
 
-from vastevents.cli._app import EXIT_FAILED, EXIT_INTERRUPTED, app, fail
+from vastevents.cli._app import EXIT_FAILED, EXIT_INTERRUPTED, app, existing_store, fail
 from vastevents.clock import ManualClock
 from vastevents.config import Config, parse_config
+from vastevents.connect import vast_client
 from vastevents.costs import build_report, charged_by_instance
 from vastevents.errors import VastEventsError
 from vastevents.events import Event
 from vastevents.jobspec import JobSpec
 from vastevents.models import Rental
-from vastevents.plugins import load_handlers
+from vastevents.ports import VastApi
 from vastevents.runtime import Runtime
-from vastevents.store import SqliteStore
 from vastevents.store.hosts import Hosts
 from vastevents.store.jobs import Job, Jobs
 from vastevents.store.ledger import Ledger
-from vastevents.vast import VastClient
 
 STEP = 15.0
 """Simulated seconds between two polls of the demo."""
@@ -178,7 +177,7 @@ def demo(
     finally:
         sink.shutdown()
         os.environ.pop(SLACK_ENV, None)
-    report = _report(tmp, story, messages, left, with_jobs=with_jobs)
+    report = _report(config, story, messages, left, with_jobs=with_jobs)
     _show(console, report, as_json)
     if not keep:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -209,63 +208,58 @@ async def _play(
         loop.add_signal_handler(signum, stop.set)
     ssh = ParamikoSsh(tmp / "known_hosts", key_file=key if with_jobs else None,
                       settings=SshSettings(connect_attempts=3, connect_wait=1.0))  # fmt: skip
-    store = SqliteStore(tmp / "state.db")
-    async with VastClient(sim.api_key, sim.url) as client:
-        if with_jobs:
+    if with_jobs:
+        async with vast_client(config, sim.api_key) as client:
             await client.add_ssh_key(key.with_suffix(".pub").read_text())
-        runtime = Runtime(
-            config, client=client, store=store, clock=sim.clock, ssh=ssh, handlers=load_handlers(config),
-            observers=[story.events.append],
-        )  # fmt: skip
-        async with runtime, _progress(console) as progress:
-            jobs = store.repository(Jobs)
-            train, evaluate = await _submit(runtime, tmp) if with_jobs else (None, None)
-            stand_ins = [] if with_jobs else await _rent_stand_ins(runtime)
-            started, first, after_recovery = time.monotonic(), True, 0
-            try:
-                while story.steps < MAX_STEPS and time.monotonic() - started < MAX_REAL_SECONDS:
-                    if stop.is_set():
-                        story.interrupted = True
-                        break
-                    await runtime.poll_once(all_periodic=first)
-                    first = False
-                    story.steps += 1
-                    last = story.events[-1].name if story.events else "-"
-                    progress.update(
-                        f"step {story.steps} · simulated {story.steps * STEP / 60:.0f} min · "
-                        f"{len(story.events)} events, last: {last} · {sim.instance_count()} instances"
-                    )
-                    if train is not None and evaluate is not None:
-                        current = jobs.get(train.id)
-                        if story.preempted is None and current is not None and _checkpointed(current):
-                            story.preempted = current.instance_id
-                        finished = [jobs.get(job.id) for job in (train, evaluate)]
-                        if all(job is not None and job.done and job.status != "collecting" for job in finished):
-                            if sim.instance_count() == 0:
-                                break
-                    elif story.preempted is None and any(
-                        event.instance_id == stand_ins[0] and event.new == "running" for event in story.events
-                    ):
-                        story.preempted = stand_ins[0]
-                    elif "recovered" in [event.name for event in story.events]:
-                        after_recovery += 1
-                        if after_recovery > 8:
+    runtime = Runtime(config, api_key=sim.api_key, clock=sim.clock, ssh=ssh, observers=[story.events.append])
+    async with runtime, _progress(console) as progress:
+        jobs = runtime.store.repository(Jobs)
+        train, evaluate = await _submit(runtime, tmp) if with_jobs else (None, None)
+        stand_ins = [] if with_jobs else await _rent_stand_ins(runtime)
+        started, first, after_recovery = time.monotonic(), True, 0
+        try:
+            while story.steps < MAX_STEPS and time.monotonic() - started < MAX_REAL_SECONDS:
+                if stop.is_set():
+                    story.interrupted = True
+                    break
+                await runtime.poll_once(all_periodic=first)
+                first = False
+                story.steps += 1
+                last = story.events[-1].name if story.events else "-"
+                progress.update(
+                    f"step {story.steps} · simulated {story.steps * STEP / 60:.0f} min · "
+                    f"{len(story.events)} events, last: {last} · {sim.instance_count()} instances"
+                )
+                if train is not None and evaluate is not None:
+                    current = jobs.get(train.id)
+                    if story.preempted is None and current is not None and _checkpointed(current):
+                        story.preempted = current.instance_id
+                    finished = [jobs.get(job.id) for job in (train, evaluate)]
+                    if all(job is not None and job.done and job.status != "collecting" for job in finished):
+                        if sim.instance_count() == 0:
                             break
-                    if story.preempted is not None and not story.preempt_sent:
-                        story.preempt_sent = True
-                        console.print(f"preempting instance {story.preempted}", style="bold yellow")
-                        sim.preempt(story.preempted)
-                    sim.advance(STEP)
-                    await asyncio.sleep(pause)  # the jobs' commands run for real on the sshd hosts
-            finally:
-                story.jobs = [job for job in map(jobs.get, [j.id for j in (train, evaluate) if j]) if job is not None]
-                await _destroy_everything(runtime, client)
-                for _ in range(3):  # journal what the cleanup did
-                    sim.advance(STEP)
-                    await runtime.poll_once(all_periodic=True)
-                story.charges = await _charges(client, sim.clock.now().timestamp())
+                elif story.preempted is None and any(
+                    event.instance_id == stand_ins[0] and event.new == "running" for event in story.events
+                ):
+                    story.preempted = stand_ins[0]
+                elif "recovered" in [event.name for event in story.events]:
+                    after_recovery += 1
+                    if after_recovery > 8:
+                        break
+                if story.preempted is not None and not story.preempt_sent:
+                    story.preempt_sent = True
+                    console.print(f"preempting instance {story.preempted}", style="bold yellow")
+                    sim.preempt(story.preempted)
+                sim.advance(STEP)
+                await asyncio.sleep(pause)  # the jobs' commands run for real on the sshd hosts
+        finally:
+            story.jobs = [job for job in map(jobs.get, [j.id for j in (train, evaluate) if j]) if job is not None]
+            await _destroy_everything(runtime)
+            for _ in range(3):  # journal what the cleanup did
+                sim.advance(STEP)
+                await runtime.poll_once(all_periodic=True)
+            story.charges = await _charges(runtime.client, sim.clock.now().timestamp())
     ssh.close()
-    store.close()
 
 
 @contextlib.asynccontextmanager
@@ -317,16 +311,16 @@ def _checkpointed(job: Job) -> bool:
     return job.status == "running" and step.exists() and step.read_text().strip() not in ("", "0")
 
 
-async def _destroy_everything(runtime: Runtime, client: VastClient) -> None:
+async def _destroy_everything(runtime: Runtime) -> None:
     """Money safety: whatever the story left (it should be nothing), destroy it."""
-    for instance in await client.list_instances():
+    for instance in await runtime.client.list_instances():
         try:
             await runtime.context.bound("demo", ()).destroy(instance)
         except VastEventsError:
-            await client.destroy_instance(instance.id)
+            await runtime.client.destroy_instance(instance.id)
 
 
-async def _charges(client: VastClient, now: float) -> list[dict[str, Any]]:
+async def _charges(client: VastApi, now: float) -> list[dict[str, Any]]:
     """Every charge item of the last day, as Vast's own billing reports it."""
     items: list[dict[str, Any]] = []
     token: str | None = None
@@ -338,9 +332,12 @@ async def _charges(client: VastClient, now: float) -> list[dict[str, Any]]:
             return items
 
 
-def _report(tmp: Path, story: _Story, messages: list[str], left: int, *, with_jobs: bool) -> dict[str, Any]:
+def _report(config: Config, story: _Story, messages: list[str], left: int, *, with_jobs: bool) -> dict[str, Any]:
     names = [event.name for event in story.events]
-    with SqliteStore(tmp / "state.db") as store:
+    store = existing_store(config)
+    if store is None:
+        fail(f"the demo's store {config.store.describe()} is gone")
+    with store:
         ledger = store.repository(Ledger)
         now = max((event.at for event in story.events), default=None) or ManualClock().now()
         cost = build_report(

@@ -12,8 +12,9 @@ from rich.table import Table
 
 from vastevents.cli._app import ConfigOption, app, existing_store, fail, table_console
 from vastevents.config import Config, load_config, parse_duration
+from vastevents.connect import configured_store
 from vastevents.errors import ConfigError
-from vastevents.store import StoreError, open_store
+from vastevents.store import StoreError
 from vastevents.store.hosts import HostRecord, Hosts
 
 
@@ -67,7 +68,7 @@ def _change(cfg: Config, block: int | None, unblock: int | None, reason: str, tt
     if block is not None and unblock is not None:
         fail("give --block or --unblock, not both", 2)
     try:
-        with open_store(cfg.store.resolved_path(), cfg.store.resolved_url()) as store:
+        with configured_store(cfg) as store:
             repository = store.repository(Hosts)
             if block is not None:
                 repository.block(block, reason, datetime.now(UTC), ttl)

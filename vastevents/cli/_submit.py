@@ -18,9 +18,10 @@ from rich.console import Console
 
 from vastevents.cli._app import existing_store, fail
 from vastevents.config import Config
+from vastevents.connect import configured_store
 from vastevents.errors import VastEventsError
 from vastevents.jobspec import JobSpec, pack_dir
-from vastevents.store import Job, Jobs, open_store
+from vastevents.store import Job, Jobs
 from vastevents.store.jobs import check_inputs
 from vastevents.team import leading_watcher, no_watcher
 
@@ -50,7 +51,7 @@ def submit(config: Config, spec: JobSpec, *, jobs_handler: bool, yes: bool, dry_
                                      default=True, err=True):  # fmt: skip
         return
     try:
-        with open_store(config.store.resolved_path(), config.store.resolved_url()) as store:
+        with configured_store(config) as store:
             job = store.repository(Jobs).submit(
                 queued,
                 [],

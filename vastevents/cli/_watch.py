@@ -28,7 +28,7 @@ from rich.text import Text
 from vastevents._logging import redact
 from vastevents.cli._app import EXIT_FAILED, EXIT_INTERRUPTED, ConfigOption, app, existing_store, fail
 from vastevents.clock import ManualClock
-from vastevents.config import Config, load_config, resolve_api_key
+from vastevents.config import Config, StoreConfig, load_config, with_sections
 from vastevents.errors import AuthError, ConfigError, VastEventsError
 from vastevents.events import (
     APPEARED,
@@ -43,8 +43,7 @@ from vastevents.journaling import EventObserver
 from vastevents.metrics import Metrics
 from vastevents.plugins import ActiveHandler, installed_handlers, load_handlers
 from vastevents.runtime import Runtime
-from vastevents.store import SqliteStore, Store, StoreError, open_store
-from vastevents.vast import VastClient
+from vastevents.store import Store, StoreError
 from vastevents.watcher import Watcher, WatchStatus
 
 SIM_POLL_SECONDS = 0.5
@@ -80,24 +79,26 @@ class JsonlSink:
     a kill is cut off.
     """
 
-    def __init__(self, target: str, store: Store) -> None:
-        self._last = 0
+    def __init__(self, target: str) -> None:
+        self._last: int | None = None
         if target == "-":
             self._file: IO[str] = sys.stdout
             self._owned = False
             return
         path = Path(target).expanduser()
         path.parent.mkdir(parents=True, exist_ok=True)
-        last = _repair_and_last_id(path)
+        self._last = _repair_and_last_id(path)
         self._file = path.open("a", encoding="utf-8")
         self._owned = True
-        if last is not None:
-            self._last = last
-            for event in store.events(since=last):
+
+    def catch_up(self, store: Store) -> None:
+        """Write what the journal got after the file's last event (nothing for a new file)."""
+        if self._last is not None:
+            for event in store.events(since=self._last):
                 self(event)
 
     def __call__(self, event: Event) -> None:
-        if event.id <= self._last:
+        if self._last is not None and event.id <= self._last:
             return
         self._file.write(json.dumps(event.to_json(), separators=(",", ":")) + "\n")
         self._file.flush()
@@ -303,49 +304,38 @@ def watch(
         _watch_sim(config, scenario, jsonl, pace)
         return
     cfg = _load(config)
-    handlers = _handlers(cfg)
-    api_key = resolve_api_key()
-    if api_key is None:
-        fail("no Vast API key: set VAST_API_KEY or run `vastai set api-key KEY` (or try `vastevents watch --sim`)", 2)
-    try:
-        store = open_store(cfg.store.resolved_path(), cfg.store.resolved_url())
-    except StoreError as exc:
-        fail(str(exc), 2)
-    try:
-        sink = JsonlSink(jsonl, store) if jsonl else None
-    except OSError as exc:
-        store.close()
-        fail(f"cannot write --jsonl {jsonl}: {exc.strerror or exc}", 2)
+    sink = _jsonl_sink(jsonl)
     console = Console(stderr=jsonl == "-", highlight=False)
     screen = _Screen(console, live=console.is_terminal and not once)
     every = interval if interval is not None else cfg.watch.interval
-    if not once:
-        console.print(
-            f"watching {redact(cfg.vast.url)} every {every:g}s · store {cfg.store.describe()} · "
-            f"handlers: {', '.join(handler.name for handler in handlers) or 'none'}",
-            style="dim",
-        )
+    metrics = Metrics() if metrics_listen else None
     interrupted: list[int] = []
     polls = 0
-    metrics = Metrics() if metrics_listen else None
-    server = _serve_metrics(metrics, metrics_listen, console) if metrics is not None and metrics_listen else None
+    server: WSGIServer | None = None
 
     async def main() -> None:
-        nonlocal polls
-        client = VastClient(api_key, cfg.vast.url)
-        async with (
-            client,
-            Runtime(
-                cfg,
-                client=client,
-                store=store,
-                handlers=handlers,
-                interval=every,
-                observers=_observers(screen, sink),
-                metrics=metrics,
-                webhook_listen=webhook_listen,
-            ) as runtime,
-        ):
+        nonlocal polls, server
+        try:  # the client, store and handlers cfg describes: no key, a handler's config or the store is a setup error
+            runtime = Runtime(
+                cfg, interval=every, observers=_observers(screen, sink), metrics=metrics, webhook_listen=webhook_listen
+            )
+        except (ConfigError, StoreError) as exc:
+            fail(str(exc), 2)
+        try:
+            if sink is not None:
+                sink.catch_up(runtime.store)
+            if not once:
+                console.print(
+                    f"watching {redact(cfg.vast.url)} every {every:g}s · store {cfg.store.describe()} · "
+                    f"handlers: {', '.join(handler.name for handler in runtime.handlers) or 'none'}",
+                    style="dim",
+                )
+            if metrics is not None and metrics_listen:
+                server = _serve_metrics(metrics, metrics_listen, console)
+        except BaseException:
+            await runtime.aclose()
+            raise
+        async with runtime:
             try:
                 await _watch(runtime, screen, once=once, interrupted=interrupted)
             finally:
@@ -360,12 +350,18 @@ def watch(
     finally:
         if sink is not None:
             sink.close()
-        store.close()
         if server is not None:
             server.shutdown()
     if interrupted:
         console.print(f"stopped after {polls} poll{'' if polls == 1 else 's'}", style="dim")
         raise typer.Exit(EXIT_INTERRUPTED)
+
+
+def _jsonl_sink(jsonl: str | None) -> JsonlSink | None:
+    try:
+        return JsonlSink(jsonl) if jsonl else None
+    except OSError as exc:
+        fail(f"cannot write --jsonl {jsonl}: {exc.strerror or exc}", 2)
 
 
 def _serve_metrics(metrics: Metrics, listen: str, console: Console) -> WSGIServer:
@@ -420,11 +416,15 @@ def _watch_sim(config_path: Path | None, scenario: Path | None, jsonl: str | Non
     screen = _Screen(console, live=console.is_terminal)
     title = "the built-in demo scenario" if scenario is None else f"scenario {path}"
     interrupted: list[int] = []
+    sink = _jsonl_sink(jsonl)
     with tempfile.TemporaryDirectory(prefix="vastevents-sim-") as tmp:
-        store = SqliteStore(Path(tmp) / "state.db")
-        sink = JsonlSink(jsonl, store) if jsonl else None
         try:
             simulator.start()
+            simulated = with_sections(
+                cfg,
+                vast=cfg.vast.model_copy(update={"url": simulator.url}),
+                store=StoreConfig(path=Path(tmp) / "state.db"),
+            )
             console.rule(f"vastevents watch --sim: {title}")
             if simulator.description:
                 console.print(simulator.description, style="dim")
@@ -435,14 +435,16 @@ def _watch_sim(config_path: Path | None, scenario: Path | None, jsonl: str | Non
             )
             started = time.monotonic()
 
-            async def main() -> WatchStatus:
+            async def main() -> tuple[WatchStatus, list[Event]]:
                 stop = asyncio.Event()
                 _stop_on_signals(stop, interrupted)
-                client = VastClient(api_key, simulator.url)
-                async with client, Runtime(
-                    cfg, client=client, store=store, clock=clock, handlers=handlers, interval=step,
+                runtime = Runtime(
+                    simulated, api_key=api_key, clock=clock, handlers=handlers, interval=step,
                     observers=_observers(screen, sink),
-                ) as runtime:  # fmt: skip
+                )  # fmt: skip
+                if sink is not None:
+                    sink.catch_up(runtime.store)
+                async with runtime:
                     with screen.showing():
                         while not stop.is_set():
                             await runtime.poll_once()
@@ -457,15 +459,13 @@ def _watch_sim(config_path: Path | None, scenario: Path | None, jsonl: str | Non
                             if pace:
                                 with contextlib.suppress(TimeoutError):
                                     await asyncio.wait_for(stop.wait(), pace)
-                    return runtime.watcher.status
+                    return runtime.watcher.status, runtime.store.events()
 
-            status = asyncio.run(main())
+            status, journal = asyncio.run(main())
         finally:
             simulator.stop()
             if sink is not None:
                 sink.close()
-        journal = store.events()
-        store.close()
     _summary(console, journal, status, time.monotonic() - started, simulator.ssh_pids())
     if interrupted:
         console.print(f"the story was interrupted: stopped after {status.polls} polls", style="dim")

@@ -16,7 +16,8 @@ import typer
 from rich.table import Table
 
 from vastevents.cli._app import ConfigOption, app, fail, table_console
-from vastevents.config import load_config, resolve_api_key
+from vastevents.config import load_config
+from vastevents.connect import vast_client
 from vastevents.errors import ConfigError, VastEventsError
 from vastevents.vast import VastClient
 
@@ -42,12 +43,13 @@ def _run(config_path: Path | None, request: Callable[[VastClient], Awaitable[_T]
         config = load_config(config_path)
     except ConfigError as exc:
         fail(str(exc), 2)
-    key = resolve_api_key()
-    if key is None:
-        fail("no Vast API key: set VAST_API_KEY or run `vastai set api-key KEY`", 2)
+    try:
+        client = vast_client(config, max_attempts=3, max_wait=2.0)
+    except ConfigError as exc:
+        fail(str(exc), 2)
 
     async def run() -> _T:
-        async with VastClient(key, config.vast.url, max_attempts=3, max_wait=2.0) as client:
+        async with client:
             return await request(client)
 
     try:
