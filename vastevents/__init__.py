@@ -35,7 +35,7 @@ from vastevents.notify import (
     WebhookTransport,
 )
 from vastevents.notify.apprise import AppriseTransport
-from vastevents.notify.webhook import JsonWebhookTransport
+from vastevents.notify.chat_webhook import JsonWebhookTransport
 from vastevents.plugins import Handler, HandlerFunc, HandlerOptions, daemon, every, on
 from vastevents.ports import CommandResult, Notifier, Ssh, SshTarget, VastApi
 from vastevents.query import parse_query
@@ -46,7 +46,7 @@ from vastevents.store.hosts import HostRecord, Hosts
 from vastevents.store.ledger import Interval, Ledger, LedgerInstance, hourly_rate, job_id_of
 from vastevents.store.outbox import Outbox, OutboxMessage
 from vastevents.store.recoveries import Recoveries, Recovery, RecoveryStatus
-from vastevents.store.webhooks import Webhooks
+from vastevents.store.vast_webhooks import WebhookDeliveries
 from vastevents.vast import VastClient
 
 __all__ = [
@@ -111,8 +111,8 @@ __all__ = [
     "VastApi",
     "VastClient",
     "VastEventsError",
+    "WebhookDeliveries",
     "WebhookTransport",
-    "Webhooks",
     "__version__",
     "daemon",
     "diff",

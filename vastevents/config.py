@@ -19,7 +19,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr,
 from vastevents._logging import register_secret, without_password
 from vastevents.errors import ConfigError
 from vastevents.vast import DEFAULT_URL
-from vastevents.webhooks import parse_listen
+from vastevents.vast_webhooks import parse_listen
 
 DEFAULT_STORE = "~/.local/state/vastevents/state.db"
 

@@ -18,8 +18,8 @@ from vastevents.errors import ConfigError
 from vastevents.events import VAST_NOTIFICATION, Event
 from vastevents.journaling import JournalWriter
 from vastevents.store import Store
-from vastevents.store.webhooks import Webhooks
-from vastevents.webhooks import Notification, WebhookReceiver, parse_listen
+from vastevents.store.vast_webhooks import WebhookDeliveries
+from vastevents.vast_webhooks import Notification, WebhookReceiver, parse_listen
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ class Intake:
 
     def __call__(self, notification: Notification) -> None:
         now = self.clock.now()
-        seen = self.store.repository(Webhooks)
+        seen = self.store.repository(WebhookDeliveries)
         if not seen.first_delivery(notification.event_id, now):
             log.info(
                 "webhook event %s delivered again (attempt %d); already handled",

@@ -14,8 +14,8 @@ from vastevents.cli import (
     _run,  # noqa: F401  (registers run, jobs, logs)
     _sim,  # noqa: F401  (registers sim)
     _team,  # noqa: F401  (registers team status)
+    _vast_webhooks,  # noqa: F401  (registers webhooks)
     _watch,  # noqa: F401  (registers watch, events, handlers)
-    _webhooks,  # noqa: F401  (registers webhooks)
 )
 from vastevents.cli._app import app
 

@@ -15,7 +15,7 @@ from vastevents.config import Config, find_api_key, load_config
 from vastevents.connect import configured_store
 from vastevents.errors import ConfigError
 from vastevents.store import StoreError
-from vastevents.webhooks import is_loopback, parse_listen
+from vastevents.vast_webhooks import is_loopback, parse_listen
 
 MIN_TOKEN = 16
 """The shortest token accepted: the login form is the one thing a stranger can try guesses on."""

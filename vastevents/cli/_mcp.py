@@ -9,7 +9,7 @@ import typer
 from vastevents.cli._app import EXIT_INTERRUPTED, EXIT_USAGE, ConfigOption, app, fail
 from vastevents.config import load_config
 from vastevents.errors import ConfigError
-from vastevents.webhooks import is_loopback, parse_listen
+from vastevents.vast_webhooks import is_loopback, parse_listen
 
 _LISTEN_HELP = (
     "Serve streamable HTTP at http://HOST:PORT/mcp instead of stdio (loopback only: the tools spend money and the"

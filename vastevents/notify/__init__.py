@@ -6,7 +6,7 @@ Short hiccups are retried inside the call by slack-sdk's own retry handlers (con
 short ``Retry-After``); what is still failing comes out as :class:`TransientSendError` (try again later) or
 :class:`PermanentSendError` (4xx other than 429: drop it). Calls block: run them in a worker thread.
 Webhook URLs and tokens are registered as secrets, and slack-sdk logs through :data:`SDK_LOG`, redacted.
-Other services behind the same Protocol: :mod:`vastevents.notify.webhook` (a generic signed JSON POST) and
+Other services behind the same Protocol: :mod:`vastevents.notify.chat_webhook` (a generic signed JSON POST) and
 :mod:`vastevents.notify.apprise` (the optional Apprise extra).
 """
 

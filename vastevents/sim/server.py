@@ -31,7 +31,7 @@ from vastevents.sim import (
 )
 from vastevents.sim.model import SimError, SimInstance
 from vastevents.sim.routing import Request, Response, Route, error
-from vastevents.sim.webhooks import SimWebhooks
+from vastevents.sim.vast_webhooks import SimWebhooks
 from vastevents.sim.world import World
 
 logger = logging.getLogger("vastevents.sim")

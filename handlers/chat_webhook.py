@@ -1,4 +1,5 @@
-"""The ``webhook`` handler: each meaningful event POSTed as JSON to a URL of yours, optionally signed.
+"""The ``webhook`` handler, an outgoing chat webhook: each meaningful event POSTed as JSON to a URL of yours,
+optionally signed.
 
     [handlers.webhook]
     use = "webhook"               # the URL comes from env VASTEVENTS_WEBHOOK_URL
@@ -20,17 +21,17 @@ from . import slack_messages as messages
 from .outbox_notifier import NotifierOptions, OutboxNotifier, env_value
 
 
-class WebhookOptions(NotifierOptions):
+class ChatWebhookOptions(NotifierOptions):
     url_env: str = "VASTEVENTS_WEBHOOK_URL"
     """The env var holding the URL to POST to (never put the URL itself in the config)."""
     secret_env: str | None = None
     """The env var holding the HMAC-SHA256 signing secret; unset: the POSTs are not signed."""
 
 
-class WebhookHandler(OutboxNotifier[WebhookOptions]):
+class ChatWebhookHandler(OutboxNotifier[ChatWebhookOptions]):
     """POSTs the meaningful events as JSON; ``channels`` maps a label prefix to the env var of another URL."""
 
-    Options = WebhookOptions
+    Options = ChatWebhookOptions
 
     def make_transport(self) -> ChatTransport:
         o = self.options

@@ -21,7 +21,7 @@ import httpx
 from vastevents._logging import register_secret
 from vastevents.clock import Clock
 from vastevents.sim.model import SimError
-from vastevents.webhooks import is_loopback, sign
+from vastevents.vast_webhooks import is_loopback, sign
 
 logger = logging.getLogger("vastevents.sim")
 

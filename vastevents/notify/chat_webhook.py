@@ -1,4 +1,6 @@
-"""The generic webhook edge: a message's JSON document POSTed to a URL with httpx, optionally signed.
+"""The outgoing chat webhook: a message's JSON document POSTed to a URL of yours with httpx, optionally signed.
+
+(Vast's webhooks coming in are :mod:`vastevents.vast_webhooks`.)
 
 The signature mirrors Vast's own scheme: ``X-Vastevents-Timestamp: <unix seconds>`` and
 ``X-Vastevents-Signature-256: sha256=<hex>``, the HMAC-SHA256 of ``"<timestamp>.<raw body>"`` with the shared

@@ -24,7 +24,6 @@ import pytest
 from stores import Opener
 from typer.testing import CliRunner
 
-from vastevents import Webhooks
 from vastevents.cli import app
 from vastevents.clock import ManualClock
 from vastevents.config import parse_config
@@ -32,6 +31,7 @@ from vastevents.models import Instance
 from vastevents.runtime import Runtime
 from vastevents.sim import Simulator
 from vastevents.store import SqliteStore
+from vastevents.store.vast_webhooks import WebhookDeliveries
 from vastevents.vast import VastClient
 
 SECRET = "whsec_test_0123456789abcdef"
@@ -365,10 +365,10 @@ def test_watch_refuses_a_webhook_listener_without_its_secret(
 def test_accepted_event_ids_survive_a_restart(opener: Opener) -> None:
     at = datetime(2026, 1, 1, tzinfo=UTC)
     with opener() as store:
-        seen = store.repository(Webhooks)
+        seen = store.repository(WebhookDeliveries)
         assert seen.first_delivery("evt-1", at) and not seen.first_delivery("evt-1", at)
     with opener() as store:
-        seen = store.repository(Webhooks)
+        seen = store.repository(WebhookDeliveries)
         assert not seen.first_delivery("evt-1", at + timedelta(hours=1))
         seen.forget_before(at + timedelta(days=8))
         assert seen.count() == 0

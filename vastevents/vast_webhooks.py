@@ -1,4 +1,5 @@
-"""The receiver of Vast's signed notification webhooks: HTTP/1.1 on a socket in, verified notifications out.
+"""The receiver of Vast's signed notification webhooks (incoming): HTTP/1.1 on a socket in, verified notifications
+out. (Our own outgoing chat webhook is :mod:`vastevents.notify.chat_webhook`.)
 
 A delivery is accepted only as ``POST <path>`` with ``Content-Type: application/json``, a body of at most
 ``max_body`` bytes, an integer ``X-Vast-Timestamp`` within ``max_skew`` seconds of our clock and an
@@ -28,7 +29,7 @@ from vastevents._logging import redact
 from vastevents.clock import Clock
 from vastevents.errors import ConfigError
 
-log = logging.getLogger("vastevents.webhooks")
+log = logging.getLogger("vastevents.vast_webhooks")
 
 SIGNATURE_HEADER = "x-vast-signature-256"
 TIMESTAMP_HEADER = "x-vast-timestamp"

@@ -12,11 +12,11 @@ from slack_sink import SlackSink, destroy_all, failures, running
 
 from vastevents import ConfigError, Outbox
 from vastevents.config import parse_config
-from vastevents.notify.webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER, signature
+from vastevents.notify.chat_webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER, signature
 from vastevents.plugins import load_handlers
 from vastevents.sim import Simulator
 from vastevents.store import SqliteStore, SqlStore
-from vastevents.webhooks import verify
+from vastevents.vast_webhooks import verify
 
 SECRET = "whsec-local-test-0123456789"
 

@@ -1,4 +1,5 @@
-"""Which Vast notification deliveries were already accepted: delivery is at least once, a poll is due once."""
+"""Which deliveries of Vast's (incoming) webhooks were already accepted: Vast delivers at least once, a poll is due
+once."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ MIGRATIONS = (
 )
 
 
-class Webhooks:
+class WebhookDeliveries:
     """The event ids of accepted deliveries, kept long enough to outlast Vast's retries."""
 
     MIGRATIONS: ClassVar[Sequence[Migration]] = MIGRATIONS
