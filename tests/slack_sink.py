@@ -17,10 +17,12 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from vastevents import Event, Runtime, Store, VastClient
+from vastevents import Event, Store
 from vastevents.config import parse_config
 from vastevents.plugins import load_handlers
+from vastevents.runtime import Runtime
 from vastevents.sim import Simulator
+from vastevents.vast import VastClient
 
 WEBHOOK_PATH = "/services/T000/B000/SECRETWEBHOOKPATH"
 

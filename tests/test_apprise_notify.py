@@ -7,8 +7,9 @@ import sys
 import pytest
 from slack_sink import SlackSink, destroy_all, failures, running
 
-from vastevents import ConfigError, Outbox
+from vastevents import Outbox
 from vastevents.config import parse_config
+from vastevents.errors import ConfigError
 from vastevents.plugins import load_handlers
 from vastevents.sim import Simulator
 from vastevents.store import SqlStore

@@ -11,11 +11,14 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner, Result
 
-from vastevents import Ledger, Runtime, SqliteStore, VastClient
+from vastevents import Ledger
 from vastevents.cli import app
 from vastevents.config import parse_config
 from vastevents.plugins import load_handlers
+from vastevents.runtime import Runtime
 from vastevents.sim import Simulator
+from vastevents.store import SqliteStore
+from vastevents.vast import VastClient
 
 POLL = 15.0
 

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 from slack_sink import SlackSink, destroy_all, failures, running
 
-from vastevents import ConfigError, Outbox
+from vastevents import Outbox
 from vastevents.config import parse_config
+from vastevents.errors import ConfigError
 from vastevents.notify.chat_webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER, signature
 from vastevents.plugins import load_handlers
 from vastevents.sim import Simulator

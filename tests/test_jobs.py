@@ -12,13 +12,16 @@ from typing import Any
 import pytest
 from sshkit import USER, edge, keypair, needs_openssh, register
 
-from vastevents import Job, Jobs, Runtime, SqliteStore, VastClient
+from vastevents import Job, Jobs
 from vastevents.clock import ManualClock
 from vastevents.config import parse_config
 from vastevents.jobspec import JobSpec, pack_dir
 from vastevents.plugins import load_handlers
+from vastevents.runtime import Runtime
 from vastevents.sim import Simulator
 from vastevents.ssh import ParamikoSsh
+from vastevents.store import SqliteStore
+from vastevents.vast import VastClient
 
 pytestmark = [pytest.mark.ssh, needs_openssh]
 

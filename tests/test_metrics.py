@@ -13,9 +13,11 @@ from pathlib import Path
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from vastevents import Runtime, SqliteStore, VastClient
 from vastevents.metrics import Metrics
+from vastevents.runtime import Runtime
 from vastevents.sim import Simulator
+from vastevents.store import SqliteStore
+from vastevents.vast import VastClient
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -14,11 +14,13 @@ import pytest
 from stores import Opener
 from typer.testing import CliRunner
 
-from vastevents import Event, Hosts, Recoveries, RecoveryStatus, Runtime, VastClient
+from vastevents import Event, Hosts, Recoveries, RecoveryStatus
 from vastevents.cli import app
 from vastevents.config import Config, load_config
+from vastevents.runtime import Runtime
 from vastevents.sim import Simulator
 from vastevents.testing import RecordingNotifier
+from vastevents.vast import VastClient
 from vastevents_handlers.recovery import RecoveryHandler
 
 LABEL = "vastevents:job-7"

@@ -11,28 +11,16 @@ from typing import Any
 import pytest
 from stores import Opener
 
-from vastevents import (
-    Context,
-    Event,
-    Handler,
-    NotOwned,
-    PermanentError,
-    Rental,
-    Runtime,
-    SqliteStore,
-    TemporaryError,
-    VastClient,
-    daemon,
-    every,
-    on,
-)
+from vastevents import Context, Event, Handler, NotOwned, PermanentError, Rental, TemporaryError, daemon, every, on
 from vastevents.clock import ManualClock
 from vastevents.config import parse_config
 from vastevents.plugins import activate
+from vastevents.runtime import Runtime
 from vastevents.sim import Simulator
-from vastevents.store import SqlStore
+from vastevents.store import SqliteStore, SqlStore
 from vastevents.team import MISSED_BEATS, leading_watcher, member_name
 from vastevents.testing import FakeClock, FakeCloud, Harness
+from vastevents.vast import VastClient
 
 FAST = parse_config("[watch]\nhandler_timeout = 0.5\n")
 

@@ -10,15 +10,9 @@ import pytest
 from slack_sink import SlackSink, destroy_all, failures, running
 from stores import Opener
 
-from vastevents import (
-    BotTransport,
-    ChatMessage,
-    ConfigError,
-    Outbox,
-    PermanentSendError,
-    TransientSendError,
-)
+from vastevents import BotTransport, ChatMessage, Outbox, PermanentSendError, TransientSendError
 from vastevents.config import parse_config
+from vastevents.errors import ConfigError
 from vastevents.plugins import load_handlers
 from vastevents.sim import Simulator
 from vastevents.store import SqliteStore, SqlStore

@@ -21,12 +21,13 @@ import pytest
 from sshkit import USER, keypair, needs_openssh, register
 from typer.testing import CliRunner
 
-from vastevents import Context, Event, Handler, Instance, Runtime, daemon, every, on
+from vastevents import Context, Event, Handler, Instance, daemon, every, on
 from vastevents.cli import app
 from vastevents.clock import ManualClock
 from vastevents.config import parse_config
 from vastevents.errors import NotLeader
 from vastevents.plugins import activate
+from vastevents.runtime import Runtime
 from vastevents.sim import Simulator
 from vastevents.store import Jobs, PostgresStore
 from vastevents.store.effects import PeriodicRun

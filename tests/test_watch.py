@@ -10,10 +10,11 @@ import httpx
 import pytest
 from stores import Opener
 
-from vastevents import Context, Event, Runtime, on
+from vastevents import Context, Event, on
 from vastevents.clock import ManualClock
 from vastevents.errors import ApiError, AuthError, RateLimited
 from vastevents.plugins import activate
+from vastevents.runtime import Runtime
 from vastevents.sim import Simulator
 from vastevents.store import SqliteStore
 from vastevents.testing import FakeClock, FakeCloud, Harness

@@ -1,17 +1,21 @@
-"""vastevents: watch a Vast.ai account and turn instance changes into typed events for handlers."""
+"""vastevents: watch a Vast.ai account and turn instance changes into typed events for handlers.
 
-from __future__ import annotations
+This package's names are the API a handler author writes against, and only that (``__all__``; a test keeps the
+two equal): the decorators and the context, the values handlers receive and make, the errors that say what
+happened, the edges a context carries, the repository API for a plugin's own tables and the built-in
+repositories handlers share, and the chat transports notifier plugins post through. Everything else (the runtime,
+the client, the stores, the diff, the CLI) is importable from its module but is not promised to plugins;
+``vastevents.testing`` is the other public module.
+"""
 
 __version__ = "0.1.0"
 
 from vastevents.config import Duration
 from vastevents.context import Context
-from vastevents.diff import Rules, diff, observe
 from vastevents.errors import (
     AmbiguousCreate,
     ApiError,
     AuthError,
-    ConfigError,
     NoSuchAsk,
     NotFound,
     NotOwned,
@@ -22,7 +26,7 @@ from vastevents.errors import (
     VastEventsError,
 )
 from vastevents.events import Cause, Event
-from vastevents.jobspec import JobSpec, load_spec, unpack_dir
+from vastevents.jobspec import JobSpec, unpack_dir
 from vastevents.models import Instance, Offer, Rental, State
 from vastevents.notify import (
     BotTransport,
@@ -38,16 +42,12 @@ from vastevents.notify.apprise import AppriseTransport
 from vastevents.notify.chat_webhook import JsonWebhookTransport
 from vastevents.plugins import Handler, HandlerFunc, HandlerOptions, daemon, every, on
 from vastevents.ports import CommandResult, Notifier, Ssh, SshTarget, VastApi
-from vastevents.query import parse_query
-from vastevents.runtime import Runtime
 from vastevents.snapshot import InstanceView, Snapshot
-from vastevents.store import Conn, Database, Job, Jobs, JobStatus, Migration, SqliteStore, Store
+from vastevents.store import Conn, Database, Job, Jobs, JobStatus, Migration, Store
 from vastevents.store.hosts import HostRecord, Hosts
-from vastevents.store.ledger import Interval, Ledger, LedgerInstance, hourly_rate, job_id_of
+from vastevents.store.ledger import Interval, Ledger, LedgerInstance, job_id_of
 from vastevents.store.outbox import Outbox, OutboxMessage
 from vastevents.store.recoveries import Recoveries, Recovery, RecoveryStatus
-from vastevents.store.vast_webhooks import WebhookDeliveries
-from vastevents.vast import VastClient
 
 __all__ = [
     "AmbiguousCreate",
@@ -59,7 +59,6 @@ __all__ = [
     "ChatMessage",
     "ChatTransport",
     "CommandResult",
-    "ConfigError",
     "Conn",
     "Context",
     "Database",
@@ -97,11 +96,8 @@ __all__ = [
     "Recovery",
     "RecoveryStatus",
     "Rental",
-    "Rules",
-    "Runtime",
     "SendError",
     "Snapshot",
-    "SqliteStore",
     "Ssh",
     "SshTarget",
     "State",
@@ -109,19 +105,12 @@ __all__ = [
     "TemporaryError",
     "TransientSendError",
     "VastApi",
-    "VastClient",
     "VastEventsError",
-    "WebhookDeliveries",
     "WebhookTransport",
     "__version__",
     "daemon",
-    "diff",
     "every",
-    "hourly_rate",
     "job_id_of",
-    "load_spec",
-    "observe",
     "on",
-    "parse_query",
     "unpack_dir",
 ]
