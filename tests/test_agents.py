@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -185,15 +187,19 @@ def world(tmp_path: Path, api_key: str, *, ssh: bool, handlers: str = JOBS) -> I
 
 
 def the_spec(tmp_path: Path) -> dict[str, Any]:
-    """A job that copies an uploaded binary file and hashes it (the secret in its env only travels)."""
+    """A job that copies an uploaded binary file and hashes it once the test releases it (the simulated hosts
+    share this machine's filesystem), so the test sees it running whatever the machine's load; the secret in its
+    env only travels."""
     work = tmp_path / "work"
     work.mkdir(exist_ok=True)
     (work / "data.bin").write_bytes(os.urandom(64 * 1024) + bytes(range(256)))
+    release = shlex.quote(str(tmp_path / "release"))
     return {
         "image": "pytorch/pytorch",
         "ssh_user": USER,
         "upload": str(work),
-        "cmd": "sleep 2; sha256sum data.bin > sum.txt; cp data.bin copy.bin; echo copied",
+        "cmd": f"until [ -e {release} ]; do sleep 0.1; done; sha256sum data.bin > sum.txt; cp data.bin copy.bin;"
+        " echo copied",
         "download": ["copy.bin", "sum.txt"],
         "max_duration": "1h",
         "env": {"HF_TOKEN": SECRET},
@@ -284,13 +290,16 @@ async def test_an_agent_runs_a_job_by_the_skills_steps_to_byte_exact_results_and
             assert datetime.fromisoformat(quote["expires_at"]) > datetime.now(UTC)
             # (here the agent shows the user offer["gpu_name"], offer["dph_total"] and max_cost_usd, and asks)
             job_id = (await it.call("submit", spec=spec, quote_id=quote["quote_id"]))["job_id"]
-            seen = [await it.call("wait", job_id=job_id, timeout_s=30)]
+            seen = [await it.call("wait", job_id=job_id, timeout_s=60)]
             while seen[-1]["status"] not in FINAL:
                 assert len(seen) < 60, seen
-                seen.append(await it.call("wait", job_id=job_id, timeout_s=30))
+                if seen[-1]["status"] == "running":
+                    (tmp_path / "release").touch()  # the command may end now
+                seen.append(await it.call("wait", job_id=job_id, timeout_s=60))
             done = seen[-1]
             assert done["status"] == "finished", (done, (tmp_path / "watch.log").read_text()[-3000:])
-            assert "running" in [view["status"] for view in seen]  # each wait came back at a change
+            steps = [(view["status"], view["phase"]) for view in seen]
+            assert all(a != b for a, b in itertools.pairwise(steps)), steps  # each wait came back at a change
             results = Path(done["results_dir"])
             data = (tmp_path / "work" / "data.bin").read_bytes()
             assert (results / "copy.bin").read_bytes() == data
@@ -319,11 +328,11 @@ async def test_an_agent_runs_a_job_by_the_skills_steps_to_byte_exact_results_and
 @needs_openssh
 @pytest.mark.ssh
 async def test_a_job_goes_on_to_its_end_when_the_server_is_killed_mid_wait(tmp_path: Path, api_key: str) -> None:
-    spec = {**the_spec(tmp_path), "cmd": "sleep 5; cp data.bin copy.bin"}
+    spec = the_spec(tmp_path)
     with world(tmp_path, api_key, ssh=True) as here:
         jobs = here.store.repository(Jobs)
 
-        def monitored() -> bool:  # the command runs and the watcher checks on it: the next change is its end
+        def monitored() -> bool:  # the command runs and the watcher checks on it: it ends once released
             return any(row.state.get("phase") == "monitor" for row in here.store.effects.daemons())
 
         def waiting_now() -> bool:  # the server journaled the wait call, so it is waiting
@@ -340,6 +349,7 @@ async def test_a_job_goes_on_to_its_end_when_the_server_is_killed_mid_wait(tmp_p
             os.kill(pid, signal.SIGKILL)
             with pytest.raises(MCPError):
                 await waiting
+        (tmp_path / "release").touch()
         await until(lambda: status(jobs, job_id) in FINAL, "the watcher ends the job")
         job = jobs.get(job_id)
         assert job is not None and job.status == "finished" and job.destroyed
@@ -412,9 +422,10 @@ async def test_streamable_http_serves_the_same_tools_on_loopback_only(tmp_path: 
                                str(config)], env=env, cwd=tmp_path, stderr=subprocess.PIPE, text=True)  # fmt: skip
     try:
         assert server.stderr is not None
-        line = server.stderr.readline()
-        url = re.search(r"listening on (http://\S+)", line)
-        assert url is not None, line
+        said = ""
+        while (url := re.search(r"listening on (http://\S+)", said)) is None and server.poll() is None:
+            said += server.stderr.readline()  # the line that says where it listens, once it does
+        assert url is not None, said
         async with streamable_http_client(url.group(1)) as (read, write, *_), ClientSession(read, write) as session:
             await session.initialize()
             assert {tool.name for tool in (await session.list_tools()).tools} == TOOLS
