@@ -5,16 +5,16 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import select
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import IO, Any, NamedTuple
 
 import psycopg
 import pytest
@@ -199,8 +199,12 @@ def test_a_job_submitted_from_a_third_process_runs_once_across_a_leader_kill_and
     tmp_path: Path, api_key: str, pg_url: str, team_config: str
 ) -> None:
     """Two `watch` processes lead and follow on PostgreSQL; `run --submit` queues a job with an upload from a
-    third process and `jobs --follow` (LISTEN/NOTIFY) reports it to the end. The leader is SIGKILLed while the
-    job runs: the follower takes over and finishes the same job on the same instance."""
+    third process and `jobs --follow` (LISTEN/NOTIFY) reports it from before it runs to its end. The leader is
+    SIGKILLed while the job runs: the follower takes over and finishes the same job on the same instance.
+
+    Nothing here depends on how fast a process starts: the simulator's clock stands still (so the instance
+    cannot boot) until `jobs --follow` has printed the job, and the command waits for a file the test creates
+    only after `jobs --follow` has printed it running and the leader is dead."""
     (tmp_path / ".ssh").mkdir()
     key = keypair(tmp_path / ".ssh")
     jobs_handler = '[handlers.jobs]\nuse = "jobs"\nssh_retry = "1s"\npoll_first = "1s"\npoll_every = "1s"\n'
@@ -208,9 +212,10 @@ def test_a_job_submitted_from_a_third_process_runs_once_across_a_leader_kill_and
     work = tmp_path / "work"
     work.mkdir()
     (work / "data.txt").write_text("from a teammate\n")
+    release = tmp_path / "release"  # the simulated hosts run on this machine: the command sees this file
     (tmp_path / "job.toml").write_text(
         f'image = "pytorch/pytorch"\nssh_user = "{USER}"\nupload = "work"\ndownload = ["copy.txt"]\n'
-        'cmd = "sleep 4; cp data.txt copy.txt"\n'
+        f'cmd = "while [ ! -e {release} ]; do sleep 0.1; done; cp data.txt copy.txt"\n'
     )
     with Simulator(api_key=api_key, clock=ManualClock(), ssh=True) as sim:
         register(sim, key)
@@ -231,12 +236,12 @@ def test_a_job_submitted_from_a_third_process_runs_once_across_a_leader_kill_and
                 [*cli, "jobs", "--follow", str(job_id), "--json", *config],
                 env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             )  # fmt: skip
-            # It prints the job as it is when it starts: read that before the simulator moves (under load it can
-            # take the follower longer to start than the leader to run the job).
-            assert follower_process.stdout is not None and follower_process.stderr is not None
-            ready, _, _ = select.select([follower_process.stdout], [], [], 60)
-            assert ready, "jobs --follow printed nothing within 60 s"
-            first = follower_process.stdout.readline()
+            followed = Lines(follower_process.stdout)
+
+            def statuses() -> list[str]:
+                return [json.loads(line)["status"] for line in followed.lines]
+
+            wait_until(statuses, "jobs --follow prints the job", seconds=60)
             with PostgresStore(pg_url) as store:
                 jobs = store.repository(Jobs)
 
@@ -247,9 +252,11 @@ def test_a_job_submitted_from_a_third_process_runs_once_across_a_leader_kill_and
                     return job.status if job else "missing"
 
                 wait_until(lambda: status() == "running", "the leader runs the submitted job", seconds=90)
+                wait_until(lambda: "running" in statuses(), "jobs --follow prints it running", seconds=60)
                 leader = next(w for w in watchers if w.names())
                 leader.process.kill()
                 leader.process.wait(timeout=10)
+                release.touch()
                 wait_until(lambda: status() == "finished", "the new leader finishes the job", seconds=120)
                 job = jobs.get(job_id)
                 assert job is not None and job.destroyed and job.exit_code == 0
@@ -258,12 +265,9 @@ def test_a_job_submitted_from_a_third_process_runs_once_across_a_leader_kill_and
             assert len(started) == 1 and rented == {job.instance_id}  # run once, on one instance
             assert job.results_dir is not None
             assert (Path(job.results_dir) / "copy.txt").read_text() == "from a teammate\n"
-            follower_process.wait(timeout=30)
-            assert follower_process.returncode == 0, follower_process.stderr.read()
-            statuses = [json.loads(line)["status"] for line in [first, *follower_process.stdout.read().splitlines()]]
-            # It started following after the submit, so the leader may already have claimed the job by then.
-            assert statuses[0] in ("pending", "creating", "loading") and statuses[-1] == "finished"
-            assert "running" in statuses
+            assert follower_process.wait(timeout=30) == 0, follower_process.communicate()[1]
+            followed.join()
+            assert statuses()[0] in ("pending", "creating", "loading") and statuses()[-1] == "finished"
         finally:
             if follower_process is not None and follower_process.poll() is None:
                 follower_process.kill()
@@ -271,6 +275,23 @@ def test_a_job_submitted_from_a_third_process_runs_once_across_a_leader_kill_and
             for watcher in watchers:
                 watcher.stop()
         assert sim.instance_count() == 0
+
+
+class Lines:
+    """Every line a process writes to `stream`, collected as it comes (read by a thread of its own)."""
+
+    def __init__(self, stream: IO[str] | None) -> None:
+        assert stream is not None
+        self.lines: list[str] = []
+        self._thread = threading.Thread(target=self._read, args=(stream,), daemon=True)
+        self._thread.start()
+
+    def _read(self, stream: IO[str]) -> None:
+        for line in stream:
+            self.lines.append(line)
+
+    def join(self) -> None:
+        self._thread.join(timeout=30)
 
 
 class HeldList:
