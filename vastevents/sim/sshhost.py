@@ -3,6 +3,9 @@
 Each instance gets its own port, authorized_keys (the account's keys plus attached ones) and a directory
 that stands in for the container's filesystem: every session starts there with ``HOME`` pointing at it
 (a ``ForceCommand`` wrapper), so ``ssh -p PORT root@127.0.0.1 'python train.py'`` really runs a job.
+The machine's own ``python3`` runs it; what the image would add is stood in for: ``nvidia-smi`` on every host,
+and on a PyTorch image (its name says ``torch``) a ``torch`` module that imports and reports the simulated GPUs
+and CUDA (so a job's preflight ``imports = ["torch"]`` passes), but computes nothing.
 sshd runs as the current user, so it can only log that user in: as root (CI) ``root@`` works as on Vast;
 as another user connect as ``$USER@127.0.0.1``. Stopping an instance ends its sshd and every process its
 sessions started (found by a marker variable in their environment); the directory stays until destroy.
@@ -96,6 +99,23 @@ def _nvidia_smi(gpus: Gpus, broken_flag: Path) -> str:
         f"  *) printf %s {shlex.quote(banner + table)} ;;\n"
         "esac\n"
     )
+
+
+def _torch_stand_in(gpus: Gpus) -> dict[str, str]:
+    """The files of a stand-in ``torch`` package (relative path -> text) reporting `gpus`."""
+    return {
+        "torch/__init__.py": (
+            '"""Stand-in for the torch of a PyTorch image on a simulated vastevents host: it computes nothing."""\n'
+            "from torch import cuda, version\n"
+            '__version__ = "2.3.1+sim"\n'
+        ),
+        "torch/version.py": f"cuda = {f'{gpus.cuda:g}'!r}\n",
+        "torch/cuda.py": (
+            "def is_available():\n    return True\n\n\n"
+            f"def device_count():\n    return {gpus.count}\n\n\n"
+            f"def get_device_name(device=0):\n    return {gpus.name!r}\n"
+        ),
+    }
 
 
 @dataclass
@@ -263,6 +283,10 @@ class SSHHosts:
         smi = tools / "nvidia-smi"
         smi.write_text(_nvidia_smi(self.gpus_for(instance), broken))
         smi.chmod(0o755)
+        if "torch" in instance.image.lower():
+            for name, text in _torch_stand_in(self.gpus_for(instance)).items():
+                (host.directory / "site" / name).parent.mkdir(parents=True, exist_ok=True)
+                (host.directory / "site" / name).write_text(text)
 
     def _write_config(self, host: _Host, instance: SimInstance) -> Path:
         self._write_tools(host, instance)
@@ -349,6 +373,7 @@ def _session_env(host: _Host, env: dict[str, str]) -> dict[str, str]:
     return {
         **safe,
         "PATH": f"{host.directory / 'bin'}:{os.environ.get('PATH', '/usr/local/bin:/usr/bin:/bin')}",
+        "PYTHONPATH": ":".join(filter(None, (str(host.directory / "site"), safe.get("PYTHONPATH")))),
         "HOME": str(host.directory / "root"),
         MARKER: str(host.directory),
     }
