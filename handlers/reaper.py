@@ -22,7 +22,8 @@ Rules, over the last complete instance list, owned instances only (label startin
 
 A match older than its rule's TTL is warned about (notifier, once per match, kept in the store) and destroyed with
 ``ctx.destroy`` once it is older than TTL + ``grace``; each destroy journals ``reaped`` with the reason.
-The pass runs every minute. ``last_pass`` keeps what the last pass found, for ``vastevents reap``.
+The pass runs every minute. ``last_pass`` keeps what the last pass found, for ``vastevents reap``. Over a
+read-only store (``vastevents reap --dry-run``) a pass only reports: it warns nobody and writes nothing.
 """
 
 from __future__ import annotations
@@ -73,15 +74,23 @@ class ReaperMemory:
 
     def update(self, idle: Iterable[int], now: datetime) -> dict[int, datetime]:
         """Keep exactly the `idle` ids (new ones idle since `now`); since when each has been idle."""
-        ids = sorted(set(idle))
+        ids = set(idle)
         with self.db.transaction() as conn:
-            rows = conn.execute("SELECT instance_id, since FROM reaper_gpu_idle").fetchall()
-            known = {int(r[0]): datetime.fromisoformat(r[1]) for r in rows}
-            for gone in set(known) - set(ids):
+            known = self._known()
+            for gone in set(known) - ids:
                 conn.execute("DELETE FROM reaper_gpu_idle WHERE instance_id = ?", (gone,))
-            for new in set(ids) - set(known):
+            for new in ids - set(known):
                 conn.execute("INSERT INTO reaper_gpu_idle (instance_id, since) VALUES (?, ?)", (new, now.isoformat()))
-        return {instance_id: known.get(instance_id, now) for instance_id in ids}
+        return self.idle_since(ids, now)
+
+    def idle_since(self, idle: Iterable[int], now: datetime) -> dict[int, datetime]:
+        """Since when each of the `idle` ids has been idle (`now` for one not kept yet), writing nothing."""
+        known = self._known()
+        return {instance_id: known.get(instance_id, now) for instance_id in sorted(set(idle))}
+
+    def _known(self) -> dict[int, datetime]:
+        rows = self.db.query("SELECT instance_id, since FROM reaper_gpu_idle")
+        return {int(r[0]): datetime.fromisoformat(r[1]) for r in rows}
 
     def first_warning(self, instance_id: int, rule: str) -> bool:
         """True the first time (instance, rule) is warned about, recording it."""
@@ -155,7 +164,9 @@ class ReaperHandler(Handler[ReaperOptions]):
         found: list[Finding] = []
         owned = [view for view in ctx.store.load_snapshot().views.values() if ctx.owns(view.instance)]
         memory = ctx.store.repository(ReaperMemory)
-        idle = memory.update([v.instance.id for v in owned if self._gpu_idle(v)], now)
+        looking = ctx.store.read_only  # `vastevents reap --dry-run`: report what it finds, change nothing
+        idle_ids = [v.instance.id for v in owned if self._gpu_idle(v)]
+        idle = memory.idle_since(idle_ids, now) if looking else memory.update(idle_ids, now)
         for view in owned:
             match = self._match(view, now, idle.get(view.instance.id), ctx)
             if match is None:
@@ -163,11 +174,11 @@ class ReaperHandler(Handler[ReaperOptions]):
             rule, reason, age, ttl = match
             label = view.instance.label
             if age < ttl + self.options.grace:
-                if memory.first_warning(view.instance.id, rule):
+                if not looking and memory.first_warning(view.instance.id, rule):
                     left = ttl + self.options.grace - age
                     await ctx.notify(f"instance {view.instance.id} ({label}) {reason}; reaped in {left:.0f}s")
                 found.append(Finding(view.instance.id, label, rule, reason, age, "warned"))
-            elif self.options.dry_run:
+            elif self.options.dry_run or looking:
                 found.append(Finding(view.instance.id, label, rule, reason, age, "would reap"))
             else:
                 ctx.logger.warning("reaping instance %d (%s): %s", view.instance.id, label, reason)
@@ -176,7 +187,8 @@ class ReaperHandler(Handler[ReaperOptions]):
                 found.append(
                     Finding(view.instance.id, label, rule, reason, age, "reaped" if existed else "already gone")
                 )
-        memory.keep_warnings((finding.instance_id, finding.rule) for finding in found if finding.action == "warned")
+        if not looking:
+            memory.keep_warnings((f.instance_id, f.rule) for f in found if f.action == "warned")
         self.last_pass = found
 
     def _gpu_idle(self, view: InstanceView) -> bool:

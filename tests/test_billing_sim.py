@@ -227,6 +227,12 @@ async def test_when_charges_cannot_be_read_the_ledger_is_still_printed_with_a_wa
     assert plain.exit_code == 0 and str(instance_id) in plain.stdout
 
 
+def _store_files(path: Path) -> tuple[bytes, bytes]:
+    """The bytes of a SQLite store and of its WAL (none and empty are the same): what any write would change."""
+    wal = path.with_name(f"{path.name}-wal")
+    return path.read_bytes(), wal.read_bytes() if wal.exists() else b""
+
+
 def test_reap_dry_run_reports_and_reap_yes_destroys_the_orphan_only(
     sim: Simulator, api_key: str, tmp_path: Path
 ) -> None:
@@ -247,6 +253,7 @@ def test_reap_dry_run_reports_and_reap_yes_destroys_the_orphan_only(
             (orphan, "unclaimed", "would reap")
         ]
         assert sim.instance_count() == 3
+        assert not (tmp_path / "s.db").exists(), "a dry run only looks: it made no store"
 
         refused = CliRunner().invoke(app, ["reap", "--json", "--config", str(config_file)], env=env)
         assert refused.exit_code == 2 and "--yes" in refused.stderr and sim.instance_count() == 3
@@ -261,6 +268,13 @@ def test_reap_dry_run_reports_and_reap_yes_destroys_the_orphan_only(
             ledger = store.repository(Ledger).instances()
         assert [(e.instance_id, "no job claims it" in e.detail) for e in reaped] == [(orphan, True)]
         assert sorted(ledger) == [orphan, job, foreign]  # the other handlers saw the cycles too
+
+        sim.vanish(foreign)  # a change a dry run sees but must not journal (no catch-up `vanished`)
+        before = _store_files(tmp_path / "s.db")
+        again = CliRunner().invoke(app, ["reap", "--dry-run", "--json", "--config", str(config_file)], env=env)
+        assert again.exit_code == 0, again.output
+        assert json.loads(again.stdout)["found"] == []
+        assert _store_files(tmp_path / "s.db") == before, "a dry run writes nothing to the store"
     finally:
         for ref in (orphan, job, foreign):
             if sim.instance(ref) is not None:

@@ -19,6 +19,7 @@ from datetime import timedelta
 
 from vastevents.clock import Clock, sleep_or
 from vastevents.context import Context
+from vastevents.errors import VastEventsError
 from vastevents.invoke import failure_report, invoke
 from vastevents.journaling import JournalWriter
 from vastevents.plugins import ActiveHandler, Every
@@ -76,6 +77,16 @@ class Periodic:
                 continue
             if not await self._run(context, handler, every, forced=everything):
                 return  # deposed: the rest of the pass is the next leader's
+
+    async def look(self, context: Context) -> None:
+        """Run every periodic handler once, recording nothing (a read-only runtime's look); a failure raises."""
+        for handler, every in self._all:
+            outcome = await invoke(
+                every.func, (replace(context.bound(handler.name, handler.emits), forced=True),),
+                subject=f"{handler.name} ({every.name})", timeout=self.timeout, executor=self.executor,
+            )  # fmt: skip
+            if outcome.failure is not None:
+                raise VastEventsError(outcome.failure)
 
     async def timer(self, context: Context, stop: asyncio.Event) -> None:
         """Run the timed handlers as they come due, until `stop` is set."""

@@ -28,7 +28,7 @@ from vastevents.config import Config
 from vastevents.connect import configured_store, vast_client
 from vastevents.context import Context
 from vastevents.daemons import Daemons
-from vastevents.diff import Rules
+from vastevents.diff import Rules, observe
 from vastevents.errors import NotLeader
 from vastevents.events import Event
 from vastevents.intake import Intake, webhook_receiver
@@ -84,11 +84,11 @@ class Runtime:
             self._owned.callback(store.close)
         self.store: Store = store
         url = config.store.resolved_url()
-        if leadership is None and isinstance(store, PostgresStore) and url == store.url:
+        if leadership is None and isinstance(store, PostgresStore) and url == store.url and not store.read_only:
             leadership = Leadership(url, store, failover=config.team.failover)
             self._owned.callback(leadership.close)
         self.leadership = leadership
-        self.heartbeat = Heartbeat(store) if leadership is None else None
+        self.heartbeat = Heartbeat(store) if leadership is None and not store.read_only else None
         """Alone on its store, this watcher leads it; its heartbeat (each cycle) tells readers that one watches."""
         if self.heartbeat is not None:
             self._owned.callback(self.heartbeat.stop)
@@ -138,8 +138,9 @@ class Runtime:
     # --- lifecycle -------------------------------------------------------------------------------------------
 
     async def __aenter__(self) -> Self:
-        """Take charge at once, unless this watcher shares its store with a team (then: when it leads)."""
-        if self.leadership is None:
+        """Take charge at once, unless this watcher shares its store with a team (then: when it leads) or its store
+        is read-only (then it only :meth:`look` s)."""
+        if self.leadership is None and not self.store.read_only:
             try:
                 await self._take_charge()
             except BaseException:
@@ -193,6 +194,23 @@ class Runtime:
                 raise NotLeader(f"another watcher leads this team store; {self.leadership.member} stands by")
             await self._take_charge()
         return await self.watcher.poll_once(then=partial(self.periodic.run_due, self.context, everything=all_periodic))
+
+    async def look(self) -> None:
+        """Run every periodic handler once over the account as a poll now would find it, changing nothing.
+
+        For a runtime over a read-only store (``reap --dry-run``): the instance list is diffed against the stored
+        snapshot and shown to the handlers as the latest one (:meth:`Store.preview`) without being committed;
+        no event is journaled, no run recorded, no intent of a crashed watcher settled. A handler that writes
+        anyway gets a StoreError; any failure is raised, not journaled.
+        """
+        if not self.store.read_only:
+            raise ValueError("look() is for a runtime over a read-only store; poll_once() commits what it sees")
+        rows = await self.watcher.lister.list_instances()
+        previous = self.store.load_snapshot()
+        stops = self.store.stop_requests()
+        snapshot, _ = observe(previous, rows, self.clock.now(), self.watcher.rules, stop_requested=stops)
+        self.store.preview(snapshot)
+        await self.periodic.look(self.context)
 
     async def run(self, stop: asyncio.Event, *, on_cycle: Callable[[], None] | None = None) -> None:
         """The watcher loop, the periodic handlers and the retry timer until `stop` is set.

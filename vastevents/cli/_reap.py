@@ -1,8 +1,9 @@
 """``reap``: one pass of the reaper handler through the Runtime, after a confirmation unless ``--yes``.
 
-A pass is one ``watch --once`` cycle with every configured handler (so none of them misses the events this
-poll journals) and the reaper's options overridden: no grace (a person asked), and report-only for the first
-pass; the second pass, after the confirmation, destroys.
+The first pass only looks: over the store opened read-only, the reaper judges the account as a poll now would
+find it and writes nothing (``--dry-run`` stops there, so it cannot disturb a running watcher). The second pass,
+after the confirmation, is one ``watch --once`` cycle with every configured handler (so none of them misses the
+events this poll journals) that destroys. Both run the reaper without grace (a person asked).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from vastevents.config import Config, load_config
 from vastevents.errors import ConfigError, VastEventsError
 from vastevents.plugins import activate, load_handlers, resolve
 from vastevents.runtime import Runtime
+from vastevents.store import open_store
 
 REAPER = "reaper"
 
@@ -33,16 +35,21 @@ def _reaper(cfg: Config) -> tuple[str, str, dict[str, Any]]:
 
 
 async def _pass(cfg: Config, *, dry_run: bool) -> list[dict[str, Any]]:
-    """One cycle with the reaper forced to run, without grace; what it found."""
+    """One pass of the reaper without grace (only looking, over a read-only store, for `dry_run`); what it found."""
     name, use, options = _reaper(cfg)
-    others = [handler for handler in load_handlers(cfg) if handler.name != name]
     try:
         target, source = resolve(use)
         active = activate(name, target, {**options, "dry_run": dry_run, "grace": 0}, use=use, source=source)
     except (LookupError, ValueError) as exc:
         raise ConfigError(f"[handlers.{name}]: {exc}") from None
-    async with Runtime(cfg, handlers=[*others, active]) as runtime:
-        await runtime.poll_once(all_periodic=True)  # as `watch --once`: every periodic handler runs once
+    if dry_run:
+        with open_store(cfg.store.resolved_path(), cfg.store.resolved_url(), read_only=True) as store:
+            async with Runtime(cfg, store=store, handlers=[active]) as runtime:
+                await runtime.look()
+    else:
+        others = [handler for handler in load_handlers(cfg) if handler.name != name]
+        async with Runtime(cfg, handlers=[*others, active]) as runtime:
+            await runtime.poll_once(all_periodic=True)  # as `watch --once`: every periodic handler runs once
     return [finding.to_json() for finding in getattr(active.target, "last_pass", [])]
 
 

@@ -31,7 +31,7 @@ from vastevents.plugins import load_handlers
 from vastevents.ports import SshTarget
 from vastevents.runtime import Runtime
 from vastevents.ssh import ParamikoSsh
-from vastevents.store import Job, Jobs
+from vastevents.store import Job, Jobs, open_store
 from vastevents.store.hosts import Hosts
 
 JOBS_HANDLER = "jobs"
@@ -317,7 +317,7 @@ def logs(
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing while the job runs.")] = False,
     config: ConfigOption = None,
 ) -> None:
-    """A job's log: from the host while it runs, the downloaded copy after."""
+    """A job's log: from the host while it runs, the copy downloaded into its results dir after."""
     try:
         settings = load_config(config)
     except ConfigError as exc:
@@ -328,25 +328,34 @@ def logs(
             job = store.repository(Jobs).get(job_id)
     if job is None:
         fail(f"no job {job_id} in the store", 2)
-    spec = JobSpec.model_validate(job.spec)
     if job.done or job.instance_id is None:
-        log = Path(job.results_dir or spec.out) / "job.log"
-        if not log.exists():
-            fail(f"job {job_id} has no downloaded log ({log})", 1)
-        sys.stdout.write(log.read_text(errors="replace"))
+        sys.stdout.write(_downloaded_log(job))
         return
     try:
-        asyncio.run(_follow(settings, job, spec, follow))
+        asyncio.run(_follow(settings, job, JobSpec.model_validate(job.spec), follow))
     except VastEventsError as exc:
         fail(str(exc), 1)
 
 
+def _downloaded_log(job: Job) -> str:
+    """The log the job's own results dir holds (an absolute path in the store), or exit 1 saying why none."""
+    if job.results_dir is None:
+        fail(f"job {job.id} is {job.status} and has no results dir: nothing was downloaded", 1)
+    log = Path(job.results_dir) / "job.log"
+    if not log.exists():
+        where = " (it ran on the team's watcher; its results are on that machine)" if job.submitted_by else ""
+        fail(f"job {job.id} has no downloaded log at {log}{where}", 1)
+    return log.read_text(errors="replace")
+
+
 async def _follow(config: Config, job: Job, spec: JobSpec, follow: bool) -> None:
-    async with Runtime(config, handlers=[]) as runtime:
-        offset = 0
-        while True:
-            offset = await _tail(runtime, job, spec, offset, sys.stdout)
-            current = runtime.store.repository(Jobs).get(job.id)
-            if not follow or current is None or current.done:
-                return
-            await asyncio.sleep(2.0)
+    """Print the log from the host (and keep printing while the job runs, with `follow`); only looks."""
+    with open_store(config.store.resolved_path(), config.store.resolved_url(), read_only=True) as store:
+        async with Runtime(config, store=store, handlers=[]) as runtime:
+            offset = 0
+            while True:
+                offset = await _tail(runtime, job, spec, offset, sys.stdout)
+                current = store.repository(Jobs).get(job.id)
+                if not follow or current is None or current.done:
+                    return
+                await asyncio.sleep(2.0)

@@ -71,8 +71,11 @@ class Store(Protocol):
     snapshots: Snapshots
     journal: Journal
     effects: Effects
+    read_only: bool
 
     def load_snapshot(self) -> Snapshot: ...
+
+    def preview(self, snapshot: Snapshot) -> None: ...
 
     def commit(self, previous: Snapshot, snapshot: Snapshot, events: Sequence[Event]) -> list[Event]: ...
 
@@ -111,6 +114,7 @@ class SqlStore:
         self.db = db
         self.read_only = db.read_only
         self._empty: SqliteDatabase | None = None
+        self._previewed: Snapshot | None = None
         try:
             if not self.read_only:
                 self.db.migrate(CORE_MIGRATIONS)
@@ -143,7 +147,15 @@ class SqlStore:
         return self._empty
 
     def load_snapshot(self) -> Snapshot:
-        return self.snapshots.load()
+        """The last committed snapshot (a read-only store's :meth:`preview`, when it was given one)."""
+        return self._previewed if self._previewed is not None else self.snapshots.load()
+
+    def preview(self, snapshot: Snapshot) -> None:
+        """Show `snapshot` as the latest one from now on, without writing it: what a poll now would commit, for a
+        handler's report-only pass over a read-only store (``reap --dry-run``)."""
+        if not self.read_only:
+            raise StoreError("only a read-only store previews a snapshot; a writable one commits it")
+        self._previewed = snapshot
 
     def commit(self, previous: Snapshot, snapshot: Snapshot, events: Sequence[Event]) -> list[Event]:
         """Replace `previous` by `snapshot` and journal `events`, atomically; the events with their ids."""
