@@ -313,6 +313,20 @@ def test_a_repository_never_used_reads_as_empty_in_a_read_only_store_without_bei
         assert "notes" not in components(store)
 
 
+def test_a_read_only_store_opened_before_any_writer_sees_what_one_writes_later(opener: Opener) -> None:
+    """A dashboard started before the first watch: the store (or a repository's tables) appears under it."""
+    looking = opener(read_only=True)
+    notes = looking.repository(Notes)
+    assert looking.events() == [] and notes.count() == 0
+    with opener() as store:
+        store.append([Event(name="poll_failed", instance_id=None, at=T0)])
+        with store.db.transaction() as conn:
+            store.repository(Notes)
+            conn.execute("INSERT INTO notes (id, text) VALUES (1, 'hello')")
+    assert [e.name for e in looking.events()] == ["poll_failed"]
+    assert notes.count() == 1 and looking.repository(Notes) is notes
+
+
 def test_a_read_only_store_that_needs_an_upgrade_says_how_to_upgrade_it(opener: Opener) -> None:
     class NotesWithTags(Notes):
         MIGRATIONS = (*Notes.MIGRATIONS, Migration("notes", 2, ("ALTER TABLE notes ADD COLUMN tags TEXT",)))

@@ -11,7 +11,7 @@ Repositories: :class:`Snapshots` (the diff base), :class:`Journal` (events, deli
 
 Commands that only look (``events``, ``jobs``, ``cost``, a dashboard, ...) open the store with
 ``read_only=True``: the backend refuses every write, nothing is migrated, and what was never written (a
-store no watcher made yet, a repository whose handler never ran) reads as empty.
+store no watcher made yet, a repository whose handler never ran) reads as empty until a writer makes it.
 """
 
 from __future__ import annotations
@@ -23,7 +23,15 @@ from typing import Any, Protocol, Self, TypeVar, cast
 
 from vastevents.events import Event
 from vastevents.snapshot import Snapshot
-from vastevents.store._db import FORMAT_VERSION, Conn, Database, Migration, SqliteDatabase, StoreError
+from vastevents.store._db import (
+    FORMAT_VERSION,
+    AbsentComponent,
+    Conn,
+    Database,
+    Migration,
+    SqliteDatabase,
+    StoreError,
+)
 from vastevents.store.effects import MIGRATIONS as _EFFECTS
 from vastevents.store.effects import DaemonRow, Effects, Intent
 from vastevents.store.jobs import Job, Jobs, JobStatus
@@ -113,7 +121,7 @@ class SqlStore:
     def __init__(self, db: Database) -> None:
         self.db = db
         self.read_only = db.read_only
-        self._empty: SqliteDatabase | None = None
+        self._absent: list[AbsentComponent] = []
         self._previewed: Snapshot | None = None
         try:
             if not self.read_only:
@@ -135,16 +143,14 @@ class SqlStore:
 
     def _database_for(self, migrations: Sequence[Migration]) -> Database:
         """Where a repository with `migrations` reads and writes: this database, migrated when it is writable;
-        when it is read-only and never had those tables, an empty in-memory twin of them (reads find nothing)."""
+        when it is read-only and never had those tables, a view that finds nothing until a writer makes them."""
         if not self.read_only:
             self.db.migrate((*CORE_MIGRATIONS, *migrations))
             return self.db
         if not migrations or not self.db.lacks(migrations):
             return self.db
-        if self._empty is None:
-            self._empty = SqliteDatabase(":memory:")
-        self._empty.migrate(migrations)
-        return self._empty
+        self._absent.append(AbsentComponent(self.db, migrations))
+        return self._absent[-1]
 
     def load_snapshot(self) -> Snapshot:
         """The last committed snapshot (a read-only store's :meth:`preview`, when it was given one)."""
@@ -196,8 +202,8 @@ class SqlStore:
 
     def close(self) -> None:
         self.db.close()
-        if self._empty is not None:
-            self._empty.close()
+        for view in self._absent:
+            view.close()
 
     def __enter__(self) -> Self:
         return self

@@ -228,6 +228,41 @@ class Database:
         return False
 
 
+class AbsentComponent(Database):
+    """A read-only store's view of components it did not have when asked for: empty tables of their schema (an
+    in-memory twin) until a writer creates them, then the store's own. Reads only."""
+
+    def __init__(self, store: Database, migrations: Sequence[Migration]) -> None:
+        super().__init__(store.where, read_only=True)
+        self.dialect, self.errors = store.dialect, store.errors
+        self._store, self._migrations = store, migrations
+        self._empty: Database | None = SqliteDatabase(":memory:")
+        self._empty.migrate(migrations)
+
+    def _now(self) -> Database:
+        if self._empty is not None and not self._store.lacks(self._migrations):
+            self._empty.close()
+            self._empty = None
+        return self._empty or self._store
+
+    def query(self, sql: str, params: Params = ()) -> list[tuple[Any, ...]]:
+        return self._now().query(sql, params)
+
+    @contextmanager
+    def transaction(self) -> Iterator[Conn]:
+        with self._now().transaction() as conn:
+            yield conn
+
+    @contextmanager
+    def listener(self, channel: str) -> Iterator[Callable[[float], bool]]:
+        with self._store.listener(channel) as wait:
+            yield wait
+
+    def close(self) -> None:
+        if self._empty is not None:
+            self._empty.close()
+
+
 def _latest(migrations: Sequence[Migration], component: str) -> int:
     return max((m.version for m in migrations if m.component == component), default=0)
 
@@ -236,7 +271,7 @@ class SqliteDatabase(Database):
     """One SQLite file (WAL mode, synchronous=FULL; ``":memory:"`` for tests).
 
     `read_only` opens the file with ``mode=ro`` (nothing is created or written, not even the state directory);
-    a file that does not exist yet reads as an empty database.
+    a file that does not exist yet reads as an empty database until a writer makes it.
     """
 
     dialect = "sqlite"
@@ -244,43 +279,52 @@ class SqliteDatabase(Database):
     def __init__(self, path: Path | str, *, read_only: bool = False) -> None:
         super().__init__(f"file {path}", read_only=read_only)
         self.path = path
-        file = Path(path).expanduser()
-        in_memory = str(path) == ":memory:" or (read_only and not file.exists())
+        self._file = None if str(path) == ":memory:" else Path(path).expanduser()
+        self._waiting = read_only and self._file is not None and not self._file.exists()
+        """A read-only opening of a file no writer made yet: an empty stand-in until the file exists."""
+        self._conn = self._connect(None if self._waiting else self._file)
+
+    def _connect(self, file: Path | None) -> sqlite3.Connection:
         try:
-            if in_memory:
-                self._conn = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
-            elif read_only:
-                self._conn = sqlite3.connect(
-                    f"{file.resolve().as_uri()}?mode=ro",
-                    uri=True,
-                    isolation_level=None,
-                    check_same_thread=False,
-                    timeout=30.0,
-                )
+            if file is None:
+                conn = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+            elif self.read_only:
+                uri = f"{file.resolve().as_uri()}?mode=ro"
+                conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False, timeout=30.0)
             else:
                 file.parent.mkdir(parents=True, exist_ok=True)
-                self._conn = sqlite3.connect(str(file), isolation_level=None, check_same_thread=False, timeout=30.0)
+                conn = sqlite3.connect(str(file), isolation_level=None, check_same_thread=False, timeout=30.0)
         except (OSError, sqlite3.DatabaseError) as exc:
-            raise StoreError(f"cannot open the state file {path}: {exc}") from None
+            raise StoreError(f"cannot open the state file {self.path}: {exc}") from None
         try:
-            if read_only:
-                self._conn.execute("PRAGMA query_only = ON")
+            if self.read_only:
+                conn.execute("PRAGMA query_only = ON")
             else:
-                self._conn.execute("PRAGMA journal_mode=WAL")
-                self._conn.execute("PRAGMA synchronous=FULL")
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=FULL")
         except sqlite3.DatabaseError as exc:
+            conn.close()
+            raise StoreError(f"cannot open the state file {self.path}: {exc}") from None
+        return conn
+
+    def _connection(self) -> sqlite3.Connection:
+        """The connection, moved to the file once a writer has made it (a read-only opening made before)."""
+        if self._waiting and self._file is not None and self._file.exists():
             self._conn.close()
-            raise StoreError(f"cannot open the state file {path}: {exc}") from None
+            self._conn = self._connect(self._file)
+            self._waiting = False
+        return self._conn
 
     @contextmanager
     def _begin(self) -> Iterator[Conn]:
-        self._conn.execute("BEGIN" if self.read_only else "BEGIN IMMEDIATE")
+        conn = self._connection()
+        conn.execute("BEGIN" if self.read_only else "BEGIN IMMEDIATE")
         try:
-            yield self._conn
+            yield conn
         except BaseException:
-            self._conn.execute("ROLLBACK")
+            conn.execute("ROLLBACK")
             raise
-        self._conn.execute("COMMIT")
+        conn.execute("COMMIT")
 
     def _format(self, conn: Conn) -> int:
         return int(conn.execute("PRAGMA user_version").fetchone()[0])
@@ -296,7 +340,7 @@ class SqliteDatabase(Database):
 
     def query(self, sql: str, params: Params = ()) -> list[tuple[Any, ...]]:
         with self._lock:
-            return list(self._conn.execute(sql, params).fetchall())
+            return list(self._connection().execute(sql, params).fetchall())
 
     def close(self) -> None:
         with self._lock:
