@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -43,7 +44,7 @@ def user(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """An isolated user: empty HOME and cwd, no config, no key, a URL nothing listens on."""
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.chdir(tmp_path)
-    for name in ("VASTEVENTS_CONFIG", "VAST_API_KEY"):
+    for name in ("VASTEVENTS_CONFIG", "VAST_API_KEY", "XDG_CONFIG_HOME"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("VAST_URL", "http://127.0.0.1:9")
     return tmp_path
@@ -175,6 +176,52 @@ def test_config_before_the_command_is_used_and_one_after_it_wins(user: Path) -> 
     assert CliRunner().invoke(app, ["--config", str(good), "events"]).exit_code == 0
     assert CliRunner().invoke(app, ["--config", str(good), "events", "--config", str(broken)]).exit_code == 2
     assert CliRunner().invoke(app, ["--config", str(broken), "events", "--config", str(good)]).exit_code == 0
+
+
+# --- the vastai CLI's conventions ---------------------------------------------------------------------------
+
+
+def test_the_key_vastai_set_api_key_writes_under_xdg_config_home_is_found(user: Path) -> None:
+    xdg = user / "xdg"
+    (xdg / "vastai").mkdir(parents=True)
+    (xdg / "vastai" / "vast_api_key").write_text("xdg-key-1234\n")
+    result = run("check", env={"XDG_CONFIG_HOME": str(xdg), "HOME": str(user), "VAST_API_KEY": ""})
+    assert f"✓ API key found in {xdg / 'vastai' / 'vast_api_key'}" in result.stdout
+    assert "xdg-key-1234" not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--url", "{url}", "--api-key", "{key}", "status", "--raw"],
+        ["status", "--raw", "--url", "{url}", "--api-key", "{key}"],
+        ["status", "--url={url}", "--api-key={key}", "--raw"],
+    ],
+)
+def test_url_api_key_and_raw_as_vastai_takes_them(user: Path, sim: Simulator, api_key: str, args: list[str]) -> None:
+    """Nothing listens at $VAST_URL and there is no key: the options alone reach the simulator."""
+    sim.create_instance(label="mine")
+    result = run(*(arg.format(url=sim.url, key=api_key) for arg in args), env={"HOME": str(user)})
+    assert result.returncode == 0, result.stderr
+    assert [row["label"] for row in json.loads(result.stdout)] == ["mine"]
+    assert api_key not in result.stderr
+    for instance in sim.state()["instances"]:
+        sim.vanish(instance["id"])
+
+
+def test_the_simulators_own_api_key_option_is_left_to_it() -> None:
+    help_text = CliRunner().invoke(app, ["sim", "--help"], env=NARROW).stdout
+    assert "The key clients must send" in help_text
+
+
+def test_run_takes_a_duration_shows_its_default_query_and_answers_a_dry_run_on_stdout(
+    account: Simulator, tmp_path: Path
+) -> None:
+    help_text = CliRunner().invoke(app, ["run", "--help"], env=NARROW).stdout
+    assert "gpu_ram>=24 num_gpus=1" in re.sub(r"\s+", " ", help_text)
+    result = run("run", "--image", "python:3.11", "--cmd", "true", "--max-duration", "2h", "--dry-run")
+    assert result.returncode == 0, result.stderr
+    assert re.fullmatch(r"offer \d+: .*, about \$\d+\.\d\d for 2 h\n", result.stdout), result.stdout
 
 
 def test_readme_documents_the_exit_codes_every_command_uses() -> None:

@@ -12,6 +12,7 @@ from vastevents.config import (
     config_error,
     find_api_key,
     find_key_line,
+    given,
     load_config,
     parse_config,
     parse_duration,
@@ -26,7 +27,7 @@ def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     home = tmp_path / "home"
     home.mkdir()
     monkeypatch.setenv("HOME", str(home))
-    for name in ("VAST_URL", "VAST_API_KEY", "VASTEVENTS_CONFIG"):
+    for name in ("VAST_URL", "VAST_API_KEY", "VASTEVENTS_CONFIG", "XDG_CONFIG_HOME"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.chdir(tmp_path)
     return home
@@ -144,6 +145,25 @@ def test_api_key_env_then_files(isolated_env: Path, monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("VAST_API_KEY", "env-key-789")
     assert find_api_key() == ("env-key-789", "$VAST_API_KEY")
     assert redact("Authorization failed for env-key-789") == "Authorization failed for ***"
+
+
+def test_api_key_under_xdg_config_home_comes_first_and_a_given_one_wins(
+    isolated_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    default = isolated_env / ".config/vastai/vast_api_key"
+    default.parent.mkdir(parents=True)
+    default.write_text("default-key-1")
+    xdg = isolated_env / "xdg"
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(xdg))
+    assert find_api_key() == ("default-key-1", str(default))  # none under $XDG_CONFIG_HOME: the default dir
+    (xdg / "vastai").mkdir(parents=True)
+    (xdg / "vastai" / "vast_api_key").write_text("xdg-key-2\n")
+    assert find_api_key() == ("xdg-key-2", str(xdg / "vastai" / "vast_api_key"))
+    monkeypatch.setenv("VAST_API_KEY", "env-key-3")
+    with given(api_key="given-key-4", url="http://127.0.0.1:1"):
+        assert find_api_key() == ("given-key-4", "--api-key")
+        assert load_config().vast.url == "http://127.0.0.1:1"
+    assert find_api_key() == ("env-key-3", "$VAST_API_KEY")
 
 
 def test_api_key_is_never_read_from_config() -> None:

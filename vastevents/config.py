@@ -10,7 +10,9 @@ from __future__ import annotations
 import os
 import re
 import tomllib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -253,7 +255,7 @@ def parse_config(text: str, source: Path | None = None) -> Config:
         raise _validation_error(source, text, (), exc, _UNKNOWN_KEY) from None
     config._source = source
     config._text = text
-    if url := os.environ.get("VAST_URL"):
+    if url := _GIVEN_URL.get() or os.environ.get("VAST_URL"):
         config = with_sections(config, vast=config.vast.model_copy(update={"url": url}))
     if url := os.environ.get("VASTEVENTS_STORE_URL"):
         config = with_sections(config, store=config.store.model_copy(update={"url": url}))
@@ -281,10 +283,31 @@ def load_config(path: Path | None = None) -> Config:
     return parse_config(text, source)
 
 
+_GIVEN_URL: ContextVar[str | None] = ContextVar("vastevents_given_url", default=None)
+_GIVEN_KEY: ContextVar[str | None] = ContextVar("vastevents_given_api_key", default=None)
+
+
+@contextmanager
+def given(*, url: str | None = None, api_key: str | None = None) -> Iterator[None]:
+    """While inside: the API URL and key a command was given (``--url``, ``--api-key``, as the ``vastai`` CLI
+    takes them), winning over ``$VAST_URL``/``[vast] url`` and ``$VAST_API_KEY``/the key files."""
+    register_secret(api_key)
+    url_token, key_token = _GIVEN_URL.set(url), _GIVEN_KEY.set(api_key)
+    try:
+        yield
+    finally:
+        _GIVEN_URL.reset(url_token)
+        _GIVEN_KEY.reset(key_token)
+
+
 def api_key_paths() -> list[Path]:
-    """Where the API key is looked for after ``$VAST_API_KEY``, in order."""
+    """Where the API key is looked for after ``$VAST_API_KEY``, in order: where ``vastai set api-key`` writes it
+    (``$XDG_CONFIG_HOME/vastai``, else ``~/.config/vastai``), then the legacy ``~/.vast_api_key``."""
     home = Path.home()
-    return [home / ".config" / "vastai" / "vast_api_key", home / ".vast_api_key"]
+    default = home / ".config"
+    xdg = os.environ.get("XDG_CONFIG_HOME", "").strip()
+    configs = [Path(xdg), default] if xdg and Path(xdg) != default else [default]
+    return [*(config / "vastai" / "vast_api_key" for config in configs), home / ".vast_api_key"]
 
 
 NO_API_KEY = (
@@ -295,9 +318,12 @@ NO_API_KEY = (
 
 
 def find_api_key() -> tuple[str, str] | None:
-    """The API key and where it came from (``$VAST_API_KEY`` or a key file), registered as a secret to redact."""
+    """The API key and where it came from (``--api-key``, ``$VAST_API_KEY`` or a key file), registered as a
+    secret to redact."""
     found: tuple[str, str] | None = None
-    if key := os.environ.get("VAST_API_KEY", "").strip():
+    if key := (_GIVEN_KEY.get() or "").strip():
+        found = (key, "--api-key")
+    elif key := os.environ.get("VAST_API_KEY", "").strip():
         found = (key, "$VAST_API_KEY")
     else:
         for path in api_key_paths():

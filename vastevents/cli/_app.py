@@ -8,12 +8,13 @@ from typing import Annotated, NoReturn
 import typer
 from rich.console import Console
 from typer._click.core import Command, Context  # typer vendors click: its commands are these classes
+from typer._click.exceptions import UsageError
 from typer._click.formatting import HelpFormatter
 from typer.core import TyperGroup
 
 from vastevents import __version__
 from vastevents._logging import configure_logging, redact
-from vastevents.config import Config
+from vastevents.config import Config, given
 from vastevents.connect import configured_store
 from vastevents.store import SqlStore, StoreError
 
@@ -35,10 +36,16 @@ COMMAND_ORDER = (
 _CONFIG_KEY = "vastevents.config"
 _DEBUG_KEY = "vastevents.debug"
 _DEBUG_HELP = "Log every API request to stderr (keys, tokens and URLs redacted)."
+_URL_HELP = "The Vast API's base URL, as `vastai --url` (wins over $VAST_URL and [vast] url)."
+_API_KEY_HELP = "The Vast API key, as `vastai --api-key` (wins over $VAST_API_KEY and the key files)."
+_VALUED = {"--url": "vastevents.url", "--api-key": "vastevents.api_key"}
+"""The global options with a value that also work after a command's name: where each is kept in ctx.meta."""
 
 
 class WorkflowGroup(TyperGroup):
-    """Lists commands in workflow order, and takes the global ``--debug`` after any command's name too."""
+    """Lists commands in workflow order, and takes the global options after any command's name too: ``--debug``,
+    ``--url``/``--api-key`` (unless the command has its own, as ``sim --api-key``), and ``--raw`` for ``--json``
+    (as the ``vastai`` CLI spells it)."""
 
     def list_commands(self, ctx: Context) -> list[str]:
         rank = {name: position for position, name in enumerate(COMMAND_ORDER)}
@@ -46,11 +53,28 @@ class WorkflowGroup(TyperGroup):
 
     def resolve_command(self, ctx: Context, args: list[str]) -> tuple[str | None, Command | None, list[str]]:
         name, command, rest = super().resolve_command(ctx, args)
-        options = rest[: rest.index("--")] if "--" in rest else rest
-        if "--debug" in options:
-            ctx.meta[_DEBUG_KEY] = True
-            rest = [arg for position, arg in enumerate(rest) if not (arg == "--debug" and position < len(options))]
-        return name, command, rest
+        own = _options_of(ctx, command, rest)
+        end = rest.index("--") if "--" in rest else len(rest)
+        kept: list[str] = []
+        position = 0
+        while position < end:
+            arg = rest[position]
+            flag, equals, value = arg.partition("=")
+            if arg == "--debug":
+                ctx.meta[_DEBUG_KEY] = True
+            elif flag in _VALUED and flag not in own:
+                if not equals:
+                    position += 1
+                    if position >= end:
+                        raise UsageError(f"Option '{flag}' requires an argument.", ctx)
+                    value = rest[position]
+                ctx.meta[_VALUED[flag]] = value
+            elif arg == "--raw" and "--json" in own:
+                kept.append("--json")
+            else:
+                kept.append(arg)
+            position += 1
+        return name, command, [*kept, *rest[end:]]
 
     def format_commands(self, ctx: Context, formatter: HelpFormatter) -> None:
         """Each command's whole first sentence, wrapped, rather than cut with "..." to fit one line."""
@@ -62,6 +86,15 @@ class WorkflowGroup(TyperGroup):
         if rows:
             with formatter.section("Commands"):
                 formatter.write_dl(rows)
+
+
+def _options_of(ctx: Context, command: Command | None, args: list[str]) -> set[str]:
+    """The option names of the command `args` run (following subcommands: ``team status``, ``webhooks list``)."""
+    for arg in args:
+        if not isinstance(command, TyperGroup) or arg.startswith("-"):
+            break
+        command = command.get_command(ctx, arg)
+    return {name for param in (command.params if command else []) for name in getattr(param, "opts", ())}
 
 
 app = typer.Typer(
@@ -102,17 +135,25 @@ def main_options(
     ctx: typer.Context,
     debug: Annotated[bool, typer.Option("--debug", help=_DEBUG_HELP)] = False,
     config: Annotated[Path | None, typer.Option("--config", "-c", help=_CONFIG_HELP, show_default=False)] = None,
+    url: Annotated[str | None, typer.Option("--url", metavar="URL", help=_URL_HELP, show_default=False)] = None,
+    api_key: Annotated[
+        str | None, typer.Option("--api-key", metavar="KEY", help=_API_KEY_HELP, show_default=False)
+    ] = None,
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
     ] = False,
 ) -> None:
     """Watch a Vast.ai account and turn instance changes into events that handlers act on.
 
-    --debug and --config work before or after the command's name. Exit status: 0 success, 1 runtime or API
-    failure, 2 usage or config error, 130 interrupted.
+    --debug, --config, --url and --api-key work before or after the command's name (after it, they win);
+    --raw is --json, as in vastai. Exit status: 0 success, 1 runtime or API failure, 2 usage or config error,
+    130 interrupted.
     """
     configure_logging(debug=debug or bool(ctx.meta.get(_DEBUG_KEY)))
     ctx.meta[_CONFIG_KEY] = config
+    ctx.with_resource(
+        given(url=ctx.meta.get(_VALUED["--url"]) or url, api_key=ctx.meta.get(_VALUED["--api-key"]) or api_key)
+    )
 
 
 def table_console() -> Console:

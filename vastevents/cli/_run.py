@@ -26,7 +26,7 @@ from vastevents.cli._submit import follow as follow_job
 from vastevents.cli._submit import submit as queue_job
 from vastevents.config import Config, HandlerConfig, load_config
 from vastevents.errors import ConfigError, VastEventsError
-from vastevents.jobspec import JobSpec, load_spec
+from vastevents.jobspec import DEFAULT_QUERY, JobSpec, load_spec
 from vastevents.plugins import load_handlers
 from vastevents.ports import SshTarget
 from vastevents.runtime import Runtime
@@ -98,16 +98,21 @@ def _report(job: Job | None, runtime_s: float, console: Console) -> dict[str, An
 
 @app.command()
 def run(
-    spec_file: Annotated[Path | None, typer.Argument(metavar="[SPEC]", help="Job spec (TOML).")] = None,
+    spec_file: Annotated[Path | None, typer.Argument(metavar="SPEC", help="Job spec (TOML).")] = None,
     image: Annotated[str | None, typer.Option(help="Docker image.")] = None,
-    query: Annotated[str | None, typer.Option(help="Offer query (cheapest first).")] = None,
+    query: Annotated[
+        str | None, typer.Option(help=f"Offer query, cheapest first. Default: {DEFAULT_QUERY!r}.", show_default=False)
+    ] = None,
     disk: Annotated[float | None, typer.Option(help="Disk in GB (default 64).")] = None,
     bid: Annotated[float | None, typer.Option(help="Bid $/h (interruptible) instead of on-demand.")] = None,
     upload: Annotated[Path | None, typer.Option(metavar="LOCAL_DIR", help="Becomes the remote workdir.")] = None,
     cmd: Annotated[str | None, typer.Option(metavar="COMMAND", help="Runs in the workdir.")] = None,
     download: Annotated[list[str] | None, typer.Option(metavar="REMOTE_PATH", help="Relative to the workdir.")] = None,
     out: Annotated[Path | None, typer.Option(metavar="LOCAL_DIR", help="Where downloads land.")] = None,
-    max_duration: Annotated[float | None, typer.Option(metavar="SECONDS")] = None,
+    max_duration: Annotated[
+        str | None,
+        typer.Option(metavar="DURATION", help="Stop the job after this long, e.g. 2h, 90m, 3600 (seconds)."),
+    ] = None,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Skip every confirmation.")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show the offer and estimate, rent nothing.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object on stdout, last.")] = False,
@@ -189,7 +194,7 @@ async def _run_with(
             raise VastEventsError(f"no offer matches {spec.query!r}")
         best = offers[0]
         estimate = spec.estimate(best)
-        err.print(
+        (Console(highlight=False) if dry_run and not as_json else err).print(  # a dry run's answer is the offer
             f"offer {best.id}: {best.num_gpus or 1}x {best.gpu_name} on machine {best.machine_id},"
             f" ${best.dph_total or 0:.4f}/h, about ${estimate:.2f} for {spec.hours:g} h"
         )
