@@ -112,6 +112,16 @@ def _p7(result: dict[str, Any]) -> list[Row]:
     ]
 
 
+def _p8(result: dict[str, Any]) -> list[Row]:
+    if "skipped" in result:
+        return [["team failover", "skipped: no PostgreSQL", "-", "-", "-"]]
+    goal = result["failover"] + result["interval"]
+    return [
+        _row("leader SIGKILL -> follower's first poll, max", result["took"]["max"], goal, " s"),
+        _row("leader SIGKILL -> follower's first poll, p50", result["took"]["p50"], goal, " s"),
+    ]
+
+
 BENCHMARKS = [
     Benchmark("P1", "poll_cycle.py", "poll cycle vs the seed's way and the bare httpx floor", _p1),
     Benchmark("P2", "diff_cost.py", "parse and pure diff of an unchanged account", _p2),
@@ -119,6 +129,7 @@ BENCHMARKS = [
     Benchmark("P4", "recovery_overhead.py", "recovery overhead", _p4),
     Benchmark("P6", "watcher_cpu.py", "watcher CPU share", _p6),
     Benchmark("P7", "dashboard_pages.py", "dashboard page render on a large store", _p7),
+    Benchmark("P8", "failover.py", "team failover after the leader's SIGKILL", _p8),
 ]
 
 

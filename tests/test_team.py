@@ -145,13 +145,17 @@ class Watch:
         self.process.communicate()
 
 
-def wait_until(condition: object, what: str, seconds: float = 30) -> float:
-    """Bounded wait for `condition()`; the seconds it took."""
+HANG = 120.0
+"""How long a wait may take before the test calls it a hang. A bound, not a speed: how fast the machine is never
+decides a test (how fast a follower takes over is bench/failover.py's measure)."""
+
+
+def wait_until(condition: object, what: str, seconds: float = HANG) -> None:
+    """Wait for `condition()`, failing after `seconds`."""
     start = time.monotonic()
     while not condition():  # type: ignore[operator]
         assert time.monotonic() - start < seconds, f"{what} within {seconds} s"
         time.sleep(0.05)
-    return time.monotonic() - start
 
 
 def test_two_watch_processes_one_leader_and_failover_after_kill_9(
@@ -172,8 +176,7 @@ def test_two_watch_processes_one_leader_and_failover_after_kill_9(
         leader.process.kill()  # SIGKILL: its session dies with it
         leader.process.wait(timeout=10)
         second_id = sim.create_instance(label="vastevents:b")
-        took = wait_until(lambda: "appeared" in follower.names(), "the follower takes over")
-        assert took < 3 * 3 + 5  # within the failover (3 s) plus a few polls, on a loaded machine
+        wait_until(lambda: "appeared" in follower.names(), "the follower takes over")
 
         result = CliRunner().invoke(app, ["team", "status", "--json", "--config", str(tmp_path / "team.toml")])
         assert result.exit_code == 0, result.output

@@ -29,7 +29,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,7 +39,7 @@ from typing import Any
 import httpx
 from simtime_watch import write_moment
 from test_metrics import samples
-from test_team import wait_until
+from test_team import HANG, wait_until
 from typer.testing import CliRunner
 
 from vastevents import Interval, Ledger, Recoveries, Recovery, RecoveryStatus
@@ -57,10 +56,9 @@ LAUNCHER = Path(__file__).with_name("simtime_watch.py")
 POLL = 25.0
 """The watchers' poll interval in simulated seconds: no periodic handler's period (5 s, 15 s, 1 min) divides it."""
 FAILOVER = 3.0
-TAKEOVER_LIMIT = FAILOVER + 5.0
-"""Wall seconds from the kill to the follower's first poll: the failover, plus a loaded machine's slack."""
-STEP_SECONDS = 30.0
-"""Wall seconds one step may take on a loaded machine (it takes tens of milliseconds)."""
+STEP_SECONDS = HANG
+"""Wall seconds after which a step of the story is taken for a hang (it takes tens of milliseconds on an idle
+machine, seconds on a loaded one; no outcome depends on how long)."""
 MARKER = ("marker", "pass_marker")
 LABEL_A, LABEL_B = "vastevents:train-a", "vastevents:train-b"
 
@@ -226,7 +224,6 @@ class Team:
 
     def __init__(self, story: Story, leader: WatchProcess, follower: WatchProcess) -> None:
         self.story, self.leader, self.follower = story, leader, follower
-        self.took_over_s: float | None = None
         wait_until(self._standing_by, "the second watcher stands by", STEP_SECONDS)
 
     def _standing_by(self) -> bool:
@@ -240,9 +237,7 @@ class Team:
         assert (self.follower.metrics() or {}).get("vastevents_polls_total") == 0  # only the leader polled
         last_event = store.journal.last_id()
         self.leader.kill()
-        killed = time.monotonic()
-        wait_until(self.follower.leads_and_polled, "the follower takes over", TAKEOVER_LIMIT + STEP_SECONDS)
-        self.took_over_s = time.monotonic() - killed
+        wait_until(self.follower.leads_and_polled, "the follower takes over", FAILOVER + STEP_SECONDS)
         wait_until(self.story.poll_done, "the follower's first poll", STEP_SECONDS)
         assert store.journal.last_id() == last_event, store.events(since=last_event)  # nothing twice
         roles = {m.member: m.role for m in store.repository(TeamMembers).members()}
@@ -278,11 +273,8 @@ def play(story: Story, team: Team | None, train_a: int, train_b: int) -> None:
     story.tick_until(lambda: sim.instance_count() == 0 and not store.load_snapshot().views, "everything reaped", 12)
 
 
-def tell(tmp_path: Path, api_key: str, store_toml: str, *, team: bool) -> tuple[Telling, float | None]:
-    """Play the story; with `team`, two watchers share the store and the leader is SIGKILLed mid-story.
-
-    The telling, and the seconds the follower took to take over.
-    """
+def tell(tmp_path: Path, api_key: str, store_toml: str, *, team: bool) -> Telling:
+    """Play the story; with `team`, two watchers share the store and the leader is SIGKILLed mid-story."""
     tmp_path.mkdir()
     config = tmp_path / "story.toml"
     text = store_toml + (f"[team]\nfailover = {FAILOVER:g}\n" if team else "") + HANDLERS
@@ -321,7 +313,7 @@ def tell(tmp_path: Path, api_key: str, store_toml: str, *, team: bool) -> tuple[
             statuses = [watcher.stop() for watcher in watchers]
             store.close()
     assert statuses == ([-signal.SIGKILL, 130] if team else [130]), [w.err.read_text()[-3000:] for w in watchers]
-    return telling, pair.took_over_s if pair is not None else None
+    return telling
 
 
 def _journal(config: Path) -> dict[int | None, list[tuple[Any, ...]]]:
@@ -362,8 +354,8 @@ def _actions(store: SqlStore) -> dict[int, list[tuple[str, str | None]]]:
 def test_two_watchers_with_the_leader_killed_mid_story_end_like_one_watcher_on_sqlite(
     tmp_path: Path, api_key: str, pg_url: str
 ) -> None:
-    solo, _ = tell(tmp_path / "solo", api_key, f'[store]\npath = "{tmp_path / "solo" / "state.db"}"\n', team=False)
-    team, took_over_s = tell(tmp_path / "team", api_key, f'[store]\nurl = "{pg_url}"\n', team=True)
+    solo = tell(tmp_path / "solo", api_key, f'[store]\npath = "{tmp_path / "solo" / "state.db"}"\n', team=False)
+    team = tell(tmp_path / "team", api_key, f'[store]\nurl = "{pg_url}"\n', team=True)
 
     names = [entry[0] for entries in solo.journal.values() for entry in entries]
     assert names.count("budget_warning") == names.count("budget_exceeded") == 1
@@ -372,7 +364,6 @@ def test_two_watchers_with_the_leader_killed_mid_story_end_like_one_watcher_on_s
     assert creates == [("create", "created")]  # one replacement for the one preemption
     assert solo.left_on_account == 0
     assert all(len(set(events)) == len(events) for events in team.journal.values())  # nothing journaled twice
-    assert took_over_s is not None and took_over_s < TAKEOVER_LIMIT
 
     assert team.journal == solo.journal
     assert team.ledger == solo.ledger
