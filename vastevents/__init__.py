@@ -10,7 +10,7 @@ the client, the stores, the diff, the CLI) is importable from its module but is 
 
 __version__ = "0.1.0"
 
-from vastevents.config import Duration
+from vastevents.config import Duration, format_duration
 from vastevents.context import Context
 from vastevents.errors import (
     AmbiguousCreate,
@@ -110,6 +110,7 @@ __all__ = [
     "__version__",
     "daemon",
     "every",
+    "format_duration",
     "job_id_of",
     "on",
     "unpack_dir",

@@ -44,6 +44,20 @@ def parse_duration(value: object) -> float:
     return seconds
 
 
+def format_duration(seconds: float) -> str:
+    """A duration as a person reads it, two units at most: ``45 s``, ``2 min 5 s``, ``12 min``, ``1 h 15 min``,
+    ``7 d``, ``2 d 3 h`` (the smaller unit rounded down; below zero counts as zero)."""
+    total = max(0, round(seconds))
+    for unit, size, smaller, small_size in (("d", 86400, "h", 3600), ("h", 3600, "min", 60), ("min", 60, "s", 1)):
+        if total >= size:
+            whole, rest = divmod(total, size)
+            part = rest // small_size
+            if unit == "min" and whole >= 10:
+                part = 0  # "12 min", not "12 min 5 s"
+            return f"{whole} {unit}" + (f" {part} {smaller}" if part else "")
+    return f"{total} s"
+
+
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 
 

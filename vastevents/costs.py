@@ -6,6 +6,10 @@ in as arguments; :func:`cost_report` reads them (``vastevents cost`` and the age
 A difference larger than :func:`tolerance` is flagged. *Ghost billing* is a charge for an instance the list
 does not show (or no longer shows) that the ledger cannot account for: never seen by us, or charged more
 than we saw it bill — the way instances kept billing for days while an API change made them invisible.
+
+The ledger is kept only by the ``billing`` handler. Without it, each job's own cost (its runtime at its $/h, kept
+with the job) stands in for the ledger (``source: "jobs"``), and an instance no job rented is charged with
+nothing on our side to compare: not counted, neither flagged nor a ghost.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from typing import Any, Literal
 
 from vastevents.config import NO_API_KEY, Config
 from vastevents.errors import VastEventsError
+from vastevents.store.jobs import Job
 from vastevents.store.ledger import Interval, Ledger, LedgerInstance
 from vastevents.vast import VastClient
 
@@ -76,14 +81,17 @@ class InstanceCost:
     listed: bool | None
     charged_usd: float | None
     ghost: str | None
+    counted: bool = True
+    """Our side knows what it cost (a ledger was kept, or a job rented it); else `cost_usd` is 0 by default."""
 
     @property
     def difference_usd(self) -> float | None:
-        return None if self.charged_usd is None else self.cost_usd - self.charged_usd
+        return None if self.charged_usd is None or not self.counted else self.cost_usd - self.charged_usd
 
     @property
     def flagged(self) -> bool:
-        return self.charged_usd is not None and abs(self.cost_usd - self.charged_usd) > tolerance(self.charged_usd)
+        difference = self.difference_usd
+        return difference is not None and abs(difference) > tolerance(self.charged_usd or 0.0)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -99,6 +107,7 @@ class InstanceCost:
             "difference_usd": self.difference_usd,
             "flagged": self.flagged,
             "ghost": self.ghost,
+            "counted": self.counted,
         }
 
 
@@ -111,6 +120,8 @@ class CostReport:
     groups: tuple[tuple[str, float], ...]
     charges_error: str | None
     list_error: str | None
+    source: Literal["ledger", "jobs"] = "ledger"
+    """Where our side's costs come from: the billing handler's ledger, or (none kept) each job's own cost."""
 
     @property
     def total_usd(self) -> float:
@@ -138,6 +149,7 @@ class CostReport:
             "ghost_billing": [row.to_json() for row in self.ghosts],
             "charges_error": self.charges_error,
             "list_error": self.list_error,
+            "source": self.source,
         }
 
 
@@ -187,6 +199,59 @@ def build_report(
         )
     groups = _groups(intervals, now, by, since, until)
     return CostReport(by, since, now, tuple(rows), groups, charges_error, list_error)
+
+
+def jobs_report(
+    jobs: Sequence[Job],
+    *,
+    now: datetime,
+    by: GroupBy = "instance",
+    since: datetime | None = None,
+    charged: Mapping[int, Charge] | None = None,
+    charges_error: str | None = None,
+    list_error: str | None = None,
+) -> CostReport:
+    """The report when no ledger is kept: one row per job's instance at the job's own cost (jobs that ended before
+    `since` left out), beside the charges; an instance only the charges know is not counted."""
+    charged = charged if charges_error is None else None
+    mine = {
+        job.instance_id: job
+        for job in jobs
+        if job.instance_id is not None and (since is None or (job.finished_at or now) >= since)
+    }
+    rows = []
+    for instance_id in sorted(set(mine) | set(charged or {})):
+        job = mine.get(instance_id)
+        bill = (charged or {}).get(instance_id)
+        rows.append(
+            InstanceCost(
+                instance_id=instance_id,
+                label=job.label if job else None,
+                job_id=str(job.id) if job else None,
+                cost_usd=(job.cost_usd or 0.0) if job else 0.0,
+                observed_since=job.started_at if job else None,
+                observed_only=False,
+                billing=job is not None and not job.done,
+                listed=None,
+                charged_usd=bill.amount_usd if bill is not None else (0.0 if charged is not None else None),
+                ghost=None,
+                counted=job is not None,
+            )
+        )
+    totals: dict[str, float] = defaultdict(float)
+    for row in rows:
+        if row.counted:
+            job = mine[row.instance_id]
+            when = job.finished_at or job.started_at or job.created_at
+            key = {
+                "instance": str(row.instance_id),
+                "job": row.job_id,
+                "label": row.label,
+                "day": when.date().isoformat(),
+            }
+            totals[key[by] or "-"] += row.cost_usd
+    groups = tuple(sorted(totals.items()))
+    return CostReport(by, since, now, tuple(rows), groups, charges_error, list_error, source="jobs")
 
 
 def _ghost(
@@ -272,10 +337,23 @@ async def cost_report(
     now: datetime,
     by: GroupBy = "instance",
     since: datetime | None = None,
+    jobs: Sequence[Job] | None = None,
 ) -> CostReport:
     """The report ``cost`` prints: the ledger's intervals (none without a store) beside Vast's charges over the
-    ledger's whole span, or the last week."""
+    ledger's whole span, or the last week. `jobs` stand in for a ledger that was never kept (see the module)."""
     intervals, known = (ledger.intervals(), ledger.instances()) if ledger is not None else ([], {})
+    if jobs is not None and not intervals and not known:
+        first = min((job.created_at for job in jobs), default=now - _WEEK) - timedelta(days=1)
+        charges, listed = await account_side(client, since or first, now + timedelta(days=1))
+        return jobs_report(
+            jobs,
+            now=now,
+            by=by,
+            since=since,
+            charged=charges if isinstance(charges, dict) else None,
+            charges_error=charges if isinstance(charges, str) else None,
+            list_error=listed if isinstance(listed, str) else None,
+        )
     first = min((i.start for i in intervals), default=now - _WEEK) - timedelta(days=1)
     charges, listed = await account_side(client, since or first, now + timedelta(days=1))
     return build_report(

@@ -10,11 +10,10 @@ from typing import Annotated, TypeVar
 
 import httpx
 import typer
-from rich import box
-from rich.table import Table
 
 from vastevents._logging import redact
 from vastevents.cli._app import EXIT_FAILED, EXIT_USAGE, ConfigOption, app, fail, table_console
+from vastevents.cli._format import narrow_table, plural
 from vastevents.config import Config, load_config
 from vastevents.connect import vast_client
 from vastevents.errors import ConfigError, QueryError, VastEventsError
@@ -70,15 +69,6 @@ def _gb(megabytes: float | None) -> str:
     return "-" if megabytes is None else f"{megabytes / 1024:.0f}"
 
 
-def _plural(count: int, noun: str) -> str:
-    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
-
-
-def _narrow_table(title: str) -> Table:
-    """A table that fits 80 columns: a rule under the header, one space between columns."""
-    return Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
-
-
 def _price_key(item: Offer | Instance) -> tuple[bool, float]:
     return item.dph_total is None, item.dph_total or 0.0
 
@@ -107,7 +97,7 @@ def offers(
     if not found:
         typer.echo("No offers match the query.")
         return
-    table = _narrow_table(_plural(len(found), "offer"))
+    table = narrow_table(plural(len(found), "offer"))
     # Narrow terminals: ids, GPUs and prices never wrap or get cut; only the location gives way.
     for column in ("ask id", "gpu", "vram", "cpu", "ram", "disk", "$/h", "rel", "net ↓/↑", "where"):
         table.add_column(
@@ -150,7 +140,7 @@ def status(
     if not instances:
         typer.echo("No instances on the account.")
         return
-    table = _narrow_table(_plural(len(instances), "instance"))
+    table = narrow_table(plural(len(instances), "instance"))
     for column in ("id", "label", "status", "gpu", "$/h", "ssh"):
         wraps = column in ("label", "status")
         table.add_column(column, justify="right" if column in ("id", "$/h") else "left", no_wrap=not wraps,
