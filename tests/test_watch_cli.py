@@ -296,6 +296,26 @@ def test_watch_sim_plays_the_demo_and_exits_cleanly(monkeypatch: pytest.MonkeyPa
     assert_consistent_chains(lines)
 
 
+def test_watch_sim_reads_the_config_like_every_command_and_a_log_handler_prints_each_event_once(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("VASTEVENTS_CONFIG", raising=False)
+    (tmp_path / "vastevents.toml").write_text('[handlers.log]\nuse = "log"\nevents = ["stuck_loading"]\n')
+    jsonl = tmp_path / "demo.jsonl"
+    result = CliRunner().invoke(app, ["watch", "--sim", "--pace", "0", "--jsonl", str(jsonl)])
+    assert result.exit_code == 0, result.output
+    assert "handlers (from vastevents.toml): log" in result.output
+    journaled = [json.loads(line)["name"] for line in jsonl.read_text().splitlines()]
+    lines = result.output.splitlines()
+    logged = [line for line in lines if "vastevents.handlers.log" in line]
+    screen = [line for line in lines if line not in logged]
+    assert len(logged) == journaled.count("stuck_loading") >= 1  # the log handler's line for each
+    assert not [line for line in screen if re.search(r"#\d+\s+stuck_loading", line)]  # not the screen's as well
+    assert len([line for line in screen if re.search(r"#\d+\s+appeared", line)]) == journaled.count("appeared")
+
+
 def test_with_no_config_file_watch_runs_on_defaults_plus_env(tmp_path: Path, sim: Simulator, api_key: str) -> None:
     env = {**Cli(tmp_path, sim, api_key).env}
     env.pop("VASTEVENTS_CONFIG", None)

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 from pyee.asyncio import AsyncIOEventEmitter
 
 from vastevents.context import Context
-from vastevents.events import ANY_CHANGE, EVERYTHING, Event, is_status_change
+from vastevents.events import Event, subscriptions_hearing
 from vastevents.invoke import Outcome, invoke
 from vastevents.plugins import ActiveHandler, HandlerFunc
 
@@ -109,8 +109,7 @@ class Bus:
     async def _deliver(self, event: Event, handlers: frozenset[str], delivered: Delivered) -> bool:
         """Deliver one event; False if a handler was deposed (its delivery is not marked)."""
         delivery = _Delivery(handlers)
-        names = [event.name, *([ANY_CHANGE] if is_status_change(event.name) else []), EVERYTHING]
-        for name in names:
+        for name in subscriptions_hearing(event.name):
             self._emitter.emit(name, event, delivery)
 
         async def finish(handler: str) -> bool:

@@ -91,6 +91,11 @@ def is_status_change(name: str) -> bool:
     return name in (APPEARED, VANISHED) or is_transition(name)
 
 
+def subscriptions_hearing(name: str) -> tuple[str, ...]:
+    """The names a handler may subscribe to that deliver an event called `name`: itself and the wildcards."""
+    return (name, *((ANY_CHANGE,) if is_status_change(name) else ()), EVERYTHING)
+
+
 def is_known_event_name(name: str) -> bool:
     """True for every name vastevents itself journals (handlers declare the names they emit on top)."""
     return name in (

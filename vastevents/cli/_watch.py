@@ -12,7 +12,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import IO, Annotated, NoReturn
@@ -38,12 +38,14 @@ from vastevents.events import (
     VANISHED,
     Event,
     is_known_event_name,
+    subscriptions_hearing,
 )
 from vastevents.journaling import EventObserver
 from vastevents.metrics import Metrics
 from vastevents.plugins import ActiveHandler, installed_handlers, load_handlers
 from vastevents.runtime import Runtime
 from vastevents.store import Store, StoreError
+from vastevents.vast_webhooks import parse_listen
 from vastevents.watcher import Watcher, WatchStatus
 
 SIM_POLL_SECONDS = 0.5
@@ -166,21 +168,33 @@ def _status_text(status: WatchStatus) -> Text:
     return text
 
 
+LOG = "log"
+"""The built-in handler that logs events: with it active, the screen does not print them a second time."""
+
 _READ_ON_TERMINAL: set[str] = set()
 """Poll failures this run's screen printed on the terminal that also shows stderr: the exit line skips them."""
 
 
 class _Screen:
-    """Event lines on a console, plus a live status line when that console is a terminal."""
+    """Event lines on a console, plus a live status line when that console is a terminal.
+
+    An event a ``log`` handler logs is left to its log line (both on this console), so each shows once.
+    """
 
     def __init__(self, console: Console, *, live: bool) -> None:
         self.console = console
         self._live = Live(console=console, transient=True, auto_refresh=False) if live else None
         self._with_stderr = console.is_terminal and sys.stderr.isatty()
+        self._logged: set[str] = set()
         _READ_ON_TERMINAL.clear()
 
+    def leave_to_the_log(self, handlers: Sequence[ActiveHandler]) -> None:
+        """The events the active ``log`` handlers print: the screen does not print them a second time."""
+        self._logged = {name for handler in handlers if handler.use == LOG for name, _ in handler.subscriptions}
+
     def __call__(self, event: Event) -> None:
-        self.console.print(_event_text(event), soft_wrap=True)
+        if self._logged.isdisjoint(subscriptions_hearing(event.name)):
+            self.console.print(_event_text(event), soft_wrap=True)
         if event.name == POLL_FAILED and self._with_stderr:
             _READ_ON_TERMINAL.add(event.detail)
 
@@ -298,17 +312,18 @@ def watch(
     ] = None,
 ) -> None:
     """Poll the account and turn every change into events for the handlers named in the config."""
+    metrics_at = _listen(metrics_listen) if metrics_listen is not None else None
     if sim or scenario is not None:
         if once or interval is not None:
             fail("--sim plays its whole scenario at its own pace; it takes no --once or --interval", 2)
-        _watch_sim(config, scenario, jsonl, pace)
+        _watch_sim(config, scenario, jsonl, pace, metrics_at)
         return
     cfg = _load(config)
     sink = _jsonl_sink(jsonl)
     console = Console(stderr=jsonl == "-", highlight=False)
     screen = _Screen(console, live=console.is_terminal and not once)
     every = interval if interval is not None else cfg.watch.interval
-    metrics = Metrics() if metrics_listen else None
+    metrics = Metrics() if metrics_at is not None else None
     interrupted: list[int] = []
     polls = 0
     server: WSGIServer | None = None
@@ -322,6 +337,7 @@ def watch(
         except (ConfigError, StoreError) as exc:
             fail(str(exc), 2)
         try:
+            screen.leave_to_the_log(runtime.handlers)
             if sink is not None:
                 sink.catch_up(runtime.store)
             if not once:
@@ -330,8 +346,8 @@ def watch(
                     f"handlers: {', '.join(handler.name for handler in runtime.handlers) or 'none'}",
                     style="dim",
                 )
-            if metrics is not None and metrics_listen:
-                server = _serve_metrics(metrics, metrics_listen, console)
+            if metrics is not None and metrics_at is not None:
+                server = _serve_metrics(metrics, metrics_at, console)
         except BaseException:
             await runtime.aclose()
             raise
@@ -364,14 +380,20 @@ def _jsonl_sink(jsonl: str | None) -> JsonlSink | None:
         fail(f"cannot write --jsonl {jsonl}: {exc.strerror or exc}", 2)
 
 
-def _serve_metrics(metrics: Metrics, listen: str, console: Console) -> WSGIServer:
-    host, _, port = listen.rpartition(":")
-    if not host or not port.isdigit():
-        fail(f"--metrics-listen wants HOST:PORT (e.g. 127.0.0.1:9108), not {listen!r}", 2)
+def _listen(listen: str) -> tuple[str, int]:
+    """``--metrics-listen HOST:PORT``, or exit 2 saying what it wants."""
     try:
-        server, _thread = metrics.serve(host, int(port))
+        return parse_listen(listen, "--metrics-listen", 9108)
+    except ConfigError as exc:
+        fail(str(exc), 2)
+
+
+def _serve_metrics(metrics: Metrics, at: tuple[str, int], console: Console) -> WSGIServer:
+    host, port = at
+    try:
+        server, _thread = metrics.serve(host, port)
     except OSError as exc:
-        fail(f"cannot serve metrics on {listen}: {exc.strerror or exc}", 2)
+        fail(f"cannot serve metrics on {host}:{port}: {exc.strerror or exc}", 2)
     console.print(f"metrics at http://{host}:{server.server_port}/metrics", style="dim")
     return server
 
@@ -390,18 +412,24 @@ def _handlers(cfg: Config) -> list[ActiveHandler]:
 # --- watch --sim ---------------------------------------------------------------------------------------------
 
 
-def _watch_sim(config_path: Path | None, scenario: Path | None, jsonl: str | None, pace: float) -> None:
+def _watch_sim(
+    config_path: Path | None,
+    scenario: Path | None,
+    jsonl: str | None,
+    pace: float,
+    metrics_at: tuple[str, int] | None,
+) -> None:
     """The embedded default: a temporary store, an in-process simulator on a manual clock stepped poll by poll.
 
     Simulated time moves only between polls — to the simulator's next change or one grid step, whichever is
     first — so the same scenario gives the same events on any machine however loaded; `pace` only spaces the
-    steps out in real time for the reader.
+    steps out in real time for the reader. The config is found like every command's (its handlers and
+    thresholds apply; its store and API are replaced by the temporary store and the simulator).
     """
     from vastevents.sim import Simulator  # only --sim needs the simulator
 
     path = scenario or Simulator.builtin_scenario("demo")
-    # Explicit --config only: a Slack handler in the user's default config should not hear about a demo.
-    cfg = _load(config_path) if config_path is not None else Config()
+    cfg = _load(config_path)
     handlers = _handlers(cfg)
     clock = ManualClock()
     api_key = f"sim-{secrets.token_hex(8)}"
@@ -414,7 +442,9 @@ def _watch_sim(config_path: Path | None, scenario: Path | None, jsonl: str | Non
     step = max(1.0, duration / SIM_STEPS)
     console = Console(stderr=jsonl == "-", highlight=False)
     screen = _Screen(console, live=console.is_terminal)
+    screen.leave_to_the_log(handlers)
     title = "the built-in demo scenario" if scenario is None else f"scenario {path}"
+    metrics = Metrics() if metrics_at is not None else None
     interrupted: list[int] = []
     sink = _jsonl_sink(jsonl)
     with tempfile.TemporaryDirectory(prefix="vastevents-sim-") as tmp:
@@ -433,6 +463,11 @@ def _watch_sim(config_path: Path | None, scenario: Path | None, jsonl: str | Non
                 " simulated s · temporary store",
                 style="dim",
             )
+            where = f"from {cfg.source}" if cfg.source else "no config file"
+            console.print(f"handlers ({where}): {', '.join(h.name for h in handlers) or 'none'}", style="dim")
+            server = None
+            if metrics is not None and metrics_at is not None:
+                server = _serve_metrics(metrics, metrics_at, console)
             started = time.monotonic()
 
             async def main() -> tuple[WatchStatus, list[Event]]:
@@ -440,7 +475,7 @@ def _watch_sim(config_path: Path | None, scenario: Path | None, jsonl: str | Non
                 _stop_on_signals(stop, interrupted)
                 runtime = Runtime(
                     simulated, api_key=api_key, clock=clock, handlers=handlers, interval=step,
-                    observers=_observers(screen, sink),
+                    observers=_observers(screen, sink), metrics=metrics,
                 )  # fmt: skip
                 if sink is not None:
                     sink.catch_up(runtime.store)
@@ -461,7 +496,11 @@ def _watch_sim(config_path: Path | None, scenario: Path | None, jsonl: str | Non
                                     await asyncio.wait_for(stop.wait(), pace)
                     return runtime.watcher.status, runtime.store.events()
 
-            status, journal = asyncio.run(main())
+            try:
+                status, journal = asyncio.run(main())
+            finally:
+                if server is not None:
+                    server.shutdown()
         finally:
             simulator.stop()
             if sink is not None:
