@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from terminal import run_on_terminal
 from typer.testing import CliRunner
 
 from vastevents import connect
@@ -314,6 +315,20 @@ def test_watch_sim_reads_the_config_like_every_command_and_a_log_handler_prints_
     assert len(logged) == journaled.count("stuck_loading") >= 1  # the log handler's line for each
     assert not [line for line in screen if re.search(r"#\d+\s+stuck_loading", line)]  # not the screen's as well
     assert len([line for line in screen if re.search(r"#\d+\s+appeared", line)]) == journaled.count("appeared")
+
+
+def test_on_a_terminal_log_lines_print_above_the_status_line_never_into_it(tmp_path: Path) -> None:
+    (tmp_path / "vastevents.toml").write_text('[handlers.log]\nuse = "log"\n')
+    env = {**os.environ, "HOME": str(tmp_path), "PYTHONPATH": str(ROOT)}
+    env.pop("VASTEVENTS_CONFIG", None)
+    seen = run_on_terminal([sys.executable, "-m", "vastevents", "watch", "--sim", "--pace", "0.05"], env=env,
+                           cwd=str(tmp_path))  # fmt: skip
+    assert seen.code == 0, seen.text
+    logged = [line for line in seen.lines if "vastevents.handlers.log:" in line]
+    assert len(logged) > 10, seen.text
+    for line in logged:
+        assert re.match(r"\[?\d\d:\d\d:\d\d\]? +INFO +vastevents\.handlers\.log: ", line), line
+    assert not [line for line in seen.lines if "polls " in line and "INFO" in line], seen.text
 
 
 def test_with_no_config_file_watch_runs_on_defaults_plus_env(tmp_path: Path, sim: Simulator, api_key: str) -> None:

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
+from rich.logging import RichHandler
 from typer._click.core import Command, Context  # typer vendors click: its commands are these classes
 from typer._click.exceptions import UsageError
 from typer._click.formatting import HelpFormatter
 from typer.core import TyperGroup
 
 from vastevents import __version__
-from vastevents._logging import configure_logging, redact
+from vastevents._logging import RedactingFormatter, configure_logging, redact
 from vastevents.config import Config, given
 from vastevents.connect import configured_store
 from vastevents.store import SqlStore, StoreError
@@ -160,6 +164,30 @@ def table_console() -> Console:
     """A console for tables: the terminal's width, or wide enough that piped output never cuts an id."""
     console = Console()
     return console if console.is_terminal else Console(width=max(console.width, 200))
+
+
+@contextmanager
+def logs_through(console: Console) -> Iterator[None]:
+    """While inside: the log lines vastevents (and httpx, with --debug) writes go through `console` when it is a
+    terminal, so a live status line on it is redrawn below each of them instead of being cut by them. Redacted as
+    ever. Elsewhere (a pipe, a file: no live line) they stay on stderr."""
+    if not console.is_terminal:
+        yield
+        return
+    route = RichHandler(
+        console=console, show_path=False, markup=False, log_time_format="%H:%M:%S", omit_repeated_times=False
+    )
+    route.setFormatter(RedactingFormatter("%(name)s: %(message)s"))
+    loggers = [logging.getLogger(name) for name in ("vastevents", "httpx")]
+    saved = [logger.handlers[:] for logger in loggers]
+    for logger in loggers:
+        if logger.handlers:
+            logger.handlers[:] = [route]
+    try:
+        yield
+    finally:
+        for logger, handlers in zip(loggers, saved, strict=True):
+            logger.handlers[:] = handlers
 
 
 def fail(message: str, code: int = EXIT_FAILED) -> NoReturn:

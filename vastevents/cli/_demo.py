@@ -33,7 +33,7 @@ from rich.markup import escape
 from rich.status import Status
 from rich.table import Table
 
-from vastevents.cli._app import EXIT_FAILED, EXIT_INTERRUPTED, app, existing_store, fail
+from vastevents.cli._app import EXIT_FAILED, EXIT_INTERRUPTED, app, existing_store, fail, logs_through
 from vastevents.clock import ManualClock
 from vastevents.config import Config, parse_config
 from vastevents.connect import vast_client
@@ -264,8 +264,8 @@ async def _play(
 
 @contextlib.asynccontextmanager
 async def _progress(console: Console) -> AsyncIterator[Status]:
-    """A live line while the story plays (a plain console gets none)."""
-    with console.status("starting") as status:
+    """A live line while the story plays, log lines printed above it (a plain console gets none)."""
+    with console.status("starting") as status, logs_through(console):
         yield status
 
 

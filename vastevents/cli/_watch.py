@@ -26,7 +26,15 @@ from rich.table import Table
 from rich.text import Text
 
 from vastevents._logging import redact
-from vastevents.cli._app import EXIT_FAILED, EXIT_INTERRUPTED, ConfigOption, app, existing_store, fail
+from vastevents.cli._app import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    ConfigOption,
+    app,
+    existing_store,
+    fail,
+    logs_through,
+)
 from vastevents.clock import ManualClock
 from vastevents.config import Config, StoreConfig, load_config, with_sections
 from vastevents.errors import AuthError, ConfigError, VastEventsError
@@ -204,10 +212,11 @@ class _Screen:
 
     @contextlib.contextmanager
     def showing(self) -> Iterator[_Screen]:
+        """While inside: the live status line is drawn, and log lines print above it (never into it)."""
         if self._live is None:
             yield self
             return
-        with self._live:
+        with self._live, logs_through(self.console):
             yield self
 
 
