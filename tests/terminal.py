@@ -23,10 +23,19 @@ import pyte
 class Seen:
     code: int
     lines: list[str]
+    colours: list[list[str]]
+    """Each line's foreground colour per column ("default" where none was set)."""
 
     @property
     def text(self) -> str:
         return "\n".join(self.lines)
+
+    def colour_of(self, text: str) -> str:
+        """The colour the first `text` on the screen was printed in."""
+        for line, colours in zip(self.lines, self.colours, strict=True):
+            if (column := line.find(text)) >= 0:
+                return colours[column]
+        raise AssertionError(f"{text!r} is not on the screen")
 
 
 def run_on_terminal(args: list[str], *, env: dict[str, str], cwd: str, columns: int = 80, rows: int = 24,
@@ -57,9 +66,10 @@ def run_on_terminal(args: list[str], *, env: dict[str, str], cwd: str, columns: 
         code = process.wait(timeout=timeout)
     finally:
         os.close(primary)
-    scrolled = [_text(line, columns) for line in screen.history.top]
-    return Seen(code, [line.rstrip() for line in [*scrolled, *screen.display]])
-
-
-def _text(line: dict[int, pyte.screens.Char], columns: int) -> str:
-    return "".join(line[x].data if x in line else " " for x in range(columns))
+    rows = [*screen.history.top, *(screen.buffer[y] for y in range(rows))]
+    chars = [[line[x] for x in range(columns)] for line in rows]
+    return Seen(
+        code,
+        ["".join(char.data for char in line).rstrip() for line in chars],
+        [[char.fg for char in line] for line in chars],
+    )

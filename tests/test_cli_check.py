@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+from terminal import run_on_terminal
 from typer.testing import CliRunner
 
 from vastevents.cli import app
 from vastevents.sim import Simulator
 
+ROOT = Path(__file__).resolve().parents[1]
 PUBLIC_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBcheckedkeyforvastevents me@laptop"
 
 TYPO_PLUGIN = """
@@ -132,3 +136,36 @@ def test_config_problems_outrank_runtime_ones(user: Path) -> None:
     write_config(user, '[handlers.mine]\nuse = "nosuchpkg:x"\n')
     status, lines = check()
     assert status == 2 and len(failures(lines)) == 2
+
+
+def test_an_option_with_a_bad_value_is_a_hint_about_that_value_not_about_use(user: Path) -> None:
+    write_config(user, '[handlers.log]\nuse = "log"\nlevel = "loud"\n')
+    status, lines = check()
+    assert status == 2
+    (line,) = failures(lines)
+    assert "handlers.log.level: Input should be 'debug', 'info' or 'warning'" in line
+    assert "fix that key's value" in " ".join(lines) and "fix `use`" not in " ".join(lines)
+
+
+def test_a_misspelt_event_in_a_handlers_events_list_points_at_that_list(user: Path) -> None:
+    write_config(user, '[handlers.log]\nuse = "log"\nevents = ["apeared"]\n')
+    status, lines = check()
+    assert status == 2
+    (line,) = failures(lines)
+    assert "fix it in its events = [...] (vastevents.toml:5: handlers.log.events); did you mean 'appeared'?" in line
+    assert "@on" not in line
+
+
+def test_what_was_not_checked_gets_no_check_mark(user: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VAST_URL", "http://127.0.0.1:9")  # the account cannot be reached
+    status, lines = check()
+    assert status == 1
+    assert lines[-1].startswith(f"– SSH public key {user / '.ssh' / 'id_ed25519.pub'} found, not compared")
+
+
+def test_on_a_terminal_the_marks_are_coloured(user: Path) -> None:
+    (user / ".ssh" / "id_ed25519.pub").write_text("ssh-ed25519 AAAAunknown\n")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    seen = run_on_terminal([sys.executable, "-m", "vastevents", "check"], env=env, cwd=str(user))
+    assert seen.code == 1, seen.text
+    assert seen.colour_of("✓") == "green" and seen.colour_of("✗") == "red"

@@ -220,11 +220,20 @@ def find_key_line(text: str, loc: Sequence[str | int]) -> int | None:
 
 
 def _describe(file: Path | None, text: str, loc: Sequence[str | int], message: str) -> str:
+    return f"{_where(file, text, loc)}: {message}"
+
+
+def _where(file: Path | None, text: str, loc: Sequence[str | int]) -> str:
     key = ".".join(str(part) for part in loc) or "(top level)"
     where = str(file) if file else "config"
     line = find_key_line(text, loc) if text else None
     at = f"{where}:{line}" if line else where
-    return f"{at}: {key}: {message}"
+    return f"{at}: {key}"
+
+
+def config_location(config: Config, loc: Sequence[str | int]) -> str:
+    """Where the key at `loc` is written: ``vastevents.toml:4: handlers.log.events``."""
+    return _where(config.source, config._text, loc)
 
 
 def config_error(config: Config, loc: Sequence[str | int], message: str) -> ConfigError:

@@ -5,16 +5,18 @@ from __future__ import annotations
 import difflib
 import logging
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import typer
+from rich.console import Console
+from rich.text import Text
 
 from vastevents._logging import redact
 from vastevents.cli._api import call_api
 from vastevents.cli._app import EXIT_FAILED, EXIT_OK, EXIT_USAGE, ConfigOption, app
-from vastevents.config import NO_API_KEY, Config, find_api_key, load_config
+from vastevents.config import NO_API_KEY, Config, config_error, config_location, find_api_key, load_config
 from vastevents.errors import ConfigError, VastEventsError
 from vastevents.events import (
     ANY_CHANGE,
@@ -26,11 +28,12 @@ from vastevents.events import (
     transition_name,
 )
 from vastevents.models import State
-from vastevents.plugins import load_handlers, unknown_subscriptions
+from vastevents.plugins import load_handlers, resolve, unknown_subscriptions
 from vastevents.vast import VastClient
 
 _OK = "✓"
 _BAD = "✗"
+_SKIPPED = "–"
 _SSH_KEYS = ("id_ed25519.pub", "id_rsa.pub")
 _NAMED_EVENTS = (APPEARED, VANISHED, *SEMANTIC_EVENTS, *RUNTIME_EVENTS, ANY_CHANGE, EVERYTHING)
 _TRANSITIONS = tuple(transition_name(old, new) for old in State for new in State if old != new)
@@ -38,16 +41,29 @@ _TRANSITIONS = tuple(transition_name(old, new) for old in State for new in State
 
 @dataclass
 class _Report:
-    """The check lines, and the exit status they add up to: 2 if any was a config problem, else 1 if any failed."""
+    """The check lines, and the exit status they add up to: 2 if any was a config problem, else 1 if any failed.
+
+    Each line's mark says what was found: ✓ checked and fine (green), ✗ checked and wrong (red), a dash: not checked
+    because of an earlier ✗ or a missing part (yellow; it adds nothing to the status, the ✗ it follows does).
+    """
 
     status: int = EXIT_OK
+    console: Console = field(default_factory=lambda: Console(highlight=False))
+
+    def _line(self, mark: str, style: str, message: str) -> None:
+        line = Text(f"{mark} ", style=style)
+        line.append(redact(message))
+        self.console.print(line, soft_wrap=True)
 
     def ok(self, message: str) -> None:
-        typer.echo(f"{_OK} {redact(message)}")
+        self._line(_OK, "bold green", message)
 
     def bad(self, message: str, code: int = EXIT_FAILED) -> None:
-        typer.echo(f"{_BAD} {redact(message)}")
+        self._line(_BAD, "bold red", message)
         self.status = max(self.status, code)
+
+    def skipped(self, message: str) -> None:
+        self._line(_SKIPPED, "bold yellow", message)
 
 
 @app.command()
@@ -72,9 +88,9 @@ def check(config: ConfigOption = None) -> None:
 
     account_keys: list[dict[str, Any]] | None = None
     if settings is None:
-        report.bad("API not checked: fix the config first", EXIT_USAGE)
+        report.skipped("Vast API not checked: fix the config first")
     elif found is None:
-        report.bad(f"Vast API at {settings.vast.url} not checked: no API key", EXIT_USAGE)
+        report.skipped(f"Vast API at {settings.vast.url} not checked: no API key")
     else:
         try:
             user, account_keys = call_api(settings, _account)
@@ -97,6 +113,17 @@ def _check_handlers(settings: Config, report: _Report) -> None:
     if not settings.handlers:
         report.ok("handlers: none configured (watch only prints events)")
         return
+    for name, entry in settings.handlers.items():
+        try:
+            resolve(entry.use)
+        except LookupError as exc:
+            report.bad(
+                f"handlers: {config_error(settings, ('handlers', name, 'use'), f'{entry.use!r}: {exc}')}\n  fix"
+                " `use`: an installed handler's name (`pip install` the package that offers it) or an importable"
+                " 'package.module:attr'",
+                EXIT_USAGE,
+            )
+            return
     plugins_log = logging.getLogger("vastevents.plugins")
     level = plugins_log.level
     plugins_log.setLevel(logging.ERROR)  # its warning about a typo would repeat the ✗ line below
@@ -104,8 +131,7 @@ def _check_handlers(settings: Config, report: _Report) -> None:
         active = load_handlers(settings)
     except ConfigError as exc:
         report.bad(
-            f"handlers: {exc}\n  fix `use`: an installed handler's name (`pip install` the package that offers it) "
-            "or an importable 'package.module:attr'",
+            f"handlers: {exc}\n  fix that key's value (config.example.toml shows each built-in handler's keys)",
             EXIT_USAGE,
         )
         return
@@ -117,11 +143,19 @@ def _check_handlers(settings: Config, report: _Report) -> None:
     for handler, name in typos:
         report.bad(
             f"handler {handler} ({uses[handler]}) subscribes to {name!r}, which nothing emits: "
-            f"fix the name in its @on(...); {_suggestion(name, declared)}",
+            f"{_where_to_fix(settings, handler, name)}; {_suggestion(name, declared)}",
             EXIT_USAGE,
         )
     if not typos:
         report.ok(f"handlers load: {', '.join(handler.name for handler in active)}")
+
+
+def _where_to_fix(settings: Config, handler: str, name: str) -> str:
+    """Where the misspelt name is written: the handler's ``events = [...]`` in the config, else its code."""
+    events = settings.handlers[handler].options().get("events")
+    if isinstance(events, list | tuple) and name in events:
+        return f"fix it in its events = [...] ({config_location(settings, ('handlers', handler, 'events'))})"
+    return "fix the name in its @on(...)"
 
 
 def _suggestion(name: str, declared: list[str]) -> str:
@@ -174,7 +208,7 @@ def _check_ssh_key(account_keys: list[dict[str, Any]] | None, report: _Report) -
         report.bad(f"no SSH key in {ssh_dir} ({' or '.join(_SSH_KEYS)}): run `ssh-keygen -t ed25519`")
         return
     if account_keys is None:
-        report.ok(f"SSH public key {public_key} (not compared with the account's keys: the API was not reached)")
+        report.skipped(f"SSH public key {public_key} found, not compared with the account's keys: no API reached")
         return
     try:
         local = _key_body(public_key.read_text(encoding="utf-8"))
