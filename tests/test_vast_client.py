@@ -11,8 +11,9 @@ from typing import Any
 import httpx
 import pytest
 
+from vastevents._logging import redact
 from vastevents.errors import AmbiguousCreate, ApiError, AuthError, NoSuchAsk, NotFound, RateLimited
-from vastevents.models import Rental, State
+from vastevents.models import Rental, State, VolumeMount
 from vastevents.query import parse_query
 from vastevents.sim import Simulator
 from vastevents.vast import MAX_RETRY_AFTER, VastClient
@@ -139,6 +140,74 @@ async def test_create_instance_puts_the_ask_with_the_cli_body() -> None:
         "onstart": "echo hi",
         "runtype": "ssh_direct",
     }
+
+
+async def test_a_create_from_a_template_with_a_private_image_and_a_new_volume_sends_them_as_the_cli() -> None:
+    fake = FakeVast(ok({"success": True, "new_contract": 4243}))
+    login = "-u robot -p reg-token-ABCDEF0123 registry.example.com"
+    rental = Rental(
+        77,
+        disk=20,
+        label="vastevents:job-2",
+        template_hash="4e17788f74f075dd9aab7d0d4427968f",
+        template_id=12,
+        image_login=login,
+        volume=VolumeMount.new(90000007, 15, "/root/ckpt", name="vastevents:job-2"),
+    )
+    assert login not in repr(rental), "the login never shows in a repr (logs, tracebacks)"
+    async with client_for(fake) as client:
+        assert await client.create_instance(rental) == 4243
+    body = fake.body()
+    assert body["image"] is None, "the template's image"
+    assert (body["template_hash_id"], body["template_id"], body["image_login"]) == (rental.template_hash, 12, login)
+    assert body["volume_info"] == {
+        "mount_path": "/root/ckpt",
+        "create_new": True,
+        "volume_id": 90000007,
+        "size": 15,
+        "name": "vastevents:job-2",
+    }
+    assert VolumeMount.existing(31, "/root/ckpt").to_wire() == {
+        "mount_path": "/root/ckpt",
+        "create_new": False,
+        "volume_id": 31,
+    }
+    assert "reg-token" not in redact(f"pull failed with {login}"), "registered as a secret once sent"
+
+
+def test_a_rental_needs_an_image_or_a_template() -> None:
+    with pytest.raises(ValueError, match="image or a template"):
+        Rental(77, disk=10)
+
+
+async def test_a_create_refused_for_a_missing_template_is_not_taken_for_a_vanished_offer() -> None:
+    fake = FakeVast(ok({"success": False, "error": "no_such_template", "msg": "No template with hash x."}, 404))
+    async with client_for(fake) as client:
+        with pytest.raises(ApiError, match="No template with hash x") as caught:
+            await client.create_instance(Rental(77, disk=10, template_hash="x"))
+    assert not isinstance(caught.value, NoSuchAsk), "the next offer would fail the same way"
+
+
+async def test_volumes_are_listed_searched_and_deleted_on_vasts_routes() -> None:
+    rows = [{"id": 5, "name": "vastevents:job-1", "machine_id": 7, "disk_space": 15, "instances": [4001]}]
+    fake = FakeVast(
+        ok({"success": True, "volumes": rows}),
+        ok({"offers": [{"id": 90000007, "machine_id": 7, "disk_space": 900}]}),
+        ok({"success": True, "msg": "Deleted volume 5"}),
+        ok({"success": False, "error": "no_such_volume", "msg": "No volume 5."}, 404),
+    )
+    async with client_for(fake) as client:
+        volumes = await client.list_volumes()
+        offers = await client.search_volume_offers({"machine_id": {"eq": 7}}, limit=1)
+        assert await client.delete_volume(5) is True
+        assert await client.delete_volume(5) is False, "already gone"
+    assert volumes[0].instances == (4001,) and volumes[0].machine_id == 7
+    assert offers[0].id == 90000007
+    listed, searched, deleted = fake.requests[:3]
+    assert (listed.method, listed.url.path, listed.url.params["owner"]) == ("GET", "/api/v0/volumes/", "me")
+    assert (searched.method, searched.url.path) == ("POST", "/api/v0/volumes/search/")
+    assert fake.body(1)["machine_id"] == {"eq": 7} and fake.body(1)["limit"] == 1
+    assert (deleted.method, deleted.url.path, deleted.url.params["id"]) == ("DELETE", "/api/v0/volumes/", "5")
 
 
 async def test_list_instances_sends_the_v1_paging_parameters() -> None:

@@ -27,7 +27,7 @@ from vastevents.errors import (
 )
 from vastevents.events import Cause, Event
 from vastevents.jobspec import JobSpec, unpack_dir
-from vastevents.models import Instance, Offer, Rental, State
+from vastevents.models import Instance, Offer, Rental, State, Volume, VolumeMount
 from vastevents.notify import (
     BotTransport,
     ChatMessage,
@@ -106,6 +106,8 @@ __all__ = [
     "TransientSendError",
     "VastApi",
     "VastEventsError",
+    "Volume",
+    "VolumeMount",
     "WebhookTransport",
     "__version__",
     "daemon",

@@ -14,8 +14,8 @@ from dataclasses import replace
 
 from vastevents.clock import Clock
 from vastevents.config import Config
-from vastevents.errors import AmbiguousCreate, NotOwned
-from vastevents.models import Instance, Rental
+from vastevents.errors import AmbiguousCreate, ApiError, NotOwned
+from vastevents.models import Instance, Rental, Volume
 from vastevents.ports import VastApi
 from vastevents.store import Store
 
@@ -29,12 +29,22 @@ Guard = Callable[[], Awaitable[None]]
 
 
 class Actions:
-    def __init__(self, client: VastApi, store: Store, clock: Clock, config: Config, guard: Guard | None = None) -> None:
+    def __init__(
+        self,
+        client: VastApi,
+        store: Store,
+        clock: Clock,
+        config: Config,
+        guard: Guard | None = None,
+        ssh_key: Callable[[], str | None] | None = None,
+    ) -> None:
         self.client = client
         self.store = store
         self.clock = clock
         self.prefix = config.vast.label_prefix
         self._guard = guard
+        self._ssh_key = ssh_key
+        """The public key this watcher logs in with, attached to every instance it rents."""
 
     async def may_act(self) -> None:
         """Raise NotLeader if this watcher no longer leads its team (nothing outside a team)."""
@@ -64,7 +74,8 @@ class Actions:
 
     async def create(self, handler: str, rental: Rental) -> int:
         """Rent under an owned label (generated if None); the new instance id. An unclear outcome is reconciled by
-        label."""
+        label. This watcher's SSH key is attached to the new instance (Vast lets in the account's keys as they were
+        at the create, and those may not include it)."""
         label = rental.label or self.new_label(handler)
         if not self.owns_label(label):
             raise NotOwned(f"refusing to create an instance labelled {label!r}: labels must start with {self.prefix!r}")
@@ -76,6 +87,7 @@ class Actions:
             found = exc.instance_id or await self._find_label(label)
             if found is not None:
                 self.store.effects.close_intent(intent, "created (after an unclear answer)", instance_id=found)
+                await self._attach_key(found)
                 return found
             self.store.effects.close_intent(intent, f"failed: {exc}")
             raise
@@ -83,7 +95,18 @@ class Actions:
             self.store.effects.close_intent(intent, f"failed: {type(exc).__name__}: {exc}")
             raise
         self.store.effects.close_intent(intent, "created", instance_id=instance_id)
+        await self._attach_key(instance_id)
         return instance_id
+
+    async def _attach_key(self, instance_id: int) -> None:
+        """Attach this watcher's SSH key to a new instance; a refusal is logged (the account's keys may do)."""
+        key = self._ssh_key() if self._ssh_key is not None else None
+        if not key:
+            return
+        try:
+            await self.client.attach_ssh_key(instance_id, key)
+        except ApiError as exc:
+            log.warning("could not attach the SSH key to instance %d: %s", instance_id, exc)
 
     async def _find_label(self, label: str) -> int | None:
         found = [row.id for row in await self.client.list_instances() if row.label == label]
@@ -119,6 +142,20 @@ class Actions:
             log.warning("instance %d is still listed after destroy (status %s)", instance.id, still.actual_status)
         self.store.effects.close_intent(intent, "destroyed" if existed else "already gone")
         return existed
+
+    async def delete_volume(self, handler: str, volume: Volume) -> bool:
+        """Delete an owned volume (its name an owned label, as a job's volume is); False if it was already gone.
+        Its instances must be gone first (Vast refuses to delete a volume in use)."""
+        await self.may_act()
+        if not self.owns_label(volume.name):
+            raise NotOwned(
+                f"refusing to delete volume {volume.id} (name {volume.name!r}): only volumes named {self.prefix!r}..."
+                " are vastevents' to delete"
+            )
+        intent = self.store.effects.open_intent(handler, "delete_volume", self.clock.now(), label=volume.name)
+        gone = await self.client.delete_volume(volume.id)
+        self.store.effects.close_intent(intent, f"volume {volume.id} deleted" if gone else "already gone")
+        return gone
 
     async def reconcile(self) -> None:
         """Settle intents a crash left open: find what a create made, finish a destroy or stop."""

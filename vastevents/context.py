@@ -18,7 +18,7 @@ from vastevents.config import Config
 from vastevents.errors import VastEventsError
 from vastevents.events import Cause, Event
 from vastevents.journaling import JournalWriter
-from vastevents.models import Instance, Rental
+from vastevents.models import Instance, Rental, Volume
 from vastevents.ports import Notifier, Ssh, VastApi
 from vastevents.store import DaemonRow, Store, Write
 
@@ -153,6 +153,10 @@ class Context:
         await self.actions.may_act()
         self.daemons.instance_gone(instance.id if isinstance(instance, Instance) else instance)
         return await self.actions.destroy(self.handler, instance)
+
+    async def delete_volume(self, volume: Volume) -> bool:
+        """Delete an owned volume (named with an owned label) once its instances are gone; False if already gone."""
+        return await self.actions.delete_volume(self.handler, volume)
 
     async def spawn(
         self, daemon: Callable[..., Any] | str, instance: Target, state: dict[str, Any] | None = None

@@ -137,17 +137,85 @@ class Offer(_VastModel):
     rented: bool | None = None
 
 
+class Volume(_VastModel):
+    """One of the account's volumes (``show volumes``): disk on one machine that outlives its instances."""
+
+    id: int
+    name: str | None = None
+    machine_id: int | None = None
+    host_id: int | None = None
+    disk_space: float | None = None
+    """Its size in GB."""
+    status: str | None = None
+    dph_total: float | None = None
+    """What it bills per hour (its size at the machine's storage price)."""
+    start_date: float | None = None
+    instances: tuple[int, ...] = ()
+    """The live instances using it."""
+
+    _blank = field_validator("machine_id", "host_id", "disk_space", "dph_total", mode="before")(_blank_to_none)
+
+    @field_validator("instances", mode="before")
+    @classmethod
+    def _instance_ids(cls, value: Any) -> tuple[int, ...]:
+        """Ids however they come (a list of ids or of rows with an ``id``); anything else is left out."""
+        rows = value if isinstance(value, list | tuple) else []
+        ids = [row.get("id") if isinstance(row, Mapping) else row for row in rows]
+        return tuple(int(i) for i in ids if isinstance(i, int | str) and str(i).isdigit())
+
+
+@dataclass(frozen=True)
+class VolumeMount:
+    """A local volume for a create, mounted at `mount_path` (an absolute path below ``/root``).
+
+    :meth:`new` makes one of `size` GB from a volume offer of the rented machine; :meth:`existing` links a volume
+    that already lives on that machine. A volume bills its size until deleted, whatever becomes of its instances.
+    """
+
+    volume_id: int
+    """The volume offer's id for a new volume, the volume's own id for an existing one."""
+    mount_path: str
+    size: float | None = None
+    """GB of a new volume; None links an existing one."""
+    name: str | None = None
+
+    @classmethod
+    def new(cls, offer_id: int, size: float, mount_path: str, name: str | None = None) -> VolumeMount:
+        return cls(offer_id, mount_path, size, name)
+
+    @classmethod
+    def existing(cls, volume_id: int, mount_path: str) -> VolumeMount:
+        return cls(volume_id, mount_path)
+
+    @property
+    def creates(self) -> bool:
+        return self.size is not None
+
+    def to_wire(self) -> dict[str, Any]:
+        """The create request's ``volume_info``, as the official CLI sends it."""
+        info: dict[str, Any] = {"mount_path": self.mount_path, "create_new": self.creates, "volume_id": self.volume_id}
+        if self.size is not None:
+            info["size"] = self.size
+        if self.name:
+            info["name"] = self.name
+        return info
+
+
 @dataclass(frozen=True)
 class Rental:
     """What to rent and what runs there: one create request, ``Rental(offer.id, image=..., disk=...)``.
 
-    A non-null `price` makes it an interruptible bid at that $/h; `onstart` runs when the instance starts.
+    A non-null `price` makes it an interruptible bid at that $/h; `onstart` runs when the instance starts. A
+    template (`template_hash`, or `template_id` for its newest version) gives the image, env and onstart the
+    rental leaves out. `image_login` is the registry login of a private image (``-u USER -p TOKEN REGISTRY``): it
+    goes into the request and nowhere else (not into ``repr``).
     """
 
     ask_id: int
     """The offer's ``id`` (Vast rents by "ask")."""
     _: KW_ONLY
-    image: str
+    image: str | None = None
+    """The Docker image; None (or empty) to take the template's."""
     disk: float
     """Disk in GB."""
     label: str | None = None
@@ -155,3 +223,11 @@ class Rental:
     env: Mapping[str, str] = field(default_factory=dict)
     onstart: str | None = None
     runtype: str = "ssh_direct"
+    template_hash: str | None = None
+    template_id: int | None = None
+    image_login: str | None = field(default=None, repr=False)
+    volume: VolumeMount | None = None
+
+    def __post_init__(self) -> None:
+        if not (self.image or self.template_hash or self.template_id is not None):
+            raise ValueError("a rental needs an image or a template (template_hash, template_id)")

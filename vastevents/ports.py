@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from vastevents.events import Event
-from vastevents.models import Instance, Offer, Rental
+from vastevents.models import Instance, Offer, Rental, Volume
 
 
 class VastApi(Protocol):
@@ -43,6 +43,18 @@ class VastApi(Protocol):
     async def change_bid(self, instance_id: int, price: float) -> None: ...
 
     async def list_ssh_keys(self) -> list[dict[str, Any]]: ...
+
+    async def attach_ssh_key(self, instance_id: int, public_key: str) -> dict[str, Any]:
+        """Let `public_key` log in to an instance (Vast gives an instance the account's keys only at create)."""
+        ...
+
+    async def list_volumes(self) -> list[Volume]: ...
+
+    async def search_volume_offers(self, query: dict[str, Any], *, limit: int = 10) -> list[Offer]: ...
+
+    async def delete_volume(self, volume_id: int) -> bool: ...
+
+    async def search_templates(self, filters: dict[str, Any]) -> list[dict[str, Any]]: ...
 
     async def current_user(self) -> dict[str, Any]:
         """The account (``users/current``): ``credit`` is the balance left in dollars."""
@@ -85,6 +97,10 @@ class Ssh(Protocol):
     async def upload(self, target: SshTarget, local: Path, remote: str) -> None: ...
 
     async def download(self, target: SshTarget, remote: str, local: Path) -> None: ...
+
+    def public_key(self) -> str | None:
+        """The public key this edge logs in with (one ``authorized_keys`` line), to attach to what it rents."""
+        ...
 
 
 class Notifier(Protocol):

@@ -105,7 +105,7 @@ class Runtime:
             executor=executor,
         )  # fmt: skip
         guard = self._guard if leadership is not None else None
-        self.actions = Actions(self.client, store, self.clock, config, guard=guard)
+        self.actions = Actions(self.client, store, self.clock, config, guard=guard, ssh_key=self.ssh.public_key)
         self.context = Context(
             client=self.client, store=store, clock=self.clock, config=config, notifier=self.notifier, ssh=self.ssh,
             logger=logging.getLogger("vastevents.handlers"), journal=self.journal, daemons=self.daemons,

@@ -195,6 +195,23 @@ class ParamikoSsh:
 
     # --- the port ------------------------------------------------------------------------------------------
 
+    def public_key(self) -> str | None:
+        """The public half of the key this edge logs in with (``key_file``, else the first of the default keys),
+        as one ``authorized_keys`` line; None without a key."""
+        for key in [self.key_file] if self.key_file else _default_keys():
+            try:
+                line = Path(f"{key}.pub").read_text(encoding="utf-8").strip()
+            except (OSError, UnicodeDecodeError):
+                line = ""
+            if line:
+                return line
+            try:
+                pkey = paramiko.PKey.from_path(key)
+            except (OSError, paramiko.SSHException):
+                continue  # unreadable, or protected by a passphrase: not one this edge can use either
+            return f"{pkey.get_name()} {pkey.get_base64()}"
+        return None
+
     async def run(self, target: SshTarget, command: str, *, timeout: float | None = None) -> CommandResult:
         return await asyncio.to_thread(self._run, target, command, timeout)
 

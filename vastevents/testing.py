@@ -33,7 +33,7 @@ from vastevents.config import Config
 from vastevents.context import Context
 from vastevents.diff import Rules
 from vastevents.events import Event
-from vastevents.models import Instance, Offer, Rental
+from vastevents.models import Instance, Offer, Rental, Volume
 from vastevents.plugins import ActiveHandler, activate
 from vastevents.ports import CommandResult, SshTarget
 from vastevents.runtime import Runtime
@@ -59,7 +59,15 @@ class FakeCloud:
         self.ssh_keys: list[dict[str, Any]] = []
         self.charge_rows: list[dict[str, Any]] = []
         self.credit = 100.0
+        self.user: dict[str, Any] = {}
+        """More fields of the account (``users/current``): ``username``, ``email``, ..."""
         self.calls: list[tuple[str, int]] = []
+        self.volumes: dict[int, Volume] = {}
+        self.templates: list[dict[str, Any]] = []
+        self.attached: dict[int, list[str]] = {}
+        """The public keys attached to each instance."""
+        self.rentals: dict[int, Rental] = {}
+        """What each instance was rented with."""
         self._failures: list[Exception] = []
         self._next_id = 1000
 
@@ -131,9 +139,48 @@ class FakeCloud:
         if offer is not None:
             fields.update(machine_id=offer.machine_id, host_id=offer.host_id, gpu_name=offer.gpu_name,
                           num_gpus=offer.num_gpus, dph_total=price or offer.dph_total)  # fmt: skip
+        if rental.volume is not None:
+            fields["volume_info"] = [self._volume_for(rental, offer)]
         instance = self.add(None, "loading", **fields)
         self.calls.append(("create", instance.id))
+        self.rentals[instance.id] = rental
         return instance.id
+
+    def _volume_for(self, rental: Rental, offer: Offer | None) -> dict[str, Any]:
+        mount = rental.volume
+        assert mount is not None
+        if mount.creates:
+            self._next_id += 1
+            volume = Volume(id=self._next_id, name=mount.name, machine_id=offer.machine_id if offer else None,
+                            disk_space=mount.size)  # fmt: skip
+            self.volumes[volume.id] = volume
+        else:
+            volume = self.volumes[mount.volume_id]
+        return {"id": volume.id, "name": volume.name, "mount_path": mount.mount_path, "total_space": volume.disk_space}
+
+    async def attach_ssh_key(self, instance_id: int, public_key: str) -> dict[str, Any]:
+        self.calls.append(("attach_ssh", instance_id))
+        self.attached.setdefault(instance_id, []).append(public_key)
+        return {"success": True}
+
+    async def list_volumes(self) -> list[Volume]:
+        return [self.volumes[volume_id] for volume_id in sorted(self.volumes)]
+
+    async def search_volume_offers(self, query: dict[str, Any], *, limit: int = 10) -> list[Offer]:
+        """One volume offer per machine of the scripted offers (id ``90000000 + machine_id``); filters on
+        ``machine_id`` are applied."""
+        wanted = (query.get("machine_id") or {}).get("eq")
+        machines = sorted({o.machine_id for o in self.offers if o.machine_id is not None})
+        return [Offer(id=90_000_000 + m, machine_id=m) for m in machines if wanted in (None, m)][:limit]
+
+    async def delete_volume(self, volume_id: int) -> bool:
+        self.calls.append(("delete_volume", volume_id))
+        return self.volumes.pop(volume_id, None) is not None
+
+    async def search_templates(self, filters: dict[str, Any]) -> list[dict[str, Any]]:
+        """The scripted ``templates`` whose fields equal the ``eq`` filters."""
+        wanted = {key: value.get("eq") for key, value in filters.items() if isinstance(value, dict)}
+        return [t for t in self.templates if all(t.get(key) == value for key, value in wanted.items())]
 
     async def change_bid(self, instance_id: int, price: float) -> None:
         self.calls.append(("bid", instance_id))
@@ -143,7 +190,7 @@ class FakeCloud:
         return list(self.ssh_keys)
 
     async def current_user(self) -> dict[str, Any]:
-        return {"id": 1, "credit": self.credit, "balance": self.credit}
+        return {"id": 1, "credit": self.credit, "balance": self.credit, **self.user}
 
     async def charges(
         self, *, start: float | None = None, end: float | None = None, limit: int = 100, after_token: str | None = None
@@ -178,6 +225,8 @@ class FakeSsh:
         self.commands: list[tuple[SshTarget, str]] = []
         self.uploads: list[tuple[SshTarget, Path, str]] = []
         self.downloads: list[tuple[SshTarget, str, Path]] = []
+        self.key: str | None = None
+        """What :meth:`public_key` answers (None: no key, so nothing is attached to what is rented)."""
 
     async def run(self, target: SshTarget, command: str, *, timeout: float | None = None) -> CommandResult:
         self.commands.append((target, command))
@@ -189,6 +238,9 @@ class FakeSsh:
 
     async def download(self, target: SshTarget, remote: str, local: Path) -> None:
         self.downloads.append((target, remote, local))
+
+    def public_key(self) -> str | None:
+        return self.key
 
 
 def _handler_name(target: object) -> str:

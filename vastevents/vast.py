@@ -27,7 +27,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_aft
 
 from vastevents._logging import REDACTED, redact, register_secret
 from vastevents.errors import AmbiguousCreate, ApiError, AuthError, NoSuchAsk, NotFound, RateLimited
-from vastevents.models import Instance, Offer, Rental
+from vastevents.models import Instance, Offer, Rental, Volume
 from vastevents.query import parse_query
 
 log = logging.getLogger("vastevents.vast")
@@ -159,6 +159,30 @@ def _model(model: type[_Model], row: object, what: str) -> _Model:
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or what}: {e['msg']}" for e in exc.errors())
         raise ApiError(f"The Vast API sent {what} vastevents cannot read ({problems})") from None
+
+
+def _create_body(rental: Rental) -> dict[str, Any]:
+    """The ``PUT /asks/{id}/`` body as the official CLI sends it; the optional parts only when given."""
+    body: dict[str, Any] = {
+        "client_id": "me",
+        "image": rental.image or None,
+        "env": dict(rental.env),
+        "price": rental.price,
+        "disk": rental.disk,
+        "label": rental.label,
+        "onstart": rental.onstart,
+        "runtype": rental.runtype,
+    }
+    if rental.template_hash:
+        body["template_hash_id"] = rental.template_hash
+    if rental.template_id is not None:
+        body["template_id"] = rental.template_id
+    if rental.image_login:
+        register_secret(rental.image_login)
+        body["image_login"] = rental.image_login
+    if rental.volume is not None:
+        body["volume_info"] = rental.volume.to_wire()
+    return body
 
 
 class _InstancePageBody(BaseModel):
@@ -302,16 +326,7 @@ class VastClient:
         """
         ask_id, label = rental.ask_id, rental.label
         path = f"/api/v0/asks/{ask_id}/"
-        body = {
-            "client_id": "me",
-            "image": rental.image,
-            "env": dict(rental.env),
-            "price": rental.price,
-            "disk": rental.disk,
-            "label": label,
-            "onstart": rental.onstart,
-            "runtype": rental.runtype,
-        }
+        body = _create_body(rental)
         unclear = f"Creating an instance from offer {ask_id} may or may not have succeeded"
         reconcile = (
             f"reconcile by label {label!r}" if label else "no label was sent to match: look in `vastevents status`"
@@ -482,6 +497,43 @@ class VastClient:
     async def attach_ssh_key(self, instance_id: int, public_key: str) -> dict[str, Any]:
         return await self._action("POST", f"/api/v0/instances/{instance_id}/ssh/", {"ssh_key": public_key})
 
+    # --- volumes and templates -----------------------------------------------------------------------------
+
+    async def list_volumes(self) -> list[Volume]:
+        """The account's volumes (``show volumes``)."""
+        result = await self._request_dict("GET", "/api/v0/volumes/", params={"owner": "me", "type": "all_volume"})
+        rows = result.get("volumes")
+        if not isinstance(rows, list):
+            raise ApiError("The Vast API answered the volume list without a 'volumes' list")
+        return [_model(Volume, row, "a volume row") for row in rows]
+
+    async def search_volume_offers(self, query: dict[str, Any], *, limit: int = 10) -> list[Offer]:
+        """Volume offers (``search volumes``) matching a JSON `query` (e.g. ``{"machine_id": {"eq": 7}}``)."""
+        body = {"verified": {"eq": True}, "external": {"eq": False}, **query, "limit": limit}
+        result = await self._request_dict("POST", "/api/v0/volumes/search/", json_body=body)
+        rows = result.get("offers")
+        if not isinstance(rows, list):
+            raise ApiError("The Vast API answered a volume offer search without an 'offers' list")
+        return [_model(Offer, row, "a volume offer") for row in rows]
+
+    async def delete_volume(self, volume_id: int) -> bool:
+        """Delete a volume (its instances destroyed first); False when it was already gone."""
+        try:
+            result = await self._request_dict("DELETE", "/api/v0/volumes/", params={"id": str(volume_id)})
+        except NotFound:
+            return False
+        if result.get("success") is False:
+            code, detail = _refusal(result)
+            raise ApiError(redact(f"The Vast API refused to delete volume {volume_id}: {detail}"), error=code)
+        return True
+
+    async def search_templates(self, filters: dict[str, Any]) -> list[dict[str, Any]]:
+        """Templates (``search templates``) matching `filters` (``{"hash_id": {"eq": ...}}``)."""
+        params = {"select_cols": json.dumps(["*"]), "select_filters": json.dumps(filters)}
+        result = await self._request_dict("GET", "/api/v0/template/", params=params)
+        rows = result.get("templates")
+        return [row for row in rows if isinstance(row, dict)] if isinstance(rows, list) else []
+
     # --- plumbing ------------------------------------------------------------------------------------------
 
     async def _send(
@@ -599,7 +651,9 @@ class VastClient:
             else:
                 text = f"The Vast API rejected the API key (HTTP {status}{detail}). {_KEY_HELP}."
             return AuthError(redact(text), status_code=status, error=code)
-        if status in (404, 410) and (code == "no_such_ask" or (ask_id is not None and _is_json(response))):
+        if status in (404, 410) and (
+            code == "no_such_ask" or (ask_id is not None and code is None and _is_json(response))
+        ):
             what = f"Offer {ask_id}" if ask_id is not None else "The offer"
             return NoSuchAsk(
                 redact(f"{what} is no longer available (HTTP {status}{detail}); try the next offer"),

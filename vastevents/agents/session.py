@@ -34,6 +34,7 @@ from vastevents.costs import budgets_left, cost_report, parse_since
 from vastevents.errors import NotOwned, VastEventsError
 from vastevents.events import AGENT_CALL, Event
 from vastevents.jobspec import JobSpec, pack_dir
+from vastevents.labels import job_label_prefix
 from vastevents.models import Instance, Offer
 from vastevents.ports import Ssh, SshTarget
 from vastevents.store import Job, Jobs, Store
@@ -247,6 +248,7 @@ class AgentSession:
                 check_inputs(archive)
             except ValueError as exc:
                 raise Refused(f"spec.upload: {exc}; let the job fetch large data itself") from None
+        prefix = await job_label_prefix(self.config, self._client)
         # From here to the end nothing awaits: two calls at once cannot both spend the same budget or quote.
         if self.quotes.pop(quote_id, None) is None:
             raise self._no_quote(quote_id)
@@ -264,7 +266,7 @@ class AgentSession:
         job = self.jobs.submit(
             queued.to_json(),
             [],
-            self.config.vast.label_prefix,
+            prefix,
             self.clock.now(),
             submitted_by=f"{getpass.getuser()}@{socket.gethostname()} (agent)",
             inputs=archive,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from vastevents.cli import (
-    _api,  # noqa: F401  (registers offers, status)
+    _api,  # noqa: F401  (registers offers, status, volumes)
     _check,  # noqa: F401  (registers check)
     _cost,  # noqa: F401  (registers cost)
     _dashboard,  # noqa: F401  (registers dashboard)

@@ -1,4 +1,4 @@
-"""``offers`` and ``status``: look at the market and the account."""
+"""``offers``, ``status`` and ``volumes``: look at the market and the account."""
 
 from __future__ import annotations
 
@@ -158,4 +158,38 @@ def status(
             _text(instance.dph_total, "{:.3f}"),
             ssh,
         )
+    table_console().print(table)
+
+
+@app.command()
+def volumes(
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON array of volumes.")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """List the account's volumes: id, name, machine, size, what each bills per hour and which instances use it."""
+    with _one_line_errors():
+        settings = load_config(config)
+        found = sorted(call_api(settings, VastClient.list_volumes), key=lambda volume: volume.id)
+    if as_json:
+        typer.echo(json.dumps([volume.model_dump(mode="json") for volume in found], indent=2))
+        return
+    if not found:
+        typer.echo("No volumes on the account.")
+        return
+    table = narrow_table(plural(len(found), "volume"))
+    for column in ("id", "name", "machine", "GB", "$/h", "used by"):
+        wraps = column in ("name", "used by")
+        table.add_column(column, justify="left" if wraps else "right", no_wrap=not wraps,
+                         overflow="fold" if wraps else "ellipsis", min_width=8 if wraps else None)  # fmt: skip
+    for volume in found:
+        table.add_row(
+            str(volume.id),
+            _text(volume.name),
+            _text(volume.machine_id),
+            _text(volume.disk_space, "{:g}"),
+            _text(volume.dph_total, "{:.4f}"),
+            ", ".join(map(str, volume.instances)) or "-",
+        )
+    table.caption = "a volume bills its size until it is deleted (`vastai delete volume ID`), used or not"
+    table.caption_justify = "left"
     table_console().print(table)

@@ -32,7 +32,7 @@ EXIT_INTERRUPTED = 130
 """Stopped by Ctrl-C or SIGTERM."""
 
 COMMAND_ORDER = (
-    "check", "offers", "run", "watch", "status", "jobs", "logs", "events", "cost", "hosts", "reap",
+    "check", "offers", "run", "watch", "status", "volumes", "jobs", "logs", "events", "cost", "hosts", "reap",
     "handlers", "webhooks", "team", "dashboard", "mcp", "demo", "sim",
 )  # fmt: skip
 """Commands in the order a user meets them; a command not named here is listed after these."""

@@ -22,11 +22,13 @@ from rich.console import Console
 from rich.table import Table
 
 from vastevents.cli._app import ConfigOption, app, existing_store, fail
+from vastevents.cli._preflight import account_preflight
 from vastevents.cli._submit import follow as follow_job
 from vastevents.cli._submit import submit as queue_job
 from vastevents.config import Config, HandlerConfig, load_config
 from vastevents.errors import ConfigError, VastEventsError
 from vastevents.jobspec import DEFAULT_QUERY, JobSpec, load_spec
+from vastevents.labels import job_label_prefix
 from vastevents.plugins import load_handlers
 from vastevents.ports import SshTarget
 from vastevents.runtime import Runtime
@@ -186,9 +188,7 @@ async def _run_with(
     err: Console,
 ) -> tuple[int, dict[str, Any] | None]:
     async with Runtime(config, handlers=handlers, ssh=ssh) as runtime:
-        running = [i for i in await runtime.client.list_instances() if i.actual_status == "running"]
-        if running:
-            err.print(f"[yellow]note:[/] {len(running)} instance(s) already running on the account")
+        await account_preflight(runtime, yes=yes, dry_run=dry_run, err=err)
         offers = await spec.offers(runtime.client, blocked=runtime.store.repository(Hosts).blocked(runtime.clock.now()))
         if not offers:
             raise VastEventsError(f"no offer matches {spec.query!r}")
@@ -207,7 +207,8 @@ async def _run_with(
         assert key is not None
         await _register_key(runtime, key, err)
         jobs = runtime.store.repository(Jobs)
-        job = jobs.submit(spec.to_json(), [o.id for o in offers], config.vast.label_prefix, runtime.clock.now())
+        prefix = await job_label_prefix(config, runtime.client)
+        job = jobs.submit(spec.to_json(), [o.id for o in offers], prefix, runtime.clock.now())
         err.print(f"job {job.id} ({job.label})")
         started = runtime.clock.now()
         try:

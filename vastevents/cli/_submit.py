@@ -7,6 +7,7 @@ the shared store: on PostgreSQL each change arrives by NOTIFY, on a SQLite file 
 
 from __future__ import annotations
 
+import asyncio
 import getpass
 import json
 import socket
@@ -18,9 +19,10 @@ from rich.console import Console
 
 from vastevents.cli._app import existing_store, fail
 from vastevents.config import Config
-from vastevents.connect import configured_store
-from vastevents.errors import VastEventsError
+from vastevents.connect import configured_store, vast_client
+from vastevents.errors import ConfigError, VastEventsError
 from vastevents.jobspec import JobSpec, pack_dir
+from vastevents.labels import job_label_prefix, prefix_configured
 from vastevents.store import Job, Jobs
 from vastevents.store.jobs import check_inputs
 from vastevents.team import leading_watcher, no_watcher
@@ -55,7 +57,7 @@ def submit(config: Config, spec: JobSpec, *, jobs_handler: bool, yes: bool, dry_
             job = store.repository(Jobs).submit(
                 queued,
                 [],
-                config.vast.label_prefix,
+                _label_prefix(config),
                 datetime.now(UTC),
                 submitted_by=f"{getpass.getuser()}@{socket.gethostname()}",
                 inputs=archive,
@@ -69,6 +71,22 @@ def submit(config: Config, spec: JobSpec, *, jobs_handler: bool, yes: bool, dry_
     err.print(f"follow it with: vastevents jobs --follow {job.id}")
     if as_json:
         sys.stdout.write(json.dumps(job.to_json()) + "\n")
+
+
+def _label_prefix(config: Config) -> str:
+    """The new job's label prefix (see :mod:`vastevents.labels`); the account is read only when it names it."""
+    if prefix_configured(config):
+        return config.vast.label_prefix
+
+    async def lookup() -> str:
+        try:
+            client = vast_client(config, max_attempts=2, max_wait=2.0)
+        except ConfigError:  # no API key here: the fallback name
+            return await job_label_prefix(config, None)
+        async with client:
+            return await job_label_prefix(config, client)
+
+    return asyncio.run(lookup())
 
 
 def follow(config: Config, job_id: int, *, as_json: bool) -> int:
