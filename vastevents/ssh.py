@@ -17,9 +17,9 @@ import shutil
 import subprocess
 import tarfile
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any, Literal, cast
 
 import paramiko
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
@@ -78,8 +78,52 @@ def _default_keys() -> list[Path]:
     return [ssh_dir / name for name in ("id_ed25519", "id_ecdsa", "id_rsa") if (ssh_dir / name).is_file()]
 
 
+@dataclass
+class Transfer:
+    """The upload or download in progress, or the last one: what it moves and how many bytes so far, and every
+    one that ended (for progress lines; written by the thread that moves the bytes, read by anyone)."""
+
+    direction: Literal["upload", "download"] = "upload"
+    path: str = ""
+    done: int = 0
+    active: bool = False
+    ended: list[tuple[Literal["upload", "download"], str, int]] = field(default_factory=list)
+
+    def begin(self, direction: Literal["upload", "download"], path: str) -> None:
+        self.direction, self.path, self.done, self.active = direction, path, 0, True
+
+    def end(self) -> None:
+        self.active = False
+        self.ended.append((self.direction, self.path, self.done))
+
+
+class _Counted:
+    """A stream that adds every byte it reads or writes to `transfer`."""
+
+    def __init__(self, stream: Any, transfer: Transfer) -> None:
+        self._stream, self._transfer = stream, transfer
+
+    def write(self, data: bytes) -> int:
+        self._transfer.done += len(data)
+        written: int = self._stream.write(data)
+        return written
+
+    def read(self, size: int = -1) -> bytes:
+        data: bytes = self._stream.read(size)
+        self._transfer.done += len(data)
+        return data
+
+
+def _counted(stream: Any, transfer: Transfer) -> IO[bytes]:
+    """`stream` counting its bytes into `transfer` (tarfile's stream modes only read or write)."""
+    return cast(IO[bytes], _Counted(stream, transfer))
+
+
 class ParamikoSsh:
-    """The :class:`~vastevents.ports.Ssh` port over paramiko; one cached connection per target."""
+    """The :class:`~vastevents.ports.Ssh` port over paramiko; one cached connection per target.
+
+    :attr:`transfer` tells how far the upload or download in progress is.
+    """
 
     def __init__(
         self,
@@ -93,6 +137,7 @@ class ParamikoSsh:
         self.settings = settings or SshSettings()
         self._lock = threading.Lock()
         self._clients: dict[SshTarget, paramiko.SSHClient] = {}
+        self.transfer = Transfer()
 
     # --- host keys ----------------------------------------------------------------------------------------
 
@@ -218,12 +263,20 @@ class ParamikoSsh:
     async def upload(self, target: SshTarget, local: Path, remote: str) -> None:
         """Copy the contents of directory `local` into `remote` (created), as one tar stream."""
         upload = self._upload_openssh if self._openssh() else self._upload
-        await asyncio.to_thread(upload, target, Path(local), remote)
+        self.transfer.begin("upload", str(local))
+        try:
+            await asyncio.to_thread(upload, target, Path(local), remote)
+        finally:
+            self.transfer.end()
 
     async def download(self, target: SshTarget, remote: str, local: Path) -> None:
         """Copy `remote` (a file or directory) into directory `local`, keeping its name."""
         download = self._download_openssh if self._openssh() else self._download
-        await asyncio.to_thread(download, target, remote, Path(local))
+        self.transfer.begin("download", remote)
+        try:
+            await asyncio.to_thread(download, target, remote, Path(local))
+        finally:
+            self.transfer.end()
 
     def _openssh(self) -> bool:
         return self.settings.openssh_transfers and shutil.which("ssh") is not None
@@ -249,7 +302,7 @@ class ParamikoSsh:
         with subprocess.Popen(command, stdin=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
             assert proc.stdin is not None and proc.stderr is not None
             try:
-                with tarfile.open(fileobj=proc.stdin, mode="w|", bufsize=CHUNK) as archive:
+                with tarfile.open(fileobj=_counted(proc.stdin, self.transfer), mode="w|", bufsize=CHUNK) as archive:
                     for child in sorted(local.iterdir()):
                         archive.add(child, arcname=child.name)
             except BrokenPipeError:
@@ -267,7 +320,7 @@ class ParamikoSsh:
         with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
             assert proc.stdout is not None and proc.stderr is not None
             try:
-                extract(proc.stdout, local)
+                extract(_counted(proc.stdout, self.transfer), local)
             except tarfile.ReadError as exc:
                 if proc.wait() == 0:
                     raise SshError(f"{remote}: not a valid archive from the host: {exc}") from None
@@ -297,7 +350,7 @@ class ParamikoSsh:
         channel = self._channel(target, f"mkdir -p {quoted} && tar -x -f - -C {quoted}", None)
         try:
             stream = channel.makefile("wb", CHUNK)
-            with tarfile.open(fileobj=stream, mode="w|", bufsize=CHUNK) as archive:
+            with tarfile.open(fileobj=_counted(stream, self.transfer), mode="w|", bufsize=CHUNK) as archive:
                 for child in sorted(local.iterdir()):
                     archive.add(child, arcname=child.name)
             stream.flush()
@@ -320,7 +373,7 @@ class ParamikoSsh:
             channel.shutdown_write()
             reader = channel.makefile("rb", CHUNK)
             try:
-                extract(reader, local)
+                extract(_counted(reader, self.transfer), local)
             except tarfile.ReadError as exc:
                 if channel.recv_exit_status() == 0:
                     raise SshError(f"{remote}: not a valid archive from the host: {exc}") from None

@@ -21,8 +21,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from vastevents.cli._app import ConfigOption, app, existing_store, fail
+from vastevents.cli._app import ConfigOption, app, existing_store, fail, table_console
+from vastevents.cli._format import format_duration, money, narrow_table, rate
 from vastevents.cli._preflight import account_preflight
+from vastevents.cli._progress import JobProgress
 from vastevents.cli._submit import follow as follow_job
 from vastevents.cli._submit import submit as queue_job
 from vastevents.config import Config, HandlerConfig, load_config
@@ -78,6 +80,7 @@ async def _register_key(runtime: Runtime, key: Path, err: Console) -> None:
 
 
 def _report(job: Job | None, runtime_s: float, console: Console) -> dict[str, Any]:
+    """The report ``--json`` prints (unrounded), shown to a person as words and rounded numbers."""
     data = {
         "job_id": job.id if job else None,
         "instance_id": job.instance_id if job else None,
@@ -90,10 +93,21 @@ def _report(job: Job | None, runtime_s: float, console: Console) -> dict[str, An
         "destroyed": bool(job.destroyed) if job else True,
         "errors": list(job.errors) if job else [],
     }
-    table = Table(title=f"job {data['job_id']}", show_header=False)
-    for key, value in data.items():
-        shown = "✓" if value is True else ", ".join(value) if isinstance(value, list) else value
-        table.add_row(key, "" if shown is None else str(shown))
+    if job is None:
+        console.print("no job was recorded")
+        return data
+    title = f"job {job.id} {job.status}" + (f", exit code {job.exit_code}" if job.exit_code is not None else "")
+    table = Table(title=title, title_justify="left", show_header=False, box=None)
+    table.add_column(style="bold")
+    table.add_column(overflow="fold")
+    gpu = f" ({job.gpu_name or 'GPU unknown'}, {rate(job.dph_total)})" if job.instance_id is not None else ""
+    table.add_row("instance", f"{job.instance_id or '-'}{gpu}")
+    table.add_row("ran for", format_duration(runtime_s))
+    table.add_row("cost", money(job.cost_usd or 0.0))
+    table.add_row("results", job.results_dir or "-")
+    table.add_row("destroyed", "yes" if job.destroyed else "NO: destroy it by hand (see `vastevents status`)")
+    for error in job.errors:
+        table.add_row("error", error)
     console.print(table)
     return data
 
@@ -212,7 +226,8 @@ async def _run_with(
         err.print(f"job {job.id} ({job.label})")
         started = runtime.clock.now()
         try:
-            await _drive(runtime, jobs, job, err)
+            async with JobProgress(err, runtime, job.id, ssh.transfer).shown():
+                await _drive(runtime, jobs, job, err)
         except KeyboardInterrupt:
             await _cancel(runtime, handler, jobs, job.id, err)
         except BaseException:
@@ -227,13 +242,15 @@ async def _run_with(
 
 
 async def _drive(runtime: Runtime, jobs: Jobs, job: Job, err: Console) -> Job:
-    """Run the watcher's cycles until the job is done; stream its log; SIGTERM/SIGINT cancel it."""
+    """Run the watcher's cycles until the job is done; print its output as it comes (the rest, a short job's
+    whole output too, from the downloaded log once it is done); SIGTERM/SIGINT cancel it."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     interval = min(runtime.config.watch.interval, 5.0)
-    offset = 0
+    shown = 0
+    """Bytes of the job's log printed so far (whole lines only, until it is done)."""
     try:
         first = True
         while True:
@@ -242,9 +259,13 @@ async def _drive(runtime: Runtime, jobs: Jobs, job: Job, err: Console) -> Job:
             current = jobs.get(job.id)
             assert current is not None
             if current.done:
+                _print_output(err, _downloaded_rest(current, shown))
                 return current
             if current.status == "running" and current.instance_id is not None:
-                offset = await _tail(runtime, current, JobSpec.model_validate(current.spec), offset)
+                text = await _read_log(runtime, current, JobSpec.model_validate(current.spec), shown)
+                lines = text[: text.rfind("\n") + 1]
+                _print_output(err, lines)
+                shown += len(lines.encode())
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), interval)
             if stop.is_set():
@@ -254,19 +275,32 @@ async def _drive(runtime: Runtime, jobs: Jobs, job: Job, err: Console) -> Job:
             loop.remove_signal_handler(signum)
 
 
-async def _tail(runtime: Runtime, job: Job, spec: JobSpec, offset: int, stream: Any = None) -> int:
-    """Print the log after byte `offset` (to stderr by default); the new offset (same if the host is unreachable)."""
+def _print_output(console: Console, text: str) -> None:
+    """The job's own output, as it wrote it (never read as markup)."""
+    if text:
+        console.print(text, end="" if text.endswith("\n") else "\n", markup=False, highlight=False, soft_wrap=True)
+
+
+def _downloaded_rest(job: Job, offset: int) -> str:
+    """What the downloaded log holds after byte `offset` ("" when there is none)."""
+    log = Path(job.results_dir) / "job.log" if job.results_dir else None
+    if log is None or not log.is_file():
+        return ""
+    return log.read_bytes()[offset:].decode(errors="replace")
+
+
+async def _read_log(runtime: Runtime, job: Job, spec: JobSpec, offset: int) -> str:
+    """The job's log on its host after byte `offset` ("" while the host cannot be reached)."""
     instance = await runtime.client.get_instance(job.instance_id or 0)
     if instance is None or not instance.ssh_host:
-        return offset
+        return ""
     target = SshTarget.of(instance, spec.ssh_user)
     log = shlex.quote(spec.log_path)
     try:
         result = await runtime.ssh.run(target, f"tail -c +{offset + 1} {log} 2>/dev/null", timeout=30)
     except Exception:
-        return offset
-    (stream or sys.stderr).write(result.stdout)
-    return offset + len(result.stdout.encode())
+        return ""
+    return result.stdout
 
 
 async def _cancel(runtime: Runtime, handler: str, jobs: Jobs, job_id: int, err: Console) -> None:
@@ -308,13 +342,31 @@ def jobs(
     if as_json:
         sys.stdout.write(json.dumps([job.to_json() for job in rows]) + "\n")
         return
-    table = Table("job", "status", "instance", "gpu", "$/h", "exit", "results", "submitted by")
+    console = table_console()
+    if not rows:
+        console.print("No jobs in the store yet: `vastevents run SPEC` runs one.")
+        return
+    console.print(_jobs_table(rows))
+
+
+def _jobs_table(rows: list[Job]) -> Table:
+    """One line per job that fits 80 columns: why it failed in a word (its cause, else its last error), who submitted
+    it (``by``) only when someone did (a team); each job's results dir is in ``jobs --json``, ``logs N`` its log."""
+    submitted = any(job.submitted_by for job in rows)
+    table = narrow_table()
+    table.caption = "results: each job's own directory (`vastevents jobs --json`); a job's log: `vastevents logs N`"
+    table.caption_justify = "left"
+    squeezable = {"gpu": 10, "error": 14 if submitted else 26, "by": 14}
+    for column in ("job", "status", "instance", "gpu", "cost", "exit", "error", *(("by",) if submitted else ())):
+        table.add_column(column, justify="right" if column in ("job", "cost", "exit") else "left", no_wrap=True,
+                         overflow="ellipsis", max_width=squeezable.get(column))  # fmt: skip
     for job in rows:
-        table.add_row(str(job.id), job.status, str(job.instance_id or ""), job.gpu_name or "",
-                      f"{job.dph_total:.4f}" if job.dph_total else "",
-                      "" if job.exit_code is None else str(job.exit_code), job.results_dir or "",
-                      job.submitted_by or "")  # fmt: skip
-    Console().print(table)
+        error = job.cause.value if job.cause is not None else (job.errors[-1] if job.errors else "")
+        cells = [str(job.id), job.status, str(job.instance_id or "-"), job.gpu_name or "-", money(job.cost_usd),
+                 "-" if job.exit_code is None else str(job.exit_code), error or "-",
+                 *((job.submitted_by or "-",) if submitted else ())]  # fmt: skip
+        table.add_row(*cells, style="red" if job.status in ("failed", "cancelled") else None)
+    return table
 
 
 @app.command()
@@ -360,7 +412,10 @@ async def _follow(config: Config, job: Job, spec: JobSpec, follow: bool) -> None
         async with Runtime(config, store=store, handlers=[]) as runtime:
             offset = 0
             while True:
-                offset = await _tail(runtime, job, spec, offset, sys.stdout)
+                text = await _read_log(runtime, job, spec, offset)
+                sys.stdout.write(text)
+                sys.stdout.flush()
+                offset += len(text.encode())
                 current = store.repository(Jobs).get(job.id)
                 if not follow or current is None or current.done:
                     return
