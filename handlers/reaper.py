@@ -44,6 +44,7 @@ from vastevents import (
     InstanceView,
     Migration,
     every,
+    format_duration,
     job_id_of,
 )
 
@@ -175,8 +176,8 @@ class ReaperHandler(Handler[ReaperOptions]):
             label = view.instance.label
             if age < ttl + self.options.grace:
                 if not looking and memory.first_warning(view.instance.id, rule):
-                    left = ttl + self.options.grace - age
-                    await ctx.notify(f"instance {view.instance.id} ({label}) {reason}; reaped in {left:.0f}s")
+                    left = format_duration(ttl + self.options.grace - age)
+                    await ctx.notify(f"instance {view.instance.id} ({label}) {reason}; reaped in {left}")
                 found.append(Finding(view.instance.id, label, rule, reason, age, "warned"))
             elif self.options.dry_run or looking:
                 found.append(Finding(view.instance.id, label, rule, reason, age, "would reap"))
@@ -209,26 +210,26 @@ class ReaperHandler(Handler[ReaperOptions]):
         if options.max_lifetime is not None:
             age = (now - born).total_seconds()
             if age >= options.max_lifetime:
-                return "too old", f"alive {age / 3600:.1f} h, past max_lifetime", age, options.max_lifetime
+                return "too old", f"alive {format_duration(age)}, past max_lifetime", age, options.max_lifetime
         if options.exited_ttl is not None and instance.state.value in ("stopped", "exited"):
             age = (now - view.since).total_seconds()
             if age >= options.exited_ttl:
                 return (
                     "exited",
-                    f"{instance.state.value} for {age / 60:.0f} min, billing storage",
+                    f"{instance.state.value} for {format_duration(age)}, billing storage",
                     age,
                     options.exited_ttl,
                 )
         if options.gpu_idle_ttl is not None and idle_since is not None:
             age = (now - idle_since).total_seconds()
             if age >= options.gpu_idle_ttl:
-                return "gpu idle", f"GPU idle for {age / 60:.0f} min while running", age, options.gpu_idle_ttl
+                return "gpu idle", f"GPU idle for {format_duration(age)} while running", age, options.gpu_idle_ttl
         if options.idle_ttl is not None:
             unclaimed = self._unclaimed_since(view, born, ctx)
             if unclaimed is not None:
                 age = (now - unclaimed[0]).total_seconds()
                 if age >= options.idle_ttl:
-                    return "unclaimed", f"{unclaimed[1]} for {age / 60:.0f} min", age, options.idle_ttl
+                    return "unclaimed", f"{unclaimed[1]} for {format_duration(age)}", age, options.idle_ttl
         return None
 
     @staticmethod

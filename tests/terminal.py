@@ -11,6 +11,7 @@ import fcntl
 import os
 import pty
 import select
+import signal
 import struct
 import subprocess
 import termios
@@ -39,8 +40,9 @@ class Seen:
 
 
 def run_on_terminal(args: list[str], *, env: dict[str, str], cwd: str, columns: int = 80, rows: int = 24,
-                    timeout: float = 300.0) -> Seen:  # fmt: skip
-    """Run `args` with stdin, stdout and stderr on one `columns` x `rows` terminal until it exits."""
+                    timeout: float = 300.0, interrupt_at: str | None = None) -> Seen:  # fmt: skip
+    """Run `args` with stdin, stdout and stderr on one `columns` x `rows` terminal until it exits; press Ctrl-C
+    (SIGINT to it) once `interrupt_at` shows on the screen."""
     primary, secondary = pty.openpty()
     fcntl.ioctl(secondary, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))
     screen = pyte.HistoryScreen(columns, rows, history=100_000)
@@ -63,6 +65,9 @@ def run_on_terminal(args: list[str], *, env: dict[str, str], cwd: str, columns: 
             if not chunk:
                 break
             stream.feed(chunk)
+            if interrupt_at is not None and any(interrupt_at in line for line in screen.display):
+                os.killpg(process.pid, signal.SIGINT)
+                interrupt_at = None
         code = process.wait(timeout=timeout)
     finally:
         os.close(primary)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from sshkit import needs_openssh
+from terminal import run_on_terminal
 from typer.testing import CliRunner
 
 from vastevents.cli import app
@@ -48,3 +50,19 @@ def test_without_sshd_the_demo_says_so_and_plays_the_rest(monkeypatch: pytest.Mo
     found = checks(json.loads(result.stdout))
     assert all(found.values()) and "recovery rented a replacement" in found
     assert "both jobs finished with exit 0" not in found  # no job can run without SSH
+
+
+@pytest.mark.ssh
+@needs_openssh
+def test_an_interrupted_demo_says_so_and_cuts_long_details_with_an_ellipsis(tmp_path: Path) -> None:
+    env = {**os.environ, "HOME": str(tmp_path), "PYTHONPATH": str(ROOT)}
+    env.pop("VAST_API_KEY", None)
+    seen = run_on_terminal([sys.executable, "-m", "vastevents", "demo"], env=env, cwd=str(tmp_path), columns=120,
+                           interrupt_at="preempting instance")  # fmt: skip
+    assert seen.code == 130, seen.text
+    assert re.search(r"interrupted after \d+ steps: the story stopped early", seen.text), seen.text
+    assert "nothing is left rented" in seen.text  # everything it rented was destroyed, checked
+    details = [line for line in seen.lines if re.match(r"\s*\d+\s+\w+\s+\d+\s+\S", line)]
+    assert details and all(len(line) <= 120 for line in details)
+    assert any(line.endswith("…") for line in seen.lines), seen.text  # a detail longer than its column is cut so
+    assert not [line for line in seen.lines if "starting" in line and "INFO" in line]  # logs above the status

@@ -35,7 +35,7 @@ async def test_an_unclaimed_owned_instance_is_warned_then_reaped_after_the_grace
         h.clock.advance(1800)
         await h.poll_once()
         assert findings(h) == [(1, "unclaimed", "warned")]
-        assert len(h.notifier.messages) == 1 and "reaped in 600s" in h.notifier.messages[0]
+        assert len(h.notifier.messages) == 1 and "reaped in 10 min" in h.notifier.messages[0]
         h.clock.advance(300)
         await h.poll_once()
         assert h.cloud.calls == [] and len(h.notifier.messages) == 1  # warned once

@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -124,11 +125,16 @@ class Watch:
 
     def __init__(self, tmp_path: Path, name: str, env: dict[str, str]) -> None:
         self.jsonl = tmp_path / f"{name}.jsonl"
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "vastevents", "watch", "--interval", "0.2", "--jsonl", str(self.jsonl),
-             "--config", str(tmp_path / "team.toml")],
-            env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
+        self.out = tmp_path / f"{name}.out"
+        with self.out.open("w") as out, (tmp_path / f"{name}.err").open("w") as err:  # files: no pipe to fill up
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "vastevents", "watch", "--interval", "0.2", "--jsonl", str(self.jsonl),
+                 "--config", str(tmp_path / "team.toml")],
+                env=env, cwd=tmp_path, stdout=out, stderr=err,
+            )  # fmt: skip
+
+    def printed(self) -> str:
+        return self.out.read_text()
 
     def names(self) -> list[str]:
         if not self.jsonl.exists():
@@ -142,7 +148,7 @@ class Watch:
                 self.process.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 self.process.kill()
-        self.process.communicate()
+                self.process.wait()
 
 
 HANG = 120.0
@@ -172,11 +178,15 @@ def test_two_watch_processes_one_leader_and_failover_after_kill_9(
         leader = next(w for w in watchers if w.names())
         follower = next(w for w in watchers if w is not leader)
         assert follower.names() == []  # only one polls
+        wait_until(lambda: "standing by: " in follower.printed(), "the follower says it stands by")
+        assert f"{socket.gethostname()}:{leader.process.pid} leads" in follower.printed()
+        wait_until(lambda: "this watcher leads" in leader.printed(), "the leader says it leads")
 
         leader.process.kill()  # SIGKILL: its session dies with it
         leader.process.wait(timeout=10)
         second_id = sim.create_instance(label="vastevents:b")
         wait_until(lambda: "appeared" in follower.names(), "the follower takes over")
+        wait_until(lambda: "this watcher leads" in follower.printed(), "the new leader says so")
 
         result = CliRunner().invoke(app, ["team", "status", "--json", "--config", str(tmp_path / "team.toml")])
         assert result.exit_code == 0, result.output

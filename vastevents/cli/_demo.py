@@ -34,6 +34,7 @@ from rich.status import Status
 from rich.table import Table
 
 from vastevents.cli._app import EXIT_FAILED, EXIT_INTERRUPTED, app, existing_store, fail, logs_through
+from vastevents.cli._format import cut
 from vastevents.clock import ManualClock
 from vastevents.config import Config, parse_config
 from vastevents.connect import vast_client
@@ -374,6 +375,7 @@ def _report(config: Config, story: _Story, messages: list[str], left: int, *, wi
         "hosts": [record.to_json() for record in blocked],
         "slack": messages,
         "steps": story.steps,
+        "interrupted": story.interrupted,
         "result": result.read_text().strip() if result is not None and result.exists() else None,
     }
 
@@ -387,13 +389,14 @@ def _show(console: Console, report: dict[str, Any], as_json: bool) -> None:
     for column in ("#", "event", "instance", "detail"):
         timeline.add_column(column, header_style="bold")
     for event_id, name, instance_id, detail in report["timeline"]:
-        timeline.add_row(str(event_id), escape(name), str(instance_id or ""), escape(detail[:70]))
+        timeline.add_row(str(event_id), escape(name), str(instance_id or ""), escape(cut(detail or "", 70)))
     console.print(timeline)
     jobs = Table(title="jobs", title_justify="left", box=None)
     for column in ("job", "status", "exit", "instance", "gpu", "$/h", "results"):
         jobs.add_column(column, header_style="bold")
     for job in report["jobs"]:
-        jobs.add_row(str(job.get("job_id")), str(job.get("status")), str(job.get("exit_code")),
+        exit_code = job.get("exit_code")
+        jobs.add_row(str(job.get("job_id")), str(job.get("status")), "-" if exit_code is None else str(exit_code),
                      str(job.get("instance_id")), str(job.get("gpu_name") or ""), f"{job.get('dph_total') or 0:.3f}",
                      str(job.get("results_dir") or ""))  # fmt: skip
     console.print(jobs)
@@ -420,7 +423,13 @@ def _show(console: Console, report: dict[str, Any], as_json: bool) -> None:
     console.print(hosts)
     console.print(f"Slack (local sink): {len(report['slack'])} messages", style="bold")
     for text in report["slack"]:
-        console.print(f"  {escape(text[:110])}", style="dim")
+        console.print(f"  {escape(cut(text, 110))}", style="dim")
     console.rule("checks")
     for name, ok in report["checks"]:
         console.print(f"{'✓' if ok else '✗'} {name}", style="green" if ok else "bold red")
+    if report["interrupted"]:
+        console.print(
+            f"interrupted after {report['steps']} steps: the story stopped early (so checks of its later part fail);"
+            " everything it rented was destroyed",
+            style="bold yellow",
+        )

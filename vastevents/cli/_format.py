@@ -6,12 +6,11 @@
 from __future__ import annotations
 
 from rich import box
-from rich.console import Console
 from rich.table import Table
 
 from vastevents.config import format_duration
 
-__all__ = ["format_duration", "money", "money_change", "narrow_table", "plural", "print_table", "rate"]
+__all__ = ["cut", "format_duration", "money", "money_change", "narrow_table", "plural", "rate"]
 
 _CENT = 0.005
 
@@ -46,11 +45,11 @@ def plural(count: int, noun: str) -> str:
     return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
 
+def cut(text: str, width: int) -> str:
+    """`text` in at most `width` characters, ending with ``…`` when it was cut."""
+    return text if len(text) <= width else text[: width - 1].rstrip() + "…"
+
+
 def narrow_table(title: str | None = None) -> Table:
     """A table that fits 80 columns: a rule under the header, one space between columns."""
     return Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
-
-
-def print_table(console: Console, table: Table, empty: str) -> None:
-    """The table, or the sentence `empty` when it has no rows."""
-    console.print(table if table.row_count else empty)

@@ -8,9 +8,9 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
 from vastevents.cli._app import ConfigOption, app, existing_store, fail, table_console
+from vastevents.cli._format import format_duration, narrow_table
 from vastevents.config import Config, load_config, parse_duration
 from vastevents.connect import configured_store
 from vastevents.errors import ConfigError
@@ -54,11 +54,11 @@ def hosts(
     if not found:
         Console(highlight=False).print("no host has a strike")
         return
-    table = Table(box=None)
+    table = narrow_table()
     for column in ("machine", "host", "strikes", "blocked until", "reasons"):
-        table.add_column(column, header_style="bold")
+        table.add_column(column, overflow="fold" if column == "reasons" else "ellipsis", no_wrap=column != "reasons")
     for record in found:
-        until = record.blocked_until.isoformat(timespec="seconds") if record.blocked_until else "-"
+        until = record.blocked_until.strftime("%Y-%m-%d %H:%M") if record.blocked_until else "-"
         table.add_row(str(record.machine_id), str(record.host_id or "-"), str(record.strikes), until,
                       "; ".join(record.reasons))  # fmt: skip
     table_console().print(table)
@@ -72,7 +72,7 @@ def _change(cfg: Config, block: int | None, unblock: int | None, reason: str, tt
             repository = store.repository(Hosts)
             if block is not None:
                 repository.block(block, reason, datetime.now(UTC), ttl)
-                typer.echo(f"machine {block} blocked for {ttl:g} s: {reason}")
+                typer.echo(f"machine {block} blocked for {format_duration(ttl)}: {reason}")
             elif unblock is not None and repository.forgive(unblock):
                 typer.echo(f"machine {unblock} unblocked; its strikes are forgotten")
             else:

@@ -14,9 +14,9 @@ import sys
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 
 from vastevents.cli._app import ConfigOption, app, fail, table_console
+from vastevents.cli._format import narrow_table
 from vastevents.config import Config, load_config
 from vastevents.errors import ConfigError, VastEventsError
 from vastevents.plugins import activate, load_handlers, resolve
@@ -55,11 +55,12 @@ async def _pass(cfg: Config, *, dry_run: bool) -> list[dict[str, Any]]:
 
 def _print(found: list[dict[str, Any]], dry_run: bool) -> None:
     if not found:
-        typer.echo("nothing to reap")
+        typer.echo("Nothing to reap: no owned instance matches a rule of the reaper.")
         return
-    table = Table(title="Reaper (dry run)" if dry_run else "Reaper")
+    table = narrow_table("Reaper (dry run)" if dry_run else "Reaper")
     for column in ("instance", "label", "rule", "reason", "action"):
-        table.add_column(column)
+        folds = column in ("label", "reason")
+        table.add_column(column, no_wrap=not folds, overflow="fold" if folds else "ellipsis")
     for item in found:
         table.add_row(str(item["instance_id"]), item["label"] or "-", item["rule"], item["reason"], item["action"])
     table_console().print(table)

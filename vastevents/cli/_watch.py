@@ -35,6 +35,7 @@ from vastevents.cli._app import (
     fail,
     logs_through,
 )
+from vastevents.cli._format import plural
 from vastevents.clock import ManualClock
 from vastevents.config import Config, StoreConfig, load_config, with_sections
 from vastevents.errors import AuthError, ConfigError, VastEventsError
@@ -53,9 +54,12 @@ from vastevents.metrics import Metrics
 from vastevents.plugins import ActiveHandler, installed_handlers, load_handlers
 from vastevents.runtime import Runtime
 from vastevents.store import Store, StoreError
+from vastevents.store.team import TeamMembers
 from vastevents.vast_webhooks import parse_listen
 from vastevents.watcher import Watcher, WatchStatus
 
+ROLE_CHECK_SECONDS = 0.5
+"""How often a team's watcher looks at the roster to say when it stands by or takes over."""
 SIM_POLL_SECONDS = 0.5
 """Real seconds between the polls of ``watch --sim`` by default (``--pace``)."""
 SIM_STEPS = 40
@@ -206,6 +210,10 @@ class _Screen:
         if event.name == POLL_FAILED and self._with_stderr:
             _READ_ON_TERMINAL.add(event.detail)
 
+    def note(self, text: str) -> None:
+        """A line about the watcher itself (not an event), above the status line."""
+        self.console.print(text, style="dim", markup=False)
+
     def status(self, status: WatchStatus) -> None:
         if self._live is not None:
             self._live.update(_status_text(status), refresh=True)
@@ -256,9 +264,34 @@ async def _watch(runtime: Runtime, screen: _Screen, *, once: bool, interrupted: 
             stop.set()
 
     with screen.showing():
-        await runtime.run(stop, on_cycle=on_cycle)
+        if runtime.leadership is None:
+            await runtime.run(stop, on_cycle=on_cycle)
+        else:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(_tell_the_role(runtime, screen, stop))
+                await runtime.run(stop, on_cycle=on_cycle)
     if (rejected := _key_rejected_at_start(watcher)) is not None:
         _fail_poll(rejected)
+
+
+async def _tell_the_role(runtime: Runtime, screen: _Screen, stop: asyncio.Event) -> None:
+    """In a team: say when this watcher stands by (and who leads instead), and when it takes over."""
+    assert runtime.leadership is not None
+    me, failover = runtime.leadership.member, runtime.config.team.failover
+    told = None
+    while not stop.is_set():
+        members = runtime.store.repository(TeamMembers).members()
+        role = next((m.role for m in members if m.member == me), None)  # on the roster once it first tried
+        leaders = sorted((m for m in members if m.role == "leader" and m.member != me), key=lambda m: m.seen)
+        if role == "leader" and told != role:
+            told = role
+            screen.note("this watcher leads: it polls and acts")
+        elif role == "follower" and told != role and leaders:  # the leader records itself as it takes the lock
+            told = role
+            who = leaders[-1].member
+            screen.note(f"standing by: {who} leads; this watcher takes over within {failover:g} s if it stops")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), ROLE_CHECK_SECONDS)
 
 
 def _key_rejected_at_start(watcher: Watcher) -> AuthError | None:
@@ -531,7 +564,8 @@ def _summary(console: Console, journal: list[Event], status: WatchStatus, second
     console.print(table)
     instances = len({event.instance_id for event in journal if event.instance_id is not None})
     console.print(
-        f"{len(journal)} events about {instances} instances in {status.polls} polls, {seconds:.1f} s; "
+        f"{plural(len(journal), 'event')} about {plural(instances, 'instance')} in {plural(status.polls, 'poll')},"
+        f" {seconds:.1f} s; "
         f"simulator stopped{', no sshd left' if not sshd else ''}. "
         "Next: `vastevents sim` + `VAST_URL` to try handlers, or `vastevents watch` on your account.",
         style="dim",
