@@ -26,8 +26,9 @@ def _rows(client: httpx.Client) -> dict[str, dict[str, Any]]:
 
 def test_readme_names_the_example_story_and_its_header_says_how_to_run_it() -> None:
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    command = re.search(r"vastevents sim (.*)--scenario \S*my-story\.toml", readme)
+    command = re.search(r"vastevents sim (.*)--scenario (\S*my-story\.toml)", readme)
     assert command is not None, "README's sim section runs my-story.toml"
+    assert (ROOT / command[2]).is_file(), "README's path works from the repository's root"
     header = MY_STORY.read_text(encoding="utf-8").split("\ndescription", 1)[0]
     assert f"vastevents sim {command[1]}--scenario examples/my-story.toml" in header
     assert "10 simulated minutes, 20 s of wall time at --speed 30" in header

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import importlib
 import logging
+import sys
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar, cast
 
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -185,10 +187,12 @@ def installed_handlers() -> list[InstalledHandler]:
     return found
 
 
-def resolve(use: str) -> tuple[object, str]:
+def resolve(use: str, near: Path | None = None) -> tuple[object, str]:
     """The object `use` names and a description of where it came from.
 
-    `use` is an installed handler's name (``"log"``) or ``"package.module:attr"``.
+    `use` is an installed handler's name (``"log"``) or ``"package.module:attr"``. A module that is not importable
+    is also looked for in the directory `near` (the config file's): a plugin written next to its config is found
+    however vastevents was started (the ``vastevents`` script does not put the current directory on the path).
     """
     points = _entry_points()
     if use in points:
@@ -200,7 +204,7 @@ def resolve(use: str) -> tuple[object, str]:
         installed = ", ".join(sorted(points)) or "none"
         raise LookupError(f"expected an installed handler name ({installed}) or 'package.module:attr'")
     try:
-        target: object = importlib.import_module(module_name)
+        target: object = _import(module_name, near)
     except ImportError as exc:
         raise LookupError(f"cannot import {module_name}: {exc}") from None
     for part in attr.split("."):
@@ -209,6 +213,18 @@ def resolve(use: str) -> tuple[object, str]:
         except AttributeError:
             raise LookupError(f"{module_name} has no attribute {attr!r}") from None
     return target, f"import {use}"
+
+
+def _import(module_name: str, near: Path | None) -> object:
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        top = module_name.partition(".")[0]
+        found = near is not None and ((near / f"{top}.py").is_file() or (near / top / "__init__.py").is_file())
+        if exc.name != top or not found or str(near) in sys.path:
+            raise
+        sys.path.insert(0, str(near))
+        return importlib.import_module(module_name)
 
 
 def activate(
@@ -297,7 +313,7 @@ def load_handlers(config: Config) -> list[ActiveHandler]:
     for name, handler_config in config.handlers.items():
         use = handler_config.use
         try:
-            target, source = resolve(use)
+            target, source = resolve(use, near=config.source.parent if config.source else None)
         except LookupError as exc:
             raise config_error(config, ("handlers", name, "use"), f"{use!r}: {exc}") from None
         try:

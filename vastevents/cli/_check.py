@@ -115,7 +115,7 @@ def _check_handlers(settings: Config, report: _Report) -> None:
         return
     for name, entry in settings.handlers.items():
         try:
-            resolve(entry.use)
+            resolve(entry.use, near=settings.source.parent if settings.source else None)
         except LookupError as exc:
             report.bad(
                 f"handlers: {config_error(settings, ('handlers', name, 'use'), f'{entry.use!r}: {exc}')}\n  fix"

@@ -38,7 +38,7 @@ async def _pass(cfg: Config, *, dry_run: bool) -> list[dict[str, Any]]:
     """One pass of the reaper without grace (only looking, over a read-only store, for `dry_run`); what it found."""
     name, use, options = _reaper(cfg)
     try:
-        target, source = resolve(use)
+        target, source = resolve(use, near=cfg.source.parent if cfg.source else None)
         active = activate(name, target, {**options, "dry_run": dry_run, "grace": 0}, use=use, source=source)
     except (LookupError, ValueError) as exc:
         raise ConfigError(f"[handlers.{name}]: {exc}") from None
