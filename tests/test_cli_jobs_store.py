@@ -85,3 +85,21 @@ def test_an_empty_jobs_table_is_a_sentence(tmp_path: Path) -> None:
 def test_hosts_block_says_how_long_in_words(config: Path) -> None:
     result = CliRunner().invoke(app, ["hosts", "--block", "77", "--reason", "flaky disk", "--config", str(config)])
     assert (result.exit_code, result.stdout) == (0, "machine 77 blocked for 7 d: flaky disk\n")
+
+
+def test_commands_that_only_look_write_nothing_to_the_store(config: Path, tmp_path: Path) -> None:
+    """`events`, `jobs`, `logs`, `cost`, `hosts`: the store file and its WAL are the same bytes after them."""
+    store = tmp_path / "state.db"
+
+    def files() -> tuple[bytes, bytes]:
+        wal = store.with_name("state.db-wal")
+        return store.read_bytes(), wal.read_bytes() if wal.exists() else b""
+
+    before = files()
+    runner = CliRunner()
+    env = {"VAST_URL": "http://127.0.0.1:9", "VAST_API_KEY": ""}  # nothing to reach: only the store is read
+    for args in (["events", "--json"], ["jobs"], ["jobs", "--json"], ["logs", "1"], ["cost", "--json"],
+                 ["hosts", "--json"], ["events", "--name", "appeared"]):  # fmt: skip
+        result = runner.invoke(app, [*args, "--config", str(config)], env=env)
+        assert result.exit_code == 0, (args, result.output)
+    assert files() == before
