@@ -193,7 +193,7 @@ def test_the_key_vastai_set_api_key_writes_under_xdg_config_home_is_found(user: 
 @pytest.mark.parametrize(
     "args",
     [
-        ["--url", "{url}", "--api-key", "{key}", "status", "--raw"],
+        ["--url", "{url}", "--api-key", "{key}", "--raw", "status"],
         ["status", "--raw", "--url", "{url}", "--api-key", "{key}"],
         ["status", "--url={url}", "--api-key={key}", "--raw"],
     ],

@@ -78,6 +78,8 @@ class WorkflowGroup(TyperGroup):
             else:
                 kept.append(arg)
             position += 1
+        if ctx.params.get("raw") and "--json" in own and "--json" not in kept:  # `vastevents --raw status`
+            kept.append("--json")
         return name, command, [*kept, *rest[end:]]
 
     def format_commands(self, ctx: Context, formatter: HelpFormatter) -> None:
@@ -143,6 +145,7 @@ def main_options(
     api_key: Annotated[
         str | None, typer.Option("--api-key", metavar="KEY", help=_API_KEY_HELP, show_default=False)
     ] = None,
+    raw: Annotated[bool, typer.Option("--raw", help="The command's --json output, as `vastai --raw`.")] = False,
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
     ] = False,
