@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import tarfile
 import threading
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Literal, cast
@@ -78,16 +79,24 @@ def _default_keys() -> list[Path]:
     return [ssh_dir / name for name in ("id_ed25519", "id_ecdsa", "id_rsa") if (ssh_dir / name).is_file()]
 
 
+ENDED_KEPT = 64
+"""How many ended transfers a :class:`Transfer` remembers (a long-running watcher makes many)."""
+
+
 @dataclass
 class Transfer:
-    """The upload or download in progress, or the last one: what it moves and how many bytes so far, and every
-    one that ended (for progress lines; written by the thread that moves the bytes, read by anyone)."""
+    """The upload or download in progress, or the last one: what it moves and how many bytes so far, and the
+    latest that ended, with how many ended in all (for progress lines; written by the thread that moves the
+    bytes, read by anyone)."""
 
     direction: Literal["upload", "download"] = "upload"
     path: str = ""
     done: int = 0
     active: bool = False
-    ended: list[tuple[Literal["upload", "download"], str, int]] = field(default_factory=list)
+    ended: deque[tuple[Literal["upload", "download"], str, int]] = field(
+        default_factory=lambda: deque(maxlen=ENDED_KEPT)
+    )
+    ended_count: int = 0
 
     def begin(self, direction: Literal["upload", "download"], path: str) -> None:
         self.direction, self.path, self.done, self.active = direction, path, 0, True
@@ -95,6 +104,12 @@ class Transfer:
     def end(self) -> None:
         self.active = False
         self.ended.append((self.direction, self.path, self.done))
+        self.ended_count += 1
+
+    def ended_since(self, count: int) -> list[tuple[Literal["upload", "download"], str, int]]:
+        """The transfers that ended after the first `count` (those still remembered)."""
+        new = min(self.ended_count - count, len(self.ended))
+        return list(self.ended)[len(self.ended) - new :] if new > 0 else []
 
 
 class _Counted:

@@ -62,7 +62,7 @@ class JobProgress:
         self.started = time.monotonic()
         self._live = console.is_terminal
         self._said: Moment | None = None
-        self._told_ended = len(transfer.ended)
+        self._told_ended = transfer.ended_count
 
     def moment(self, job: Job) -> Moment:
         phase = next(
@@ -105,12 +105,12 @@ class JobProgress:
             status.update(self.line(job))
             return
         moment = self.moment(job)
-        for direction, path, count in self.transfer.ended[self._told_ended :]:
+        for direction, path, count in self.transfer.ended_since(self._told_ended):
             verb = "uploaded" if direction == "upload" else "downloaded"
             self.console.print(
                 f"job {job.id}: {verb} {size(count)} ({path})", markup=False, highlight=False, soft_wrap=True
             )
-        self._told_ended = len(self.transfer.ended)
+        self._told_ended = self.transfer.ended_count
         key = Moment(moment.status, moment.phase, moment.host_says, None)
         if key != self._said:
             self._said = key
