@@ -113,7 +113,8 @@ def test_run_shows_where_the_job_is_what_the_host_says_and_the_bytes_it_moves(tm
 def test_dry_run_rents_nothing_and_bad_spec_names_the_key(sim: Simulator, tmp_path: Path) -> None:
     done = _run(sim, tmp_path, "--image", "x", "--cmd", "true", "--dry-run", "--json")
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout)["dry_run"] is True
+    shown = json.loads(done.stdout)
+    assert shown["chosen"] == shown["offers"][0]["id"]
     bad = _run(sim, tmp_path, "--image", "x", "--cmd", "true", "--disk", "-3")
     assert bad.returncode == 2 and "'disk'" in bad.stderr and "Traceback" not in bad.stderr
 

@@ -10,6 +10,7 @@ the client, the stores, the diff, the CLI) is importable from its module but is 
 
 __version__ = "0.1.0"
 
+from vastevents.choosing import Estimate, HostStats, Kind, Ranking, Strategy, Workload, rank
 from vastevents.config import Duration, format_duration
 from vastevents.context import Context
 from vastevents.errors import (
@@ -43,7 +44,8 @@ from vastevents.notify.chat_webhook import JsonWebhookTransport
 from vastevents.plugins import Handler, HandlerFunc, HandlerOptions, daemon, every, on
 from vastevents.ports import CommandResult, Notifier, Ssh, SshTarget, VastApi
 from vastevents.snapshot import InstanceView, Snapshot
-from vastevents.store import Conn, Database, Job, Jobs, JobStatus, Migration, Store
+from vastevents.store import Conn, Database, Job, Jobs, JobStatus, Migration, Store, Terms
+from vastevents.store.history import HostHistory
 from vastevents.store.hosts import HostRecord, Hosts
 from vastevents.store.ledger import Interval, Ledger, LedgerInstance, job_id_of
 from vastevents.store.outbox import Outbox, OutboxMessage
@@ -63,11 +65,14 @@ __all__ = [
     "Context",
     "Database",
     "Duration",
+    "Estimate",
     "Event",
     "Handler",
     "HandlerFunc",
     "HandlerOptions",
+    "HostHistory",
     "HostRecord",
+    "HostStats",
     "Hosts",
     "Instance",
     "InstanceView",
@@ -77,6 +82,7 @@ __all__ = [
     "JobStatus",
     "Jobs",
     "JsonWebhookTransport",
+    "Kind",
     "Ledger",
     "LedgerInstance",
     "Migration",
@@ -91,6 +97,7 @@ __all__ = [
     "PermanentSendError",
     "Posted",
     "QueryError",
+    "Ranking",
     "RateLimited",
     "Recoveries",
     "Recovery",
@@ -102,18 +109,22 @@ __all__ = [
     "SshTarget",
     "State",
     "Store",
+    "Strategy",
     "TemporaryError",
+    "Terms",
     "TransientSendError",
     "VastApi",
     "VastEventsError",
     "Volume",
     "VolumeMount",
     "WebhookTransport",
+    "Workload",
     "__version__",
     "daemon",
     "every",
     "format_duration",
     "job_id_of",
     "on",
+    "rank",
     "unpack_dir",
 ]

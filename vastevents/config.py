@@ -19,6 +19,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationError
 
 from vastevents._logging import register_secret, without_password
+from vastevents.choosing import Strategy
 from vastevents.errors import ConfigError
 from vastevents.vast import DEFAULT_URL
 from vastevents.vast_webhooks import parse_listen
@@ -147,6 +148,13 @@ class AgentsConfig(_Section):
     """How long an estimate's quote may be submitted."""
 
 
+class JobsConfig(_Section):
+    """``[jobs]``: how ``run``, submitted jobs and recovery pick among the offers that match."""
+
+    choose: Strategy = Strategy.EXPECTED_COST
+    """``expected_cost`` (the lowest expected cost per finished job), ``cheapest`` or ``second_cheapest``."""
+
+
 class HandlerConfig(BaseModel):
     """``[handlers.NAME]``: ``use`` picks the handler; every other key belongs to that handler."""
 
@@ -166,6 +174,7 @@ class Config(_Section):
     webhooks: WebhooksConfig = WebhooksConfig()
     dashboard: DashboardConfig = DashboardConfig()
     agents: AgentsConfig = AgentsConfig()
+    jobs: JobsConfig = JobsConfig()
     handlers: dict[str, HandlerConfig] = {}
 
     _source: Path | None = PrivateAttr(default=None)

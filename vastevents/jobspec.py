@@ -2,6 +2,7 @@
 
     image = "pytorch/pytorch:2.3.1-cuda12.1-cudnn8-runtime"
     query = "gpu_ram>=24 num_gpus=1 reliability>0.9 disk_space>=64"
+    interruptible = true          # a bid (min_bid plus a learned margin); false: on-demand; unset: the cheaper bet
     upload = "./train"            # becomes the remote workdir
     cmd = "python train.py"
     download = ["out", "metrics.json"]
@@ -21,17 +22,25 @@ import shutil
 import tarfile
 import tempfile
 import tomllib
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from vastevents.choosing import Kind, Ranking, Strategy, Workload, rank
 from vastevents.config import parse_duration
 from vastevents.errors import ConfigError
+from vastevents.query import parse_query
+from vastevents.store.history import HostHistory
+from vastevents.store.hosts import Hosts
 
 if TYPE_CHECKING:
+    from datetime import datetime
+
     from vastevents.models import Offer
     from vastevents.ports import VastApi
+    from vastevents.store import Store
 
 DEFAULT_QUERY = "gpu_ram>=24 num_gpus=1 reliability>0.9 disk_space>=64"
 
@@ -64,9 +73,14 @@ class JobSpec(BaseModel):
     disk: float = Field(64.0, gt=0)
     query: str = DEFAULT_QUERY
     bid: float | None = Field(None, gt=0)
+    interruptible: bool | None = None
+    """True: rent interruptible (a bid); False: on-demand; None: whichever is expected to cost less (or a bid when
+    `bid` fixes the price)."""
     upload: Path | None = None
     cmd: str
     download: tuple[str, ...] = ()
+    download_gb: float = Field(0.0, ge=0)
+    """Roughly what the downloads weigh, for the expected cost of bringing them back (``inet_up_cost``)."""
     out: Path = Path("results")
     workdir: str = "job"
     max_duration: float | None = None
@@ -101,13 +115,15 @@ class JobSpec(BaseModel):
         return self.model_dump(mode="json")
 
     async def offers(
-        self, client: VastApi, *, blocked: tuple[list[int], list[int]] = ([], []), limit: int = 20
+        self, client: VastApi, *, blocked: tuple[Iterable[int], Iterable[int]] = ((), ()), limit: int = 20
     ) -> list[Offer]:
-        """The offers this job may rent, cheapest first: interruptible with a bid, else on-demand; at most
-        ``max_dph``; none on a `blocked` (machine ids, host ids) host."""
+        """The offers this job may rent, cheapest first: interruptible when the job says so, else on-demand (whose
+        rows carry ``min_bid`` too); at most ``max_dph``; none on a `blocked` (machine ids, host ids) host. Prices
+        include the job's disk."""
         machines, hosts = set(blocked[0]), set(blocked[1])
-        kind = "bid" if self.bid is not None else "on-demand"
-        found = await client.search_offers(self.query, type=kind, limit=limit, order=[["dph_total", "asc"]])
+        kind = "bid" if self.bid is not None or self.interruptible else "on-demand"
+        query = {**parse_query(self.query), "allocated_storage": self.disk}
+        found = await client.search_offers(query, type=kind, limit=limit, order=[["dph_total", "asc"]])
         return [
             offer
             for offer in found
@@ -115,6 +131,38 @@ class JobSpec(BaseModel):
             and offer.machine_id not in machines
             and offer.host_id not in hosts
         ]
+
+    async def choose(
+        self, client: VastApi, store: Store, *, now: datetime, strategy: Strategy, avoid: Iterable[int] = ()
+    ) -> Ranking:
+        """The matching offers (none on a blocked host, nor on the machines to `avoid`) in the order `strategy`
+        would rent them, each with its terms (bid or on-demand) and expected cost from our host history; none
+        whose price under those terms is over ``max_dph``."""
+        machines, hosts = store.repository(Hosts).blocked(now)
+        found = await self.offers(client, blocked=([*machines, *avoid], hosts))
+        history = store.repository(HostHistory).stats(store.journal, now)
+        ranking = rank(found, self.workload(), history, strategy=strategy)
+        if self.max_dph is None:
+            return ranking
+        return Ranking(ranking.strategy, tuple(e for e in ranking.estimates if e.dph <= self.max_dph))
+
+    def workload(self) -> Workload:
+        """The job as the expected-cost model sees it."""
+        kind = None if self.interruptible is None and self.bid is None else Kind.BID
+        if self.interruptible is False and self.bid is None:
+            kind = Kind.ON_DEMAND
+        upload = 0
+        if self.upload is not None and self.upload.is_dir():
+            upload = sum(f.stat().st_size for f in self.upload.rglob("*") if f.is_file() and not f.is_symlink())
+        return Workload(
+            seconds=self.hours * 3600.0,
+            disk_gb=self.disk,
+            checkpoint_every=self.checkpoint_every if self.checkpoint_dir else None,
+            upload_gb=upload / 1e9,
+            download_gb=self.download_gb,
+            kind=kind,
+            bid=self.bid,
+        )
 
     @property
     def log_path(self) -> str:

@@ -1,4 +1,5 @@
-"""``vastevents hosts``: the bad-host blocklist the recovery handler keeps, and blocking or unblocking by hand."""
+"""``vastevents hosts``: the bad-host blocklist the recovery handler keeps, blocking or unblocking by hand, and
+each host's history with us (``--history``), which offers are chosen by."""
 
 from __future__ import annotations
 
@@ -9,19 +10,31 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from vastevents.choosing import HostStats
 from vastevents.cli._app import ConfigOption, app, existing_store, fail, table_console
-from vastevents.cli._format import format_duration, narrow_table
+from vastevents.cli._format import format_duration, narrow_table, rate
 from vastevents.config import Config, load_config, parse_duration
 from vastevents.connect import configured_store
 from vastevents.errors import ConfigError
 from vastevents.store import StoreError
+from vastevents.store.history import HostHistory
 from vastevents.store.hosts import HostRecord, Hosts
 
 
 @app.command()
 def hosts(
     config: ConfigOption = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON array of every struck host.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print one JSON array (of struck hosts, or --history).")
+    ] = False,
+    history: Annotated[
+        bool,
+        typer.Option(
+            "--history",
+            help="Every machine we rented: rentals, median seconds to running and to SSH, outbids per hour, preflight"
+            " failures, jobs finished and failed, mean $/h paid.",
+        ),
+    ] = False,
     block: Annotated[
         int | None, typer.Option("--block", metavar="MACHINE_ID", help="Block a machine by hand (with --reason).")
     ] = None,
@@ -32,9 +45,10 @@ def hosts(
         typer.Option("--unblock", metavar="MACHINE_ID", help="Unblock a machine and forget its strikes."),
     ] = None,
 ) -> None:
-    """List every host with at least one strike, blocked or not, with the reasons; or block/unblock one.
+    """List every host with at least one strike, blocked or not, with the reasons; or block/unblock one; or show
+    how every host we rented did (--history).
 
-    Recovery and the jobs runner never rent on a blocked machine.
+    Recovery and the jobs runner never rent on a blocked machine, and choose among the others by that history.
     """
     try:
         cfg = load_config(config)
@@ -43,6 +57,9 @@ def hosts(
         fail(f"--for {block_for!r}: {exc}" if isinstance(exc, ValueError) else str(exc), 2)
     if block is not None or unblock is not None:
         _change(cfg, block, unblock, reason, ttl)
+        return
+    if history:
+        _history(cfg, as_json)
         return
     found: list[HostRecord] = []
     if (store := existing_store(cfg)) is not None:
@@ -62,6 +79,38 @@ def hosts(
         table.add_row(str(record.machine_id), str(record.host_id or "-"), str(record.strikes), until,
                       "; ".join(record.reasons))  # fmt: skip
     table_console().print(table)
+
+
+def _history(cfg: Config, as_json: bool) -> None:
+    found: list[HostStats] = []
+    if (store := existing_store(cfg)) is not None:
+        with store:
+            found = list(store.repository(HostHistory).stats(store.journal, datetime.now(UTC)).values())
+    if as_json:
+        typer.echo(json.dumps([record.to_json() for record in found], indent=2))
+        return
+    if not found:
+        Console(highlight=False).print("no host rented yet")
+        return
+    table = narrow_table()
+    for column in ("machine", "host", "rentals", "to run", "to SSH", "outbids/h", "unfit", "done", "failed", "paid"):
+        table.add_column(column, justify="right")
+    for record in found:
+        table.add_row(str(record.machine_id), str(record.host_id or "-"), str(record.rentals),
+                      _took(record.median_s_to_running), _took(record.median_s_to_ssh),
+                      "-" if record.outbids_per_hour is None else f"{record.outbids_per_hour:.2f}",
+                      str(record.preflight_failures), str(record.jobs_finished), str(record.jobs_failed),
+                      rate(record.mean_dph))  # fmt: skip
+    table_console().print(table)
+    Console(highlight=False).print(
+        "to run, to SSH: median time from create to running and from running to SSH; unfit: preflight failures;"
+        " done, failed: jobs; paid: mean $/h",
+        style="dim",
+    )
+
+
+def _took(seconds: float | None) -> str:
+    return "-" if seconds is None else format_duration(seconds)
 
 
 def _change(cfg: Config, block: int | None, unblock: int | None, reason: str, ttl: float) -> None:

@@ -21,6 +21,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from vastevents.choosing import Ranking
 from vastevents.cli._app import ConfigOption, app, existing_store, fail, table_console
 from vastevents.cli._format import format_duration, money, narrow_table, rate
 from vastevents.cli._preflight import account_preflight
@@ -28,6 +29,7 @@ from vastevents.cli._progress import JobProgress
 from vastevents.cli._submit import follow as follow_job
 from vastevents.cli._submit import submit as queue_job
 from vastevents.config import Config, HandlerConfig, load_config
+from vastevents.costs import budgets_left
 from vastevents.errors import ConfigError, VastEventsError
 from vastevents.jobspec import DEFAULT_QUERY, JobSpec, load_spec
 from vastevents.labels import job_label_prefix
@@ -35,10 +37,12 @@ from vastevents.plugins import load_handlers
 from vastevents.ports import SshTarget
 from vastevents.runtime import Runtime
 from vastevents.ssh import ParamikoSsh
-from vastevents.store import Job, Jobs, open_store
-from vastevents.store.hosts import Hosts
+from vastevents.store import Job, Jobs, Terms, open_store
+from vastevents.store.ledger import Ledger
 
 JOBS_HANDLER = "jobs"
+SHOWN = 5
+"""How many offers ``--dry-run`` (and the confirmation) shows."""
 KEY_FILES = ("id_ed25519", "id_rsa")
 
 
@@ -130,7 +134,10 @@ def run(
         typer.Option(metavar="DURATION", help="Stop the job after this long, e.g. 2h, 90m, 3600 (seconds)."),
     ] = None,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Skip every confirmation.")] = False,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show the offer and estimate, rent nothing.")] = False,
+    dry_run: Annotated[
+        bool,
+        typer.Option("--dry-run", help="Show the best offers with $/h, expected cost and why; rent nothing."),
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object on stdout, last.")] = False,
     submit: Annotated[
         bool,
@@ -203,26 +210,26 @@ async def _run_with(
 ) -> tuple[int, dict[str, Any] | None]:
     async with Runtime(config, handlers=handlers, ssh=ssh) as runtime:
         await account_preflight(runtime, yes=yes, dry_run=dry_run, err=err)
-        offers = await spec.offers(runtime.client, blocked=runtime.store.repository(Hosts).blocked(runtime.clock.now()))
-        if not offers:
-            raise VastEventsError(f"no offer matches {spec.query!r}")
-        best = offers[0]
-        estimate = spec.estimate(best)
-        (Console(highlight=False) if dry_run and not as_json else err).print(  # a dry run's answer is the offer
-            f"offer {best.id}: {best.num_gpus or 1}x {best.gpu_name} on machine {best.machine_id},"
-            f" ${best.dph_total or 0:.4f}/h, about ${estimate:.2f} for {spec.hours:g} h"
-        )
-        if spec.max_cost is not None and estimate > spec.max_cost:
-            raise VastEventsError(f"the estimate ${estimate:.2f} is over max_cost ${spec.max_cost:.2f}")
+        ranking = await spec.choose(runtime.client, runtime.store, now=runtime.clock.now(), strategy=config.jobs.choose)
+        best = ranking.chosen
+        if best is None:
+            cap = f" at most ${spec.max_dph:g}/h" if spec.max_dph is not None else ""
+            raise VastEventsError(f"no offer matches {spec.query!r}{cap}")
+        bound = best.bound(spec.hours * 3600.0)
+        _show_ranking(ranking, spec, Console(highlight=False) if dry_run and not as_json else err)  # a dry run's answer
+        if spec.max_cost is not None and bound > spec.max_cost:
+            raise VastEventsError(f"the estimate {money(bound)} is over max_cost {money(spec.max_cost)}")
+        _check_budgets(config, runtime, bound, spec)
         if dry_run:
-            return 0, {"offer": best.id, "dph_total": best.dph_total, "estimate_usd": estimate, "dry_run": True}
+            return 0, ranking.to_json(top=SHOWN)
         if not yes and not typer.confirm("Rent it and run the job?", default=True, err=True):
             return 0, None
         assert key is not None
         await _register_key(runtime, key, err)
         jobs = runtime.store.repository(Jobs)
         prefix = await job_label_prefix(config, runtime.client)
-        job = jobs.submit(spec.to_json(), [o.id for o in offers], prefix, runtime.clock.now())
+        terms = {e.offer.id: Terms(e.bid, e.dph) for e in ranking.estimates}
+        job = jobs.submit(spec.to_json(), list(terms), prefix, runtime.clock.now(), terms=terms)
         err.print(f"job {job.id} ({job.label})")
         started = runtime.clock.now()
         try:
@@ -239,6 +246,35 @@ async def _run_with(
         report = _report(final, elapsed, err if as_json else Console())
         code = final.exit_code if final and final.exit_code is not None else 1
         return (130 if final is not None and final.status == "cancelled" else code), report
+
+
+def _show_ranking(ranking: Ranking, spec: JobSpec, console: Console) -> None:
+    """The offers it would rent, best first: $/h, the expected cost of the finished job, and why."""
+    table = narrow_table(f"offers by {ranking.strategy} for a {format_duration(spec.hours * 3600)} job")
+    for column in ("offer", "gpu", "$/h", "expected $", "why"):
+        table.add_column(column, overflow="fold" if column == "why" else "ellipsis", no_wrap=column != "why")
+    for estimate in ranking.estimates[:SHOWN]:
+        offer = estimate.offer
+        table.add_row(str(offer.id), f"{offer.num_gpus or 1}x {offer.gpu_name}", rate(estimate.dph),
+                      f"${estimate.expected_cost_usd:.4f}", estimate.why)  # fmt: skip
+    console.print(table)
+    best = ranking.chosen
+    assert best is not None
+    console.print(f"chosen: offer {best.offer.id} on machine {best.offer.machine_id}, {rate(best.dph)},"
+                  f" at most {money(best.bound(spec.hours * 3600))} for {format_duration(spec.hours * 3600)},"
+                  f" ${best.expected_cost_usd:.4f} expected")  # fmt: skip
+
+
+def _check_budgets(config: Config, runtime: Runtime, bound: float, spec: JobSpec) -> None:
+    """Refuse a job that may cost more (its price times ``max_duration``) than what is left of a billing budget."""
+    intervals = runtime.store.repository(Ledger).intervals()
+    for budget in budgets_left(config, intervals, runtime.clock.now(), runtime.actions.owns_label):
+        if bound > budget.left_usd:
+            raise VastEventsError(
+                f"the job may cost up to {money(bound)} ({rate(bound / spec.hours)} for"
+                f" {format_duration(spec.hours * 3600)}), more than the {money(max(budget.left_usd, 0.0))} left of"
+                f" {budget.name}: shorten max_duration, or raise the budget"
+            )
 
 
 async def _drive(runtime: Runtime, jobs: Jobs, job: Job, err: Console) -> Job:

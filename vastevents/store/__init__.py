@@ -34,7 +34,7 @@ from vastevents.store._db import (
 )
 from vastevents.store.effects import MIGRATIONS as _EFFECTS
 from vastevents.store.effects import DaemonRow, Effects, Intent
-from vastevents.store.jobs import Job, Jobs, JobStatus
+from vastevents.store.jobs import Job, Jobs, JobStatus, Terms
 from vastevents.store.journal import MIGRATIONS as _JOURNAL
 from vastevents.store.journal import Journal, Retry, Write
 from vastevents.store.snapshots import MIGRATIONS as _SNAPSHOT
@@ -61,6 +61,7 @@ __all__ = [
     "StaleSnapshot",
     "Store",
     "StoreError",
+    "Terms",
     "Write",
     "open_store",
 ]

@@ -16,7 +16,7 @@ PostgreSQL), so no job is rented twice. Every change is announced on the ``vaste
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -93,7 +93,17 @@ MIGRATIONS = (
             "ALTER TABLE jobs ADD COLUMN cancel_requested_at TEXT",
         ),
     ),
+    Migration("jobs", 4, ("ALTER TABLE jobs ADD COLUMN terms TEXT NOT NULL DEFAULT '{}'",)),
 )
+
+
+@dataclass(frozen=True)
+class Terms:
+    """What renting one offer was priced at when the job chose it: its bid ($/h for the GPUs; None: on-demand)
+    and what it should bill per hour running (GPUs and disk), to check the instance's own price against."""
+
+    bid: float | None
+    dph: float
 
 
 @dataclass(frozen=True)
@@ -130,6 +140,8 @@ class Job:
     avoid: list[int] = field(default_factory=list)
     """Machines this job does not rent again (an instance there was dropped as unfit)."""
     cancel_requested_at: datetime | None = None
+    terms: dict[int, Terms] = field(default_factory=dict)
+    """The terms of each of `offers` (an offer without: on-demand, or the spec's own bid)."""
 
     @property
     def done(self) -> bool:
@@ -166,7 +178,7 @@ class Job:
 _COLUMNS = (
     "id, label, spec, offers, status, instance_id, tried, attempts, exit_code, results_dir, gpu_name, dph_total,"
     " cost_usd, destroyed, created_at, started_at, finished_at, errors, submitted_by, claimed_at, cause, retry_at,"
-    " failures, drops, avoid, cancel_requested_at"
+    " failures, drops, avoid, cancel_requested_at, terms"
 )
 _SELECT = f"SELECT {_COLUMNS} FROM jobs"  # noqa: S608 - constant column list
 _NAMES = tuple(name.strip() for name in _COLUMNS.split(","))
@@ -189,16 +201,18 @@ class Jobs:
         *,
         submitted_by: str | None = None,
         inputs: bytes | None = None,
+        terms: Mapping[int, Terms] | None = None,
     ) -> Job:
-        """A new pending job that may rent `offers` (ask ids, best first; empty: the claimer searches); its label
-        names its id. `inputs` is the upload dir's archive, for a job submitted to another machine."""
+        """A new pending job that may rent `offers` (ask ids, best first, with their `terms`; empty: the claimer
+        searches); its label names its id. `inputs` is the upload dir's archive, for a job submitted to another
+        machine."""
         if inputs is not None:
             check_inputs(inputs)
         with self.db.transaction() as conn:
             row = conn.execute(
-                "INSERT INTO jobs (spec, offers, status, tried, created_at, errors, submitted_by)"
-                " VALUES (?, ?, 'pending', '[]', ?, '[]', ?) RETURNING id",
-                (json.dumps(spec), json.dumps(offers), iso(at), submitted_by),
+                "INSERT INTO jobs (spec, offers, status, tried, created_at, errors, submitted_by, terms)"
+                " VALUES (?, ?, 'pending', '[]', ?, '[]', ?, ?) RETURNING id",
+                (json.dumps(spec), json.dumps(offers), iso(at), submitted_by, _terms(terms or {})),
             ).fetchone()
             job_id = int(row[0])
             conn.execute("UPDATE jobs SET label = ? WHERE id = ?", (f"{label_prefix}:job-{job_id}", job_id))
@@ -283,6 +297,8 @@ class Jobs:
         for key, value in changes.items():
             if isinstance(value, StrEnum):
                 value = value.value
+            elif key == "terms":
+                value = _terms(value)
             elif key in _JSON:
                 value = json.dumps(value)
             elif key in _TIMES and value is not None:
@@ -321,6 +337,10 @@ class Jobs:
             return self.update(job_id, errors=[*job.errors, message])
 
 
+def _terms(terms: Mapping[int, Terms]) -> str:
+    return json.dumps({str(ask): {"bid": t.bid, "dph": t.dph} for ask, t in terms.items()})
+
+
 def check_inputs(archive: bytes) -> None:
     """ValueError if `archive` is over what a submitted job may carry through the store."""
     if len(archive) > MAX_INPUT_BYTES:
@@ -336,4 +356,5 @@ def _job(row: tuple[Any, ...]) -> Job:
     data["destroyed"] = bool(data["destroyed"])
     data["status"] = JobStatus(data["status"])
     data["cause"] = Cause.stored(data["cause"])
+    data["terms"] = {int(ask): Terms(t.get("bid"), float(t["dph"])) for ask, t in json.loads(data["terms"]).items()}
     return Job(**data)
