@@ -157,7 +157,7 @@ def test_a_port_in_use_is_named_with_the_way_out() -> None:
     [
         (
             "no-such-story",
-            "no-such-story: cannot read scenario: No such file or directory (or name a built-in one: demo)",
+            "no-such-story: cannot read scenario: No such file or directory (or name a built-in one: demo, flaky)",
         ),
         ("bad.toml", "bad.toml: step 1: unknown action 'explode'"),
     ],

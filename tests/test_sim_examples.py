@@ -106,7 +106,7 @@ def test_a_builtin_scenario_is_named_like_a_file() -> None:
         for row in sim.state()["instances"]:
             sim.apply("destroy", instance=row["id"])
         assert sim.instance_count() == 0
-    with pytest.raises(ScenarioError, match=r"cannot read scenario: .*\(or name a built-in one: demo\)"):
+    with pytest.raises(ScenarioError, match=r"cannot read scenario: .*\(or name a built-in one: demo, flaky\)"):
         load_scenario("dmeo")
 
 

@@ -71,10 +71,10 @@ def _pick_ask(world: Lifecycle, params: Mapping[str, Any]) -> Ask:
 def preempt(world: Lifecycle, params: Mapping[str, Any]) -> dict[str, Any]:
     """A bid is outbid (every state "stopped"); an on-demand instance's host takes the machine back."""
     inst = world.resolve(params.get("instance"))
-    world.halt(inst)
     if inst.is_bid:
-        world.set_status(inst, "exited", "stopped", "stopped", "stopped", "Instance outbid: a higher bid took the GPUs")
+        world.outbid(inst)
     else:
+        world.halt(inst)
         world.set_status(inst, "exited", "running", "stopped", "running", "Host reclaimed the machine")
     return {"instance": inst.id}
 
@@ -121,8 +121,8 @@ def online(world: Lifecycle, params: Mapping[str, Any]) -> dict[str, Any]:
             target, left = inst.paused_due
             inst.paused_due = None
             world.schedule(inst, world.now + left, target)
-        if actual == "running" and world.backend is not None:
-            world.backend.instance_up(inst, inst.ssh_keys)
+        if actual == "running":
+            world.bring_up(inst)
     return {"machine": machine.machine_id}
 
 
@@ -145,6 +145,15 @@ def create_error(world: Lifecycle, params: Mapping[str, Any]) -> dict[str, Any]:
     """The next `count` creates answer 500 but leave the instance behind."""
     world.pending_create_errors += int(params.get("count", 1))
     return {"pending": world.pending_create_errors}
+
+
+def reprice(world: Lifecycle, params: Mapping[str, Any]) -> dict[str, Any]:
+    """The next `count` creates find their host's price raised `factor` times since the search (0.5 halves it)."""
+    factor = float(params.get("factor", 1.5))
+    if factor <= 0:
+        raise ValueError(f"factor must be positive, got {factor}")
+    world.pending_reprices += [factor] * int(params.get("count", 1))
+    return {"pending": len(world.pending_reprices)}
 
 
 def _storm(world: Lifecycle, kind: str, params: Mapping[str, Any], status: int) -> dict[str, Any]:
@@ -227,6 +236,7 @@ FAULTS: dict[str, Fault] = {
     "stuck_loading": stuck_loading,
     "no_such_ask": no_such_ask,
     "create_error": create_error,
+    "reprice": reprice,
     "rate_limit": rate_limit,
     "server_error": server_error,
     "slow": slow,

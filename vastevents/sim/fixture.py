@@ -14,7 +14,7 @@ from typing import Any
 from vastevents.clock import ManualClock
 from vastevents.sim.simulator import Simulator
 
-OPTIONS = frozenset({"scenario", "seed", "hosts", "rate_limits", "api_key", "speed"})
+OPTIONS = frozenset({"scenario", "seed", "hosts", "flaky", "rate_limits", "api_key", "speed"})
 """What ``@pytest.mark.vast_sim(...)`` may set."""
 
 
@@ -42,7 +42,7 @@ class VastSim:
     def inject(self, action: str, **params: Any) -> dict[str, Any]:
         """A fault or owner action now, as ``POST /_sim/<action>`` runs it: ``inject("preempt", instance=42)``.
 
-        Actions: preempt/outbid, offline/online/flap, stuck_loading, no_such_ask, create_error, rate_limit,
+        Actions: preempt/outbid, offline/online/flap, stuck_loading, no_such_ask, create_error, reprice, rate_limit,
         server_error, slow, gpu_broken, disk_full, raw_status, vanish, expire, label, create, stop, start,
         reboot, destroy. Instances are named by id, label or label suffix. A bad action or parameter raises
         :class:`~vastevents.sim.model.SimError` with the simulator's message.

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import random
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -22,7 +23,8 @@ CREATE_S = 5.0  # created -> loading
 RESTART_S = 15.0  # start after stop: loading -> running
 REBOOT_S = 20.0  # rebooting -> running
 
-# (at, tie-breaker, kind "due" | "expire", instance id, token): an entry whose token no longer matches is stale.
+# (at, tie-breaker, kind "due" | "expire" | "bid", instance id, token): an entry whose token no longer matches is
+# stale ("bid": a competing bid arrives, token the instance's bid_round).
 _Entry = tuple[float, int, str, int, float]
 
 
@@ -47,6 +49,7 @@ class Lifecycle:
         self.storms: list[Storm] = []
         self.pending_races = 0
         self.pending_create_errors = 0
+        self.pending_reprices: list[float] = []  # the next creates find their host's price times these
         self.next_ask_id = 5_000_001
         self.next_instance_id = 10_000_001
         self.next_key_id = 1
@@ -102,6 +105,8 @@ class Lifecycle:
             if inst.due_at is not None and inst.due_target is not None:
                 self.schedule(inst, inst.due_at, inst.due_target)
             self.schedule_expiry(inst)
+            if inst.actual_status == "running":
+                self.arm_competition(inst)
 
     def next_transition(self) -> float | None:
         """When the earliest pending transition or expiry is due (stale entries are dropped), or None."""
@@ -116,6 +121,8 @@ class Lifecycle:
         inst = self.instances[instance_id]
         if kind == "due":
             self._on_due(inst)
+        elif kind == "bid":
+            self._competing_bid(inst)
         else:
             self._expire(inst)
 
@@ -126,6 +133,8 @@ class Lifecycle:
             return False
         if kind == "due":
             return inst.due_at is not None and inst.due_token == token
+        if kind == "bid":
+            return inst.bid_round == token and inst.actual_status == "running"
         return inst.end_date == token
 
     # ----------------------------------------------------------------- transitions
@@ -193,8 +202,48 @@ class Lifecycle:
             self.set_status(inst, "running", "running", "running", "running", f"success, running {inst.image}")
             inst.gpu_util = 87.0
             inst.disk_util = max(inst.disk_util, 12.0)
-            if self.backend is not None:
-                self.backend.instance_up(inst, inst.ssh_keys)
+            self.bring_up(inst)
+            self.arm_competition(inst)
+        elif target == "ssh" and self.backend is not None:
+            self.backend.instance_up(inst, inst.ssh_keys)
+
+    def bring_up(self, inst: SimInstance) -> None:
+        """Start the running instance's container (its sshd), after the machine's SSH delay; never on a machine
+        whose SSH never answers."""
+        delay = self.machines[inst.machine_id].ssh_delay_s
+        if self.backend is None or delay is None:
+            return
+        if delay > 0:
+            self.schedule(inst, self.now + delay, "ssh")
+        else:
+            self.backend.instance_up(inst, inst.ssh_keys)
+
+    def arm_competition(self, inst: SimInstance) -> None:
+        """On a machine where bids compete, when the next competing bid for a running bid instance arrives (drawn
+        from a generator seeded by machine, instance and round, so a world replays the same)."""
+        every = self.machines[inst.machine_id].outbid_every_s
+        if not inst.is_bid or every <= 0:
+            return
+        inst.bid_round += 1
+        rng = random.Random(f"{inst.machine_id}:{inst.id}:{inst.bid_round}")
+        at = self.now + rng.expovariate(1.0 / every)
+        heapq.heappush(self._heap, (at, next(self._seq), "bid", inst.id, inst.bid_round))
+
+    def _competing_bid(self, inst: SimInstance) -> None:
+        """A competing bid priced between the machine's minimum bid and its on-demand price: above ours, we are
+        outbid; else we wait for the next one."""
+        machine = self.machines[inst.machine_id]
+        rng = random.Random(f"{inst.machine_id}:{inst.id}:{inst.bid_round}:price")
+        offered = rng.uniform(machine.min_bid_per_gpu, machine.dph_per_gpu) * inst.num_gpus
+        if inst.bid_price is not None and offered > inst.bid_price:
+            self.outbid(inst, f"Instance outbid: a higher bid (${offered:.4f}/h) took the GPUs")
+        else:
+            self.arm_competition(inst)
+
+    def outbid(self, inst: SimInstance, msg: str = "Instance outbid: a higher bid took the GPUs") -> None:
+        """A bid instance loses its GPUs: every state "stopped", until its bid wins again."""
+        self.halt(inst)
+        self.set_status(inst, "exited", "stopped", "stopped", "stopped", msg)
 
     def _begin_loading(self, inst: SimInstance, seconds: float, msg: str) -> None:
         if inst.stuck_msg:

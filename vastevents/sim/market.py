@@ -26,8 +26,59 @@ _GPUS = [
 _GEOS = ["Texas, US", "Quebec, CA", "Bavaria, DE", "Stockholm, SE", "Taipei, TW", "Ile-de-France, FR", "Tokyo, JP"]
 
 
-def generate_machines(*, seed: int, hosts: int, origin: float) -> list[Machine]:
-    """A deterministic market of `hosts` hosts (one or two machines each) from `seed`."""
+FLAKY_KINDS = ("slow_ssh", "no_ssh", "outbids", "broken_gpu")
+"""How a flaky machine misbehaves: SSH answers only minutes after running, or never; a bid there is outbid every
+few minutes; its GPUs are not visible (nvidia-smi fails)."""
+SLOW_SSH_S = 480.0
+FLAKY_OUTBID_EVERY_S = 600.0
+MARKET_OUTBID_EVERY_S = 6 * 3600.0
+"""In a market with flaky machines, every machine sees a competing bid this often on average, priced anywhere
+between its minimum bid and its on-demand price: a bid at the floor is outbid by every one, a bid near the
+on-demand price by few."""
+
+
+def generate_machines(*, seed: int, hosts: int, origin: float, flaky: float = 0.0) -> list[Machine]:
+    """A deterministic market of `hosts` hosts (one or two machines each) from `seed`; with a `flaky` share, that
+    share of each GPU model's cheaper half misbehaves (see :func:`make_flaky`)."""
+    machines = _generate(seed=seed, hosts=hosts, origin=origin)
+    return make_flaky(machines, seed=seed, share=flaky) if flaky > 0 else machines
+
+
+def make_flaky(machines: list[Machine], *, seed: int, share: float) -> list[Machine]:
+    """Mark `share` of the cheaper half of each GPU model's machines (at least one where that half has two) as
+    flaky, a misbehaviour of :data:`FLAKY_KINDS` each in turn, and let bids compete on every machine.
+
+    Drawn from a generator of its own, so the machines a seed makes are the same with or without flaky ones.
+    """
+    rng = random.Random(f"flaky:{seed}")
+    kinds = list(FLAKY_KINDS)
+    rng.shuffle(kinds)
+    chosen = 0
+    by_model: dict[str, list[Machine]] = {}
+    for machine in machines:
+        machine.outbid_every_s = MARKET_OUTBID_EVERY_S
+        by_model.setdefault(machine.gpu_name, []).append(machine)
+    for model in sorted(by_model):
+        cheaper = sorted(by_model[model], key=lambda m: (m.dph_per_gpu, m.machine_id))[
+            : (len(by_model[model]) + 1) // 2
+        ]
+        count = max(1 if len(cheaper) >= 2 else 0, round(share * len(cheaper)))
+        for machine in sorted(rng.sample(cheaper, count), key=lambda m: m.machine_id):
+            kind = kinds[chosen % len(kinds)]
+            chosen += 1
+            machine.flaky = kind
+            if kind == "slow_ssh":
+                machine.ssh_delay_s = SLOW_SSH_S
+            elif kind == "no_ssh":
+                machine.ssh_delay_s = None
+            elif kind == "outbids":
+                machine.outbid_every_s = FLAKY_OUTBID_EVERY_S
+            else:
+                machine.gpu_broken = True
+    return machines
+
+
+def _generate(*, seed: int, hosts: int, origin: float) -> list[Machine]:
     rng = random.Random(seed)
     machines = []
     machine_id = 10_000

@@ -65,6 +65,10 @@ class Machine:
     end_date: float
     offline: bool = False
     used_gpus: int = 0  # by our instances and by renters elsewhere
+    ssh_delay_s: float | None = 0.0  # running -> SSH answers (with ssh hosts); None: it never does
+    outbid_every_s: float = 0.0  # mean seconds between competing bids on a bid instance (0: nobody competes)
+    gpu_broken: bool = False  # nvidia-smi fails on its instances (with ssh hosts)
+    flaky: str | None = None  # which misbehaviour a seeded flaky market gave it (see market.FLAKY_KINDS)
 
 
 @dataclass
@@ -112,6 +116,7 @@ class SimInstance:
     template_name: str | None = None
     volume_id: int | None = None
     mount_path: str | None = None
+    bid_round: int = 0  # the competing bid now due for it (see Lifecycle.arm_competition)
     deposit: float = 0.0  # $ prepaid (prepay instance)
     discount_rate: float = 0.0
     prepaid_at: float | None = None

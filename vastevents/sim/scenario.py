@@ -7,6 +7,7 @@ TOML (or JSON with the same shape); a built-in scenario can be named instead of 
     [world]
     seed = 7
     hosts = 12            # or [[machine]] tables with explicit fields
+    flaky = 0.2           # that share of the cheaper machines misbehave (market.make_flaky); bids compete
 
     [[step]]
     at = "30s"            # after the simulator starts; numbers are seconds
@@ -41,6 +42,7 @@ class Scenario:
     description: str = ""
     seed: int | None = None
     hosts: int | None = None
+    flaky: float = 0.0
     credit: float | None = None
     machines: list[dict[str, Any]] = field(default_factory=list)
     steps: list[Step] = field(default_factory=list)
@@ -112,12 +114,16 @@ def load_scenario(ref: Path | str) -> Scenario:
         machines_from_specs(machines, origin=0.0)
     except (TypeError, ValueError) as exc:
         raise ScenarioError(f"{path}: [[machine]] {exc}") from None
+    flaky = world.get("flaky", 0.0)
+    if not isinstance(flaky, int | float) or not 0 <= flaky <= 1:
+        raise ScenarioError(f"{path}: [world] flaky must be a share between 0 and 1, not {flaky!r}")
     try:
         return Scenario(
             source=path,
             description=description,
             seed=int(world["seed"]) if "seed" in world else None,
             hosts=int(world["hosts"]) if "hosts" in world else None,
+            flaky=float(flaky),
             credit=float(world["credit"]) if "credit" in world else None,
             machines=[dict(m) for m in machines],
             steps=steps,

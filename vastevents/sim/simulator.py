@@ -56,6 +56,7 @@ class Simulator:
         port: int = 0,
         hosts: int | None = None,
         rate_limits: bool = True,
+        flaky: float | None = None,
     ) -> None:
         register_secret(api_key)
         self.api_key = api_key
@@ -83,7 +84,8 @@ class Simulator:
         else:
             seed = plan.seed if plan is not None and plan.seed is not None else seed
             count = hosts or (plan.hosts if plan is not None and plan.hosts else DEFAULT_HOSTS)
-            self._world = World.generate(seed=seed, hosts=count, origin=now)
+            share = flaky if flaky is not None else (plan.flaky if plan is not None else 0.0)
+            self._world = World.generate(seed=seed, hosts=count, origin=now, flaky=share)
         self._world.wire = wire
         if plan is not None:
             self._world.set_steps(plan.steps)
@@ -94,6 +96,7 @@ class Simulator:
             self._world.backend = self._ssh
             self._world.port_for = self._ssh.port_for
             self._ssh.gpus_for = self._gpus
+            self._ssh.broken_machines |= {m.machine_id for m in self._world.machines.values() if m.gpu_broken}
 
     @staticmethod
     def builtin_scenario(name: str = "demo") -> Path:
@@ -277,6 +280,7 @@ class Simulator:
                     "reliability": m.reliability,
                     "geolocation": m.geolocation,
                     "offline": m.offline,
+                    "flaky": m.flaky,
                 }
                 for m in world.machines.values()
             ]
@@ -300,6 +304,7 @@ class Simulator:
                     "storms": [vars(s) for s in world.active_storms()],
                     "pending_no_such_ask": world.pending_races,
                     "pending_create_errors": world.pending_create_errors,
+                    "pending_reprices": list(world.pending_reprices),
                 },
                 "ssh": self._ssh.ports() if self._ssh is not None else {},
             }

@@ -40,9 +40,10 @@ class World(Lifecycle):
     # ----------------------------------------------------------------- construction and persistence
 
     @classmethod
-    def generate(cls, *, seed: int, hosts: int, origin: float) -> World:
-        """A deterministic market of `hosts` hosts (one or two machines each) from `seed`."""
-        return cls(generate_machines(seed=seed, hosts=hosts, origin=origin), origin=origin)
+    def generate(cls, *, seed: int, hosts: int, origin: float, flaky: float = 0.0) -> World:
+        """A deterministic market of `hosts` hosts (one or two machines each) from `seed`; `flaky`: the share of
+        the cheaper machines that misbehave (see :func:`~vastevents.sim.market.make_flaky`)."""
+        return cls(generate_machines(seed=seed, hosts=hosts, origin=origin, flaky=flaky), origin=origin)
 
     @classmethod
     def from_machines(cls, specs: Sequence[Mapping[str, Any]], *, origin: float) -> World:
@@ -63,6 +64,7 @@ class World(Lifecycle):
             "storms": [asdict(s) for s in self.storms],
             "pending_races": self.pending_races,
             "pending_create_errors": self.pending_create_errors,
+            "pending_reprices": self.pending_reprices,
             "next_ask_id": self.next_ask_id,
             "next_instance_id": self.next_instance_id,
             "next_key_id": self.next_key_id,
@@ -87,6 +89,7 @@ class World(Lifecycle):
         world.storms = [Storm(**s) for s in data["storms"]]
         world.pending_races = int(data["pending_races"])
         world.pending_create_errors = int(data["pending_create_errors"])
+        world.pending_reprices = [float(f) for f in data.get("pending_reprices", [])]
         world.next_ask_id = int(data["next_ask_id"])
         world.next_instance_id = int(data["next_instance_id"])
         world.next_key_id = int(data["next_key_id"])
@@ -220,6 +223,11 @@ class World(Lifecycle):
         ask = self.asks.get(ask_id)
         if ask is None or self.machines[ask.machine_id].offline:
             raise SimError(404, "no_such_ask", f"Instance type {ask_id} is no longer available.")
+        if self.pending_reprices:  # the host changed its price between the search and this create
+            machine = self.machines[ask.machine_id]
+            factor = self.pending_reprices.pop(0)
+            machine.dph_per_gpu = round(machine.dph_per_gpu * factor, 4)
+            machine.min_bid_per_gpu = round(machine.min_bid_per_gpu * factor, 4)
         template = self.templates.for_create(body, now=self.now)
         image = body.get("image") or (template.full_image if template else None)
         if not isinstance(image, str) or not image.strip():
