@@ -158,7 +158,7 @@ class JobsHandler(Handler[JobsOptions]):
                     image=spec.image or "",
                     disk=spec.disk,
                     label=job.label,
-                    price=spec.bid,
+                    price=job.terms[ask].bid if ask in job.terms else spec.bid,  # as it was chosen
                     env=spec.env,
                     onstart=spec.onstart,
                 )
