@@ -171,7 +171,7 @@ def test_hosts_history_prints_each_machine_as_the_contract_says(opener: Opener, 
     }
     assert machines[0]["jobs_finished"] == 1 and machines[0]["median_s_to_running"] == 65.0
     table = CliRunner().invoke(app, ["hosts", "--history", "--config", str(path)], env=opener.env)
-    assert table.exit_code == 0 and "65 s" in table.stdout and "preflight fails" in table.stdout
+    assert table.exit_code == 0 and "1 min 5 s" in table.stdout and "unfit: preflight failures" in table.stdout
     empty = tmp_path / "empty.toml"
     empty.write_text(f'[store]\npath = "{tmp_path / "none.db"}"\n')
     nothing = CliRunner().invoke(app, ["hosts", "--history", "--config", str(empty)])
