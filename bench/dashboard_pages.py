@@ -1,4 +1,4 @@
-"""P7: how long the dashboard takes to render each page of a large store.
+"""P10: how long the dashboard takes to render each page of a large store.
 
 Run: ``python bench/dashboard_pages.py [--events 100000] [--jobs 1000] [--repeat 15] [--quick] [--json PATH]``.
 
@@ -150,7 +150,7 @@ def main() -> None:
         for r in results
     ]  # fmt: skip
     title = (
-        f"P7 dashboard page render: SQLite store of {events} events, {jobs} jobs, {INSTANCES} instances in the "
+        f"P10 dashboard page render: SQLite store of {events} events, {jobs} jobs, {INSTANCES} instances in the "
         f"ledger (filled in {filled:.0f} s); {repeat} requests per page"
     )
     print_table(title, ["page", "p50", "p90", "max", "cpu p50", "size", "p90/200ms"], rows)

@@ -1,4 +1,4 @@
-"""P8: team failover, from the leader's SIGKILL to the follower's first poll, against ``[team] failover``.
+"""P11: team failover, from the leader's SIGKILL to the follower's first poll, against ``[team] failover``.
 
     python bench/failover.py [--quick] [--json PATH]
 
@@ -135,7 +135,7 @@ def main() -> None:
     results: dict[str, Any] = {"failover": FAILOVER, "interval": INTERVAL, "took": percentiles(took)}
     goal = FAILOVER + INTERVAL
     print_table(
-        f"P8 leader SIGKILL -> the follower journals a new instance (failover {FAILOVER:g} s, poll every"
+        f"P11 leader SIGKILL -> the follower journals a new instance (failover {FAILOVER:g} s, poll every"
         f" {INTERVAL:g} s; goal {goal:g} s)",
         ["rounds", "p50", "max"],
         [[str(len(took)), f"{results['took']['p50']:.2f} s", f"{results['took']['max']:.2f} s"]],

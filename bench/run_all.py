@@ -101,7 +101,7 @@ def _p6(result: dict[str, Any]) -> list[Row]:
     return [_row(label, result["share"], result["goal"], "%")]
 
 
-def _p7(result: dict[str, Any]) -> list[Row]:
+def _p10(result: dict[str, Any]) -> list[Row]:
     pages = result["pages"]
     slowest = max(pages, key=lambda page: page["p90"])
     size = f"{result['events']} events, {result['jobs']} jobs"
@@ -112,7 +112,7 @@ def _p7(result: dict[str, Any]) -> list[Row]:
     ]
 
 
-def _p8(result: dict[str, Any]) -> list[Row]:
+def _p11(result: dict[str, Any]) -> list[Row]:
     if "skipped" in result:
         return [["team failover", "skipped: no PostgreSQL", "-", "-", "-"]]
     goal = result["failover"] + result["interval"]
@@ -128,8 +128,8 @@ BENCHMARKS = [
     Benchmark("P3", "detection.py", "detection latency; journal exactly-once under SIGKILLs", _p3),
     Benchmark("P4", "recovery_overhead.py", "recovery overhead", _p4),
     Benchmark("P6", "watcher_cpu.py", "watcher CPU share", _p6),
-    Benchmark("P7", "dashboard_pages.py", "dashboard page render on a large store", _p7),
-    Benchmark("P8", "failover.py", "team failover after the leader's SIGKILL", _p8),
+    Benchmark("P10", "dashboard_pages.py", "dashboard page render on a large store", _p10),
+    Benchmark("P11", "failover.py", "team failover after the leader's SIGKILL", _p11),
 ]
 
 
