@@ -221,7 +221,9 @@ def test_run_takes_a_duration_shows_its_default_query_and_answers_a_dry_run_on_s
     assert "gpu_ram>=24 num_gpus=1" in re.sub(r"\s+", " ", help_text)
     result = run("run", "--image", "python:3.11", "--cmd", "true", "--max-duration", "2h", "--dry-run")
     assert result.returncode == 0, result.stderr
-    assert re.fullmatch(r"offer \d+: .*, about \$\d+\.\d\d for 2 h\n", result.stdout), result.stdout
+    assert re.search(r"^chosen: offer \d+, \$\d+\.\d{3}/h, at most \$\d+\.\d\d for 2 h, \$\d+\.\d\d expected$",
+                     result.stdout, flags=re.MULTILINE), result.stdout  # fmt: skip
+    assert result.stdout.startswith("offers by expected_cost for a 2 h job") and result.stderr == ""
 
 
 def test_readme_documents_the_exit_codes_every_command_uses() -> None:

@@ -260,9 +260,8 @@ def _show_ranking(ranking: Ranking, spec: JobSpec, console: Console) -> None:
     console.print(table)
     best = ranking.chosen
     assert best is not None
-    console.print(f"chosen: offer {best.offer.id} on machine {best.offer.machine_id}, {rate(best.dph)},"
-                  f" at most {money(best.bound(spec.hours * 3600))} for {format_duration(spec.hours * 3600)},"
-                  f" ${best.expected_cost_usd:.4f} expected")  # fmt: skip
+    console.print(f"chosen: offer {best.offer.id}, {rate(best.dph)}, at most {money(best.bound(spec.hours * 3600))}"
+                  f" for {format_duration(spec.hours * 3600)}, {money(best.expected_cost_usd)} expected")  # fmt: skip
 
 
 def _check_budgets(config: Config, runtime: Runtime, bound: float, spec: JobSpec) -> None:
