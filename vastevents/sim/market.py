@@ -39,14 +39,14 @@ on-demand price by few."""
 
 def generate_machines(*, seed: int, hosts: int, origin: float, flaky: float = 0.0) -> list[Machine]:
     """A deterministic market of `hosts` hosts (one or two machines each) from `seed`; with a `flaky` share, that
-    share of each GPU model's cheaper half misbehaves (see :func:`make_flaky`)."""
+    share of each GPU model's machines misbehaves, all in its cheaper half (see :func:`make_flaky`)."""
     machines = _generate(seed=seed, hosts=hosts, origin=origin)
     return make_flaky(machines, seed=seed, share=flaky) if flaky > 0 else machines
 
 
 def make_flaky(machines: list[Machine], *, seed: int, share: float) -> list[Machine]:
-    """Mark `share` of the cheaper half of each GPU model's machines (at least one where that half has two) as
-    flaky, a misbehaviour of :data:`FLAKY_KINDS` each in turn, and let bids compete on every machine.
+    """Mark `share` of each GPU model's machines as flaky, all of them in its cheaper half (the cheapest offers are
+    where they hide), a misbehaviour of :data:`FLAKY_KINDS` each in turn; and let bids compete on every machine.
 
     Drawn from a generator of its own, so the machines a seed makes are the same with or without flaky ones.
     """
@@ -59,19 +59,17 @@ def make_flaky(machines: list[Machine], *, seed: int, share: float) -> list[Mach
         machine.outbid_every_s = MARKET_OUTBID_EVERY_S
         by_model.setdefault(machine.gpu_name, []).append(machine)
     for model in sorted(by_model):
-        cheaper = sorted(by_model[model], key=lambda m: (m.dph_per_gpu, m.machine_id))[
-            : (len(by_model[model]) + 1) // 2
-        ]
-        count = max(1 if len(cheaper) >= 2 else 0, round(share * len(cheaper)))
-        for machine in sorted(rng.sample(cheaper, count), key=lambda m: m.machine_id):
-            kind = kinds[chosen % len(kinds)]
+        ranked = sorted(by_model[model], key=lambda m: (m.dph_per_gpu, m.machine_id))
+        cheaper = ranked[: (len(ranked) + 1) // 2]
+        for machine in sorted(rng.sample(cheaper, min(len(cheaper), round(share * len(ranked)))),
+                              key=lambda m: m.machine_id):  # fmt: skip
+            machine.flaky = kinds[chosen % len(kinds)]
             chosen += 1
-            machine.flaky = kind
-            if kind == "slow_ssh":
+            if machine.flaky == "slow_ssh":
                 machine.ssh_delay_s = SLOW_SSH_S
-            elif kind == "no_ssh":
+            elif machine.flaky == "no_ssh":
                 machine.ssh_delay_s = None
-            elif kind == "outbids":
+            elif machine.flaky == "outbids":
                 machine.outbid_every_s = FLAKY_OUTBID_EVERY_S
             else:
                 machine.gpu_broken = True

@@ -7,7 +7,7 @@ TOML (or JSON with the same shape); a built-in scenario can be named instead of 
     [world]
     seed = 7
     hosts = 12            # or [[machine]] tables with explicit fields
-    flaky = 0.2           # that share of the cheaper machines misbehave (market.make_flaky); bids compete
+    flaky = 0.2           # that share of the machines misbehave, the cheaper ones (market.make_flaky); bids compete
 
     [[step]]
     at = "30s"            # after the simulator starts; numbers are seconds
