@@ -15,12 +15,14 @@ from typing import Any, Protocol
 from vastevents.actions import Actions, Target
 from vastevents.clock import Clock
 from vastevents.config import Config
+from vastevents.costs import budgets_left
 from vastevents.errors import VastEventsError
 from vastevents.events import Cause, Event
 from vastevents.journaling import JournalWriter
 from vastevents.models import Instance, Rental, Volume
 from vastevents.ports import Notifier, Ssh, VastApi
 from vastevents.store import DaemonRow, Store, Write
+from vastevents.store.ledger import Ledger
 
 
 class DaemonRegistry(Protocol):
@@ -84,6 +86,16 @@ class Context:
     def owns(self, instance: Instance | None) -> bool:
         """True if handlers may act on `instance`: its label starts with ``[vast] label_prefix``."""
         return self.actions.owns(instance)
+
+    def over_budget(self, bound_usd: float) -> str | None:
+        """Why a job that may cost up to `bound_usd` must not be rented: the first ``[handlers.billing]`` budget
+        (total, today's, per job) with less left than that, in words; None when every budget holds it."""
+        intervals = self.store.repository(Ledger).intervals()
+        for budget in budgets_left(self.config, intervals, self.clock.now(), self.actions.owns_label):
+            if bound_usd > budget.left_usd:
+                return (f"the job may cost up to ${bound_usd:.2f}, more than the ${max(budget.left_usd, 0.0):.2f}"
+                        f" left of {budget.name}")  # fmt: skip
+        return None
 
     async def emit(
         self,

@@ -29,7 +29,6 @@ from vastevents.cli._progress import JobProgress
 from vastevents.cli._submit import follow as follow_job
 from vastevents.cli._submit import submit as queue_job
 from vastevents.config import Config, HandlerConfig, load_config
-from vastevents.costs import budgets_left
 from vastevents.errors import ConfigError, VastEventsError
 from vastevents.jobspec import DEFAULT_QUERY, JobSpec, load_spec
 from vastevents.labels import job_label_prefix
@@ -38,7 +37,6 @@ from vastevents.ports import SshTarget
 from vastevents.runtime import Runtime
 from vastevents.ssh import ParamikoSsh
 from vastevents.store import Job, Jobs, Terms, open_store
-from vastevents.store.ledger import Ledger
 
 JOBS_HANDLER = "jobs"
 SHOWN = 5
@@ -219,7 +217,7 @@ async def _run_with(
         _show_ranking(ranking, spec, Console(highlight=False) if dry_run and not as_json else err)  # a dry run's answer
         if spec.max_cost is not None and bound > spec.max_cost:
             raise VastEventsError(f"the estimate {money(bound)} is over max_cost {money(spec.max_cost)}")
-        _check_budgets(config, runtime, bound, spec)
+        _check_budgets(runtime, bound, spec)
         if dry_run:
             return 0, ranking.to_json(top=SHOWN)
         if not yes and not typer.confirm("Rent it and run the job?", default=True, err=True):
@@ -264,16 +262,14 @@ def _show_ranking(ranking: Ranking, spec: JobSpec, console: Console) -> None:
                   f" for {format_duration(spec.hours * 3600)}, {money(best.expected_cost_usd)} expected")  # fmt: skip
 
 
-def _check_budgets(config: Config, runtime: Runtime, bound: float, spec: JobSpec) -> None:
+def _check_budgets(runtime: Runtime, bound: float, spec: JobSpec) -> None:
     """Refuse a job that may cost more (its price times ``max_duration``) than what is left of a billing budget."""
-    intervals = runtime.store.repository(Ledger).intervals()
-    for budget in budgets_left(config, intervals, runtime.clock.now(), runtime.actions.owns_label):
-        if bound > budget.left_usd:
-            raise VastEventsError(
-                f"the job may cost up to {money(bound)} ({rate(bound / spec.hours)} for"
-                f" {format_duration(spec.hours * 3600)}), more than the {money(max(budget.left_usd, 0.0))} left of"
-                f" {budget.name}: shorten max_duration, or raise the budget"
-            )
+    reason = runtime.context.over_budget(bound)
+    if reason is not None:
+        raise VastEventsError(
+            f"{reason} ({rate(bound / spec.hours)} for {format_duration(spec.hours * 3600)}): shorten max_duration,"
+            " or raise the budget"
+        )
 
 
 async def _drive(runtime: Runtime, jobs: Jobs, job: Job, err: Console) -> Job:
