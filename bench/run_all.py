@@ -109,6 +109,41 @@ def _p6(result: dict[str, Any]) -> list[Row]:
     return [_row(label, result["share"], result["goal"], "%")]
 
 
+def _p7(result: dict[str, Any]) -> list[Row]:
+    runbook, ours = result["runbook"], result["vastevents"]
+    said = f"{result['jobs']} jobs: run's overhead / the runbook's (${ours['overhead_usd']:.4f} vs"
+    said += f" ${runbook['overhead_usd']:.4f})"
+    finished = f"{ours['finished']} / {runbook['finished']}"
+    return [
+        _row(said, result["ratio"], result["goal"], "x"),
+        ["jobs finished, run / runbook", finished, "equal", "-", _met(ours["finished"] >= runbook["finished"])],
+    ]
+
+
+def _p8(result: dict[str, Any]) -> list[Row]:
+    rows = []
+    for kind, ratio in result["ratios"].items():
+        by = {run["choose"]: run for run in result["runs"] if run["kind"] == kind}
+        cheap, ours = by["cheapest"], by["expected_cost"]
+        said = f"{kind}: expected_cost / cheapest per finished job (${ours['per_finished_usd']:.4f} vs"
+        said += f" ${cheap['per_finished_usd']:.4f})"
+        finished = f"{ours['finished']} / {cheap['finished']}"
+        rows.append(_row(said, ratio, result["goal"], "x"))
+        rows.append([f"{kind}: jobs finished, expected_cost / cheapest", finished, "equal", "-",
+                     _met(ours["finished"] >= cheap["finished"])])  # fmt: skip
+    return rows
+
+
+def _p9(result: dict[str, Any]) -> list[Row]:
+    rows = []
+    for kind, summary in result["kinds"].items():
+        said = (
+            f"{kind}: preemption -> running again, without the new boot, p50 (total {summary['median']['total']:.0f} s)"
+        )
+        rows.append(_row(said, summary["ours_p50"], result["skypilot_s"], " s"))
+    return rows
+
+
 def _p10(result: dict[str, Any]) -> list[Row]:
     pages = result["pages"]
     slowest = max(pages, key=lambda page: page["p90"])
@@ -137,6 +172,9 @@ BENCHMARKS = [
     Benchmark("P4", "recovery_overhead.py", "recovery overhead", _p4),
     Benchmark("P5", "bench_transfer.py", "job transfer: the SSH edge against paramiko and tar | ssh", _p5),
     Benchmark("P6", "watcher_cpu.py", "watcher CPU share", _p6),
+    Benchmark("P7", "run_overhead.py", "money overhead of a job: vastevents run against the runbook", _p7),
+    Benchmark("P8", "cost_per_job.py", "cost per finished job: expected_cost against cheapest", _p8),
+    Benchmark("P9", "preemption.py", "preemption to the job running again on a replacement", _p9),
     Benchmark("P10", "dashboard_pages.py", "dashboard page render on a large store", _p10),
     Benchmark("P11", "failover.py", "team failover after the leader's SIGKILL", _p11),
 ]

@@ -81,6 +81,12 @@ class ManualClock:
             future.get_loop().call_soon_threadsafe(_wake, future)
         return now
 
+    def waiting(self) -> int:
+        """How many sleepers wait for the clock to reach their deadline (with ``auto_advance=False``): a driver that
+        steps time can tell when everything it runs is waiting on the clock."""
+        with self._lock:
+            return sum(1 for _, future in self._sleepers if not future.done())
+
     async def sleep(self, seconds: float) -> None:
         if self.auto_advance:
             self.advance(seconds)
