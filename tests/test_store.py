@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import itertools
 import sqlite3
+import threading
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -390,3 +392,36 @@ def test_stored_times_sort_as_text_under_an_icu_collation_too(pg_url: str) -> No
         for earlier, later in itertools.pairwise(times):
             row = conn.execute('SELECT %s::text < %s::text COLLATE "und-x-icu"', (iso(earlier), iso(later))).fetchone()
             assert row == (True,), (iso(earlier), iso(later))
+
+
+def test_journal_writers_on_postgresql_take_turns_so_ids_commit_in_order(pg_url: str) -> None:
+    """A reader following the journal by id (a handler's delivered_upto, the dashboard's stream) would pass over
+    an event whose transaction committed after a later-numbered one: writers must commit in id order."""
+    first, second, reader = PostgresStore(pg_url), PostgresStore(pg_url), PostgresStore(pg_url)
+    try:
+        _, events = observe(first.load_snapshot(), rows((1, "loading"), (2, "loading")), T0)
+        done = threading.Event()
+
+        def journal_second() -> None:
+            second.journal.append(events[1:])
+            done.set()
+
+        with first.db.transaction() as conn:
+            (early,) = first.journal.insert(conn, events[:1])
+            writer = threading.Thread(target=journal_second)
+            writer.start()
+            waiting = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+            deadline = time.monotonic() + 30
+            while reader.db.query(waiting)[0][0] == 0:
+                assert not done.is_set(), "a later id was committed while an earlier one was still open"
+                assert time.monotonic() < deadline, "the second writer never came to the journal"
+                time.sleep(0.01)
+            assert reader.events(since=0) == []  # nothing committed yet: no later id seen before the earlier one
+        writer.join(timeout=30)
+        assert done.is_set()
+        journaled = reader.events(since=0)
+        assert [e.id for e in journaled] == sorted(e.id for e in journaled)
+        assert [e.instance_id for e in journaled] == [1, 2] and journaled[0].id == early.id
+    finally:
+        for store in (first, second, reader):
+            store.close()

@@ -107,6 +107,11 @@ class Database:
     def notify(self, conn: Conn, channel: str, payload: str) -> None:
         """Wake the listeners of `channel` when this transaction commits (SQLite has none: its readers poll)."""
 
+    def serialize(self, conn: Conn, key: int) -> None:
+        """Let one transaction at a time past this point until it ends, so rows numbered after it are committed
+        after it: a reader that follows ids in order then never skips one committed late. (SQLite already lets
+        one writer in at a time.)"""
+
     @contextmanager
     def listener(self, channel: str) -> Iterator[Callable[[float], bool]]:
         """A ``wait(timeout)`` that returns True once `channel` is notified, False after `timeout` seconds.

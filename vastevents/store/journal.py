@@ -72,6 +72,7 @@ MIGRATIONS = (
 
 CHANNEL = "vastevents_events"
 """Announces each journaling transaction (payload: its last event id) to readers that follow the journal."""
+JOURNAL_LOCK = 0x6A726E6C  # "jrnl": the advisory lock journal writers take turns on (PostgreSQL)
 
 Write = Callable[[Conn], None]
 """A handler's own store write, run inside the transaction that marks its delivery (unit of work)."""
@@ -93,7 +94,14 @@ class Journal:
         self.db = db
 
     def insert(self, conn: Conn, events: Sequence[Event]) -> list[Event]:
-        """Journal `events` inside the caller's transaction; the events with their ids."""
+        """Journal `events` inside the caller's transaction; the events with their ids.
+
+        Writers take turns (two watchers, a ``run --submit`` and an agent may journal into one PostgreSQL store):
+        ids are then committed in order, and whoever follows the journal by id (each handler's
+        ``delivered_upto``, the dashboard's stream) cannot pass over an event committed after a later one.
+        """
+        if events:
+            self.db.serialize(conn, JOURNAL_LOCK)
         journaled = []
         for event in events:
             row = conn.execute(

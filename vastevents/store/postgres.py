@@ -138,6 +138,9 @@ class PostgresDatabase(Database):
     def notify(self, conn: Conn, channel: str, payload: str) -> None:
         conn.execute("SELECT pg_notify(?, ?)", (channel, payload))
 
+    def serialize(self, conn: Conn, key: int) -> None:
+        conn.execute("SELECT pg_advisory_xact_lock(?)", (key,))
+
     @contextmanager
     def listener(self, channel: str) -> Iterator[Callable[[float], bool]]:
         """LISTEN on a dedicated session (a pooled one would drop the subscription when it goes back)."""
