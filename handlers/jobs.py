@@ -46,6 +46,8 @@ from . import jobs_remote
 
 _JOB_LABEL = re.compile(r":job-(\d+)$")
 _EARLY = 60.0
+_PRICE_TOLERANCE = 0.01
+"""How far an instance's billed $/h may be from its offer's before the job says so."""
 _STALE = 600.0
 """Seconds after which a job winding down with its instance gone is taken to be a dead watcher's."""
 
@@ -168,9 +170,37 @@ class JobsHandler(Handler[JobsOptions]):
                 continue
             jobs.update(job.id, status=JobStatus.LOADING, instance_id=instance_id)
             ctx.logger.info("job %d rented offer %d as instance %d", job.id, ask, instance_id)
-            return
+            if await self._price_holds(job, ask, instance_id, spec, ctx):
+                return
         reason = f"no offer could be rented (tried {len(tried)} of {len(job.offers)}, at most {spec.max_offers})"
         await self.give_up(jobs.add_error(job.id, reason), reason, Cause.CAPACITY, ctx)
+
+    async def _price_holds(self, job: Job, ask: int, instance_id: int, spec: JobSpec, ctx: Context) -> bool:
+        """After renting, the price the instance bills against the one its offer was chosen at (a host may change
+        it between the search and the create). A difference over 1 % is said, and kept among the job's errors; a
+        price over the spec's ``max_dph`` loses the instance at once (False: rent the next offer)."""
+        jobs = ctx.store.repository(Jobs)
+        try:
+            instance = await ctx.client.get_instance(instance_id)
+        except Exception as exc:
+            ctx.logger.warning("job %d: cannot read instance %d's price: %s", job.id, instance_id, exc)
+            return True
+        billed = instance.dph_total if instance is not None else None
+        if billed is None:
+            return True
+        offered = job.terms[ask].dph if ask in job.terms else None
+        if offered and abs(billed - offered) > offered * _PRICE_TOLERANCE:
+            note = f"instance {instance_id} bills ${billed:.4f}/h, not the ${offered:.4f}/h offer {ask} was chosen at"
+            ctx.logger.warning("job %d: %s", job.id, note)
+            jobs.add_error(job.id, note)
+        if spec.max_dph is None or billed <= spec.max_dph:
+            return True
+        reason = f"instance {instance_id} bills ${billed:.4f}/h, over max_dph ${spec.max_dph:g}/h: destroyed"
+        ctx.logger.warning("job %d: %s", job.id, reason)
+        jobs.update(job.id, status=JobStatus.CREATING, instance_id=None)  # first: its `vanished` is not the job's
+        jobs.add_error(job.id, reason)
+        await ctx.destroy(instance_id)
+        return False
 
     async def give_up(self, job: Job, reason: str, cause: Cause, ctx: Context) -> None:
         ctx.store.repository(Jobs).update(

@@ -11,7 +11,9 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 from sshkit import USER, needs_openssh
 from test_team import Lines, wait_until
@@ -147,3 +149,40 @@ def _events(tmp_path: Path) -> bytes:
 
 
 _NAMES = "import sqlite3,sys;print([r[0] for r in sqlite3.connect(sys.argv[1]).execute('select name from events')])"
+
+
+def test_after_renting_a_price_that_changed_is_said_and_one_over_max_dph_loses_the_instance(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    """A host may change its price between the search and the create (the simulator's reprice fault)."""
+    spec = tmp_path / "job.toml"
+    spec.write_text(
+        f'image = "python:3.11"\nssh_user = "{USER}"\ncmd = "echo done"\nquery = "num_gpus=1"\ninterruptible = false\n'
+    )  # on-demand: a bid instance outbid by its new price just stops
+    sim.apply("reprice", factor=1.2)
+    done = _run(sim, tmp_path, str(spec), "--yes", "--json")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    (note,) = [error for error in report["errors"] if "bills" in error]
+    assert f"instance {report['instance_id']} bills" in note and "was chosen at" in note
+    assert note in done.stderr, "said on the console too"
+
+    offered = min(o["dph_total"] for o in _offers(sim))
+    capped = tmp_path / "capped.toml"
+    capped.write_text(spec.read_text() + f"max_dph = {offered * 1.5}\n")
+    sim.apply("reprice", factor=3.0)
+    done = _run(sim, tmp_path, str(capped), "--yes", "--json")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    lost = [error for error in report["errors"] if "over max_dph" in error]
+    assert len(lost) == 1 and f"instance {report['instance_id']}" not in lost[0], "the next offer ran the job"
+    rented = [i for i in sim.state()["spend"]["instances"] if i["label"].endswith(":job-2")]
+    assert len(rented) == 2, rented
+
+
+def _offers(sim: Simulator) -> list[dict[str, Any]]:
+    answer = httpx.post(
+        f"{sim.url}/api/v0/bundles/", json={"num_gpus": {"eq": 1}}, headers={"Authorization": f"Bearer {sim.api_key}"}
+    )
+    offers: list[dict[str, Any]] = answer.json()["offers"]
+    return offers
