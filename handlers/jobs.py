@@ -33,9 +33,9 @@ from vastevents import (
     Jobs,
     JobSpec,
     JobStatus,
-    Rental,
     SshTarget,
     TemporaryError,
+    VastEventsError,
     daemon,
     every,
     on,
@@ -54,6 +54,15 @@ _STALE = 600.0
 
 def _older(at: datetime | None, now: datetime) -> bool:
     return at is None or (now - at).total_seconds() > _STALE
+
+
+def _login_refused(spec: JobSpec) -> str | None:
+    """Why the spec's registry login cannot be read (its variable unset), or None."""
+    try:
+        spec.image_login()
+    except VastEventsError as exc:
+        return str(exc)
+    return None
 
 
 def local_spec(job: Job, ctx: Context) -> JobSpec:
@@ -106,6 +115,11 @@ class JobsHandler(Handler[JobsOptions]):
         while (claimed := jobs.claim(now)) is not None:
             await self.launch(claimed, ctx)
 
+    @every("1m")
+    async def release_volumes(self, ctx: Context) -> None:
+        """The volumes of jobs ended in the last hour that a refusal (still in use) or a crash left behind."""
+        await jobs_remote.release_ended_volumes(ctx)
+
     def settle(self, job: Job, ctx: Context) -> None:
         """Record the end of a job left winding down with its instance gone: a watcher died between the destroy
         and the outcome (the destroy lets the daemon go first, so no daemon resumes it)."""
@@ -146,6 +160,9 @@ class JobsHandler(Handler[JobsOptions]):
                 await self.give_up(job, reason, Cause.CAPACITY, ctx)
                 return
             job = jobs.update(job.id, offers=[offer.id for offer in offers])
+        if (refused := _login_refused(spec)) is not None:
+            await self.give_up(job, refused, Cause.JOB_ERROR, ctx)
+            return
         tried = list(job.tried)
         for ask in job.offers:
             if len(tried) >= spec.max_offers:
@@ -155,16 +172,9 @@ class JobsHandler(Handler[JobsOptions]):
             tried.append(ask)
             jobs.update(job.id, tried=tried)
             try:
-                rental = Rental(
-                    ask,
-                    image=spec.image or "",
-                    disk=spec.disk,
-                    label=job.label,
-                    price=job.terms[ask].bid if ask in job.terms else spec.bid,  # as it was chosen
-                    env=spec.env,
-                    onstart=spec.onstart,
-                )
-                instance_id = await ctx.create(rental)
+                price = job.terms[ask].bid if ask in job.terms else spec.bid  # as it was chosen
+                volume = await spec.volume_mount(ctx.client, job.label, ask)
+                instance_id = await ctx.create(spec.rental(ask, label=job.label, price=price, volume=volume))
             except Exception as exc:
                 jobs.add_error(job.id, f"offer {ask}: {type(exc).__name__}: {exc}")
                 continue
@@ -207,6 +217,7 @@ class JobsHandler(Handler[JobsOptions]):
             job.id, status=JobStatus.FAILED, finished_at=ctx.clock.now(), instance_id=None, cause=cause
         )
         await ctx.emit("job_failed", detail=reason, cause=cause, key=f"job-{job.id}-gave-up")
+        await jobs_remote.release_volumes(ctx, job)
 
     async def drop_offer(self, job: Job, instance: Instance, reason: str, ctx: Context) -> None:
         """Destroy a bad offer's instance and rent the next offer."""
@@ -214,6 +225,7 @@ class JobsHandler(Handler[JobsOptions]):
         ctx.logger.warning("job %d: dropping instance %d: %s", job.id, instance.id, reason)
         jobs.update(job.id, status=JobStatus.CREATING, instance_id=None)  # first: its `vanished` is no longer the job's
         await ctx.destroy(instance)
+        await jobs_remote.release_volumes(ctx, job, ending=False)  # the next offer's machine gets its own
         await self.relaunch(job, f"instance {instance.id} (machine {instance.machine_id}) dropped: {reason}", ctx)
 
     # --- the instance's life ------------------------------------------------------------------------------
@@ -282,7 +294,10 @@ class JobsHandler(Handler[JobsOptions]):
                 return
             state = self._next(state, "upload", ctx)
         if state["phase"] == "upload":
-            await jobs_remote.upload_inputs(ctx, target, spec, job, resume=bool(state.get("resume")))
+            on_volume = instance.mounted_volume is not None
+            await jobs_remote.upload_inputs(
+                ctx, target, spec, job, resume=bool(state.get("resume")), on_volume=on_volume
+            )
             state = self._next(state, "start", ctx)
         if state["phase"] == "start":
             pid = await jobs_remote.start(ctx, target, spec)
@@ -355,6 +370,7 @@ class JobsHandler(Handler[JobsOptions]):
         jobs.update(job.id, status=JobStatus.COLLECTING, finished_at=ctx.clock.now(), cause=cause)
         await ctx.emit("job_failed", instance=instance, detail=reason, cause=cause, key=key)
         destroyed = await jobs_remote.destroy(ctx, instance)
+        await jobs_remote.release_volumes(ctx, job)
         jobs.update(job.id, status=JobStatus.FAILED, finished_at=ctx.clock.now(), destroyed=destroyed)
 
     async def _monitor(

@@ -18,6 +18,8 @@ CONTROL = ".vastevents"
 LOG = f"{CONTROL}/job.log"
 KILLED = 124
 """The exit code of a command killed after ``max_duration`` (as ``timeout(1)`` reports it)."""
+_SWEEP = 3600.0
+"""Seconds after a job's end during which its left-over volumes are looked for again."""
 _CUDA = re.compile(r"CUDA Version:\s*([0-9]+(?:\.[0-9]+)?)")
 
 
@@ -63,7 +65,11 @@ async def preflight(ctx: Context, target: SshTarget, spec: JobSpec) -> Unfit | N
     return None
 
 
-async def upload_inputs(ctx: Context, target: SshTarget, spec: JobSpec, job: Job, *, resume: bool) -> None:
+async def upload_inputs(
+    ctx: Context, target: SshTarget, spec: JobSpec, job: Job, *, resume: bool, on_volume: bool = False
+) -> None:
+    """The workdir, the input, and the checkpoint dir: on the spec's volume when there is one (`on_volume`: the
+    instance has it mounted, so its checkpoints are the newest there are), else restored from the local copy."""
     ssh = _ssh(ctx)
     workdir = quote(spec.workdir)
     created = await ssh.run(target, f"mkdir -p {workdir}/{CONTROL}")
@@ -71,10 +77,25 @@ async def upload_inputs(ctx: Context, target: SshTarget, spec: JobSpec, job: Job
         raise RuntimeError(f"cannot create the workdir {spec.workdir}: {created.stderr.strip()}")
     if spec.upload is not None:
         await ssh.upload(target, spec.upload, spec.workdir)
+    if spec.volume is not None and spec.checkpoint_dir:
+        await _checkpoints_on_volume(ctx, target, spec)
     local = checkpoint_copy(spec)
-    if resume and local is not None and local.is_dir():
+    if resume and local is not None and local.is_dir() and not on_volume:
         await ssh.upload(target, local, f"{spec.workdir}/{spec.checkpoint_dir}")
         ctx.logger.info("job %d: checkpoint restored from %s", job.id, local)
+
+
+async def _checkpoints_on_volume(ctx: Context, target: SshTarget, spec: JobSpec) -> None:
+    """Make ``<workdir>/<checkpoint_dir>`` a link to the volume's mount (what the input held there moves onto it)."""
+    assert spec.volume is not None and spec.checkpoint_dir
+    mount, link = spec.volume.remote_path, quote(f"{spec.workdir}/{spec.checkpoint_dir.rstrip('/')}")
+    command = (
+        f"mkdir -p {mount} && if [ -d {link} ] && [ ! -L {link} ]; then cp -a {link}/. {mount}/ && rm -rf {link};"
+        f' fi && mkdir -p "$(dirname {link})" && ln -sfn {mount} {link}'
+    )
+    done = await _ssh(ctx).run(target, command)
+    if done.exit_code != 0:
+        raise RuntimeError(f"cannot put {spec.checkpoint_dir} on the volume: {done.stderr.strip()}")
 
 
 def checkpoint_copy(spec: JobSpec) -> Path | None:
@@ -148,6 +169,7 @@ async def collect(
     except Exception as exc:
         job = jobs.add_error(job.id, f"download of the log: {exc}")
     destroyed = await destroy(ctx, instance)
+    await release_volumes(ctx, job)
     now = ctx.clock.now()
     started = job.started_at or now
     cost = (instance.dph_total or 0.0) * (now - started).total_seconds() / 3600.0
@@ -165,3 +187,25 @@ async def destroy(ctx: Context, instance: Instance) -> bool:
     await ctx.destroy(instance)
     still = await ctx.client.get_instance(instance.id)
     return still is None or still.actual_status in ("exited", "destroyed")
+
+
+async def release_volumes(ctx: Context, job: Job, *, ending: bool = True) -> None:
+    """Delete the volumes the job made that nothing uses now (at its end, unless its spec keeps them); a failure
+    is logged and left to :func:`release_ended_volumes`."""
+    try:
+        deleted = await JobSpec.model_validate(job.spec).release_volumes(ctx, job.label, ending=ending)
+    except Exception as exc:
+        ctx.logger.warning("job %d: its volumes are not deleted yet: %s", job.id, exc)
+        return
+    if deleted:
+        ctx.logger.info("job %d: deleted volume(s) %s", job.id, ", ".join(map(str, deleted)))
+
+
+async def release_ended_volumes(ctx: Context) -> None:
+    """Delete what the jobs that ended within the hour and made a volume left of them (one list per job)."""
+    now = ctx.clock.now()
+    for job in ctx.store.repository(Jobs).list():
+        if job.done and job.finished_at is not None and (now - job.finished_at).total_seconds() < _SWEEP:
+            volume = job.spec.get("volume")
+            if isinstance(volume, dict) and volume.get("size") is not None and not volume.get("keep"):
+                await release_volumes(ctx, job)

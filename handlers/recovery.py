@@ -23,7 +23,9 @@ give_up_after = "1h"      # then recovery_failed
 strikes_to_block = 2      # strikes that block a machine, for exclude_ttl
 exclude_ttl = "24h"
 
-The search always leaves out the dead instance's machine and host, and every blocked machine and host. Every
+The search always leaves out the dead instance's machine and host, and every blocked machine and host, but for
+one exception: a preempted or outbid instance with a volume is replaced on the volume's machine first, the volume
+linked (:mod:`.replacing`). Every
 step is idempotent: the recovery row is written before anything is rented, a create is recorded as an intent
 first, and before renting the account is searched for a replacement by label, so a redelivered event or a
 restart after a crash never rents twice.
@@ -54,9 +56,12 @@ from vastevents import (
     Rental,
     State,
     VastEventsError,
+    VolumeMount,
     every,
     on,
 )
+
+from . import replacing
 
 Policy = Literal["replace", "wait", "rebid", "alert"]
 
@@ -249,6 +254,10 @@ class RecoveryHandler(Handler[RecoveryOptions]):
 
     async def _rent(self, record: Recovery, ctx: Context) -> int:
         original = Instance.model_validate(record.original)
+        rental_for = self._rental_for(record, original, replacing.registry_login(ctx, record.label))
+        kept = await replacing.on_volume_machine(ctx, record, original, rental_for, self.options.max_price)
+        if kept is not None:  # back where its volume is: the one exception to leaving the dead machine out
+            return kept
         machines, hosts = ctx.store.repository(Hosts).blocked(ctx.clock.now())
         avoid_machines = sorted({*machines, *([original.machine_id] if original.machine_id is not None else [])})
         avoid_hosts = sorted({*hosts, *([original.host_id] if original.host_id is not None else [])})
@@ -260,20 +269,27 @@ class RecoveryHandler(Handler[RecoveryOptions]):
                 if offer.machine_id in avoid_machines or offer.host_id in avoid_hosts:
                     continue  # the search already leaves them out; a market that ignores a filter must not win
                 try:
-                    rental = Rental(
-                        offer.id,
-                        image=original.image_uuid or "",
-                        disk=original.disk_space or 10.0,
-                        label=record.label,
-                        price=self._bid(offer) if original.is_bid else None,
-                        env=_env(original) or {},
-                        onstart=original.onstart,
-                    )
-                    return await ctx.create(rental)
+                    return await ctx.create(rental_for(offer, None))
                 except NoSuchAsk:
                     ctx.logger.info("offer %d was rented first; trying the next one", offer.id)
         wanted = " or ".join(gpus) or "any GPU"
         raise NoOffer(f"no offer for {original.num_gpus or 1}x {wanted} outside machines {avoid_machines}")
+
+    def _rental_for(self, record: Recovery, original: Instance, login: str | None) -> replacing.RentalFor:
+        def rental(offer: Offer, volume: VolumeMount | None) -> Rental:
+            return Rental(
+                offer.id,
+                image=original.image_uuid or "",
+                disk=original.disk_space or 10.0,
+                label=record.label,
+                price=self._bid(offer) if original.is_bid else None,
+                env=_env(original) or {},
+                onstart=original.onstart,
+                image_login=login,
+                volume=volume,
+            )
+
+        return rental
 
     def _query(self, original: Instance, gpu: str, machines: list[int], hosts: list[int]) -> str:
         parts = [

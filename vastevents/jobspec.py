@@ -7,9 +7,13 @@
     cmd = "python train.py"
     download = ["out", "metrics.json"]
     max_duration = "2h"
+    checkpoint_dir = "ckpt"
     [preflight]
     cuda = 12.1
     imports = ["torch"]
+    [volume]                      # checkpoint_dir on a volume that outlives the instance (see JobVolume)
+    mount_path = "/root/ckpt"
+    size = 20
 
 Validated by pydantic; errors name the key (and the file line when it came from a file).
 """
@@ -28,9 +32,12 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from vastevents import jobvolumes
 from vastevents.choosing import Kind, Ranking, Strategy, Workload, rank
 from vastevents.config import parse_duration
-from vastevents.errors import ConfigError
+from vastevents.errors import ConfigError, VastEventsError
+from vastevents.jobvolumes import remote_path
+from vastevents.models import Rental, VolumeMount
 from vastevents.query import parse_query
 from vastevents.store.history import HostHistory
 from vastevents.store.hosts import Hosts
@@ -38,6 +45,7 @@ from vastevents.store.hosts import Hosts
 if TYPE_CHECKING:
     from datetime import datetime
 
+    from vastevents.context import Context
     from vastevents.models import Offer
     from vastevents.ports import VastApi
     from vastevents.store import Store
@@ -63,11 +71,50 @@ class Preflight(BaseModel):
         return value
 
 
+class JobVolume(BaseModel):
+    """A volume for the job: made with its instance (`size` GB on the rented machine, named with the job's label,
+    deleted when the job ends unless `keep`) or an existing one linked by `id` (the job then runs on the volume's
+    machine, and the volume is never deleted). The instance sees it at `mount_path`; a ``checkpoint_dir`` lives on
+    it, so a replacement on the same machine finds the checkpoints where they were."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    mount_path: str
+    size: float | None = Field(None, gt=0)
+    id: int | None = Field(None, ge=0)
+    keep: bool = False
+
+    @field_validator("mount_path")
+    @classmethod
+    def _mount(cls, value: str) -> str:
+        parts = value.strip("/").split("/")
+        if not value.startswith("/") or value.rstrip("/") in ("", "/root") or ".." in parts:
+            raise ValueError(f"{value!r} must be an absolute path (below /root, the container's home), without '..'")
+        return value.rstrip("/")
+
+    @property
+    def remote_path(self) -> str:
+        """`mount_path` for a remote shell, quoted: below ``/root`` it is spelled from ``$HOME`` (the container's
+        home is ``/root``; a simulated host's is its own directory)."""
+        return remote_path(self.mount_path)
+
+    @model_validator(mode="after")
+    def _one(self) -> JobVolume:
+        if (self.size is None) == (self.id is None):
+            raise ValueError("give either size (a new volume) or id (an existing one)")
+        return self
+
+
 class JobSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     image: str | None = None
     template_hash: str | None = None
+    template_id: int | None = Field(None, ge=0)
+    """A template (its newest version) gives the image, env and onstart the spec leaves out."""
+    login_env: str | None = None
+    """The environment variable holding a private image's registry login (``-u USER -p TOKEN REGISTRY``), read by
+    the machine that rents; the login itself is never stored."""
     onstart: str | None = None
     env: dict[str, str] = Field(default_factory=dict)
     disk: float = Field(64.0, gt=0)
@@ -91,6 +138,14 @@ class JobSpec(BaseModel):
     max_offers: int = Field(3, ge=1)
     ssh_user: str = "root"
     preflight: Preflight = Field(default_factory=Preflight)
+    volume: JobVolume | None = None
+
+    @field_validator("login_env")
+    @classmethod
+    def _variable(cls, value: str | None) -> str | None:
+        if value is not None and not value.isidentifier():
+            raise ValueError(f"{value!r} is not an environment variable name")
+        return value
 
     @field_validator("max_duration", "checkpoint_every", mode="before")
     @classmethod
@@ -107,9 +162,34 @@ class JobSpec(BaseModel):
 
     @model_validator(mode="after")
     def _image(self) -> JobSpec:
-        if not self.image and not self.template_hash:
-            raise ValueError("needs an image (or a template_hash)")
+        if not self.image and not self.template_hash and self.template_id is None:
+            raise ValueError("needs an image (or a template: template_hash, template_id)")
         return self
+
+    def image_login(self) -> str | None:
+        """The registry login from the environment variable `login_env` names (None without one)."""
+        if self.login_env is None:
+            return None
+        login = os.environ.get(self.login_env)
+        if not login:
+            raise ConfigError(f"login_env names {self.login_env}, which is not set: export the registry login there")
+        return login
+
+    def rental(self, ask: int, *, label: str, price: float | None, volume: VolumeMount | None = None) -> Rental:
+        """The create request for renting offer `ask` (its template, registry login and volume)."""
+        return Rental(
+            ask,
+            image=self.image,
+            disk=self.disk,
+            label=label,
+            price=price,
+            env=self.env,
+            onstart=self.onstart,
+            template_hash=self.template_hash,
+            template_id=self.template_id,
+            image_login=self.image_login(),
+            volume=volume,
+        )
 
     def to_json(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
@@ -123,6 +203,8 @@ class JobSpec(BaseModel):
         machines, hosts = set(blocked[0]), set(blocked[1])
         kind = "bid" if self.bid is not None or self.interruptible else "on-demand"
         query = {**parse_query(self.query), "allocated_storage": self.disk}
+        if self.volume is not None and self.volume.id is not None:  # a linked volume is used where it lives
+            query["machine_id"] = {"eq": await self._volume_machine(client, self.volume.id)}
         found = await client.search_offers(query, type=kind, limit=limit, order=[["dph_total", "asc"]])
         return [
             offer
@@ -131,6 +213,21 @@ class JobSpec(BaseModel):
             and offer.machine_id not in machines
             and offer.host_id not in hosts
         ]
+
+    async def volume_mount(self, client: VastApi, label: str, ask: int) -> VolumeMount | None:
+        """The volume to rent offer `ask` with: a new one on its machine named `label`, or the linked one."""
+        return await jobvolumes.mount_for(client, self, label, ask)
+
+    async def release_volumes(self, ctx: Context, label: str, *, ending: bool = True) -> list[int]:
+        """Delete the unused volumes this job (labelled `label`) made; at its end only unless `keep`."""
+        return await jobvolumes.release(ctx, self, label, ending=ending)
+
+    @staticmethod
+    async def _volume_machine(client: VastApi, volume_id: int) -> int:
+        found = next((v for v in await client.list_volumes() if v.id == volume_id), None)
+        if found is None or found.machine_id is None:
+            raise VastEventsError(f"volume {volume_id} is not on the account (vastevents volumes lists them)")
+        return found.machine_id
 
     async def choose(
         self, client: VastApi, store: Store, *, now: datetime, strategy: Strategy, avoid: Iterable[int] = ()

@@ -109,6 +109,18 @@ class Instance(_VastModel):
         """The status string exactly as Vast sent it."""
         return self.actual_status
 
+    @property
+    def mounted_volume(self) -> tuple[int, str] | None:
+        """The volume this instance has (id and mount path), as its row's ``volume_info`` says; None without."""
+        rows = (self.model_extra or {}).get("volume_info")
+        first = rows[0] if isinstance(rows, list) and rows else None
+        if not isinstance(first, Mapping):
+            return None
+        volume_id, path = first.get("id"), first.get("mount_path")
+        if not isinstance(volume_id, int) or not isinstance(path, str):
+            return None
+        return volume_id, path
+
 
 class Offer(_VastModel):
     """One row of an offer search: ``id`` is the ask id you rent with."""

@@ -345,6 +345,10 @@ async def _cancel(runtime: Runtime, handler: str, jobs: Jobs, job_id: int, err: 
         if instance.label == job.label or instance.id == job.instance_id:
             await context.destroy(instance)
             destroyed = destroyed and await runtime.client.get_instance(instance.id) is None
+    try:
+        await JobSpec.model_validate(job.spec).release_volumes(context, job.label)
+    except Exception as exc:  # the job is cancelled all the same; the volume is listed by `vastevents volumes`
+        err.print(f"job {job_id}: could not delete its volume: {exc}")
     jobs.update(job_id, status="cancelled", finished_at=runtime.clock.now(), destroyed=destroyed)
     jobs.add_error(job_id, "interrupted: everything the job rented was destroyed")
     err.print(f"job {job_id} cancelled; destroyed what it rented")

@@ -1,0 +1,219 @@
+"""Jobs from templates, with their checkpoints on a volume, and private images: the real runtime with the jobs and
+recovery handlers, the simulator over HTTP, real sshd hosts, real SQLite."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sshkit import USER, edge, keypair, needs_openssh, register
+
+from vastevents import Job, Jobs, JobSpec, SshTarget
+from vastevents.clock import ManualClock
+from vastevents.config import parse_config
+from vastevents.plugins import load_handlers
+from vastevents.runtime import Runtime
+from vastevents.sim import Simulator
+from vastevents.ssh import ParamikoSsh
+from vastevents.store import SqliteStore
+from vastevents.vast import VastClient
+
+pytestmark = [pytest.mark.ssh, needs_openssh]
+
+CONFIG = """
+[vast]
+label_prefix = "vastevents"
+[handlers.jobs]
+use = "jobs"
+ssh_retry = "1s"
+poll_first = "1s"
+poll_every = "1s"
+[handlers.recovery]
+use = "recovery"
+"""
+
+
+@dataclass
+class World:
+    sim: Simulator
+    tmp: Path
+    ssh: ParamikoSsh
+
+    def runtime(self, client: VastClient) -> Runtime:
+        store = self.tmp / "state.db"
+        config = parse_config(CONFIG + f'[store]\npath = "{store}"\n')
+        return Runtime(config, client=client, store=SqliteStore(store), clock=self.sim.clock,
+                       handlers=load_handlers(config), ssh=self.ssh)  # fmt: skip
+
+    def live_volumes(self) -> list[int]:
+        with self.sim.world() as world:
+            return sorted(v.id for v in world.volumes.values() if v.ended_at is None)
+
+    def template(self, **fields: Any) -> dict[str, Any]:
+        """A template of the user's own, made through the API as `vastai create template` does."""
+        answer = httpx.post(f"{self.sim.url}/api/v0/template/", json=fields,
+                            headers={"Authorization": f"Bearer {self.sim.api_key}"})  # fmt: skip
+        assert answer.status_code == 200, answer.text
+        return dict(answer.json()["template"])
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[World]:
+    key = keypair(tmp_path)
+    with Simulator(clock=ManualClock(), ssh=True) as sim:
+        register(sim, key)
+        ssh = edge(tmp_path, key)
+        w = World(sim, tmp_path, ssh)
+        try:
+            yield w
+        finally:
+            ssh.close()
+            assert sim.instance_count() == 0, "every test ends with nothing rented"
+            assert w.live_volumes() == [], "and no volume left"
+
+
+@pytest.fixture
+async def client(world: World) -> AsyncIterator[VastClient]:
+    async with VastClient(world.sim.api_key, world.sim.url) as vast:
+        yield vast
+
+
+def submit(rt: Runtime, spec: dict[str, Any]) -> Job:
+    checked = JobSpec.model_validate({"ssh_user": USER, **spec}).to_json()
+    return rt.store.repository(Jobs).submit(checked, [], "vastevents", rt.clock.now())
+
+
+async def until(rt: Runtime, world: World, job_id: int, done: str | None = None, seconds: float = 90.0) -> Job:
+    """Poll (the simulator moves 15 s per cycle) until the job is final (or reaches `done`); bounded real wait."""
+    jobs = rt.store.repository(Jobs)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    first = True
+    while loop.time() < deadline:
+        await rt.poll_once(all_periodic=first)
+        first = False
+        job = jobs.get(job_id)
+        assert job is not None
+        if (done is None and job.done and job.status != "collecting") or job.status == done:
+            return job
+        world.sim.advance(15)
+        await asyncio.sleep(0.05)  # the job runs for real on the sshd host
+    raise AssertionError(f"job {job_id} still {jobs.get(job_id)} after {seconds}s")
+
+
+async def remote(world: World, client: VastClient, instance_id: int, command: str, seconds: float = 30.0) -> str:
+    """What `command` prints on the instance once it succeeds (bounded)."""
+    instance = await client.get_instance(instance_id)
+    assert instance is not None
+    target = SshTarget.of(instance, USER)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while True:
+        result = await world.ssh.run(target, command, timeout=10)
+        if result.exit_code == 0:
+            return result.stdout
+        assert loop.time() < deadline, f"{command!r} never succeeded: {result.stderr}"
+        await asyncio.sleep(0.1)
+
+
+# The job waits (bounded) for the template's onstart, keeps its state in ckpt/ and, when it finds it there,
+# says so with what the template gave it.
+TRAIN = (
+    "for i in $(seq 100); do [ -f ~/onstart.txt ] && break; sleep 0.1; done; "
+    'if [ -f ckpt/state ]; then echo "resumed at $(cat ckpt/state) with $GREETING, $(cat ~/onstart.txt)"'
+    " > result.txt; else echo 1 > ckpt/state; sleep 600; fi"
+)
+
+
+async def test_a_job_runs_from_a_template_with_its_checkpoints_on_a_volume_that_its_replacement_reuses(
+    world: World, client: VastClient
+) -> None:
+    template = world.template(name="trainer", image="pytorch/pytorch", tag="2.3.1", env="-e GREETING=hello",
+                              onstart="echo onstart ran > ~/onstart.txt")  # fmt: skip
+    spec = {"template_hash": template["hash_id"], "interruptible": False, "cmd": TRAIN, "download": ["result.txt"],
+            "checkpoint_dir": "ckpt", "checkpoint_every": "1d", "out": str(world.tmp / "out"),
+            "volume": {"mount_path": "/root/ckpt", "size": 5}}  # fmt: skip
+    async with world.runtime(client) as rt:
+        job = submit(rt, spec)
+        first = await until(rt, world, job.id, done="running")
+        assert first.instance_id is not None
+        row = world.sim.instance(first.instance_id)
+        assert row is not None and row["template_hash_id"] == template["hash_id"]
+        assert row["image_uuid"] == "pytorch/pytorch:2.3.1", "the template's image, with its tag"
+        volume_id, machine = row["volume_info"][0]["id"], row["machine_id"]
+        assert world.live_volumes() == [volume_id]
+        assert await remote(world, client, first.instance_id, "cat job/ckpt/state") == "1\n"
+        assert not (world.tmp / "out" / "ckpt").exists(), "nothing synced here: the checkpoint is on the volume"
+
+        world.sim.preempt(first.instance_id)  # the host takes the machine back
+        job = await until(rt, world, job.id)
+        events = rt.store.events()
+    replacement = job.instance_id
+    assert job.status == "finished" and job.destroyed and replacement != first.instance_id, job
+    recovered = [e for e in events if e.name == "recovered"]
+    assert len(recovered) == 1 and recovered[0].instance is not None
+    assert recovered[0].instance.machine_id == machine, "back on the machine that holds the volume"
+    assert (world.tmp / "out" / "result.txt").read_text() == "resumed at 1 with hello, onstart ran\n"
+    assert world.live_volumes() == [], "the volume the job made is deleted at its end"
+    started = [e.instance_id for e in events if e.name == "job_started"]
+    assert started == [first.instance_id, replacement]
+
+
+async def test_a_kept_volume_outlives_the_job_and_a_later_job_links_it_by_id(world: World, client: VastClient) -> None:
+    volume = {"mount_path": "/root/models", "size": 3, "keep": True}
+    spec = {"image": "pytorch/pytorch", "cmd": "echo v1 > ckpt/model.txt", "checkpoint_dir": "ckpt",
+            "out": str(world.tmp / "first"), "volume": volume}  # fmt: skip
+    async with world.runtime(client) as rt:
+        first = await until(rt, world, submit(rt, spec).id)
+        assert first.status == "finished", first.errors
+        kept = world.live_volumes()
+        assert len(kept) == 1, "keep = true: the volume stays"
+        with world.sim.world() as w:
+            machine = w.volumes[kept[0]].machine_id
+        linked = {"image": "pytorch/pytorch", "cmd": "cat ckpt/model.txt > seen.txt", "checkpoint_dir": "ckpt",
+                  "download": ["seen.txt"], "out": str(world.tmp / "second"),
+                  "volume": {"mount_path": "/root/models", "id": kept[0]}}  # fmt: skip
+        second = await until(rt, world, submit(rt, linked).id)
+        appeared = [e.instance for e in rt.store.events() if e.name == "appeared" and e.instance is not None]
+    assert second.status == "finished", second.errors
+    assert (world.tmp / "second" / "seen.txt").read_text() == "v1\n"
+    assert appeared[-1].machine_id == machine, "a linked volume is used where it lives"
+    assert world.live_volumes() == kept, "a linked volume is the user's: never deleted"
+    assert (await client.delete_volume(kept[0])) is True
+
+
+async def test_a_private_images_login_is_passed_on_and_never_stored_nor_shown(
+    world: World, client: VastClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    secret = "-u robot -p s3cr3t-Registry-Token-4711 registry.example.com"
+    monkeypatch.setenv("REGISTRY_LOGIN", secret)
+    sent: list[str | None] = []
+    real_create = client.create_instance
+
+    async def create(rental: Any) -> int:
+        sent.append(rental.image_login)
+        return await real_create(rental)
+
+    monkeypatch.setattr(client, "create_instance", create)
+    spec = {"image": "registry.example.com/team/trainer:1", "login_env": "REGISTRY_LOGIN", "cmd": "echo ok",
+            "out": str(world.tmp / "out")}  # fmt: skip
+    async with world.runtime(client) as rt:
+        job = await until(rt, world, submit(rt, spec).id)
+        events = rt.store.events()
+    assert job.status == "finished" and sent == [secret]
+    assert "s3cr3t" not in json.dumps([e.to_json() for e in events])
+    for path in world.tmp.glob("state.db*"):
+        assert b"s3cr3t" not in path.read_bytes(), f"the login is not in {path.name}"
+
+    monkeypatch.delenv("REGISTRY_LOGIN")
+    async with world.runtime(client) as rt:
+        unset = await until(rt, world, submit(rt, spec).id)
+        failed = [e.detail for e in rt.store.events() if e.name == "job_failed"]
+    assert (unset.status, unset.cause, unset.tried) == ("failed", "job_error", []), "nothing rented without it"
+    assert failed == ["login_env names REGISTRY_LOGIN, which is not set: export the registry login there"]
