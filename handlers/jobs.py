@@ -27,7 +27,6 @@ from vastevents import (
     Event,
     Handler,
     HandlerOptions,
-    Hosts,
     Instance,
     Job,
     Jobs,
@@ -35,6 +34,7 @@ from vastevents import (
     JobStatus,
     SshTarget,
     TemporaryError,
+    Terms,
     VastEventsError,
     daemon,
     every,
@@ -150,16 +150,10 @@ class JobsHandler(Handler[JobsOptions]):
         jobs = ctx.store.repository(Jobs)
         spec = JobSpec.model_validate(job.spec)
         if not job.offers:
-            offers = await spec.offers(ctx.client, blocked=ctx.store.repository(Hosts).blocked(ctx.clock.now()))
-            if not offers:
-                await self.give_up(job, f"no offer matches {spec.query!r}", Cause.CAPACITY, ctx)
+            chosen = await self._choose(job, spec, ctx)
+            if chosen is None:
                 return
-            estimate = spec.estimate(offers[0])
-            if spec.max_cost is not None and estimate > spec.max_cost:
-                reason = f"the estimate ${estimate:.2f} is over max_cost ${spec.max_cost:.2f}"
-                await self.give_up(job, reason, Cause.CAPACITY, ctx)
-                return
-            job = jobs.update(job.id, offers=[offer.id for offer in offers])
+            job = chosen
         if (refused := _login_refused(spec)) is not None:
             await self.give_up(job, refused, Cause.JOB_ERROR, ctx)
             return
@@ -184,6 +178,25 @@ class JobsHandler(Handler[JobsOptions]):
                 return
         reason = f"no offer could be rented (tried {len(tried)} of {len(job.offers)}, at most {spec.max_offers})"
         await self.give_up(jobs.add_error(job.id, reason), reason, Cause.CAPACITY, ctx)
+
+    async def _choose(self, job: Job, spec: JobSpec, ctx: Context) -> Job | None:
+        """A submitted job's offers, ranked as ``run`` ranks them (``[jobs] choose``) with the terms each is rented
+        on; None when the job was given up: nothing matches, or its cost bound breaks ``max_cost`` or a budget."""
+        now = ctx.clock.now()
+        ranking = await spec.choose(ctx.client, ctx.store, now=now, strategy=ctx.config.jobs.choose, avoid=job.avoid)
+        best = ranking.chosen
+        if best is None:
+            await self.give_up(job, f"no offer matches {spec.query!r}", Cause.CAPACITY, ctx)
+            return None
+        bound = best.bound(spec.hours * 3600.0)
+        refusal = ctx.over_budget(bound)
+        if spec.max_cost is not None and bound > spec.max_cost:
+            refusal = f"the job may cost up to ${bound:.2f}, over max_cost ${spec.max_cost:.2f}"
+        if refusal is not None:
+            await self.give_up(job, refusal, Cause.CAPACITY, ctx)
+            return None
+        terms = {e.offer.id: Terms(e.bid, e.dph) for e in ranking.estimates}
+        return ctx.store.repository(Jobs).update(job.id, offers=list(terms), terms=terms)
 
     async def _price_holds(self, job: Job, ask: int, instance_id: int, spec: JobSpec, ctx: Context) -> bool:
         """After renting, the price the instance bills against the one its offer was chosen at (a host may change

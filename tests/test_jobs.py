@@ -44,8 +44,8 @@ class World:
     ssh: ParamikoSsh
     store_path: Path
 
-    def runtime(self, client: VastClient) -> Runtime:
-        config = parse_config(CONFIG + f'[store]\npath = "{self.store_path}"\n')
+    def runtime(self, client: VastClient, more: str = "") -> Runtime:
+        config = parse_config(CONFIG + f'[store]\npath = "{self.store_path}"\n' + more)
         return Runtime(
             config,
             client=client,
@@ -298,3 +298,32 @@ async def test_a_watcher_dying_between_the_destroy_and_the_outcome_leaves_no_job
     assert (job.status, job.exit_code, job.destroyed) == ("finished", 0, True), job
     assert job.results_dir == str(world.tmp / "out") and (world.tmp / "out" / "out.txt").read_text() == "ok\n"
     assert any("winding the job down" in error for error in job.errors)
+
+
+async def test_a_submitted_job_is_ranked_as_run_ranks_it_and_rented_on_the_terms_it_was_chosen_at(
+    world: World, client: VastClient
+) -> None:
+    """No offers given (``run --submit``): the watcher ranks them by ``[jobs] choose`` and rents the first on its
+    terms, a bid for an interruptible job."""
+    spec = world.spec(cmd="true", interruptible=True)
+    async with world.runtime(client, '[jobs]\nchoose = "second_cheapest"\n') as rt:
+        job = submit(rt, spec, [])
+        await rt.poll_once(all_periodic=True)
+        job = rt.store.repository(Jobs).get(job.id) or job
+        by_price = sorted(job.offers, key=lambda ask: job.terms[ask].dph)
+        assert len(by_price) > 2 and job.offers[0] == by_price[1] and job.offers[-1] == by_price[0]
+        terms = job.terms[job.offers[0]]
+        assert terms.bid is not None and job.instance_id is not None
+        rented = world.sim.instance(job.instance_id)
+        assert rented is not None and rented["is_bid"] and rented["dph_base"] == pytest.approx(terms.bid, rel=1e-3)
+        assert (await until(rt, world, job.id)).status == "finished"
+
+
+async def test_a_submitted_job_that_could_break_a_budget_fails_before_renting(world: World, client: VastClient) -> None:
+    spec = world.spec(cmd="true", max_duration=7200)
+    async with world.runtime(client, '[handlers.billing]\nuse = "billing"\nbudget_usd = 0.001\n') as rt:
+        job = submit(rt, spec, [])
+        job = await until(rt, world, job.id)
+        assert job.status == "failed" and job.cause == "capacity" and job.instance_id is None
+        assert "budget_usd" in (rt.store.events(name="job_failed")[-1].detail or "")
+        assert world.sim.state()["spend"]["instances"] == [], "nothing was rented"
