@@ -33,6 +33,7 @@ restart after a crash never rents twice.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import timedelta
 from typing import Literal
 
@@ -46,8 +47,12 @@ from vastevents import (
     Event,
     Handler,
     HandlerOptions,
+    HostHistory,
     Hosts,
     Instance,
+    Jobs,
+    JobSpec,
+    Kind,
     NoSuchAsk,
     Offer,
     Recoveries,
@@ -57,8 +62,10 @@ from vastevents import (
     State,
     VastEventsError,
     VolumeMount,
+    Workload,
     every,
     on,
+    rank,
 )
 
 from . import replacing
@@ -265,7 +272,7 @@ class RecoveryHandler(Handler[RecoveryOptions]):
         for gpu in dict.fromkeys(gpus):
             query = self._query(original, gpu, avoid_machines, avoid_hosts)
             offers = await ctx.client.search_offers(query, type="bid" if original.is_bid else "on-demand", limit=10)
-            for offer in offers:
+            for offer in self._ranked(offers, original, record, ctx):
                 if offer.machine_id in avoid_machines or offer.host_id in avoid_hosts:
                     continue  # the search already leaves them out; a market that ignores a filter must not win
                 try:
@@ -274,6 +281,19 @@ class RecoveryHandler(Handler[RecoveryOptions]):
                     ctx.logger.info("offer %d was rented first; trying the next one", offer.id)
         wanted = " or ".join(gpus) or "any GPU"
         raise NoOffer(f"no offer for {original.num_gpus or 1}x {wanted} outside machines {avoid_machines}")
+
+    def _ranked(self, offers: list[Offer], original: Instance, record: Recovery, ctx: Context) -> list[Offer]:
+        """`offers` in the order ``[jobs] choose`` would rent them for the job the label runs (an hour of the
+        original's disk for an instance no job rented), on the original's terms (bid or on-demand)."""
+        job = ctx.store.repository(Jobs).by_label(record.label)
+        kind = Kind.BID if original.is_bid else Kind.ON_DEMAND
+        if job is not None:
+            workload = replace(JobSpec.model_validate(job.spec).workload(), kind=kind)
+        else:
+            workload = Workload(seconds=3600.0, disk_gb=original.disk_space or 10.0, kind=kind)
+        history = ctx.store.repository(HostHistory).stats(ctx.store.journal, ctx.clock.now())
+        ranking = rank(offers, workload, history, strategy=ctx.config.jobs.choose)
+        return [estimate.offer for estimate in ranking.estimates]
 
     def _rental_for(self, record: Recovery, original: Instance, login: str | None) -> replacing.RentalFor:
         def rental(offer: Offer, volume: VolumeMount | None) -> Rental:

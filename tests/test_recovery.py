@@ -292,3 +292,34 @@ async def test_a_machine_blocked_by_hand_is_listed_never_offered_to_a_job_and_ca
     code, said = hosts("--unblock", "41")
     assert code == 1 and "no strike" in said
     assert hosts("--block", "41", "--for", "soon")[0] == 2
+
+
+async def test_a_replacement_is_chosen_as_jobs_choose_says(
+    sim: Simulator, api_key: str, tmp_path: Path, opener: Opener
+) -> None:
+    """Recovery ranks the offers as jobs are ranked: with ``choose = "second_cheapest"`` the replacement goes to the
+    second cheapest matching machine, not the cheapest."""
+    _, path = _config(tmp_path, opener)
+    path.write_text(path.read_text() + '\n[jobs]\nchoose = "second_cheapest"\n')
+    config = load_config(path)
+    gpu = _common_gpu(sim)
+    old_id = _running(sim, label=LABEL, gpu_name=gpu, disk=40)
+    old = sim.instance(old_id)
+    assert old is not None
+    query = {"gpu_name": {"eq": gpu}, "num_gpus": {"eq": 1}, "reliability": {"gte": 0.9}, "disk_space": {"gte": 40}}
+    with sim.world() as world:
+        rows = [
+            r for r in world.search(query) if r["machine_id"] != old["machine_id"] and r["host_id"] != old["host_id"]
+        ]
+    by_price = sorted(rows, key=lambda r: (r["dph_total"], r["id"]))
+    assert len(by_price) >= 2 and by_price[0]["dph_total"] < by_price[1]["dph_total"]
+    try:
+        async with _runtime(sim, api_key, config, opener) as runtime:
+            await runtime.poll_once()
+            sim.preempt(old_id)
+            (recovered,) = _named(await _polls(runtime, sim, 4), "recovered")
+            new = sim.instance(recovered.instance_id or 0)
+            assert new is not None and new["machine_id"] == by_price[1]["machine_id"]
+    finally:
+        _destroy_all(sim)
+    assert sim.instance_count() == 0
