@@ -6,6 +6,7 @@ import json
 import multiprocessing
 import os
 import platform
+import signal
 import statistics
 import time
 from collections.abc import Iterator, Sequence
@@ -19,6 +20,15 @@ import httpx
 
 from vastevents.clock import ManualClock
 from vastevents.sim import Simulator
+
+
+def _unwind(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+# A benchmark stopped by SIGTERM (a kill, a timeout) unwinds as Ctrl-C does: its simulators stop their sshd
+# hosts and the jobs on them instead of leaving them running.
+signal.signal(signal.SIGTERM, _unwind)
 
 
 @dataclass
