@@ -23,7 +23,7 @@ from types import TracebackType
 from typing import Self
 
 from vastevents.actions import Actions
-from vastevents.clock import Clock, SystemClock, sleep_or
+from vastevents.clock import Clock, SystemClock
 from vastevents.config import Config
 from vastevents.connect import configured_store, vast_client
 from vastevents.context import Context
@@ -40,7 +40,7 @@ from vastevents.plugins import ActiveHandler, load_handlers
 from vastevents.ports import Notifier, Ssh, VastApi
 from vastevents.ssh import ParamikoSsh
 from vastevents.store import PostgresStore, Store
-from vastevents.team import Heartbeat, Leadership
+from vastevents.team import Heartbeat, Leadership, lead
 from vastevents.watcher import InstanceLister, Watcher
 
 log = logging.getLogger(__name__)
@@ -67,6 +67,7 @@ class Runtime:
         leadership: Leadership | None = None,
         metrics: Metrics | None = None,
         webhook_listen: str | None = None,
+        read_only: bool = False,
     ) -> None:
         self.config = config = config or Config()
         self.clock: Clock = clock or SystemClock()
@@ -80,7 +81,7 @@ class Runtime:
         self.client: VastApi = client if client is not None else self._own_client(api_key)
         self.ssh: Ssh = ssh if ssh is not None else self._real_ssh()
         if store is None:
-            store = configured_store(config)
+            store = configured_store(config, read_only=read_only)  # read-only: a command that only looks
             self._owned.callback(store.close)
         self.store: Store = store
         url = config.store.resolved_url()
@@ -223,25 +224,13 @@ class Runtime:
             return
         if self.metrics is not None:
             self.metrics.leader.set(0)
-        while await self.leadership.acquire(stop):
-            await self._take_charge()
-            lost = asyncio.Event()
+        services = partial(self._services, on_cycle=on_cycle)
+        await lead(self.leadership, self.clock, stop, self._take_charge, services, self._stand_down)
 
-            async def hold(leadership: Leadership = self.leadership, lost: asyncio.Event = lost) -> None:
-                while not (stop.is_set() or lost.is_set()):
-                    await sleep_or(self.clock, leadership.failover / 3, stop)
-                    if not stop.is_set() and not await leadership.verify():
-                        lost.set()
-
-            until = asyncio.Event()  # set by _set_when as soon as stop or lost is
-            async with asyncio.TaskGroup() as group:
-                group.create_task(hold())
-                group.create_task(self._services(until, on_cycle))
-                group.create_task(_set_when(until, stop, lost))
-            if stop.is_set():
-                return
-            await self.daemons.stop()
-            self._in_charge = False
+    async def _stand_down(self) -> None:
+        """No longer the leader: stop the daemons (the next leader resumes them) until this watcher leads again."""
+        await self.daemons.stop()
+        self._in_charge = False
 
     async def _services(self, stop: asyncio.Event, on_cycle: Callable[[], None] | None) -> None:
         if self.webhooks is not None:
@@ -252,14 +241,3 @@ class Runtime:
             group.create_task(self.watcher.run(stop, on_cycle=on_cycle))
             group.create_task(self.periodic.timer(self.context, stop))
             group.create_task(self.watcher.retry_timer(stop))
-
-
-async def _set_when(target: asyncio.Event, *sources: asyncio.Event) -> None:
-    """Set `target` as soon as any of `sources` is set."""
-    waiters = [asyncio.ensure_future(source.wait()) for source in sources]
-    try:
-        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-        target.set()
-    finally:
-        for waiter in waiters:
-            waiter.cancel()

@@ -16,10 +16,12 @@ import logging
 import os
 import socket
 import zlib
+from collections.abc import Awaitable, Callable, Coroutine
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from vastevents._logging import redact
+from vastevents.clock import Clock, sleep_or
 from vastevents.errors import NotLeader
 from vastevents.store import Store
 from vastevents.store.team import Member, TeamMembers
@@ -182,3 +184,44 @@ class Leadership:
         if self._conn is not None:
             self._drop()
         self.heartbeat.stop()
+
+
+async def lead(
+    leadership: Leadership,
+    clock: Clock,
+    stop: asyncio.Event,
+    take_charge: Callable[[], Awaitable[None]],
+    services: Callable[[asyncio.Event], Coroutine[Any, Any, None]],
+    stand_down: Callable[[], Awaitable[None]],
+) -> None:
+    """Until `stop`: stand by until this watcher holds the lock, `take_charge`, run the `services` while it still
+    holds it (checked every third of ``failover``), and when it is lost stop them and `stand_down`."""
+    while await leadership.acquire(stop):
+        await take_charge()
+        lost = asyncio.Event()
+
+        async def hold(lost: asyncio.Event = lost) -> None:
+            while not (stop.is_set() or lost.is_set()):
+                await sleep_or(clock, leadership.failover / 3, stop)
+                if not stop.is_set() and not await leadership.verify():
+                    lost.set()
+
+        until = asyncio.Event()  # set by _set_when as soon as stop or lost is
+        async with asyncio.TaskGroup() as group:
+            group.create_task(hold())
+            group.create_task(services(until))
+            group.create_task(_set_when(until, stop, lost))
+        if stop.is_set():
+            return
+        await stand_down()
+
+
+async def _set_when(target: asyncio.Event, *sources: asyncio.Event) -> None:
+    """Set `target` as soon as any of `sources` is set."""
+    waiters = [asyncio.ensure_future(source.wait()) for source in sources]
+    try:
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        target.set()
+    finally:
+        for waiter in waiters:
+            waiter.cancel()

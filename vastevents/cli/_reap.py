@@ -21,7 +21,6 @@ from vastevents.config import Config, load_config
 from vastevents.errors import ConfigError, VastEventsError
 from vastevents.plugins import activate, load_handlers, resolve
 from vastevents.runtime import Runtime
-from vastevents.store import open_store
 
 REAPER = "reaper"
 
@@ -43,9 +42,8 @@ async def _pass(cfg: Config, *, dry_run: bool) -> list[dict[str, Any]]:
     except (LookupError, ValueError) as exc:
         raise ConfigError(f"[handlers.{name}]: {exc}") from None
     if dry_run:
-        with open_store(cfg.store.resolved_path(), cfg.store.resolved_url(), read_only=True) as store:
-            async with Runtime(cfg, store=store, handlers=[active]) as runtime:
-                await runtime.look()
+        async with Runtime(cfg, read_only=True, handlers=[active]) as runtime:
+            await runtime.look()
     else:
         others = [handler for handler in load_handlers(cfg) if handler.name != name]
         async with Runtime(cfg, handlers=[*others, active]) as runtime:

@@ -36,7 +36,7 @@ from vastevents.plugins import load_handlers
 from vastevents.ports import SshTarget
 from vastevents.runtime import Runtime
 from vastevents.ssh import ParamikoSsh
-from vastevents.store import Job, Jobs, Terms, open_store
+from vastevents.store import Job, Jobs, Terms
 
 JOBS_HANDLER = "jobs"
 SHOWN = 5
@@ -443,15 +443,14 @@ def _downloaded_log(job: Job) -> str:
 
 async def _follow(config: Config, job: Job, spec: JobSpec, follow: bool) -> None:
     """Print the log from the host (and keep printing while the job runs, with `follow`); only looks."""
-    with open_store(config.store.resolved_path(), config.store.resolved_url(), read_only=True) as store:
-        async with Runtime(config, store=store, handlers=[]) as runtime:
-            offset = 0
-            while True:
-                text = await _read_log(runtime, job, spec, offset)
-                sys.stdout.write(text)
-                sys.stdout.flush()
-                offset += len(text.encode())
-                current = store.repository(Jobs).get(job.id)
-                if not follow or current is None or current.done:
-                    return
-                await asyncio.sleep(2.0)
+    async with Runtime(config, read_only=True, handlers=[]) as runtime:
+        offset = 0
+        while True:
+            text = await _read_log(runtime, job, spec, offset)
+            sys.stdout.write(text)
+            sys.stdout.flush()
+            offset += len(text.encode())
+            current = runtime.store.repository(Jobs).get(job.id)
+            if not follow or current is None or current.done:
+                return
+            await asyncio.sleep(2.0)
