@@ -42,7 +42,7 @@ from vastevents import (
     unpack_dir,
 )
 
-from . import jobs_remote
+from . import disk_full, jobs_remote
 
 _JOB_LABEL = re.compile(r":job-(\d+)$")
 _EARLY = 60.0
@@ -307,10 +307,7 @@ class JobsHandler(Handler[JobsOptions]):
                 return
             state = self._next(state, "upload", ctx)
         if state["phase"] == "upload":
-            on_volume = instance.mounted_volume is not None
-            await jobs_remote.upload_inputs(
-                ctx, target, spec, job, resume=bool(state.get("resume")), on_volume=on_volume
-            )
+            await jobs_remote.upload_inputs(ctx, target, spec, job, resume=bool(state.get("resume")))
             state = self._next(state, "start", ctx)
         if state["phase"] == "start":
             pid = await jobs_remote.start(ctx, target, spec)
@@ -331,11 +328,18 @@ class JobsHandler(Handler[JobsOptions]):
             if outcome is None:
                 return
             exit_code, reason = outcome
+            full = (
+                None if exit_code in (0, jobs_remote.KILLED) else await disk_full.evidence(ctx, target, spec, instance)
+            )
+            if full is not None and await disk_full.rerun_bigger(self, job, instance, target, spec, full, ctx):
+                return
             detail = f"exit code {exit_code}" + (f": {reason}" if reason else "")
             if exit_code == 0:
                 await ctx.emit("job_finished", instance=instance, detail=detail, key=f"job-{job.id}-end")
             else:
                 cause = Cause.TIMEOUT if exit_code == jobs_remote.KILLED else Cause.JOB_ERROR
+                if full is not None:
+                    cause, detail = Cause.DISK_FULL, f"{detail}: {disk_full.failed_detail(spec, full)}"
                 jobs.update(job.id, cause=cause)
                 await ctx.emit("job_failed", instance=instance, detail=detail, cause=cause, key=f"job-{job.id}-end")
             state = self._next(state, "collect", ctx, exit_code=exit_code, reason=reason)

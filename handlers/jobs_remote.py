@@ -23,7 +23,7 @@ _SWEEP = 3600.0
 _CUDA = re.compile(r"CUDA Version:\s*([0-9]+(?:\.[0-9]+)?)")
 
 
-def _ssh(ctx: Context) -> Ssh:
+def ssh_edge(ctx: Context) -> Ssh:
     assert ctx.ssh is not None, "the jobs handler needs an SSH edge"
     return ctx.ssh
 
@@ -39,7 +39,7 @@ class Unfit:
 async def preflight(ctx: Context, target: SshTarget, spec: JobSpec) -> Unfit | None:
     """None if the host is fit for the job, else what failed: no GPU or too old a CUDA is the host's fault, a
     package that does not import is the job's (its image)."""
-    ssh = _ssh(ctx)
+    ssh = ssh_edge(ctx)
     checks = spec.preflight
     if checks.gpu:
         gpus = await ssh.run(target, "nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader")
@@ -65,37 +65,42 @@ async def preflight(ctx: Context, target: SshTarget, spec: JobSpec) -> Unfit | N
     return None
 
 
-async def upload_inputs(
-    ctx: Context, target: SshTarget, spec: JobSpec, job: Job, *, resume: bool, on_volume: bool = False
-) -> None:
-    """The workdir, the input, and the checkpoint dir: on the spec's volume when there is one (`on_volume`: the
-    instance has it mounted, so its checkpoints are the newest there are), else restored from the local copy."""
-    ssh = _ssh(ctx)
+async def upload_inputs(ctx: Context, target: SshTarget, spec: JobSpec, job: Job, *, resume: bool) -> None:
+    """The workdir, the input, and the checkpoint dir: on the spec's volume when there is one. A job run before
+    (`resume`: a replacement instance; or started before: a rerun) gets its checkpoint back from the local copy,
+    unless the volume already holds one (a replacement on the volume's machine: the newest there is)."""
+    edge = ssh_edge(ctx)
     workdir = quote(spec.workdir)
-    created = await ssh.run(target, f"mkdir -p {workdir}/{CONTROL}")
+    created = await edge.run(target, f"mkdir -p {workdir}/{CONTROL}")
     if created.exit_code != 0:
         raise RuntimeError(f"cannot create the workdir {spec.workdir}: {created.stderr.strip()}")
     if spec.upload is not None:
-        await ssh.upload(target, spec.upload, spec.workdir)
+        await edge.upload(target, spec.upload, spec.workdir)
+    kept = False
     if spec.volume is not None and spec.checkpoint_dir:
-        await _checkpoints_on_volume(ctx, target, spec)
+        kept = await _checkpoints_on_volume(ctx, target, spec)
     local = checkpoint_copy(spec)
-    if resume and local is not None and local.is_dir() and not on_volume:
-        await ssh.upload(target, local, f"{spec.workdir}/{spec.checkpoint_dir}")
+    if (resume or job.attempts > 0) and local is not None and local.is_dir() and not kept:
+        await edge.upload(target, local, f"{spec.workdir}/{spec.checkpoint_dir}")
         ctx.logger.info("job %d: checkpoint restored from %s", job.id, local)
+    elif kept:
+        ctx.logger.info("job %d: checkpoint found on the volume", job.id)
 
 
-async def _checkpoints_on_volume(ctx: Context, target: SshTarget, spec: JobSpec) -> None:
-    """Make ``<workdir>/<checkpoint_dir>`` a link to the volume's mount (what the input held there moves onto it)."""
+async def _checkpoints_on_volume(ctx: Context, target: SshTarget, spec: JobSpec) -> bool:
+    """Make ``<workdir>/<checkpoint_dir>`` a link to the volume's mount (what the input held there moves onto it);
+    True when the volume already holds files."""
     assert spec.volume is not None and spec.checkpoint_dir
     mount, link = spec.volume.remote_path, quote(f"{spec.workdir}/{spec.checkpoint_dir.rstrip('/')}")
     command = (
-        f"mkdir -p {mount} && if [ -d {link} ] && [ ! -L {link} ]; then cp -a {link}/. {mount}/ && rm -rf {link};"
-        f' fi && mkdir -p "$(dirname {link})" && ln -sfn {mount} {link}'
+        f'mkdir -p {mount} && if [ -n "$(ls -A {mount})" ]; then echo kept; fi &&'
+        f" if [ -d {link} ] && [ ! -L {link} ]; then cp -a {link}/. {mount}/ && rm -rf {link}; fi &&"
+        f' mkdir -p "$(dirname {link})" && ln -sfn {mount} {link}'
     )
-    done = await _ssh(ctx).run(target, command)
+    done = await ssh_edge(ctx).run(target, command)
     if done.exit_code != 0:
         raise RuntimeError(f"cannot put {spec.checkpoint_dir} on the volume: {done.stderr.strip()}")
+    return done.stdout.strip() == "kept"
 
 
 def checkpoint_copy(spec: JobSpec) -> Path | None:
@@ -111,7 +116,7 @@ async def start(ctx: Context, target: SshTarget, spec: JobSpec) -> int:
         f"(setsid nohup sh -c {quote(wrapper)} > {LOG} 2>&1 < /dev/null & echo $! > {CONTROL}/pid) && "
         f"cat {CONTROL}/pid"
     )
-    result = await _ssh(ctx).run(target, command)
+    result = await ssh_edge(ctx).run(target, command)
     if result.exit_code != 0 or not result.stdout.strip().isdigit():
         raise RuntimeError(f"could not start the command: {result.stderr.strip() or result.stdout.strip()}")
     return int(result.stdout.strip())
@@ -123,7 +128,7 @@ async def status(ctx: Context, target: SshTarget, spec: JobSpec, pid: int) -> tu
         f"cd {quote(spec.workdir)} && if [ -s {CONTROL}/exit ]; then echo exit $(cat {CONTROL}/exit);"
         f" elif kill -0 {pid} 2>/dev/null; then echo alive; else echo gone; fi"
     )
-    result = await _ssh(ctx).run(target, command, timeout=60)
+    result = await ssh_edge(ctx).run(target, command, timeout=60)
     words = result.stdout.split()
     if result.exit_code != 0 or not words:
         raise RuntimeError(f"status check failed: {result.stderr.strip()}")
@@ -136,7 +141,9 @@ async def status(ctx: Context, target: SshTarget, spec: JobSpec, pid: int) -> tu
 
 async def kill(ctx: Context, target: SshTarget, spec: JobSpec, pid: int) -> None:
     group = quote(f"-{pid}")
-    await _ssh(ctx).run(target, f"kill -TERM -- {group} 2>/dev/null; sleep 2; kill -KILL -- {group} 2>/dev/null; true")
+    await ssh_edge(ctx).run(
+        target, f"kill -TERM -- {group} 2>/dev/null; sleep 2; kill -KILL -- {group} 2>/dev/null; true"
+    )
 
 
 async def sync_checkpoint(ctx: Context, target: SshTarget, spec: JobSpec, job: Job) -> None:
@@ -144,7 +151,7 @@ async def sync_checkpoint(ctx: Context, target: SshTarget, spec: JobSpec, job: J
     if local is None:
         return
     try:
-        await _ssh(ctx).download(target, f"{spec.workdir}/{spec.checkpoint_dir}", local.parent)
+        await ssh_edge(ctx).download(target, f"{spec.workdir}/{spec.checkpoint_dir}", local.parent)
     except Exception as exc:
         ctx.logger.warning("job %d: checkpoint sync failed: %s", job.id, exc)
 
@@ -158,16 +165,7 @@ async def collect(
     # What the outcome needs is recorded first, should the watcher stop before the end (see JobsHandler.settle).
     job = jobs.update(job.id, status=JobStatus.COLLECTING, exit_code=exit_code, results_dir=str(out),
                       finished_at=job.finished_at or ctx.clock.now())  # fmt: skip
-    out.mkdir(parents=True, exist_ok=True)
-    for path in spec.download:
-        try:
-            await _ssh(ctx).download(target, f"{spec.workdir}/{path}", (out / path).parent)
-        except Exception as exc:
-            job = jobs.add_error(job.id, f"download {path}: {exc}")
-    try:
-        await _ssh(ctx).download(target, f"{spec.workdir}/{LOG}", out)
-    except Exception as exc:
-        job = jobs.add_error(job.id, f"download of the log: {exc}")
+    job = await retrieve(ctx, target, spec, job)
     destroyed = await destroy(ctx, instance)
     await release_volumes(ctx, job)
     now = ctx.clock.now()
@@ -180,6 +178,23 @@ async def collect(
         cost_usd=cost,
         destroyed=destroyed,
     )
+
+
+async def retrieve(ctx: Context, target: SshTarget, spec: JobSpec, job: Job) -> Job:
+    """Download the listed paths and the log under ``out``; what cannot be is noted among the job's errors."""
+    jobs = ctx.store.repository(Jobs)
+    out = spec.out
+    out.mkdir(parents=True, exist_ok=True)
+    for path in spec.download:
+        try:
+            await ssh_edge(ctx).download(target, f"{spec.workdir}/{path}", (out / path).parent)
+        except Exception as exc:
+            job = jobs.add_error(job.id, f"download {path}: {exc}")
+    try:
+        await ssh_edge(ctx).download(target, f"{spec.workdir}/{LOG}", out)
+    except Exception as exc:
+        job = jobs.add_error(job.id, f"download of the log: {exc}")
+    return job
 
 
 async def destroy(ctx: Context, instance: Instance) -> bool:

@@ -28,7 +28,7 @@ import tempfile
 import tomllib
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -139,6 +139,11 @@ class JobSpec(BaseModel):
     ssh_user: str = "root"
     preflight: Preflight = Field(default_factory=Preflight)
     volume: JobVolume | None = None
+    on_disk_full: Literal["fail", "grow"] = "fail"
+    """When the command fails with its disk full: fail (cause ``disk_full``), or rerun from the checkpoint on an
+    offer with twice the disk, up to `max_disk`."""
+    max_disk: float | None = Field(None, gt=0)
+    """The most disk (GB) ``grow`` may rent; unset: four times `disk`."""
 
     @field_validator("login_env")
     @classmethod
@@ -165,6 +170,14 @@ class JobSpec(BaseModel):
         if not self.image and not self.template_hash and self.template_id is None:
             raise ValueError("needs an image (or a template: template_hash, template_id)")
         return self
+
+    def grown(self) -> JobSpec | None:
+        """This spec with twice the disk, for a rerun after the disk filled up; None when `on_disk_full` is not
+        ``grow`` or twice the disk is over `max_disk` (which the grown spec keeps, so it bounds every rerun)."""
+        bound = self.max_disk if self.max_disk is not None else 4 * self.disk
+        if self.on_disk_full != "grow" or 2 * self.disk > bound:
+            return None
+        return self.model_copy(update={"disk": 2 * self.disk, "max_disk": bound})
 
     def image_login(self) -> str | None:
         """The registry login from the environment variable `login_env` names (None without one)."""
@@ -203,6 +216,9 @@ class JobSpec(BaseModel):
         machines, hosts = set(blocked[0]), set(blocked[1])
         kind = "bid" if self.bid is not None or self.interruptible else "on-demand"
         query = {**parse_query(self.query), "allocated_storage": self.disk}
+        space = dict(query.get("disk_space") or {})
+        if float(space.get("gte", 0)) < self.disk:  # a machine with less disk cannot take the job (nor its rerun)
+            query["disk_space"] = {**space, "gte": self.disk}
         if self.volume is not None and self.volume.id is not None:  # a linked volume is used where it lives
             query["machine_id"] = {"eq": await self._volume_machine(client, self.volume.id)}
         found = await client.search_offers(query, type=kind, limit=limit, order=[["dph_total", "asc"]])
