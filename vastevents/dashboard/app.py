@@ -24,6 +24,7 @@ from starlette.types import Receive, Scope, Send
 
 from vastevents._logging import redact
 from vastevents.config import Config
+from vastevents.connect import vast_client
 from vastevents.costs import Charge, GroupBy, InstanceCost, account_side
 from vastevents.dashboard import charts, params
 from vastevents.dashboard.feed import Feed
@@ -31,7 +32,6 @@ from vastevents.dashboard.reads import PAGE, Reads, default_range, safe_event
 from vastevents.dashboard.security import COOKIE, MAX_FORM_BYTES, Guard, local_path, login_form, security_headers
 from vastevents.events import APPEARED, RUNTIME_EVENTS, SEMANTIC_EVENTS, VANISHED
 from vastevents.store import Database
-from vastevents.vast import VastClient
 
 EVENT_NAMES = sorted({APPEARED, VANISHED, *SEMANTIC_EVENTS, *RUNTIME_EVENTS, "job_started", "job_finished",
                       "job_failed", "recovered", "recovery_failed", "host_blocked", "budget_warning",
@@ -91,9 +91,9 @@ class VastCharges:
     """Vast's charges and instance list for a range, read with the API key when this machine has one, kept a
     minute (the pages must stay fast and the API is not hammered by reloads)."""
 
-    def __init__(self, api_key: str | None, url: str) -> None:
+    def __init__(self, config: Config, api_key: str | None) -> None:
+        self.config = config
         self.api_key = api_key
-        self.url = url
         self._cache: dict[tuple[datetime, datetime], tuple[float, dict[int, Charge] | str, set[int] | str]] = {}
 
     async def read(
@@ -118,7 +118,7 @@ class VastCharges:
 
     async def _read(self, since: datetime, until: datetime) -> tuple[dict[int, Charge] | str, set[int] | str]:
         assert self.api_key is not None
-        async with VastClient(self.api_key, self.url, max_attempts=3, max_wait=2.0) as client:
+        async with vast_client(self.config, self.api_key, max_attempts=3, max_wait=2.0) as client:
             return await account_side(client, since, until)
 
 
@@ -128,7 +128,7 @@ class Dashboard:
         self.db = db
         self.reads = Reads(db, config)
         self.feed = Feed(db)
-        self.charges = VastCharges(api_key, config.vast.url)
+        self.charges = VastCharges(config, api_key)
         self.token = token
         self.templates = _environment()
         self.style = (files("vastevents.dashboard") / "static" / "style.css").read_text(encoding="utf-8")
