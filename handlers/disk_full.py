@@ -45,11 +45,12 @@ async def rerun_bigger(
 ) -> bool:
     """Bring back what the attempt made (the downloads, the log, the checkpoint), destroy its instance and rent
     again with twice the disk; False (nothing done) when the spec does not grow or cannot grow any more."""
-    grown = spec.grown()
+    grown = spec.grown(instance.disk_space)  # the same rerun if a watcher restart asks again
     if grown is None:
         return False
     jobs = ctx.store.repository(Jobs)
-    detail = f"disk full on {spec.disk:g} GB ({why}); running again from the checkpoint with {grown.disk:g} GB"
+    full = instance.disk_space or spec.disk
+    detail = f"disk full on {full:g} GB ({why}); running again from the checkpoint with {grown.disk:g} GB"
     key = f"job-{job.id}-disk-full-{instance.id}"
     await ctx.emit("job_failed", instance=instance, detail=detail, cause=Cause.DISK_FULL, key=key)
     await jobs_remote.retrieve(ctx, target, spec, job)

@@ -10,6 +10,7 @@ import pytest
 from sshkit import needs_openssh
 from test_job_templates_volumes import World, client, remote, submit, until, world
 
+from vastevents import JobSpec
 from vastevents.vast import VastClient
 
 pytestmark = [pytest.mark.ssh, needs_openssh]
@@ -76,3 +77,14 @@ async def test_grow_stops_at_max_disk(world: World, client: VastClient) -> None:
     assert len(failed) == 1 and "twice that is over max_disk 15 GB" in failed[0]
     assert (world.tmp / "out" / "partial.txt").read_text() == "partial\n"
     assert "No space left on device" in (world.tmp / "out" / "job.log").read_text()
+
+
+def test_grow_doubles_the_disk_that_filled_up_once_however_often_asked_up_to_max_disk() -> None:
+    spec = JobSpec.model_validate({"image": "i", "cmd": "c", "disk": 10, "on_disk_full": "grow"})
+    grown = spec.grown(10)
+    assert grown is not None and (grown.disk, grown.max_disk) == (20, 40)
+    again = grown.grown(10)
+    assert again is not None and again.disk == 20, "a watcher restart asking again reruns the same way"
+    bigger = grown.grown(20)
+    assert bigger is not None and bigger.disk == 40 and bigger.grown(40) is None
+    assert JobSpec.model_validate({"image": "i", "cmd": "c", "disk": 10}).grown(10) is None, "fail is the default"

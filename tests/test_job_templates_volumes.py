@@ -17,6 +17,8 @@ from sshkit import USER, edge, keypair, needs_openssh, register
 from vastevents import Job, Jobs, JobSpec, SshTarget
 from vastevents.clock import ManualClock
 from vastevents.config import parse_config
+from vastevents.errors import ConfigError
+from vastevents.jobspec import load_spec
 from vastevents.plugins import load_handlers
 from vastevents.runtime import Runtime
 from vastevents.sim import Simulator
@@ -165,7 +167,9 @@ async def test_a_job_runs_from_a_template_with_its_checkpoints_on_a_volume_that_
     assert started == [first.instance_id, replacement]
 
 
-async def test_a_kept_volume_outlives_the_job_and_a_later_job_links_it_by_id(world: World, client: VastClient) -> None:
+async def test_a_kept_volume_outlives_the_job_and_a_later_job_from_a_template_id_links_it(
+    world: World, client: VastClient
+) -> None:
     volume = {"mount_path": "/root/models", "size": 3, "keep": True}
     spec = {"image": "pytorch/pytorch", "cmd": "echo v1 > ckpt/model.txt", "checkpoint_dir": "ckpt",
             "out": str(world.tmp / "first"), "volume": volume}  # fmt: skip
@@ -176,14 +180,18 @@ async def test_a_kept_volume_outlives_the_job_and_a_later_job_links_it_by_id(wor
         assert len(kept) == 1, "keep = true: the volume stays"
         with world.sim.world() as w:
             machine = w.volumes[kept[0]].machine_id
-        linked = {"image": "pytorch/pytorch", "cmd": "cat ckpt/model.txt > seen.txt", "checkpoint_dir": "ckpt",
+        template = world.template(name="reader", image="python", tag="3.12", env="-e MODE=read")
+        linked = {"template_id": template["id"], "cmd": 'echo "$MODE $(cat ckpt/model.txt)" > seen.txt',
+                  "checkpoint_dir": "ckpt",
                   "download": ["seen.txt"], "out": str(world.tmp / "second"),
                   "volume": {"mount_path": "/root/models", "id": kept[0]}}  # fmt: skip
         second = await until(rt, world, submit(rt, linked).id)
         appeared = [e.instance for e in rt.store.events() if e.name == "appeared" and e.instance is not None]
     assert second.status == "finished", second.errors
-    assert (world.tmp / "second" / "seen.txt").read_text() == "v1\n"
+    assert (world.tmp / "second" / "seen.txt").read_text() == "read v1\n", "the template's env, the volume's file"
     assert appeared[-1].machine_id == machine, "a linked volume is used where it lives"
+    assert (appeared[-1].model_extra or {})["template_id"] == template["id"]
+    assert appeared[-1].image_uuid == "python:3.12"
     assert world.live_volumes() == kept, "a linked volume is the user's: never deleted"
     assert (await client.delete_volume(kept[0])) is True
 
@@ -217,3 +225,26 @@ async def test_a_private_images_login_is_passed_on_and_never_stored_nor_shown(
         failed = [e.detail for e in rt.store.events() if e.name == "job_failed"]
     assert (unset.status, unset.cause, unset.tried) == ("failed", "job_error", []), "nothing rented without it"
     assert failed == ["login_env names REGISTRY_LOGIN, which is not set: export the registry login there"]
+
+
+@pytest.mark.parametrize(
+    ("fields", "said"),
+    [
+        ({"template_id": 7}, None),
+        ({}, "needs an image (or a template: template_hash, template_id)"),
+        ({"image": "i", "login_env": "NOT A NAME"}, "is not an environment variable name"),
+        ({"image": "i", "volume": {"mount_path": "/root/v"}}, "give either size (a new volume) or id"),
+        ({"image": "i", "volume": {"mount_path": "/root/v", "size": 5, "id": 3}}, "give either size"),
+        ({"image": "i", "volume": {"mount_path": "/root", "size": 5}}, "must be an absolute path (below /root"),
+        ({"image": "i", "volume": {"mount_path": "data", "size": 5}}, "must be an absolute path"),
+        ({"image": "i", "volume": {"mount_path": "/root/../etc", "size": 5}}, "without '..'"),
+        ({"image": "i", "on_disk_full": "shrink"}, "'fail' or 'grow'"),
+    ],
+)
+def test_the_spec_checks_templates_logins_and_volumes(fields: dict[str, Any], said: str | None) -> None:
+    if said is None:
+        assert load_spec(None, {"cmd": "c", **fields}).template_id == 7
+        return
+    with pytest.raises(ConfigError) as caught:
+        load_spec(None, {"cmd": "c", **fields})
+    assert said in str(caught.value)

@@ -171,13 +171,15 @@ class JobSpec(BaseModel):
             raise ValueError("needs an image (or a template: template_hash, template_id)")
         return self
 
-    def grown(self) -> JobSpec | None:
-        """This spec with twice the disk, for a rerun after the disk filled up; None when `on_disk_full` is not
-        ``grow`` or twice the disk is over `max_disk` (which the grown spec keeps, so it bounds every rerun)."""
+    def grown(self, full: float | None = None) -> JobSpec | None:
+        """This spec with twice the disk that filled up (`full` GB, the spec's own when unknown), for a rerun;
+        None when `on_disk_full` is not ``grow`` or that is over `max_disk` (which the grown spec keeps, so it
+        bounds every rerun). Growing from the full disk, not the spec, grows once however often it is asked."""
         bound = self.max_disk if self.max_disk is not None else 4 * self.disk
-        if self.on_disk_full != "grow" or 2 * self.disk > bound:
+        disk = 2 * (full or self.disk)
+        if self.on_disk_full != "grow" or disk > bound:
             return None
-        return self.model_copy(update={"disk": 2 * self.disk, "max_disk": bound})
+        return self.model_copy(update={"disk": disk, "max_disk": bound})
 
     def image_login(self) -> str | None:
         """The registry login from the environment variable `login_env` names (None without one)."""
