@@ -8,11 +8,12 @@ then destroys the instance and checks that it is gone.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from shlex import quote
 
-from vastevents import Cause, Context, Instance, Job, Jobs, JobSpec, JobStatus, Ssh, SshTarget
+from vastevents import Cause, Context, Instance, Job, Jobs, JobSpec, JobStatus, Ssh, SshTarget, Volume
 
 CONTROL = ".vastevents"
 LOG = f"{CONTROL}/job.log"
@@ -204,11 +205,14 @@ async def destroy(ctx: Context, instance: Instance) -> bool:
     return still is None or still.actual_status in ("exited", "destroyed")
 
 
-async def release_volumes(ctx: Context, job: Job, *, ending: bool = True) -> None:
+async def release_volumes(
+    ctx: Context, job: Job, *, ending: bool = True, volumes: Sequence[Volume] | None = None
+) -> None:
     """Delete the volumes the job made that nothing uses now (at its end, unless its spec keeps them); a failure
     is logged and left to :func:`release_ended_volumes`."""
     try:
-        deleted = await JobSpec.model_validate(job.spec).release_volumes(ctx, job.label, ending=ending)
+        spec = JobSpec.model_validate(job.spec)
+        deleted = await spec.release_volumes(ctx, job.label, ending=ending, volumes=volumes)
     except Exception as exc:
         ctx.logger.warning("job %d: its volumes are not deleted yet: %s", job.id, exc)
         return
@@ -217,10 +221,23 @@ async def release_volumes(ctx: Context, job: Job, *, ending: bool = True) -> Non
 
 
 async def release_ended_volumes(ctx: Context) -> None:
-    """Delete what the jobs that ended within the hour and made a volume left of them (one list per job)."""
+    """Delete what the jobs that ended within the hour and made a volume left of them (one list for all)."""
     now = ctx.clock.now()
-    for job in ctx.store.repository(Jobs).list():
-        if job.done and job.finished_at is not None and (now - job.finished_at).total_seconds() < _SWEEP:
-            volume = job.spec.get("volume")
-            if isinstance(volume, dict) and volume.get("size") is not None and not volume.get("keep"):
-                await release_volumes(ctx, job)
+    ended = [
+        job
+        for job in ctx.store.repository(Jobs).list()
+        if job.done and job.finished_at is not None and (now - job.finished_at).total_seconds() < _SWEEP
+        and isinstance(volume := job.spec.get("volume"), dict) and volume.get("size") is not None
+        and not volume.get("keep")
+    ]  # fmt: skip
+    if not ended:
+        return
+    try:
+        volumes = await ctx.client.list_volumes()
+    except Exception as exc:
+        ctx.logger.warning("cannot list the volumes to delete what ended jobs left: %s", exc)
+        return
+    names = {volume.name for volume in volumes}
+    for job in ended:
+        if job.label in names:
+            await release_volumes(ctx, job, volumes=volumes)

@@ -196,6 +196,30 @@ async def test_a_kept_volume_outlives_the_job_and_a_later_job_from_a_template_id
     assert (await client.delete_volume(kept[0])) is True
 
 
+async def test_a_volume_an_ended_job_left_behind_is_deleted_by_the_watchers_next_pass(
+    world: World, client: VastClient
+) -> None:
+    """A delete refused at the job's end (Vast still counting the volume as in use) is tried again; only the
+    job's own volume, found by its name."""
+    spec = {"image": "pytorch/pytorch", "cmd": "true", "out": str(world.tmp / "out"),
+            "volume": {"mount_path": "/root/data", "size": 2}}  # fmt: skip
+    machine = next(iter(world.sim.state()["machines"]))["machine_id"]
+
+    def volume(name: str) -> int:
+        made = httpx.put(f"{world.sim.url}/api/v0/volumes/", json={"id": 90_000_000 + machine, "size": 1, "name": name},
+                         headers={"Authorization": f"Bearer {world.sim.api_key}"})  # fmt: skip
+        assert made.status_code == 200, made.text
+        return int(made.json()["volume_id"])
+
+    async with world.runtime(client) as rt:
+        job = await until(rt, world, submit(rt, spec).id)
+        assert job.status == "finished" and world.live_volumes() == []
+        left, foreign = volume(job.label), volume("datasets")
+        await rt.poll_once(all_periodic=True)
+    assert world.live_volumes() == [foreign], f"volume {left}, named {job.label}, was the job's"
+    assert await client.delete_volume(foreign)
+
+
 async def test_a_private_images_login_is_passed_on_and_never_stored_nor_shown(
     world: World, client: VastClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:

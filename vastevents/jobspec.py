@@ -26,7 +26,7 @@ import shutil
 import tarfile
 import tempfile
 import tomllib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -46,7 +46,7 @@ if TYPE_CHECKING:
     from datetime import datetime
 
     from vastevents.context import Context
-    from vastevents.models import Offer
+    from vastevents.models import Offer, Volume
     from vastevents.ports import VastApi
     from vastevents.store import Store
 
@@ -236,9 +236,12 @@ class JobSpec(BaseModel):
         """The volume to rent offer `ask` with: a new one on its machine named `label`, or the linked one."""
         return await jobvolumes.mount_for(client, self, label, ask)
 
-    async def release_volumes(self, ctx: Context, label: str, *, ending: bool = True) -> list[int]:
-        """Delete the unused volumes this job (labelled `label`) made; at its end only unless `keep`."""
-        return await jobvolumes.release(ctx, self, label, ending=ending)
+    async def release_volumes(
+        self, ctx: Context, label: str, *, ending: bool = True, volumes: Sequence[Volume] | None = None
+    ) -> list[int]:
+        """Delete the unused volumes this job (labelled `label`) made, among `volumes` (None: the account's now);
+        at its end only unless `keep`."""
+        return await jobvolumes.release(ctx, self, label, ending=ending, volumes=volumes)
 
     @staticmethod
     async def _volume_machine(client: VastApi, volume_id: int) -> int:

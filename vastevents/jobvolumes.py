@@ -8,11 +8,12 @@ id is the user's: used, never deleted.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from shlex import quote
 from typing import TYPE_CHECKING
 
 from vastevents.errors import ApiError, VastEventsError
-from vastevents.models import VolumeMount
+from vastevents.models import Volume, VolumeMount
 
 if TYPE_CHECKING:
     from vastevents.context import Context
@@ -51,14 +52,17 @@ def remote_path(mount_path: str) -> str:
     return quote(mount_path)
 
 
-async def release(ctx: Context, spec: JobSpec, label: str, *, ending: bool) -> list[int]:
+async def release(
+    ctx: Context, spec: JobSpec, label: str, *, ending: bool, volumes: Sequence[Volume] | None = None
+) -> list[int]:
     """Delete the volumes the job named `label` made that no instance uses any more (when `ending`, unless the
-    spec keeps them); the ids deleted. A refusal is logged: a later pass tries again."""
+    spec keeps them), among `volumes` (the account's, listed now when None); the ids deleted. A refusal is
+    logged: a later pass tries again."""
     wanted = spec.volume
     if wanted is None or wanted.id is not None or (ending and wanted.keep):
         return []
     deleted: list[int] = []
-    for volume in await ctx.client.list_volumes():
+    for volume in volumes if volumes is not None else await ctx.client.list_volumes():
         if volume.name != label or volume.instances:
             continue
         try:
