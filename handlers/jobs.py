@@ -9,9 +9,13 @@ poll_every = "30s"      # ... and after it
 
 A job is found by its instance's label (``<prefix>:job-<id>``). A bad offer (create refused, stuck loading,
 exited before running, SSH never ready, no GPU) is destroyed and the next one tried, up to the spec's
-``max_offers``. A replacement instance under the same label (rented by the recovery handler after a preemption)
-takes the job over: the input is uploaded again, the checkpoint dir restored from its local copy, the command run
-again. The monitor is a daemon whose phase is checkpointed, so a watcher restart resumes it where it was.
+``max_offers``; those the host is to blame for (SSH never ready, an SSH host key other than the one recorded on
+first use, no GPU, CUDA too old) are ``job_failed`` with cause ``host_unfit`` first, which strikes the host. A
+changed host key is never retried: that instance is not the host it was. A preflight failure that is the job's
+own (a module that does not import) fails the job with cause ``job_error``: no strike, no next offer. A
+replacement instance under the same label (rented by the recovery handler after a preemption) takes the job
+over: the input is uploaded again, the checkpoint dir restored from its local copy, the command run again. The
+monitor is a daemon whose phase is checkpointed, so a watcher restart resumes it where it was.
 """
 
 from __future__ import annotations
@@ -27,8 +31,10 @@ from vastevents import (
     Event,
     Handler,
     HandlerOptions,
+    HostKeyMismatch,
     Instance,
     Job,
+    JobPhase,
     Jobs,
     JobSpec,
     JobStatus,
@@ -263,9 +269,9 @@ class JobsHandler(Handler[JobsOptions]):
                 # A replacement under the job's label (after a preemption): it takes the job over.
                 ctx.logger.info("job %d moves from instance %s to %d", job.id, job.instance_id, instance.id)
                 jobs.update(job.id, instance_id=instance.id, status=JobStatus.LOADING)
-                await ctx.spawn(self.run_job, instance, {"job": job.id, "phase": "connect", "resume": True})
+                await ctx.spawn(self.run_job, instance, {"job": job.id, "phase": JobPhase.CONNECT, "resume": True})
             elif job.status in (JobStatus.LOADING, JobStatus.CREATING):
-                await ctx.spawn(self.run_job, instance, {"job": job.id, "phase": "connect", "resume": False})
+                await ctx.spawn(self.run_job, instance, {"job": job.id, "phase": JobPhase.CONNECT, "resume": False})
         elif ours and job.status == JobStatus.LOADING and instance.actual_status in ("exited", "offline", "stopped"):
             await self.drop_offer(job, instance, f"{instance.actual_status} before running", ctx)
 
@@ -286,6 +292,8 @@ class JobsHandler(Handler[JobsOptions]):
             await self._phases(job, instance, state, ctx)
         except TemporaryError:
             raise
+        except HostKeyMismatch as exc:
+            await self._host_unfit(job, instance, f"its SSH host key changed: {exc}", "hostkey", ctx)
         except Exception as exc:
             reason = f"error: {type(exc).__name__}: {exc}"
             jobs.add_error(job.id, reason)
@@ -296,20 +304,20 @@ class JobsHandler(Handler[JobsOptions]):
         instance_id = instance.id
         spec = local_spec(job, ctx)
         target = SshTarget.of(instance, spec.ssh_user)
-        if state["phase"] == "connect":
+        if state["phase"] == JobPhase.CONNECT:
             if not await self._connected(job, instance, target, state, ctx):
                 return
-            state = self._next(state, "preflight", ctx)
-        if state["phase"] == "preflight":
+            state = self._next(state, JobPhase.PREFLIGHT, ctx)
+        if state["phase"] == JobPhase.PREFLIGHT:
             unfit = await jobs_remote.preflight(ctx, target, spec)
             if unfit is not None:
                 await self._preflight_failed(job, instance, unfit, ctx)
                 return
-            state = self._next(state, "upload", ctx)
-        if state["phase"] == "upload":
+            state = self._next(state, JobPhase.UPLOAD, ctx)
+        if state["phase"] == JobPhase.UPLOAD:
             await jobs_remote.upload_inputs(ctx, target, spec, job, resume=bool(state.get("resume")))
-            state = self._next(state, "start", ctx)
-        if state["phase"] == "start":
+            state = self._next(state, JobPhase.START, ctx)
+        if state["phase"] == JobPhase.START:
             pid = await jobs_remote.start(ctx, target, spec)
             now = ctx.clock.now()
             job = jobs.update(
@@ -322,8 +330,8 @@ class JobsHandler(Handler[JobsOptions]):
             )
             detail = f"job {job.id} pid {pid} on {instance.gpu_name or 'a GPU'} (attempt {job.attempts})"
             await ctx.emit("job_started", instance=instance, detail=detail, key=f"job-{job.id}-start-{instance_id}")
-            state = self._next(state, "monitor", ctx, pid=pid, started=now.isoformat(), synced=now.isoformat())
-        if state["phase"] == "monitor":
+            state = self._next(state, JobPhase.MONITOR, ctx, pid=pid, started=now.isoformat(), synced=now.isoformat())
+        if state["phase"] == JobPhase.MONITOR:
             outcome = await self._monitor(job, instance, target, spec, state, ctx)
             if outcome is None:
                 return
@@ -342,11 +350,11 @@ class JobsHandler(Handler[JobsOptions]):
                     cause, detail = Cause.DISK_FULL, f"{detail}: {disk_full.failed_detail(spec, full)}"
                 jobs.update(job.id, cause=cause)
                 await ctx.emit("job_failed", instance=instance, detail=detail, cause=cause, key=f"job-{job.id}-end")
-            state = self._next(state, "collect", ctx, exit_code=exit_code, reason=reason)
-        if state["phase"] == "collect":
+            state = self._next(state, JobPhase.COLLECT, ctx, exit_code=exit_code, reason=reason)
+        if state["phase"] == JobPhase.COLLECT:
             await jobs_remote.collect(ctx, target, spec, jobs.get(job.id) or job, instance, state.get("exit_code"))
 
-    def _next(self, state: dict[str, Any], phase: str, ctx: Context, **more: Any) -> dict[str, Any]:
+    def _next(self, state: dict[str, Any], phase: JobPhase, ctx: Context, **more: Any) -> dict[str, Any]:
         state = {**state, **more, "phase": phase}
         ctx.checkpoint(state)
         return state
@@ -358,25 +366,34 @@ class JobsHandler(Handler[JobsOptions]):
         try:
             await ctx.ssh.run(target, "true", timeout=30)
             return True
+        except HostKeyMismatch:
+            raise  # not the host it was: never retried
         except Exception as exc:
             since = state.get("waiting_since")
             now = ctx.clock.now()
             if since is None:
                 ctx.checkpoint({**state, "waiting_since": now.isoformat()})
             elif (now - datetime.fromisoformat(since)).total_seconds() > self.options.ssh_wait:
-                await self.drop_offer(job, instance, f"SSH not ready after {self.options.ssh_wait:g}s: {exc}", ctx)
+                problem = f"SSH not ready after {self.options.ssh_wait:g}s: {exc}"
+                await self._host_unfit(job, instance, problem, "ssh", ctx)
                 return False
             raise TemporaryError(f"job {job.id}: SSH not ready yet: {exc}", delay=self.options.ssh_retry) from None
 
     async def _preflight_failed(self, job: Job, instance: Instance, unfit: jobs_remote.Unfit, ctx: Context) -> None:
-        key = f"job-{job.id}-preflight-{instance.id}"
         if unfit.cause is Cause.HOST_UNFIT:
-            detail = f"{unfit.problem}; trying the next offer"
-            await ctx.emit("job_failed", instance=instance, detail=detail, cause=unfit.cause, key=key)
-            await self.drop_offer(job, instance, unfit.problem, ctx)
+            await self._host_unfit(job, instance, unfit.problem, "preflight", ctx)
             return
+        key = f"job-{job.id}-preflight-{instance.id}"
         ctx.store.repository(Jobs).add_error(job.id, unfit.problem)
         await self.fail_and_destroy(job, instance, unfit.problem, unfit.cause, key, ctx)
+
+    async def _host_unfit(self, job: Job, instance: Instance, problem: str, step: str, ctx: Context) -> None:
+        """The host cannot run the job (no GPU, old CUDA, a changed host key, SSH never up): ``job_failed`` with
+        cause ``host_unfit`` (which strikes the host), then its instance is destroyed and the next offer rented."""
+        detail = f"{problem}; trying the next offer"
+        key = f"job-{job.id}-{step}-{instance.id}"
+        await ctx.emit("job_failed", instance=instance, detail=detail, cause=Cause.HOST_UNFIT, key=key)
+        await self.drop_offer(job, instance, problem, ctx)
 
     async def fail_and_destroy(
         self, job: Job, instance: Instance, reason: str, cause: Cause, key: str, ctx: Context
@@ -402,6 +419,8 @@ class JobsHandler(Handler[JobsOptions]):
                 return None
             try:
                 status = await jobs_remote.status(ctx, target, spec, int(state["pid"]))
+            except HostKeyMismatch:
+                raise
             except Exception as exc:
                 raise TemporaryError(
                     f"job {job.id}: cannot check the process: {exc}", delay=self.options.ssh_retry
@@ -416,5 +435,5 @@ class JobsHandler(Handler[JobsOptions]):
             synced = datetime.fromisoformat(state["synced"])
             if spec.checkpoint_dir and (now - synced).total_seconds() >= spec.checkpoint_every:
                 await jobs_remote.sync_checkpoint(ctx, target, spec, job)
-                state = self._next(state, "monitor", ctx, synced=now.isoformat())
+                state = self._next(state, JobPhase.MONITOR, ctx, synced=now.isoformat())
             await ctx.clock.sleep(self.options.poll_first if elapsed < _EARLY else self.options.poll_every)

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import paramiko
 import pytest
-from sshkit import USER, edge, keypair, needs_openssh, register
+from sshkit import FAST, USER, edge, keypair, needs_openssh, register
 
-from vastevents import Job, Jobs
+from vastevents import Cause, Hosts, Job, Jobs, SshTarget
 from vastevents.clock import ManualClock
 from vastevents.config import parse_config
 from vastevents.jobspec import JobSpec, pack_dir
@@ -24,6 +26,14 @@ from vastevents.store import SqliteStore
 from vastevents.vast import VastClient
 
 pytestmark = [pytest.mark.ssh, needs_openssh]
+
+RECOVERY = """
+[handlers.recovery]
+use = "recovery"
+min_reliability = 0.9
+strikes_to_block = 1
+"""
+"""Recovery too: it strikes hosts for a job_failed with cause host_unfit, and must rent nothing for a job's own."""
 
 CONFIG = """
 [vast]
@@ -327,3 +337,85 @@ async def test_a_submitted_job_that_could_break_a_budget_fails_before_renting(wo
         assert job.status == "failed" and job.cause == "capacity" and job.instance_id is None
         assert "budget_usd" in (rt.store.events(name="job_failed")[-1].detail or "")
         assert world.sim.state()["spend"]["instances"] == [], "nothing was rented"
+
+
+async def test_a_preflight_import_failure_is_the_jobs_fault_no_strike_no_replacement_nothing_rented(
+    world: World, client: VastClient
+) -> None:
+    """A module the image lacks is the job's own error (``job_error``): the job fails, its instance is destroyed,
+    its host is not struck, the next offer is not tried and recovery rents no replacement."""
+    spec = world.spec(cmd="echo never", preflight={"imports": ["no_such_module_here"]})
+    async with world.runtime(client, RECOVERY) as rt:
+        job = await until(rt, world, submit(rt, spec, world.offers()).id)
+        for _ in range(4):  # a few more cycles: recovery had its chance to react
+            await rt.poll_once(all_periodic=True)
+            world.sim.advance(15)
+        events = rt.store.events()
+        strikes = rt.store.repository(Hosts).records(rt.clock.now())
+    failed = [e for e in events if e.name == "job_failed"]
+    assert (job.status, job.cause, job.destroyed, len(job.tried)) == ("failed", Cause.JOB_ERROR, True, 1), job
+    assert [(e.cause, e.detail.startswith("preflight: cannot import no_such_module_here")) for e in failed] == [
+        (Cause.JOB_ERROR, True)
+    ]
+    assert strikes == [] and not [e for e in events if e.name in ("recovered", "recovery_failed", "host_blocked")]
+    assert len([e for e in events if e.name == "appeared"]) == 1 and world.sim.instance_count() == 0
+
+
+class CountingSsh(ParamikoSsh):
+    """The real SSH edge, counting its connection attempts per instance."""
+
+    def __init__(self, known_hosts: Path, key: Path) -> None:
+        super().__init__(known_hosts, key_file=key, settings=FAST)
+        self.attempts: Counter[int | None] = Counter()
+
+    def _connect_once(self, target: SshTarget) -> paramiko.SSHClient:
+        self.attempts[target.instance_id] += 1
+        return super()._connect_once(target)
+
+
+def _recorded(known_hosts: Path, instance_id: int) -> str:
+    keys = paramiko.HostKeys(str(known_hosts))
+    key = keys.lookup(f"vast-instance-{instance_id}")["ssh-ed25519"]
+    return f"ssh-ed25519 {key.fingerprint}"
+
+
+async def test_a_changed_host_key_drops_that_instance_at_once_strikes_its_host_and_the_next_offer_runs_the_job(
+    world: World, client: VastClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every simulator numbers its instances from the same id and each run has its own host key, so the
+    watcher's known_hosts still holds the key an earlier run's instance presented under the id the job's first
+    instance gets: that instance is not the host recorded. One SSH attempt, destroyed at once (not retried for
+    ``ssh_wait``), a WARNING naming both keys, its host struck, and the next offer runs the job."""
+    ssh = CountingSsh(world.tmp / "known_hosts", world.key)
+    with Simulator(clock=ManualClock(), ssh=True) as earlier:
+        register(earlier, world.key)
+        reused = earlier.create_instance(label="earlier-run")
+        earlier.advance(120)
+        row = earlier.instance(reused)
+        assert row is not None and row["actual_status"] == "running"
+        await ssh.run(SshTarget(row["ssh_host"], int(row["ssh_port"]), USER, reused), "true")
+        earlier.apply("destroy", instance=reused)
+    recorded = _recorded(world.tmp / "known_hosts", reused)
+    ssh.attempts.clear()
+    world.ssh.close()
+    world.ssh = ssh
+    offers = world.offers()
+    caplog.set_level("INFO")
+    async with world.runtime(client, RECOVERY) as rt:
+        job = await until(rt, world, submit(rt, world.spec(cmd="echo ran > ran.txt", download=["ran.txt"]), offers).id)
+        failed = [e for e in rt.store.events() if e.name == "job_failed"]
+        struck = rt.store.repository(Hosts).records(rt.clock.now())
+    with world.sim.world() as w:
+        first = w.ended[reused]
+        second = w.ended[job.instance_id or 0]
+    assert job.status == "finished" and job.tried[:2] == offers[:2] and second.id != reused, job
+    assert (world.tmp / "out" / "ran.txt").read_text() == "ran\n"
+    running = next(at for at, status in first.history if status == "running")
+    assert first.ended_at is not None and first.ended_at - running <= 60, first.history
+    assert ssh.attempts[reused] == 1, ssh.attempts
+    presented = _recorded(world.tmp / "known_hosts", second.id)  # the world's host key, recorded on first use
+    assert presented != recorded
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and str(reused) in r.getMessage()]
+    assert any(presented in message and recorded in message for message in warned), warned
+    assert [e.cause for e in failed] == [Cause.HOST_UNFIT] and failed[0].instance_id == reused
+    assert [(h.machine_id, h.strikes) for h in struck] == [(first.machine_id, 1)]

@@ -17,12 +17,14 @@ from vastevents.errors import (
     AmbiguousCreate,
     ApiError,
     AuthError,
+    HostKeyMismatch,
     NoSuchAsk,
     NotFound,
     NotOwned,
     PermanentError,
     QueryError,
     RateLimited,
+    SshError,
     TemporaryError,
     VastEventsError,
 )
@@ -44,7 +46,7 @@ from vastevents.notify.chat_webhook import JsonWebhookTransport
 from vastevents.plugins import Handler, HandlerFunc, HandlerOptions, daemon, every, on
 from vastevents.ports import CommandResult, Notifier, Ssh, SshTarget, VastApi
 from vastevents.snapshot import InstanceView, Snapshot
-from vastevents.store import Conn, Database, Job, Jobs, JobStatus, Migration, Store, Terms
+from vastevents.store import Conn, Database, Job, JobPhase, Jobs, JobStatus, Migration, Store, Terms
 from vastevents.store.history import HostHistory
 from vastevents.store.hosts import HostRecord, Hosts
 from vastevents.store.ledger import Interval, Ledger, LedgerInstance, job_id_of
@@ -71,6 +73,7 @@ __all__ = [
     "HandlerFunc",
     "HandlerOptions",
     "HostHistory",
+    "HostKeyMismatch",
     "HostRecord",
     "HostStats",
     "Hosts",
@@ -78,6 +81,7 @@ __all__ = [
     "InstanceView",
     "Interval",
     "Job",
+    "JobPhase",
     "JobSpec",
     "JobStatus",
     "Jobs",
@@ -106,6 +110,7 @@ __all__ = [
     "SendError",
     "Snapshot",
     "Ssh",
+    "SshError",
     "SshTarget",
     "State",
     "Store",

@@ -79,3 +79,23 @@ class NotLeader(VastEventsError):
 
 class NotOwned(VastEventsError):
     """A handler asked to act on an instance vastevents does not own (label prefix); nothing was sent."""
+
+
+class SshError(VastEventsError):
+    """The host cannot be reached, refused us, or a transfer failed; the message says which."""
+
+
+class HostKeyMismatch(SshError):
+    """The instance presented another SSH host key than the one recorded on first use: it is not the host it
+    was (rebuilt, or something in between). Permanent for that instance; never retried.
+
+    `presented` and `recorded` are fingerprints (``ssh-ed25519 SHA256:...``), safe to log.
+    """
+
+    def __init__(self, alias: str, *, presented: str, recorded: str) -> None:
+        super().__init__(
+            f"{alias} presented the host key {presented}, not {recorded} recorded on first use; refusing to connect"
+        )
+        self.alias = alias
+        self.presented = presented
+        self.recorded = recorded

@@ -25,7 +25,8 @@ from typing import IO, Any, Literal, cast
 import paramiko
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
-from vastevents.errors import VastEventsError
+from vastevents.errors import HostKeyMismatch as HostKeyMismatch  # the edge's errors, defined with the others
+from vastevents.errors import SshError as SshError
 from vastevents.ports import CommandResult, SshTarget
 
 log = logging.getLogger(__name__)
@@ -35,14 +36,6 @@ WINDOW = 64 << 20
 """A large channel window and packet size: paramiko's defaults cap a loopback stream far below the link."""
 PACKET = 1 << 18
 """Packets up to 256 KiB from the host (what OpenSSH accepts): fewer, larger reads on downloads."""
-
-
-class SshError(VastEventsError):
-    """The host cannot be reached, refused us, or a transfer failed; the message says which."""
-
-
-class HostKeyMismatch(SshError):
-    """The instance presented a different host key than the one recorded on first use."""
 
 
 @dataclass(frozen=True)
@@ -71,6 +64,11 @@ class _TrustOnFirstUse(paramiko.MissingHostKeyPolicy):  # type: ignore[misc]
 
     def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
         self.edge.check_host_key(self.alias, key)
+
+
+def fingerprint(key: paramiko.PKey) -> str:
+    """A host key as OpenSSH names it (``ssh-ed25519 SHA256:...``): safe to log, compared with ``ssh-keygen -l``."""
+    return f"{key.get_name()} {key.fingerprint}"
 
 
 def _default_keys() -> list[Path]:
@@ -169,10 +167,7 @@ class ParamikoSsh:
                 log.info("recorded the host key of %s (%s) on first use", alias, key.get_name())
                 return
             if known[key.get_name()] != key:
-                raise HostKeyMismatch(
-                    f"{alias} presented a different host key than on first use; refusing to connect"
-                    f" (remove its line from {self.known_hosts} if the host was really rebuilt)"
-                )
+                raise HostKeyMismatch(alias, presented=fingerprint(key), recorded=fingerprint(known[key.get_name()]))
 
     # --- connections --------------------------------------------------------------------------------------
 

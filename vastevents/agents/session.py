@@ -39,7 +39,7 @@ from vastevents.models import Instance, Offer
 from vastevents.ports import Ssh, SshTarget
 from vastevents.store import Job, Jobs, Store
 from vastevents.store.hosts import Hosts
-from vastevents.store.jobs import JobStatus, check_inputs
+from vastevents.store.jobs import JobPhase, JobStatus, check_inputs
 from vastevents.store.ledger import Ledger, job_id_of
 from vastevents.team import leading_watcher, no_watcher
 from vastevents.vast import VastClient
@@ -305,12 +305,11 @@ class AgentSession:
             "results_dir": job.results_dir,
         }
 
-    def phase(self, job: Job) -> str | None:
+    def phase(self, job: Job) -> JobPhase | None:
         """The step the watcher's job monitor is at (connect, preflight, upload, start, monitor, collect)."""
         for row in self.store.effects.daemons():
             if row.state.get("job") == job.id and row.instance_id == job.instance_id:
-                phase = row.state.get("phase")
-                return phase if isinstance(phase, str) else None
+                return JobPhase.stored(row.state.get("phase"))
         return None
 
     async def wait(self, job_id: int, timeout_s: float) -> dict[str, Any]:

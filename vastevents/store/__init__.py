@@ -34,7 +34,7 @@ from vastevents.store._db import (
 )
 from vastevents.store.effects import MIGRATIONS as _EFFECTS
 from vastevents.store.effects import DaemonRow, Effects, Intent
-from vastevents.store.jobs import Job, Jobs, JobStatus, Terms
+from vastevents.store.jobs import Job, JobPhase, Jobs, JobStatus, Terms
 from vastevents.store.journal import MIGRATIONS as _JOURNAL
 from vastevents.store.journal import Journal, Retry, Write
 from vastevents.store.snapshots import MIGRATIONS as _SNAPSHOT
@@ -48,6 +48,7 @@ __all__ = [
     "Effects",
     "Intent",
     "Job",
+    "JobPhase",
     "JobStatus",
     "Jobs",
     "Journal",

@@ -38,6 +38,26 @@ class JobStatus(StrEnum):
     CANCELLED = "cancelled"
 
 
+class JobPhase(StrEnum):
+    """Where the watcher's monitor of a running job is (checkpointed in its daemon's state, read by agents and
+    the progress lines): each phase is done once, in this order, and resumed where it was after a restart."""
+
+    CONNECT = "connect"
+    PREFLIGHT = "preflight"
+    UPLOAD = "upload"
+    START = "start"
+    MONITOR = "monitor"
+    COLLECT = "collect"
+
+    @classmethod
+    def stored(cls, value: object) -> JobPhase | None:
+        """A phase read back from a daemon's state; one this version does not know is None."""
+        try:
+            return cls(value) if isinstance(value, str) else None
+        except ValueError:
+            return None
+
+
 FINAL = (JobStatus.FINISHED, JobStatus.FAILED, JobStatus.CANCELLED)
 CHANNEL = "vastevents_jobs"
 MAX_INPUT_BYTES = 256 * 1024 * 1024
