@@ -14,7 +14,7 @@ import httpx
 import pytest
 from sshkit import USER, edge, keypair, needs_openssh, register
 
-from vastevents import Job, Jobs, JobSpec, SshTarget
+from vastevents import Job, Jobs, JobSpec, Rental, SshTarget, VolumeMount
 from vastevents.clock import ManualClock
 from vastevents.config import parse_config
 from vastevents.errors import ConfigError
@@ -134,13 +134,25 @@ TRAIN = (
 
 
 async def test_a_job_runs_from_a_template_with_its_checkpoints_on_a_volume_that_its_replacement_reuses(
-    world: World, client: VastClient
+    world: World, client: VastClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The issue's "done when": a job from a (private) template, its checkpoints on a volume; the host takes the
+    machine back, the recovery handler rents on the volume's machine again with the volume linked (and the
+    registry login), and the job resumes from the checkpoint it left there."""
+    monkeypatch.setenv("REGISTRY_LOGIN", "-u ci -p t0ken registry.example.com")
+    rentals: list[Rental] = []
+    real_create = client.create_instance
+
+    async def create(rental: Rental) -> int:
+        rentals.append(rental)
+        return await real_create(rental)
+
+    monkeypatch.setattr(client, "create_instance", create)
     template = world.template(name="trainer", image="pytorch/pytorch", tag="2.3.1", env="-e GREETING=hello",
                               onstart="echo onstart ran > ~/onstart.txt")  # fmt: skip
-    spec = {"template_hash": template["hash_id"], "interruptible": False, "cmd": TRAIN, "download": ["result.txt"],
-            "checkpoint_dir": "ckpt", "checkpoint_every": "1d", "out": str(world.tmp / "out"),
-            "volume": {"mount_path": "/root/ckpt", "size": 5}}  # fmt: skip
+    spec = {"template_hash": template["hash_id"], "login_env": "REGISTRY_LOGIN", "interruptible": False,
+            "cmd": TRAIN, "download": ["result.txt"], "checkpoint_dir": "ckpt", "checkpoint_every": "1d",
+            "out": str(world.tmp / "out"), "volume": {"mount_path": "/root/ckpt", "size": 5}}  # fmt: skip
     async with world.runtime(client) as rt:
         job = submit(rt, spec)
         first = await until(rt, world, job.id, done="running")
@@ -165,6 +177,9 @@ async def test_a_job_runs_from_a_template_with_its_checkpoints_on_a_volume_that_
     assert world.live_volumes() == [], "the volume the job made is deleted at its end"
     started = [e.instance_id for e in events if e.name == "job_started"]
     assert started == [first.instance_id, replacement]
+    assert [r.image_login for r in rentals] == ["-u ci -p t0ken registry.example.com"] * 2
+    assert rentals[0].volume is not None and rentals[0].volume.creates and rentals[0].template_hash
+    assert rentals[1].volume == VolumeMount.existing(volume_id, "/root/ckpt"), "the replacement links it"
 
 
 async def test_a_kept_volume_outlives_the_job_and_a_later_job_from_a_template_id_links_it(
