@@ -41,7 +41,6 @@ from vastevents import (
     SshTarget,
     TemporaryError,
     Terms,
-    VastEventsError,
     daemon,
     every,
     on,
@@ -60,15 +59,6 @@ _STALE = 600.0
 
 def _older(at: datetime | None, now: datetime) -> bool:
     return at is None or (now - at).total_seconds() > _STALE
-
-
-def _login_refused(spec: JobSpec) -> str | None:
-    """Why the spec's registry login cannot be read (its variable unset), or None."""
-    try:
-        spec.image_login()
-    except VastEventsError as exc:
-        return str(exc)
-    return None
 
 
 def local_spec(job: Job, ctx: Context) -> JobSpec:
@@ -155,14 +145,14 @@ class JobsHandler(Handler[JobsOptions]):
     async def _launch(self, job: Job, ctx: Context) -> None:
         jobs = ctx.store.repository(Jobs)
         spec = JobSpec.model_validate(job.spec)
+        if (refused := await spec.refusal(ctx.client)) is not None:  # its login variable unset, its volume gone
+            await self.give_up(job, refused, Cause.JOB_ERROR, ctx)
+            return
         if not job.offers:
             chosen = await self._choose(job, spec, ctx)
             if chosen is None:
                 return
             job = chosen
-        if (refused := _login_refused(spec)) is not None:
-            await self.give_up(job, refused, Cause.JOB_ERROR, ctx)
-            return
         tried = list(job.tried)
         for ask in job.offers:
             if len(tried) >= spec.max_offers:

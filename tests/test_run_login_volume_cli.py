@@ -98,3 +98,17 @@ def _volume_used(sim: Simulator) -> bool:
         return bool(live) and any(
             i.volume_id in live and i.actual_status == "running" for i in world.instances.values()
         )
+
+
+def test_run_refuses_before_renting_when_the_login_variable_is_unset_or_the_linked_volume_is_gone(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    spec = tmp_path / "job.toml"
+    spec.write_text('image = "registry.example.com/team/trainer:1"\nlogin_env = "NO_SUCH_LOGIN"\ncmd = "true"\n')
+    done = _vastevents(sim, tmp_path, "run", str(spec), "--yes", "--json")
+    assert done.returncode == 1 and done.stdout == "", done.stderr
+    assert "login_env names NO_SUCH_LOGIN, which is not set" in " ".join(done.stderr.split())
+    spec.write_text('image = "python:3.11"\ncmd = "true"\n[volume]\nmount_path = "/root/data"\nid = 4242\n')
+    gone = _vastevents(sim, tmp_path, "run", str(spec), "--yes", "--json")
+    assert gone.returncode == 1 and "volume 4242 is not on the account" in " ".join(gone.stderr.split())
+    assert sim.instance_count() == 0

@@ -243,6 +243,17 @@ class JobSpec(BaseModel):
         at its end only unless `keep`."""
         return await jobvolumes.release(ctx, self, label, ending=ending, volumes=volumes)
 
+    async def refusal(self, client: VastApi) -> str | None:
+        """Why no offer can be rented for this spec whatever the market (None when it can): its registry login's
+        variable is not set, or the volume it links is not on the account."""
+        try:
+            self.image_login()
+            if self.volume is not None and self.volume.id is not None:
+                await self._volume_machine(client, self.volume.id)
+        except VastEventsError as exc:
+            return str(exc)
+        return None
+
     @staticmethod
     async def _volume_machine(client: VastApi, volume_id: int) -> int:
         found = next((v for v in await client.list_volumes() if v.id == volume_id), None)

@@ -208,6 +208,8 @@ async def _run_with(
 ) -> tuple[int, dict[str, Any] | None]:
     async with Runtime(config, handlers=handlers, ssh=ssh) as runtime:
         await account_preflight(runtime, yes=yes, dry_run=dry_run, err=err)
+        if (refused := await spec.refusal(runtime.client)) is not None:
+            raise VastEventsError(refused)
         ranking = await spec.choose(runtime.client, runtime.store, now=runtime.clock.now(), strategy=config.jobs.choose)
         best = ranking.chosen
         if best is None:
