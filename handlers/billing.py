@@ -10,7 +10,10 @@ on_exceed = "alert"         # alert | stop | destroy (owned instances in the exc
 projection = "1h"           # budget_warning too when spend + burn rate x this would cross a total/job budget
 low_credit_usd = 20.0       # budget_warning (once a day) when the account's credit is below this
 
-Every status change (``any_change``) opens or closes a ledger interval in the delivery's own transaction. A
+Every status change (``any_change``) opens or closes a ledger interval in the delivery's own transaction. What
+happened while the watcher was down (a change it catches up on, or the first sweep after a start, more than two
+poll intervals after the last one) is reconstructed from the rows (see :mod:`vastevents.store.ledger`), so the
+ledger covers the time nobody watched. A
 periodic check (every 5 s, so at least once per poll cycle) first brings the ledger in line with the last
 complete list (a bid change opens a new interval; an instance the ledger has not seen yet starts at first
 sight), then compares accrued spend with each budget: ``budget_warning`` once per scope when spend reaches
@@ -89,6 +92,8 @@ class BillingHandler(Handler[BillingOptions]):
     def __init__(self, options: BillingOptions | None = None) -> None:
         super().__init__(options)
         self._credit_read: datetime | None = None
+        self._swept = False
+        """Whether this process has swept the ledger: its first sweep may follow a gap (the watcher was down)."""
 
     @on("any_change")
     async def record(self, event: Event, ctx: Context) -> None:
@@ -99,8 +104,10 @@ class BillingHandler(Handler[BillingOptions]):
         instance = None if event.name == "vanished" else event.instance
         key = f"event:{event.id}"
 
+        gap = _gap(ctx) if event.catch_up else None  # it happened while the watcher was down
+
         def write(conn: Conn) -> None:
-            ledger.observe(conn, instance_id, instance, event.at, key=key)
+            ledger.observe(conn, instance_id, instance, event.at, key=key, gap=gap)
 
         ctx.in_delivery(write)
 
@@ -109,7 +116,8 @@ class BillingHandler(Handler[BillingOptions]):
         ledger = ctx.store.repository(Ledger)
         snapshot = ctx.store.load_snapshot()
         if snapshot.taken_at is not None:
-            ledger.sweep(snapshot.instances(), snapshot.taken_at)
+            ledger.sweep(snapshot.instances(), snapshot.taken_at, gap=None if self._swept else _gap(ctx))
+            self._swept = True
         now = ctx.clock.now()
         owned = [i for i in ledger.intervals() if ctx.owns(Instance(id=i.instance_id, label=i.label))]
         live = [instance for instance in snapshot.instances() if ctx.owns(instance)]
@@ -222,6 +230,11 @@ class BillingHandler(Handler[BillingOptions]):
             except VastEventsError as exc:
                 failures.append(f"{action} {instance.id}: {exc}")
         return failures
+
+
+def _gap(ctx: Context) -> float:
+    """Seconds without a complete list after which a restarted watcher's ledger reconstructs what it did not see."""
+    return 2 * ctx.config.watch.interval
 
 
 def _of_job(job: str) -> Callable[[Instance], bool]:

@@ -195,6 +195,57 @@ async def test_charges_for_an_instance_the_list_never_showed_are_ghost_billing(
     assert table.exit_code == 0 and "GHOST" in table.stdout
 
 
+async def test_the_ledger_covers_the_time_the_watcher_was_down_within_a_cent_or_two_percent(
+    sim: Simulator, api_key: str, tmp_path: Path
+) -> None:
+    """The watcher stops for half an hour. Meanwhile an instance it saw loading came up and ran, and another was
+    rented and ran; a third ran all along. After the restart the ledger reconstructs the gap from the rows (the
+    start date, the status) instead of billing from the moment it noticed: each instance's cost is within
+    max(1 cent, 2 %) of what the simulator charged."""
+    store_path = tmp_path / "s.db"
+    config_file = tmp_path / "c.toml"
+    config_file.write_text(config_text(store_path, '[handlers.billing]\nuse = "billing"\n'))
+    config = parse_config(config_file.read_text())
+    along = sim.create_instance(label="vastevents:job-1", pull="30s")
+
+    async def cycles(runtime: Runtime, count: int) -> None:
+        for _ in range(count):
+            sim.advance(POLL)
+            await runtime.poll_once()
+
+    async with VastClient(api_key, sim.url) as client:
+        try:
+            with SqliteStore(store_path) as store:
+                async with Runtime(
+                    config, client=client, store=store, clock=sim.clock, handlers=load_handlers(config)
+                ) as rt:
+                    await rt.poll_once()
+                    await cycles(rt, 8)
+                    booting = sim.create_instance(label="vastevents:job-2", pull="45s")
+                    await cycles(rt, 2)
+                    assert sim.instance(booting)["actual_status"] == "loading"  # type: ignore[index]
+                sim.advance(300)  # the watcher is down
+                rented = sim.create_instance(label="vastevents:job-3", pull="10s")
+                sim.advance(1500)
+                async with Runtime(
+                    config, client=client, store=store, clock=sim.clock, handlers=load_handlers(config)
+                ) as rt:
+                    await cycles(rt, 60)
+                    for instance in await client.list_instances():
+                        await client.destroy_instance(instance.id)
+                    await rt.poll_once()
+        finally:
+            await destroy_all(sim, client)
+
+    report, _ = await cost_json(config_file, sim, api_key)
+    rows = {row["instance_id"]: row for row in report["instances"]}
+    assert sorted(rows) == sorted([along, booting, rented])
+    for row in rows.values():
+        assert row["charged_usd"] == pytest.approx(sim_spend(sim, row["instance_id"]))
+        assert abs(row["cost_usd"] - row["charged_usd"]) <= max(0.01, 0.02 * row["charged_usd"]), row
+    assert rows[rented]["observed_only"] is False, "its whole life is in the ledger"
+
+
 async def test_when_charges_cannot_be_read_the_ledger_is_still_printed_with_a_warning(
     sim: Simulator, api_key: str, tmp_path: Path
 ) -> None:

@@ -8,6 +8,13 @@ change in the same state (a bid change) or a new label opens a new interval too.
 An observation made for an event carries a key (the event id); one whose key is already recorded changes
 nothing, so a redelivered event never bills twice. Handlers write observations with
 ``ctx.in_delivery`` so they commit together with the delivery mark.
+
+After a gap (the watcher was down for longer than the caller's ``gap``), the moments in between were not
+seen, so the ledger reconstructs them from what it knew when it last looked (the last complete list,
+:meth:`Ledger.sweep`) and what the row says now (``start_date``, status), always on the side of what it may have
+cost: a change to a dearer state (loading to running) is dated at the start of the gap, a change to a cheaper
+one (running to exited, gone) at its end, and an instance rented during the gap is billed from its
+``start_date`` at the rate it shows.
 """
 
 from __future__ import annotations
@@ -65,6 +72,7 @@ MIGRATIONS = (
             "CREATE INDEX ledger_intervals_end ON ledger_intervals (end_at)",
         ),
     ),
+    Migration("ledger", 3, ("CREATE TABLE ledger_swept (id INTEGER PRIMARY KEY, swept_at TEXT NOT NULL)",)),
 )
 
 
@@ -87,6 +95,25 @@ def job_id_of(label: str | None) -> str | None:
 
 def _utc(at: datetime) -> datetime:
     return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
+
+
+def _swept(conn: Conn) -> datetime | None:
+    """When the ledger last took in a complete list."""
+    row = conn.execute("SELECT swept_at FROM ledger_swept WHERE id = 1").fetchone()
+    return datetime.fromisoformat(row[0]) if row is not None else None
+
+
+def _unseen_since(conn: Conn, at: datetime, gap: float | None) -> datetime | None:
+    """The start of the gap before `at`, if the last complete list is more than `gap` seconds older; else None."""
+    if gap is None:
+        return None
+    swept = _swept(conn)
+    return swept if swept is not None and (at - swept).total_seconds() > gap else None
+
+
+def _created(instance: Instance) -> datetime | None:
+    """When the instance was rented, as its row says (``start_date``, seconds since the epoch)."""
+    return datetime.fromtimestamp(instance.start_date, UTC) if instance.start_date is not None else None
 
 
 @dataclass(frozen=True)
@@ -156,10 +183,12 @@ class Ledger:
         at: datetime,
         *,
         key: str | None = None,
+        gap: float | None = None,
     ) -> bool:
         """Record that `instance_id` is `instance` (None: gone) from `at` on; False if `key` was recorded already.
 
-        The open interval is closed at `at` and a new one opened when the state, rate or label changed.
+        The open interval is closed at `at` and a new one opened when the state, rate or label changed; when the
+        last complete list is more than `gap` seconds older than `at`, the change is dated as the module says.
         """
         if key is not None:
             marked = conn.execute(
@@ -167,48 +196,70 @@ class Ledger:
             ).fetchone()
             if marked is None:
                 return False
+        return self._observe(conn, instance_id, instance, at, _unseen_since(conn, at, gap))
+
+    def _observe(
+        self, conn: Conn, instance_id: int, instance: Instance | None, at: datetime, unseen: datetime | None
+    ) -> bool:
+        """`unseen`: the start of the gap before `at` in which nothing was observed, or None."""
+        start = at
         row = conn.execute(
             "SELECT id, state, rate, label, start_at FROM ledger_intervals WHERE instance_id = ? AND end_at IS NULL",
             (instance_id,),
         ).fetchone()
         if row is not None:
             opened = datetime.fromisoformat(row[4])
-            at = max(at, opened)  # an observation older than the open interval (a late retry) never overlaps it
+            at = start = max(at, opened)  # an observation older than the open interval (a late retry) never overlaps
             if instance is not None and (row[1], row[2], row[3]) == (
                 instance.state.value,
                 hourly_rate(instance),
                 instance.label,
             ):
                 return True
-            conn.execute("UPDATE ledger_intervals SET end_at = ? WHERE id = ?", (iso(at), row[0]))
+            if unseen is not None and instance is not None and hourly_rate(instance) > float(row[2]):
+                start = max(unseen, opened)  # dearer since some moment of the gap: billed from its start
+            conn.execute("UPDATE ledger_intervals SET end_at = ? WHERE id = ?", (iso(start), row[0]))
         if instance is None:
             conn.execute("UPDATE ledger_instances SET gone_at = ? WHERE instance_id = ?", (iso(at), instance_id))
             return True
+        first_state = instance.state.value
+        created = _created(instance)
+        if row is None and unseen is not None and created is not None and unseen <= created < at:
+            start, first_state = created, State.SCHEDULING.value  # rented during the gap: its whole life is billed
         label, job_id = instance.label, job_id_of(instance.label)
         conn.execute(
             "INSERT INTO ledger_intervals (instance_id, label, job_id, state, rate, start_at)"
             " VALUES (?, ?, ?, ?, ?, ?)",
-            (instance_id, label, job_id, instance.state.value, hourly_rate(instance), iso(at)),
+            (instance_id, label, job_id, instance.state.value, hourly_rate(instance), iso(start)),
         )
         conn.execute(
             "INSERT INTO ledger_instances (instance_id, first_seen, first_state, label, job_id) VALUES (?, ?, ?, ?, ?)"
             " ON CONFLICT (instance_id) DO UPDATE SET label = excluded.label, job_id = excluded.job_id, gone_at = NULL",
-            (instance_id, iso(at), instance.state.value, label, job_id),
+            (instance_id, iso(start), first_state, label, job_id),
         )
         return True
 
-    def sweep(self, instances: Iterable[Instance], at: datetime) -> None:
+    def sweep(self, instances: Iterable[Instance], at: datetime, *, gap: float | None = None) -> None:
         """Bring the ledger in line with a complete list at `at`: rate changes, instances no event told us of.
 
         Instances the ledger has open but the list lacks are closed; listed ones whose rate or label changed
-        without a status change (a bid change) get a new interval.
+        without a status change (a bid change) get a new interval. `at` is remembered as the last moment the
+        ledger knew every instance's state (the start of a gap, see ``gap`` in :meth:`observe`).
         """
         listed = {instance.id: instance for instance in instances}
         with self.db.transaction() as conn:
+            unseen = _unseen_since(conn, at, gap)
             rows = conn.execute("SELECT instance_id FROM ledger_intervals WHERE end_at IS NULL").fetchall()
             open_ids = {int(r[0]) for r in rows}
             for instance_id in sorted(open_ids | set(listed)):
-                self.observe(conn, instance_id, listed.get(instance_id), at)
+                self._observe(conn, instance_id, listed.get(instance_id), at, unseen)
+            swept = _swept(conn)
+            if swept is None or swept < at:
+                conn.execute(
+                    "INSERT INTO ledger_swept (id, swept_at) VALUES (1, ?)"
+                    " ON CONFLICT (id) DO UPDATE SET swept_at = excluded.swept_at",
+                    (iso(at),),
+                )
 
     def intervals(
         self, *, instance_id: int | None = None, since: datetime | None = None, until: datetime | None = None
