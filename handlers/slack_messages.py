@@ -68,12 +68,13 @@ def severity(name: str) -> str:
 
 
 def words(event: Event) -> str:
-    """The event in words: ``preempted``, ``running``, ``job finished``, ``offline (was running)``."""
+    """The event in words: ``preempted``, ``running``, ``job failed (host unfit)``, ``offline (was running)``."""
     moved = transition(event.name)
     if moved is not None:
         old, new = moved
         return "running" if new == "running" and old not in _DOWN_STATES else f"{new} (was {old})"
-    return _WORDS.get(event.name, event.name.replace("_", " "))
+    said = _WORDS.get(event.name, event.name.replace("_", " "))
+    return f"{said} ({event.cause.value.replace('_', ' ')})" if event.cause is not None else said
 
 
 def mention_markup(mention: str) -> str:

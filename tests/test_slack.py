@@ -4,13 +4,14 @@ backends), a real local Slack endpoint."""
 from __future__ import annotations
 
 import logging
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from slack_sink import SlackSink, destroy_all, failures, running
 from stores import Opener
 
-from vastevents import BotTransport, ChatMessage, Outbox, PermanentSendError, TransientSendError
+from vastevents import BotTransport, Cause, ChatMessage, Event, Outbox, PermanentSendError, TransientSendError
 from vastevents.config import parse_config
 from vastevents.errors import ConfigError
 from vastevents.plugins import load_handlers
@@ -301,3 +302,15 @@ def test_the_bot_transport_tells_permanent_from_transient_refusals(sink: SlackSi
         bot.post(message)
     assert limited.value.retry_after == 30
     assert bot.post(message).ts == "1700000000.000001"
+
+
+def test_a_failure_says_its_cause_in_the_shared_vocabulary_and_other_events_say_none() -> None:
+    """The words of a ``job_failed`` or ``recovery_failed`` message name its typed cause, not a guess from detail."""
+    from vastevents_handlers.slack_messages import describe
+
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    failed = Event(name="job_failed", instance_id=7, at=at, detail="preflight: no GPU visible", cause=Cause.HOST_UNFIT)
+    assert describe(failed) == "Instance 7 (no label, unknown GPU): job failed (host unfit) — preflight: no GPU visible"
+    gave_up = Event(name="recovery_failed", instance_id=7, at=at, detail="no offer", cause=Cause.CAPACITY)
+    assert describe(gave_up).endswith(": recovery failed (capacity) — no offer")
+    assert describe(Event(name="preempted", instance_id=7, at=at)).endswith(": preempted")
