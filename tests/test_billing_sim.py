@@ -4,20 +4,26 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from simtime_watch import write_moment
+from test_team import wait_until
+from test_team_story import MARKER, ROOT, STEP_SECONDS, Story, WatchProcess, _cost
+from test_team_story import POLL as POLL_STORY
 from typer.testing import CliRunner, Result
 
 from vastevents import Ledger
 from vastevents.cli import app
+from vastevents.clock import ManualClock
 from vastevents.config import parse_config
 from vastevents.plugins import load_handlers
 from vastevents.runtime import Runtime
 from vastevents.sim import Simulator
-from vastevents.store import SqliteStore
+from vastevents.store import SqliteStore, open_store
 from vastevents.vast import VastClient
 
 POLL = 15.0
@@ -331,3 +337,61 @@ def test_reap_dry_run_reports_and_reap_yes_destroys_the_orphan_only(
             if sim.instance(ref) is not None:
                 sim.vanish(ref)
     assert sim.instance_count() == 0
+
+
+def test_a_watch_process_killed_and_started_again_half_an_hour_later_keeps_the_ledger_within_a_cent_or_two_percent(
+    tmp_path: Path, api_key: str
+) -> None:
+    """The same gap with real ``vastevents watch`` processes on the simulator's time (``simtime_watch.py``): the
+    first is SIGKILLed right after it saw an instance loading; half an hour later a second one starts on the same
+    store. Meanwhile that instance came up, another was rented, a third ran on: each one's cost in ``cost --json``
+    is within max(1 cent, 2 %) of the simulator's charges."""
+    config = tmp_path / "c.toml"
+    text = config_text(tmp_path / "s.db", '[handlers.billing]\nuse = "billing"\n') + (
+        '[handlers.marker]\nuse = "simtime_watch:pass_marker"\n'
+    )
+    config.write_text(text)
+    cfg = parse_config(text)
+    periods = {(h.name, e.name): e.period or 0.0 for h in load_handlers(cfg) for e in h.periodic}
+    del periods[MARKER]
+    moment = tmp_path / "moment"
+    with Simulator(api_key=api_key, clock=ManualClock()) as sim:
+        env = {**os.environ, "VAST_URL": sim.url, "VAST_API_KEY": api_key, "HOME": str(tmp_path),
+               "PYTHONPATH": str(ROOT), "SIMTIME_FILE": str(moment)}  # fmt: skip
+        along = sim.create_instance(label="vastevents:job-1", pull="30s")
+        write_moment(moment, sim.clock.now())
+        store = open_store(cfg.store.resolved_path(), None)
+        story = Story(sim, store, moment, periods)
+        watcher = WatchProcess(tmp_path, "first", config, env)
+        try:
+            wait_until(story.poll_done, "the first poll and pass", STEP_SECONDS)
+            for _ in range(4):
+                story.tick()
+            booting = sim.create_instance(label="vastevents:job-2", pull="45s")
+            story.tick()
+            assert store.load_snapshot().views[booting].state.value == "loading"
+            watcher.kill()
+            story.move(300)
+            rented = sim.create_instance(label="vastevents:job-3", pull="10s")
+            story.move(1500)
+            watcher = WatchProcess(tmp_path, "second", config, env)
+            wait_until(story.poll_done, "the restarted watcher's first poll and pass", STEP_SECONDS)
+            for _ in range(36):
+                story.tick()
+            story.move(POLL_STORY - 1)  # the pass, then every instance destroyed a second before the poll
+            wait_until(story.pass_done, "the last pass", STEP_SECONDS)
+            for instance_id in (along, booting, rented):
+                sim.apply("destroy", instance=instance_id)
+            story.move(1)
+            wait_until(story.poll_done, "the poll that sees them gone", STEP_SECONDS)
+            report = _cost(config, sim.url, api_key)
+            charged = {i: sim_spend(sim, i) for i in (along, booting, rented)}
+        finally:
+            status = watcher.stop()
+            store.close()
+    assert status == 130, watcher.err.read_text()[-3000:]
+    rows = {row["instance_id"]: row for row in report["instances"]}
+    assert sorted(rows) == sorted(charged)
+    for instance_id, row in rows.items():
+        assert row["charged_usd"] == pytest.approx(charged[instance_id])
+        assert abs(row["cost_usd"] - row["charged_usd"]) <= max(0.01, 0.02 * row["charged_usd"]), row
