@@ -5,7 +5,8 @@ It reacts to ``preempted``, ``stuck_loading`` and ``offline_too_long`` of owned 
 a host offline too long ``host_unfit``. Only ``host_unfit`` strikes the host: those deaths, hosts that flap
 (``host_flap``), and a ``job_failed`` whose cause is ``host_unfit`` (the job runner drops that instance and rents
 its next offer itself, so nothing is replaced for it here). A replacement keeps the original's GPU, disk, image,
-onstart, env and label, so a job runner resumes the job on it by label.
+onstart, env and label, so a job runner resumes the job on it by label; the job's registry login and, back on
+its machine, its volume too.
 
 [handlers.recovery]
 use = "recovery"
