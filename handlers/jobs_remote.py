@@ -13,7 +13,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from shlex import quote
 
-from vastevents import Cause, Context, Instance, Job, Jobs, JobSpec, JobStatus, Ssh, SshTarget, Volume
+from vastevents import (
+    Cause,
+    Context,
+    HostKeyMismatch,
+    Instance,
+    Job,
+    Jobs,
+    JobSpec,
+    JobStatus,
+    Ssh,
+    SshTarget,
+    Volume,
+)
 
 CONTROL = ".vastevents"
 LOG = f"{CONTROL}/job.log"
@@ -153,6 +165,8 @@ async def sync_checkpoint(ctx: Context, target: SshTarget, spec: JobSpec, job: J
         return
     try:
         await ssh_edge(ctx).download(target, f"{spec.workdir}/{spec.checkpoint_dir}", local.parent)
+    except HostKeyMismatch:
+        raise  # not the host it was: the job moves on (see JobsHandler.run_job)
     except Exception as exc:
         ctx.logger.warning("job %d: checkpoint sync failed: %s", job.id, exc)
 

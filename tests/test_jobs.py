@@ -99,8 +99,16 @@ def submit(rt: Runtime, spec: dict[str, object], offers: list[int]) -> Job:
     return rt.store.repository(Jobs).submit(checked, offers, "vastevents", rt.clock.now())
 
 
-async def until(rt: Runtime, world: World, job_id: int, done: str | None = None, seconds: float = 60.0) -> Job:
-    """Poll (the simulator moves 15 s per cycle) until the job is final (or reaches `done`); bounded real wait."""
+async def until(
+    rt: Runtime,
+    world: World,
+    job_id: int,
+    done: str | None = None,
+    seconds: float = 60.0,
+    moved_from: int | None = None,
+) -> Job:
+    """Poll (the simulator moves 15 s per cycle) until the job is final (or reaches `done`, on another instance
+    than `moved_from` if given); bounded real wait."""
     jobs = rt.store.repository(Jobs)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + seconds
@@ -110,7 +118,9 @@ async def until(rt: Runtime, world: World, job_id: int, done: str | None = None,
         first = False
         job = jobs.get(job_id)
         assert job is not None
-        if (done is None and job.done and job.status != "collecting") or job.status == done:
+        if (done is None and job.done and job.status != "collecting") or (
+            job.status == done and (moved_from is None or job.instance_id not in (None, moved_from))
+        ):
             return job
         world.sim.advance(15)
         await asyncio.sleep(0.05)  # the job runs for real on the sshd host
@@ -419,3 +429,39 @@ async def test_a_changed_host_key_drops_that_instance_at_once_strikes_its_host_a
     assert any(presented in message and recorded in message for message in warned), warned
     assert [e.cause for e in failed] == [Cause.HOST_UNFIT] and failed[0].instance_id == reused
     assert [(h.machine_id, h.strikes) for h in struck] == [(first.machine_id, 1)]
+
+
+async def test_a_host_key_changing_under_a_running_job_moves_the_job_to_the_next_offer(
+    world: World, client: VastClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The host of a running job starts presenting another SSH host key (the simulator's ``host_key`` fault):
+    the next checkpoint sync, a fresh connection, finds it; that instance is destroyed, its host struck, and the
+    job runs on the next offer. The command waits for a file only the test puts on the second instance."""
+    cmd = "while [ ! -e go ]; do sleep 0.1; done; echo ok > result.txt"
+    spec = world.spec(cmd=cmd, download=["result.txt"], checkpoint_dir="ckpt", checkpoint_every=1)
+    offers = world.offers()
+    caplog.set_level("INFO")
+    async with world.runtime(client, RECOVERY) as rt:
+        job = submit(rt, spec, offers)
+        first = await until(rt, world, job.id, done="running")
+        assert first.instance_id is not None
+        world.sim.apply("host_key", instance=first.instance_id)
+        moved = await until(rt, world, job.id, done="running", moved_from=first.instance_id)
+        assert moved.instance_id is not None and world.sim.instance(first.instance_id) is None
+        row = world.sim.instance(moved.instance_id)
+        assert row is not None
+        own = edge(world.tmp / "own", world.key)  # the test's own known_hosts: the watcher's is not touched
+        try:
+            target = SshTarget(row["ssh_host"], int(row["ssh_port"]), USER, moved.instance_id)
+            assert (await own.run(target, f"touch {JobSpec.model_validate(spec).workdir}/go")).exit_code == 0
+        finally:
+            own.close()
+        job = await until(rt, world, job.id)
+        failed = [e for e in rt.store.events() if e.name == "job_failed"]
+        struck = rt.store.repository(Hosts).records(rt.clock.now())
+    assert job.status == "finished" and job.tried[:2] == offers[:2], job
+    assert (world.tmp / "out" / "result.txt").read_text() == "ok\n"
+    assert [(e.cause, e.instance_id) for e in failed] == [(Cause.HOST_UNFIT, first.instance_id)]
+    assert [h.strikes for h in struck] == [1]
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any(f"vast-instance-{first.instance_id} presented the host key ssh-ed25519 SHA256:" in m for m in warned)

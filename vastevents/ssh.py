@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 CHUNK = 1 << 20
 WINDOW = 64 << 20
 """A large channel window and packet size: paramiko's defaults cap a loopback stream far below the link."""
+OPENSSH_FAILED = 255
+"""``ssh``'s own exit status when it fails (cannot connect, host key refused), apart from the remote command's."""
 PACKET = 1 << 18
 """Packets up to 256 KiB from the host (what OpenSSH accepts): fewer, larger reads on downloads."""
 
@@ -304,6 +306,13 @@ class ParamikoSsh:
                 "-o", f"ServerAliveInterval={int(self.settings.keepalive)}", "-o", "Compression=no",
                 f"{target.user}@{target.host}", command]  # fmt: skip
 
+    def _recheck(self, target: SshTarget, returncode: int) -> None:
+        """After ``ssh`` itself failed (exit 255: the connection, or the host key it checks), connect anew with
+        paramiko: a host key changed since the connection it kept raises HostKeyMismatch, naming both keys."""
+        if returncode == OPENSSH_FAILED:
+            self.forget(target)
+            self._client(target)
+
     def _upload_openssh(self, target: SshTarget, local: Path, remote: str) -> None:
         if not local.is_dir():
             raise SshError(f"{local} is not a directory")
@@ -321,6 +330,7 @@ class ParamikoSsh:
                 proc.stdin.close()
             err = proc.stderr.read()
         if proc.returncode != 0:
+            self._recheck(target, proc.returncode)
             raise SshError(f"upload to {remote} failed (exit {proc.returncode}): {_tar_error(err)}")
 
     def _download_openssh(self, target: SshTarget, remote: str, local: Path) -> None:
@@ -338,6 +348,7 @@ class ParamikoSsh:
                 proc.stdout.read()
             err = proc.stderr.read()
         if proc.returncode != 0:
+            self._recheck(target, proc.returncode)
             raise SshError(f"{remote}: {_tar_error(err) or f'ssh/tar exit {proc.returncode}'}")
 
     # --- blocking parts (worker threads) -------------------------------------------------------------------

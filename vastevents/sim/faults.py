@@ -197,6 +197,14 @@ def disk_full(world: Lifecycle, params: Mapping[str, Any]) -> dict[str, Any]:
     return {"instance": inst.id}
 
 
+def host_key(world: Lifecycle, params: Mapping[str, Any]) -> dict[str, Any]:
+    """With ssh hosts: the instance's SSH server presents a new host key (reinstalled, or something in between)."""
+    inst = world.resolve(params.get("instance"))
+    if world.backend is not None:
+        world.backend.rekey(inst.id)
+    return {"instance": inst.id}
+
+
 def raw_status(world: Lifecycle, params: Mapping[str, Any]) -> dict[str, Any]:
     """Report a status string Vast may invent one day (until the next lifecycle change), to test tolerance."""
     inst = world.resolve(params.get("instance"))
@@ -241,6 +249,7 @@ FAULTS: dict[str, Fault] = {
     "server_error": server_error,
     "slow": slow,
     "gpu_broken": gpu_broken,
+    "host_key": host_key,
     "disk_full": disk_full,
     "raw_status": raw_status,
     "vanish": vanish,

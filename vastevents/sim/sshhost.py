@@ -125,6 +125,8 @@ class _Host:
     sshd: subprocess.Popen[bytes] | None = None
     onstart: subprocess.Popen[bytes] | None = None
     logs: list[IO[bytes]] = field(default_factory=list)
+    host_key: Path | None = None
+    """Its own host key after a ``host_key`` fault; else every instance presents the simulator's."""
 
 
 class SSHHosts:
@@ -191,19 +193,8 @@ class SSHHosts:
         self.update_keys(instance.id, authorized_keys)
         if instance.volume_id is not None and instance.mount_path is not None:
             self._mount(host, instance.volume_id, instance.mount_path)
-        config = self._write_config(host, instance)
-        log = (host.directory / "sshd.log").open("ab")
-        host.logs.append(log)
-        assert self._sshd is not None
-        host.sshd = subprocess.Popen(
-            [self._sshd, "-D", "-e", "-f", str(config)], stdout=log, stderr=log, start_new_session=True
-        )
-        deadline = time.monotonic() + 10.0
-        while not _port_open(host.port):
-            if host.sshd.poll() is not None or time.monotonic() > deadline:
-                logger.error("sshd for instance %s did not start; see %s", instance.id, host.directory / "sshd.log")
-                return
-            time.sleep(0.02)
+        if not self._spawn_sshd(host, self._write_config(host, instance), instance.id):
+            return
         if instance.onstart:
             out = (host.directory / "onstart.log").open("ab")
             host.logs.append(out)
@@ -215,6 +206,45 @@ class SSHHosts:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
+
+    def _spawn_sshd(self, host: _Host, config: Path, instance_id: int) -> bool:
+        """Start the instance's sshd listener; True once it accepts connections."""
+        log = (host.directory / "sshd.log").open("ab")
+        host.logs.append(log)
+        assert self._sshd is not None
+        host.sshd = subprocess.Popen(
+            [self._sshd, "-D", "-e", "-f", str(config)], stdout=log, stderr=log, start_new_session=True
+        )
+        deadline = time.monotonic() + 10.0
+        while not _port_open(host.port):
+            if host.sshd.poll() is not None or time.monotonic() > deadline:
+                logger.error("sshd for instance %s did not start; see %s", instance_id, host.directory / "sshd.log")
+                return False
+            time.sleep(0.02)
+        return True
+
+    def rekey(self, instance_id: int) -> None:
+        """The instance's SSH server presents a new host key from now on (reinstalled, or something sits in
+        between); sessions already open and the job's processes go on."""
+        host = self._host(instance_id)
+        key = host.directory / "ssh_host_ed25519_key"
+        key.unlink(missing_ok=True)
+        key.with_name(f"{key.name}.pub").unlink(missing_ok=True)
+        subprocess.run(
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "vastevents-sim", "-f", str(key)],
+            check=True,
+            capture_output=True,
+            timeout=30,
+        )
+        host.host_key = key
+        config = host.directory / "sshd_config"
+        if host.sshd is None or host.sshd.poll() is not None or not config.exists():
+            return  # the next start writes its config with the new key
+        lines = config.read_text().splitlines()
+        config.write_text("".join(f"HostKey {key}\n" if line.startswith("HostKey ") else f"{line}\n" for line in lines))
+        host.sshd.terminate()  # the listener only: each session is a process of its own and goes on
+        host.sshd.wait(timeout=10)
+        self._spawn_sshd(host, config, instance_id)
 
     def _volume_directory(self, volume_id: int) -> Path:
         directory = self.root / "volumes" / f"volume-{volume_id}"
@@ -308,7 +338,7 @@ class SSHHosts:
         lines = [
             f"Port {host.port}",
             "ListenAddress 127.0.0.1",
-            f"HostKey {self.root / 'ssh_host_ed25519_key'}",
+            f"HostKey {host.host_key or self.root / 'ssh_host_ed25519_key'}",
             f"PidFile {host.directory / 'sshd.pid'}",
             f"AuthorizedKeysFile {host.directory / 'authorized_keys'}",
             "StrictModes no",
