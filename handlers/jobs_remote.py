@@ -160,11 +160,13 @@ async def kill(ctx: Context, target: SshTarget, spec: JobSpec, pid: int) -> None
 
 
 async def sync_checkpoint(ctx: Context, target: SshTarget, spec: JobSpec, job: Job) -> None:
+    """Copy the checkpoint dir's contents into its local copy. Its contents (``<dir>/.``), not the dir: on a
+    volume the dir is a link to the mount, which an archive would carry as a link, not as the files."""
     local = checkpoint_copy(spec)
-    if local is None:
+    if local is None or spec.checkpoint_dir is None:
         return
     try:
-        await ssh_edge(ctx).download(target, f"{spec.workdir}/{spec.checkpoint_dir}", local.parent)
+        await ssh_edge(ctx).download(target, f"{spec.workdir}/{spec.checkpoint_dir.rstrip('/')}/.", local)
     except HostKeyMismatch:
         raise  # not the host it was: the job moves on (see JobsHandler.run_job)
     except Exception as exc:

@@ -14,7 +14,7 @@ import httpx
 import pytest
 from sshkit import USER, edge, keypair, needs_openssh, register
 
-from vastevents import Job, Jobs, JobSpec, Rental, SshTarget, VolumeMount
+from vastevents import Hosts, Job, Jobs, JobSpec, Rental, SshTarget, VolumeMount
 from vastevents.clock import ManualClock
 from vastevents.config import parse_config
 from vastevents.errors import ConfigError
@@ -38,6 +38,7 @@ poll_first = "1s"
 poll_every = "1s"
 [handlers.recovery]
 use = "recovery"
+min_reliability = 0.0
 """
 
 
@@ -180,6 +181,38 @@ async def test_a_job_runs_from_a_template_with_its_checkpoints_on_a_volume_that_
     assert [r.image_login for r in rentals] == ["-u ci -p t0ken registry.example.com"] * 2
     assert rentals[0].volume is not None and rentals[0].volume.creates and rentals[0].template_hash
     assert rentals[1].volume == VolumeMount.existing(volume_id, "/root/ckpt"), "the replacement links it"
+
+
+async def test_when_the_volumes_machine_cannot_be_rented_the_replacement_goes_elsewhere_and_resumes_from_the_local_copy(
+    world: World, client: VastClient
+) -> None:
+    cmd = (
+        'if [ -f ckpt/state ]; then echo "resumed at $(cat ckpt/state)" > result.txt;'
+        " else echo 1 > ckpt/state; sleep 600; fi"
+    )
+    spec = {"image": "pytorch/pytorch", "interruptible": False, "cmd": cmd, "download": ["result.txt"],
+            "checkpoint_dir": "ckpt", "checkpoint_every": 1, "out": str(world.tmp / "out"),
+            "volume": {"mount_path": "/root/ckpt", "size": 5}}  # fmt: skip
+    local = world.tmp / "out" / "ckpt" / "state"
+    async with world.runtime(client) as rt:
+        job = submit(rt, spec)
+        first = await until(rt, world, job.id, done="running")
+        assert first.instance_id is not None
+        machine = (world.sim.instance(first.instance_id) or {})["machine_id"]
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 30
+        while not local.exists() and loop.time() < deadline:
+            await rt.poll_once()
+            await asyncio.sleep(0.05)
+        assert local.read_text() == "1\n", "the checkpoint on the volume is synced back all the same"
+        rt.store.repository(Hosts).block(machine, "blocked by hand", rt.clock.now(), 86400.0)
+        world.sim.preempt(first.instance_id)
+        job = await until(rt, world, job.id)
+        recovered = [e.instance for e in rt.store.events() if e.name == "recovered" and e.instance is not None]
+    assert job.status == "finished" and job.destroyed, job.errors
+    assert len(recovered) == 1 and recovered[0].machine_id != machine and recovered[0].mounted_volume is None
+    assert (world.tmp / "out" / "result.txt").read_text() == "resumed at 1\n", "from the local copy"
+    assert world.live_volumes() == [], "the volume left on the first machine is deleted at the job's end"
 
 
 async def test_a_kept_volume_outlives_the_job_and_a_later_job_from_a_template_id_links_it(
