@@ -320,3 +320,10 @@ def test_the_spec_checks_templates_logins_and_volumes(fields: dict[str, Any], sa
     with pytest.raises(ConfigError) as caught:
         load_spec(None, {"cmd": "c", **fields})
     assert said in str(caught.value)
+
+
+def test_a_volume_the_job_makes_is_priced_as_disk_in_its_expected_cost() -> None:
+    base = {"image": "i", "cmd": "c", "disk": 10}
+    made = JobSpec.model_validate({**base, "volume": {"mount_path": "/root/v", "size": 5}})
+    linked = JobSpec.model_validate({**base, "volume": {"mount_path": "/root/v", "id": 3}})
+    assert made.workload().disk_gb == 15 and linked.workload().disk_gb == 10, "a linked volume bills anyway"

@@ -283,9 +283,10 @@ class JobSpec(BaseModel):
         upload = 0
         if self.upload is not None and self.upload.is_dir():
             upload = sum(f.stat().st_size for f in self.upload.rglob("*") if f.is_file() and not f.is_symlink())
+        made = self.volume.size if self.volume is not None and self.volume.size else 0.0  # bills as disk does
         return Workload(
             seconds=self.hours * 3600.0,
-            disk_gb=self.disk,
+            disk_gb=self.disk + made,
             checkpoint_every=self.checkpoint_every if self.checkpoint_dir else None,
             upload_gb=upload / 1e9,
             download_gb=self.download_gb,
