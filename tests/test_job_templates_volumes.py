@@ -14,7 +14,7 @@ import httpx
 import pytest
 from sshkit import USER, edge, keypair, needs_openssh, register
 
-from vastevents import Hosts, Job, Jobs, JobSpec, Rental, SshTarget, VolumeMount
+from vastevents import Cause, Hosts, Job, Jobs, JobSpec, Recoveries, Rental, SshTarget, VolumeMount
 from vastevents.clock import ManualClock
 from vastevents.config import parse_config
 from vastevents.errors import ConfigError
@@ -39,6 +39,7 @@ poll_every = "1s"
 [handlers.recovery]
 use = "recovery"
 min_reliability = 0.0
+on_preempt = "replace"
 """
 
 
@@ -134,12 +135,13 @@ TRAIN = (
 )
 
 
+@pytest.mark.parametrize("interruptible", [False, True], ids=["preempted", "outbid"])
 async def test_a_job_runs_from_a_template_with_its_checkpoints_on_a_volume_that_its_replacement_reuses(
-    world: World, client: VastClient, monkeypatch: pytest.MonkeyPatch
+    world: World, client: VastClient, monkeypatch: pytest.MonkeyPatch, interruptible: bool
 ) -> None:
     """The issue's "done when": a job from a (private) template, its checkpoints on a volume; the host takes the
-    machine back, the recovery handler rents on the volume's machine again with the volume linked (and the
-    registry login), and the job resumes from the checkpoint it left there."""
+    machine back (or a higher bid the GPUs), the recovery handler rents on the volume's machine again with the
+    volume linked (and the registry login), and the job resumes from the checkpoint it left there."""
     monkeypatch.setenv("REGISTRY_LOGIN", "-u ci -p t0ken registry.example.com")
     rentals: list[Rental] = []
     real_create = client.create_instance
@@ -151,7 +153,7 @@ async def test_a_job_runs_from_a_template_with_its_checkpoints_on_a_volume_that_
     monkeypatch.setattr(client, "create_instance", create)
     template = world.template(name="trainer", image="pytorch/pytorch", tag="2.3.1", env="-e GREETING=hello",
                               onstart="echo onstart ran > ~/onstart.txt")  # fmt: skip
-    spec = {"template_hash": template["hash_id"], "login_env": "REGISTRY_LOGIN", "interruptible": False,
+    spec = {"template_hash": template["hash_id"], "login_env": "REGISTRY_LOGIN", "interruptible": interruptible,
             "cmd": TRAIN, "download": ["result.txt"], "checkpoint_dir": "ckpt", "checkpoint_every": "1d",
             "out": str(world.tmp / "out"), "volume": {"mount_path": "/root/ckpt", "size": 5}}  # fmt: skip
     async with world.runtime(client) as rt:
@@ -166,9 +168,10 @@ async def test_a_job_runs_from_a_template_with_its_checkpoints_on_a_volume_that_
         assert await remote(world, client, first.instance_id, "cat job/ckpt/state") == "1\n"
         assert not (world.tmp / "out" / "ckpt").exists(), "nothing synced here: the checkpoint is on the volume"
 
-        world.sim.preempt(first.instance_id)  # the host takes the machine back
+        world.sim.preempt(first.instance_id)  # the host takes the machine back, or a higher bid the GPUs
         job = await until(rt, world, job.id)
         events = rt.store.events()
+        causes = [r.cause for r in rt.store.repository(Recoveries).lineage(job.label)]
     replacement = job.instance_id
     assert job.status == "finished" and job.destroyed and replacement != first.instance_id, job
     recovered = [e for e in events if e.name == "recovered"]
@@ -181,6 +184,8 @@ async def test_a_job_runs_from_a_template_with_its_checkpoints_on_a_volume_that_
     assert [r.image_login for r in rentals] == ["-u ci -p t0ken registry.example.com"] * 2
     assert rentals[0].volume is not None and rentals[0].volume.creates and rentals[0].template_hash
     assert rentals[1].volume == VolumeMount.existing(volume_id, "/root/ckpt"), "the replacement links it"
+    assert [r.price is not None for r in rentals] == [interruptible] * 2, "on the terms the job was rented on"
+    assert causes == [Cause.OUTBID if interruptible else Cause.PREEMPTED]
 
 
 async def test_when_the_volumes_machine_cannot_be_rented_the_replacement_goes_elsewhere_and_resumes_from_the_local_copy(
