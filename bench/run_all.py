@@ -165,6 +165,25 @@ def _p11(result: dict[str, Any]) -> list[Row]:
     ]
 
 
+def _c1(result: dict[str, Any]) -> list[Row]:
+    rows = []
+    for run in result["runs"]:
+        seed, jobs = run["seed"], run["jobs"]
+        finished = sum(job["status"] == "finished" for job in jobs)
+        faults = sum(run["faults"].values())
+        said = f"seed {seed}, {run['kills']} SIGKILLs, {faults} faults: worst job, submission -> end"
+        rows.append(_row(said, run["worst_latency_s"], result["bound_s"], " s"))
+        rows.append([f"seed {seed}: jobs finished, results byte-exact", f"{finished} / {len(jobs)}", "all", "-",
+                     _met(finished == len(jobs) and all(job["exact"] for job in jobs))])  # fmt: skip
+        held = run["leaked"] == 0 and run["sshd_left"] == 0 and not run["duplicates"]
+        left = f"{run['leaked']}, {run['sshd_left']}, {len(run['duplicates'])}"
+        rows.append([f"seed {seed}: left rented, sshd left, journal duplicates", left, "0, 0, 0", "-", _met(held)])
+        goal = max(0.01, 0.02 * abs(run["charged_usd"]))
+        rows.append(_row(f"seed {seed}: |ledger - charged| (${run['charged_usd']:.4f} charged)",
+                         abs(run["ledger_error_usd"]), goal, " $"))  # fmt: skip
+    return rows
+
+
 BENCHMARKS = [
     Benchmark("P1", "poll_cycle.py", "poll cycle vs the seed's way and the bare httpx floor", _p1),
     Benchmark("P2", "diff_cost.py", "parse and pure diff of an unchanged account", _p2),
@@ -177,6 +196,7 @@ BENCHMARKS = [
     Benchmark("P9", "preemption.py", "preemption to the job running again on a replacement", _p9),
     Benchmark("P10", "dashboard_pages.py", "dashboard page render on a large store", _p10),
     Benchmark("P11", "failover.py", "team failover after the leader's SIGKILL", _p11),
+    Benchmark("C1", "chaos.py", "a SIGKILLed watcher under preemptions, outbids, storms and flaps", _c1),
 ]
 
 
