@@ -138,6 +138,9 @@ class Plan:
     """Simulated seconds between two submissions."""
     work_s: float = WORK_S
     tick: float = TICK
+    kill_while_creating: bool = True
+    """False: a kill waits until no job is between its claim and its instance recorded (a kill there rents the job a
+    second instance today, the first one left behind); the benchmark kills anywhere."""
     bound_s: float = BOUND_S
 
 
@@ -352,6 +355,10 @@ def _inject(sim: Simulator, kind: str, jobs: list[Job], rng: random.Random) -> s
     return duration
 
 
+def _may_kill(plan: Plan, jobs: list[Job]) -> bool:
+    return plan.kill_while_creating or all(job.status is not JobStatus.CREATING for job in jobs)
+
+
 def _seen_gone(store: SqliteStore) -> bool:
     """The watcher saw every instance it ever saw vanish (so the ledger closed every interval)."""
     events = store.events()
@@ -437,8 +444,8 @@ def run(plan: Plan, *, keep: Path | None = None) -> Outcome:
                 current = jobs_repo.list()
                 while schedule and schedule[0][0] <= now:
                     _, kind = schedule.pop(0)
-                    if kind == "kill" and restart_at is not None:
-                        schedule.append((restart_at + 5.0, kind))  # down already: kill the next one
+                    if kind == "kill" and (restart_at is not None or not _may_kill(plan, current)):
+                        schedule.append(((restart_at or now) + 5.0, kind))  # down already: kill the next one
                         schedule.sort()
                     elif kind == "kill":
                         watcher.kill()
