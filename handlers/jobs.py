@@ -16,15 +16,19 @@ own (a module that does not import) fails the job with cause ``job_error``: no s
 replacement instance under the same label (rented by the recovery handler after a preemption) takes the job
 over: the input is uploaded again, the checkpoint dir restored from its local copy, the command run again. The
 monitor is a daemon whose phase is checkpointed, so a watcher restart resumes it where it was.
+
+Events are the fast path; the reconcile pass (each cycle and at every start) is the guarantee: it compares each
+unfinished job with the latest snapshot and acts on the difference (see :meth:`JobsHandler.reconcile`).
 """
 
 from __future__ import annotations
 
 import re
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from vastevents import (
+    ApiError,
     Cause,
     Context,
     Duration,
@@ -38,7 +42,13 @@ from vastevents import (
     Jobs,
     JobSpec,
     JobStatus,
+    NoSuchAsk,
+    NotOwned,
+    Recoveries,
+    Recovery,
+    RecoveryStatus,
     SshTarget,
+    State,
     TemporaryError,
     Terms,
     daemon,
@@ -53,12 +63,34 @@ _JOB_LABEL = re.compile(r":job-(\d+)$")
 _EARLY = 60.0
 _PRICE_TOLERANCE = 0.01
 """How far an instance's billed $/h may be from its offer's before the job says so."""
-_STALE = 600.0
-"""Seconds after which a job winding down with its instance gone is taken to be a dead watcher's."""
+_ALIVE = (State.SCHEDULING, State.CREATED, State.LOADING, State.RUNNING, State.REBOOTING)
+"""States of an instance that is, or is becoming, the job's host."""
+_DEAD = (State.EXITED, State.STOPPED)
+_RETRY_FIRST = 5.0
+_RETRY_MAX = 30.0
+"""The backoff of a claim released after its search or create failed on the API: 5 s, doubling, at most 30 s."""
+_RESUMES = 3
+"""How many times a command that vanished (a host flap killed it) is started again on its host."""
 
 
-def _older(at: datetime | None, now: datetime) -> bool:
-    return at is None or (now - at).total_seconds() > _STALE
+def _transient(exc: Exception) -> bool:
+    """An API failure that says nothing about the offer (5xx, 429, no answer): retry the claim later."""
+    if isinstance(exc, NoSuchAsk | NotOwned):
+        return False
+    if isinstance(exc, ApiError):
+        return exc.status_code is None or exc.status_code == 429 or exc.status_code >= 500
+    return isinstance(exc, OSError | TimeoutError) or type(exc).__module__.startswith("httpx")
+
+
+def _recovery_configured(ctx: Context) -> bool:
+    """Whether a recovery handler replaces this watcher's dead instances (else the jobs handler rents again)."""
+    return any(h.use.split(":")[-1] in ("recovery", "RecoveryHandler") for h in ctx.config.handlers.values())
+
+
+def _recovery_failed(job: Job, ctx: Context) -> Recovery | None:
+    """The last recovery of the job's lineage (its label), if it gave up."""
+    lineage = ctx.store.repository(Recoveries).lineage(job.label)
+    return lineage[-1] if lineage and lineage[-1].status is RecoveryStatus.FAILED else None
 
 
 def local_spec(job: Job, ctx: Context) -> JobSpec:
@@ -92,24 +124,125 @@ class JobsHandler(Handler[JobsOptions]):
         super().__init__(options)
         self._launching: set[int] = set()
         """Jobs this process is renting for right now (a ``creating`` job not here was left by a dead watcher)."""
+        self._running: set[int] = set()
+        """Jobs whose daemon runs in this process right now."""
 
     # --- renting ------------------------------------------------------------------------------------------
 
-    @every("15s")
-    async def launch_pending(self, ctx: Context) -> None:
-        """Claim and rent for every pending job (new ones, submitted ones, ones whose offer was dropped); a claim
-        whose watcher died before it rented anything goes back to pending first."""
+    @every("5s", at_start=True)
+    async def reconcile(self, ctx: Context) -> None:
+        """The level-triggered pass, each cycle and at every start: each unfinished job is compared with what the
+        latest snapshot shows and moved on whatever events were missed (cancelled on request, a dead watcher's
+        claim released or its rental adopted, a replacement adopted, a dead instance's job recovered, a job with
+        no daemon resumed, a crash's winding down settled), then every pending job that is due is claimed."""
         jobs = ctx.store.repository(Jobs)
-        now = ctx.clock.now()
-        labels = {instance.label for instance in ctx.store.load_snapshot().instances() if instance.label}
+        by_label: dict[str, list[Instance]] = {}
+        for instance in ctx.store.load_snapshot().instances():
+            if instance.label:
+                by_label.setdefault(instance.label, []).append(instance)
+        with_daemon = {row.instance_id for row in ctx.store.effects.daemons() if row.handler == ctx.handler}
         for job in jobs.list(unfinished=True):
-            if job.status == JobStatus.CREATING and job.id not in self._launching and job.label not in labels:
+            if job.id in self._launching:
+                continue
+            if job.cancel_requested_at is not None:
+                await self.cancel(job, ctx)
+            else:
+                await self._reconcile(job, by_label.get(job.label, []), with_daemon, ctx)
+        while (claimed := jobs.claim(ctx.clock.now())) is not None:
+            await self.launch(claimed, ctx)
+
+    async def _reconcile(self, job: Job, instances: list[Instance], with_daemon: set[int], ctx: Context) -> None:
+        jobs = ctx.store.repository(Jobs)
+        live = [i for i in instances if i.state in _ALIVE]
+        current = next((i for i in instances if i.id == job.instance_id), None)
+        if job.status == JobStatus.CREATING:
+            if (rented := await self._rented_for(job, ctx)) is not None:  # a dead watcher's create went through
+                ctx.logger.warning("job %d: adopting instance %d its claim rented", job.id, rented.id)
+                jobs.update(job.id, status=JobStatus.LOADING, instance_id=rented.id)
+            else:
                 jobs.release(job.id)
                 ctx.logger.warning("job %d: its claim was never rented for; pending again", job.id)
-            elif job.status == JobStatus.COLLECTING and job.label not in labels and _older(job.finished_at, now):
+            return
+        if job.status == JobStatus.PENDING:
+            return
+        if current is not None and current.state in _ALIVE:
+            if current.state is State.RUNNING and current.id not in with_daemon and job.id not in self._running:
+                ctx.logger.info("job %d: no daemon follows instance %d; resuming it", job.id, current.id)
+                await ctx.spawn(self.run_job, current, self._resume_state(job))
+            return
+        if current is not None and current.state is State.OFFLINE:
+            return  # back soon, or offline_too_long (recovery) says otherwise
+        if job.status == JobStatus.COLLECTING:
+            if job.id not in self._running and not live:
+                if current is not None:
+                    await ctx.destroy(current)
                 self.settle(job, ctx)
-        while (claimed := jobs.claim(now)) is not None:
-            await self.launch(claimed, ctx)
+            return
+        await self._instance_dead(job, ctx)
+
+    async def _instance_dead(self, job: Job, ctx: Context) -> None:
+        """The snapshot shows the job's instance gone, exited or stopped. Checked on the API (the snapshot may
+        predate a rental): a live instance under the job's label (a replacement, whether or not its running was
+        seen) takes the job over; else recovery replaces it when configured (until it gives up), else the
+        instance is destroyed and the job rented again on its next offer."""
+        jobs = ctx.store.repository(Jobs)
+        instance = await ctx.client.get_instance(job.instance_id) if job.instance_id is not None else None
+        if instance is not None and instance.state not in _DEAD:
+            return
+        live = [i for i in await self._under_label(job, ctx) if i.state in _ALIVE]
+        if live:
+            new = max(live, key=lambda i: i.id)
+            ctx.logger.info("job %d moves from instance %s to %d", job.id, job.instance_id, new.id)
+            job = jobs.update(job.id, instance_id=new.id, status=JobStatus.LOADING)
+            if new.state is State.RUNNING:
+                await ctx.spawn(self.run_job, new, self._resume_state(job))
+            return
+        failed = _recovery_failed(job, ctx)
+        if failed is not None:
+            if instance is not None:
+                await ctx.destroy(instance)
+            await self.give_up(job, f"recovery failed: {failed.reason}", failed.cause or Cause.PREEMPTED, ctx)
+            return
+        if _recovery_configured(ctx):
+            return  # recovery replaces it (its own reconcile pass sees the dead instance)
+        what = f"instance {job.instance_id} {instance.actual_status if instance is not None else 'gone'}"
+        ctx.logger.warning("job %d: %s; renting its next offer", job.id, what)
+        if instance is not None:
+            await ctx.destroy(instance)
+        await self.relaunch(job, f"{what}: rented again", ctx)
+
+    def _resume_state(self, job: Job) -> dict[str, Any]:
+        """Where the job's daemon on a (new) instance starts: the collect of a job winding down, else the connect,
+        resuming from the checkpoint once the command ran somewhere (the marker on the host keeps a command that
+        still runs, or ended, from being started again)."""
+        if job.status == JobStatus.COLLECTING:
+            return {"job": job.id, "phase": JobPhase.COLLECT, "exit_code": job.exit_code}
+        return {"job": job.id, "phase": JobPhase.CONNECT, "resume": job.attempts > 0}
+
+    async def _under_label(self, job: Job, ctx: Context) -> list[Instance]:
+        return [i for i in await ctx.client.list_instances() if i.label == job.label]
+
+    async def _rented_for(self, job: Job, ctx: Context) -> Instance | None:
+        """A live instance under a claimed job's label, as the API lists it now (a create the snapshot missed)."""
+        live = [i for i in await self._under_label(job, ctx) if i.state in _ALIVE]
+        return max(live, key=lambda i: i.id) if live else None
+
+    async def cancel(self, job: Job, ctx: Context) -> None:
+        """Carry out a cancel request: destroy what the job rented (by label too), then ``cancelled`` with
+        ``job_failed`` (cause ``cancelled``) journaled so notifiers hear it ended. A destroy that fails is tried
+        again next cycle."""
+        jobs = ctx.store.repository(Jobs)
+        ids = {i.id for i in await self._under_label(job, ctx)} | ({job.instance_id} if job.instance_id else set())
+        destroyed = True
+        for instance_id in sorted(ids):
+            destroyed = await jobs_remote.destroy(ctx, instance_id) and destroyed
+        jobs.update(job.id, status=JobStatus.CANCELLED, finished_at=ctx.clock.now(), cause=Cause.CANCELLED,
+                    destroyed=destroyed)  # fmt: skip
+        jobs.add_error(job.id, "cancelled on request: everything the job rented was destroyed")
+        detail = f"job {job.id} cancelled ({job.status} when asked)"
+        await ctx.emit("job_failed", detail=detail, cause=Cause.CANCELLED, key=f"job-{job.id}-end")
+        await jobs_remote.release_volumes(ctx, job)
+        ctx.logger.warning("job %d: cancelled on request", job.id)
 
     @every("1m")
     async def release_volumes(self, ctx: Context) -> None:
@@ -149,7 +282,13 @@ class JobsHandler(Handler[JobsOptions]):
             await self.give_up(job, refused, Cause.JOB_ERROR, ctx)
             return
         if not job.offers:
-            chosen = await self._choose(job, spec, ctx)
+            try:
+                chosen = await self._choose(job, spec, ctx)
+            except Exception as exc:
+                if not _transient(exc):
+                    raise
+                self._retry_later(job, f"the offer search failed: {exc}", ctx)
+                return
             if chosen is None:
                 return
             job = chosen
@@ -166,6 +305,10 @@ class JobsHandler(Handler[JobsOptions]):
                 volume = await spec.volume_mount(ctx.client, job.label, ask)
                 instance_id = await ctx.create(spec.rental(ask, label=job.label, price=price, volume=volume))
             except Exception as exc:
+                if _transient(exc):
+                    jobs.update(job.id, tried=tried[:-1])  # the offer is not at fault: it stays to try
+                    self._retry_later(job, f"renting offer {ask} failed: {exc}", ctx)
+                    return
                 jobs.add_error(job.id, f"offer {ask}: {type(exc).__name__}: {exc}")
                 continue
             jobs.update(job.id, status=JobStatus.LOADING, instance_id=instance_id)
@@ -174,6 +317,15 @@ class JobsHandler(Handler[JobsOptions]):
                 return
         reason = f"no offer could be rented (tried {len(tried)} of {len(job.offers)}, at most {spec.max_offers})"
         await self.give_up(jobs.add_error(job.id, reason), reason, Cause.CAPACITY, ctx)
+
+    def _retry_later(self, job: Job, reason: str, ctx: Context) -> None:
+        """Give a claim back at once after an API failure, claimable again after a backoff (5 s doubling, at
+        most 30 s), so a storm delays the job by at most 30 s after it ends."""
+        delay = min(_RETRY_MAX, _RETRY_FIRST * 2 ** min(job.failures, 8))
+        jobs = ctx.store.repository(Jobs)
+        jobs.add_error(job.id, reason)
+        jobs.release(job.id, ctx.clock.now() + timedelta(seconds=delay), failed=True)
+        ctx.logger.warning("job %d: %s; trying again in %gs", job.id, reason, delay)
 
     async def _choose(self, job: Job, spec: JobSpec, ctx: Context) -> Job | None:
         """A submitted job's offers, ranked as ``run`` ranks them (``[jobs] choose``) with the terms each is rented
@@ -232,9 +384,13 @@ class JobsHandler(Handler[JobsOptions]):
         """Destroy a bad offer's instance and rent the next offer."""
         jobs = ctx.store.repository(Jobs)
         ctx.logger.warning("job %d: dropping instance %d: %s", job.id, instance.id, reason)
-        jobs.update(job.id, status=JobStatus.CREATING, instance_id=None)  # first: its `vanished` is no longer the job's
-        await ctx.destroy(instance)
-        await jobs_remote.release_volumes(ctx, job, ending=False)  # the next offer's machine gets its own
+        self._launching.add(job.id)  # the reconcile pass must not adopt the instance being dropped
+        try:
+            jobs.update(job.id, status=JobStatus.CREATING, instance_id=None)  # first: its `vanished` is not the job's
+            await ctx.destroy(instance)
+            await jobs_remote.release_volumes(ctx, job, ending=False)  # the next offer's machine gets its own
+        finally:
+            self._launching.discard(job.id)
         await self.relaunch(job, f"instance {instance.id} (machine {instance.machine_id}) dropped: {reason}", ctx)
 
     # --- the instance's life ------------------------------------------------------------------------------
@@ -258,10 +414,10 @@ class JobsHandler(Handler[JobsOptions]):
             if not ours:
                 # A replacement under the job's label (after a preemption): it takes the job over.
                 ctx.logger.info("job %d moves from instance %s to %d", job.id, job.instance_id, instance.id)
-                jobs.update(job.id, instance_id=instance.id, status=JobStatus.LOADING)
-                await ctx.spawn(self.run_job, instance, {"job": job.id, "phase": JobPhase.CONNECT, "resume": True})
+                job = jobs.update(job.id, instance_id=instance.id, status=JobStatus.LOADING)
+                await ctx.spawn(self.run_job, instance, self._resume_state(job))
             elif job.status in (JobStatus.LOADING, JobStatus.CREATING):
-                await ctx.spawn(self.run_job, instance, {"job": job.id, "phase": JobPhase.CONNECT, "resume": False})
+                await ctx.spawn(self.run_job, instance, self._resume_state(job))
         elif ours and job.status == JobStatus.LOADING and instance.actual_status in ("exited", "offline", "stopped"):
             await self.drop_offer(job, instance, f"{instance.actual_status} before running", ctx)
 
@@ -278,6 +434,7 @@ class JobsHandler(Handler[JobsOptions]):
         instance = await ctx.client.get_instance(instance_id)
         if instance is None:
             return
+        self._running.add(job.id)
         try:
             await self._phases(job, instance, state, ctx)
         except TemporaryError:
@@ -288,6 +445,8 @@ class JobsHandler(Handler[JobsOptions]):
             reason = f"error: {type(exc).__name__}: {exc}"
             jobs.add_error(job.id, reason)
             await self.fail_and_destroy(job, instance, reason, Cause.JOB_ERROR, f"job-{job.id}-end", ctx)
+        finally:
+            self._running.discard(job.id)
 
     async def _phases(self, job: Job, instance: Instance, state: dict[str, Any], ctx: Context) -> None:
         jobs = ctx.store.repository(Jobs)
@@ -307,25 +466,20 @@ class JobsHandler(Handler[JobsOptions]):
         if state["phase"] == JobPhase.UPLOAD:
             await jobs_remote.upload_inputs(ctx, target, spec, job, resume=bool(state.get("resume")))
             state = self._next(state, JobPhase.START, ctx)
-        if state["phase"] == JobPhase.START:
-            pid = await jobs_remote.start(ctx, target, spec)
-            now = ctx.clock.now()
-            job = jobs.update(
-                job.id,
-                status=JobStatus.RUNNING,
-                started_at=job.started_at or now,
-                attempts=job.attempts + 1,
-                gpu_name=instance.gpu_name,
-                dph_total=instance.dph_total,
-            )
-            detail = f"job {job.id} pid {pid} on {instance.gpu_name or 'a GPU'} (attempt {job.attempts})"
-            await ctx.emit("job_started", instance=instance, detail=detail, key=f"job-{job.id}-start-{instance_id}")
-            state = self._next(state, JobPhase.MONITOR, ctx, pid=pid, started=now.isoformat(), synced=now.isoformat())
-        if state["phase"] == JobPhase.MONITOR:
+        while state["phase"] in (JobPhase.START, JobPhase.MONITOR):
+            if state["phase"] == JobPhase.START:
+                job, state = await self._start(job, instance, target, spec, state, ctx)
             outcome = await self._monitor(job, instance, target, spec, state, ctx)
             if outcome is None:
                 return
             exit_code, reason = outcome
+            resumes = int(state.get("resumes", 0))
+            if exit_code is None and resumes < _RESUMES:  # killed with its host (a flap): from its checkpoint
+                note = f"{reason}; started again on instance {instance_id} ({resumes + 1} of {_RESUMES})"
+                ctx.logger.warning("job %d: %s", job.id, note)
+                jobs.add_error(job.id, note)
+                state = self._next(state, JobPhase.START, ctx, resumes=resumes + 1)
+                continue
             full = (
                 None if exit_code in (0, jobs_remote.KILLED) else await disk_full.evidence(ctx, target, spec, instance)
             )
@@ -343,6 +497,26 @@ class JobsHandler(Handler[JobsOptions]):
             state = self._next(state, JobPhase.COLLECT, ctx, exit_code=exit_code, reason=reason)
         if state["phase"] == JobPhase.COLLECT:
             await jobs_remote.collect(ctx, target, spec, jobs.get(job.id) or job, instance, state.get("exit_code"))
+
+    async def _start(
+        self, job: Job, instance: Instance, target: SshTarget, spec: JobSpec, state: dict[str, Any], ctx: Context
+    ) -> tuple[Job, dict[str, Any]]:
+        """Start the command (unless the host's marker shows it started already), record it, move to monitor."""
+        pid, fresh = await jobs_remote.start(ctx, target, spec)
+        now = ctx.clock.now()
+        job = ctx.store.repository(Jobs).update(
+            job.id,
+            status=JobStatus.RUNNING,
+            started_at=job.started_at or now,
+            attempts=job.attempts + 1 if fresh else max(job.attempts, 1),
+            gpu_name=instance.gpu_name,
+            dph_total=instance.dph_total,
+        )
+        resumes = int(state.get("resumes", 0))
+        detail = f"job {job.id} pid {pid} on {instance.gpu_name or 'a GPU'} (attempt {job.attempts})"
+        key = f"job-{job.id}-start-{instance.id}" + (f"-{resumes}" if resumes else "")
+        await ctx.emit("job_started", instance=instance, detail=detail, key=key)
+        return job, self._next(state, JobPhase.MONITOR, ctx, pid=pid, started=now.isoformat(), synced=now.isoformat())
 
     def _next(self, state: dict[str, Any], phase: JobPhase, ctx: Context, **more: Any) -> dict[str, Any]:
         state = {**state, **more, "phase": phase}

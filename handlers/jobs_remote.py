@@ -121,18 +121,24 @@ def checkpoint_copy(spec: JobSpec) -> Path | None:
     return spec.out / Path(spec.checkpoint_dir).name if spec.checkpoint_dir else None
 
 
-async def start(ctx: Context, target: SshTarget, spec: JobSpec) -> int:
-    """Start the command under nohup in its own session; its PID. The wrapper records the exit code."""
+async def start(ctx: Context, target: SshTarget, spec: JobSpec) -> tuple[int, bool]:
+    """Start the command under nohup in its own session: its PID, and whether it was started now. The PID file is
+    the marker checked first: a command that still runs, or ended (its exit code written), is never started a
+    second time (a watcher killed between starting it and checkpointing that it did); one that vanished
+    without an exit code (a host flap killed it) is started again. The wrapper records the exit code."""
     wrapper = f"sh -c {quote(spec.cmd)}; echo $? > {CONTROL}/exit"
     command = (
-        f"cd {quote(spec.workdir)} && rm -f {CONTROL}/exit && "
+        f"cd {quote(spec.workdir)} && mkdir -p {CONTROL} && "
+        f'if [ -s {CONTROL}/pid ] && {{ [ -s {CONTROL}/exit ] || kill -0 "$(cat {CONTROL}/pid)" 2>/dev/null; }};'
+        f" then echo was $(cat {CONTROL}/pid); else rm -f {CONTROL}/exit && "
         f"(setsid nohup sh -c {quote(wrapper)} > {LOG} 2>&1 < /dev/null & echo $! > {CONTROL}/pid) && "
-        f"cat {CONTROL}/pid"
+        f"echo new $(cat {CONTROL}/pid); fi"
     )
     result = await ssh_edge(ctx).run(target, command)
-    if result.exit_code != 0 or not result.stdout.strip().isdigit():
+    words = result.stdout.split()
+    if result.exit_code != 0 or len(words) != 2 or words[0] not in ("was", "new") or not words[1].isdigit():
         raise RuntimeError(f"could not start the command: {result.stderr.strip() or result.stdout.strip()}")
-    return int(result.stdout.strip())
+    return int(words[1]), words[0] == "new"
 
 
 async def status(ctx: Context, target: SshTarget, spec: JobSpec, pid: int) -> tuple[int | None, str | None] | None:
@@ -214,10 +220,10 @@ async def retrieve(ctx: Context, target: SshTarget, spec: JobSpec, job: Job) -> 
     return job
 
 
-async def destroy(ctx: Context, instance: Instance) -> bool:
+async def destroy(ctx: Context, instance: Instance | int) -> bool:
     """Destroy and verify: True once the account no longer lists the instance as alive."""
     await ctx.destroy(instance)
-    still = await ctx.client.get_instance(instance.id)
+    still = await ctx.client.get_instance(instance.id if isinstance(instance, Instance) else instance)
     return still is None or still.actual_status in ("exited", "destroyed")
 
 

@@ -29,13 +29,14 @@ one exception: a preempted or outbid instance with a volume is replaced on the v
 linked (:mod:`.replacing`). Every
 step is idempotent: the recovery row is written before anything is rented, a create is recorded as an intent
 first, and before renting the account is searched for a replacement by label, so a redelivered event or a
-restart after a crash never rents twice.
+restart after a crash never rents twice. A reconcile pass (each cycle and at every start) covers the deaths no
+event told of: a job loading or running with nothing alive under its label gets its last instance recovered.
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Literal
 
 from pydantic import Field
@@ -53,6 +54,7 @@ from vastevents import (
     Instance,
     Jobs,
     JobSpec,
+    JobStatus,
     Kind,
     NoSuchAsk,
     Offer,
@@ -72,6 +74,7 @@ from vastevents import (
 from . import replacing
 
 Policy = Literal["replace", "wait", "rebid", "alert"]
+_ALIVE = (State.SCHEDULING, State.CREATED, State.LOADING, State.RUNNING, State.REBOOTING)
 
 
 class NoOffer(VastEventsError):
@@ -125,17 +128,23 @@ class RecoveryHandler(Handler[RecoveryOptions]):
         cause = _death_cause(event.name, instance)
         if cause is Cause.HOST_UNFIT:
             await self._strike(ctx, instance, f"{event.name}: {event.detail}" if event.detail else event.name, event)
-        policy = self._policy(event, instance)
+        await self._open(instance, cause, event.detail or event.name, self._policy(event.name, instance), event.at, ctx)
+
+    async def _open(
+        self, instance: Instance, cause: Cause, reason: str, policy: Policy, at: datetime, ctx: Context
+    ) -> None:
+        """Write the recovery of a dead instance (before anything is rented) and act on it as `policy` says."""
+        recoveries = ctx.store.repository(Recoveries)
         record = Recovery(
             dead_id=instance.id,
-            label=instance.label,
+            label=instance.label or "",
             cause=cause,
-            reason=event.detail or event.name,
+            reason=reason,
             status=RecoveryStatus.PENDING,
             failures=0,
             original=instance.model_dump(mode="json"),
             new_id=None,
-            started_at=event.at,
+            started_at=at,
             due_at=ctx.clock.now(),
         )
         if policy == "rebid" and not await self._rebid(instance, ctx):
@@ -144,13 +153,48 @@ class RecoveryHandler(Handler[RecoveryOptions]):
             status = RecoveryStatus.ALERTED if policy == "alert" else RecoveryStatus.WAITING
             due = ctx.clock.now() + timedelta(seconds=self.options.wait_timeout)
             waiting = Recovery(**{**vars(record), "status": status, "due_at": due if policy != "alert" else None})
-            ctx.in_delivery(lambda conn: Recoveries.insert(conn, waiting))
+            if ctx.event is not None:
+                ctx.in_delivery(lambda conn: Recoveries.insert(conn, waiting))
+            else:
+                recoveries.open(waiting)
             if policy == "alert":
-                await ctx.notify(f"instance {instance.id} ({instance.label}) {event.name}: {record.reason}")
+                await ctx.notify(f"instance {instance.id} ({instance.label}): {reason}")
             return
         recoveries.open(record)  # before anything is rented
         if recoveries.claim(instance.id, RecoveryStatus.PENDING):
             await self._attempt(record, ctx)
+
+    @every("5s", at_start=True)
+    async def reconcile(self, ctx: Context) -> None:
+        """The level-triggered pass, each cycle and at every start: a job loading or running with nothing alive
+        under its label and no recovery for its last instance (its death was never seen as ``preempted``: it
+        happened while the watcher was down, or before a replacement was seen running) gets one now."""
+        recoveries = ctx.store.repository(Recoveries)
+        seen: dict[str, list[Instance]] = {}
+        for instance in ctx.store.load_snapshot().instances():
+            seen.setdefault(instance.label or "", []).append(instance)
+        for job in ctx.store.repository(Jobs).list(unfinished=True):
+            if job.status not in (JobStatus.LOADING, JobStatus.RUNNING):
+                continue
+            if any(i.state in _ALIVE for i in seen.get(job.label, [])):
+                continue
+            lineage = recoveries.lineage(job.label)
+            last = max({job.instance_id or 0, *(r.new_id or 0 for r in lineage)})
+            if last == 0 or recoveries.get(last) is not None:
+                continue  # nothing rented yet, or its recovery is under way (or over)
+            dead = await ctx.client.get_instance(last)
+            if dead is not None and (dead.state in _ALIVE or dead.state is State.OFFLINE):
+                continue  # rented since the snapshot, or offline (offline_too_long tells when it is dead)
+            if dead is None:  # gone: what it was, from the snapshot, else from what it replaced
+                dead = next((i for i in seen.get(job.label, []) if i.id == last), None)
+            if dead is None and lineage:
+                dead = Instance.model_validate({**lineage[-1].original, "id": last, "actual_status": "exited"})
+            if dead is None or not ctx.owns(dead):
+                continue
+            cause = Cause.OUTBID if dead.is_bid else Cause.PREEMPTED
+            why = f"{dead.actual_status or 'gone'}, its end not seen as it happened"
+            ctx.logger.warning("instance %d of %s is %s: recovering it", last, job.label, why)
+            await self._open(dead, cause, why, self._policy("preempted", dead), ctx.clock.now(), ctx)
 
     @on("host_flap")
     async def flapped(self, event: Event, ctx: Context) -> None:
@@ -180,8 +224,8 @@ class RecoveryHandler(Handler[RecoveryOptions]):
 
     # --- policy ----------------------------------------------------------------------------------------------
 
-    def _policy(self, event: Event, instance: Instance) -> Policy:
-        if event.name != "preempted":
+    def _policy(self, event: str, instance: Instance) -> Policy:
+        if event != "preempted":
             return "replace"
         if self.options.on_preempt is not None:
             return self.options.on_preempt
@@ -234,6 +278,10 @@ class RecoveryHandler(Handler[RecoveryOptions]):
 
     async def _replace(self, record: Recovery, ctx: Context) -> None:
         recoveries = ctx.store.repository(Recoveries)
+        job = ctx.store.repository(Jobs).by_label(record.label)
+        if job is not None and job.done:  # cancelled (or ended) meanwhile: nothing to replace it for
+            recoveries.update(record.dead_id, RecoveryStatus.FAILED, reason=f"its job ended ({job.status})")
+            return
         lineage = recoveries.lineage(record.label)
         dead_ids = {r.dead_id for r in lineage}
         live = await ctx.client.list_instances()

@@ -18,8 +18,10 @@ import pytest
 from sshkit import USER, needs_openssh
 from test_team import Lines, wait_until
 
+from vastevents import Cause
 from vastevents.clock import ManualClock
 from vastevents.sim import Simulator
+from vastevents.store import SqliteStore
 
 pytestmark = [pytest.mark.ssh, needs_openssh]
 
@@ -138,6 +140,9 @@ def test_sigterm_during_the_job_destroys_it_and_exits_130(sim: Simulator, tmp_pa
     assert proc.returncode == 130, err
     report = json.loads(out.strip().splitlines()[-1])
     assert report["destroyed"] is True and any("interrupted" in e for e in report["errors"])
+    with SqliteStore(tmp_path / "state.db") as store:
+        ended = [(e.name, e.cause) for e in store.events() if e.name.startswith("job_")]
+    assert ended == [("job_started", None), ("job_failed", Cause.CANCELLED)], "notifiers hear it ended"
 
 
 def _events(tmp_path: Path) -> bytes:

@@ -30,13 +30,14 @@ from vastevents.cli._submit import follow as follow_job
 from vastevents.cli._submit import submit as queue_job
 from vastevents.config import Config, HandlerConfig, load_config
 from vastevents.errors import ConfigError, VastEventsError
+from vastevents.events import Cause
 from vastevents.jobspec import DEFAULT_QUERY, JobSpec, load_spec
 from vastevents.labels import job_label_prefix
 from vastevents.plugins import load_handlers
 from vastevents.ports import SshTarget
 from vastevents.runtime import Runtime
 from vastevents.ssh import ParamikoSsh
-from vastevents.store import Job, Jobs, Terms
+from vastevents.store import Job, Jobs, JobStatus, Terms
 
 JOBS_HANDLER = "jobs"
 SHOWN = 5
@@ -337,11 +338,12 @@ async def _read_log(runtime: Runtime, job: Job, spec: JobSpec, offset: int) -> s
 
 
 async def _cancel(runtime: Runtime, handler: str, jobs: Jobs, job_id: int, err: Console) -> None:
-    """Destroy whatever the job rented (found by its label too) and mark it cancelled."""
+    """Destroy whatever the job rented (found by its label too), mark it cancelled and journal ``job_failed``
+    with cause ``cancelled``, so notifiers hear that it ended."""
     job = jobs.get(job_id)
     if job is None or job.done:
         return
-    context = runtime.context.bound(handler, ())
+    context = runtime.context.bound(handler, ("job_failed",))
     destroyed = True
     for instance in await runtime.client.list_instances():
         if instance.label == job.label or instance.id == job.instance_id:
@@ -351,8 +353,11 @@ async def _cancel(runtime: Runtime, handler: str, jobs: Jobs, job_id: int, err: 
         await JobSpec.model_validate(job.spec).release_volumes(context, job.label)
     except Exception as exc:  # the job is cancelled all the same; the volume is listed by `vastevents volumes`
         err.print(f"job {job_id}: could not delete its volume: {exc}")
-    jobs.update(job_id, status="cancelled", finished_at=runtime.clock.now(), destroyed=destroyed)
+    jobs.update(job_id, status=JobStatus.CANCELLED, finished_at=runtime.clock.now(), destroyed=destroyed,
+                cause=Cause.CANCELLED)  # fmt: skip
     jobs.add_error(job_id, "interrupted: everything the job rented was destroyed")
+    detail = f"job {job_id} interrupted ({job.status} then)"
+    await context.emit("job_failed", detail=detail, cause=Cause.CANCELLED, key=f"job-{job_id}-end")
     err.print(f"job {job_id} cancelled; destroyed what it rented")
 
 

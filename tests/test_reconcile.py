@@ -1,0 +1,248 @@
+"""The level-triggered passes of the jobs and recovery handlers: each test reproduces a missed edge or a fault
+(the watcher stopped while the world changed, a storm, a flap, a kill at the worst moment) and checks the outcome.
+
+The real runtime and SQLite store, the simulator over HTTP with real sshd hosts; "stopping the watcher" closes
+its runtime, as a killed process leaves its store, and a new runtime on the same store is the restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sshkit import USER, edge, keypair, needs_openssh, register
+
+from vastevents import Cause, Job, Jobs, JobStatus
+from vastevents.clock import ManualClock
+from vastevents.config import parse_config
+from vastevents.jobspec import JobSpec
+from vastevents.plugins import load_handlers
+from vastevents.runtime import Runtime
+from vastevents.sim import Simulator
+from vastevents.ssh import ParamikoSsh
+from vastevents.store import SqliteStore
+from vastevents.vast import VastClient
+
+pytestmark = [pytest.mark.ssh, needs_openssh]
+
+JOBS = """
+[vast]
+label_prefix = "vastevents"
+[handlers.jobs]
+use = "jobs"
+ssh_retry = "1s"
+poll_first = "1s"
+poll_every = "1s"
+"""
+RECOVERY = """
+[handlers.recovery]
+use = "recovery"
+on_preempt = "replace"
+min_reliability = 0.9
+"""
+CHECKPOINTED = (
+    "mkdir -p ckpt; if [ -f ckpt/state ]; then echo resumed > result.txt;"
+    " else echo 1 > ckpt/state; echo run >> ckpt/runs; sleep 600; fi"
+)
+"""A job that waits until it is started again from its checkpoint, then finishes."""
+
+
+@dataclass
+class World:
+    sim: Simulator
+    tmp: Path
+    ssh: ParamikoSsh
+    store_path: Path
+
+    def runtime(self, client: VastClient, more: str = "") -> Runtime:
+        config = parse_config(JOBS + more + f'[store]\npath = "{self.store_path}"\n')
+        return Runtime(
+            config,
+            client=client,
+            store=SqliteStore(self.store_path),
+            clock=self.sim.clock,
+            handlers=load_handlers(config),
+            ssh=self.ssh,
+        )
+
+    def offers(self, count: int = 3) -> list[int]:
+        with self.sim.world() as world:
+            rows = sorted(world.search({}), key=lambda r: r["dph_total"])
+        return [int(row["id"]) for row in rows[:count]]
+
+    def spec(self, **fields: object) -> dict[str, object]:
+        base: dict[str, object] = {"image": "pytorch/pytorch", "ssh_user": USER, "out": str(self.tmp / "out")}
+        return {**base, **fields}
+
+    @property
+    def results(self) -> Path:
+        return self.tmp / "out"
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[World]:
+    key = keypair(tmp_path)
+    with Simulator(clock=ManualClock(), ssh=True) as sim:
+        register(sim, key)
+        ssh = edge(tmp_path, key)
+        try:
+            yield World(sim, tmp_path, ssh, tmp_path / "state.db")
+        finally:
+            ssh.close()
+            assert sim.instance_count() == 0, "every test ends with nothing rented"
+
+
+@pytest.fixture
+async def client(world: World) -> AsyncIterator[VastClient]:
+    async with VastClient(world.sim.api_key, world.sim.url, max_attempts=1) as vast:
+        yield vast
+
+
+def submit(rt: Runtime, spec: dict[str, object], offers: list[int]) -> Job:
+    checked = JobSpec.model_validate(spec).to_json()
+    return rt.store.repository(Jobs).submit(checked, offers, "vastevents", rt.clock.now())
+
+
+async def until(
+    rt: Runtime,
+    world: World,
+    job_id: int,
+    done: Callable[[Job], bool] | None = None,
+    *,
+    step: float = 15,
+    cycles: int = 200,
+) -> Job:
+    """Poll, `step` simulated seconds a cycle, until the job ends (or `done(job)` holds); bounded in cycles and in
+    real time (the job runs for real on the sshd host)."""
+    jobs = rt.store.repository(Jobs)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 60
+    for cycle in range(cycles):
+        await rt.poll_once(all_periodic=cycle == 0)
+        job = jobs.get(job_id)
+        assert job is not None
+        if (done is None and job.done) or (done is not None and done(job)):
+            return job
+        assert loop.time() < deadline, f"job {job_id} still {job.status} after 60 s"
+        world.sim.advance(step)
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"job {job_id} still {jobs.get(job_id)} after {cycles} cycles")
+
+
+async def checkpointed(rt: Runtime, world: World, job_id: int) -> Job:
+    """Until the job runs and its checkpoint was synced back (so a restart has something to resume from)."""
+    await until(rt, world, job_id, lambda j: j.status == JobStatus.RUNNING)
+    return await until(rt, world, job_id, lambda j: (world.results / "ckpt" / "state").exists(), step=1)
+
+
+async def test_a_replacement_outbid_while_the_watcher_is_stopped_is_recovered_and_the_job_finishes(
+    world: World, client: VastClient
+) -> None:
+    spec = world.spec(cmd=CHECKPOINTED, download=["result.txt"], checkpoint_dir="ckpt", checkpoint_every=1, bid=1.0)
+    async with world.runtime(client, RECOVERY) as rt:
+        job = submit(rt, spec, world.offers())
+        first = await checkpointed(rt, world, job.id)
+        assert first.instance_id is not None
+        world.sim.preempt(first.instance_id)  # outbid: the recovery handler rents a replacement at once
+        await until(rt, world, job.id, lambda j: any(e.name == "recovered" for e in rt.store.events()), step=1)
+    (recovered,) = [e for e in SqliteStore(world.store_path).events() if e.name == "recovered"]
+    replacement = recovered.instance_id
+    assert replacement is not None and world.sim.instance(replacement) is not None
+    world.sim.advance(300)  # while no watcher runs, the replacement loads, runs ...
+    assert world.sim.instance(replacement)["actual_status"] == "running"  # type: ignore[index]
+    world.sim.preempt(replacement)  # ... and is outbid: nobody saw it running, nobody sees `preempted`
+    async with world.runtime(client, RECOVERY) as rt:
+        job = await until(rt, world, job.id)
+    assert (job.status, job.exit_code, job.destroyed) == (JobStatus.FINISHED, 0, True), job.errors
+    assert job.instance_id not in (first.instance_id, replacement)
+    assert (world.results / "result.txt").read_text() == "resumed\n", "resumed from the checkpoint"
+    assert (world.results / "ckpt" / "runs").read_text() == "run\n", "the first run was never started again"
+
+
+async def test_a_503_storm_at_submit_delays_the_rental_by_at_most_the_backoff_cap(
+    world: World, client: VastClient
+) -> None:
+    async with world.runtime(client) as rt:
+        job = submit(rt, world.spec(cmd="echo ok > ok.txt", download=["ok.txt"]), [])  # searched by the watcher
+        storm_ends = world.sim.clock.now().timestamp() + 30
+        world.sim.apply("server_error", duration="30s")
+        rented = await until(rt, world, job.id, lambda j: j.instance_id is not None, step=1, cycles=120)
+        delay = world.sim.clock.now().timestamp() - storm_ends
+        assert rented.status != JobStatus.FAILED and rented.failures >= 1, rented
+        assert 0 <= delay <= 30, f"rented {delay:.0f} s after the storm ended"
+        job = await until(rt, world, job.id)
+    assert job.status == JobStatus.FINISHED and (world.results / "ok.txt").read_text() == "ok\n"
+
+
+async def test_a_claim_left_by_a_killed_watcher_is_released_at_start(world: World, client: VastClient) -> None:
+    async with world.runtime(client) as rt:
+        job = submit(rt, world.spec(cmd="echo ok"), world.offers())
+        claimed = rt.store.repository(Jobs).claim(rt.clock.now())  # then killed before renting
+        assert claimed is not None and claimed.status == JobStatus.CREATING
+    async with world.runtime(client) as rt:
+        await rt.poll_once()
+        assert rt.store.repository(Jobs).get(job.id).status == JobStatus.LOADING  # type: ignore[union-attr]
+        job = await until(rt, world, job.id)
+    assert job.status == JobStatus.FINISHED
+
+
+async def test_a_flap_that_kills_the_process_resumes_it_from_its_checkpoint_on_the_same_host(
+    world: World, client: VastClient
+) -> None:
+    spec = world.spec(cmd=CHECKPOINTED, download=["result.txt"], checkpoint_dir="ckpt", checkpoint_every=1)
+    async with world.runtime(client) as rt:
+        job = submit(rt, spec, world.offers())
+        first = await checkpointed(rt, world, job.id)
+        world.sim.apply("offline", instance=first.instance_id)  # the host drops off: its processes die
+        await until(rt, world, job.id, lambda j: True, step=30)
+        world.sim.apply("online", instance=first.instance_id)
+        job = await until(rt, world, job.id, step=1)
+    assert (job.status, job.exit_code, job.instance_id) == (JobStatus.FINISHED, 0, first.instance_id), job.errors
+    assert (world.results / "result.txt").read_text() == "resumed\n"
+    assert any("started again" in error for error in job.errors)
+
+
+async def test_a_watcher_killed_between_starting_the_command_and_checkpointing_does_not_start_it_twice(
+    world: World, client: VastClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from vastevents_handlers import jobs_remote
+
+    real_start = jobs_remote.start
+    started = asyncio.Event()
+
+    async def start_then_die(ctx: Any, target: Any, spec: Any) -> tuple[int, bool]:
+        await real_start(ctx, target, spec)
+        started.set()
+        await asyncio.Event().wait()  # the watcher is killed here, before the monitor phase is checkpointed
+        raise AssertionError("unreachable")
+
+    monkeypatch.setattr(jobs_remote, "start", start_then_die)
+    spec = world.spec(cmd="echo run >> runs.txt; sleep 2", download=["runs.txt"])
+    async with world.runtime(client) as rt:
+        job = submit(rt, spec, world.offers())
+        await until(rt, world, job.id, lambda j: started.is_set(), step=5)
+    monkeypatch.setattr(jobs_remote, "start", real_start)
+    async with world.runtime(client) as rt:
+        job = await until(rt, world, job.id, step=1)
+    assert job.status == JobStatus.FINISHED and job.attempts == 1, job
+    assert (world.results / "runs.txt").read_text() == "run\n", "the command ran once"
+
+
+@pytest.mark.parametrize("when", [JobStatus.PENDING, JobStatus.RUNNING])
+async def test_a_cancel_request_destroys_what_the_job_rented_and_journals_cancelled(
+    world: World, client: VastClient, when: JobStatus
+) -> None:
+    async with world.runtime(client) as rt:
+        job = submit(rt, world.spec(cmd="sleep 600"), world.offers())
+        if when == JobStatus.RUNNING:
+            await until(rt, world, job.id, lambda j: j.status == JobStatus.RUNNING)
+        rt.store.repository(Jobs).request_cancel(job.id, rt.clock.now())
+        job = await until(rt, world, job.id, step=5)
+        failed = [e for e in rt.store.events() if e.name == "job_failed"]
+    assert (job.status, job.cause) == (JobStatus.CANCELLED, Cause.CANCELLED)
+    assert [e.cause for e in failed] == [Cause.CANCELLED]
+    assert world.sim.instance_count() == 0, "nothing left rented"
