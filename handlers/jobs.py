@@ -163,17 +163,17 @@ class JobsHandler(Handler[JobsOptions]):
                 jobs.release(job.id)
                 ctx.logger.warning("job %d: its claim was never rented for; pending again", job.id)
             return
-        if job.status == JobStatus.PENDING:
-            return
+        if job.status == JobStatus.PENDING or job.id in self._running:
+            return  # nothing rented yet, or its daemon is at work here (it may be renting again itself)
         if current is not None and current.state in _ALIVE:
-            if current.state is State.RUNNING and current.id not in with_daemon and job.id not in self._running:
+            if current.state is State.RUNNING and current.id not in with_daemon:
                 ctx.logger.info("job %d: no daemon follows instance %d; resuming it", job.id, current.id)
                 await ctx.spawn(self.run_job, current, self._resume_state(job))
             return
         if current is not None and current.state is State.OFFLINE:
             return  # back soon, or offline_too_long (recovery) says otherwise
         if job.status == JobStatus.COLLECTING:
-            if job.id not in self._running and not live:
+            if not live:
                 if current is not None:
                     await ctx.destroy(current)
                 self.settle(job, ctx)

@@ -62,7 +62,7 @@ async def invoke(
 ) -> Outcome:
     """Call ``func(*args)`` once and say how it went; never raises (but for cancellation).
 
-    `subject` names the handler (``"jobs (every 15s launch_pending)"``) and `where` what it was busy with
+    `subject` names the handler (``"jobs (every 5s reconcile)"``) and `where` what it was busy with
     (``" on #12 appeared"``): a failure reads ``"<subject> failed<where>: <why>"``. No `timeout` for daemons.
     """
     try:
