@@ -136,8 +136,12 @@ class JobsHandler(Handler[JobsOptions]):
         claim released or its rental adopted, a replacement adopted, a dead instance's job recovered, a job with
         no daemon resumed, a crash's winding down settled), then every pending job that is due is claimed."""
         jobs = ctx.store.repository(Jobs)
+        snapshot = ctx.store.load_snapshot()
+        grace = ctx.config.watch.preempt_grace + ctx.config.watch.interval
+        now = ctx.clock.now()
+        just_changed = {i for i, view in snapshot.views.items() if (now - view.since).total_seconds() < grace}
         by_label: dict[str, list[Instance]] = {}
-        for instance in ctx.store.load_snapshot().instances():
+        for instance in snapshot.instances():
             if instance.label:
                 by_label.setdefault(instance.label, []).append(instance)
         with_daemon = {row.instance_id for row in ctx.store.effects.daemons() if row.handler == ctx.handler}
@@ -147,11 +151,13 @@ class JobsHandler(Handler[JobsOptions]):
             if job.cancel_requested_at is not None:
                 await self.cancel(job, ctx)
             else:
-                await self._reconcile(job, by_label.get(job.label, []), with_daemon, ctx)
+                await self._reconcile(job, by_label.get(job.label, []), with_daemon, just_changed, ctx)
         while (claimed := jobs.claim(ctx.clock.now())) is not None:
             await self.launch(claimed, ctx)
 
-    async def _reconcile(self, job: Job, instances: list[Instance], with_daemon: set[int], ctx: Context) -> None:
+    async def _reconcile(
+        self, job: Job, instances: list[Instance], with_daemon: set[int], just_changed: set[int], ctx: Context
+    ) -> None:
         jobs = ctx.store.repository(Jobs)
         live = [i for i in instances if i.state in _ALIVE]
         current = next((i for i in instances if i.id == job.instance_id), None)
@@ -178,6 +184,8 @@ class JobsHandler(Handler[JobsOptions]):
                     await ctx.destroy(current)
                 self.settle(job, ctx)
             return
+        if current is not None and current.id in just_changed and job.status == JobStatus.RUNNING:
+            return  # seen down only just: it may come back (a bid resumed), ``preempted`` tells recovery first
         await self._instance_dead(job, ctx)
 
     async def _instance_dead(self, job: Job, ctx: Context) -> None:

@@ -170,8 +170,9 @@ class RecoveryHandler(Handler[RecoveryOptions]):
         under its label and no recovery for its last instance (its death was never seen as ``preempted``: it
         happened while the watcher was down, or before a replacement was seen running) gets one now."""
         recoveries = ctx.store.repository(Recoveries)
+        snapshot = ctx.store.load_snapshot()
         seen: dict[str, list[Instance]] = {}
-        for instance in ctx.store.load_snapshot().instances():
+        for instance in snapshot.instances():
             seen.setdefault(instance.label or "", []).append(instance)
         for job in ctx.store.repository(Jobs).list(unfinished=True):
             if job.status not in (JobStatus.LOADING, JobStatus.RUNNING):
@@ -182,6 +183,10 @@ class RecoveryHandler(Handler[RecoveryOptions]):
             last = max({job.instance_id or 0, *(r.new_id or 0 for r in lineage)})
             if last == 0 or recoveries.get(last) is not None:
                 continue  # nothing rented yet, or its recovery is under way (or over)
+            view = snapshot.get(last)
+            grace = ctx.config.watch.preempt_grace + ctx.config.watch.interval
+            if view is not None and (ctx.clock.now() - view.since).total_seconds() < grace:
+                continue  # seen dead only just: ``preempted`` (after preempt_grace) is the fast path; it may resume
             dead = await ctx.client.get_instance(last)
             if dead is not None and (dead.state in _ALIVE or dead.state is State.OFFLINE):
                 continue  # rented since the snapshot, or offline (offline_too_long tells when it is dead)
