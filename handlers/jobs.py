@@ -94,13 +94,16 @@ def _recovery_failed(job: Job, ctx: Context) -> Recovery | None:
 
 
 def local_spec(job: Job, ctx: Context) -> JobSpec:
-    """The spec as this machine runs it. A submitted job's upload is unpacked from the store, and a relative
-    ``out`` lands, under ``<state dir>/jobs/job-<id>/`` (whichever watcher leads when it runs)."""
+    """The spec as this machine runs it. Each job's results land in a directory of its own, ``<out>/job-<id>/``
+    (``run`` stores `out` absolute), so two jobs with one `out` never mix their logs and files. A submitted job's
+    upload is unpacked from the store, and a relative ``out`` lands, under ``<state dir>/jobs/job-<id>/``
+    (whichever watcher leads when it runs)."""
     spec = JobSpec.model_validate(job.spec)
+    own = f"job-{job.id}"
     if job.submitted_by is None:
-        return spec
-    home = ctx.config.store.resolved_path().parent / "jobs" / f"job-{job.id}"
-    changes: dict[str, Any] = {} if spec.out.is_absolute() else {"out": home / spec.out}
+        return spec.model_copy(update={"out": spec.out.expanduser().absolute() / own})
+    home = ctx.config.store.resolved_path().parent / "jobs" / own
+    changes: dict[str, Any] = {"out": spec.out / own} if spec.out.is_absolute() else {"out": home / spec.out}
     inputs = home / "input"
     if not inputs.is_dir() and (archive := ctx.store.repository(Jobs).inputs(job.id)) is not None:
         unpack_dir(archive, inputs)  # once per machine: each SSH retry and daemon restart reads the unpacked copy
@@ -519,6 +522,7 @@ class JobsHandler(Handler[JobsOptions]):
             attempts=job.attempts + 1 if fresh else max(job.attempts, 1),
             gpu_name=instance.gpu_name,
             dph_total=instance.dph_total,
+            results_dir=str(spec.out),
         )
         resumes = int(state.get("resumes", 0))
         detail = f"job {job.id} pid {pid} on {instance.gpu_name or 'a GPU'} (attempt {job.attempts})"

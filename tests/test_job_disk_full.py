@@ -43,7 +43,7 @@ async def test_a_full_disk_with_grow_brings_back_what_it_made_and_reruns_from_th
     disks = [e.instance.disk_space for e in events if e.name == "appeared" and e.instance is not None]
     assert disks == [10, 20], "the rerun rents twice the disk"
     assert job.spec["disk"] == 20 and job.spec["max_disk"] == 40, "four times the disk bounds every rerun"
-    out = world.tmp / "out"
+    out = world.tmp / "out" / f"job-{job.id}"
     assert (out / "result.txt").read_text() == "resumed at 1\n", "from the checkpoint the full disk left"
     assert (out / "partial.txt").read_text() == "partial\n", "what the failed run made came back"
     assert [e.instance_id for e in events if e.name == "job_started"] == [job.instance_id - 1, job.instance_id]
@@ -66,7 +66,7 @@ async def test_a_full_disk_without_grow_fails_with_its_cause_and_keeps_the_resul
     detail = failed[0].detail or ""
     assert "disk full on 10 GB (the host says: No space left on device" in detail
     assert 'on_disk_full = "grow"' in detail, "says what to do"
-    assert (world.tmp / "out" / "job.log").read_text() == "started\n"
+    assert (world.tmp / "out" / f"job-{job.id}" / "job.log").read_text() == "started\n"
 
 
 async def test_grow_stops_at_max_disk(world: World, client: VastClient) -> None:
@@ -75,8 +75,8 @@ async def test_grow_stops_at_max_disk(world: World, client: VastClient) -> None:
         failed = [e.detail or "" for e in rt.store.events() if e.name == "job_failed"]
     assert (job.status, job.cause, job.attempts) == ("failed", "disk_full", 1)
     assert len(failed) == 1 and "twice that is over max_disk 15 GB" in failed[0]
-    assert (world.tmp / "out" / "partial.txt").read_text() == "partial\n"
-    assert "No space left on device" in (world.tmp / "out" / "job.log").read_text()
+    assert (world.tmp / "out" / f"job-{job.id}" / "partial.txt").read_text() == "partial\n"
+    assert "No space left on device" in (world.tmp / "out" / f"job-{job.id}" / "job.log").read_text()
 
 
 def test_grow_doubles_the_disk_that_filled_up_once_however_often_asked_up_to_max_disk() -> None:

@@ -166,7 +166,9 @@ async def test_a_job_runs_from_a_template_with_its_checkpoints_on_a_volume_that_
         volume_id, machine = row["volume_info"][0]["id"], row["machine_id"]
         assert world.live_volumes() == [volume_id]
         assert await remote(world, client, first.instance_id, "cat job/ckpt/state") == "1\n"
-        assert not (world.tmp / "out" / "ckpt").exists(), "nothing synced here: the checkpoint is on the volume"
+        assert not (world.tmp / "out" / f"job-{job.id}" / "ckpt").exists(), (
+            "nothing synced here: the checkpoint is on the volume"
+        )
 
         world.sim.preempt(first.instance_id)  # the host takes the machine back, or a higher bid the GPUs
         job = await until(rt, world, job.id)
@@ -177,7 +179,7 @@ async def test_a_job_runs_from_a_template_with_its_checkpoints_on_a_volume_that_
     recovered = [e for e in events if e.name == "recovered"]
     assert len(recovered) == 1 and recovered[0].instance is not None
     assert recovered[0].instance.machine_id == machine, "back on the machine that holds the volume"
-    assert (world.tmp / "out" / "result.txt").read_text() == "resumed at 1 with hello, onstart ran\n"
+    assert (world.tmp / "out" / f"job-{job.id}" / "result.txt").read_text() == "resumed at 1 with hello, onstart ran\n"
     assert world.live_volumes() == [], "the volume the job made is deleted at its end"
     started = [e.instance_id for e in events if e.name == "job_started"]
     assert started == [first.instance_id, replacement]
@@ -198,7 +200,7 @@ async def test_when_the_volumes_machine_cannot_be_rented_the_replacement_goes_el
     spec = {"image": "pytorch/pytorch", "interruptible": False, "cmd": cmd, "download": ["result.txt"],
             "checkpoint_dir": "ckpt", "checkpoint_every": 1, "out": str(world.tmp / "out"),
             "volume": {"mount_path": "/root/ckpt", "size": 5}}  # fmt: skip
-    local = world.tmp / "out" / "ckpt" / "state"
+    local = world.tmp / "out" / "job-1" / "ckpt" / "state"  # the first job of the store
     async with world.runtime(client) as rt:
         job = submit(rt, spec)
         first = await until(rt, world, job.id, done="running")
@@ -216,7 +218,7 @@ async def test_when_the_volumes_machine_cannot_be_rented_the_replacement_goes_el
         recovered = [e.instance for e in rt.store.events() if e.name == "recovered" and e.instance is not None]
     assert job.status == "finished" and job.destroyed, job.errors
     assert len(recovered) == 1 and recovered[0].machine_id != machine and recovered[0].mounted_volume is None
-    assert (world.tmp / "out" / "result.txt").read_text() == "resumed at 1\n", "from the local copy"
+    assert (world.tmp / "out" / f"job-{job.id}" / "result.txt").read_text() == "resumed at 1\n", "from the local copy"
     assert world.live_volumes() == [], "the volume left on the first machine is deleted at the job's end"
 
 
@@ -241,7 +243,9 @@ async def test_a_kept_volume_outlives_the_job_and_a_later_job_from_a_template_id
         second = await until(rt, world, submit(rt, linked).id)
         appeared = [e.instance for e in rt.store.events() if e.name == "appeared" and e.instance is not None]
     assert second.status == "finished", second.errors
-    assert (world.tmp / "second" / "seen.txt").read_text() == "read v1\n", "the template's env, the volume's file"
+    assert (world.tmp / "second" / f"job-{second.id}" / "seen.txt").read_text() == "read v1\n", (
+        "the template's env, the volume's file"
+    )
     assert appeared[-1].machine_id == machine, "a linked volume is used where it lives"
     assert (appeared[-1].model_extra or {})["template_id"] == template["id"]
     assert appeared[-1].image_uuid == "python:3.12"

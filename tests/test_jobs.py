@@ -140,7 +140,7 @@ async def test_a_job_uploads_runs_collects_and_destroys(world: World, client: Va
         names = [e.name for e in rt.store.events() if e.name.startswith("job_")]
     assert job.status == "finished" and job.exit_code == 0 and job.destroyed, job
     assert names == ["job_started", "job_finished"]
-    out = world.tmp / "out"
+    out = world.tmp / "out" / f"job-{job.id}"
     assert (out / "out dir" / "copy.bin").read_bytes() == payload
     assert (out / "result.txt").read_text() == "it's done: a 'b' c\n"
     assert "it's done" in (out / "job.log").read_text()
@@ -217,7 +217,7 @@ async def test_a_failing_job_reports_its_exit_code_keeps_the_log_and_is_destroye
     assert (job.status, job.exit_code, job.destroyed) == ("failed", 7, True)
     assert failed[0].detail.startswith("exit code 7")
     assert any("missing.txt" in error for error in job.errors)
-    assert (world.tmp / "out" / "job.log").read_text() == "about to fail\n"
+    assert (world.tmp / "out" / f"job-{job.id}" / "job.log").read_text() == "about to fail\n"
 
 
 async def test_a_stuck_offer_is_dropped_and_the_next_one_used(world: World, client: VastClient) -> None:
@@ -255,7 +255,7 @@ async def test_the_watcher_killed_mid_job_resumes_it_on_one_instance(world: Worl
         job = await until(rt, world, job.id)
         started = [e for e in rt.store.events() if e.name == "job_started"]
     assert job.status == "finished" and job.instance_id == running.instance_id and len(started) == 1
-    assert (world.tmp / "out" / "done.txt").read_text() == "finished\n"
+    assert (world.tmp / "out" / f"job-{job.id}" / "done.txt").read_text() == "finished\n"
 
 
 async def test_a_replacement_under_the_same_label_resumes_the_job_from_its_checkpoint(
@@ -263,7 +263,7 @@ async def test_a_replacement_under_the_same_label_resumes_the_job_from_its_check
 ) -> None:
     cmd = "mkdir -p ckpt; if [ -f ckpt/state ]; then echo resumed > result.txt; else echo 1 > ckpt/state; sleep 60; fi"
     spec = world.spec(cmd=cmd, download=["result.txt"], checkpoint_dir="ckpt", checkpoint_every=1)
-    local = world.tmp / "out" / "ckpt" / "state"
+    local = world.tmp / "out" / "job-1" / "ckpt" / "state"  # the first job of the store
     async with world.runtime(client) as rt:
         job = submit(rt, spec, world.offers())
         first = await until(rt, world, job.id, done="running")
@@ -281,7 +281,7 @@ async def test_a_replacement_under_the_same_label_resumes_the_job_from_its_check
         started = [e.instance_id for e in rt.store.events() if e.name == "job_started"]
     assert job.status == "finished" and job.instance_id == replacement and job.destroyed
     assert started == [first.instance_id, replacement]
-    assert (world.tmp / "out" / "result.txt").read_text() == "resumed\n"
+    assert (world.tmp / "out" / f"job-{job.id}" / "result.txt").read_text() == "resumed\n"
 
 
 async def test_a_watcher_dying_between_the_destroy_and_the_outcome_leaves_no_job_hanging(
@@ -316,7 +316,10 @@ async def test_a_watcher_dying_between_the_destroy_and_the_outcome_leaves_no_job
     async with world.runtime(client) as rt:
         job = await until(rt, world, job.id)  # 15 simulated seconds a cycle: past the 10 min grace in 41
     assert (job.status, job.exit_code, job.destroyed) == ("finished", 0, True), job
-    assert job.results_dir == str(world.tmp / "out") and (world.tmp / "out" / "out.txt").read_text() == "ok\n"
+    assert (
+        job.results_dir == str(world.tmp / "out" / f"job-{job.id}")
+        and (world.tmp / "out" / f"job-{job.id}" / "out.txt").read_text() == "ok\n"
+    )
     assert any("winding the job down" in error for error in job.errors)
 
 
@@ -419,7 +422,7 @@ async def test_a_changed_host_key_drops_that_instance_at_once_strikes_its_host_a
         first = w.ended[reused]
         second = w.ended[job.instance_id or 0]
     assert job.status == "finished" and job.tried[:2] == offers[:2] and second.id != reused, job
-    assert (world.tmp / "out" / "ran.txt").read_text() == "ran\n"
+    assert (world.tmp / "out" / f"job-{job.id}" / "ran.txt").read_text() == "ran\n"
     running = next(at for at, status in first.history if status == "running")
     assert first.ended_at is not None and first.ended_at - running <= 60, first.history
     assert ssh.attempts[reused] == 1, ssh.attempts
@@ -460,7 +463,7 @@ async def test_a_host_key_changing_under_a_running_job_moves_the_job_to_the_next
         failed = [e for e in rt.store.events() if e.name == "job_failed"]
         struck = rt.store.repository(Hosts).records(rt.clock.now())
     assert job.status == "finished" and job.tried[:2] == offers[:2], job
-    assert (world.tmp / "out" / "result.txt").read_text() == "ok\n"
+    assert (world.tmp / "out" / f"job-{job.id}" / "result.txt").read_text() == "ok\n"
     assert [(e.cause, e.instance_id) for e in failed] == [(Cause.HOST_UNFIT, first.instance_id)]
     assert [h.strikes for h in struck] == [1]
     warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]

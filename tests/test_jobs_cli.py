@@ -55,7 +55,8 @@ def test_run_yes_json_uploads_runs_collects_and_destroys(sim: Simulator, tmp_pat
     report = json.loads(done.stdout.strip().splitlines()[-1])
     assert report["exit_code"] == 0 and report["destroyed"] is True and report["errors"] == []
     assert set(report) >= {"job_id", "instance_id", "gpu_name", "dph_total", "runtime_s", "cost_usd", "results_dir"}
-    assert (tmp_path / "results" / "out.txt").read_text() == "input\n"
+    assert report["results_dir"] == str(tmp_path / "results" / f"job-{report['job_id']}"), "its own, absolute"
+    assert (Path(report["results_dir"]) / "out.txt").read_text() == "input\n"
     assert (tmp_path / "home" / ".ssh" / "id_ed25519").exists(), "--yes generated the key"
 
 

@@ -15,8 +15,10 @@ from typing import Any
 
 import pytest
 from sshkit import USER, edge, keypair, needs_openssh, register
+from typer.testing import CliRunner
 
 from vastevents import Cause, Job, Jobs, JobStatus
+from vastevents.cli import app
 from vastevents.clock import ManualClock
 from vastevents.config import parse_config
 from vastevents.jobspec import JobSpec
@@ -80,7 +82,8 @@ class World:
 
     @property
     def results(self) -> Path:
-        return self.tmp / "out"
+        """The results dir of the test's job (the store's first)."""
+        return self.tmp / "out" / "job-1"
 
 
 @pytest.fixture
@@ -246,3 +249,25 @@ async def test_a_cancel_request_destroys_what_the_job_rented_and_journals_cancel
     assert (job.status, job.cause) == (JobStatus.CANCELLED, Cause.CANCELLED)
     assert [e.cause for e in failed] == [Cause.CANCELLED]
     assert world.sim.instance_count() == 0, "nothing left rented"
+
+
+async def test_each_job_has_its_own_results_dir_and_logs_prints_its_own_log_from_anywhere(
+    world: World, client: VastClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two jobs with one ``out``: each lands in ``<out>/job-<id>/`` (absolute in the row), so neither overwrites
+    the other's log, and ``vastevents logs N`` run from another directory prints job N's."""
+    async with world.runtime(client) as rt:
+        first = submit(rt, world.spec(cmd="echo first job"), world.offers())
+        second = submit(rt, world.spec(cmd="echo second job"), world.offers())
+        first = await until(rt, world, first.id)
+        second = await until(rt, world, second.id)
+    assert first.results_dir == str(world.tmp / "out" / f"job-{first.id}")
+    assert second.results_dir == str(world.tmp / "out" / f"job-{second.id}")
+    config = world.tmp / "vastevents.toml"
+    config.write_text(f'[store]\npath = "{world.store_path}"\n')
+    elsewhere = world.tmp / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    for job, said in ((first, "first job\n"), (second, "second job\n")):
+        shown = CliRunner().invoke(app, ["logs", str(job.id), "--config", str(config)])
+        assert (shown.exit_code, shown.stdout) == (0, said), shown.output

@@ -307,8 +307,9 @@ async def _rent_stand_ins(runtime: Runtime) -> list[int]:
 
 def _checkpointed(job: Job) -> bool:
     """True once the job runs and a checkpoint of it has come back to the local copy."""
-    spec = JobSpec.model_validate(job.spec)
-    step = spec.out / "ckpt" / "step"
+    if job.results_dir is None:
+        return False
+    step = Path(job.results_dir) / "ckpt" / "step"
     return job.status == "running" and step.exists() and step.read_text().strip() not in ("", "0")
 
 
@@ -347,7 +348,7 @@ def _report(config: Config, story: _Story, messages: list[str], left: int, *, wi
         )  # fmt: skip
         blocked = store.repository(Hosts).records(now)
     train = story.jobs[0] if story.jobs else None
-    result = Path(JobSpec.model_validate(train.spec).out) / "out" / "result.txt" if train else None
+    result = Path(train.results_dir) / "out" / "result.txt" if train and train.results_dir else None
     resumed = result is not None and result.exists() and not result.read_text().startswith("trained steps 0.")
     matched = bool(cost.instances) and not any(row.flagged for row in cost.instances)
     moved = ("preempted", "recovered")

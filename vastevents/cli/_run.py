@@ -230,6 +230,7 @@ async def _run_with(
         jobs = runtime.store.repository(Jobs)
         prefix = await job_label_prefix(config, runtime.client)
         terms = {e.offer.id: Terms(e.bid, e.dph) for e in ranking.estimates}
+        spec = spec.model_copy(update={"out": spec.out.expanduser().absolute()})  # a watcher elsewhere finds it
         job = jobs.submit(spec.to_json(), list(terms), prefix, runtime.clock.now(), terms=terms)
         err.print(f"job {job.id} ({job.label})")
         started = runtime.clock.now()
