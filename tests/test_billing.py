@@ -224,3 +224,33 @@ def test_the_ledger_records_a_keyed_observation_once_and_a_sweep_opens_a_bid_cha
     ]
     assert ledger.intervals(instance_id=2) == []
     assert ledger.instances()[1].gone_at == t0 + timedelta(hours=2)
+
+
+def test_after_a_gap_a_dearer_state_is_billed_from_the_gaps_start_and_a_rental_from_its_start_date(
+    store: SqlStore,
+) -> None:
+    """What the ledger did not see (its last complete list is older than `gap`) is reconstructed on the side of what
+    it may have cost; a list within `gap` of the last one is dated as observed."""
+    ledger = store.repository(Ledger)
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    t1 = t0 + timedelta(hours=1)
+    booting = Instance(id=1, actual_status="loading", dph_total=0.31, label="vastevents:job-1", **STORAGE)
+    along = Instance(id=2, actual_status="running", dph_total=0.5, label="vastevents:job-2", **STORAGE)
+    ledger.sweep([booting, along], t0, gap=30)  # the last list before the watcher went down
+    rented = Instance(id=3, actual_status="running", dph_total=0.4, start_date=(t0 + timedelta(minutes=10)).timestamp())
+    up, down = (
+        booting.model_copy(update={"actual_status": "running"}),
+        along.model_copy(update={"actual_status": "exited"}),
+    )
+    ledger.sweep([up, down, rented], t1, gap=30)
+    ledger.sweep([up, down.model_copy(update={"actual_status": "running"}), rented], t1 + timedelta(seconds=15), gap=30)
+    spans = [(i.instance_id, i.state, i.start, i.end) for i in ledger.intervals()]
+    assert spans == [
+        (1, "loading", t0, t0),  # a dearer state after the gap: billed from the gap's start
+        (1, "running", t0, None),
+        (2, "running", t0, t1),  # a cheaper one: at the gap's end
+        (2, "exited", t1, t1 + timedelta(seconds=15)),  # within `gap` of the last list: as observed
+        (2, "running", t1 + timedelta(seconds=15), None),
+        (3, "running", t0 + timedelta(minutes=10), None),  # rented during the gap: from its start date
+    ]
+    assert not ledger.instances()[3].observed_only
