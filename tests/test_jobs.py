@@ -468,3 +468,21 @@ async def test_a_host_key_changing_under_a_running_job_moves_the_job_to_the_next
     assert [h.strikes for h in struck] == [1]
     warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert any(f"vast-instance-{first.instance_id} presented the host key ssh-ed25519 SHA256:" in m for m in warned)
+
+
+async def test_an_instance_whose_ssh_never_answers_is_host_unfit_after_ssh_wait_and_the_next_offer_runs_the_job(
+    world: World, client: VastClient
+) -> None:
+    """SSH never up within ``ssh_wait`` (10 min) is the host's fault: ``job_failed`` with cause ``host_unfit``
+    strikes it, its instance is destroyed and the next offer runs the job."""
+    offers = world.offers()
+    with world.sim.world() as w:
+        machine = next(a.machine_id for a in w.asks.values() if a.id == offers[0])
+        w.machines[machine].ssh_delay_s = None  # its sshd never starts
+    async with world.runtime(client, RECOVERY) as rt:
+        job = await until(rt, world, submit(rt, world.spec(cmd="echo ran"), offers).id, seconds=180)
+        failed = [e for e in rt.store.events() if e.name == "job_failed"]
+        struck = rt.store.repository(Hosts).records(rt.clock.now())
+    assert job.status == "finished" and job.tried[:2] == offers[:2], job
+    assert [(e.cause, "SSH not ready after 600s" in e.detail) for e in failed] == [(Cause.HOST_UNFIT, True)]
+    assert [(h.machine_id, h.strikes) for h in struck] == [(machine, 1)]
