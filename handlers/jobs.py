@@ -143,6 +143,8 @@ class JobsHandler(Handler[JobsOptions]):
         grace = ctx.config.watch.preempt_grace + ctx.config.watch.interval
         now = ctx.clock.now()
         just_changed = {i for i, view in snapshot.views.items() if (now - view.since).total_seconds() < grace}
+        offline_grace = ctx.config.watch.offline_grace
+        just_offline = {i for i, view in snapshot.views.items() if (now - view.since).total_seconds() < offline_grace}
         by_label: dict[str, list[Instance]] = {}
         for instance in snapshot.instances():
             if instance.label:
@@ -154,13 +156,22 @@ class JobsHandler(Handler[JobsOptions]):
             if job.cancel_requested_at is not None:
                 await self.cancel(job, ctx)
             else:
-                await self._reconcile(job, by_label.get(job.label, []), with_daemon, just_changed, ctx)
+                await self._reconcile(job, by_label.get(job.label, []), with_daemon, (just_changed, just_offline), ctx)
         while (claimed := jobs.claim(ctx.clock.now())) is not None:
             await self.launch(claimed, ctx)
 
     async def _reconcile(
-        self, job: Job, instances: list[Instance], with_daemon: set[int], just_changed: set[int], ctx: Context
+        self,
+        job: Job,
+        instances: list[Instance],
+        with_daemon: set[int],
+        recent: tuple[set[int], set[int]],
+        ctx: Context,
     ) -> None:
+        """`recent`: the instances whose state the snapshot saw change within preempt_grace (plus a poll
+        interval), and within offline_grace: an instance just seen down may come back (an outbid bid resumed, a
+        flapping host), and an edge event is the fast path meanwhile."""
+        just_changed, just_offline = recent
         jobs = ctx.store.repository(Jobs)
         live = [i for i in instances if i.state in _ALIVE]
         current = next((i for i in instances if i.id == job.instance_id), None)
@@ -180,7 +191,8 @@ class JobsHandler(Handler[JobsOptions]):
                 await ctx.spawn(self.run_job, current, self._resume_state(job))
             return
         if current is not None and current.state is State.OFFLINE:
-            return  # back soon, or offline_too_long (recovery) says otherwise
+            if current.id in just_offline or _recovery_configured(ctx):
+                return  # back soon, or offline_too_long (recovery) says otherwise
         if job.status == JobStatus.COLLECTING:
             if not live:
                 if current is not None:
@@ -192,13 +204,13 @@ class JobsHandler(Handler[JobsOptions]):
         await self._instance_dead(job, ctx)
 
     async def _instance_dead(self, job: Job, ctx: Context) -> None:
-        """The snapshot shows the job's instance gone, exited or stopped. Checked on the API (the snapshot may
-        predate a rental): a live instance under the job's label (a replacement, whether or not its running was
-        seen) takes the job over; else recovery replaces it when configured (until it gives up), else the
-        instance is destroyed and the job rented again on its next offer."""
+        """The snapshot shows the job's instance gone, exited, stopped or offline too long. Checked on the API
+        (the snapshot may predate a rental): a live instance under the job's label (a replacement, whether or not
+        its running was seen) takes the job over; else recovery replaces it when configured (until it gives up),
+        else the instance is destroyed and the job rented again on its next offer."""
         jobs = ctx.store.repository(Jobs)
         instance = await ctx.client.get_instance(job.instance_id) if job.instance_id is not None else None
-        if instance is not None and instance.state not in _DEAD:
+        if instance is not None and instance.state not in (*_DEAD, State.OFFLINE):
             return
         live = [i for i in await self._under_label(job, ctx) if i.state in _ALIVE]
         if live:
@@ -322,7 +334,7 @@ class JobsHandler(Handler[JobsOptions]):
                     return
                 jobs.add_error(job.id, f"offer {ask}: {type(exc).__name__}: {exc}")
                 continue
-            jobs.update(job.id, status=JobStatus.LOADING, instance_id=instance_id)
+            jobs.update(job.id, status=JobStatus.LOADING, instance_id=instance_id, failures=0)  # backoff anew
             ctx.logger.info("job %d rented offer %d as instance %d", job.id, ask, instance_id)
             if await self._price_holds(job, ask, instance_id, spec, ctx):
                 return

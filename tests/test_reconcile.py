@@ -175,7 +175,8 @@ async def test_a_503_storm_at_submit_delays_the_rental_by_at_most_the_backoff_ca
         world.sim.apply("server_error", duration="30s")
         rented = await until(rt, world, job.id, lambda j: j.instance_id is not None, step=1, cycles=120)
         delay = world.sim.clock.now().timestamp() - storm_ends
-        assert rented.status != JobStatus.FAILED and rented.failures >= 1, rented
+        assert rented.status != JobStatus.FAILED and rented.failures == 0, "rented: the backoff starts anew"
+        assert any("the offer search failed" in error for error in rented.errors), rented.errors
         assert 0 <= delay <= 30, f"rented {delay:.0f} s after the storm ended"
         job = await until(rt, world, job.id)
     assert job.status == JobStatus.FINISHED and (world.results / "ok.txt").read_text() == "ok\n"
@@ -207,6 +208,20 @@ async def test_a_flap_that_kills_the_process_resumes_it_from_its_checkpoint_on_t
     assert (job.status, job.exit_code, job.instance_id) == (JobStatus.FINISHED, 0, first.instance_id), job.errors
     assert (world.results / "result.txt").read_text() == "resumed\n"
     assert any("started again" in error for error in job.errors)
+
+
+async def test_without_recovery_a_host_offline_beyond_grace_loses_the_job_to_the_next_offer(
+    world: World, client: VastClient
+) -> None:
+    spec = world.spec(cmd=CHECKPOINTED, download=["result.txt"], checkpoint_dir="ckpt", checkpoint_every=1)
+    async with world.runtime(client, '[watch]\noffline_grace = "2m"\n') as rt:
+        job = submit(rt, spec, world.offers())
+        first = await checkpointed(rt, world, job.id)
+        world.sim.apply("offline", instance=first.instance_id)  # and it never comes back
+        job = await until(rt, world, job.id, step=5)
+    assert (job.status, job.exit_code, job.destroyed) == (JobStatus.FINISHED, 0, True), job.errors
+    assert job.instance_id != first.instance_id and world.sim.instance(first.instance_id or 0) is None
+    assert (world.results / "result.txt").read_text() == "resumed\n", "on the next offer, from the checkpoint"
 
 
 async def test_a_watcher_killed_between_starting_the_command_and_checkpointing_does_not_start_it_twice(
