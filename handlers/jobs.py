@@ -153,7 +153,7 @@ class JobsHandler(Handler[JobsOptions]):
         for job in jobs.list(unfinished=True):
             if job.id in self._launching:
                 continue
-            if job.cancel_requested_at is not None:
+            if job.cancel_requested_at is not None and job.status != JobStatus.COLLECTING:  # else it ends anyway
                 await self.cancel(job, ctx)
             else:
                 await self._reconcile(job, by_label.get(job.label, []), with_daemon, (just_changed, just_offline), ctx)
