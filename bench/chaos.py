@@ -531,7 +531,8 @@ def main() -> None:
     parser.add_argument("--keep", metavar="DIR", type=Path, help="run in DIR/seed-N and keep it (store, watch.log)")
     args = parser.parse_args()
     if args.quick:
-        plans = [Plan(seed=1, jobs=2, kills=3, faults={"outbid": 1, "storm_503": 1, "create_error": 1})]
+        faults = {"outbid": 1, "storm_503": 1, "create_error": 1}
+        plans = [Plan(seed=1, jobs=2, kills=3, faults=faults, submit_every=60.0, work_s=40.0, tick=1.0)]
     else:
         plans = [Plan(seed=int(s), jobs=args.jobs, kills=args.kills) for s in args.seeds.split(",")]
     outcomes = []
