@@ -63,6 +63,8 @@ BOUND_S = 420.0
 INTERVAL = 10.0
 WORK_S = 90.0
 """Simulated seconds each job's command works (checkpointing every few seconds)."""
+TERM_S = 15.0
+"""Wall seconds the watcher is given to end after SIGTERM at the end of a run."""
 SETTLE_S = 600.0
 """Simulated seconds after the last job's submission plus :data:`BOUND_S` before the run is called hung."""
 DEFAULT_FAULTS = {"preempt": 3, "outbid": 3, "flap": 4, "storm_503": 2, "storm_429": 2, "create_error": 2,
@@ -240,15 +242,19 @@ class Watcher:
         self.process.send_signal(signal.SIGKILL)
         self.process.wait(timeout=60)
 
-    def stop(self) -> None:
-        if self.up:
-            assert self.process is not None
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=30)
+    def stop(self) -> bool:
+        """SIGTERM; False if it had to be SIGKILLed after :data:`TERM_S` (it sometimes does not end on SIGTERM)."""
+        if not self.up:
+            return True
+        assert self.process is not None
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=TERM_S)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=30)
+            return False
+        return True
 
 
 def need_sshd() -> None:
@@ -471,7 +477,8 @@ def run(plan: Plan, *, keep: Path | None = None) -> Outcome:
                 time.sleep(0.05)
             outcome.sim_seconds = sim.clock.now().timestamp() - start
         finally:
-            watcher.stop()
+            if not watcher.stop():
+                outcome.timeline.append(f"the watcher did not end within {TERM_S:g} s of SIGTERM; SIGKILLed")
             if ticker is not None:
                 ticker.stop()
         outcome.leaked = sim.instance_count()
