@@ -1,12 +1,13 @@
 """Every benchmark in one run, one table of ratios against the issue's goals, and bench/RESULTS.md.
 
-Run: ``python bench/run_all.py [--quick] [--json PATH]``.
+Run: ``python bench/run_all.py [--quick] [--only P7,P9] [--json PATH]``.
 
 Each benchmark runs as its own process (``--json`` to a temporary file), one after the other, its own table
 printed as it finishes. A full run writes ``bench/RESULTS.md`` (the ratio table, every benchmark's table and
 the machine it ran on); ``--quick`` is the smoke run CI uses: a few seconds per benchmark, RESULTS.md left
-alone. The exit status is 1 only if a benchmark crashed (or broke the journal's exactly-once guarantee),
-never because of a number.
+alone. ``--only`` runs the benchmarks named and replaces just their rows and sections in RESULTS.md, each
+section then saying when and under what load it ran. The exit status is 1 only if a benchmark crashed (or broke
+the journal's exactly-once guarantee), never because of a number.
 """
 
 from __future__ import annotations
@@ -291,20 +292,53 @@ def _markdown(rows: list[Row], outcomes: list[Outcome], host: dict[str, Any]) ->
         "",
     ]
     for o in outcomes:
-        lines += [f"## {o.benchmark.key}: {o.benchmark.what}", "", f"`python bench/{o.benchmark.script}` "
-                  f"({o.seconds:.0f} s)", "", "```", o.output or o.error or "", "```", ""]  # fmt: skip
+        lines += _section(o)
     return "\n".join(lines)
+
+
+def _section(o: Outcome, ran: str = "") -> list[str]:
+    return [f"## {o.benchmark.key}: {o.benchmark.what}", "", f"`python bench/{o.benchmark.script}` "
+            f"({o.seconds:.0f} s){ran}", "", "```", o.output or o.error or "", "```", ""]  # fmt: skip
+
+
+def _updated(text: str, rows: list[Row], outcomes: list[Outcome], host: dict[str, Any]) -> str:
+    """RESULTS.md with the rows and sections of `outcomes`' benchmarks replaced (or added in their order)."""
+    keys = [b.key for b in BENCHMARKS]
+    fresh = {o.benchmark.key for o in outcomes}
+    load = ", ".join(f"{x:g}" for x in host["load_average"])
+    ran = f", run on its own with `--only` on {host['date']}, load average at start {load}"
+    head, *parts = text.split("\n## ")
+    sections = {part.split(":", 1)[0]: "## " + part for part in parts}
+    sections.update({o.benchmark.key: "\n".join(_section(o, ran)) for o in outcomes})
+    table = [line for line in head.splitlines() if line.startswith("| ")][1:]
+    kept = [line for line in table if line.split("|")[1].strip() not in fresh]
+    new_rows = ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
+    merged = sorted(kept + new_rows, key=lambda line: keys.index(line.split("|")[1].strip()))
+    head_lines = head.splitlines()
+    first = next(i for i, line in enumerate(head_lines) if line.startswith("| ")) + 2
+    head_lines[first : first + len(table)] = merged
+    ordered = [sections[k].rstrip("\n") + "\n" for k in sorted(sections, key=keys.index)]
+    return "\n".join(head_lines) + "\n\n" + "\n".join(ordered)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smoke mode: every benchmark in a few seconds")
     parser.add_argument("--json", metavar="PATH", help="also write every benchmark's results as one JSON document")
+    parser.add_argument("--only", metavar="KEYS", help="comma-separated benchmarks to run (P7,P9): their rows and "
+                        "sections replace those in RESULTS.md, the rest is kept")  # fmt: skip
     args = parser.parse_args()
+    chosen = BENCHMARKS
+    if args.only:
+        wanted = [key.strip().upper() for key in args.only.split(",") if key.strip()]
+        unknown = sorted(set(wanted) - {b.key for b in BENCHMARKS})
+        if unknown:
+            parser.error(f"--only: no benchmark {', '.join(unknown)} (known: {', '.join(b.key for b in BENCHMARKS)})")
+        chosen = [b for b in BENCHMARKS if b.key in wanted]
     host = machine()
     print(f"machine: {host['nproc']} cores, {host['cpu']}, Python {host['python']}, load {host['load_average']}")
     with tempfile.TemporaryDirectory() as tmp:
-        outcomes = [_run(benchmark, args.quick, Path(tmp)) for benchmark in BENCHMARKS]
+        outcomes = [_run(benchmark, args.quick, Path(tmp)) for benchmark in chosen]
     rows = _ratio_rows(outcomes)
     _print(rows)
     if args.json:
@@ -312,7 +346,11 @@ def main() -> None:
         document = {"machine": host, "quick": args.quick, "benchmarks": results}
         Path(args.json).write_text(json.dumps(document, indent=2) + "\n")
         print(f"wrote {args.json}")
-    if not args.quick:
+    if args.only and not args.quick:
+        results_md = HERE / "RESULTS.md"
+        results_md.write_text(_updated(results_md.read_text(), rows, outcomes, host))
+        print(f"updated {results_md}")
+    elif not args.quick:
         (HERE / "RESULTS.md").write_text(_markdown(rows, outcomes, host))
         print(f"wrote {HERE / 'RESULTS.md'}")
     crashed = [o.benchmark.key for o in outcomes if o.error is not None]
