@@ -12,6 +12,7 @@ import atexit
 import logging
 import os
 import shutil
+import signal
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -35,6 +36,12 @@ SESSION_TMP = tempfile.mkdtemp(prefix="vastevents-tests-")
 tempfile.tempdir = SESSION_TMP
 os.environ["TMPDIR"] = SESSION_TMP
 atexit.register(shutil.rmtree, SESSION_TMP, ignore_errors=True)
+
+# A suite started in the background of a non-interactive shell (`cmd &`) inherits SIGINT ignored, and so would
+# every command a test starts: its Ctrl-C would do nothing and the tests of Ctrl-C would fail for the harness's
+# sake. Such a child gets SIGINT's default back only if this process handles it.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _sim_threads() -> set[threading.Thread]:
