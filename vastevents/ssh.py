@@ -11,6 +11,7 @@ the fast links GPU hosts have and on already-compressed data); archives from the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import shlex
 import shutil
@@ -18,6 +19,7 @@ import subprocess
 import tarfile
 import threading
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Literal, cast
@@ -152,6 +154,10 @@ class ParamikoSsh:
         self.settings = settings or SshSettings()
         self._lock = threading.Lock()
         self._clients: dict[SshTarget, paramiko.SSHClient] = {}
+        self._closing = threading.Event()
+        """Set by :meth:`close`: a worker thread waiting to retry a connect gives up at once."""
+        self._connecting: set[paramiko.SSHClient] = set()
+        self._processes: set[subprocess.Popen[bytes]] = set()
         self.transfer = Transfer()
 
     # --- host keys ----------------------------------------------------------------------------------------
@@ -174,8 +180,11 @@ class ParamikoSsh:
     # --- connections --------------------------------------------------------------------------------------
 
     def _connect_once(self, target: SshTarget) -> paramiko.SSHClient:
+        self._check_open()
         client = paramiko.SSHClient()
         client.set_missing_host_key_policy(_TrustOnFirstUse(self, host_alias(target)))
+        with self._lock:
+            self._connecting.add(client)
         try:
             client.connect(
                 target.host,
@@ -197,6 +206,12 @@ class ParamikoSsh:
             raise SshError(
                 f"cannot reach {target.user}@{target.host}:{target.port}: {exc or type(exc).__name__}"
             ) from None
+        finally:
+            with self._lock:
+                self._connecting.discard(client)
+        if self._closing.is_set():
+            client.close()
+            self._check_open()
         transport = client.get_transport()
         assert transport is not None
         transport.set_keepalive(int(self.settings.keepalive))
@@ -216,6 +231,7 @@ class ParamikoSsh:
             stop=stop_after_attempt(max(1, s.connect_attempts)),
             wait=wait_exponential(multiplier=s.connect_wait, max=s.connect_wait * 4),
             retry=retry_if_exception(_worth_retrying),
+            sleep=self._pause,
             reraise=True,
         ):
             with attempt:
@@ -237,6 +253,15 @@ class ParamikoSsh:
         channel.exec_command(command)
         return channel
 
+    def _check_open(self) -> None:
+        if self._closing.is_set():
+            raise SshError("the SSH edge is closed (the watcher is stopping)")
+
+    def _pause(self, seconds: float) -> None:
+        """The wait between connect attempts, cut short by :meth:`close`."""
+        if self._closing.wait(seconds):
+            self._check_open()
+
     def forget(self, target: SshTarget) -> None:
         with self._lock:
             client = self._clients.pop(target, None)
@@ -244,11 +269,18 @@ class ParamikoSsh:
             client.close()
 
     def close(self) -> None:
+        """Close every connection and end what worker threads are doing with them: a connect in progress or
+        waiting to be retried, a command, a transfer (its ``ssh`` process too). A process exits only once its
+        worker threads have returned, so nothing here may keep one waiting (SIGTERM must end ``watch`` promptly)."""
+        self._closing.set()
         with self._lock:
-            clients = list(self._clients.values())
+            clients = [*self._clients.values(), *self._connecting]
             self._clients.clear()
+            processes = list(self._processes)
         for client in clients:
             client.close()
+        for process in processes:
+            process.kill()
 
     # --- the port ------------------------------------------------------------------------------------------
 
@@ -306,6 +338,19 @@ class ParamikoSsh:
                 "-o", f"ServerAliveInterval={int(self.settings.keepalive)}", "-o", "Compression=no",
                 f"{target.user}@{target.host}", command]  # fmt: skip
 
+    @contextlib.contextmanager
+    def _tracked(self, process: subprocess.Popen[bytes]) -> Iterator[None]:
+        """While inside, :meth:`close` kills `process` (a transfer's ``ssh``)."""
+        with self._lock:
+            self._processes.add(process)
+        try:
+            if self._closing.is_set():
+                process.kill()
+            yield
+        finally:
+            with self._lock:
+                self._processes.discard(process)
+
     def _recheck(self, target: SshTarget, returncode: int) -> None:
         """After ``ssh`` itself failed (exit 255: the connection, or the host key it checks), connect anew with
         paramiko: a host key changed since the connection it kept raises HostKeyMismatch, naming both keys."""
@@ -318,7 +363,7 @@ class ParamikoSsh:
             raise SshError(f"{local} is not a directory")
         quoted = shlex.quote(remote)
         command = self._openssh_command(target, f"mkdir -p {quoted} && tar -x -f - -C {quoted}")
-        with subprocess.Popen(command, stdin=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+        with subprocess.Popen(command, stdin=subprocess.PIPE, stderr=subprocess.PIPE) as proc, self._tracked(proc):
             assert proc.stdin is not None and proc.stderr is not None
             try:
                 with tarfile.open(fileobj=_counted(proc.stdin, self.transfer), mode="w|", bufsize=CHUNK) as archive:
@@ -337,7 +382,7 @@ class ParamikoSsh:
         parent, _, name = remote.rstrip("/").rpartition("/")
         command = self._openssh_command(target, f"tar -c -f - -C {shlex.quote(parent or '.')} -- {shlex.quote(name)}")
         local.mkdir(parents=True, exist_ok=True)
-        with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+        with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc, self._tracked(proc):
             assert proc.stdout is not None and proc.stderr is not None
             try:
                 extract(_counted(proc.stdout, self.transfer), local)
