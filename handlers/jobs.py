@@ -47,6 +47,7 @@ from vastevents import (
     Recoveries,
     Recovery,
     RecoveryStatus,
+    SshError,
     SshTarget,
     State,
     TemporaryError,
@@ -71,6 +72,10 @@ _RETRY_MAX = 30.0
 """The backoff of a claim released after its search or create failed on the API: 5 s, doubling, at most 30 s."""
 _RESUMES = 3
 """How many times a command that vanished (a host flap killed it) is started again on its host."""
+_SEARCHES = 8
+"""How many times in a row a job whose offers were all rented away under it searches again before ``capacity``."""
+_RETRIES = 3
+"""How many times a phase whose SSH session failed on a running instance is tried again (from its checkpoint)."""
 
 
 def _transient(exc: Exception) -> bool:
@@ -315,7 +320,7 @@ class JobsHandler(Handler[JobsOptions]):
             if chosen is None:
                 return
             job = chosen
-        tried = list(job.tried)
+        tried, offers, gone = list(job.tried), list(job.offers), 0
         for ask in job.offers:
             if len(tried) >= spec.max_offers:
                 break
@@ -332,13 +337,23 @@ class JobsHandler(Handler[JobsOptions]):
                     jobs.update(job.id, tried=tried[:-1])  # the offer is not at fault: it stays to try
                     self._retry_later(job, f"renting offer {ask} failed: {exc}", ctx)
                     return
+                if isinstance(exc, NoSuchAsk):  # rented away before us: no attempt of ours, and gone from the list
+                    tried.remove(ask)
+                    offers.remove(ask)
+                    gone += 1
+                    jobs.update(job.id, tried=tried, offers=offers)
                 jobs.add_error(job.id, f"offer {ask}: {type(exc).__name__}: {exc}")
                 continue
             jobs.update(job.id, status=JobStatus.LOADING, instance_id=instance_id, failures=0)  # backoff anew
             ctx.logger.info("job %d rented offer %d as instance %d", job.id, ask, instance_id)
             if await self._price_holds(job, ask, instance_id, spec, ctx):
                 return
-        reason = f"no offer could be rented (tried {len(tried)} of {len(job.offers)}, at most {spec.max_offers})"
+        if gone and len(tried) < spec.max_offers and job.failures < _SEARCHES:
+            # The market moved under the list (offers rented away): search again after the backoff, not give up.
+            jobs.update(job.id, offers=[], terms={})
+            self._retry_later(job, f"{gone} of its offers were rented away; searching again", ctx)
+            return
+        reason = f"no offer could be rented (tried {len(tried)} of {len(offers)}, at most {spec.max_offers})"
         await self.give_up(jobs.add_error(job.id, reason), reason, Cause.CAPACITY, ctx)
 
     def _retry_later(self, job: Job, reason: str, ctx: Context) -> None:
@@ -465,11 +480,45 @@ class JobsHandler(Handler[JobsOptions]):
         except HostKeyMismatch as exc:
             await self._host_unfit(job, instance, f"its SSH host key changed: {exc}", "hostkey", ctx)
         except Exception as exc:
+            if await self._instance_at_fault(job, instance_id, exc, ctx):
+                return
             reason = f"error: {type(exc).__name__}: {exc}"
             jobs.add_error(job.id, reason)
             await self.fail_and_destroy(job, instance, reason, Cause.JOB_ERROR, f"job-{job.id}-end", ctx)
         finally:
             self._running.discard(job.id)
+
+    async def _instance_at_fault(self, job: Job, instance_id: int, exc: Exception, ctx: Context) -> bool:
+        """Whether a phase's error is its instance's loss rather than the job's: the instance is no longer running
+        (preempted, outbid, its host offline, gone), so the session dropped under the job. Then the daemon ends and
+        the job is left to the reconcile pass and recovery (a replacement, or the host back, resumes it from its
+        checkpoint). An SSH error on an instance still running (a flap just over, a dropped session), or an API
+        failure that says nothing (a 503 while destroying it at the end), is retried from the phase's checkpoint,
+        :data:`_RETRIES` times; so is any error while the API cannot tell what the instance is."""
+        try:
+            now = await ctx.client.get_instance(instance_id)
+        except Exception as api:
+            why = f"job {job.id}: {exc}; its instance cannot be read: {api}"
+            raise TemporaryError(why, delay=_RETRY_FIRST) from None
+        if now is None or now.state is not State.RUNNING:
+            where = now.actual_status if now is not None else "gone"
+            note = f"instance {instance_id} {where} under the job ({type(exc).__name__}: {exc}); left to recovery"
+            ctx.logger.warning("job %d: %s", job.id, note)
+            ctx.store.repository(Jobs).add_error(job.id, note)
+            return True
+        if not isinstance(exc, SshError) and not _transient(exc):  # the job's own error (or ours): no retry
+            return False
+        rows = ctx.store.effects.daemons()
+        saved = [r.state for r in rows if r.handler == ctx.handler and r.instance_id == instance_id]
+        state = saved[0] if saved else {}
+        retries = int(state.get("retries", 0))
+        if retries >= _RETRIES:
+            return False
+        ctx.checkpoint({**state, "retries": retries + 1})
+        raise TemporaryError(
+            f"job {job.id}: SSH to instance {instance_id} failed ({retries + 1} of {_RETRIES}): {exc}",
+            delay=self.options.ssh_retry,
+        ) from None
 
     async def _phases(self, job: Job, instance: Instance, state: dict[str, Any], ctx: Context) -> None:
         jobs = ctx.store.repository(Jobs)
@@ -543,7 +592,7 @@ class JobsHandler(Handler[JobsOptions]):
         return job, self._next(state, JobPhase.MONITOR, ctx, pid=pid, started=now.isoformat(), synced=now.isoformat())
 
     def _next(self, state: dict[str, Any], phase: JobPhase, ctx: Context, **more: Any) -> dict[str, Any]:
-        state = {**state, **more, "phase": phase}
+        state = {**state, **more, "phase": phase, "retries": 0}  # a phase done: its SSH retries start anew
         ctx.checkpoint(state)
         return state
 

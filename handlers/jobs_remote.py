@@ -31,6 +31,8 @@ CONTROL = ".vastevents"
 LOG = f"{CONTROL}/job.log"
 KILLED = 124
 """The exit code of a command killed after ``max_duration`` (as ``timeout(1)`` reports it)."""
+STOPPED = (128 + 1, 128 + 15)
+"""The shell's exit codes of a command ended by SIGHUP or SIGTERM: its host stopped it (see :func:`start`)."""
 _SWEEP = 3600.0
 """Seconds after a job's end during which its left-over volumes are looked for again."""
 _CUDA = re.compile(r"CUDA Version:\s*([0-9]+(?:\.[0-9]+)?)")
@@ -125,8 +127,15 @@ async def start(ctx: Context, target: SshTarget, spec: JobSpec) -> tuple[int, bo
     """Start the command under nohup in its own session: its PID, and whether it was started now. The PID file is
     the marker checked first: a command that still runs, or ended (its exit code written), is never started a
     second time (a watcher killed between starting it and checkpointing that it did); one that vanished
-    without an exit code (a host flap killed it) is started again. The wrapper records the exit code."""
-    wrapper = f"sh -c {quote(spec.cmd)}; echo $? > {CONTROL}/exit"
+    without an exit code (a host flap killed it) is started again. The wrapper records the exit code, but for a
+    command ended by SIGTERM or SIGHUP (:data:`STOPPED`): that is its host stopping or going down (a container stop,
+    a shutdown, a flap), which signals every process at once, and a wrapper that outlives its command by an
+    instant must not make that the job's own failure: it vanished, and is started again from its checkpoint."""
+    stopped = " ".join(str(code) for code in STOPPED)
+    wrapper = (
+        f'sh -c {quote(spec.cmd)}; code=$?; case " {stopped} " in *" $code "*) exit "$code";; esac;'
+        f' echo "$code" > {CONTROL}/exit'
+    )
     command = (
         f"cd {quote(spec.workdir)} && mkdir -p {CONTROL} && "
         f'if [ -s {CONTROL}/pid ] && {{ [ -s {CONTROL}/exit ] || kill -0 "$(cat {CONTROL}/pid)" 2>/dev/null; }};'

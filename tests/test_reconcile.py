@@ -17,7 +17,7 @@ import pytest
 from sshkit import USER, edge, keypair, needs_openssh, register
 from typer.testing import CliRunner
 
-from vastevents import Cause, Job, Jobs, JobStatus
+from vastevents import Cause, Job, Jobs, JobStatus, SshError
 from vastevents.cli import app
 from vastevents.clock import ManualClock
 from vastevents.config import parse_config
@@ -286,3 +286,84 @@ async def test_each_job_has_its_own_results_dir_and_logs_prints_its_own_log_from
     for job, said in ((first, "first job\n"), (second, "second job\n")):
         shown = CliRunner().invoke(app, ["logs", str(job.id), "--config", str(config)])
         assert (shown.exit_code, shown.stdout) == (0, said), shown.output
+
+
+async def test_a_session_dropped_as_the_instance_is_taken_back_is_the_instance_loss_not_a_job_error(
+    world: World, client: VastClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """C1's seed 1: an SSH session dropped because the instance was preempted under it failed the job with cause
+    ``job_error``; it is the instance's loss: the job moves on (here to its next offer) and finishes."""
+    from vastevents_handlers import jobs_remote
+
+    real_upload = jobs_remote.upload_inputs
+    uploads: list[int | None] = []
+
+    async def taken_back_during_upload(ctx: Any, target: Any, spec: Any, job: Job, *, resume: bool) -> None:
+        uploads.append(job.instance_id)
+        if len(uploads) == 1:  # taken back as the upload begins: the session drops before any poll sees it
+            world.sim.preempt(job.instance_id or 0)
+            raise SshError(f"{target.host}:{target.port} dropped the connection: ")
+        await real_upload(ctx, target, spec, job, resume=resume)
+
+    monkeypatch.setattr(jobs_remote, "upload_inputs", taken_back_during_upload)
+    async with world.runtime(client, RECOVERY) as rt:
+        job = submit(rt, world.spec(cmd="echo ok > ok.txt", download=["ok.txt"]), world.offers())
+        job = await until(rt, world, job.id, step=5)
+        failed = [e for e in rt.store.events() if e.name == "job_failed"]
+    assert (job.status, job.cause, job.destroyed) == (JobStatus.FINISHED, None, True), job.errors
+    assert failed == [], [(e.cause, e.detail) for e in failed]
+    assert len(uploads) >= 2 and uploads[-1] != uploads[0], uploads
+    assert (world.results / "ok.txt").read_text() == "ok\n"
+
+
+async def test_a_command_its_host_stopped_with_sigterm_is_started_again_from_its_checkpoint(
+    world: World, client: VastClient
+) -> None:
+    """C1's seed 1: a host flap SIGTERMs every process of the instance at once; a wrapper that outlived its command
+    by an instant wrote exit code 143 and the job failed (``job_error``, nothing to download). A command ended by
+    SIGTERM or SIGHUP is its host's doing: it is started again from its checkpoint. (The command TERMs itself the
+    first time: the race, made deterministic.)"""
+    once = (
+        "mkdir -p ckpt; if [ -f ckpt/state ]; then echo resumed > result.txt;"
+        " else echo 1 > ckpt/state; echo run >> ckpt/runs; kill -TERM $$; fi"
+    )
+    spec = world.spec(cmd=once, download=["result.txt"], checkpoint_dir="ckpt", checkpoint_every=1)
+    async with world.runtime(client) as rt:
+        job = submit(rt, spec, world.offers())
+        job = await until(rt, world, job.id, step=1)
+    assert (job.status, job.exit_code, job.cause) == (JobStatus.FINISHED, 0, None), job.errors
+    assert (world.results / "result.txt").read_text() == "resumed\n"
+    assert any("started again" in error for error in job.errors), job.errors
+
+
+async def test_offers_rented_away_under_the_job_are_no_failed_attempt_and_it_searches_again(
+    world: World, client: VastClient
+) -> None:
+    """C1's seed 1: offers rented away before our create used up ``max_offers`` and the job failed with cause
+    ``capacity``. An offer gone is no attempt of ours: the job searches again (after the backoff) and rents."""
+    async with world.runtime(client) as rt:
+        job = submit(rt, world.spec(cmd="echo ok > ok.txt", download=["ok.txt"], max_offers=2), world.offers(2))
+        world.sim.apply("no_such_ask", count=2)  # both offers of its list go to someone else first
+        job = await until(rt, world, job.id, step=5)
+    assert (job.status, job.cause) == (JobStatus.FINISHED, None), job.errors
+    assert sum("rented away" in error for error in job.errors) == 1, job.errors
+    assert (world.results / "ok.txt").read_text() == "ok\n"
+
+
+async def test_a_watcher_killed_between_the_create_and_recording_it_adopts_that_instance_and_rents_no_other(
+    world: World, client: VastClient
+) -> None:
+    """The job's claim is in the store, its create went through, and the watcher died before it recorded the
+    instance: the next watcher finds the instance by the job's label and runs the job there; no second rental."""
+    async with world.runtime(client) as rt:
+        job = submit(rt, world.spec(cmd="echo ok > ok.txt", download=["ok.txt"]), world.offers())
+        claimed = rt.store.repository(Jobs).claim(rt.clock.now())
+        assert claimed is not None and claimed.status == JobStatus.CREATING
+        rental = JobSpec.model_validate(claimed.spec).rental(claimed.offers[0], label=claimed.label, price=None)
+        first = await client.create_instance(rental)  # then killed: the answer never reached the store
+    async with world.runtime(client) as rt:
+        job = await until(rt, world, job.id, step=5)
+        rented = {e.instance_id for e in rt.store.events() if e.name == "appeared"}
+    assert (job.status, job.instance_id, job.destroyed) == (JobStatus.FINISHED, first, True), job.errors
+    assert rented == {first}, "nothing else rented"
+    assert (world.results / "ok.txt").read_text() == "ok\n"
