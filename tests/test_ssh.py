@@ -131,3 +131,13 @@ async def test_without_a_key_file_both_clients_use_the_keys_under_home(
         assert (await edge.run(target, "cat from-home/a.txt")).stdout == "bulk\n"
     finally:
         edge.close()
+
+
+async def test_the_watchers_edge_connects_once_per_call(tmp_path: Path) -> None:
+    """The handlers retry SSH on the runtime's clock; the runtime's own edge does not add a wall-clock backoff."""
+    from vastevents.config import parse_config
+    from vastevents.runtime import Runtime
+
+    config = parse_config(f'[store]\npath = "{tmp_path / "state.db"}"\n')
+    async with Runtime(config, client=object(), handlers=[]) as runtime:  # type: ignore[arg-type]
+        assert isinstance(runtime.ssh, ParamikoSsh) and runtime.ssh.settings.connect_attempts == 1

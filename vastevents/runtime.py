@@ -38,7 +38,7 @@ from vastevents.notify.log import LoggingNotifier
 from vastevents.periodic import Periodic
 from vastevents.plugins import ActiveHandler, load_handlers
 from vastevents.ports import Notifier, Ssh, VastApi
-from vastevents.ssh import ParamikoSsh
+from vastevents.ssh import ParamikoSsh, SshSettings
 from vastevents.store import PostgresStore, Store
 from vastevents.team import Heartbeat, Leadership, lead
 from vastevents.watcher import InstanceLister, Watcher
@@ -131,8 +131,13 @@ class Runtime:
         return client
 
     def _real_ssh(self) -> Ssh:
-        """paramiko, host keys recorded per instance next to the state file; closed with the runtime."""
-        edge = ParamikoSsh(self.config.store.resolved_path().parent / "known_hosts")
+        """paramiko, host keys recorded per instance next to the state file; closed with the runtime. One connect
+        attempt per call: the handlers retry on the runtime's clock (the jobs handler's ``ssh_retry`` up to
+        ``ssh_wait``), where a wait is cancelled with its task; backoff inside the edge would be a wall-clock wait
+        in a worker thread, doubling theirs and holding up a watcher stopping."""
+        edge = ParamikoSsh(
+            self.config.store.resolved_path().parent / "known_hosts", settings=SshSettings(connect_attempts=1)
+        )
         self._owned.callback(edge.close)
         return edge
 
