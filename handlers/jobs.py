@@ -198,8 +198,8 @@ class JobsHandler(Handler[JobsOptions]):
         if current is not None and current.state is State.OFFLINE:
             if current.id in just_offline or _recovery_configured(ctx):
                 return  # back soon, or offline_too_long (recovery) says otherwise
-        if job.status == JobStatus.COLLECTING:
-            if not live:
+        if job.status == JobStatus.COLLECTING and (current is None or job.exit_code is None):
+            if not live:  # gone: destroyed once its results were in (the collect destroys last)
                 if current is not None:
                     await ctx.destroy(current)
                 self.settle(job, ctx)

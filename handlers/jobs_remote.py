@@ -213,7 +213,9 @@ async def collect(
 
 
 async def retrieve(ctx: Context, target: SshTarget, spec: JobSpec, job: Job) -> Job:
-    """Download the listed paths and the log under ``out``; what cannot be is noted among the job's errors."""
+    """Download the listed paths and the log under ``out``; what cannot be is noted among the job's errors. A
+    download that fails because the host cannot be reached (gone offline, taken away) raises: the results are
+    still there, or lost with the instance, and the instance must not be destroyed as if they were collected."""
     jobs = ctx.store.repository(Jobs)
     out = spec.out
     out.mkdir(parents=True, exist_ok=True)
@@ -221,12 +223,21 @@ async def retrieve(ctx: Context, target: SshTarget, spec: JobSpec, job: Job) -> 
         try:
             await ssh_edge(ctx).download(target, f"{spec.workdir}/{path}", (out / path).parent)
         except Exception as exc:
+            await _reachable(ctx, target)
             job = jobs.add_error(job.id, f"download {path}: {exc}")
     try:
         await ssh_edge(ctx).download(target, f"{spec.workdir}/{LOG}", out)
     except Exception as exc:
+        await _reachable(ctx, target)
         job = jobs.add_error(job.id, f"download of the log: {exc}")
     return job
+
+
+async def _reachable(ctx: Context, target: SshTarget) -> None:
+    """Raise (an SSH error) unless the host answers a command now."""
+    answer = await ssh_edge(ctx).run(target, "true", timeout=30)
+    if answer.exit_code != 0:
+        raise RuntimeError(f"{target.host}:{target.port} does not run a command (exit {answer.exit_code})")
 
 
 async def destroy(ctx: Context, instance: Instance | int) -> bool:

@@ -367,3 +367,36 @@ async def test_a_watcher_killed_between_the_create_and_recording_it_adopts_that_
     assert (job.status, job.instance_id, job.destroyed) == (JobStatus.FINISHED, first, True), job.errors
     assert rented == {first}, "nothing else rented"
     assert (world.results / "ok.txt").read_text() == "ok\n"
+
+
+async def test_a_host_that_drops_off_while_the_results_are_collected_is_waited_for_not_destroyed(
+    world: World, client: VastClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """C1's seed 2: the command ended, then its host went offline as the results were downloaded; the download
+    failed, the instance was destroyed anyway and the job ``finished`` without its results. The collect now stops
+    there; the host back, it collects them."""
+    from vastevents_handlers import jobs_remote
+
+    real_collect = jobs_remote.collect
+    offline: list[int] = []
+    first_over = asyncio.Event()
+
+    async def host_drops_off(ctx: Any, target: Any, spec: Any, job: Job, instance: Any, exit_code: Any) -> None:
+        if offline:
+            return await real_collect(ctx, target, spec, job, instance, exit_code)
+        offline.append(instance.id)
+        world.sim.apply("offline", instance=instance.id)  # as the download begins
+        try:
+            await real_collect(ctx, target, spec, job, instance, exit_code)
+        finally:
+            first_over.set()
+
+    monkeypatch.setattr(jobs_remote, "collect", host_drops_off)
+    async with world.runtime(client) as rt:
+        job = submit(rt, world.spec(cmd="echo ok > ok.txt", download=["ok.txt"]), world.offers())
+        await until(rt, world, job.id, lambda j: first_over.is_set(), step=5)  # that collect gave up, or went on
+        assert world.sim.instance(offline[0]) is not None, "not destroyed while its results are out of reach"
+        world.sim.apply("online", instance=offline[0])
+        job = await until(rt, world, job.id, step=5)
+    assert (job.status, job.exit_code, job.destroyed) == (JobStatus.FINISHED, 0, True), job.errors
+    assert (world.results / "ok.txt").read_text() == "ok\n"
