@@ -11,9 +11,12 @@ A job is found by its instance's label (``<prefix>:job-<id>``). A bad offer (cre
 exited before running, SSH never ready, no GPU) is destroyed and the next one tried, up to the spec's
 ``max_offers``; those the host is to blame for (SSH never ready, an SSH host key other than the one recorded on
 first use, no GPU, CUDA too old) are ``job_failed`` with cause ``host_unfit`` first, which strikes the host. A
-changed host key is never retried: that instance is not the host it was. A preflight failure that is the job's
-own (a module that does not import) fails the job with cause ``job_error``: no strike, no next offer. A
-replacement instance under the same label (rented by the recovery handler after a preemption) takes the job
+changed host key is never retried: that instance is not the host it was. An offer rented away before our create
+is no attempt (it does not count against ``max_offers``); a list used up so is searched again after the backoff.
+An error while the job's instance is no longer running (a session dropped as it was taken away) is the
+instance's loss, not the job's: recovery or the next offer resume it from its checkpoint. A preflight failure
+that is the job's own (a module that does not import) fails the job with cause ``job_error``: no strike, no next
+offer. A replacement instance under the same label (rented by the recovery handler after a preemption) takes the job
 over: the input is uploaded again, the checkpoint dir restored from its local copy, the command run again. The
 monitor is a daemon whose phase is checkpointed, so a watcher restart resumes it where it was.
 
