@@ -90,6 +90,11 @@ def _transient(exc: Exception) -> bool:
     return isinstance(exc, OSError | TimeoutError) or type(exc).__module__.startswith("httpx")
 
 
+def grace_s(ctx: Context) -> float:
+    """How long an instance seen down may take to come back before it is taken for lost: preempt_grace plus a poll."""
+    return ctx.config.watch.preempt_grace + ctx.config.watch.interval
+
+
 def _recovery_configured(ctx: Context) -> bool:
     """Whether a recovery handler replaces this watcher's dead instances (else the jobs handler rents again)."""
     return any(h.use.split(":")[-1] in ("recovery", "RecoveryHandler") for h in ctx.config.handlers.values())
@@ -148,11 +153,12 @@ class JobsHandler(Handler[JobsOptions]):
         no daemon resumed, a crash's winding down settled), then every pending job that is due is claimed."""
         jobs = ctx.store.repository(Jobs)
         snapshot = ctx.store.load_snapshot()
-        grace = ctx.config.watch.preempt_grace + ctx.config.watch.interval
+        grace = grace_s(ctx)
         now = ctx.clock.now()
         just_changed = {i for i, view in snapshot.views.items() if (now - view.since).total_seconds() < grace}
         offline_grace = ctx.config.watch.offline_grace
         just_offline = {i for i, view in snapshot.views.items() if (now - view.since).total_seconds() < offline_grace}
+        went_down = {i for i, view in snapshot.views.items() if view.down_since is not None}
         by_label: dict[str, list[Instance]] = {}
         for instance in snapshot.instances():
             if instance.label:
@@ -164,7 +170,8 @@ class JobsHandler(Handler[JobsOptions]):
             if job.cancel_requested_at is not None and job.status != JobStatus.COLLECTING:  # else it ends anyway
                 await self.cancel(job, ctx)
             else:
-                await self._reconcile(job, by_label.get(job.label, []), with_daemon, (just_changed, just_offline), ctx)
+                recent = (just_changed, just_offline, went_down)
+                await self._reconcile(job, by_label.get(job.label, []), with_daemon, recent, ctx)
         while (claimed := jobs.claim(ctx.clock.now())) is not None:
             await self.launch(claimed, ctx)
 
@@ -173,13 +180,14 @@ class JobsHandler(Handler[JobsOptions]):
         job: Job,
         instances: list[Instance],
         with_daemon: set[int],
-        recent: tuple[set[int], set[int]],
+        recent: tuple[set[int], set[int], set[int]],
         ctx: Context,
     ) -> None:
         """`recent`: the instances whose state the snapshot saw change within preempt_grace (plus a poll
         interval), and within offline_grace: an instance just seen down may come back (an outbid bid resumed, a
-        flapping host), and an edge event is the fast path meanwhile."""
-        just_changed, just_offline = recent
+        flapping host), and an edge event is the fast path meanwhile; and those down after running while meant to
+        run (``preempted`` counts their grace)."""
+        just_changed, just_offline, went_down = recent
         jobs = ctx.store.repository(Jobs)
         live = [i for i in instances if i.state in _ALIVE]
         current = next((i for i in instances if i.id == job.instance_id), None)
@@ -197,6 +205,11 @@ class JobsHandler(Handler[JobsOptions]):
             if current.state is State.RUNNING and current.id not in with_daemon:
                 ctx.logger.info("job %d: no daemon follows instance %d; resuming it", job.id, current.id)
                 await ctx.spawn(self.run_job, current, self._resume_state(job))
+            return
+        if current is not None and current.state is State.OFFLINE and job.status == JobStatus.LOADING:
+            if current.id in just_changed or (current.id in went_down and _recovery_configured(ctx)):
+                return  # a flap: back soon; or it ran, and ``preempted`` (after preempt_grace) tells recovery
+            await self.drop_offer(job, current, f"offline before running for over {grace_s(ctx):g}s", ctx)
             return
         if current is not None and current.state is State.OFFLINE:
             if current.id in just_offline or _recovery_configured(ctx):
@@ -459,8 +472,10 @@ class JobsHandler(Handler[JobsOptions]):
                 await ctx.spawn(self.run_job, instance, self._resume_state(job))
             elif job.status in (JobStatus.LOADING, JobStatus.CREATING):
                 await ctx.spawn(self.run_job, instance, self._resume_state(job))
-        elif ours and job.status == JobStatus.LOADING and instance.actual_status in ("exited", "offline", "stopped"):
+        elif ours and job.status == JobStatus.LOADING and instance.actual_status in ("exited", "stopped"):
             await self.drop_offer(job, instance, f"{instance.actual_status} before running", ctx)
+        # offline before running: a flap, waited for up to preempt_grace by the reconcile pass (a new rental boots
+        # from scratch; a host back in 20-60 s carries on where it was)
 
     @daemon
     async def run_job(self, instance_id: int, state: dict[str, Any], ctx: Context) -> None:

@@ -400,3 +400,28 @@ async def test_a_host_that_drops_off_while_the_results_are_collected_is_waited_f
         job = await until(rt, world, job.id, step=5)
     assert (job.status, job.exit_code, job.destroyed) == (JobStatus.FINISHED, 0, True), job.errors
     assert (world.results / "ok.txt").read_text() == "ok\n"
+
+
+@pytest.mark.parametrize("back", [True, False])
+async def test_an_instance_offline_before_running_is_waited_for_up_to_preempt_grace(
+    world: World, client: VastClient, back: bool
+) -> None:
+    """C1: a host flap while the job's instance loaded dropped it at once, and the next offer booted from scratch
+    (60-100 s) where the host came back in 20-60 s. It is waited for (preempt_grace plus a poll, 75 s here): back
+    within it, the job runs there; not back, it is dropped then and the next offer runs the job."""
+    async with world.runtime(client) as rt:
+        job = submit(rt, world.spec(cmd="echo ok > ok.txt", download=["ok.txt"]), world.offers())
+        job = await until(rt, world, job.id, lambda j: j.instance_id is not None, step=1)
+        first = job.instance_id
+        assert first is not None and job.status == JobStatus.LOADING
+        world.sim.apply("offline", instance=first)  # while it loads
+        for _ in range(6):  # offline 60 s
+            world.sim.advance(10)
+            await rt.poll_once()
+        assert world.sim.instance(first) is not None, "not dropped within preempt_grace"
+        if back:
+            world.sim.apply("online", instance=first)
+        job = await until(rt, world, job.id, step=5)
+    assert (job.status, job.exit_code, job.destroyed) == (JobStatus.FINISHED, 0, True), job.errors
+    assert (job.instance_id == first) is back, job.errors
+    assert (world.results / "ok.txt").read_text() == "ok\n"
