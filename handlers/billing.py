@@ -13,7 +13,8 @@ low_credit_usd = 20.0       # budget_warning (once a day) when the account's cre
 Every status change (``any_change``) opens or closes a ledger interval in the delivery's own transaction. What
 happened while the watcher was down (a change it catches up on, or the first sweep after a start, more than two
 poll intervals after the last one) is reconstructed from the rows (see :mod:`vastevents.store.ledger`), so the
-ledger covers the time nobody watched. A
+ledger covers the time nobody watched; the GPU time it guessed there is settled with Vast's charges once they
+cover it (``charges`` read at once when there is something new to settle, else at most every minute). A
 periodic check (every 5 s, so at least once per poll cycle) first brings the ledger in line with the last
 complete list (a bid change opens a new interval; an instance the ledger has not seen yet starts at first
 sight), then compares accrued spend with each budget: ``budget_warning`` once per scope when spend reaches
@@ -28,7 +29,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -54,6 +55,9 @@ BUDGET_WARNING = "budget_warning"
 BUDGET_EXCEEDED = "budget_exceeded"
 _DOWN = frozenset({"stopped", "exited"})
 CREDIT_EVERY = timedelta(minutes=10)
+SETTLE_EVERY = timedelta(minutes=1)
+"""How often unseen time the charges did not cover yet is tried again."""
+CHARGE_PAGES = 10
 
 
 class BillingOptions(HandlerOptions):
@@ -94,6 +98,8 @@ class BillingHandler(Handler[BillingOptions]):
         self._credit_read: datetime | None = None
         self._swept = False
         """Whether this process has swept the ledger: its first sweep may follow a gap (the watcher was down)."""
+        self._settle_tried: set[tuple[int, datetime, datetime]] = set()
+        self._settle_at = datetime.min.replace(tzinfo=UTC)
 
     @on("any_change")
     async def record(self, event: Event, ctx: Context) -> None:
@@ -116,7 +122,9 @@ class BillingHandler(Handler[BillingOptions]):
         ledger = ctx.store.repository(Ledger)
         snapshot = ctx.store.load_snapshot()
         if snapshot.taken_at is not None:
-            ledger.sweep(snapshot.instances(), snapshot.taken_at, gap=None if self._swept else _gap(ctx))
+            ledger.sweep(
+                snapshot.instances(), snapshot.taken_at, gap=None if self._swept else _gap(ctx), blind=_gap(ctx)
+            )
             self._swept = True
         now = ctx.clock.now()
         owned = [i for i in ledger.intervals() if ctx.owns(Instance(id=i.instance_id, label=i.label))]
@@ -125,8 +133,36 @@ class BillingHandler(Handler[BillingOptions]):
         for scope in self.scopes(owned, now):
             failures += await self._enforce(scope, [i for i in live if scope.covers(i)], ctx)
         await self._check_credit(ctx, now)
+        await self._settle(ctx, ledger, now)  # after the budgets: they act on the unsettled (higher) spend
         if failures:
             raise TemporaryError(f"budget action failed, trying again next check: {'; '.join(failures)}")
+
+    async def _settle(self, ctx: Context, ledger: Ledger, now: datetime) -> None:
+        """Correct what the ledger guessed about unseen time with Vast's GPU charges: at once when there is
+        something new to settle, else at most every :data:`SETTLE_EVERY` (the charges may lag behind)."""
+        unseen = ledger.unseen()
+        if not unseen:
+            return
+        if set(unseen) == self._settle_tried and now < self._settle_at + SETTLE_EVERY:
+            return
+        self._settle_tried, self._settle_at = set(unseen), now
+        start = (min(start for _, start, _ in unseen) - timedelta(days=1)).timestamp()
+        items: list[dict[str, Any]] = []
+        token: str | None = None
+        try:
+            for _ in range(CHARGE_PAGES):
+                page = await ctx.client.charges(
+                    start=start, end=(now + timedelta(days=1)).timestamp(), after_token=token
+                )
+                items += [item for item in page.get("results") or [] if isinstance(item, dict)]
+                token = page.get("next_token") or None
+                if token is None:
+                    break
+        except VastEventsError as exc:
+            ctx.logger.info("cannot read the charges to settle the ledger's unseen time yet: %s", exc)
+            return
+        for instance_id in ledger.settle(items):
+            ctx.logger.debug("ledger of instance %d settled with Vast's GPU charges", instance_id)
 
     async def _check_credit(self, ctx: Context, now: datetime) -> None:
         low = self.options.low_credit_usd

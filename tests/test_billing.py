@@ -254,3 +254,67 @@ def test_after_a_gap_a_dearer_state_is_billed_from_the_gaps_start_and_a_rental_f
         (3, "running", t0 + timedelta(minutes=10), None),  # rented during the gap: from its start date
     ]
     assert not ledger.instances()[3].observed_only
+
+
+def test_the_guessed_time_of_a_gap_is_settled_with_vasts_gpu_charges_never_below_them(store: SqlStore) -> None:
+    """After a gap the ledger bills what it did not see as dear as it may have been: a start that came up running
+    from the gap's start, a rental from its start date, one running all along as running throughout. Vast's GPU
+    charges, once they cover the gap, take out the GPU time it did not charge (moving the guessed start, or billing
+    a stretch of the unseen time at storage only); charges that do not reach the gap's end change nothing yet, and
+    the ledger is never taken below the charges."""
+    ledger = store.repository(Ledger)
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    t1 = t0 + timedelta(hours=1)
+    minutes = lambda n: t0 + timedelta(minutes=n)  # noqa: E731
+    booting = Instance(id=1, actual_status="loading", dph_total=0.31, **STORAGE)
+    along = Instance(id=2, actual_status="running", dph_total=0.5, **STORAGE)
+    ledger.sweep([booting, along], t0, gap=30)
+    rented = Instance(id=3, actual_status="running", dph_total=0.4, start_date=minutes(10).timestamp(), **STORAGE)
+    ledger.sweep([booting.model_copy(update={"actual_status": "running"}), along, rented], t1, gap=30)
+    assert [(i, start, end) for i, start, end in ledger.unseen()] == [(1, t0, t1), (2, t0, t1), (3, minutes(10), t1)]
+
+    def gpu(instance_id: int, usd: float, until: datetime) -> dict[str, Any]:
+        return {"type": "instance", "source": f"instance-{instance_id}", "amount": usd + 1.0, "end": until.timestamp(),
+                "metadata": {"instance_id": instance_id}, "items": [
+                    {"type": "gpu", "amount": usd}, {"type": "storage", "amount": 1.0}]}  # fmt: skip
+
+    # Vast: 1 came up at minute 40, 2 was offline minutes 10-20, 3 came up at minute 15; 4 is someone else's.
+    truth = [gpu(1, 0.30 * 20 / 60, t1), gpu(2, 0.49 * 50 / 60, t1), gpu(3, 0.39 * 45 / 60, t1), gpu(4, 9.0, t1)]
+    assert ledger.settle([gpu(1, 0.0, minutes(59))]) == []  # the charges do not cover the gap yet
+    assert ledger.settle(truth) == [1, 2, 3]
+    spans = [(i.instance_id, i.state, round(i.rate_usd_h, 4), i.start, i.end) for i in ledger.intervals()]
+    assert spans == [
+        (1, "loading", 0.01, t0, minutes(40)),  # the guessed start moved to when Vast started charging the GPU
+        (1, "running", 0.31, minutes(40), None),
+        (2, "unseen", 0.01, t0, minutes(10)),  # not running for 10 of the unseen minutes (which ones: not known)
+        (2, "running", 0.5, minutes(10), None),
+        (3, "unseen", 0.01, minutes(10), minutes(15)),
+        (3, "running", 0.4, minutes(15), None),
+    ]
+    assert ledger.unseen() == []
+    for instance_id, charged in [(1, 0.30 * 20 / 60), (2, 0.49 * 50 / 60), (3, 0.39 * 45 / 60)]:
+        mine = ledger.intervals(instance_id=instance_id)
+        storage = sum(0.01 * ((i.end or t1) - i.start).total_seconds() / 3600 for i in mine)
+        assert sum(i.cost_usd(t1) for i in mine) == pytest.approx(charged + storage)
+
+    # Charges above what the ledger counts (it was low, or they include what it cannot know) change nothing.
+    ledger.sweep([along.model_copy(update={"id": 5})], t1 + timedelta(seconds=10), gap=30)
+    ledger.sweep([along.model_copy(update={"id": 5})], t1 + timedelta(hours=1), gap=30)
+    before = ledger.intervals(instance_id=5)
+    assert ledger.settle([gpu(5, 5.0, t1 + timedelta(hours=1))]) == [5]
+    assert ledger.intervals(instance_id=5) == before
+
+
+def test_a_watcher_whose_polls_failed_remembers_the_stretch_as_unseen_without_redating_what_it_then_saw(
+    store: SqlStore,
+) -> None:
+    """Polls failed for a minute (a 503 storm) while the watcher stayed up: a host flap in there was never seen.
+    The stretch is remembered for the charges to settle; what the next list shows is dated when it was seen."""
+    ledger = store.repository(Ledger)
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    t1 = t0 + timedelta(minutes=1)
+    loading = Instance(id=1, actual_status="loading", dph_total=0.31, **STORAGE)
+    ledger.sweep([loading], t0, blind=30)
+    ledger.sweep([loading.model_copy(update={"actual_status": "running"})], t1, blind=30)
+    assert [(i.state, i.start, i.end) for i in ledger.intervals()] == [("loading", t0, t1), ("running", t1, None)]
+    assert ledger.unseen() == [(1, t0, t1)]

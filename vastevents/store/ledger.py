@@ -15,15 +15,23 @@ seen, so the ledger reconstructs them from what it knew when it last looked (the
 cost: a change to a dearer state (loading to running) is dated at the start of the gap, a change to a cheaper
 one (running to exited, gone) at its end, and an instance rented during the gap is billed from its
 ``start_date`` at the rate it shows.
+
+Those guesses err high, by up to the whole gap at the GPU price. The ledger remembers each stretch it did not see
+(``ledger_unseen``: after a gap, or a sweep whose last complete list is too old because polls failed) and
+:meth:`Ledger.settle` corrects them with Vast's own charges once these cover the stretch: the GPU time counted
+beyond the GPU part Vast charged is taken out of the unseen stretches, never more, never elsewhere. Until then (and
+for a store older than the ``gpu_rate`` column) the ledger stays on the side of cost, so budgets act early rather
+than late; where inside a stretch the instance did not run is not known, so a settled stretch is placed at its
+start (the total is right, the moment may not be).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from vastevents.models import Instance, State
 from vastevents.store._codec import iso, time
@@ -36,6 +44,11 @@ FRESH_STATES = frozenset({State.SCHEDULING.value, State.CREATED.value, State.LOA
 """States an instance is in right after it was rented: first seen in one, the ledger covers its whole life."""
 
 _JOB_LABEL = re.compile(r":job-([A-Za-z0-9_.-]+)$")
+_SOURCE = re.compile(r"instance[-_ ]?(\d+)$")
+
+UNSEEN = "unseen"
+"""The state of a stretch a settlement took out of a running interval: within time the ledger did not see, Vast's
+GPU charges show the instance was not running (which state it was in instead is not known)."""
 
 MIGRATIONS = (
     Migration(
@@ -73,6 +86,19 @@ MIGRATIONS = (
         ),
     ),
     Migration("ledger", 3, ("CREATE TABLE ledger_swept (id INTEGER PRIMARY KEY, swept_at TEXT NOT NULL)",)),
+    Migration(
+        "ledger",
+        4,
+        (
+            "ALTER TABLE ledger_intervals ADD COLUMN gpu_rate REAL",
+            """CREATE TABLE ledger_unseen (
+                instance_id INTEGER NOT NULL,
+                start_at TEXT NOT NULL,
+                end_at TEXT NOT NULL,
+                PRIMARY KEY (instance_id, start_at)
+            )""",
+        ),
+    ),
 )
 
 
@@ -85,6 +111,11 @@ def hourly_rate(instance: Instance) -> float:
 
 def storage_rate(instance: Instance) -> float:
     return (instance.storage_cost or 0.0) * (instance.disk_space or 0.0) / HOURS_PER_MONTH
+
+
+def gpu_rate(instance: Instance) -> float:
+    """The part of :func:`hourly_rate` that is not storage: what Vast's charges list as GPU time."""
+    return max(0.0, hourly_rate(instance) - storage_rate(instance))
 
 
 def job_id_of(label: str | None) -> str | None:
@@ -114,6 +145,45 @@ def _unseen_since(conn: Conn, at: datetime, gap: float | None) -> datetime | Non
 def _created(instance: Instance) -> datetime | None:
     """When the instance was rented, as its row says (``start_date``, seconds since the epoch)."""
     return datetime.fromtimestamp(instance.start_date, UTC) if instance.start_date is not None else None
+
+
+def _unseen(conn: Conn, instance_id: int, start: datetime, end: datetime) -> None:
+    """Remember that the ledger guessed what `instance_id` did between `start` and `end` (it did not see it)."""
+    if end <= start:
+        return
+    conn.execute(
+        "INSERT INTO ledger_unseen (instance_id, start_at, end_at) VALUES (?, ?, ?)"
+        " ON CONFLICT (instance_id, start_at) DO UPDATE SET end_at = excluded.end_at"
+        " WHERE excluded.end_at > ledger_unseen.end_at",
+        (instance_id, iso(start), iso(end)),
+    )
+
+
+def gpu_charges(items: Iterable[Mapping[str, Any]]) -> dict[int, tuple[float, datetime]]:
+    """Per instance id, what Vast's charge items say it paid for GPU time, and until when they count.
+
+    An instance item carries ``metadata.instance_id`` (or ``instance_id``, or a ``source`` like ``instance-123``), an
+    ``end`` (unix seconds) and sub-items by kind (``gpu``, ``storage``/``disk``, ``bandwidth``); one without a ``gpu``
+    sub-item or an ``end`` says nothing about GPU time and is left out."""
+    out: dict[int, tuple[float, datetime]] = {}
+    for item in items:
+        metadata = item.get("metadata") if isinstance(item.get("metadata"), Mapping) else {}
+        found = item.get("instance_id") or (metadata or {}).get("instance_id")
+        if found is None:
+            match = _SOURCE.search(str(item.get("source") or ""))
+            found = match.group(1) if match else None
+        parts = [p for p in item.get("items") or [] if isinstance(p, Mapping) and p.get("type") == "gpu"]
+        if found is None or not parts or item.get("end") is None:
+            continue
+        try:
+            instance_id = int(found)
+            amount = sum(float(p.get("amount") or 0.0) for p in parts)
+            until = datetime.fromtimestamp(float(item["end"]), UTC)
+        except (TypeError, ValueError, OverflowError, OSError):
+            continue
+        before = out.get(instance_id)
+        out[instance_id] = (amount, until) if before is None else (before[0] + amount, max(before[1], until))
+    return out
 
 
 @dataclass(frozen=True)
@@ -210,6 +280,8 @@ class Ledger:
         if row is not None:
             opened = datetime.fromisoformat(row[4])
             at = start = max(at, opened)  # an observation older than the open interval (a late retry) never overlaps
+            if unseen is not None:
+                _unseen(conn, instance_id, max(unseen, opened), at)
             if instance is not None and (row[1], row[2], row[3]) == (
                 instance.state.value,
                 hourly_rate(instance),
@@ -226,11 +298,12 @@ class Ledger:
         created = _created(instance)
         if row is None and unseen is not None and created is not None and unseen <= created < at:
             start, first_state = created, State.SCHEDULING.value  # rented during the gap: its whole life is billed
+            _unseen(conn, instance_id, created, at)
         label, job_id = instance.label, job_id_of(instance.label)
         conn.execute(
-            "INSERT INTO ledger_intervals (instance_id, label, job_id, state, rate, start_at)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
-            (instance_id, label, job_id, instance.state.value, hourly_rate(instance), iso(start)),
+            "INSERT INTO ledger_intervals (instance_id, label, job_id, state, rate, start_at, gpu_rate)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (instance_id, label, job_id, instance.state.value, hourly_rate(instance), iso(start), gpu_rate(instance)),
         )
         conn.execute(
             "INSERT INTO ledger_instances (instance_id, first_seen, first_state, label, job_id) VALUES (?, ?, ?, ?, ?)"
@@ -239,16 +312,30 @@ class Ledger:
         )
         return True
 
-    def sweep(self, instances: Iterable[Instance], at: datetime, *, gap: float | None = None) -> None:
+    def sweep(
+        self, instances: Iterable[Instance], at: datetime, *, gap: float | None = None, blind: float | None = None
+    ) -> None:
         """Bring the ledger in line with a complete list at `at`: rate changes, instances no event told us of.
 
         Instances the ledger has open but the list lacks are closed; listed ones whose rate or label changed
         without a status change (a bid change) get a new interval. `at` is remembered as the last moment the
-        ledger knew every instance's state (the start of a gap, see ``gap`` in :meth:`observe`).
+        ledger knew every instance's state (the start of a gap, see ``gap`` in :meth:`observe`). When the last
+        complete list is more than `gap` or `blind` seconds older (the watcher was down, or its polls failed),
+        what each instance did in between is remembered as not seen, for :meth:`settle` (`blind` changes no
+        dating: a watcher that stayed up dates what it sees when it sees it).
         """
         listed = {instance.id: instance for instance in instances}
         with self.db.transaction() as conn:
             unseen = _unseen_since(conn, at, gap)
+            since = unseen or _unseen_since(conn, at, blind)
+            if since is not None:  # every instance the ledger had meanwhile: what it did then is not known
+                spans = conn.execute(
+                    "SELECT instance_id, MIN(start_at) FROM ledger_intervals"
+                    " WHERE start_at < ? AND (end_at IS NULL OR end_at > ?) GROUP BY instance_id",
+                    (iso(at), iso(since)),
+                ).fetchall()
+                for instance_id, first in spans:
+                    _unseen(conn, int(instance_id), max(since, datetime.fromisoformat(first)), at)
             rows = conn.execute("SELECT instance_id FROM ledger_intervals WHERE end_at IS NULL").fetchall()
             open_ids = {int(r[0]) for r in rows}
             for instance_id in sorted(open_ids | set(listed)):
@@ -260,6 +347,92 @@ class Ledger:
                     " ON CONFLICT (id) DO UPDATE SET swept_at = excluded.swept_at",
                     (iso(at),),
                 )
+
+    def unseen(self) -> list[tuple[int, datetime, datetime]]:
+        """The stretches (instance id, start, end) the ledger guessed and has not settled with Vast's charges yet."""
+        rows = self.db.query("SELECT instance_id, start_at, end_at FROM ledger_unseen ORDER BY instance_id, start_at")
+        return [(int(r[0]), datetime.fromisoformat(r[1]), datetime.fromisoformat(r[2])) for r in rows]
+
+    def settle(self, items: Iterable[Mapping[str, Any]]) -> list[int]:
+        """Correct what the ledger guessed with what Vast charged for GPU time (`items`: ``/charges`` results).
+
+        After a gap the ledger bills every stretch it did not see as dear as it may have been. Once the charges of
+        an instance cover its unseen stretches (their ``end`` is past them), the GPU time the ledger counts beyond
+        the GPU time Vast charged is taken out of those stretches (earliest first): a dearer state's start moves
+        later, a running interval gives up the part it was not running. Only ever down to the charges, never
+        below, and never outside a stretch the ledger did not see. The instances settled.
+        """
+        charged = gpu_charges(items)
+        settled = []
+        with self.db.transaction() as conn:
+            spans: dict[int, list[tuple[datetime, datetime]]] = {}
+            rows = conn.execute("SELECT instance_id, start_at, end_at FROM ledger_unseen ORDER BY start_at").fetchall()
+            for instance_id, start, end in rows:
+                spans.setdefault(int(instance_id), []).append(
+                    (datetime.fromisoformat(start), datetime.fromisoformat(end))
+                )
+            for instance_id, mine in sorted(spans.items()):
+                if instance_id not in charged:
+                    continue
+                amount, until = charged[instance_id]
+                if until < max(end for _, end in mine):
+                    continue  # the charges do not reach the end of what the ledger did not see yet
+                self._settle(conn, instance_id, mine, amount, until)
+                conn.execute("DELETE FROM ledger_unseen WHERE instance_id = ?", (instance_id,))
+                settled.append(instance_id)
+        return settled
+
+    def _settle(
+        self, conn: Conn, instance_id: int, spans: list[tuple[datetime, datetime]], charged: float, until: datetime
+    ) -> None:
+        columns = "SELECT id, state, rate, start_at, end_at, gpu_rate, label, job_id FROM ledger_intervals"
+        query = columns + " WHERE instance_id = ? ORDER BY start_at, id"
+        rows = conn.execute(query, (instance_id,)).fetchall()
+        if any(r[5] is None for r in rows):
+            return  # recorded before the ledger kept the GPU part of a rate: nothing to compare
+        ours = 0.0
+        for r in rows:
+            start, end = datetime.fromisoformat(r[3]), min(time(r[4]) or until, until)
+            ours += float(r[5]) * max(0.0, (end - start).total_seconds()) / 3600.0
+        excess = ours - charged  # $ of GPU time the ledger counts and Vast did not charge
+        for low, high in spans:
+            for r in conn.execute(query, (instance_id,)).fetchall():
+                if excess <= 1e-12:
+                    return
+                gpu = float(r[5])
+                start, end = datetime.fromisoformat(r[3]), min(time(r[4]) or until, until, high)
+                cut = max(start, low)
+                if gpu <= 0 or end <= cut:
+                    continue
+                took = min((end - cut).total_seconds(), excess * 3600.0 / gpu)
+                self._carve(conn, instance_id, r, cut, cut + timedelta(seconds=took))
+                excess -= took * gpu / 3600.0
+
+    def _carve(self, conn: Conn, instance_id: int, row: Sequence[Any], cut: datetime, resume: datetime) -> None:
+        """Bill [`cut`, `resume`) of interval `row` (a running one) at its storage part only."""
+        interval_id, state, rate, start_at, end_at, gpu, label, job_id = row
+        start, storage = datetime.fromisoformat(start_at), float(rate) - float(gpu)
+        before = conn.execute(
+            "SELECT id, gpu_rate FROM ledger_intervals WHERE instance_id = ? AND end_at = ? AND id <> ?",
+            (instance_id, iso(start), interval_id),
+        ).fetchone()
+        insert = (
+            "INSERT INTO ledger_intervals (instance_id, label, job_id, state, rate, start_at, end_at, gpu_rate)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+        )
+        if cut == start and before is not None and not before[1]:  # the cheaper state before it lasted longer
+            conn.execute("UPDATE ledger_intervals SET end_at = ? WHERE id = ?", (iso(resume), before[0]))
+        else:
+            conn.execute(insert, (instance_id, label, job_id, UNSEEN, storage, iso(cut), iso(resume), 0.0))
+        end = time(end_at)
+        if cut > start:  # the part before the cut stays as it was; the rest resumes after it
+            conn.execute("UPDATE ledger_intervals SET end_at = ? WHERE id = ?", (iso(cut), interval_id))
+            if end is None or resume < end:
+                conn.execute(insert, (instance_id, label, job_id, state, rate, iso(resume), end_at, gpu))
+        elif end is not None and resume >= end:
+            conn.execute("DELETE FROM ledger_intervals WHERE id = ?", (interval_id,))
+        else:
+            conn.execute("UPDATE ledger_intervals SET start_at = ? WHERE id = ?", (iso(resume), interval_id))
 
     def intervals(
         self, *, instance_id: int | None = None, since: datetime | None = None, until: datetime | None = None
