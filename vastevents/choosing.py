@@ -14,8 +14,10 @@ Beta-style average with :data:`PRIOR_RENTALS` pseudo-rentals and :data:`PRIOR_HO
 rental moves the estimate without deciding it). Interruptions are a Poisson process: the work since the last
 checkpoint is redone after each one.
 
-It also decides bid or on-demand per offer (unless the job fixes it) and the bid: the offer's ``min_bid`` plus a
-margin learned from our own outbids (:func:`learned_margin`).
+It also decides bid or on-demand per offer (unless the job fixes it) and the bid: the offer's ``min_bid``, or
+``min_bid`` plus a margin learned from our own outbids (:func:`learned_margin`), whichever is expected to cost
+less. A margin pays only through the outbids it avoids: competing bids are taken to fall anywhere between
+``min_bid`` and the on-demand price, so a bid that far up is beaten by that share of them (:func:`_beaten`).
 
 Pure: offers, history and the workload come in, a ranking comes out; no I/O, no clock.
 """
@@ -25,7 +27,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 from vastevents.models import Offer
@@ -46,7 +48,8 @@ PRIOR_RENTALS = 2.0
 PRIOR_HOURS = 2.0
 """How many hours' weight the prior interruption rate carries against a host's own record."""
 OUTBIDS_PER_HOUR = 0.1
-"""The prior rate of outbids at a bid a little above the floor, before any bid of ours was outbid."""
+"""The prior rate of outbids at the floor (``min_bid``), before any bid of ours was outbid; a host's own record
+of outbids per hour is taken as its rate at the floor too (so a margin is credited with no more than it avoids)."""
 ON_DEMAND_INTERRUPTIONS = 0.1
 """On-demand interruptions per hour of a host whose reliability is 0 (the prior scales with 1 - reliability)."""
 MARGIN = 0.1
@@ -158,7 +161,7 @@ class Workload:
     kind: Kind | None = None
     """Fixed by the job; None: bid or on-demand, whichever is expected to cost less on each offer."""
     bid: float | None = None
-    """A bid the job fixes ($/h for the GPUs); with None a bid is ``min_bid`` plus the learned margin."""
+    """A bid the job fixes ($/h for the GPUs); with None ``min_bid``, or plus the learned margin if that pays."""
 
 
 @dataclass(frozen=True)
@@ -244,12 +247,15 @@ def rank(
     """Every offer priced for `workload` with what `history` (by machine id) says of its host and of the market,
     in the order `strategy` would try them."""
     priors = Priors.of(history.values())
-    if strategy is not Strategy.EXPECTED_COST:
-        priors = replace(priors, margin=0.0)  # by price: bids at the floor
+    margins = (0.0, priors.margin) if strategy is Strategy.EXPECTED_COST else (0.0,)  # by price: the floor
     best: list[Estimate] = []
     for offer in offers:
         host = history.get(offer.machine_id) if offer.machine_id is not None else None
-        ways = [_estimate(offer, kind, workload, host, priors) for kind in _kinds(offer, workload, strategy)]
+        ways = [
+            _estimate(offer, kind, workload, host, priors, margin)
+            for kind in _kinds(offer, workload, strategy)
+            for margin in (margins if kind is Kind.BID and workload.bid is None else (0.0,))
+        ]
         if ways:
             best.append(min(ways, key=lambda e: e.expected_cost_usd))
     if strategy is Strategy.EXPECTED_COST:
@@ -281,12 +287,14 @@ def _kinds(offer: Offer, workload: Workload, strategy: Strategy) -> list[Kind]:
     return [Kind.ON_DEMAND]
 
 
-def _estimate(offer: Offer, kind: Kind, work: Workload, host: HostStats | None, priors: Priors) -> Estimate:
+def _estimate(
+    offer: Offer, kind: Kind, work: Workload, host: HostStats | None, priors: Priors, margin: float
+) -> Estimate:
     storage_ph = (offer.storage_cost or 0.0) * work.disk_gb / HOURS_PER_MONTH
     on_demand = offer.dph_base if offer.dph_base is not None else max(0.0, (offer.dph_total or 0.0) - storage_ph)
     bid: float | None = None
     if kind is Kind.BID:
-        bid = work.bid if work.bid is not None else (offer.min_bid or 0.0) * (1.0 + priors.margin)
+        bid = work.bid if work.bid is not None else (offer.min_bid or 0.0) * (1.0 + margin)
         gpu_ph = bid
     else:
         gpu_ph = on_demand
@@ -299,8 +307,8 @@ def _estimate(offer: Offer, kind: Kind, work: Workload, host: HostStats | None, 
     p_fail = _blend(own.failed_starts, own.job_rentals, 1.0 - reliability, PRIOR_RENTALS)
     p_fail = min(p_fail, 0.95)
     fail_s = _blend(own.failed_start_s, own.failed_starts, priors.failed_start_s, 1.0)
-    if kind is Kind.BID:
-        rate_h = _blend(own.outbids, own.bid_hours, OUTBIDS_PER_HOUR, PRIOR_HOURS)
+    if kind is Kind.BID and bid is not None:
+        rate_h = _blend(own.outbids, own.bid_hours, OUTBIDS_PER_HOUR, PRIOR_HOURS) * _beaten(offer, bid, on_demand)
     else:
         rate_h = _blend(own.interruptions, own.on_demand_hours, ON_DEMAND_INTERRUPTIONS * (1.0 - reliability),
                         PRIOR_HOURS)  # fmt: skip
@@ -324,8 +332,17 @@ def _estimate(offer: Offer, kind: Kind, work: Workload, host: HostStats | None, 
     transfer = boots * work.upload_gb * _per_gb(offer, "inet_down_cost")  # inputs go up again on each attempt
     cost += transfer + work.download_gb * _per_gb(offer, "inet_up_cost")
 
-    why = _why(kind, bid, priors.margin, own, boot, ssh, p_fail, rate_h, interruptions, reliability)
+    why = _why(kind, bid, margin, own, boot, ssh, p_fail, rate_h, interruptions, reliability)
     return Estimate(offer, kind, bid, gpu_ph + storage_ph, cost, why)
+
+
+def _beaten(offer: Offer, bid: float, on_demand: float) -> float:
+    """The share of competing bids above `bid`, with competing bids anywhere between ``min_bid`` and the on-demand
+    price: 1 at the floor, 0 at the on-demand price and above."""
+    floor = offer.min_bid
+    if floor is None or on_demand <= floor:
+        return 1.0
+    return min(1.0, max(0.0, (on_demand - bid) / (on_demand - floor)))
 
 
 def _median_machine(values: Iterable[float | None], constant: float) -> float:
