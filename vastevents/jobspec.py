@@ -2,7 +2,7 @@
 
     image = "pytorch/pytorch:2.3.1-cuda12.1-cudnn8-runtime"
     query = "gpu_ram>=24 num_gpus=1 reliability>0.9 disk_space>=64"
-    interruptible = true          # a bid (min_bid, plus a learned margin where it pays); false: on-demand; unset: the cheaper bet
+    interruptible = true          # a bid (min_bid, or more where outbids cost more); false: on-demand; unset: cheaper
     upload = "./train"            # becomes the remote workdir
     cmd = "python train.py"
     download = ["out", "metrics.json"]
