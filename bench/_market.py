@@ -265,12 +265,13 @@ def job_spec(
     out: Path,
     interruptible: bool | None = None,
     checkpoint_every: float = 120.0,
+    query: str = QUERY,
 ) -> JobSpec:
-    """A job that runs :data:`JOB_PY` for `work_s` simulated seconds, checkpointing its progress, on :data:`QUERY`."""
+    """A job that runs :data:`JOB_PY` for `work_s` simulated seconds, checkpointing its progress, on `query`."""
     return JobSpec.model_validate(
         {
             "image": "pytorch/pytorch",
-            "query": QUERY,
+            "query": query,
             "disk": 16,
             "upload": str(inputs),
             "cmd": "python3 job.py",

@@ -123,14 +123,14 @@ def _p7(result: dict[str, Any]) -> list[Row]:
 
 def _p8(result: dict[str, Any]) -> list[Row]:
     rows = []
-    for kind, ratio in result["ratios"].items():
-        by = {run["choose"]: run for run in result["runs"] if run["kind"] == kind}
+    for key, ratio in result["ratios"].items():
+        by = {run["choose"]: run for run in result["runs"] if f"{run['gpu']} {run['kind']}" == key}
         cheap, ours = by["cheapest"], by["expected_cost"]
-        said = f"{kind}: expected_cost / cheapest per finished job (${ours['per_finished_usd']:.4f} vs"
+        said = f"{key}: expected_cost / cheapest per finished job (${ours['per_finished_usd']:.4f} vs"
         said += f" ${cheap['per_finished_usd']:.4f})"
         finished = f"{ours['finished']} / {cheap['finished']}"
         rows.append(_row(said, ratio, result["goal"], "x"))
-        rows.append([f"{kind}: jobs finished, expected_cost / cheapest", finished, "equal", "-",
+        rows.append([f"{key}: jobs finished, expected_cost / cheapest", finished, "equal", "-",
                      _met(ours["finished"] >= cheap["finished"])])  # fmt: skip
     return rows
 
