@@ -26,6 +26,7 @@ The account's credit (``users/current``) is read at most every 10 minutes, and o
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -58,6 +59,8 @@ CREDIT_EVERY = timedelta(minutes=10)
 SETTLE_EVERY = timedelta(minutes=1)
 """How often unseen time the charges did not cover yet is tried again."""
 CHARGE_PAGES = 10
+SETTLE_WAIT = 15.0
+"""Wall seconds the check waits for the charges (the client retries through 429/5xx for minutes)."""
 
 
 class BillingOptions(HandlerOptions):
@@ -150,16 +153,17 @@ class BillingHandler(Handler[BillingOptions]):
         items: list[dict[str, Any]] = []
         token: str | None = None
         try:
-            for _ in range(CHARGE_PAGES):
-                page = await ctx.client.charges(
-                    start=start, end=(now + timedelta(days=1)).timestamp(), after_token=token
-                )
-                items += [item for item in page.get("results") or [] if isinstance(item, dict)]
-                token = page.get("next_token") or None
-                if token is None:
-                    break
-        except VastEventsError as exc:
-            ctx.logger.info("cannot read the charges to settle the ledger's unseen time yet: %s", exc)
+            async with asyncio.timeout(SETTLE_WAIT):  # the API retrying through a storm must not hold the check
+                for _ in range(CHARGE_PAGES):
+                    page = await ctx.client.charges(
+                        start=start, end=(now + timedelta(days=1)).timestamp(), after_token=token
+                    )
+                    items += [item for item in page.get("results") or [] if isinstance(item, dict)]
+                    token = page.get("next_token") or None
+                    if token is None:
+                        break
+        except (VastEventsError, TimeoutError) as exc:
+            ctx.logger.info("cannot read the charges to settle the ledger's unseen time yet: %r", exc)
             return
         for instance_id in ledger.settle(items):
             ctx.logger.debug("ledger of instance %d settled with Vast's GPU charges", instance_id)

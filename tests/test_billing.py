@@ -3,6 +3,7 @@ the middle."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -15,6 +16,7 @@ from vastevents.costs import Charge, build_report
 from vastevents.plugins import ActiveHandler, activate
 from vastevents.store import SqlStore
 from vastevents.testing import FakeCloud, Harness
+from vastevents_handlers import billing as billing_module
 from vastevents_handlers.billing import BillingHandler
 
 STORAGE = {"storage_cost": 0.1, "disk_space": 72.0}  # 0.1 $/GB/month x 72 GB / 720 h = $0.01/h
@@ -318,3 +320,28 @@ def test_a_watcher_whose_polls_failed_remembers_the_stretch_as_unseen_without_re
     ledger.sweep([loading.model_copy(update={"actual_status": "running"})], t1, blind=30)
     assert [(i.state, i.start, i.end) for i in ledger.intervals()] == [("loading", t0, t1), ("running", t1, None)]
     assert ledger.unseen() == [(1, t0, t1)]
+
+
+async def test_charges_that_do_not_answer_hold_the_check_only_settle_wait_and_the_budget_still_acts(
+    store: SqlStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The API retrying through a storm would hold the check (and the periodic handlers behind it) for minutes:
+    reading the charges to settle is given up after SETTLE_WAIT, the unseen stretch stays for the next try, and
+    the budget acts on the unsettled figure."""
+    monkeypatch.setattr(billing_module, "SETTLE_WAIT", 0.05)
+    config = parse_config('[vast]\nlabel_prefix = "vastevents"\n')
+    async with Harness(billing(budget_usd=1.0, on_exceed="destroy"), config=config, store=store) as h:
+        never = asyncio.Event()
+
+        async def hanging(**_: Any) -> dict[str, Any]:
+            await never.wait()
+            return {}
+
+        h.cloud.charges = hanging  # type: ignore[method-assign]
+        h.cloud.add(10, "running", dph_total=0.6, label="vastevents:job-1", **STORAGE)
+        await h.poll_once()
+        h.clock.advance(6000)  # no list for 100 minutes: unseen, $1.00 as guessed
+        events = await asyncio.wait_for(h.poll_once(), 30)
+        assert [e.name for e in events] == ["budget_exceeded"]
+        assert h.cloud.calls == [("destroy", 10)]
+        assert h.store.repository(Ledger).unseen() != [], "left to settle later"
