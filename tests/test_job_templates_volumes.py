@@ -6,55 +6,35 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from sshkit import USER, edge, keypair, needs_openssh, register
+from jobworld import JOBS, JobWorld, job_world
+from jobworld import submit as queue
+from sshkit import USER, needs_openssh
 
 from vastevents import Cause, Hosts, Job, Jobs, JobSpec, Recoveries, Rental, SshTarget, VolumeMount
-from vastevents.clock import ManualClock
-from vastevents.config import parse_config
 from vastevents.errors import ConfigError
 from vastevents.jobspec import load_spec
-from vastevents.plugins import load_handlers
 from vastevents.runtime import Runtime
-from vastevents.sim import Simulator
-from vastevents.ssh import ParamikoSsh
-from vastevents.store import SqliteStore
 from vastevents.vast import VastClient
 
 pytestmark = [pytest.mark.ssh, needs_openssh]
 
-CONFIG = """
-[vast]
-label_prefix = "vastevents"
-[handlers.jobs]
-use = "jobs"
-ssh_retry = "1s"
-poll_first = "1s"
-poll_every = "1s"
+CONFIG = (
+    JOBS
+    + """
 [handlers.recovery]
 use = "recovery"
 min_reliability = 0.0
 on_preempt = "replace"
 """
+)
 
 
-@dataclass
-class World:
-    sim: Simulator
-    tmp: Path
-    ssh: ParamikoSsh
-
-    def runtime(self, client: VastClient) -> Runtime:
-        store = self.tmp / "state.db"
-        config = parse_config(CONFIG + f'[store]\npath = "{store}"\n')
-        return Runtime(config, client=client, store=SqliteStore(store), clock=self.sim.clock,
-                       handlers=load_handlers(config), ssh=self.ssh)  # fmt: skip
-
+class World(JobWorld):
     def live_volumes(self) -> list[int]:
         with self.sim.world() as world:
             return sorted(v.id for v in world.volumes.values() if v.ended_at is None)
@@ -69,17 +49,9 @@ class World:
 
 @pytest.fixture
 def world(tmp_path: Path) -> Iterator[World]:
-    key = keypair(tmp_path)
-    with Simulator(clock=ManualClock(), ssh=True) as sim:
-        register(sim, key)
-        ssh = edge(tmp_path, key)
-        w = World(sim, tmp_path, ssh)
-        try:
-            yield w
-        finally:
-            ssh.close()
-            assert sim.instance_count() == 0, "every test ends with nothing rented"
-            assert w.live_volumes() == [], "and no volume left"
+    with job_world(tmp_path, World, CONFIG) as w:
+        yield w
+        assert w.live_volumes() == [], "and no volume left"
 
 
 @pytest.fixture
@@ -89,8 +61,7 @@ async def client(world: World) -> AsyncIterator[VastClient]:
 
 
 def submit(rt: Runtime, spec: dict[str, Any]) -> Job:
-    checked = JobSpec.model_validate({"ssh_user": USER, **spec}).to_json()
-    return rt.store.repository(Jobs).submit(checked, [], "vastevents", rt.clock.now())
+    return queue(rt, {"ssh_user": USER, **spec}, [])
 
 
 async def until(rt: Runtime, world: World, job_id: int, done: str | None = None, seconds: float = 90.0) -> Job:

@@ -6,23 +6,20 @@ import asyncio
 import os
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import paramiko
 import pytest
-from sshkit import FAST, USER, edge, keypair, needs_openssh, register
+from jobworld import JobWorld, job_world, submit
+from sshkit import FAST, USER, edge, needs_openssh, register
 
 from vastevents import Cause, Hosts, Job, Jobs, SshTarget
 from vastevents.clock import ManualClock
-from vastevents.config import parse_config
 from vastevents.jobspec import JobSpec, pack_dir
-from vastevents.plugins import load_handlers
 from vastevents.runtime import Runtime
 from vastevents.sim import Simulator
 from vastevents.ssh import ParamikoSsh
-from vastevents.store import SqliteStore
 from vastevents.vast import VastClient
 
 pytestmark = [pytest.mark.ssh, needs_openssh]
@@ -35,73 +32,22 @@ strikes_to_block = 1
 """
 """Recovery too: it strikes hosts for a job_failed with cause host_unfit, and must rent nothing for a job's own."""
 
-CONFIG = """
-[vast]
-label_prefix = "vastevents"
-[handlers.jobs]
-use = "jobs"
-ssh_retry = "1s"
-poll_first = "1s"
-poll_every = "1s"
-"""
 
-
-@dataclass
-class World:
-    sim: Simulator
-    tmp: Path
-    key: Path
-    ssh: ParamikoSsh
-    store_path: Path
-
-    def runtime(self, client: VastClient, more: str = "") -> Runtime:
-        config = parse_config(CONFIG + f'[store]\npath = "{self.store_path}"\n' + more)
-        return Runtime(
-            config,
-            client=client,
-            store=SqliteStore(self.store_path),
-            clock=self.sim.clock,
-            handlers=load_handlers(config),
-            ssh=self.ssh,
-        )
-
-    def offers(self, count: int = 3) -> list[int]:
-        with self.sim.world() as world:
-            rows = sorted(world.search({}), key=lambda r: r["dph_total"])
-        return [int(row["id"]) for row in rows[:count]]
-
-    def spec(self, **fields: object) -> dict[str, object]:
-        base: dict[str, object] = {"image": "pytorch/pytorch", "ssh_user": USER, "out": str(self.tmp / "out")}
-        return {**base, **fields}
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[JobWorld]:
+    with job_world(tmp_path, JobWorld) as w:
+        yield w
 
 
 @pytest.fixture
-def world(tmp_path: Path) -> Iterator[World]:
-    key = keypair(tmp_path)
-    with Simulator(clock=ManualClock(), ssh=True) as sim:
-        register(sim, key)
-        ssh = edge(tmp_path, key)
-        try:
-            yield World(sim, tmp_path, key, ssh, tmp_path / "state.db")
-        finally:
-            ssh.close()
-            assert sim.instance_count() == 0, "every test ends with nothing rented"
-
-
-@pytest.fixture
-async def client(world: World) -> AsyncIterator[VastClient]:
+async def client(world: JobWorld) -> AsyncIterator[VastClient]:
     async with VastClient(world.sim.api_key, world.sim.url) as vast:
         yield vast
 
 
-def submit(rt: Runtime, spec: dict[str, object], offers: list[int]) -> Job:
-    checked = JobSpec.model_validate(spec).to_json()
-    return rt.store.repository(Jobs).submit(checked, offers, "vastevents", rt.clock.now())
-
-
 async def until(
     rt: Runtime,
-    world: World,
+    world: JobWorld,
     job_id: int,
     done: str | None = None,
     seconds: float = 60.0,
@@ -127,7 +73,7 @@ async def until(
     raise AssertionError(f"job {job_id} still {jobs.get(job_id)} after {seconds}s")
 
 
-async def test_a_job_uploads_runs_collects_and_destroys(world: World, client: VastClient) -> None:
+async def test_a_job_uploads_runs_collects_and_destroys(world: JobWorld, client: VastClient) -> None:
     inputs = world.tmp / "in"
     inputs.mkdir()
     payload = os.urandom(200_000)
@@ -147,7 +93,7 @@ async def test_a_job_uploads_runs_collects_and_destroys(world: World, client: Va
 
 
 async def test_a_submitted_job_is_claimed_searched_unpacked_and_run_with_results_under_the_state_dir(
-    world: World, client: VastClient
+    world: JobWorld, client: VastClient
 ) -> None:
     """What ``run --submit`` queues: no offers (the claimer searches), the upload as an archive, a relative out."""
     inputs = world.tmp / "in"
@@ -167,7 +113,7 @@ async def test_a_submitted_job_is_claimed_searched_unpacked_and_run_with_results
     assert (home / "results" / "copy.txt").read_text() == "from a teammate\n"
 
 
-async def test_a_submitted_job_over_its_max_cost_is_failed_before_renting(world: World, client: VastClient) -> None:
+async def test_a_submitted_job_over_its_max_cost_is_failed_before_renting(world: JobWorld, client: VastClient) -> None:
     spec = JobSpec.model_validate({"image": "pytorch/pytorch", "cmd": "true", "max_cost": 0.0001})
     async with world.runtime(client) as rt:
         jobs = rt.store.repository(Jobs)
@@ -179,7 +125,7 @@ async def test_a_submitted_job_over_its_max_cost_is_failed_before_renting(world:
 
 
 async def test_a_job_failing_before_it_starts_is_not_rented_again_when_its_instance_vanishes(
-    world: World, client: VastClient, monkeypatch: pytest.MonkeyPatch
+    world: JobWorld, client: VastClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The instance of a job that failed (here: its upload dir is gone) is destroyed. A watcher delivers that
     instance's ``vanished`` while the destroy is still being checked, so the job must already have left
@@ -208,7 +154,7 @@ async def test_a_job_failing_before_it_starts_is_not_rented_again_when_its_insta
 
 
 async def test_a_failing_job_reports_its_exit_code_keeps_the_log_and_is_destroyed(
-    world: World, client: VastClient
+    world: JobWorld, client: VastClient
 ) -> None:
     spec = world.spec(cmd="echo about to fail; exit 7", download=["missing.txt"])
     async with world.runtime(client) as rt:
@@ -220,7 +166,7 @@ async def test_a_failing_job_reports_its_exit_code_keeps_the_log_and_is_destroye
     assert (world.tmp / "out" / f"job-{job.id}" / "job.log").read_text() == "about to fail\n"
 
 
-async def test_a_stuck_offer_is_dropped_and_the_next_one_used(world: World, client: VastClient) -> None:
+async def test_a_stuck_offer_is_dropped_and_the_next_one_used(world: JobWorld, client: VastClient) -> None:
     offers = world.offers()
     async with world.runtime(client) as rt:
         job = submit(rt, world.spec(cmd="echo ok"), offers)
@@ -233,7 +179,7 @@ async def test_a_stuck_offer_is_dropped_and_the_next_one_used(world: World, clie
 
 
 async def test_a_host_without_gpu_fails_preflight_and_the_next_offer_runs_the_job(
-    world: World, client: VastClient
+    world: JobWorld, client: VastClient
 ) -> None:
     offers = world.offers()
     with world.sim.world() as w:
@@ -246,7 +192,7 @@ async def test_a_host_without_gpu_fails_preflight_and_the_next_offer_runs_the_jo
     assert failed and failed[0].startswith("preflight: no GPU visible")
 
 
-async def test_the_watcher_killed_mid_job_resumes_it_on_one_instance(world: World, client: VastClient) -> None:
+async def test_the_watcher_killed_mid_job_resumes_it_on_one_instance(world: JobWorld, client: VastClient) -> None:
     spec = world.spec(cmd="sleep 2; echo finished > done.txt", download=["done.txt"])
     async with world.runtime(client) as rt:
         job = submit(rt, spec, world.offers())
@@ -259,7 +205,7 @@ async def test_the_watcher_killed_mid_job_resumes_it_on_one_instance(world: Worl
 
 
 async def test_a_replacement_under_the_same_label_resumes_the_job_from_its_checkpoint(
-    world: World, client: VastClient
+    world: JobWorld, client: VastClient
 ) -> None:
     cmd = "mkdir -p ckpt; if [ -f ckpt/state ]; then echo resumed > result.txt; else echo 1 > ckpt/state; sleep 60; fi"
     spec = world.spec(cmd=cmd, download=["result.txt"], checkpoint_dir="ckpt", checkpoint_every=1)
@@ -285,7 +231,7 @@ async def test_a_replacement_under_the_same_label_resumes_the_job_from_its_check
 
 
 async def test_a_watcher_dying_between_the_destroy_and_the_outcome_leaves_no_job_hanging(
-    world: World, client: VastClient, monkeypatch: pytest.MonkeyPatch
+    world: JobWorld, client: VastClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The first watcher destroys the finished job's instance and dies before recording the outcome; the next
     one finds the job winding down with its instance gone and records the end (with the exit code the monitor
@@ -324,7 +270,7 @@ async def test_a_watcher_dying_between_the_destroy_and_the_outcome_leaves_no_job
 
 
 async def test_a_submitted_job_is_ranked_as_run_ranks_it_and_rented_on_the_terms_it_was_chosen_at(
-    world: World, client: VastClient
+    world: JobWorld, client: VastClient
 ) -> None:
     """No offers given (``run --submit``): the watcher ranks them by ``[jobs] choose`` and rents the first on its
     terms, a bid for an interruptible job."""
@@ -342,7 +288,9 @@ async def test_a_submitted_job_is_ranked_as_run_ranks_it_and_rented_on_the_terms
         assert (await until(rt, world, job.id)).status == "finished"
 
 
-async def test_a_submitted_job_that_could_break_a_budget_fails_before_renting(world: World, client: VastClient) -> None:
+async def test_a_submitted_job_that_could_break_a_budget_fails_before_renting(
+    world: JobWorld, client: VastClient
+) -> None:
     spec = world.spec(cmd="true", max_duration=7200)
     async with world.runtime(client, '[handlers.billing]\nuse = "billing"\nbudget_usd = 0.001\n') as rt:
         job = submit(rt, spec, [])
@@ -353,7 +301,7 @@ async def test_a_submitted_job_that_could_break_a_budget_fails_before_renting(wo
 
 
 async def test_a_preflight_import_failure_is_the_jobs_fault_no_strike_no_replacement_nothing_rented(
-    world: World, client: VastClient
+    world: JobWorld, client: VastClient
 ) -> None:
     """A module the image lacks is the job's own error (``job_error``): the job fails, its instance is destroyed,
     its host is not struck, the next offer is not tried and recovery rents no replacement."""
@@ -386,7 +334,7 @@ class CountingSsh(ParamikoSsh):
         return super()._connect_once(target)
 
 
-def _ended(world: World, instance_id: int) -> bool:
+def _ended(world: JobWorld, instance_id: int) -> bool:
     with world.sim.world() as w:
         return instance_id in w.ended
 
@@ -398,7 +346,7 @@ def _recorded(known_hosts: Path, instance_id: int) -> str:
 
 
 async def test_a_changed_host_key_drops_that_instance_at_once_strikes_its_host_and_the_next_offer_runs_the_job(
-    world: World, client: VastClient, caplog: pytest.LogCaptureFixture
+    world: JobWorld, client: VastClient, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Every simulator numbers its instances from the same id and each run has its own host key, so the
     watcher's known_hosts still holds the key an earlier run's instance presented under the id the job's first
@@ -450,7 +398,7 @@ async def test_a_changed_host_key_drops_that_instance_at_once_strikes_its_host_a
 
 
 async def test_a_host_key_changing_under_a_running_job_moves_the_job_to_the_next_offer(
-    world: World, client: VastClient, caplog: pytest.LogCaptureFixture
+    world: JobWorld, client: VastClient, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The host of a running job starts presenting another SSH host key (the simulator's ``host_key`` fault):
     the next checkpoint sync, a fresh connection, finds it; that instance is destroyed, its host struck, and the
@@ -486,7 +434,7 @@ async def test_a_host_key_changing_under_a_running_job_moves_the_job_to_the_next
 
 
 async def test_an_instance_whose_ssh_never_answers_is_host_unfit_after_ssh_wait_and_the_next_offer_runs_the_job(
-    world: World, client: VastClient
+    world: JobWorld, client: VastClient
 ) -> None:
     """SSH never up within ``ssh_wait`` (10 min) is the host's fault: ``job_failed`` with cause ``host_unfit``
     strikes it, its instance is destroyed and the next offer runs the job."""

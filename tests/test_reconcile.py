@@ -9,37 +9,23 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sshkit import USER, edge, keypair, needs_openssh, register
+from jobworld import JobWorld, job_world, submit
+from sshkit import needs_openssh
 from typer.testing import CliRunner
 
 from vastevents import Cause, Job, Jobs, JobStatus, SshError
 from vastevents.cli import app
-from vastevents.clock import ManualClock
-from vastevents.config import parse_config
 from vastevents.jobspec import JobSpec
-from vastevents.plugins import load_handlers
 from vastevents.runtime import Runtime
-from vastevents.sim import Simulator
-from vastevents.ssh import ParamikoSsh
 from vastevents.store import SqliteStore
 from vastevents.vast import VastClient
 
 pytestmark = [pytest.mark.ssh, needs_openssh]
 
-JOBS = """
-[vast]
-label_prefix = "vastevents"
-[handlers.jobs]
-use = "jobs"
-ssh_retry = "1s"
-poll_first = "1s"
-poll_every = "1s"
-"""
 RECOVERY = """
 [handlers.recovery]
 use = "recovery"
@@ -53,66 +39,21 @@ CHECKPOINTED = (
 """A job that waits until it is started again from its checkpoint, then finishes."""
 
 
-@dataclass
-class World:
-    sim: Simulator
-    tmp: Path
-    ssh: ParamikoSsh
-    store_path: Path
-
-    def runtime(self, client: VastClient, more: str = "") -> Runtime:
-        config = parse_config(JOBS + more + f'[store]\npath = "{self.store_path}"\n')
-        return Runtime(
-            config,
-            client=client,
-            store=SqliteStore(self.store_path),
-            clock=self.sim.clock,
-            handlers=load_handlers(config),
-            ssh=self.ssh,
-        )
-
-    def offers(self, count: int = 3) -> list[int]:
-        with self.sim.world() as world:
-            rows = sorted(world.search({}), key=lambda r: r["dph_total"])
-        return [int(row["id"]) for row in rows[:count]]
-
-    def spec(self, **fields: object) -> dict[str, object]:
-        base: dict[str, object] = {"image": "pytorch/pytorch", "ssh_user": USER, "out": str(self.tmp / "out")}
-        return {**base, **fields}
-
-    @property
-    def results(self) -> Path:
-        """The results dir of the test's job (the store's first)."""
-        return self.tmp / "out" / "job-1"
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[JobWorld]:
+    with job_world(tmp_path, JobWorld) as w:
+        yield w
 
 
 @pytest.fixture
-def world(tmp_path: Path) -> Iterator[World]:
-    key = keypair(tmp_path)
-    with Simulator(clock=ManualClock(), ssh=True) as sim:
-        register(sim, key)
-        ssh = edge(tmp_path, key)
-        try:
-            yield World(sim, tmp_path, ssh, tmp_path / "state.db")
-        finally:
-            ssh.close()
-            assert sim.instance_count() == 0, "every test ends with nothing rented"
-
-
-@pytest.fixture
-async def client(world: World) -> AsyncIterator[VastClient]:
+async def client(world: JobWorld) -> AsyncIterator[VastClient]:
     async with VastClient(world.sim.api_key, world.sim.url, max_attempts=1) as vast:
         yield vast
 
 
-def submit(rt: Runtime, spec: dict[str, object], offers: list[int]) -> Job:
-    checked = JobSpec.model_validate(spec).to_json()
-    return rt.store.repository(Jobs).submit(checked, offers, "vastevents", rt.clock.now())
-
-
 async def until(
     rt: Runtime,
-    world: World,
+    world: JobWorld,
     job_id: int,
     done: Callable[[Job], bool] | None = None,
     *,
@@ -136,14 +77,14 @@ async def until(
     raise AssertionError(f"job {job_id} still {jobs.get(job_id)} after {cycles} cycles")
 
 
-async def checkpointed(rt: Runtime, world: World, job_id: int) -> Job:
+async def checkpointed(rt: Runtime, world: JobWorld, job_id: int) -> Job:
     """Until the job runs and its checkpoint was synced back (so a restart has something to resume from)."""
     await until(rt, world, job_id, lambda j: j.status == JobStatus.RUNNING)
     return await until(rt, world, job_id, lambda j: (world.results / "ckpt" / "state").exists(), step=1)
 
 
 async def test_a_replacement_outbid_while_the_watcher_is_stopped_is_recovered_and_the_job_finishes(
-    world: World, client: VastClient
+    world: JobWorld, client: VastClient
 ) -> None:
     spec = world.spec(cmd=CHECKPOINTED, download=["result.txt"], checkpoint_dir="ckpt", checkpoint_every=1, bid=1.0)
     async with world.runtime(client, RECOVERY) as rt:
@@ -167,7 +108,7 @@ async def test_a_replacement_outbid_while_the_watcher_is_stopped_is_recovered_an
 
 
 async def test_a_503_storm_at_submit_delays_the_rental_by_at_most_the_backoff_cap(
-    world: World, client: VastClient
+    world: JobWorld, client: VastClient
 ) -> None:
     async with world.runtime(client) as rt:
         job = submit(rt, world.spec(cmd="echo ok > ok.txt", download=["ok.txt"]), [])  # searched by the watcher
@@ -182,7 +123,7 @@ async def test_a_503_storm_at_submit_delays_the_rental_by_at_most_the_backoff_ca
     assert job.status == JobStatus.FINISHED and (world.results / "ok.txt").read_text() == "ok\n"
 
 
-async def test_a_claim_left_by_a_killed_watcher_is_released_at_start(world: World, client: VastClient) -> None:
+async def test_a_claim_left_by_a_killed_watcher_is_released_at_start(world: JobWorld, client: VastClient) -> None:
     async with world.runtime(client) as rt:
         job = submit(rt, world.spec(cmd="echo ok"), world.offers())
         claimed = rt.store.repository(Jobs).claim(rt.clock.now())  # then killed before renting
@@ -195,7 +136,7 @@ async def test_a_claim_left_by_a_killed_watcher_is_released_at_start(world: Worl
 
 
 async def test_a_flap_that_kills_the_process_resumes_it_from_its_checkpoint_on_the_same_host(
-    world: World, client: VastClient
+    world: JobWorld, client: VastClient
 ) -> None:
     spec = world.spec(cmd=CHECKPOINTED, download=["result.txt"], checkpoint_dir="ckpt", checkpoint_every=1)
     async with world.runtime(client) as rt:
@@ -211,7 +152,7 @@ async def test_a_flap_that_kills_the_process_resumes_it_from_its_checkpoint_on_t
 
 
 async def test_without_recovery_a_host_offline_beyond_grace_loses_the_job_to_the_next_offer(
-    world: World, client: VastClient
+    world: JobWorld, client: VastClient
 ) -> None:
     spec = world.spec(cmd=CHECKPOINTED, download=["result.txt"], checkpoint_dir="ckpt", checkpoint_every=1)
     async with world.runtime(client, '[watch]\noffline_grace = "2m"\n') as rt:
@@ -225,7 +166,7 @@ async def test_without_recovery_a_host_offline_beyond_grace_loses_the_job_to_the
 
 
 async def test_a_watcher_killed_between_starting_the_command_and_checkpointing_does_not_start_it_twice(
-    world: World, client: VastClient, monkeypatch: pytest.MonkeyPatch
+    world: JobWorld, client: VastClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from vastevents_handlers import jobs_remote
 
@@ -252,7 +193,7 @@ async def test_a_watcher_killed_between_starting_the_command_and_checkpointing_d
 
 @pytest.mark.parametrize("when", [JobStatus.PENDING, JobStatus.RUNNING])
 async def test_a_cancel_request_destroys_what_the_job_rented_and_journals_cancelled(
-    world: World, client: VastClient, when: JobStatus
+    world: JobWorld, client: VastClient, when: JobStatus
 ) -> None:
     async with world.runtime(client) as rt:
         job = submit(rt, world.spec(cmd="sleep 600"), world.offers())
@@ -267,7 +208,7 @@ async def test_a_cancel_request_destroys_what_the_job_rented_and_journals_cancel
 
 
 async def test_each_job_has_its_own_results_dir_and_logs_prints_its_own_log_from_anywhere(
-    world: World, client: VastClient, monkeypatch: pytest.MonkeyPatch
+    world: JobWorld, client: VastClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Two jobs with one ``out``: each lands in ``<out>/job-<id>/`` (absolute in the row), so neither overwrites
     the other's log, and ``vastevents logs N`` run from another directory prints job N's."""
@@ -289,7 +230,7 @@ async def test_each_job_has_its_own_results_dir_and_logs_prints_its_own_log_from
 
 
 async def test_a_session_dropped_as_the_instance_is_taken_back_is_the_instance_loss_not_a_job_error(
-    world: World, client: VastClient, monkeypatch: pytest.MonkeyPatch
+    world: JobWorld, client: VastClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """C1's seed 1: an SSH session dropped because the instance was preempted under it failed the job with cause
     ``job_error``; it is the instance's loss: the job moves on (here to its next offer) and finishes."""
@@ -317,7 +258,7 @@ async def test_a_session_dropped_as_the_instance_is_taken_back_is_the_instance_l
 
 
 async def test_a_command_its_host_stopped_with_sigterm_is_started_again_from_its_checkpoint(
-    world: World, client: VastClient
+    world: JobWorld, client: VastClient
 ) -> None:
     """C1's seed 1: a host flap SIGTERMs every process of the instance at once; a wrapper that outlived its command
     by an instant wrote exit code 143 and the job failed (``job_error``, nothing to download). A command ended by
@@ -337,7 +278,7 @@ async def test_a_command_its_host_stopped_with_sigterm_is_started_again_from_its
 
 
 async def test_offers_rented_away_under_the_job_are_no_failed_attempt_and_it_searches_again(
-    world: World, client: VastClient
+    world: JobWorld, client: VastClient
 ) -> None:
     """C1's seed 1: offers rented away before our create used up ``max_offers`` and the job failed with cause
     ``capacity``. An offer gone is no attempt of ours: the job searches again (after the backoff) and rents."""
@@ -351,7 +292,7 @@ async def test_offers_rented_away_under_the_job_are_no_failed_attempt_and_it_sea
 
 
 async def test_a_watcher_killed_between_the_create_and_recording_it_adopts_that_instance_and_rents_no_other(
-    world: World, client: VastClient
+    world: JobWorld, client: VastClient
 ) -> None:
     """The job's claim is in the store, its create went through, and the watcher died before it recorded the
     instance: the next watcher finds the instance by the job's label and runs the job there; no second rental."""
@@ -370,7 +311,7 @@ async def test_a_watcher_killed_between_the_create_and_recording_it_adopts_that_
 
 
 async def test_a_host_that_drops_off_while_the_results_are_collected_is_waited_for_not_destroyed(
-    world: World, client: VastClient, monkeypatch: pytest.MonkeyPatch
+    world: JobWorld, client: VastClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """C1's seed 2: the command ended, then its host went offline as the results were downloaded; the download
     failed, the instance was destroyed anyway and the job ``finished`` without its results. The collect now stops
@@ -404,7 +345,7 @@ async def test_a_host_that_drops_off_while_the_results_are_collected_is_waited_f
 
 @pytest.mark.parametrize("back", [True, False])
 async def test_an_instance_offline_before_running_is_waited_for_up_to_preempt_grace(
-    world: World, client: VastClient, back: bool
+    world: JobWorld, client: VastClient, back: bool
 ) -> None:
     """C1: a host flap while the job's instance loaded dropped it at once, and the next offer booted from scratch
     (60-100 s) where the host came back in 20-60 s. It is waited for (preempt_grace plus a poll, 75 s here): back
