@@ -345,3 +345,23 @@ async def test_charges_that_do_not_answer_hold_the_check_only_settle_wait_and_th
         assert [e.name for e in events] == ["budget_exceeded"]
         assert h.cloud.calls == [("destroy", 10)]
         assert h.store.repository(Ledger).unseen() != [], "left to settle later"
+
+
+def test_an_instance_gone_unseen_in_a_gap_ends_where_vasts_charges_for_it_end(store: SqlStore) -> None:
+    """Destroyed (by us, just before the watcher was killed) in a gap: the ledger closed it at the gap's end, when it
+    noticed. Vast's charge for it ends when it was destroyed: so does the ledger, storage included."""
+    ledger = store.repository(Ledger)
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    t1 = t0 + timedelta(hours=1)
+    ended = t0 + timedelta(minutes=20)
+    running = Instance(id=1, actual_status="running", dph_total=0.5, **STORAGE)
+    ledger.sweep([running], t0, gap=30)
+    ledger.sweep([], t1, gap=30)
+    stale = {"source": "instance-1", "end": (t0 - timedelta(minutes=1)).timestamp(), "items": [{"type": "gpu"}]}
+    assert ledger.settle([stale]) == [], "charges that end before the stretch are stale"
+    item = {"source": "instance-1", "amount": 0.5 / 3, "end": ended.timestamp(), "metadata": {"instance_id": 1},
+            "items": [{"type": "gpu", "amount": 0.49 / 3}, {"type": "storage", "amount": 0.01 / 3}]}  # fmt: skip
+    assert ledger.settle([item]) == [1]
+    assert [(i.state, i.start, i.end) for i in ledger.intervals()] == [("running", t0, ended)]
+    assert ledger.instances()[1].gone_at == ended
+    assert sum(i.cost_usd(t1) for i in ledger.intervals()) == pytest.approx(0.5 / 3)

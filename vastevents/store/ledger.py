@@ -159,6 +159,16 @@ def _unseen(conn: Conn, instance_id: int, start: datetime, end: datetime) -> Non
     )
 
 
+def _ended(conn: Conn, instance_id: int, at: datetime) -> None:
+    """The instance's billing ended at `at` (it was gone by the time the ledger noticed, later)."""
+    conn.execute("DELETE FROM ledger_intervals WHERE instance_id = ? AND start_at > ?", (instance_id, iso(at)))
+    conn.execute(
+        "UPDATE ledger_intervals SET end_at = ? WHERE instance_id = ? AND (end_at IS NULL OR end_at > ?)",
+        (iso(at), instance_id, iso(at)),
+    )
+    conn.execute("UPDATE ledger_instances SET gone_at = ? WHERE instance_id = ?", (iso(at), instance_id))
+
+
 def gpu_charges(items: Iterable[Mapping[str, Any]]) -> dict[int, tuple[float, datetime]]:
     """Per instance id, what Vast's charge items say it paid for GPU time, and until when they count.
 
@@ -375,7 +385,13 @@ class Ledger:
                 if instance_id not in charged:
                     continue
                 amount, until = charged[instance_id]
-                if until < max(end for _, end in mine):
+                last = max(mine, key=lambda span: span[1])
+                gone = conn.execute(
+                    "SELECT gone_at FROM ledger_instances WHERE instance_id = ?", (instance_id,)
+                ).fetchone()
+                if gone is not None and gone[0] is not None and last[0] <= until < last[1] == time(gone[0]):
+                    _ended(conn, instance_id, until)  # gone unseen: Vast stopped charging it then
+                elif until < last[1]:
                     continue  # the charges do not reach the end of what the ledger did not see yet
                 self._settle(conn, instance_id, mine, amount, until)
                 conn.execute("DELETE FROM ledger_unseen WHERE instance_id = ?", (instance_id,))
