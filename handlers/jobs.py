@@ -38,6 +38,7 @@ from vastevents import (
     Event,
     Handler,
     HandlerOptions,
+    HostHistory,
     HostKeyMismatch,
     Instance,
     Job,
@@ -546,6 +547,7 @@ class JobsHandler(Handler[JobsOptions]):
         if state["phase"] == JobPhase.CONNECT:
             if not await self._connected(job, instance, target, state, ctx):
                 return
+            ctx.store.repository(HostHistory).ssh_ready(instance_id, ctx.clock.now())  # what choosing learns from
             state = self._next(state, JobPhase.PREFLIGHT, ctx)
         if state["phase"] == JobPhase.PREFLIGHT:
             unfit = await jobs_remote.preflight(ctx, target, spec)

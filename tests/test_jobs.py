@@ -14,7 +14,7 @@ import pytest
 from jobworld import JobWorld, job_world, submit
 from sshkit import FAST, USER, edge, needs_openssh, register
 
-from vastevents import Cause, Hosts, Job, Jobs, SshTarget
+from vastevents import Cause, HostHistory, Hosts, Job, Jobs, SshTarget
 from vastevents.clock import ManualClock
 from vastevents.jobspec import JobSpec, pack_dir
 from vastevents.runtime import Runtime
@@ -90,6 +90,22 @@ async def test_a_job_uploads_runs_collects_and_destroys(world: JobWorld, client:
     assert (out / "out dir" / "copy.bin").read_bytes() == payload
     assert (out / "result.txt").read_text() == "it's done: a 'b' c\n"
     assert "it's done" in (out / "job.log").read_text()
+
+
+async def test_the_time_a_host_takes_to_answer_ssh_is_learned_for_choosing_offers(
+    world: JobWorld, client: VastClient
+) -> None:
+    """Its SSH answers 90 simulated seconds after it runs: the host history (what expected_cost ranks by) says so,
+    plus the cycles the test's watcher takes to look again (15 s each), far less than its 600 s ``ssh_wait``."""
+    ask = world.offers(1)[0]
+    with world.sim.world() as sim:
+        machine = next(int(row["machine_id"]) for row in sim.search({}) if row["id"] == ask)
+        sim.machines[machine].ssh_delay_s = 90.0
+    async with world.runtime(client) as rt:
+        job = await until(rt, world, submit(rt, world.spec(cmd="true"), [ask]).id, seconds=90)
+        learned = rt.store.repository(HostHistory).stats(rt.store.journal, rt.clock.now())[machine]
+    assert job.status == "finished", job
+    assert len(learned.s_to_ssh) == 1 and 90 <= learned.s_to_ssh[0] < 600, learned
 
 
 async def test_a_submitted_job_is_claimed_searched_unpacked_and_run_with_results_under_the_state_dir(
