@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import dataclasses
 import io
 import os
 import shlex
+import socket
 import tarfile
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,7 +21,7 @@ from sshkit import FAST, USER, edge, keypair, needs_openssh, register
 from vastevents.clock import ManualClock
 from vastevents.ports import SshTarget
 from vastevents.sim import Simulator
-from vastevents.ssh import HostKeyMismatch, ParamikoSsh, SshError, extract
+from vastevents.ssh import HostKeyMismatch, ParamikoSsh, SshError, SshSettings, extract
 
 pytestmark = [pytest.mark.ssh, needs_openssh]
 
@@ -141,3 +145,34 @@ async def test_the_watchers_edge_connects_once_per_call(tmp_path: Path) -> None:
     config = parse_config(f'[store]\npath = "{tmp_path / "state.db"}"\n')
     async with Runtime(config, client=object(), handlers=[]) as runtime:  # type: ignore[arg-type]
         assert isinstance(runtime.ssh, ParamikoSsh) and runtime.ssh.settings.connect_attempts == 1
+
+
+async def test_closing_an_edge_ends_a_connect_waiting_to_be_retried(tmp_path: Path) -> None:
+    """A refused connect is retried after ``connect_wait`` in a worker thread, which no task cancellation reaches
+    and which a process waits for before it exits: close() (at shutdown) must end that wait at once. ``run``'s edge
+    retries so; the watcher's connects once per call (the test above)."""
+    server = socket.create_server(("127.0.0.1", 0))
+    knocked = threading.Event()
+
+    def hang_up() -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            knocked.set()
+            conn.close()
+
+    threading.Thread(target=hang_up, daemon=True).start()
+    slow = ParamikoSsh(tmp_path / "known_hosts", key_file=keypair(tmp_path),
+                       settings=SshSettings(connect_attempts=3, connect_wait=60.0, connect_timeout=5.0))  # fmt: skip
+    try:
+        attempt = asyncio.create_task(slow.run(SshTarget("127.0.0.1", server.getsockname()[1], USER), "true"))
+        assert await asyncio.to_thread(knocked.wait, 30), "the first connect reached the listener"
+        closed = time.monotonic()
+        slow.close()
+        with pytest.raises(SshError):
+            await asyncio.wait_for(attempt, 10)
+        assert time.monotonic() - closed < 10, "not the 60 s wait"
+    finally:
+        server.close()

@@ -1,9 +1,10 @@
-"""SIGTERM ends a real ``vastevents watch`` within seconds even while a job's SSH connect waits to be retried.
+"""SIGTERM ends a real ``vastevents watch`` within seconds while a job's SSH connect is being retried.
 
-A job's monitor connects from a worker thread, and a refused connect is retried after ``connect_wait`` (30 s, then
-60 s). A process exits only once its worker threads have returned, so a watcher told to stop while that thread
-slept waited out the sleep (up to a minute; the chaos benchmark saw it). Here the instance's SSH port is a listener
-of the test's own that accepts and hangs up at once: once it has been knocked on, the monitor is in that wait.
+The instance's SSH port is a listener of the test's own that accepts and hangs up at once, so the job's monitor
+keeps retrying. The watcher's edge connects once per call and the jobs handler retries on the runtime's clock, a
+wait cancelled with its task; the edge's own wall-clock backoff (30 s, then 60 s, in a worker thread a process
+waits for before it exits) used to keep a stopping watcher for up to a minute (the chaos benchmark saw it). That
+close() ends such a wait for the edges that still retry is tested in ``test_ssh``.
 """
 
 from __future__ import annotations
