@@ -514,16 +514,7 @@ class JobsHandler(Handler[JobsOptions]):
         checkpoint). An SSH error on an instance still running (a flap just over, a dropped session), or an API
         failure that says nothing (a 503 while destroying it at the end), is retried from the phase's checkpoint,
         :data:`_RETRIES` times; so is any error while the API cannot tell what the instance is."""
-        try:
-            now = await ctx.client.get_instance(instance_id)
-        except Exception as api:
-            why = f"job {job.id}: {exc}; its instance cannot be read: {api}"
-            raise TemporaryError(why, delay=_RETRY_FIRST) from None
-        if now is None or now.state is not State.RUNNING:
-            where = now.actual_status if now is not None else "gone"
-            note = f"instance {instance_id} {where} under the job ({type(exc).__name__}: {exc}); left to recovery"
-            ctx.logger.warning("job %d: %s", job.id, note)
-            ctx.store.repository(Jobs).add_error(job.id, note)
+        if await self._instance_lost(job, instance_id, exc, ctx):
             return True
         if not isinstance(exc, SshError) and not _transient(exc):  # the job's own error (or ours): no retry
             return False
@@ -538,6 +529,22 @@ class JobsHandler(Handler[JobsOptions]):
             f"job {job.id}: SSH to instance {instance_id} failed ({retries + 1} of {_RETRIES}): {exc}",
             delay=self.options.ssh_retry,
         ) from None
+
+    async def _instance_lost(self, job: Job, instance_id: int, exc: Exception, ctx: Context) -> bool:
+        """Whether the API shows the instance no longer running under an error of the job's daemon (noted among the
+        job's errors); raises TemporaryError while the API cannot tell."""
+        try:
+            now = await ctx.client.get_instance(instance_id)
+        except Exception as api:
+            why = f"job {job.id}: {exc}; its instance cannot be read: {api}"
+            raise TemporaryError(why, delay=_RETRY_FIRST) from None
+        if now is not None and now.state is State.RUNNING:
+            return False
+        where = now.actual_status if now is not None else "gone"
+        note = f"instance {instance_id} {where} under the job ({type(exc).__name__}: {exc}); left to recovery"
+        ctx.logger.warning("job %d: %s", job.id, note)
+        ctx.store.repository(Jobs).add_error(job.id, note)
+        return True
 
     async def _phases(self, job: Job, instance: Instance, state: dict[str, Any], ctx: Context) -> None:
         jobs = ctx.store.repository(Jobs)
@@ -570,7 +577,7 @@ class JobsHandler(Handler[JobsOptions]):
                 note = f"{reason}; started again on instance {instance_id} ({resumes + 1} of {_RESUMES})"
                 ctx.logger.warning("job %d: %s", job.id, note)
                 jobs.add_error(job.id, note)
-                state = self._next(state, JobPhase.START, ctx, resumes=resumes + 1)
+                state = self._next(state, JobPhase.START, ctx, resumes=resumes + 1, resume=False)  # noted here
                 continue
             full = (
                 None if exit_code in (0, jobs_remote.KILLED) else await disk_full.evidence(ctx, target, spec, instance)
@@ -595,6 +602,10 @@ class JobsHandler(Handler[JobsOptions]):
     ) -> tuple[Job, dict[str, Any]]:
         """Start the command (unless the host's marker shows it started already), record it, move to monitor."""
         pid, fresh = await jobs_remote.start(ctx, target, spec)
+        if fresh and state.get("resume"):  # its daemon ended with the host (a flap, a preemption), resumed since
+            note = f"the command had ended with its host; started again on instance {instance.id}, from its checkpoint"
+            ctx.logger.warning("job %d: %s", job.id, note)
+            ctx.store.repository(Jobs).add_error(job.id, note)
         now = ctx.clock.now()
         job = ctx.store.repository(Jobs).update(
             job.id,
@@ -667,7 +678,8 @@ class JobsHandler(Handler[JobsOptions]):
     async def _monitor(
         self, job: Job, instance: Instance, target: SshTarget, spec: JobSpec, state: dict[str, Any], ctx: Context
     ) -> tuple[int | None, str | None] | None:
-        """(exit code, reason) when the command ends or is killed; None when another instance took the job."""
+        """(exit code, reason) when the command ends or is killed; None when another instance took the job, or the
+        API shows its instance no longer running (the reconcile pass takes the job on from there)."""
         jobs = ctx.store.repository(Jobs)
         started = datetime.fromisoformat(state["started"])
         while True:
@@ -679,6 +691,8 @@ class JobsHandler(Handler[JobsOptions]):
             except HostKeyMismatch:
                 raise
             except Exception as exc:
+                if await self._instance_lost(job, instance.id, exc, ctx):
+                    return None  # the daemon ends: the reconcile pass resumes the job when the host is back, or not
                 raise TemporaryError(
                     f"job {job.id}: cannot check the process: {exc}", delay=self.options.ssh_retry
                 ) from None

@@ -163,6 +163,8 @@ async def test_without_recovery_a_host_offline_beyond_grace_loses_the_job_to_the
     assert (job.status, job.exit_code, job.destroyed) == (JobStatus.FINISHED, 0, True), job.errors
     assert job.instance_id != first.instance_id and world.sim.instance(first.instance_id or 0) is None
     assert (world.results / "result.txt").read_text() == "resumed\n", "on the next offer, from the checkpoint"
+    lost = f"instance {first.instance_id} offline under the job"
+    assert any(lost in error for error in job.errors), "its daemon ended at once, not checking an offline host on"
 
 
 async def test_a_watcher_killed_between_starting_the_command_and_checkpointing_does_not_start_it_twice(
