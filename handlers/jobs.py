@@ -647,6 +647,23 @@ class JobsHandler(Handler[JobsOptions]):
                 return False
             raise TemporaryError(f"job {job.id}: SSH not ready yet: {exc}", delay=self.options.ssh_retry) from None
 
+    async def _unreachable_too_long(
+        self, job: Job, instance: Instance, state: dict[str, Any], exc: Exception, ctx: Context
+    ) -> bool:
+        """A running instance whose SSH fails while its command runs (sshd dead, the port blocked): its failures
+        are counted from the first, and once they last over ``ssh_wait`` the host is unfit (struck, the instance
+        destroyed, the next offer rented, the job resumed there from its checkpoint); True then."""
+        now = ctx.clock.now()
+        since = state.get("unreachable_since")
+        if since is None:
+            ctx.checkpoint({**state, "unreachable_since": now.isoformat()})
+            return False
+        if (now - datetime.fromisoformat(since)).total_seconds() <= self.options.ssh_wait:
+            return False
+        problem = f"SSH lost for over {self.options.ssh_wait:g}s while the command ran: {exc}"
+        await self._host_unfit(job, instance, problem, "ssh-lost", ctx)
+        return True
+
     async def _preflight_failed(self, job: Job, instance: Instance, unfit: jobs_remote.Unfit, ctx: Context) -> None:
         if unfit.cause is Cause.HOST_UNFIT:
             await self._host_unfit(job, instance, unfit.problem, "preflight", ctx)
@@ -693,11 +710,15 @@ class JobsHandler(Handler[JobsOptions]):
             except Exception as exc:
                 if await self._instance_lost(job, instance.id, exc, ctx):
                     return None  # the daemon ends: the reconcile pass resumes the job when the host is back, or not
+                if await self._unreachable_too_long(job, instance, state, exc, ctx):
+                    return None
                 raise TemporaryError(
                     f"job {job.id}: cannot check the process: {exc}", delay=self.options.ssh_retry
                 ) from None
             if status is not None:
                 return status
+            if state.get("unreachable_since") is not None:  # it answers again
+                state = self._next(state, JobPhase.MONITOR, ctx, unreachable_since=None)
             now = ctx.clock.now()
             elapsed = (now - started).total_seconds()
             if spec.max_duration is not None and elapsed > spec.max_duration:

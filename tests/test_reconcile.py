@@ -167,6 +167,27 @@ async def test_without_recovery_a_host_offline_beyond_grace_loses_the_job_to_the
     assert any(lost in error for error in job.errors), "its daemon ended at once, not checking an offline host on"
 
 
+async def test_a_running_instance_whose_ssh_stays_down_loses_the_job_to_the_next_offer_after_ssh_wait(
+    world: JobWorld, client: VastClient
+) -> None:
+    spec = world.spec(cmd=CHECKPOINTED, download=["result.txt"], checkpoint_dir="ckpt", checkpoint_every=1)
+    async with world.runtime(client) as rt:
+        job = submit(rt, spec, world.offers())
+        first = await checkpointed(rt, world, job.id)
+        down_at = world.sim.clock.now()
+        world.sim.apply("ssh_down", instance=first.instance_id)  # the instance runs on, its SSH answers no more
+        await until(rt, world, job.id, lambda j: j.instance_id != first.instance_id, step=30)
+        waited = (world.sim.clock.now() - down_at).total_seconds()
+        job = await until(rt, world, job.id, step=5)
+        failed = [e for e in rt.store.events() if e.name == "job_failed"]
+    assert (job.status, job.exit_code, job.destroyed) == (JobStatus.FINISHED, 0, True), job.errors
+    assert waited > 600, f"moved {waited:.0f} s after SSH went down, before ssh_wait (600 s) was over"
+    assert job.instance_id != first.instance_id and world.sim.instance(first.instance_id or 0) is None
+    assert [(e.cause, e.instance_id) for e in failed] == [(Cause.HOST_UNFIT, first.instance_id)]
+    assert any("SSH lost for over 600s while the command ran" in error for error in job.errors), job.errors
+    assert (world.results / "result.txt").read_text() == "resumed\n", "on the next offer, from the checkpoint"
+
+
 async def test_a_watcher_killed_between_starting_the_command_and_checkpointing_does_not_start_it_twice(
     world: JobWorld, client: VastClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:

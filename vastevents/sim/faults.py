@@ -205,6 +205,15 @@ def host_key(world: Lifecycle, params: Mapping[str, Any]) -> dict[str, Any]:
     return {"instance": inst.id}
 
 
+def ssh_down(world: Lifecycle, params: Mapping[str, Any]) -> dict[str, Any]:
+    """With ssh hosts: the instance's SSH server stops (its open sessions too) while the instance shows running and
+    its jobs go on, until it comes up again (a restart, the host back online)."""
+    inst = world.resolve(params.get("instance"))
+    if world.backend is not None:
+        world.backend.ssh_down(inst.id)
+    return {"instance": inst.id}
+
+
 def raw_status(world: Lifecycle, params: Mapping[str, Any]) -> dict[str, Any]:
     """Report a status string Vast may invent one day (until the next lifecycle change), to test tolerance."""
     inst = world.resolve(params.get("instance"))
@@ -250,6 +259,7 @@ FAULTS: dict[str, Fault] = {
     "slow": slow,
     "gpu_broken": gpu_broken,
     "host_key": host_key,
+    "ssh_down": ssh_down,
     "disk_full": disk_full,
     "raw_status": raw_status,
     "vanish": vanish,

@@ -246,6 +246,16 @@ class SSHHosts:
         host.sshd.wait(timeout=10)
         self._spawn_sshd(host, config, instance_id)
 
+    def ssh_down(self, instance_id: int) -> None:
+        """The instance's SSH server stops, its open sessions with it (until the instance comes up again); the
+        instance's jobs go on."""
+        host = self._hosts.get(instance_id)
+        if host is None or host.sshd is None:
+            return
+        _kill_tree([host.sshd.pid], None)
+        host.sshd.wait(timeout=5)
+        host.sshd = None
+
     def _volume_directory(self, volume_id: int) -> Path:
         directory = self.root / "volumes" / f"volume-{volume_id}"
         directory.mkdir(parents=True, exist_ok=True)
@@ -441,8 +451,9 @@ def _marked(prefix: str) -> list[int]:
     return found
 
 
-def _kill_tree(roots: Sequence[int], marker_prefix: str) -> None:
-    """SIGTERM the roots, their descendants and marked jobs; SIGKILL whatever is left after 2 s."""
+def _kill_tree(roots: Sequence[int], marker_prefix: str | None) -> None:
+    """SIGTERM the roots, their descendants and the jobs marked with `marker_prefix`; SIGKILL whatever is left
+    after 2 s."""
     if not Path("/proc").is_dir():
         targets = set(roots)
     else:
@@ -454,7 +465,8 @@ def _kill_tree(roots: Sequence[int], marker_prefix: str) -> None:
             if pid not in targets:
                 targets.add(pid)
                 stack.extend(tree.get(pid, []))
-        targets.update(_marked(marker_prefix))
+        if marker_prefix is not None:
+            targets.update(_marked(marker_prefix))
     for sig in (signal.SIGTERM, signal.SIGKILL):
         for pid in targets:
             try:
