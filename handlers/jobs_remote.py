@@ -168,10 +168,10 @@ async def status(ctx: Context, target: SshTarget, spec: JobSpec, pid: int) -> tu
 
 
 async def kill(ctx: Context, target: SshTarget, spec: JobSpec, pid: int) -> None:
+    """SIGTERM to the command's process group, SIGKILL 2 s later. Written ``kill -TERM -<pid>``, which dash (the
+    ``/bin/sh`` of Debian and Ubuntu images) takes as well as bash: dash refuses ``kill -TERM -- -<pid>``."""
     group = quote(f"-{pid}")
-    await ssh_edge(ctx).run(
-        target, f"kill -TERM -- {group} 2>/dev/null; sleep 2; kill -KILL -- {group} 2>/dev/null; true"
-    )
+    await ssh_edge(ctx).run(target, f"kill -TERM {group} 2>/dev/null; sleep 2; kill -KILL {group} 2>/dev/null; true")
 
 
 async def sync_checkpoint(ctx: Context, target: SshTarget, spec: JobSpec, job: Job) -> None:

@@ -304,6 +304,18 @@ async def test_a_submitted_job_is_ranked_as_run_ranks_it_and_rented_on_the_terms
         assert (await until(rt, world, job.id)).status == "finished"
 
 
+async def test_a_job_over_max_duration_is_terminated_and_fails_with_cause_timeout(
+    world: JobWorld, client: VastClient
+) -> None:
+    """The command's process group gets SIGTERM first (then SIGKILL): a command that traps it can save its work."""
+    cmd = "trap 'echo terminated > term.txt; exit 143' TERM; sleep 600 & wait"
+    spec = world.spec(cmd=cmd, download=["term.txt"], max_duration=60)
+    async with world.runtime(client) as rt:
+        job = await until(rt, world, submit(rt, spec, world.offers()).id)
+    assert (job.status, job.exit_code, job.cause) == ("failed", 124, Cause.TIMEOUT), job.errors
+    assert (world.tmp / "out" / f"job-{job.id}" / "term.txt").read_text() == "terminated\n"
+
+
 async def test_a_submitted_job_that_could_break_a_budget_fails_before_renting(
     world: JobWorld, client: VastClient
 ) -> None:
