@@ -123,14 +123,33 @@ def checkpoint_copy(spec: JobSpec) -> Path | None:
     return spec.out / Path(spec.checkpoint_dir).name if spec.checkpoint_dir else None
 
 
+_PID_FILE = f'"$(cat {CONTROL}/pid)"'
+"""The PID the start recorded, as a shell word."""
+
+
+def _started_at(pid: str) -> str:
+    """A shell expression: the start time of process `pid` (a shell word), in clock ticks since boot (the 22nd
+    field of ``/proc/<pid>/stat``, counted after the command name, which may hold spaces)."""
+    return f"$(sed 's/.*) //' /proc/{pid}/stat 2>/dev/null | cut -d' ' -f20)"
+
+
+def _runs(pid: str) -> str:
+    """A shell test: process `pid` (a shell word) lives and is the command started, by the start time recorded next
+    to its PID: a host restarted since may have given the PID to another process, which must not pass for the job
+    (its status would read ``alive`` for ever). A PID file with no start time beside it is trusted as it is."""
+    same = f'[ "{_started_at(pid)}" = "$(cat {CONTROL}/started)" ]'
+    return f"{{ kill -0 {pid} 2>/dev/null && {{ [ ! -s {CONTROL}/started ] || {same}; }}; }}"
+
+
 async def start(ctx: Context, target: SshTarget, spec: JobSpec) -> tuple[int, bool]:
     """Start the command under nohup in its own session: its PID, and whether it was started now. The PID file is
     the marker checked first: a command that still runs, or ended (its exit code written), is never started a
     second time (a watcher killed between starting it and checkpointing that it did); one that vanished
-    without an exit code (a host flap killed it) is started again. The wrapper records the exit code, but for a
-    command ended by SIGTERM or SIGHUP (:data:`STOPPED`): that is its host stopping or going down (a container stop,
-    a shutdown, a flap), which signals every process at once, and a wrapper that outlives its command by an
-    instant must not make that the job's own failure: it vanished, and is started again from its checkpoint."""
+    without an exit code (a host flap killed it), or whose PID another process holds now, is started again. The
+    wrapper records the exit code, but for a command ended by SIGTERM or SIGHUP (:data:`STOPPED`): that is its host
+    stopping or going down (a container stop, a shutdown, a flap), which signals every process at once, and a
+    wrapper that outlives its command by an instant must not make that the job's own failure: it vanished, and is
+    started again from its checkpoint."""
     stopped = " ".join(str(code) for code in STOPPED)
     wrapper = (
         f'sh -c {quote(spec.cmd)}; code=$?; case " {stopped} " in *" $code "*) exit "$code";; esac;'
@@ -138,9 +157,10 @@ async def start(ctx: Context, target: SshTarget, spec: JobSpec) -> tuple[int, bo
     )
     command = (
         f"cd {quote(spec.workdir)} && mkdir -p {CONTROL} && "
-        f'if [ -s {CONTROL}/pid ] && {{ [ -s {CONTROL}/exit ] || kill -0 "$(cat {CONTROL}/pid)" 2>/dev/null; }};'
-        f" then echo was $(cat {CONTROL}/pid); else rm -f {CONTROL}/exit && "
-        f"(setsid nohup sh -c {quote(wrapper)} > {LOG} 2>&1 < /dev/null & echo $! > {CONTROL}/pid) && "
+        f"if [ -s {CONTROL}/pid ] && {{ [ -s {CONTROL}/exit ] || {_runs(_PID_FILE)}; }};"
+        f" then echo was $(cat {CONTROL}/pid); else rm -f {CONTROL}/exit {CONTROL}/started && "
+        f"(setsid nohup sh -c {quote(wrapper)} > {LOG} 2>&1 < /dev/null & echo $! > {CONTROL}/pid;"
+        f' echo "{_started_at("$!")}" > {CONTROL}/started) && '
         f"echo new $(cat {CONTROL}/pid); fi"
     )
     result = await ssh_edge(ctx).run(target, command)
@@ -154,7 +174,7 @@ async def status(ctx: Context, target: SshTarget, spec: JobSpec, pid: int) -> tu
     """None while the command runs; (exit code, reason) once it ended (exit code None if it vanished)."""
     command = (
         f"cd {quote(spec.workdir)} && if [ -s {CONTROL}/exit ]; then echo exit $(cat {CONTROL}/exit);"
-        f" elif kill -0 {pid} 2>/dev/null; then echo alive; else echo gone; fi"
+        f" elif {_runs(str(pid))}; then echo alive; else echo gone; fi"
     )
     result = await ssh_edge(ctx).run(target, command, timeout=60)
     words = result.stdout.split()

@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 from jobworld import JobWorld, job_world, submit
-from sshkit import needs_openssh
+from sshkit import USER, edge, needs_openssh
 from typer.testing import CliRunner
 
-from vastevents import Cause, Job, Jobs, JobStatus, SshError
+from vastevents import Cause, Job, Jobs, JobStatus, SshError, SshTarget
 from vastevents.cli import app
 from vastevents.jobspec import JobSpec
 from vastevents.runtime import Runtime
@@ -165,6 +165,34 @@ async def test_without_recovery_a_host_offline_beyond_grace_loses_the_job_to_the
     assert (world.results / "result.txt").read_text() == "resumed\n", "on the next offer, from the checkpoint"
     lost = f"instance {first.instance_id} offline under the job"
     assert any(lost in error for error in job.errors), "its daemon ended at once, not checking an offline host on"
+
+
+async def test_a_pid_another_process_holds_after_the_command_died_is_not_taken_for_the_job(
+    world: JobWorld, client: VastClient
+) -> None:
+    """A host restarted under a job may give the command's PID to another process: checked by PID alone, that
+    process passed for the job, whose status read "alive" for ever. The command is started again instead."""
+    spec = world.spec(cmd=CHECKPOINTED, download=["result.txt"], checkpoint_dir="ckpt", checkpoint_every=1)
+    async with world.runtime(client) as rt:
+        job = submit(rt, spec, world.offers())
+        first = await checkpointed(rt, world, job.id)
+        row = world.sim.instance(first.instance_id or 0)
+        assert row is not None
+        workdir = JobSpec.model_validate(spec).workdir
+        impostor = (  # the command dies, and its PID file names another live process
+            f'cd {workdir} && kill -KILL -"$(cat .vastevents/pid)" &&'
+            " (setsid sleep 600 < /dev/null > /dev/null 2>&1 & echo $! > .vastevents/pid)"
+        )
+        own = edge(world.tmp / "own", world.key)  # the test's own known_hosts: the watcher's is not touched
+        try:
+            target = SshTarget(row["ssh_host"], int(row["ssh_port"]), USER, first.instance_id)
+            assert (await own.run(target, impostor)).exit_code == 0
+        finally:
+            own.close()
+        job = await until(rt, world, job.id, step=1)
+    assert (job.status, job.exit_code, job.instance_id) == (JobStatus.FINISHED, 0, first.instance_id), job.errors
+    assert (world.results / "result.txt").read_text() == "resumed\n", "started again, from its checkpoint"
+    assert any("started again" in error for error in job.errors), job.errors
 
 
 async def test_a_running_instance_whose_ssh_stays_down_loses_the_job_to_the_next_offer_after_ssh_wait(
