@@ -11,7 +11,7 @@ from typing import TypeVar
 
 from sshkit import USER, edge, keypair, register
 
-from vastevents import Job, Jobs
+from vastevents import CommandResult, Job, Jobs, SshTarget
 from vastevents.clock import ManualClock
 from vastevents.config import parse_config
 from vastevents.jobspec import JobSpec
@@ -62,6 +62,17 @@ class JobWorld:
     def spec(self, **fields: object) -> dict[str, object]:
         base: dict[str, object] = {"image": "pytorch/pytorch", "ssh_user": USER, "out": str(self.tmp / "out")}
         return {**base, **fields}
+
+    async def on_host(self, instance_id: int, command: str) -> CommandResult:
+        """Run `command` on an instance's host over the test's own SSH edge (its own known_hosts: the watcher's is
+        not touched)."""
+        row = self.sim.instance(instance_id)
+        assert row is not None, f"instance {instance_id} is not rented"
+        own = edge(self.tmp / "own", self.key)
+        try:
+            return await own.run(SshTarget(row["ssh_host"], int(row["ssh_port"]), USER, instance_id), command)
+        finally:
+            own.close()
 
     @property
     def results(self) -> Path:

@@ -12,7 +12,7 @@ from typing import Any
 import paramiko
 import pytest
 from jobworld import JobWorld, job_world, submit
-from sshkit import FAST, USER, edge, needs_openssh, register
+from sshkit import FAST, USER, needs_openssh, register
 
 from vastevents import Cause, HostHistory, Hosts, Job, Jobs, SshTarget
 from vastevents.clock import ManualClock
@@ -442,14 +442,8 @@ async def test_a_host_key_changing_under_a_running_job_moves_the_job_to_the_next
         world.sim.apply("host_key", instance=first.instance_id)
         moved = await until(rt, world, job.id, done="running", moved_from=first.instance_id)
         assert moved.instance_id is not None and world.sim.instance(first.instance_id) is None
-        row = world.sim.instance(moved.instance_id)
-        assert row is not None
-        own = edge(world.tmp / "own", world.key)  # the test's own known_hosts: the watcher's is not touched
-        try:
-            target = SshTarget(row["ssh_host"], int(row["ssh_port"]), USER, moved.instance_id)
-            assert (await own.run(target, f"touch {JobSpec.model_validate(spec).workdir}/go")).exit_code == 0
-        finally:
-            own.close()
+        go = f"touch {JobSpec.model_validate(spec).workdir}/go"
+        assert (await world.on_host(moved.instance_id, go)).exit_code == 0
         job = await until(rt, world, job.id)
         failed = [e for e in rt.store.events() if e.name == "job_failed"]
         struck = rt.store.repository(Hosts).records(rt.clock.now())

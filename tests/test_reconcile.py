@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 from jobworld import JobWorld, job_world, submit
-from sshkit import USER, edge, needs_openssh
+from sshkit import needs_openssh
 from typer.testing import CliRunner
 
-from vastevents import Cause, Job, Jobs, JobStatus, SshError, SshTarget
+from vastevents import Cause, Job, Jobs, JobStatus, SshError
 from vastevents.cli import app
 from vastevents.jobspec import JobSpec
 from vastevents.runtime import Runtime
@@ -37,6 +37,11 @@ CHECKPOINTED = (
     " else echo 1 > ckpt/state; echo run >> ckpt/runs; sleep 600; fi"
 )
 """A job that waits until it is started again from its checkpoint, then finishes."""
+
+
+def checkpointed_spec(world: JobWorld, **more: object) -> dict[str, object]:
+    """A job of :data:`CHECKPOINTED`, its checkpoint synced every second, its result downloaded."""
+    return world.spec(cmd=CHECKPOINTED, download=["result.txt"], checkpoint_dir="ckpt", checkpoint_every=1, **more)
 
 
 @pytest.fixture
@@ -86,13 +91,12 @@ async def checkpointed(rt: Runtime, world: JobWorld, job_id: int) -> Job:
 async def test_a_replacement_outbid_while_the_watcher_is_stopped_is_recovered_and_the_job_finishes(
     world: JobWorld, client: VastClient
 ) -> None:
-    spec = world.spec(cmd=CHECKPOINTED, download=["result.txt"], checkpoint_dir="ckpt", checkpoint_every=1, bid=1.0)
+    spec = checkpointed_spec(world, bid=1.0)
     async with world.runtime(client, RECOVERY) as rt:
-        job = submit(rt, spec, world.offers())
-        first = await checkpointed(rt, world, job.id)
+        first = await checkpointed(rt, world, submit(rt, spec, world.offers()).id)
         assert first.instance_id is not None
         world.sim.preempt(first.instance_id)  # outbid: the recovery handler rents a replacement at once
-        await until(rt, world, job.id, lambda j: any(e.name == "recovered" for e in rt.store.events()), step=1)
+        await until(rt, world, first.id, lambda j: any(e.name == "recovered" for e in rt.store.events()), step=1)
     (recovered,) = [e for e in SqliteStore(world.store_path).events() if e.name == "recovered"]
     replacement = recovered.instance_id
     assert replacement is not None and world.sim.instance(replacement) is not None
@@ -100,7 +104,7 @@ async def test_a_replacement_outbid_while_the_watcher_is_stopped_is_recovered_an
     assert world.sim.instance(replacement)["actual_status"] == "running"  # type: ignore[index]
     world.sim.preempt(replacement)  # ... and is outbid: nobody saw it running, nobody sees `preempted`
     async with world.runtime(client, RECOVERY) as rt:
-        job = await until(rt, world, job.id)
+        job = await until(rt, world, first.id)
     assert (job.status, job.exit_code, job.destroyed) == (JobStatus.FINISHED, 0, True), job.errors
     assert job.instance_id not in (first.instance_id, replacement)
     assert (world.results / "result.txt").read_text() == "resumed\n", "resumed from the checkpoint"
@@ -138,14 +142,13 @@ async def test_a_claim_left_by_a_killed_watcher_is_released_at_start(world: JobW
 async def test_a_flap_that_kills_the_process_resumes_it_from_its_checkpoint_on_the_same_host(
     world: JobWorld, client: VastClient
 ) -> None:
-    spec = world.spec(cmd=CHECKPOINTED, download=["result.txt"], checkpoint_dir="ckpt", checkpoint_every=1)
+    spec = checkpointed_spec(world)
     async with world.runtime(client) as rt:
-        job = submit(rt, spec, world.offers())
-        first = await checkpointed(rt, world, job.id)
+        first = await checkpointed(rt, world, submit(rt, spec, world.offers()).id)
         world.sim.apply("offline", instance=first.instance_id)  # the host drops off: its processes die
-        await until(rt, world, job.id, lambda j: True, step=30)
+        await until(rt, world, first.id, lambda j: True, step=30)
         world.sim.apply("online", instance=first.instance_id)
-        job = await until(rt, world, job.id, step=1)
+        job = await until(rt, world, first.id, step=1)
     assert (job.status, job.exit_code, job.instance_id) == (JobStatus.FINISHED, 0, first.instance_id), job.errors
     assert (world.results / "result.txt").read_text() == "resumed\n"
     assert any("started again" in error for error in job.errors)
@@ -154,12 +157,11 @@ async def test_a_flap_that_kills_the_process_resumes_it_from_its_checkpoint_on_t
 async def test_without_recovery_a_host_offline_beyond_grace_loses_the_job_to_the_next_offer(
     world: JobWorld, client: VastClient
 ) -> None:
-    spec = world.spec(cmd=CHECKPOINTED, download=["result.txt"], checkpoint_dir="ckpt", checkpoint_every=1)
+    spec = checkpointed_spec(world)
     async with world.runtime(client, '[watch]\noffline_grace = "2m"\n') as rt:
-        job = submit(rt, spec, world.offers())
-        first = await checkpointed(rt, world, job.id)
+        first = await checkpointed(rt, world, submit(rt, spec, world.offers()).id)
         world.sim.apply("offline", instance=first.instance_id)  # and it never comes back
-        job = await until(rt, world, job.id, step=5)
+        job = await until(rt, world, first.id, step=5)
     assert (job.status, job.exit_code, job.destroyed) == (JobStatus.FINISHED, 0, True), job.errors
     assert job.instance_id != first.instance_id and world.sim.instance(first.instance_id or 0) is None
     assert (world.results / "result.txt").read_text() == "resumed\n", "on the next offer, from the checkpoint"
@@ -172,24 +174,16 @@ async def test_a_pid_another_process_holds_after_the_command_died_is_not_taken_f
 ) -> None:
     """A host restarted under a job may give the command's PID to another process: checked by PID alone, that
     process passed for the job, whose status read "alive" for ever. The command is started again instead."""
-    spec = world.spec(cmd=CHECKPOINTED, download=["result.txt"], checkpoint_dir="ckpt", checkpoint_every=1)
+    spec = checkpointed_spec(world)
     async with world.runtime(client) as rt:
-        job = submit(rt, spec, world.offers())
-        first = await checkpointed(rt, world, job.id)
-        row = world.sim.instance(first.instance_id or 0)
-        assert row is not None
+        first = await checkpointed(rt, world, submit(rt, spec, world.offers()).id)
         workdir = JobSpec.model_validate(spec).workdir
         impostor = (  # the command dies, and its PID file names another live process
             f'cd {workdir} && kill -KILL -"$(cat .vastevents/pid)" &&'
             " (setsid sleep 600 < /dev/null > /dev/null 2>&1 & echo $! > .vastevents/pid)"
         )
-        own = edge(world.tmp / "own", world.key)  # the test's own known_hosts: the watcher's is not touched
-        try:
-            target = SshTarget(row["ssh_host"], int(row["ssh_port"]), USER, first.instance_id)
-            assert (await own.run(target, impostor)).exit_code == 0
-        finally:
-            own.close()
-        job = await until(rt, world, job.id, step=1)
+        assert (await world.on_host(first.instance_id or 0, impostor)).exit_code == 0
+        job = await until(rt, world, first.id, step=1)
     assert (job.status, job.exit_code, job.instance_id) == (JobStatus.FINISHED, 0, first.instance_id), job.errors
     assert (world.results / "result.txt").read_text() == "resumed\n", "started again, from its checkpoint"
     assert any("started again" in error for error in job.errors), job.errors
@@ -198,15 +192,14 @@ async def test_a_pid_another_process_holds_after_the_command_died_is_not_taken_f
 async def test_a_running_instance_whose_ssh_stays_down_loses_the_job_to_the_next_offer_after_ssh_wait(
     world: JobWorld, client: VastClient
 ) -> None:
-    spec = world.spec(cmd=CHECKPOINTED, download=["result.txt"], checkpoint_dir="ckpt", checkpoint_every=1)
+    spec = checkpointed_spec(world)
     async with world.runtime(client) as rt:
-        job = submit(rt, spec, world.offers())
-        first = await checkpointed(rt, world, job.id)
+        first = await checkpointed(rt, world, submit(rt, spec, world.offers()).id)
         down_at = world.sim.clock.now()
         world.sim.apply("ssh_down", instance=first.instance_id)  # the instance runs on, its SSH answers no more
-        await until(rt, world, job.id, lambda j: j.instance_id != first.instance_id, step=30)
+        await until(rt, world, first.id, lambda j: j.instance_id != first.instance_id, step=30)
         waited = (world.sim.clock.now() - down_at).total_seconds()
-        job = await until(rt, world, job.id, step=5)
+        job = await until(rt, world, first.id, step=5)
         failed = [e for e in rt.store.events() if e.name == "job_failed"]
     assert (job.status, job.exit_code, job.destroyed) == (JobStatus.FINISHED, 0, True), job.errors
     assert waited > 600, f"moved {waited:.0f} s after SSH went down, before ssh_wait (600 s) was over"
