@@ -323,8 +323,12 @@ class RecoveryHandler(Handler[RecoveryOptions]):
         avoid_machines = sorted({*machines, *([original.machine_id] if original.machine_id is not None else [])})
         avoid_hosts = sorted({*hosts, *([original.host_id] if original.host_id is not None else [])})
         gpus = [g for g in (original.gpu_name, *self.options.fallback_gpus) if g]
-        for gpu in dict.fromkeys(gpus):
-            query = self._query(original, gpu, avoid_machines, avoid_hosts)
+        queries = [self._query(original, gpu, avoid_machines, avoid_hosts) for gpu in dict.fromkeys(gpus)]
+        job = ctx.store.repository(Jobs).by_label(record.label)
+        if job is not None:  # then any host the job's own query accepts: it says what the job can run on
+            spec_query = JobSpec.model_validate(job.spec).query
+            queries.append(f"{self._exclusions(avoid_machines, avoid_hosts)} {spec_query}")
+        for query in queries:
             offers = await ctx.client.search_offers(query, type="bid" if original.is_bid else "on-demand", limit=10)
             for offer in self._ranked(offers, original, record, ctx):
                 if offer.machine_id in avoid_machines or offer.host_id in avoid_hosts:
@@ -334,6 +338,8 @@ class RecoveryHandler(Handler[RecoveryOptions]):
                 except NoSuchAsk:
                     ctx.logger.info("offer %d was rented first; trying the next one", offer.id)
         wanted = " or ".join(gpus) or "any GPU"
+        if job is not None:
+            wanted += f" or as the job's query {spec_query!r} asks"
         raise NoOffer(f"no offer for {original.num_gpus or 1}x {wanted} outside machines {avoid_machines}")
 
     def _ranked(self, offers: list[Offer], original: Instance, record: Recovery, ctx: Context) -> list[Offer]:
@@ -366,12 +372,15 @@ class RecoveryHandler(Handler[RecoveryOptions]):
         return rental
 
     def _query(self, original: Instance, gpu: str, machines: list[int], hosts: list[int]) -> str:
-        parts = [
-            f"gpu_name={gpu.replace(' ', '_')}",
-            f"num_gpus={original.num_gpus or 1}",
-            f"reliability>={self.options.min_reliability}",
-            f"disk_space>={original.disk_space or 0}",
-        ]
+        like = (
+            f"gpu_name={gpu.replace(' ', '_')} num_gpus={original.num_gpus or 1} disk_space>={original.disk_space or 0}"
+        )
+        return f"{like} {self._exclusions(machines, hosts)}"
+
+    def _exclusions(self, machines: list[int], hosts: list[int]) -> str:
+        """What every replacement search asks beyond the host's kind: the minimum reliability, none of the machines
+        and hosts left out, at most the price cap."""
+        parts = [f"reliability>={self.options.min_reliability}"]
         if machines:
             parts.append(f"machine_id notin [{','.join(map(str, machines))}]")
         if hosts:

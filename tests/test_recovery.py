@@ -323,3 +323,37 @@ async def test_a_replacement_is_chosen_as_jobs_choose_says(
     finally:
         _destroy_all(sim)
     assert sim.instance_count() == 0
+
+
+async def test_a_jobs_instance_with_no_like_gpu_left_is_replaced_on_any_host_its_query_accepts(
+    sim: Simulator, api_key: str, tmp_path: Path, opener: Opener
+) -> None:
+    """Like for like first (the same GPU, then ``fallback_gpus``); for an instance a job runs, then any host the
+    job's own query accepts, rather than waiting for that GPU until recovery gives up (a bid outbid from the last
+    machine of its kind)."""
+    from vastevents import Jobs, JobSpec
+
+    config, _ = _config(tmp_path, opener)
+    machines = [m for m in sim.state()["machines"] if m["free_gpus"] >= 1 and m["reliability"] >= 0.9]
+    gpu = Counter(m["gpu_name"] for m in machines).most_common()[-1][0]  # the rarest kind
+    with opener() as store:  # a job's spec: any single GPU will do
+        spec = JobSpec.model_validate({"image": "pytorch/pytorch", "cmd": "true", "query": "num_gpus=1"})
+        job = store.repository(Jobs).submit(spec.to_json(), [], "vastevents", sim.clock.now())
+    old_id = _running(sim, label=job.label, gpu_name=gpu, disk=16)
+    old = sim.instance(old_id)
+    assert old is not None
+    with opener() as store:  # every other machine of that kind is out (blocked by hand)
+        for machine in machines:
+            if machine["gpu_name"] == gpu and machine["machine_id"] != old["machine_id"]:
+                store.repository(Hosts).block(machine["machine_id"], "test", sim.clock.now(), 86400)
+    try:
+        async with _runtime(sim, api_key, config, opener) as runtime:
+            await runtime.poll_once()
+            sim.preempt(old_id)
+            (recovered,) = _named(await _polls(runtime, sim, 4), "recovered")
+            new = sim.instance(recovered.instance_id or 0)
+            assert new is not None and new["label"] == job.label and new["gpu_name"] != gpu, new
+            assert new["machine_id"] != old["machine_id"]
+    finally:
+        _destroy_all(sim)
+    assert sim.instance_count() == 0
