@@ -198,8 +198,12 @@ class Simulator:
         self._ssh.break_gpus(machine_id, on_machine)
 
     def ssh_pids(self) -> list[int]:
-        """Process ids of the sshd servers (and their jobs) currently running for instances."""
-        return self._ssh.pids() if self._ssh is not None else []
+        """Process ids of the sshd servers (and their jobs) currently running for instances (under the world's lock:
+        the server's thread starts and ends hosts as instances change)."""
+        if self._ssh is None:
+            return []
+        with self._lock:
+            return self._ssh.pids()
 
     # ----------------------------------------------------------------- world access
 
