@@ -52,6 +52,7 @@ from vastevents import (
     HostHistory,
     Hosts,
     Instance,
+    Job,
     Jobs,
     JobSpec,
     JobStatus,
@@ -303,7 +304,7 @@ class RecoveryHandler(Handler[RecoveryOptions]):
         try:
             if dead is not None:
                 await ctx.destroy(dead)
-            new_id = await self._rent(record, ctx)
+            new_id = await self._rent(record, job, ctx)
         except NoOffer as exc:
             await self._failed_attempt(record, str(exc), Cause.CAPACITY, ctx)
             return
@@ -313,7 +314,8 @@ class RecoveryHandler(Handler[RecoveryOptions]):
         new = await ctx.client.get_instance(new_id)
         await self._recovered(record, new or Instance(id=new_id, label=record.label), ctx)
 
-    async def _rent(self, record: Recovery, ctx: Context) -> int:
+    async def _rent(self, record: Recovery, job: Job | None, ctx: Context) -> int:
+        """Rent the replacement of `record`'s dead instance for `job`, the one its label runs (None: no job)."""
         original = Instance.model_validate(record.original)
         rental_for = self._rental_for(record, original, replacing.registry_login(ctx, record.label))
         kept = await replacing.on_volume_machine(ctx, record, original, rental_for, self.options.max_price)
@@ -324,13 +326,12 @@ class RecoveryHandler(Handler[RecoveryOptions]):
         avoid_hosts = sorted({*hosts, *([original.host_id] if original.host_id is not None else [])})
         gpus = [g for g in (original.gpu_name, *self.options.fallback_gpus) if g]
         queries = [self._query(original, gpu, avoid_machines, avoid_hosts) for gpu in dict.fromkeys(gpus)]
-        job = ctx.store.repository(Jobs).by_label(record.label)
         if job is not None:  # then any host the job's own query accepts: it says what the job can run on
             spec_query = JobSpec.model_validate(job.spec).query
             queries.append(f"{self._exclusions(avoid_machines, avoid_hosts)} {spec_query}")
         for query in queries:
             offers = await ctx.client.search_offers(query, type="bid" if original.is_bid else "on-demand", limit=10)
-            for offer in self._ranked(offers, original, record, ctx):
+            for offer in self._ranked(offers, original, job, ctx):
                 if offer.machine_id in avoid_machines or offer.host_id in avoid_hosts:
                     continue  # the search already leaves them out; a market that ignores a filter must not win
                 try:
@@ -342,10 +343,9 @@ class RecoveryHandler(Handler[RecoveryOptions]):
             wanted += f" or as the job's query {spec_query!r} asks"
         raise NoOffer(f"no offer for {original.num_gpus or 1}x {wanted} outside machines {avoid_machines}")
 
-    def _ranked(self, offers: list[Offer], original: Instance, record: Recovery, ctx: Context) -> list[Offer]:
-        """`offers` in the order ``[jobs] choose`` would rent them for the job the label runs (an hour of the
-        original's disk for an instance no job rented), on the original's terms (bid or on-demand)."""
-        job = ctx.store.repository(Jobs).by_label(record.label)
+    def _ranked(self, offers: list[Offer], original: Instance, job: Job | None, ctx: Context) -> list[Offer]:
+        """`offers` in the order ``[jobs] choose`` would rent them for `job` (an hour of the original's disk for an
+        instance no job rented), on the original's terms (bid or on-demand)."""
         kind = Kind.BID if original.is_bid else Kind.ON_DEMAND
         if job is not None:
             workload = replace(JobSpec.model_validate(job.spec).workload(), kind=kind)
