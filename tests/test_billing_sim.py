@@ -37,6 +37,13 @@ def sim_spend(sim: Simulator, instance_id: int) -> float:
     return next(s["gpu_usd"] + s["storage_usd"] for s in sim.state()["spend"]["instances"] if s["id"] == instance_id)
 
 
+async def cycles(sim: Simulator, runtime: Runtime, count: int) -> None:
+    """`count` poll cycles, the simulator moving a poll interval before each."""
+    for _ in range(count):
+        sim.advance(POLL)
+        await runtime.poll_once()
+
+
 async def destroy_all(sim: Simulator, client: VastClient) -> None:
     for instance in await client.list_instances():
         await client.destroy_instance(instance.id)
@@ -99,25 +106,20 @@ async def run_story(sim: Simulator, client: VastClient, config_file: Path, store
         "c": sim.create_instance(label="by-hand", pull="30s"),
     }
 
-    async def cycles(runtime: Runtime, seconds: float) -> None:
-        for _ in range(int(seconds // POLL)):
-            sim.advance(POLL)
-            await runtime.poll_once()
-
     with SqliteStore(store_path) as store:
         async with Runtime(config, client=client, store=store, clock=sim.clock, handlers=load_handlers(config)) as rt:
             await rt.poll_once()  # first sight at creation: the ledger covers their whole lives
-            await cycles(rt, 1800)
+            await cycles(sim, rt, 120)  # 30 min
             sim.preempt(ids["b"])
             await rt.poll_once()
-            await cycles(rt, 600)
+            await cycles(sim, rt, 40)  # 10 min
         async with Runtime(config, client=client, store=store, clock=sim.clock, handlers=load_handlers(config)) as rt:
             await client.stop_instance(ids["c"])
             await rt.poll_once()
-            await cycles(rt, 1200)
+            await cycles(sim, rt, 80)  # 20 min
             await client.destroy_instance(ids["a"])
             await rt.poll_once()
-            await cycles(rt, 300)
+            await cycles(sim, rt, 20)  # 5 min
             for instance in await client.list_instances():
                 await client.destroy_instance(instance.id)
             await rt.poll_once()
@@ -214,11 +216,6 @@ async def test_the_ledger_covers_the_time_the_watcher_was_down_within_a_cent_or_
     config = parse_config(config_file.read_text())
     along = sim.create_instance(label="vastevents:job-1", pull="30s")
 
-    async def cycles(runtime: Runtime, count: int) -> None:
-        for _ in range(count):
-            sim.advance(POLL)
-            await runtime.poll_once()
-
     async with VastClient(api_key, sim.url) as client:
         try:
             with SqliteStore(store_path) as store:
@@ -226,9 +223,9 @@ async def test_the_ledger_covers_the_time_the_watcher_was_down_within_a_cent_or_
                     config, client=client, store=store, clock=sim.clock, handlers=load_handlers(config)
                 ) as rt:
                     await rt.poll_once()
-                    await cycles(rt, 8)
+                    await cycles(sim, rt, 8)
                     booting = sim.create_instance(label="vastevents:job-2", pull="45s")
-                    await cycles(rt, 2)
+                    await cycles(sim, rt, 2)
                     assert sim.instance(booting)["actual_status"] == "loading"  # type: ignore[index]
                 sim.advance(300)  # the watcher is down
                 rented = sim.create_instance(label="vastevents:job-3", pull="10s")
@@ -236,7 +233,7 @@ async def test_the_ledger_covers_the_time_the_watcher_was_down_within_a_cent_or_
                 async with Runtime(
                     config, client=client, store=store, clock=sim.clock, handlers=load_handlers(config)
                 ) as rt:
-                    await cycles(rt, 60)
+                    await cycles(sim, rt, 60)
                     for instance in await client.list_instances():
                         await client.destroy_instance(instance.id)
                     await rt.poll_once()
@@ -410,11 +407,6 @@ async def test_after_the_watcher_was_down_the_ledger_settles_to_the_simulators_c
     config = parse_config(config_file.read_text())
     booting = sim.create_instance(label="vastevents:job-1", pull="200s")
 
-    async def cycles(runtime: Runtime, count: int) -> None:
-        for _ in range(count):
-            sim.advance(POLL)
-            await runtime.poll_once()
-
     async with VastClient(api_key, sim.url) as client:
         try:
             with SqliteStore(store_path) as store:
@@ -422,7 +414,7 @@ async def test_after_the_watcher_was_down_the_ledger_settles_to_the_simulators_c
                     config, client=client, store=store, clock=sim.clock, handlers=load_handlers(config)
                 ) as rt:
                     await rt.poll_once()
-                    await cycles(rt, 2)
+                    await cycles(sim, rt, 2)
                     assert sim.instance(booting)["actual_status"] == "loading"  # type: ignore[index]
                 sim.advance(60)  # the watcher is down
                 rented = sim.create_instance(label="vastevents:job-2", pull="60s")
@@ -431,7 +423,7 @@ async def test_after_the_watcher_was_down_the_ledger_settles_to_the_simulators_c
                 async with Runtime(
                     config, client=client, store=store, clock=sim.clock, handlers=load_handlers(config)
                 ) as rt:
-                    await cycles(rt, 40)
+                    await cycles(sim, rt, 40)
                     assert store.repository(Ledger).unseen() == [], "settled"
                     for instance in await client.list_instances():
                         await client.destroy_instance(instance.id)

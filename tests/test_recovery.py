@@ -37,10 +37,14 @@ def _config(tmp_path: Path, opener: Opener, **options: Any) -> tuple[Config, Pat
     return load_config(path), path
 
 
+def _rentable_machines(sim: Simulator) -> list[dict[str, Any]]:
+    """The simulated machines with a free GPU and the reliability the tests' recovery asks for."""
+    return [m for m in sim.state()["machines"] if m["free_gpus"] >= 1 and m["reliability"] >= 0.9]
+
+
 def _common_gpu(sim: Simulator) -> str:
     """The GPU most simulated machines have, so a replacement on another host exists."""
-    machines = [m for m in sim.state()["machines"] if m["free_gpus"] >= 1 and m["reliability"] >= 0.9]
-    return Counter(m["gpu_name"] for m in machines).most_common(1)[0][0]
+    return Counter(m["gpu_name"] for m in _rentable_machines(sim)).most_common(1)[0][0]
 
 
 @asynccontextmanager
@@ -61,6 +65,24 @@ async def _polls(runtime: Runtime, sim: Simulator, count: int, step: float = 60)
 
 def _named(events: list[Event], name: str) -> list[Event]:
     return [event for event in events if event.name == name]
+
+
+async def _replacement_after_preemption(
+    sim: Simulator, api_key: str, config: Config, opener: Opener, old_id: int
+) -> dict[str, Any]:
+    """Preempt `old_id` under a watcher with recovery; the one instance ``recovered`` names. Everything rented is
+    destroyed afterwards, and the simulator must end empty."""
+    try:
+        async with _runtime(sim, api_key, config, opener) as runtime:
+            await runtime.poll_once()
+            sim.preempt(old_id)
+            (recovered,) = _named(await _polls(runtime, sim, 4), "recovered")
+            new = sim.instance(recovered.instance_id or 0)
+            assert new is not None
+    finally:
+        _destroy_all(sim)
+    assert sim.instance_count() == 0
+    return new
 
 
 def _destroy_all(sim: Simulator) -> None:
@@ -313,16 +335,8 @@ async def test_a_replacement_is_chosen_as_jobs_choose_says(
         ]
     by_price = sorted(rows, key=lambda r: (r["dph_total"], r["id"]))
     assert len(by_price) >= 2 and by_price[0]["dph_total"] < by_price[1]["dph_total"]
-    try:
-        async with _runtime(sim, api_key, config, opener) as runtime:
-            await runtime.poll_once()
-            sim.preempt(old_id)
-            (recovered,) = _named(await _polls(runtime, sim, 4), "recovered")
-            new = sim.instance(recovered.instance_id or 0)
-            assert new is not None and new["machine_id"] == by_price[1]["machine_id"]
-    finally:
-        _destroy_all(sim)
-    assert sim.instance_count() == 0
+    new = await _replacement_after_preemption(sim, api_key, config, opener, old_id)
+    assert new["machine_id"] == by_price[1]["machine_id"]
 
 
 async def test_a_jobs_instance_with_no_like_gpu_left_is_replaced_on_any_host_its_query_accepts(
@@ -334,7 +348,7 @@ async def test_a_jobs_instance_with_no_like_gpu_left_is_replaced_on_any_host_its
     from vastevents import Jobs, JobSpec
 
     config, _ = _config(tmp_path, opener)
-    machines = [m for m in sim.state()["machines"] if m["free_gpus"] >= 1 and m["reliability"] >= 0.9]
+    machines = _rentable_machines(sim)
     gpu = Counter(m["gpu_name"] for m in machines).most_common()[-1][0]  # the rarest kind
     with opener() as store:  # a job's spec: any single GPU will do
         spec = JobSpec.model_validate({"image": "pytorch/pytorch", "cmd": "true", "query": "num_gpus=1"})
@@ -346,14 +360,5 @@ async def test_a_jobs_instance_with_no_like_gpu_left_is_replaced_on_any_host_its
         for machine in machines:
             if machine["gpu_name"] == gpu and machine["machine_id"] != old["machine_id"]:
                 store.repository(Hosts).block(machine["machine_id"], "test", sim.clock.now(), 86400)
-    try:
-        async with _runtime(sim, api_key, config, opener) as runtime:
-            await runtime.poll_once()
-            sim.preempt(old_id)
-            (recovered,) = _named(await _polls(runtime, sim, 4), "recovered")
-            new = sim.instance(recovered.instance_id or 0)
-            assert new is not None and new["label"] == job.label and new["gpu_name"] != gpu, new
-            assert new["machine_id"] != old["machine_id"]
-    finally:
-        _destroy_all(sim)
-    assert sim.instance_count() == 0
+    new = await _replacement_after_preemption(sim, api_key, config, opener, old_id)
+    assert new["label"] == job.label and new["gpu_name"] != gpu and new["machine_id"] != old["machine_id"], new
