@@ -19,7 +19,7 @@ from typer.testing import CliRunner, Result
 from vastevents import Ledger
 from vastevents.cli import app
 from vastevents.clock import ManualClock
-from vastevents.config import parse_config
+from vastevents.config import Config, parse_config
 from vastevents.plugins import load_handlers
 from vastevents.runtime import Runtime
 from vastevents.sim import Simulator
@@ -44,6 +44,20 @@ async def cycles(sim: Simulator, runtime: Runtime, count: int) -> None:
         await runtime.poll_once()
 
 
+def billing_files(tmp_path: Path) -> tuple[Path, Path, Config]:
+    """A store path, a config file naming it and the billing handler, and that config."""
+    store_path = tmp_path / "s.db"
+    config_file = tmp_path / "c.toml"
+    config_file.write_text(config_text(store_path, '[handlers.billing]\nuse = "billing"\n'))
+    return store_path, config_file, parse_config(config_file.read_text())
+
+
+def watcher(sim: Simulator, client: VastClient, store: SqliteStore, config: Config) -> Runtime:
+    """A watcher with the handlers `config` names on the simulator's clock; a new one on the same store is a
+    restart."""
+    return Runtime(config, client=client, store=store, clock=sim.clock, handlers=load_handlers(config))
+
+
 async def destroy_all(sim: Simulator, client: VastClient) -> None:
     for instance in await client.list_instances():
         await client.destroy_instance(instance.id)
@@ -63,9 +77,7 @@ async def test_a_total_budget_acts_on_the_owned_instance_within_one_cycle_and_ne
     store = SqliteStore(tmp_path / "s.db")
     async with VastClient(api_key, sim.url) as client:
         try:
-            async with Runtime(
-                config, client=client, store=store, clock=sim.clock, handlers=load_handlers(config)
-            ) as rt:
+            async with watcher(sim, client, store, config) as rt:
                 names: list[str] = []
                 cycles = 0
                 while "budget_exceeded" not in names:
@@ -107,13 +119,13 @@ async def run_story(sim: Simulator, client: VastClient, config_file: Path, store
     }
 
     with SqliteStore(store_path) as store:
-        async with Runtime(config, client=client, store=store, clock=sim.clock, handlers=load_handlers(config)) as rt:
+        async with watcher(sim, client, store, config) as rt:
             await rt.poll_once()  # first sight at creation: the ledger covers their whole lives
             await cycles(sim, rt, 120)  # 30 min
             sim.preempt(ids["b"])
             await rt.poll_once()
             await cycles(sim, rt, 40)  # 10 min
-        async with Runtime(config, client=client, store=store, clock=sim.clock, handlers=load_handlers(config)) as rt:
+        async with watcher(sim, client, store, config) as rt:
             await client.stop_instance(ids["c"])
             await rt.poll_once()
             await cycles(sim, rt, 80)  # 20 min
@@ -142,9 +154,7 @@ async def cost_json(config_file: Path, sim: Simulator, api_key: str, *args: str)
 async def test_the_cost_report_equals_the_simulators_charges_within_a_cent_per_instance(
     sim: Simulator, api_key: str, tmp_path: Path
 ) -> None:
-    store_path = tmp_path / "s.db"
-    config_file = tmp_path / "c.toml"
-    config_file.write_text(config_text(store_path, '[handlers.billing]\nuse = "billing"\n'))
+    store_path, config_file, _ = billing_files(tmp_path)
     async with VastClient(api_key, sim.url) as client:
         try:
             ids = await run_story(sim, client, config_file, store_path)
@@ -172,17 +182,12 @@ async def test_the_cost_report_equals_the_simulators_charges_within_a_cent_per_i
 async def test_charges_for_an_instance_the_list_never_showed_are_ghost_billing(
     sim: Simulator, api_key: str, tmp_path: Path
 ) -> None:
-    store_path = tmp_path / "s.db"
-    config_file = tmp_path / "c.toml"
-    config_file.write_text(config_text(store_path, '[handlers.billing]\nuse = "billing"\n'))
-    config = parse_config(config_file.read_text())
+    store_path, config_file, config = billing_files(tmp_path)
     seen = sim.create_instance(label="vastevents:job-1", pull="30s")
     async with VastClient(api_key, sim.url) as client:
         try:
             with SqliteStore(store_path) as store:
-                async with Runtime(
-                    config, client=client, store=store, clock=sim.clock, handlers=load_handlers(config)
-                ) as rt:
+                async with watcher(sim, client, store, config) as rt:
                     await rt.poll_once()
                     sim.advance(60)
                     await rt.poll_once()  # seen loading, then running: the ledger accounts for all of it
@@ -210,18 +215,13 @@ async def test_the_ledger_covers_the_time_the_watcher_was_down_within_a_cent_or_
     rented and ran; a third ran all along. After the restart the ledger reconstructs the gap from the rows (the
     start date, the status) instead of billing from the moment it noticed: each instance's cost is within
     max(1 cent, 2 %) of what the simulator charged."""
-    store_path = tmp_path / "s.db"
-    config_file = tmp_path / "c.toml"
-    config_file.write_text(config_text(store_path, '[handlers.billing]\nuse = "billing"\n'))
-    config = parse_config(config_file.read_text())
+    store_path, config_file, config = billing_files(tmp_path)
     along = sim.create_instance(label="vastevents:job-1", pull="30s")
 
     async with VastClient(api_key, sim.url) as client:
         try:
             with SqliteStore(store_path) as store:
-                async with Runtime(
-                    config, client=client, store=store, clock=sim.clock, handlers=load_handlers(config)
-                ) as rt:
+                async with watcher(sim, client, store, config) as rt:
                     await rt.poll_once()
                     await cycles(sim, rt, 8)
                     booting = sim.create_instance(label="vastevents:job-2", pull="45s")
@@ -230,9 +230,7 @@ async def test_the_ledger_covers_the_time_the_watcher_was_down_within_a_cent_or_
                 sim.advance(300)  # the watcher is down
                 rented = sim.create_instance(label="vastevents:job-3", pull="10s")
                 sim.advance(1500)
-                async with Runtime(
-                    config, client=client, store=store, clock=sim.clock, handlers=load_handlers(config)
-                ) as rt:
+                async with watcher(sim, client, store, config) as rt:
                     await cycles(sim, rt, 60)
                     for instance in await client.list_instances():
                         await client.destroy_instance(instance.id)
@@ -252,17 +250,12 @@ async def test_the_ledger_covers_the_time_the_watcher_was_down_within_a_cent_or_
 async def test_when_charges_cannot_be_read_the_ledger_is_still_printed_with_a_warning(
     sim: Simulator, api_key: str, tmp_path: Path
 ) -> None:
-    store_path = tmp_path / "s.db"
-    config_file = tmp_path / "c.toml"
-    config_file.write_text(config_text(store_path, '[handlers.billing]\nuse = "billing"\n'))
-    config = parse_config(config_file.read_text())
+    store_path, config_file, config = billing_files(tmp_path)
     instance_id = sim.create_instance(label="vastevents:job-1", pull="30s")
     async with VastClient(api_key, sim.url) as client:
         try:
             with SqliteStore(store_path) as store:
-                async with Runtime(
-                    config, client=client, store=store, clock=sim.clock, handlers=load_handlers(config)
-                ) as rt:
+                async with watcher(sim, client, store, config) as rt:
                     await rt.poll_once()
                     sim.advance(600)
                     await client.destroy_instance(instance_id)
@@ -401,18 +394,13 @@ async def test_after_the_watcher_was_down_the_ledger_settles_to_the_simulators_c
     gap. Reconstructed on the side of cost, the ledger billed both as running from the gap's start (the rental from
     its start date): 10-20 % above the charges over their short lives. Settled with Vast's GPU charges once the
     watcher is back, each instance's ledger is within 0.1 % of what the simulator charged."""
-    store_path = tmp_path / "s.db"
-    config_file = tmp_path / "c.toml"
-    config_file.write_text(config_text(store_path, '[handlers.billing]\nuse = "billing"\n'))
-    config = parse_config(config_file.read_text())
+    store_path, config_file, config = billing_files(tmp_path)
     booting = sim.create_instance(label="vastevents:job-1", pull="200s")
 
     async with VastClient(api_key, sim.url) as client:
         try:
             with SqliteStore(store_path) as store:
-                async with Runtime(
-                    config, client=client, store=store, clock=sim.clock, handlers=load_handlers(config)
-                ) as rt:
+                async with watcher(sim, client, store, config) as rt:
                     await rt.poll_once()
                     await cycles(sim, rt, 2)
                     assert sim.instance(booting)["actual_status"] == "loading"  # type: ignore[index]
@@ -420,9 +408,7 @@ async def test_after_the_watcher_was_down_the_ledger_settles_to_the_simulators_c
                 rented = sim.create_instance(label="vastevents:job-2", pull="60s")
                 sim.advance(240)
                 assert {sim.instance(i)["actual_status"] for i in (booting, rented)} == {"running"}  # type: ignore[index]
-                async with Runtime(
-                    config, client=client, store=store, clock=sim.clock, handlers=load_handlers(config)
-                ) as rt:
+                async with watcher(sim, client, store, config) as rt:
                     await cycles(sim, rt, 40)
                     assert store.repository(Ledger).unseen() == [], "settled"
                     for instance in await client.list_instances():
