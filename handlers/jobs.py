@@ -463,7 +463,8 @@ class JobsHandler(Handler[JobsOptions]):
         if event.name == "stuck_loading" and ours and job.status == JobStatus.LOADING:
             await self.drop_offer(job, instance, f"stuck loading: {instance.status_msg or 'no progress'}", ctx)
         elif event.name == "vanished":
-            if ours and job.status == JobStatus.LOADING:
+            replacing = ctx.store.repository(Recoveries).get(instance.id) is not None
+            if ours and job.status == JobStatus.LOADING and not replacing:  # else recovery's replacement takes it
                 await self.relaunch(job, f"instance {instance.id} vanished before running", ctx)
         elif instance.actual_status == "running":
             if not ours:

@@ -410,3 +410,27 @@ async def test_an_instance_offline_before_running_is_waited_for_up_to_preempt_gr
     assert (job.status, job.exit_code, job.destroyed) == (JobStatus.FINISHED, 0, True), job.errors
     assert (job.instance_id == first) is back, job.errors
     assert (world.results / "ok.txt").read_text() == "ok\n"
+
+
+async def test_an_instance_recovery_replaced_before_the_command_started_moves_the_job_and_rents_nothing_else(
+    world: JobWorld, client: VastClient
+) -> None:
+    """C1: a host went offline while the job's daemon waited for its SSH, past preempt_grace; recovery destroyed it
+    and rented a replacement, and the jobs handler, seeing the instance vanish before the command started, rented
+    another offer too: two instances ran the job at once, and one was left billing."""
+    async with world.runtime(client, RECOVERY) as rt:
+        job = submit(rt, world.spec(cmd="echo ok > ok.txt", download=["ok.txt"]), world.offers())
+        job = await until(rt, world, job.id, lambda j: j.instance_id is not None, step=1)
+        first = job.instance_id
+        assert first is not None
+        while world.sim.instance(first)["actual_status"] != "running":  # type: ignore[index]
+            world.sim.advance(1)
+        world.sim.apply("ssh_down", instance=first)  # seen running, never reachable: the job stays loading
+        await until(rt, world, job.id, lambda j: True, step=1)
+        world.sim.apply("offline", instance=first)  # and never back: recovery replaces it after preempt_grace
+        job = await until(rt, world, job.id, step=15)
+        rented = sorted({e.instance_id for e in rt.store.events() if e.name == "appeared"})
+        (recovered,) = [e for e in rt.store.events() if e.name == "recovered"]
+    assert (job.status, job.exit_code, job.destroyed) == (JobStatus.FINISHED, 0, True), job.errors
+    assert rented == [first, recovered.instance_id] and job.instance_id == recovered.instance_id, job.errors
+    assert (world.results / "ok.txt").read_text() == "ok\n"
