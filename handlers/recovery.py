@@ -292,11 +292,13 @@ class RecoveryHandler(Handler[RecoveryOptions]):
         dead_ids = {r.dead_id for r in lineage}
         live = await ctx.client.list_instances()
         already = [i for i in live if i.label == record.label and i.id not in dead_ids]
-        if already:  # rented before a crash: reconciled by label, never rented twice
+        dead = next((i for i in live if i.id == record.dead_id), None)
+        if already:  # rented before a crash (or by the jobs handler): reconciled by label, never rented twice
+            if dead is not None:
+                await ctx.destroy(dead)
             await self._recovered(record, already[0], ctx)
             return
         restarts = sum(1 for r in lineage if r.status is RecoveryStatus.RECOVERED)
-        dead = next((i for i in live if i.id == record.dead_id), None)
         if restarts >= self.options.max_restarts:
             why = f"max_restarts ({self.options.max_restarts}) reached"
             await self._give_up(record, dead, why, record.cause or Cause.PREEMPTED, ctx)

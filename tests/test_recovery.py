@@ -282,6 +282,27 @@ async def test_a_redelivered_event_after_a_crash_rents_exactly_once(
     assert sim.instance_count() == 0
 
 
+async def test_an_instance_already_under_the_label_becomes_the_replacement_and_the_dead_one_is_destroyed(
+    sim: Simulator, api_key: str, tmp_path: Path, opener: Opener
+) -> None:
+    """C1: a dead instance whose label another live instance already ran under (rented by the jobs handler) was
+    recovered to that one and left billing."""
+    config, _ = _config(tmp_path, opener)
+    gpu = _common_gpu(sim)
+    old_id = _running(sim, label=LABEL, gpu_name=gpu)
+    other_id = _running(sim, label=LABEL, gpu_name=gpu)
+    try:
+        async with _runtime(sim, api_key, config, opener) as runtime:
+            await runtime.poll_once()
+            sim.preempt(old_id)
+            (recovered,) = _named(await _polls(runtime, sim, 4), "recovered")
+            assert recovered.instance_id == other_id, "nothing else rented"
+            assert sim.instance(old_id) is None and sim.instance_count() == 1, "the dead one destroyed"
+    finally:
+        _destroy_all(sim)
+    assert sim.instance_count() == 0
+
+
 async def test_a_machine_blocked_by_hand_is_listed_never_offered_to_a_job_and_can_be_forgiven(
     tmp_path: Path, opener: Opener
 ) -> None:
