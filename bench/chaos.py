@@ -46,6 +46,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import print_table, write_json
 
+from vastevents import Event
 from vastevents.clock import ManualClock
 from vastevents.costs import tolerance
 from vastevents.sim import Simulator
@@ -379,6 +380,26 @@ def _duplicates(store: SqliteStore) -> list[str]:
     for name in ("appeared", "vanished", "job_finished", "job_started"):
         counts = Counter((e.instance_id, e.detail if name == "job_started" else None) for e in events if e.name == name)
         found += [f"{n} x {name} for instance {key[0]}" for key, n in counts.items() if n > 1]
+    return found + _rented_twice(events)
+
+
+def _rented_twice(events: list[Event]) -> list[str]:
+    """Two instances of one job's label alive at once, as the journal saw them (one poll's ``vanished`` before its
+    ``appeared``: a replacement rented after its dead instance's destroy is no overlap)."""
+    alive: dict[str, set[int]] = {}
+    found = []
+    ordered = sorted((e for e in events if e.name in ("appeared", "vanished") and e.instance is not None),
+                     key=lambda e: (e.at, e.name == "appeared", e.id))  # fmt: skip
+    for event in ordered:
+        assert event.instance is not None and event.instance_id is not None
+        label = event.instance.label or ""
+        if event.name == "vanished":
+            alive.get(label, set()).discard(event.instance_id)
+            continue
+        live = alive.setdefault(label, set())
+        if live and label:
+            found.append(f"instances {sorted(live)} and {event.instance_id} of {label} alive at once")
+        live.add(event.instance_id)
     return found
 
 
