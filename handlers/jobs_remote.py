@@ -83,12 +83,18 @@ async def preflight(ctx: Context, target: SshTarget, spec: JobSpec) -> Unfit | N
 async def upload_inputs(ctx: Context, target: SshTarget, spec: JobSpec, job: Job, *, resume: bool) -> None:
     """The workdir, the input, and the checkpoint dir: on the spec's volume when there is one. A job run before
     (`resume`: a replacement instance; or started before: a rerun) gets its checkpoint back from the local copy,
-    unless the volume already holds one (a replacement on the volume's machine: the newest there is)."""
+    unless the volume already holds one (a replacement on the volume's machine: the newest there is). A workdir
+    the command was started in (the host came back after a flap) is left as it is: its inputs are complete, and
+    its checkpoint is the newest there is (the local copy is only as new as the last sync)."""
     edge = ssh_edge(ctx)
     workdir = quote(spec.workdir)
-    created = await edge.run(target, f"mkdir -p {workdir}/{CONTROL}")
+    marker = f"{workdir}/{CONTROL}/pid"
+    created = await edge.run(target, f"mkdir -p {workdir}/{CONTROL} && if [ -s {marker} ]; then echo ran; fi")
     if created.exit_code != 0:
         raise RuntimeError(f"cannot create the workdir {spec.workdir}: {created.stderr.strip()}")
+    if created.stdout.strip() == "ran":
+        ctx.logger.info("job %d: the command ran on this host before; its workdir and checkpoint are kept", job.id)
+        return
     if spec.upload is not None:
         await edge.upload(target, spec.upload, spec.workdir)
     kept = False

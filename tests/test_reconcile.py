@@ -154,6 +154,29 @@ async def test_a_flap_that_kills_the_process_resumes_it_from_its_checkpoint_on_t
     assert any("started again" in error for error in job.errors)
 
 
+async def test_a_job_resumed_on_the_same_host_keeps_the_checkpoint_written_there_since_the_last_sync(
+    world: JobWorld, client: VastClient
+) -> None:
+    """C1: each resume on a flapping host restored the local copy of the checkpoint over the host's own, newer one,
+    so a job its host dropped every minute lost the progress it made between syncs, again and again."""
+    command = (
+        "mkdir -p ckpt; if [ -f ckpt/state ]; then cat ckpt/state > result.txt; else echo 1 > ckpt/state; sleep 600; fi"
+    )
+    spec = world.spec(cmd=command, download=["result.txt"], checkpoint_dir="ckpt", checkpoint_every=1)
+    async with world.runtime(client) as rt:
+        first = await checkpointed(rt, world, submit(rt, spec, world.offers()).id)
+        workdir = JobSpec.model_validate(spec).workdir
+        progress = await world.on_host(first.instance_id or 0, f"echo 2 > {workdir}/ckpt/state")  # since the sync
+        assert progress.exit_code == 0
+        world.sim.apply("offline", instance=first.instance_id)  # the host drops off: the command dies
+        lost = f"instance {first.instance_id} offline under the job"
+        await until(rt, world, first.id, lambda j: any(lost in error for error in j.errors), step=5)
+        world.sim.apply("online", instance=first.instance_id)  # the job's daemon ended: the reconcile pass resumes it
+        job = await until(rt, world, first.id, step=1)
+    assert (job.status, job.exit_code, job.instance_id) == (JobStatus.FINISHED, 0, first.instance_id), job.errors
+    assert (world.results / "result.txt").read_text() == "2\n", "resumed from the host's own checkpoint"
+
+
 async def test_without_recovery_a_host_offline_beyond_grace_loses_the_job_to_the_next_offer(
     world: JobWorld, client: VastClient
 ) -> None:
