@@ -7,7 +7,8 @@ Run: ``python bench/chaos.py [--seeds 1,2,3,4,5] [--kills 30] [--jobs 10] [--qui
 The watcher (``jobs``, ``recovery``, ``billing`` and ``reaper`` handlers; ``[watch] preempt_grace`` 30 s, not the
 default 120 s: see :data:`PREEMPT_GRACE`) runs as its own process on the simulator's time
 (``tests/simtime_watch.py``), against a simulator with real sshd hosts whose clock a ticker moves :data:`TICK`
-simulated seconds every 50 ms of wall time (ten times the wall clock). Jobs are submitted to the
+simulated seconds every 50 ms of wall time (ten times the wall clock; its ``Retry-After`` headers count wall
+seconds at that speed, as a real API's count real ones). Jobs are submitted to the
 watcher's store one after another; each uploads a data file, works a set number of simulated seconds (it reads the
 simulator's time from the file the ticker writes, so a host's process and the watcher agree on it), checkpoints its
 progress and writes the data file's digest. A seeded schedule, in simulated seconds, SIGKILLs the watcher and
@@ -59,7 +60,8 @@ LAUNCHER = ROOT / "tests" / "simtime_watch.py"
 """``vastevents watch`` on the time of a file the driver writes (the simulator's)."""
 USER = "root" if os.geteuid() == 0 else os.environ.get("USER", "root")
 TICK = 0.5
-"""Simulated seconds the ticker adds every 50 ms of wall time."""
+"""Simulated seconds the ticker adds every :data:`TICK_EVERY` wall seconds."""
+TICK_EVERY = 0.05
 BOUND_S = 420.0
 """Submission to the job's end, at most (simulated seconds): the issue's seven minutes."""
 INTERVAL = 10.0
@@ -219,7 +221,7 @@ class Ticker:
         self.thread.start()
 
     def _run(self) -> None:
-        while not self.done.wait(0.05):
+        while not self.done.wait(TICK_EVERY):
             write_moment(self.moment, self.sim.advance(self.tick))
 
     def stop(self) -> None:
@@ -275,7 +277,9 @@ def _world(root: Path, plan: Plan) -> Iterator[tuple[Simulator, Path, dict[str, 
     (root / ".ssh").mkdir()
     key = root / ".ssh" / "id_ed25519"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True, timeout=30)
-    with Simulator(clock=clock, ssh=True, seed=plan.seed, hosts=30, rate_limits=False) as sim:
+    # `speed`: the simulator's Retry-After headers are wall seconds, so a storm's is its simulated rest / speed
+    speed = plan.tick / TICK_EVERY
+    with Simulator(clock=clock, speed=speed, ssh=True, seed=plan.seed, hosts=30, rate_limits=False) as sim:
         _register(sim, key)
         moment = root / "simtime"
         write_moment(moment, clock.now())
