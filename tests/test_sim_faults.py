@@ -73,6 +73,20 @@ def test_flap_goes_offline_and_comes_back_after_its_duration(sim: Simulator, sim
     assert seen == ["offline", "running", "offline", "running"]
 
 
+def test_a_flapping_host_comes_back_though_the_instance_it_was_aimed_at_was_destroyed(
+    sim: Simulator, sim_client: httpx.Client
+) -> None:
+    """A host's return is the machine's: it stayed offline for ever once the flap's instance was destroyed (the
+    other instances on it with it), as no rented instance named it any more."""
+    instance_id = _running(sim, sim_client)
+    machine_id = _row(sim_client, instance_id)["machine_id"]
+    _admin(sim_client, "flap", instance=instance_id, duration="45s")
+    _admin(sim_client, "destroy", instance=instance_id)  # replaced while its host was away
+    sim.advance(45)
+    (machine,) = [m for m in sim.state()["machines"] if m["machine_id"] == machine_id]
+    assert machine["offline"] is False
+
+
 def test_offline_while_loading_resumes_the_pull_when_back(sim: Simulator, sim_client: httpx.Client) -> None:
     instance_id = int(_admin(sim_client, "create", label="x", pull=100)["new_contract"])
     sim.advance(60)  # loading since t=10, 50 s of pull left

@@ -79,13 +79,14 @@ def preempt(world: Lifecycle, params: Mapping[str, Any]) -> dict[str, Any]:
     return {"instance": inst.id}
 
 
-def _machine_of(world: Lifecycle, params: Mapping[str, Any]) -> Machine:
+def _machine_of(world: Lifecycle, params: Mapping[str, Any], *, ended: bool = False) -> Machine:
+    """The machine `params` name, or the one of the instance they name (with `ended`, one destroyed since too)."""
     if "machine" in params or "machine_id" in params:
         machine_id = int(params.get("machine", params.get("machine_id")))
         if machine_id not in world.machines:
             raise SimError(404, "no_such_machine", f"No machine {machine_id}.")
         return world.machines[machine_id]
-    return world.machines[world.resolve(params.get("instance")).machine_id]
+    return world.machines[world.resolve(params.get("instance"), ended=ended).machine_id]
 
 
 def offline(world: Lifecycle, params: Mapping[str, Any]) -> dict[str, Any]:
@@ -106,8 +107,9 @@ def offline(world: Lifecycle, params: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def online(world: Lifecycle, params: Mapping[str, Any]) -> dict[str, Any]:
-    """The host is back: its instances resume where they were, paused transitions after the time they had left."""
-    machine = _machine_of(world, params)
+    """The host is back: its instances resume where they were, paused transitions after the time they had left.
+    Named by an instance, the host of one destroyed since comes back too (a flap's return is the machine's)."""
+    machine = _machine_of(world, params, ended=True)
     if not machine.offline:
         return {"machine": machine.machine_id}
     machine.offline = False

@@ -286,16 +286,20 @@ class Lifecycle:
             raise SimError(404, "no_such_instance", f"Instance {instance_id} not found.")
         return inst
 
-    def resolve(self, ref: Any) -> SimInstance:
-        """An instance by id, exact label, or label suffix after ':' (``job-1`` finds ``vastevents:job-1``)."""
+    def resolve(self, ref: Any, *, ended: bool = False) -> SimInstance:
+        """An instance by id, exact label, or label suffix after ':' (``job-1`` finds ``vastevents:job-1``); with
+        `ended`, one destroyed since too (the live ones first)."""
+        pool = sorted(self.instances.values(), key=lambda i: i.id, reverse=True)
+        if ended:
+            pool += sorted(self.ended.values(), key=lambda i: i.id, reverse=True)
         if isinstance(ref, int) or (isinstance(ref, str) and ref.isdigit()):
-            return self.instance(int(ref))
+            found = [inst for inst in pool if inst.id == int(ref)]
+            return found[0] if found else self.instance(int(ref))
         if isinstance(ref, str):
-            live = sorted(self.instances.values(), key=lambda i: i.id, reverse=True)
-            for inst in live:
+            for inst in pool:
                 if inst.label == ref:
                     return inst
-            for inst in live:
+            for inst in pool:
                 if inst.label and inst.label.split(":", 1)[-1] == ref:
                     return inst
         raise SimError(404, "no_such_instance", f"No live instance matches {ref!r}.")
