@@ -71,6 +71,8 @@ _PRICE_TOLERANCE = 0.01
 _ALIVE = (State.SCHEDULING, State.CREATED, State.LOADING, State.RUNNING, State.REBOOTING)
 """States of an instance that is, or is becoming, the job's host."""
 _DEAD = (State.EXITED, State.STOPPED)
+_REPLACING = (RecoveryStatus.WAITING, RecoveryStatus.PENDING, RecoveryStatus.RENTING, RecoveryStatus.RECOVERED)
+"""A recovery in one of these replaces its dead instance (or did): the replacement takes the job over."""
 _RETRY_FIRST = 5.0
 _RETRY_MAX = 30.0
 """The backoff of a claim released after its search or create failed on the API: 5 s, doubling, at most 30 s."""
@@ -463,8 +465,7 @@ class JobsHandler(Handler[JobsOptions]):
         if event.name == "stuck_loading" and ours and job.status == JobStatus.LOADING:
             await self.drop_offer(job, instance, f"stuck loading: {instance.status_msg or 'no progress'}", ctx)
         elif event.name == "vanished":
-            replacing = ctx.store.repository(Recoveries).get(instance.id) is not None
-            if ours and job.status == JobStatus.LOADING and not replacing:  # else recovery's replacement takes it
+            if ours and job.status == JobStatus.LOADING and not self._being_replaced(instance.id, ctx):
                 await self.relaunch(job, f"instance {instance.id} vanished before running", ctx)
         elif instance.actual_status == "running":
             if not ours:
@@ -478,6 +479,11 @@ class JobsHandler(Handler[JobsOptions]):
             await self.drop_offer(job, instance, f"{instance.actual_status} before running", ctx)
         # offline before running: a flap, waited for up to preempt_grace by the reconcile pass (a new rental boots
         # from scratch; a host back in 20-60 s carries on where it was)
+
+    def _being_replaced(self, instance_id: int, ctx: Context) -> bool:
+        """Whether recovery replaces the instance (or did): its replacement takes the job over, none is rented here."""
+        record = ctx.store.repository(Recoveries).get(instance_id)
+        return record is not None and record.status in _REPLACING
 
     @daemon
     async def run_job(self, instance_id: int, state: dict[str, Any], ctx: Context) -> None:
