@@ -170,6 +170,16 @@ def test_charges_bill_gpu_while_running_and_storage_while_stopped(sim: Simulator
     assert invoices["results"][0]["amount"] == 100.0
 
 
+def test_state_spend_names_each_instance_s_machine_ended_ones_too(sim: Simulator, sim_client: httpx.Client) -> None:
+    offer = _cheapest_single(sim_client)
+    instance_id = _create(sim_client, offer["id"], label="where").json()["new_contract"]
+    sim.advance(600)
+    sim_client.delete(f"/api/v0/instances/{instance_id}/")
+    (row,) = [r for r in sim.state()["spend"]["instances"] if r["id"] == instance_id]
+    assert (row["machine_id"], row["ended"]) == (offer["machine_id"], True)
+    assert row["gpu_usd"] > 0
+
+
 def test_charges_keep_to_the_requested_days(sim: Simulator, sim_client: httpx.Client) -> None:
     early = sim.create_instance(label="early")
     sim.advance(3600)

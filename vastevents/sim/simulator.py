@@ -292,8 +292,8 @@ class Simulator:
             total = world.spend()  # volumes' storage too
             for inst in world.all_instances():
                 cost = world.charges(inst)
-                spend.append({"id": inst.id, "label": inst.label, "gpu_usd": cost.gpu, "storage_usd": cost.storage,
-                              "ended": inst.ended_at is not None})  # fmt: skip
+                spend.append({"id": inst.id, "label": inst.label, "machine_id": inst.machine_id, "gpu_usd": cost.gpu,
+                              "storage_usd": cost.storage, "ended": inst.ended_at is not None})  # fmt: skip
             return {
                 "now": datetime.fromtimestamp(world.now, UTC).isoformat(),
                 "url": self.url,
