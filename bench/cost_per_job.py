@@ -21,7 +21,8 @@ never meets one: the control, where choosing by expected cost must not cost more
 
 Cost per finished job: everything the simulator charged for the jobs' instances (GPU and disk, failed attempts
 and replacements included) over the jobs that finished with exit code 0. Goal: expected_cost at most 0.8 times
-cheapest, with as many jobs finished.
+cheapest, with as many jobs finished. Below the table, where each run's money went: per machine rented, its
+rentals, the jobs that finished there and what it billed, and what the jobs that never finished cost.
 """
 
 from __future__ import annotations
@@ -81,6 +82,8 @@ async def _strategy(gpu: str, choose: str, kind: str, jobs: int, work_s: float, 
     labels = {job.label for job in final}
     billed = sum(row["gpu_usd"] + row["storage_usd"] for row in spend.values() if row["label"] in labels)
     finished = sum(1 for job in final if job.exit_code == 0)
+    unfinished = {job.label for job in final if job.exit_code != 0}
+    lost = sum(row["gpu_usd"] + row["storage_usd"] for row in spend.values() if row["label"] in unfinished)
     return {
         "gpu": gpu,
         "choose": choose,
@@ -93,7 +96,27 @@ async def _strategy(gpu: str, choose: str, kind: str, jobs: int, work_s: float, 
         "simulated_s": elapsed,
         "flaky_machines": len(flaky),
         "failures": sorted({str(job.cause) for job in final if job.exit_code != 0}),
+        "unfinished_usd": lost,
+        "machines": _machines(spend, final, flaky),
     }
+
+
+def _machines(spend: dict[int, dict[str, Any]], final: list[Job], flaky: dict[int, str]) -> list[dict[str, Any]]:
+    """Where the money went: per machine rented, its rentals, the jobs that finished there and what it billed."""
+    labels = {job.label for job in final}
+    machines: dict[int, dict[str, Any]] = {}
+    for row in spend.values():
+        if row["label"] not in labels:
+            continue
+        key = row["machine_id"]
+        machine = machines.setdefault(key, {"machine_id": key, "flaky": flaky.get(key), "rentals": 0, "finished": 0,
+                                            "billed_usd": 0.0})  # fmt: skip
+        machine["rentals"] += 1
+        machine["billed_usd"] += row["gpu_usd"] + row["storage_usd"]
+    for job in final:
+        if job.exit_code == 0 and job.instance_id in spend:
+            machines[spend[job.instance_id]["machine_id"]]["finished"] += 1
+    return sorted(machines.values(), key=lambda m: -m["billed_usd"])
 
 
 def _table(result: dict[str, Any]) -> None:
@@ -107,6 +130,11 @@ def _table(result: dict[str, Any]) -> None:
     print_table(title, ["gpu", "kind", "choose", "finished", "rentals", "billed", "per finished job", "took"], rows)
     for key, ratio in result["ratios"].items():
         print(f"{key}: expected_cost / cheapest per finished job {ratio:.3f} (goal {GOAL:g})")
+    print("Where the money went (machine, how it misbehaves: rentals, jobs finished there, billed):")
+    for run in result["runs"]:
+        spent = "; ".join(f"{m['machine_id']}{' ' + m['flaky'] if m['flaky'] else ''}: {m['rentals']}, {m['finished']},"
+                          f" ${m['billed_usd']:.3f}" for m in run["machines"])  # fmt: skip
+        print(f"  {run['gpu']} {run['kind']} {run['choose']}: {spent}; on unfinished jobs ${run['unfinished_usd']:.3f}")
 
 
 def main() -> None:
