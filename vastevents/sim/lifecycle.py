@@ -289,13 +289,14 @@ class Lifecycle:
     def resolve(self, ref: Any, *, ended: bool = False) -> SimInstance:
         """An instance by id, exact label, or label suffix after ':' (``job-1`` finds ``vastevents:job-1``); with
         `ended`, one destroyed since too (the live ones first)."""
-        pool = sorted(self.instances.values(), key=lambda i: i.id, reverse=True)
-        if ended:
-            pool += sorted(self.ended.values(), key=lambda i: i.id, reverse=True)
         if isinstance(ref, int) or (isinstance(ref, str) and ref.isdigit()):
-            found = [inst for inst in pool if inst.id == int(ref)]
-            return found[0] if found else self.instance(int(ref))
+            if ended and int(ref) in self.ended:
+                return self.ended[int(ref)]
+            return self.instance(int(ref))
         if isinstance(ref, str):
+            pool = sorted(self.instances.values(), key=lambda i: i.id, reverse=True)
+            if ended:
+                pool += sorted(self.ended.values(), key=lambda i: i.id, reverse=True)
             for inst in pool:
                 if inst.label == ref:
                     return inst
