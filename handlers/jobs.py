@@ -202,6 +202,8 @@ class JobsHandler(Handler[JobsOptions]):
                 jobs.release(job.id)
                 ctx.logger.warning("job %d: its claim was never rented for; pending again", job.id)
             return
+        if current is not None and current.state is State.RUNNING:
+            await self._drop_spares(job, current, instances, ctx)
         if job.status == JobStatus.PENDING or job.id in self._running:
             return  # nothing rented yet, or its daemon is at work here (it may be renting again itself)
         if current is not None and current.state in _ALIVE:
@@ -212,7 +214,7 @@ class JobsHandler(Handler[JobsOptions]):
         if current is not None and current.state is State.OFFLINE and job.status == JobStatus.LOADING:
             if current.id in just_changed or (current.id in went_down and _recovery_configured(ctx)):
                 return  # a flap: back soon; or it ran, and ``preempted`` (after preempt_grace) tells recovery
-            await self.drop_offer(job, current, f"offline before running for over {grace_s(ctx):g}s", ctx)
+            await self.race_offer(job, current, f"offline before running for over {grace_s(ctx):g}s", ctx)
             return
         if current is not None and current.state is State.OFFLINE:
             if current.id in just_offline or _recovery_configured(ctx):
@@ -450,6 +452,26 @@ class JobsHandler(Handler[JobsOptions]):
             self._launching.discard(job.id)
         await self.relaunch(job, f"instance {instance.id} (machine {instance.machine_id}) dropped: {reason}", ctx)
 
+    async def race_offer(self, job: Job, instance: Instance, reason: str, ctx: Context) -> None:
+        """Rent the next offer beside an instance whose host went offline before it ran: a host back soon carries on
+        loading where it was, a new rental boots from scratch. Whichever runs first keeps the job; the other is
+        destroyed (:meth:`_drop_spares`). A job with a volume drops the instance instead (one machine holds it)."""
+        if JobSpec.model_validate(job.spec).volume is not None:
+            await self.drop_offer(job, instance, reason, ctx)
+            return
+        ctx.logger.warning("job %d: instance %d %s; renting the next offer beside it", job.id, instance.id, reason)
+        where = f"instance {instance.id} (machine {instance.machine_id})"
+        await self.relaunch(job, f"{where} {reason}: the next offer rented beside it", ctx)
+
+    async def _drop_spares(self, job: Job, current: Instance, instances: list[Instance], ctx: Context) -> None:
+        """The job's instance runs: any other instance under its label lost a race (to a host back from offline,
+        or to a replacement) and is destroyed."""
+        for spare in [i for i in instances if i.id != current.id]:
+            ctx.logger.info(
+                "job %d runs on instance %d: destroying instance %d beside it", job.id, current.id, spare.id
+            )
+            await ctx.destroy(spare)
+
     # --- the instance's life ------------------------------------------------------------------------------
 
     @on("any_change", "stuck_loading")
@@ -469,6 +491,8 @@ class JobsHandler(Handler[JobsOptions]):
                 await self.relaunch(job, f"instance {instance.id} vanished before running", ctx)
         elif instance.actual_status == "running":
             if not ours:
+                if await self._back_running(job, ctx):
+                    return  # its host came back before this replacement ran: recovery destroys the replacement
                 # A replacement under the job's label (after a preemption): it takes the job over.
                 ctx.logger.info("job %d moves from instance %s to %d", job.id, job.instance_id, instance.id)
                 job = jobs.update(job.id, instance_id=instance.id, status=JobStatus.LOADING)
@@ -479,6 +503,12 @@ class JobsHandler(Handler[JobsOptions]):
             await self.drop_offer(job, instance, f"{instance.actual_status} before running", ctx)
         # offline before running: a flap, waited for up to preempt_grace by the reconcile pass (a new rental boots
         # from scratch; a host back in 20-60 s carries on where it was)
+
+    async def _back_running(self, job: Job, ctx: Context) -> bool:
+        """Whether the job's own instance runs (on the API, now): a replacement rented while its host was offline
+        lost the race to the host's return."""
+        current = await ctx.client.get_instance(job.instance_id) if job.instance_id is not None else None
+        return current is not None and current.state is State.RUNNING
 
     def _being_replaced(self, instance_id: int, ctx: Context) -> bool:
         """Whether recovery replaces the instance (or did): its replacement takes the job over, none is rented here."""

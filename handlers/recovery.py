@@ -63,6 +63,7 @@ from vastevents import (
     Recovery,
     RecoveryStatus,
     Rental,
+    Snapshot,
     State,
     VastEventsError,
     VolumeMount,
@@ -172,6 +173,7 @@ class RecoveryHandler(Handler[RecoveryOptions]):
         happened while the watcher was down, or before a replacement was seen running) gets one now."""
         recoveries = ctx.store.repository(Recoveries)
         snapshot = ctx.store.load_snapshot()
+        await self.settle_races(snapshot, ctx)
         seen: dict[str, list[Instance]] = {}
         for instance in snapshot.instances():
             seen.setdefault(instance.label or "", []).append(instance)
@@ -181,7 +183,8 @@ class RecoveryHandler(Handler[RecoveryOptions]):
             if any(i.state in _ALIVE for i in seen.get(job.label, [])):
                 continue
             lineage = recoveries.lineage(job.label)
-            last = max({job.instance_id or 0, *(r.new_id or 0 for r in lineage)})
+            replacements = (r.new_id or 0 for r in lineage if r.status is RecoveryStatus.RECOVERED)
+            last = max({job.instance_id or 0, *replacements})
             if last == 0 or recoveries.get(last) is not None:
                 continue  # nothing rented yet, or its recovery is under way (or over)
             view = snapshot.get(last)
@@ -201,6 +204,27 @@ class RecoveryHandler(Handler[RecoveryOptions]):
             why = f"{dead.actual_status or 'gone'}, its end not seen as it happened"
             ctx.logger.warning("instance %d of %s is %s: recovering it", last, job.label, why)
             await self._open(dead, cause, why, self._policy("preempted", dead), ctx.clock.now(), ctx)
+
+    async def settle_races(self, snapshot: Snapshot, ctx: Context) -> None:
+        """A dead instance kept because its host was offline races its replacement: back running first (and still
+        the job's), it keeps the job and every other live instance under its label is destroyed (the recovery
+        ``resumed``); once the replacement runs, or the dead one has ended otherwise, the dead one is destroyed."""
+        recoveries = ctx.store.repository(Recoveries)
+        for dead in snapshot.instances():
+            record = recoveries.get(dead.id) if dead.label and ctx.owns(dead) else None
+            if record is None or record.status is not RecoveryStatus.RECOVERED or record.new_id is None:
+                continue
+            job = ctx.store.repository(Jobs).by_label(record.label)
+            new = snapshot.get(record.new_id)
+            if dead.state is State.RUNNING and (job is None or job.instance_id == dead.id):
+                spares = [i for i in snapshot.instances() if i.label == dead.label and i.id != dead.id]
+                for spare in spares:
+                    if spare.state in _ALIVE:
+                        await ctx.destroy(spare)
+                recoveries.update(dead.id, RecoveryStatus.RESUMED, reason=f"{record.reason}; its host came back first")
+                ctx.logger.info("instance %d is back before its replacement ran; the replacement destroyed", dead.id)
+            elif (new is not None and new.state is State.RUNNING) or dead.state not in (State.OFFLINE, State.RUNNING):
+                await ctx.destroy(dead)
 
     @on("host_flap")
     async def flapped(self, event: Event, ctx: Context) -> None:
@@ -294,8 +318,11 @@ class RecoveryHandler(Handler[RecoveryOptions]):
         already = [i for i in live if i.label == record.label and i.id not in dead_ids]
         dead = next((i for i in live if i.id == record.dead_id), None)
         if already:  # rented before a crash (or by the jobs handler): reconciled by label, never rented twice
-            if dead is not None:
-                await ctx.destroy(dead)
+            try:
+                await self._retire(dead, ctx)
+            except ApiError as exc:
+                await self._failed_attempt(record, str(exc), Cause.API_ERROR, ctx)
+                return
             await self._recovered(record, already[0], ctx)
             return
         restarts = sum(1 for r in lineage if r.status is RecoveryStatus.RECOVERED)
@@ -304,8 +331,7 @@ class RecoveryHandler(Handler[RecoveryOptions]):
             await self._give_up(record, dead, why, record.cause or Cause.PREEMPTED, ctx)
             return
         try:
-            if dead is not None:
-                await ctx.destroy(dead)
+            await self._retire(dead, ctx)
             new_id = await self._rent(record, job, ctx)
         except NoOffer as exc:
             await self._failed_attempt(record, str(exc), Cause.CAPACITY, ctx)
@@ -315,6 +341,16 @@ class RecoveryHandler(Handler[RecoveryOptions]):
             return
         new = await ctx.client.get_instance(new_id)
         await self._recovered(record, new or Instance(id=new_id, label=record.label), ctx)
+
+    async def _retire(self, dead: Instance | None, ctx: Context) -> None:
+        """Destroy the dead instance before its replacement is rented, unless its host is offline: a host may be back
+        within seconds, a new rental boots for a minute or more, so it races its replacement (:meth:`settle_races`)."""
+        if dead is None:
+            return
+        if dead.state is State.OFFLINE:
+            ctx.logger.info("instance %d is offline: kept until its replacement runs or its host is back", dead.id)
+            return
+        await ctx.destroy(dead)
 
     async def _rent(self, record: Recovery, job: Job | None, ctx: Context) -> int:
         """Rent the replacement of `record`'s dead instance for `job`, the one its label runs (None: no job)."""

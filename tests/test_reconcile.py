@@ -410,29 +410,37 @@ async def test_a_host_that_drops_off_while_the_results_are_collected_is_waited_f
     assert (world.results / "ok.txt").read_text() == "ok\n"
 
 
-@pytest.mark.parametrize("back", [True, False])
-async def test_an_instance_offline_before_running_is_waited_for_up_to_preempt_grace(
-    world: JobWorld, client: VastClient, back: bool
+@pytest.mark.parametrize("back", ["within-grace", "before-the-next-runs", "never"])
+async def test_an_instance_offline_before_running_is_waited_for_then_races_the_next_offer(
+    world: JobWorld, client: VastClient, back: str
 ) -> None:
     """C1: a host flap while the job's instance loaded dropped it at once, and the next offer booted from scratch
-    (60-100 s) where the host came back in 20-60 s. It is waited for (preempt_grace plus a poll, 75 s here): back
-    within it, the job runs there; not back, it is dropped then and the next offer runs the job."""
+    (60-100 s) where the host came back in 20-60 s. It is waited for (preempt_grace plus a poll, 75 s here); then
+    the next offer is rented beside it, and whichever runs first keeps the job, the other destroyed."""
     async with world.runtime(client) as rt:
         job = submit(rt, world.spec(cmd="echo ok > ok.txt", download=["ok.txt"]), world.offers())
         job = await until(rt, world, job.id, lambda j: j.instance_id is not None, step=1)
         first = job.instance_id
         assert first is not None and job.status == JobStatus.LOADING
-        world.sim.apply("offline", instance=first)  # while it loads
+        while world.sim.instance(first)["actual_status"] != "loading":  # type: ignore[index]
+            world.sim.advance(1)
+        await until(rt, world, job.id, lambda j: True, step=40)
+        world.sim.apply("offline", instance=first)  # 40 s into its load: back, it runs long before a new rental
         for _ in range(6):  # offline 60 s
             world.sim.advance(10)
             await rt.poll_once()
         assert world.sim.instance(first) is not None, "not dropped within preempt_grace"
-        if back:
+        if back == "within-grace":
+            world.sim.apply("online", instance=first)
+        elif back == "before-the-next-runs":
+            job = await until(rt, world, job.id, lambda j: j.instance_id not in (None, first), step=5)
+            assert world.sim.instance(first)["actual_status"] == "offline", "kept beside the next offer"  # type: ignore[index]
             world.sim.apply("online", instance=first)
         job = await until(rt, world, job.id, step=5)
     assert (job.status, job.exit_code, job.destroyed) == (JobStatus.FINISHED, 0, True), job.errors
-    assert (job.instance_id == first) is back, job.errors
+    assert (job.instance_id == first) is (back != "never"), job.errors
     assert (world.results / "ok.txt").read_text() == "ok\n"
+    assert world.sim.instance_count() == 0, "the instance that lost the race destroyed too"
 
 
 async def test_an_instance_recovery_replaced_before_the_command_started_moves_the_job_and_rents_nothing_else(
@@ -457,3 +465,24 @@ async def test_an_instance_recovery_replaced_before_the_command_started_moves_th
     assert (job.status, job.exit_code, job.destroyed) == (JobStatus.FINISHED, 0, True), job.errors
     assert rented == [first, recovered.instance_id] and job.instance_id == recovered.instance_id, job.errors
     assert (world.results / "ok.txt").read_text() == "ok\n"
+
+
+async def test_a_host_back_before_the_replacement_runs_keeps_the_job_and_the_replacement_is_destroyed(
+    world: JobWorld, client: VastClient
+) -> None:
+    """C1: a host offline past preempt_grace was destroyed before its replacement was rented, so a flap of 40 s
+    cost the job a new rental's boot. Now the two race: the host is back first, so the job resumes there from its
+    checkpoint and the replacement is destroyed before it runs."""
+    async with world.runtime(client, RECOVERY) as rt:
+        first = await checkpointed(rt, world, submit(rt, checkpointed_spec(world), world.offers()).id)
+        world.sim.apply("offline", instance=first.instance_id)
+        await until(rt, world, first.id, lambda j: any(e.name == "recovered" for e in rt.store.events()), step=5)
+        (recovered,) = [e for e in rt.store.events() if e.name == "recovered"]
+        assert world.sim.instance(recovered.instance_id or 0)["actual_status"] != "running"  # type: ignore[index]
+        world.sim.apply("online", instance=first.instance_id)
+        job = await until(rt, world, first.id, step=1)
+        started = {e.instance_id for e in rt.store.events() if e.name == "job_started"}
+    assert (job.status, job.exit_code, job.instance_id) == (JobStatus.FINISHED, 0, first.instance_id), job.errors
+    assert world.sim.instance(recovered.instance_id or 0) is None and started == {first.instance_id}
+    assert world.sim.instance_count() == 0
+    assert (world.results / "result.txt").read_text() == "resumed\n", "resumed from the checkpoint on its host"

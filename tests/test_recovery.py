@@ -303,6 +303,48 @@ async def test_an_instance_already_under_the_label_becomes_the_replacement_and_t
     assert sim.instance_count() == 0
 
 
+async def _offline_until_recovered(runtime: Runtime, sim: Simulator, old_id: int) -> tuple[list[Event], int]:
+    """Take `old_id`'s host offline and poll every 10 s until recovery rents its replacement; its id."""
+    sim.apply("offline", instance=old_id)
+    events: list[Event] = []
+    for _ in range(30):
+        events += await _polls(runtime, sim, 1, step=10)
+        if recovered := _named(events, "recovered"):
+            return events, recovered[0].instance_id or 0
+    raise AssertionError(f"no replacement rented in 300 s: {[e.name for e in events]}")
+
+
+@pytest.mark.parametrize("first", ["host-back", "replacement"])
+async def test_an_offline_instance_races_its_replacement_and_the_first_running_keeps_the_label(
+    sim: Simulator, api_key: str, tmp_path: Path, opener: Opener, first: str
+) -> None:
+    """C1: a host offline past preempt_grace was destroyed at once, so a host back seconds later (a flap) still
+    cost a new rental's minute-long boot. Now the dead instance stays until one of the two runs."""
+    config, _ = _config(tmp_path, opener)
+    old_id = _running(sim, label=LABEL, gpu_name=_common_gpu(sim))
+    try:
+        async with _runtime(sim, api_key, config, opener) as runtime:
+            await runtime.poll_once()
+            events, new_id = await _offline_until_recovered(runtime, sim, old_id)
+            assert sim.instance(old_id)["actual_status"] == "offline", "kept while its host is away"  # type: ignore[index]
+            record = runtime.store.repository(Recoveries).get(old_id)
+            assert record is not None and record.status is RecoveryStatus.RECOVERED and record.new_id == new_id
+            if first == "host-back":
+                sim.apply("online", instance=old_id)
+                events += await _polls(runtime, sim, 2, step=5)
+                assert sim.instance(new_id) is None, "the replacement destroyed before it ran"
+                assert sim.instance(old_id)["actual_status"] == "running"  # type: ignore[index]
+                assert runtime.store.repository(Recoveries).get(old_id).status is RecoveryStatus.RESUMED  # type: ignore[union-attr]
+            else:
+                events += await _polls(runtime, sim, 12, step=10)
+                assert sim.instance(new_id)["actual_status"] == "running"  # type: ignore[index]
+                assert sim.instance(old_id) is None, "the dead one destroyed once its replacement runs"
+            assert sim.instance_count() == 1 and len(_named(events, "recovered")) == 1
+    finally:
+        _destroy_all(sim)
+    assert sim.instance_count() == 0
+
+
 async def test_a_machine_blocked_by_hand_is_listed_never_offered_to_a_job_and_can_be_forgiven(
     tmp_path: Path, opener: Opener
 ) -> None:
