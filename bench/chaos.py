@@ -5,10 +5,10 @@ Run: ``python bench/chaos.py [--seeds 1,2,3,4,5] [--kills 30] [--jobs 10] [--qui
 [--keep DIR]``.
 
 The watcher (``jobs``, ``recovery``, ``billing`` and ``reaper`` handlers; ``[watch] preempt_grace`` 30 s, not the
-default 120 s: see :data:`PREEMPT_GRACE`) runs as its own process on the simulator's time
-(``tests/simtime_watch.py``), against a simulator with real sshd hosts whose clock a ticker moves :data:`TICK`
-simulated seconds every 50 ms of wall time (ten times the wall clock; its ``Retry-After`` headers count wall
-seconds at that speed, as a real API's count real ones). Jobs are submitted to the
+default 120 s: see :data:`PREEMPT_GRACE`; recovery rebids an outbid instance: :data:`ON_PREEMPT`) runs as its own
+process on the simulator's time (``tests/simtime_watch.py``), against a simulator with real sshd hosts whose clock a
+ticker moves :data:`TICK` simulated seconds every 50 ms of wall time (ten times the wall clock; its ``Retry-After``
+headers count wall seconds at that speed, as a real API's count real ones). Jobs are submitted to the
 watcher's store one after another; each uploads a data file, works a set number of simulated seconds (it reads the
 simulator's time from the file the ticker writes, so a host's process and the watcher agree on it), checkpoints its
 progress and writes the data file's digest. A seeded schedule, in simulated seconds, SIGKILLs the watcher and
@@ -71,6 +71,13 @@ told apart from an outage only once it has been down that long (the contract's `
 then boots in the simulator's 60-100 s: with the default, a job preempted late in its work cannot end within seven
 minutes whatever the watcher does. A user who wants fast recovery sets a short grace, as this run does; its cost is
 that a host offline longer than the grace (the run's flaps last 20-60 s) is replaced rather than waited for."""
+ON_PREEMPT = "rebid"
+"""``[handlers.recovery] on_preempt``: an outbid bid instance gets a higher bid and resumes on its host (15 s in the
+simulator, its disk and checkpoint there), rather than a new rental's 60-100 s boot; an on-demand one taken back is
+replaced (rebid does not apply to it)."""
+WAIT_TIMEOUT = "60s"
+"""``[handlers.recovery] wait_timeout``: how long a rebid instance may take to resume (a bid one whose host is
+offline, a flap, waits for its host that long) before it is replaced (the default is 10 min)."""
 WORK_S = 90.0
 """Simulated seconds each job's command works (checkpointing every few seconds)."""
 TERM_S = 15.0
@@ -123,7 +130,8 @@ poll_first = "5s"
 poll_every = "10s"
 [handlers.recovery]
 use = "recovery"
-on_preempt = "replace"
+on_preempt = "{on_preempt}"
+wait_timeout = "{wait_timeout}"
 min_reliability = 0.9
 backoff = "10s"
 [handlers.billing]
@@ -384,25 +392,26 @@ def _duplicates(store: SqliteStore) -> list[str]:
     for name in ("appeared", "vanished", "job_finished", "job_started"):
         counts = Counter((e.instance_id, e.detail if name == "job_started" else None) for e in events if e.name == name)
         found += [f"{n} x {name} for instance {key[0]}" for key, n in counts.items() if n > 1]
-    return found + _rented_twice(events)
+    return found + _running_twice(events)
 
 
-def _rented_twice(events: list[Event]) -> list[str]:
-    """Two instances of one job's label alive at once, as the journal saw them (one poll's ``vanished`` before its
-    ``appeared``: a replacement rented after its dead instance's destroy is no overlap)."""
-    alive: dict[str, set[int]] = {}
+def _running_twice(events: list[Event]) -> list[str]:
+    """Two instances of one job's label running at once, as the journal saw them. (A replacement rented while its
+    dead instance's host is offline loads beside it: whichever of the two runs first keeps the job, and the other
+    is destroyed before it runs.)"""
+    running: dict[str, set[int]] = {}
     found = []
-    ordered = sorted((e for e in events if e.name in ("appeared", "vanished") and e.instance is not None),
-                     key=lambda e: (e.at, e.name == "appeared", e.id))  # fmt: skip
-    for event in ordered:
+    changes = [e for e in events if e.instance is not None and e.instance_id is not None
+               and (e.name in ("appeared", "vanished") or e.name == f"{e.old}_to_{e.new}")]  # fmt: skip
+    for event in sorted(changes, key=lambda e: (e.at, e.id)):
         assert event.instance is not None and event.instance_id is not None
         label = event.instance.label or ""
-        if event.name == "vanished":
-            alive.get(label, set()).discard(event.instance_id)
+        live = running.setdefault(label, set())
+        if event.name == "vanished" or event.new != "running":
+            live.discard(event.instance_id)
             continue
-        live = alive.setdefault(label, set())
-        if live and label:
-            found.append(f"instances {sorted(live)} and {event.instance_id} of {label} alive at once")
+        if live - {event.instance_id} and label:
+            found.append(f"instances {sorted(live)} and {event.instance_id} of {label} running at once")
         live.add(event.instance_id)
     return found
 
@@ -445,7 +454,15 @@ def run(plan: Plan, *, keep: Path | None = None) -> Outcome:
     with _directory(keep) as root, _world(root, plan) as (sim, moment, env):
         config = root / "vastevents.toml"
         (root / "state").mkdir()
-        config.write_text(CONFIG.format(interval=INTERVAL, grace=PREEMPT_GRACE, store=root / "state" / "state.db"))
+        config.write_text(
+            CONFIG.format(
+                interval=INTERVAL,
+                grace=PREEMPT_GRACE,
+                on_preempt=ON_PREEMPT,
+                wait_timeout=WAIT_TIMEOUT,
+                store=root / "state" / "state.db",
+            )
+        )
         store = SqliteStore(root / "state" / "state.db")
         jobs_repo = store.repository(Jobs)
         watcher = Watcher(root, config, env)
