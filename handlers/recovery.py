@@ -31,6 +31,8 @@ step is idempotent: the recovery row is written before anything is rented, a cre
 first, and before renting the account is searched for a replacement by label, so a redelivered event or a
 restart after a crash never rents twice. A reconcile pass (each cycle and at every start) covers the deaths no
 event told of: a job loading or running with nothing alive under its label gets its last instance recovered.
+A dead instance whose host is offline is kept while its replacement loads: the first of the two to run keeps the
+label, the other is destroyed.
 """
 
 from __future__ import annotations
