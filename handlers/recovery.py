@@ -381,7 +381,8 @@ class RecoveryHandler(Handler[RecoveryOptions]):
         wanted = " or ".join(gpus) or "any GPU"
         if job is not None:
             wanted += f" or as the job's query {spec_query!r} asks"
-        raise NoOffer(f"no offer for {original.num_gpus or 1}x {wanted} outside machines {avoid_machines}")
+        where = f"with reliability >= {self.options.min_reliability:g} outside machines {avoid_machines}"
+        raise NoOffer(f"no offer for {original.num_gpus or 1}x {wanted} {where}")
 
     def _ranked(self, offers: list[Offer], original: Instance, job: Job | None, ctx: Context) -> list[Offer]:
         """`offers` in the order ``[jobs] choose`` would rent them for `job` (an hour of the original's disk for an

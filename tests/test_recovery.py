@@ -345,6 +345,25 @@ async def test_an_offline_instance_races_its_replacement_and_the_first_running_k
     assert sim.instance_count() == 0
 
 
+async def test_with_no_offer_reliable_enough_the_reason_names_the_reliability_asked_for(
+    sim: Simulator, api_key: str, tmp_path: Path, opener: Opener
+) -> None:
+    """Recovery's min_reliability filters every search, the job's own query too: a market with no host that reliable
+    leaves nothing, and the reason (kept on the recovery, then in ``recovery_failed``) must say so."""
+    config, _ = _config(tmp_path, opener, min_reliability=1.0, give_up_after="90s", backoff="30s")
+    old_id = _running(sim, label=LABEL, gpu_name=_common_gpu(sim))
+    try:
+        async with _runtime(sim, api_key, config, opener) as runtime:
+            await runtime.poll_once()
+            sim.preempt(old_id)
+            (failed,) = _named(await _polls(runtime, sim, 6), "recovery_failed")
+            assert "with reliability >= 1 outside machines" in failed.detail, failed.detail
+            assert sim.instance_count() == 0, "nothing rented, the dead one destroyed"
+    finally:
+        _destroy_all(sim)
+    assert sim.instance_count() == 0
+
+
 async def test_a_machine_blocked_by_hand_is_listed_never_offered_to_a_job_and_can_be_forgiven(
     tmp_path: Path, opener: Opener
 ) -> None:
