@@ -125,10 +125,13 @@ class RecoveryHandler(Handler[RecoveryOptions]):
             return
         recoveries = ctx.store.repository(Recoveries)
         known = recoveries.get(instance.id)
-        if known is not None:  # a redelivery, or another cause for the same death: only a crashed attempt is ours
+        if known is not None and known.status is not RecoveryStatus.RESUMED:
+            # a redelivery, or another cause for the same death: only a crashed attempt is ours
             if known.status is RecoveryStatus.RENTING and instance.id not in self._busy:
                 await self._attempt(known, ctx)
             return
+        if known is not None and await self._running(instance.id, ctx):
+            return  # the death it resumed from, told again: it runs now
         cause = _death_cause(event.name, instance)
         if cause is Cause.HOST_UNFIT:
             await self._strike(ctx, instance, f"{event.name}: {event.detail}" if event.detail else event.name, event)
@@ -187,8 +190,9 @@ class RecoveryHandler(Handler[RecoveryOptions]):
             lineage = recoveries.lineage(job.label)
             replacements = (r.new_id or 0 for r in lineage if r.status is RecoveryStatus.RECOVERED)
             last = max({job.instance_id or 0, *replacements})
-            if last == 0 or recoveries.get(last) is not None:
-                continue  # nothing rented yet, or its recovery is under way (or over)
+            known = recoveries.get(last)
+            if last == 0 or (known is not None and known.status is not RecoveryStatus.RESUMED):
+                continue  # nothing rented yet, or its recovery is under way (or over; resumed, it may die again)
             view = snapshot.get(last)
             grace = ctx.config.watch.preempt_grace + ctx.config.watch.interval
             if view is not None and (ctx.clock.now() - view.since).total_seconds() < grace:
@@ -255,6 +259,10 @@ class RecoveryHandler(Handler[RecoveryOptions]):
             await self._attempt(record, ctx)
 
     # --- policy ----------------------------------------------------------------------------------------------
+
+    async def _running(self, instance_id: int, ctx: Context) -> bool:
+        current = await ctx.client.get_instance(instance_id)
+        return current is not None and current.state is State.RUNNING
 
     def _policy(self, event: str, instance: Instance) -> Policy:
         if event != "preempted":
@@ -445,7 +453,7 @@ class RecoveryHandler(Handler[RecoveryOptions]):
             f"{record.dead_id} (machine {old_machine}) → {new.id} (machine {new.machine_id}),"
             f" restart {attempt} of {record.label}, down {down}"
         )
-        await ctx.emit("recovered", instance=new, detail=detail, key=f"recovered:{record.dead_id}")
+        await ctx.emit("recovered", instance=new, detail=detail, key=f"recovered:{_death(record)}")
         ctx.store.repository(Recoveries).update(record.dead_id, RecoveryStatus.RECOVERED, new_id=new.id)
 
     async def _failed_attempt(self, record: Recovery, why: str, cause: Cause, ctx: Context) -> None:
@@ -470,7 +478,7 @@ class RecoveryHandler(Handler[RecoveryOptions]):
             instance=Instance.model_validate(record.original),
             detail=f"{record.dead_id} ({record.label}): {why}",
             cause=cause,
-            key=f"recovery_failed:{record.dead_id}",
+            key=f"recovery_failed:{_death(record)}",
         )
         ctx.store.repository(Recoveries).update(record.dead_id, RecoveryStatus.FAILED, reason=why)
         await ctx.notify(f"recovery of instance {record.dead_id} ({record.label}) failed: {why}")
@@ -481,6 +489,11 @@ def _death_cause(event: str, instance: Instance) -> Cause:
     if event == "preempted":
         return Cause.OUTBID if instance.is_bid else Cause.PREEMPTED
     return Cause.HOST_UNFIT  # stuck loading, offline too long
+
+
+def _death(record: Recovery) -> str:
+    """What names one death of an instance in an event's key: an instance resumed may die again."""
+    return f"{record.dead_id}@{record.started_at.isoformat()}"
 
 
 def _env(instance: Instance) -> dict[str, str] | None:

@@ -207,6 +207,33 @@ async def test_rebid_raises_the_bid_and_the_instance_resumes(
     assert sim.instance_count() == 0
 
 
+async def test_an_instance_that_resumed_and_died_again_is_recovered_again(
+    sim: Simulator, api_key: str, tmp_path: Path, opener: Opener
+) -> None:
+    """C1: an outbid instance got a higher bid and resumed, then its host dropped off for good; its recovery row,
+    ``resumed``, made the second death look handled already, and the job it ran hung."""
+    config, _ = _config(tmp_path, opener, on_preempt="rebid", wait_timeout="60s")
+    old_id = _running(sim, label=LABEL, gpu_name=_common_gpu(sim), bid=True)
+    try:
+        async with _runtime(sim, api_key, config, opener) as runtime:
+            await runtime.poll_once()
+            sim.apply("outbid", instance=old_id)
+            events = await _polls(runtime, sim, 3)
+            assert sim.instance(old_id)["actual_status"] == "running"  # type: ignore[index]
+            assert runtime.store.repository(Recoveries).get(old_id).status is RecoveryStatus.RESUMED  # type: ignore[union-attr]
+            sim.apply("offline", instance=old_id)
+            events += await _polls(runtime, sim, 8)
+            (recovered,) = _named(events, "recovered")
+            new = sim.instance(recovered.instance_id or 0)
+            assert new is not None and new["label"] == LABEL and new["actual_status"] == "running"
+            assert sim.instance(old_id) is None and sim.instance_count() == 1
+            record = runtime.store.repository(Recoveries).get(old_id)
+            assert record is not None and record.status is RecoveryStatus.RECOVERED and "offline" in record.reason
+    finally:
+        _destroy_all(sim)
+    assert sim.instance_count() == 0
+
+
 async def test_max_restarts_ends_the_lineage_with_recovery_failed(
     sim: Simulator, api_key: str, tmp_path: Path, opener: Opener
 ) -> None:

@@ -1,4 +1,5 @@
-"""Recovery state, one row per dead instance: what died, what the policy decided, and what replaced it.
+"""Recovery state, one row per dead instance: what died, what the policy decided, and what replaced it. An
+instance that resumed (outbid then rebid, a host back) may die again: its row then tells of the new death.
 
 The row is written before anything is rented and moved to ``renting`` by an atomic claim, so a redelivered
 event or a second runner finds the recovery already under way and never rents twice. A label is a job's
@@ -75,7 +76,11 @@ class Recovery:
 
 _COLUMNS = "dead_id, label, cause, reason, status, failures, original, new_id, started_at, due_at"
 _SELECT = f"SELECT {_COLUMNS} FROM recoveries"  # noqa: S608 - a fixed column list
-_INSERT = f"INSERT INTO recoveries ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (dead_id) DO NOTHING"  # noqa: S608
+_REOPEN = ", ".join(f"{column} = excluded.{column}" for column in _COLUMNS.split(", ")[1:])
+_INSERT = (
+    f"INSERT INTO recoveries ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"  # noqa: S608 - fixed column lists
+    f" ON CONFLICT (dead_id) DO UPDATE SET {_REOPEN} WHERE recoveries.status = '{RecoveryStatus.RESUMED.value}'"
+)
 
 
 def _row(r: tuple[Any, ...]) -> Recovery:
@@ -95,7 +100,8 @@ class Recoveries:
 
     @staticmethod
     def insert(conn: Conn, recovery: Recovery) -> None:
-        """Write a new recovery in `conn`'s transaction (nothing if one exists for that instance)."""
+        """Write a new recovery in `conn`'s transaction: nothing if one exists for that instance, unless that one
+        ended with the instance ``resumed`` (it died again since: the row now tells of this death)."""
         conn.execute(
             _INSERT,
             (
