@@ -206,6 +206,10 @@ class JobsHandler(Handler[JobsOptions]):
             await self._drop_spares(job, current, instances, ctx)
         if job.status == JobStatus.PENDING or job.id in self._running:
             return  # nothing rented yet, or its daemon is at work here (it may be renting again itself)
+        won = [i for i in instances if i.state is State.RUNNING and i.id != job.instance_id]
+        if won and (current is None or current.state is not State.RUNNING) and job.status != JobStatus.COLLECTING:
+            await self._move(job, max(won, key=lambda i: i.id), ctx)  # it won a race: the job's own does not run
+            return
         if current is not None and current.state in _ALIVE:
             if current.state is State.RUNNING and current.id not in with_daemon:
                 ctx.logger.info("job %d: no daemon follows instance %d; resuming it", job.id, current.id)
@@ -491,18 +495,21 @@ class JobsHandler(Handler[JobsOptions]):
                 await self.relaunch(job, f"instance {instance.id} vanished before running", ctx)
         elif instance.actual_status == "running":
             if not ours:
-                if await self._back_running(job, ctx):
-                    return  # its host came back before this replacement ran: recovery destroys the replacement
-                # A replacement under the job's label (after a preemption): it takes the job over.
-                ctx.logger.info("job %d moves from instance %s to %d", job.id, job.instance_id, instance.id)
-                job = jobs.update(job.id, instance_id=instance.id, status=JobStatus.LOADING)
-                await ctx.spawn(self.run_job, instance, self._resume_state(job))
+                if job.id in self._launching or await self._back_running(job, ctx):
+                    return  # renting meanwhile, or its own instance runs: the reconcile pass settles the race
+                await self._move(job, instance, ctx)  # a replacement (after a preemption) takes the job over
             elif job.status in (JobStatus.LOADING, JobStatus.CREATING):
                 await ctx.spawn(self.run_job, instance, self._resume_state(job))
         elif ours and job.status == JobStatus.LOADING and instance.actual_status in ("exited", "stopped"):
             await self.drop_offer(job, instance, f"{instance.actual_status} before running", ctx)
         # offline before running: a flap, waited for up to preempt_grace by the reconcile pass (a new rental boots
         # from scratch; a host back in 20-60 s carries on where it was)
+
+    async def _move(self, job: Job, instance: Instance, ctx: Context) -> None:
+        """The job moves to `instance`, which runs (a replacement, or the winner of a race), resumed there."""
+        ctx.logger.info("job %d moves from instance %s to %d", job.id, job.instance_id, instance.id)
+        job = ctx.store.repository(Jobs).update(job.id, instance_id=instance.id, status=JobStatus.LOADING)
+        await ctx.spawn(self.run_job, instance, self._resume_state(job))
 
     async def _back_running(self, job: Job, ctx: Context) -> bool:
         """Whether the job's own instance runs (on the API, now): a replacement rented while its host was offline
