@@ -214,22 +214,21 @@ class RecoveryHandler(Handler[RecoveryOptions]):
     async def settle_races(self, snapshot: Snapshot, ctx: Context) -> None:
         """A dead instance kept because its host was offline races its replacement: back running first (and still
         the job's), it keeps the job and every other live instance under its label is destroyed (the recovery
-        ``resumed``); once the replacement runs, or the dead one has ended otherwise, the dead one is destroyed."""
+        ``resumed``); once another instance under its label runs, or it has ended otherwise, it is destroyed."""
         recoveries = ctx.store.repository(Recoveries)
         for dead in snapshot.instances():
             record = recoveries.get(dead.id) if dead.label and ctx.owns(dead) else None
-            if record is None or record.status is not RecoveryStatus.RECOVERED or record.new_id is None:
+            if record is None or record.status is not RecoveryStatus.RECOVERED:
                 continue
             job = ctx.store.repository(Jobs).by_label(record.label)
-            new = snapshot.get(record.new_id)
+            others = [i for i in snapshot.instances() if i.label == dead.label and i.id != dead.id]
             if dead.state is State.RUNNING and (job is None or job.instance_id == dead.id):
-                spares = [i for i in snapshot.instances() if i.label == dead.label and i.id != dead.id]
-                for spare in spares:
+                for spare in others:
                     if spare.state in _ALIVE:
                         await ctx.destroy(spare)
                 recoveries.update(dead.id, RecoveryStatus.RESUMED, reason=f"{record.reason}; its host came back first")
                 ctx.logger.info("instance %d is back before its replacement ran; the replacement destroyed", dead.id)
-            elif (new is not None and new.state is State.RUNNING) or dead.state not in (State.OFFLINE, State.RUNNING):
+            elif any(i.state is State.RUNNING for i in others) or dead.state not in (*_ALIVE, State.OFFLINE):
                 await ctx.destroy(dead)
 
     @on("host_flap")
