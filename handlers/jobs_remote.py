@@ -177,7 +177,18 @@ async def start(ctx: Context, target: SshTarget, spec: JobSpec) -> tuple[int, bo
 
 
 async def status(ctx: Context, target: SshTarget, spec: JobSpec, pid: int) -> tuple[int | None, str | None] | None:
-    """None while the command runs; (exit code, reason) once it ended (exit code None if it vanished)."""
+    """None while the command runs; (exit code, reason) once it ended (exit code None if it vanished). A process
+    seen gone is looked for once more in a new session: a session cut while it read the process's start time (its
+    SSH server stopped under it) reads as gone, and would start a command that still runs a second time."""
+    seen = await _status_once(ctx, target, spec, pid)
+    if seen is not None and seen[0] is None:
+        return await _status_once(ctx, target, spec, pid)
+    return seen
+
+
+async def _status_once(
+    ctx: Context, target: SshTarget, spec: JobSpec, pid: int
+) -> tuple[int | None, str | None] | None:
     command = (
         f"cd {quote(spec.workdir)} && if [ -s {CONTROL}/exit ]; then echo exit $(cat {CONTROL}/exit);"
         f" elif {_runs(str(pid))}; then echo alive; else echo gone; fi"
