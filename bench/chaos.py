@@ -21,6 +21,9 @@ submission, every finished job's result byte-exact, nothing left rented in the s
 stopped, no duplicate in the journal (one ``appeared`` and at most one ``vanished`` per instance, one
 ``job_finished`` per job), and the ledger within max(1 cent, 2 %) of what the simulator charged. The exit status is 1
 with ``--check`` when a seed broke one of them (``--quick`` is CI's smoke run: one seed, 3 kills, two jobs).
+Reported beside each job's latency: its floor (``chaos_floor.py``), the least a watcher that sees and acts at once
+would have taken given the faults that hit the job, the kills and the storms; latency minus floor is the time the
+watcher added.
 """
 
 from __future__ import annotations
@@ -46,9 +49,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import print_table, write_json
+from chaos_floor import Hit, Window, floor_s
 
 from vastevents import Event
 from vastevents.clock import ManualClock
+from vastevents.config import parse_duration
 from vastevents.costs import tolerance
 from vastevents.sim import Simulator
 from vastevents.sim.sshhost import find_sshd
@@ -179,10 +184,25 @@ class Outcome:
     timeline: list[str] = field(default_factory=list)
     """What the driver did and when (simulated seconds from the start), for a reader of a failing run."""
     ledger_rows: list[dict[str, Any]] = field(default_factory=list)
+    submitted: dict[int, float] = field(default_factory=dict)
+    """Each job's submission, in simulated seconds from the start (as the other moments here)."""
+    hits: list[Hit] = field(default_factory=list)
+    blocked: list[Window] = field(default_factory=list)
+    """When the watcher could not act on the account: down (SIGKILLed, not restarted yet), or a storm."""
 
     @property
     def worst_latency(self) -> float:
         return max((j["latency_s"] for j in self.jobs if j["latency_s"] is not None), default=0.0)
+
+    @property
+    def worst_job(self) -> dict[str, Any] | None:
+        ended = [j for j in self.jobs if j["latency_s"] is not None]
+        return max(ended, key=lambda j: j["latency_s"], default=None)
+
+    @property
+    def most_over_floor(self) -> float:
+        """The most time the watcher added to a job over what its faults alone cost (see chaos_floor)."""
+        return max((j["latency_s"] - j["floor_s"] for j in self.jobs if j["latency_s"] is not None), default=0.0)
 
     @property
     def ledger_error(self) -> float:
@@ -200,7 +220,8 @@ class Outcome:
             elif not job["exact"]:
                 found.append(f"job {job['id']} result not byte-exact")
             if job["latency_s"] is not None and job["latency_s"] > bound:
-                found.append(f"job {job['id']} ended {job['latency_s']:.0f} s after its submission")
+                floor = f" (its floor {job['floor_s']:.0f} s)" if job.get("floor_s") is not None else ""
+                found.append(f"job {job['id']} ended {job['latency_s']:.0f} s after its submission{floor}")
         if self.leaked:
             found.append(f"{self.leaked} instances left rented")
         if self.sshd_left:
@@ -214,7 +235,9 @@ class Outcome:
         return {"seed": self.seed, "kills": self.kills, "faults": dict(self.faults), "jobs": self.jobs,
                 "leaked": self.leaked, "sshd_left": self.sshd_left, "duplicates": self.duplicates,
                 "ledger_usd": self.ledger_usd, "charged_usd": self.charged_usd, "ledger_error_usd": self.ledger_error,
-                "worst_latency_s": self.worst_latency, "sim_seconds": self.sim_seconds,
+                "worst_latency_s": self.worst_latency,
+                "worst_floor_s": self.worst_job["floor_s"] if self.worst_job else None,
+                "most_over_floor_s": self.most_over_floor, "sim_seconds": self.sim_seconds,
                 "wall_seconds": self.wall_seconds, "failures": self.failures(), "timeline": self.timeline,
                 "ledger_rows": self.ledger_rows}  # fmt: skip
 
@@ -341,42 +364,53 @@ def _spec(inputs: Path, out: Path, moment: Path, interruptible: bool, work_s: fl
     }
 
 
-def _running_job_instance(sim: Simulator, jobs: list[Job], bid: bool, rng: random.Random) -> int | None:
-    """A running instance of an unfinished job (a bid one's or an on-demand one's), drawn with `rng`."""
+def _running_job_instance(sim: Simulator, jobs: list[Job], bid: bool, rng: random.Random) -> tuple[int, int] | None:
+    """(instance, job): a running instance of an unfinished job (a bid one's or an on-demand one's), drawn with
+    `rng`."""
     found = []
     for job in jobs:
         if job.done or job.instance_id is None or bool(job.spec.get("interruptible")) != bid:
             continue
         row = sim.instance(job.instance_id)
         if row is not None and row.get("actual_status") == "running":
-            found.append(job.instance_id)
+            found.append((job.instance_id, job.id))
     return rng.choice(sorted(found)) if found else None
 
 
-def _inject(sim: Simulator, kind: str, jobs: list[Job], rng: random.Random) -> str | None:
-    """Apply one fault and say what it hit; None when it has no target yet (no job running of the kind it needs)."""
+@dataclass(frozen=True)
+class Injected:
+    """A fault applied: what it hit in words, and the job it hit or the time it kept the API refusing."""
+
+    text: str
+    hit: Hit | None = None
+    storm: Window | None = None
+
+
+def _inject(sim: Simulator, kind: str, jobs: list[Job], rng: random.Random, now: float) -> Injected | None:
+    """Apply one fault (`now`: simulated seconds from the start); None when it has no target yet (no job running of
+    the kind it needs)."""
     if kind in ("preempt", "outbid", "flap"):
         target = _running_job_instance(sim, jobs, kind == "outbid", rng)
         if target is None and kind == "flap":
             target = _running_job_instance(sim, jobs, True, rng)
         if target is None:
             return None
+        instance, job = target
         if kind == "flap":
-            duration = f"{rng.uniform(20, 60):.0f}s"
-            sim.apply("flap", instance=target, duration=duration, count=1)
-            return f"instance {target} for {duration}"
-        sim.apply("preempt", instance=target)
-        return f"instance {target}"
-    if kind == "storm_503":
-        duration = f"{rng.uniform(20, 40):.0f}s"
-        sim.apply("server_error", duration=duration, status=503)
-    elif kind == "storm_429":
-        duration = f"{rng.uniform(20, 40):.0f}s"
-        sim.apply("rate_limit", duration=duration)
-    else:
-        duration = ""
-        sim.apply(kind, count=1)
-    return duration
+            seconds = round(rng.uniform(20, 60))
+            sim.apply("flap", instance=instance, duration=f"{seconds}s", count=1)
+            return Injected(f"instance {instance} for {seconds}s", Hit(now, kind, job, instance, seconds))
+        sim.apply("preempt", instance=instance)
+        return Injected(f"instance {instance}", Hit(now, kind, job, instance))
+    if kind in ("storm_503", "storm_429"):
+        seconds = round(rng.uniform(20, 40))
+        if kind == "storm_503":
+            sim.apply("server_error", duration=f"{seconds}s", status=503)
+        else:
+            sim.apply("rate_limit", duration=f"{seconds}s")
+        return Injected(f"{seconds}s", storm=(now, now + seconds))
+    sim.apply(kind, count=1)
+    return Injected("")
 
 
 def _seen_gone(store: SqliteStore) -> bool:
@@ -486,6 +520,7 @@ def run(plan: Plan, *, keep: Path | None = None) -> Outcome:
                     spec = _spec(inputs, root / "results" / f"job{n}", moment, n % 2 == 1, plan.work_s)
                     job = jobs_repo.submit(spec, [], "vastevents", sim.clock.now())
                     expected[job.id] = result
+                    outcome.submitted[job.id] = now
                     outcome.timeline.append(f"{now:.0f} submit job {job.id}")
                 if restart_at is not None and now >= restart_at:
                     watcher.start()
@@ -500,10 +535,13 @@ def run(plan: Plan, *, keep: Path | None = None) -> Outcome:
                         watcher.kill()
                         outcome.kills += 1
                         restart_at = now + rng.uniform(0.0, 20.0)
+                        outcome.blocked.append((now, restart_at))
                         outcome.timeline.append(f"{now:.0f} kill, restart at {restart_at:.0f}")
-                    elif (hit := _inject(sim, kind, current, rng)) is not None:
+                    elif (injected := _inject(sim, kind, current, rng, now)) is not None:
                         outcome.faults[kind] += 1
-                        outcome.timeline.append(f"{now:.0f} {kind} {hit}")
+                        outcome.hits += [injected.hit] if injected.hit else []
+                        outcome.blocked += [injected.storm] if injected.storm else []
+                        outcome.timeline.append(f"{now:.0f} {kind} {injected.text}")
                     elif submissions or not all(j.done for j in current):
                         schedule.append((now + 15.0, kind))  # nothing to hit yet: try again a little later
                         schedule.sort()
@@ -526,8 +564,11 @@ def run(plan: Plan, *, keep: Path | None = None) -> Outcome:
                 ticker.stop()
         outcome.leaked = sim.instance_count()
         outcome.duplicates = _duplicates(store)
+        grace = parse_duration(PREEMPT_GRACE)
         for job_id, result in expected.items():
-            outcome.jobs.append(_job_report(jobs_repo.get(job_id), result))
+            hits = [h for h in outcome.hits if h.job == job_id]
+            floor = floor_s(outcome.submitted[job_id], hits, outcome.blocked, work_s=plan.work_s, grace_s=grace)
+            outcome.jobs.append(_job_report(jobs_repo.get(job_id), result, floor))
         try:
             report = _ledger(root, config, env)
             outcome.ledger_usd, outcome.charged_usd = report["total_usd"], report["charged_total_usd"] or 0.0
@@ -540,7 +581,7 @@ def run(plan: Plan, *, keep: Path | None = None) -> Outcome:
     return outcome
 
 
-def _job_report(job: Job | None, result: bytes) -> dict[str, Any]:
+def _job_report(job: Job | None, result: bytes, floor: float) -> dict[str, Any]:
     assert job is not None
     latency = (job.finished_at - job.created_at).total_seconds() if job.finished_at is not None else None
     exact = False
@@ -548,7 +589,7 @@ def _job_report(job: Job | None, result: bytes) -> dict[str, Any]:
         found = list(Path(job.results_dir).rglob("result.txt"))
         exact = len(found) == 1 and found[0].read_bytes() == result
     return {"id": job.id, "status": job.status.value, "cause": job.cause.value if job.cause else None,
-            "latency_s": latency, "exact": exact, "errors": job.errors,
+            "latency_s": latency, "floor_s": floor, "exact": exact, "errors": job.errors,
             "interruptible": bool(job.spec.get("interruptible"))}  # fmt: skip
 
 
@@ -557,11 +598,13 @@ def _table(outcomes: list[Outcome]) -> None:
     for o in outcomes:
         finished = sum(j["status"] == "finished" for j in o.jobs)
         faults = ", ".join(f"{k} {v}" for k, v in sorted(o.faults.items()))
+        floor = f"{o.worst_job['floor_s']:.0f} s" if o.worst_job else "-"
+        green = "yes" if not o.failures() else "NO"
         rows.append([str(o.seed), str(o.kills), faults, f"{finished}/{len(o.jobs)}", f"{o.worst_latency:.0f} s",
-                     str(o.leaked), str(o.sshd_left), str(len(o.duplicates)), f"{o.ledger_error:+.4f} $",
-                     f"{o.charged_usd:.4f} $", "yes" if not o.failures() else "NO"])  # fmt: skip
-    header = ["seed", "kills", "faults", "finished", "worst job", "leaked", "sshd", "dupes", "ledger - charged",
-              "charged", "green"]  # fmt: skip
+                     floor, f"{o.most_over_floor:.0f} s", str(o.leaked), str(o.sshd_left), str(len(o.duplicates)),
+                     f"{o.ledger_error:+.4f} $", f"{o.charged_usd:.4f} $", green])  # fmt: skip
+    header = ["seed", "kills", "faults", "finished", "worst job", "its floor", "most over floor", "leaked", "sshd",
+              "dupes", "ledger - charged", "charged", "green"]  # fmt: skip
     print_table("C1 chaos: SIGKILLed watcher under faults (simulated seconds)", header, rows)
     for o in outcomes:
         for failure in o.failures():

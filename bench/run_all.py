@@ -174,6 +174,8 @@ def _c1(result: dict[str, Any]) -> list[Row]:
         faults = sum(run["faults"].values())
         said = f"seed {seed}, {run['kills']} SIGKILLs, {faults} faults: worst job, submission -> end"
         rows.append(_row(said, run["worst_latency_s"], result["bound_s"], " s"))
+        rows.append([f"seed {seed}: that job's floor (the least a watcher acting at once takes, given its faults)",
+                     f"{run['worst_floor_s']:.0f} s", "-", "-", "-"])  # fmt: skip
         rows.append([f"seed {seed}: jobs finished, results byte-exact", f"{finished} / {len(jobs)}", "all", "-",
                      _met(finished == len(jobs) and all(job["exact"] for job in jobs))])  # fmt: skip
         held = run["leaked"] == 0 and run["sshd_left"] == 0 and not run["duplicates"]
