@@ -10,7 +10,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vastevents.diff import Rules, diff, observe
+from vastevents.diff import Rules, diff, next_due, observe
 from vastevents.events import Event, transition_name
 from vastevents.models import Instance, State
 from vastevents.snapshot import Snapshot
@@ -129,6 +129,25 @@ def test_preempted_after_grace_while_still_meant_to_run() -> None:
     preempted = polls[3][0]
     assert (preempted.old, preempted.new) == ("running", "exited")
     assert "2m" in preempted.detail
+
+
+def test_next_due_is_the_first_grace_to_end_on_unchanged_rows() -> None:
+    rules = Rules(preempt_grace=30, offline_grace=600, stuck_after=900)
+    snapshot = Snapshot()
+    for seconds, rows in [
+        (0, [running(), row(2, "running", intended_status="running"), row(3, "loading")]),
+        (10, [row(1, "exited", intended_status="running"), row(2, "offline", intended_status="running"),
+              row(3, "loading")]),
+    ]:  # fmt: skip
+        snapshot, _ = observe(snapshot, rows, at(seconds), rules)
+    # instance 1 down since 10 (grace ends at 40); 2 offline since 10 (its preempt grace at 40 too, offline
+    # grace at 610); 3 loading since 0 (stuck at 900)
+    assert next_due(snapshot, rules, at(10)) == at(40)
+    snapshot, events = observe(snapshot, list(snapshot.instances()), at(40), rules)
+    assert names(events) == ["preempted", "preempted"]
+    assert next_due(snapshot, rules, at(40)) == at(610)  # preempted told: the offline grace is next
+    assert next_due(snapshot, rules, at(700)) == at(900)  # a due already past (a poll that failed) is not one
+    assert next_due(Snapshot(), rules, at(0)) is None
 
 
 def test_preempt_grace_zero_reports_on_the_transition_poll() -> None:

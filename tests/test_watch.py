@@ -4,6 +4,7 @@ through the real client against the simulator."""
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 from pathlib import Path
 
 import httpx
@@ -12,6 +13,7 @@ from stores import Opener
 
 from vastevents import Context, Event, on
 from vastevents.clock import ManualClock
+from vastevents.diff import Rules
 from vastevents.errors import ApiError, AuthError, RateLimited
 from vastevents.plugins import activate
 from vastevents.runtime import Runtime
@@ -196,6 +198,29 @@ async def test_run_polls_on_the_clock_until_stopped() -> None:
     assert cycles == 3
     assert (h.clock.now() - start).total_seconds() == 30  # the fake clock's sleep advanced it
     assert names(h.journal()) == ["appeared", "loading_to_running"]
+
+
+async def test_the_loop_polls_when_a_grace_ends_so_preempted_is_told_on_time() -> None:
+    h = Harness(clock=FakeClock(auto_advance=True), rules=Rules(preempt_grace=25))
+    h.watcher.interval = 60
+    h.cloud.add(1, "running")
+    stop = asyncio.Event()
+    polled: list[float] = []
+    start = h.clock.now()
+
+    def on_cycle() -> None:
+        polled.append((h.clock.now() - start).total_seconds())
+        if len(polled) == 2:
+            h.cloud.set_status(1, "exited", intended_status="running")  # taken back before the third poll
+        if len(polled) == 4:
+            stop.set()
+
+    await asyncio.wait_for(h.watcher.run(stop, on_cycle=on_cycle), 5)
+    # seen down at 120; its grace ends at 145, a poll then (not at 180) tells it; then the interval again
+    assert polled == [0, 60, 120, 145]
+    assert names(h.journal()) == ["appeared", "running_to_exited", "preempted"]
+    assert h.journal()[-1].at == start + timedelta(seconds=145)
+    assert h.watcher.next_delay() == 60
 
 
 async def test_observers_see_every_journaled_event_in_order() -> None:

@@ -323,6 +323,21 @@ def detect_host_flap(seen: _Seen) -> str | None:
     return f"went offline {len(flaps)} times within {_duration(seen.rules.flap_window)}{where}"
 
 
+def next_due(snapshot: Snapshot, rules: Rules, now: datetime) -> datetime | None:
+    """The first moment after `now` at which a timed detector would fire on the snapshot's rows if they stayed as
+    they are: a down instance's ``preempt_grace`` over, an offline one's ``offline_grace``, a loading one's
+    ``stuck_after``. The watcher polls then, instead of up to an interval later; None when nothing is due."""
+    dues = []
+    for view in snapshot.views.values():
+        if view.down_since is not None and _counting_down(view) and PREEMPTED not in view.reported:
+            dues.append(view.down_since + timedelta(seconds=rules.preempt_grace))
+        if view.state is State.OFFLINE and OFFLINE_TOO_LONG not in view.reported:
+            dues.append(view.since + timedelta(seconds=rules.offline_grace))
+        if view.state is State.LOADING and STUCK_LOADING not in view.reported:
+            dues.append(view.since + timedelta(seconds=rules.stuck_after))
+    return min((due for due in dues if due > now), default=None)
+
+
 DETECTORS: tuple[tuple[str, Detector], ...] = (
     (PREEMPTED, detect_preempted),
     (STUCK_LOADING, detect_stuck_loading),

@@ -22,7 +22,7 @@ from vastevents.bus import Bus
 from vastevents.clock import Clock, sleep_or
 from vastevents.config import Config
 from vastevents.context import Context
-from vastevents.diff import Rules, observe
+from vastevents.diff import Rules, next_due, observe
 from vastevents.errors import AuthError, RateLimited
 from vastevents.events import HANDLER_FAILED, POLL_FAILED, Event
 from vastevents.invoke import Outcome
@@ -275,10 +275,13 @@ class Watcher:
         return min(self.interval, max(0.0, (due - self.clock.now()).total_seconds()))
 
     def next_delay(self) -> float:
-        """Seconds until the next poll: the interval, or longer after a 429 or a rejected key (never stop)."""
+        """Seconds until the next poll: the interval, or sooner when a grace ends before it (a down instance's
+        ``preempted`` is then told on time), or longer after a 429 or a rejected key (never stop)."""
         error = self.last_error
         if not isinstance(error, RateLimited | AuthError):
-            return self.interval
+            now = self.clock.now()
+            due = next_due(self._snapshot, self.rules, now) if self._snapshot is not None else None
+            return self.interval if due is None else min(self.interval, (due - now).total_seconds())
         backoff = self.interval * float(2 ** min(self.status.failures, 10))
         hint = (error.retry_after if isinstance(error, RateLimited) else None) or 0.0
         return min(max(backoff, hint), max(MAX_BACKOFF, self.interval))
