@@ -22,14 +22,16 @@ from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Literal, cast
+from typing import IO, TYPE_CHECKING, Any, Literal, cast
 
-import paramiko
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
 from vastevents.errors import HostKeyMismatch as HostKeyMismatch  # the edge's errors, defined with the others
 from vastevents.errors import SshError as SshError
 from vastevents.ports import CommandResult, SshTarget
+
+if TYPE_CHECKING:
+    import paramiko  # imported where a connection is made: a watcher starts without it
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +61,10 @@ def host_alias(target: SshTarget) -> str:
     return f"vast-instance-{target.instance_id}" if target.instance_id is not None else f"[{target.host}]:{target.port}"
 
 
-class _TrustOnFirstUse(paramiko.MissingHostKeyPolicy):  # type: ignore[misc]
-    """Record the first key of an alias; refuse any other key later (the client holds no keys of its own)."""
+class _TrustOnFirstUse:
+    """Record the first key of an alias; refuse any other key later (the client holds no keys of its own).
+
+    A ``paramiko.MissingHostKeyPolicy``: paramiko calls only :meth:`missing_host_key` on it."""
 
     def __init__(self, edge: ParamikoSsh, alias: str) -> None:
         self.edge = edge
@@ -163,6 +167,8 @@ class ParamikoSsh:
     # --- host keys ----------------------------------------------------------------------------------------
 
     def check_host_key(self, alias: str, key: paramiko.PKey) -> None:
+        import paramiko
+
         with self._lock:
             keys = paramiko.HostKeys()
             if self.known_hosts.exists():
@@ -180,6 +186,8 @@ class ParamikoSsh:
     # --- connections --------------------------------------------------------------------------------------
 
     def _connect_once(self, target: SshTarget) -> paramiko.SSHClient:
+        import paramiko
+
         self._check_open()
         client = paramiko.SSHClient()
         client.set_missing_host_key_policy(_TrustOnFirstUse(self, host_alias(target)))
@@ -242,6 +250,8 @@ class ParamikoSsh:
         return client
 
     def _channel(self, target: SshTarget, command: str, timeout: float | None) -> paramiko.Channel:
+        import paramiko
+
         transport = self._client(target).get_transport()
         assert transport is not None
         try:
@@ -294,6 +304,8 @@ class ParamikoSsh:
                 line = ""
             if line:
                 return line
+            import paramiko
+
             try:
                 pkey = paramiko.PKey.from_path(key)
             except (OSError, paramiko.SSHException):
@@ -410,6 +422,8 @@ class ParamikoSsh:
             channel.close()
 
     def _upload(self, target: SshTarget, local: Path, remote: str) -> None:
+        import paramiko
+
         if not local.is_dir():
             raise SshError(f"{local} is not a directory")
         quoted = shlex.quote(remote)
@@ -456,6 +470,8 @@ FAST_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "aes128-ctr"
 
 
 def _fast_transport(sock: object, **kwargs: object) -> paramiko.Transport:
+    import paramiko
+
     transport = paramiko.Transport(sock, **kwargs)
     options = transport.get_security_options()
     options.ciphers = tuple(c for c in FAST_CIPHERS if c in options.ciphers) + tuple(
