@@ -15,23 +15,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
-
-from slack_sdk import WebClient
-from slack_sdk.errors import SlackApiError, SlackClientError
-from slack_sdk.http_retry.builtin_handlers import (
-    ConnectionErrorRetryHandler,
-    RateLimitErrorRetryHandler,
-    ServerErrorRetryHandler,
-)
-from slack_sdk.http_retry.handler import RetryHandler
-from slack_sdk.http_retry.request import HttpRequest
-from slack_sdk.http_retry.response import HttpResponse
-from slack_sdk.http_retry.state import RetryState
-from slack_sdk.webhook import WebhookClient
+from typing import TYPE_CHECKING, Any, Protocol
 
 from vastevents._logging import redact, register_secret
 from vastevents.errors import VastEventsError
+
+if TYPE_CHECKING:  # slack-sdk is imported when a message is first sent: most watchers never post to Slack
+    from slack_sdk import WebClient
+    from slack_sdk.webhook import WebhookClient
 
 SLACK_API_URL = "https://slack.com/api/"
 _TRANSIENT_API_ERRORS = frozenset({"ratelimited", "internal_error", "fatal_error", "service_unavailable",
@@ -84,36 +75,6 @@ class ChatTransport(Protocol):
     def post(self, message: ChatMessage) -> Posted: ...
 
 
-class _BoundedRateLimitRetryHandler(RateLimitErrorRetryHandler):
-    """slack-sdk's 429 handler, but only for a short ``Retry-After``: a long one is left to the outbox."""
-
-    def __init__(self, max_retry_count: int, max_wait: float) -> None:
-        super().__init__(max_retry_count=max_retry_count)
-        self.max_wait = max_wait
-
-    def _can_retry(
-        self,
-        *,
-        state: RetryState,
-        request: HttpRequest,
-        response: HttpResponse | None = None,
-        error: Exception | None = None,
-    ) -> bool:
-        if response is None or response.status_code != 429:
-            return False
-        wait = _retry_after(response.headers)
-        return wait is None or wait <= self.max_wait
-
-
-def retry_handlers(retries: int, *, max_rate_limit_wait: float = 5.0) -> list[RetryHandler]:
-    """slack-sdk's retry handlers: connection errors, 5xx, and 429 with a Retry-After up to `max_rate_limit_wait`."""
-    return [
-        ConnectionErrorRetryHandler(max_retry_count=retries),
-        ServerErrorRetryHandler(max_retry_count=retries),
-        _BoundedRateLimitRetryHandler(retries, max_rate_limit_wait),
-    ]
-
-
 def _retry_after(headers: Mapping[str, Any] | None) -> float | None:
     for name, value in (headers or {}).items():
         if name.lower() == "retry-after":
@@ -163,6 +124,11 @@ class WebhookTransport:
             register_secret(url)
 
     def post(self, message: ChatMessage) -> Posted:
+        from slack_sdk.errors import SlackClientError
+        from slack_sdk.webhook import WebhookClient
+
+        from vastevents.notify._slack_retry import retry_handlers
+
         what = f"Slack webhook{f' for {message.channel}' if message.channel else ''}"
         url = self.urls.get(message.channel)
         if url is None:
@@ -197,6 +163,11 @@ class BotTransport:
         register_secret(self.token)
 
     def post(self, message: ChatMessage) -> Posted:
+        from slack_sdk import WebClient
+        from slack_sdk.errors import SlackApiError, SlackClientError
+
+        from vastevents.notify._slack_retry import retry_handlers
+
         what = f"Slack chat.postMessage to {message.channel}"
         if self._client is None:
             base = self.base_url if self.base_url.endswith("/") else self.base_url + "/"
