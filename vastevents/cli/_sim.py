@@ -18,7 +18,6 @@ from rich.table import Table
 from vastevents._logging import register_secret
 from vastevents.cli._app import EXIT_INTERRUPTED, app, fail, table_console
 from vastevents.errors import VastEventsError
-from vastevents.sim import Simulator
 
 DEFAULT_PORT = 8642
 DEFAULT_KEY = "sim-key"
@@ -59,6 +58,8 @@ def sim(
     if status:
         _show_status(*_status_target(ctx, host, port, api_key))
         return
+    from vastevents.sim import Simulator  # only serving needs the simulator
+
     try:
         simulator = Simulator(
             api_key=api_key, speed=speed, scenario=scenario, state=state, ssh=ssh, seed=seed, host=host, port=port
