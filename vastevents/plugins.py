@@ -187,14 +187,19 @@ def installed_handlers() -> list[InstalledHandler]:
     return found
 
 
-def resolve(use: str, near: Path | None = None) -> tuple[object, str]:
+def resolve(
+    use: str, near: Path | None = None, *, points: Mapping[str, EntryPoint] | None = None
+) -> tuple[object, str]:
     """The object `use` names and a description of where it came from.
 
     `use` is an installed handler's name (``"log"``) or ``"package.module:attr"``. A module that is not importable
     is also looked for in the directory `near` (the config file's): a plugin written next to its config is found
     however vastevents was started (the ``vastevents`` script does not put the current directory on the path).
+    `points` are the installed entry points, when the caller has already listed them (listing scans every
+    installed distribution).
     """
-    points = _entry_points()
+    if points is None:
+        points = _entry_points()
     if use in points:
         point = points[use]
         dist = _distribution(point)
@@ -310,10 +315,11 @@ def _installed_emits() -> set[str]:
 def load_handlers(config: Config) -> list[ActiveHandler]:
     """The handlers `config` names, resolved, configured and validated; errors name the key and line."""
     active = []
+    points = _entry_points() if config.handlers else {}  # listed once for all the handlers
     for name, handler_config in config.handlers.items():
         use = handler_config.use
         try:
-            target, source = resolve(use, near=config.source.parent if config.source else None)
+            target, source = resolve(use, near=config.source.parent if config.source else None, points=points)
         except LookupError as exc:
             raise config_error(config, ("handlers", name, "use"), f"{use!r}: {exc}") from None
         try:
