@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from types import TracebackType
-from typing import Self
+from typing import TYPE_CHECKING, Self
 
 from vastevents.actions import Actions
 from vastevents.clock import Clock, SystemClock
@@ -33,7 +33,6 @@ from vastevents.errors import NotLeader
 from vastevents.events import Event
 from vastevents.intake import Intake, webhook_receiver
 from vastevents.journaling import EventObserver, JournalWriter
-from vastevents.metrics import Metrics
 from vastevents.notify.log import LoggingNotifier
 from vastevents.periodic import Periodic
 from vastevents.plugins import ActiveHandler, load_handlers
@@ -42,6 +41,9 @@ from vastevents.ssh import ParamikoSsh, SshSettings
 from vastevents.store import PostgresStore, Store
 from vastevents.team import Heartbeat, Leadership, lead
 from vastevents.watcher import InstanceLister, Watcher
+
+if TYPE_CHECKING:
+    from vastevents.metrics import Metrics  # built by the caller that serves metrics
 
 log = logging.getLogger(__name__)
 

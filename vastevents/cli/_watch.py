@@ -15,8 +15,7 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from datetime import timedelta
 from pathlib import Path
-from typing import IO, Annotated, NoReturn
-from wsgiref.simple_server import WSGIServer
+from typing import IO, TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 from rich.console import Console
@@ -50,13 +49,17 @@ from vastevents.events import (
     subscriptions_hearing,
 )
 from vastevents.journaling import EventObserver
-from vastevents.metrics import Metrics
 from vastevents.plugins import ActiveHandler, installed_handlers, load_handlers
 from vastevents.runtime import Runtime
 from vastevents.store import Store, StoreError
 from vastevents.store.team import TeamMembers
 from vastevents.vast_webhooks import parse_listen
 from vastevents.watcher import Watcher, WatchStatus
+
+if TYPE_CHECKING:
+    from wsgiref.simple_server import WSGIServer
+
+    from vastevents.metrics import Metrics
 
 ROLE_CHECK_SECONDS = 0.5
 """How often a team's watcher looks at the roster to say when it stands by or takes over."""
@@ -365,7 +368,7 @@ def watch(
     console = Console(stderr=jsonl == "-", highlight=False)
     screen = _Screen(console, live=console.is_terminal and not once)
     every = interval if interval is not None else cfg.watch.interval
-    metrics = Metrics() if metrics_at is not None else None
+    metrics = _metrics(metrics_at)
     interrupted: list[int] = []
     polls = 0
     server: WSGIServer | None = None
@@ -430,6 +433,15 @@ def _listen(listen: str) -> tuple[str, int]:
         fail(str(exc), 2)
 
 
+def _metrics(at: tuple[str, int] | None) -> Metrics | None:
+    """The metrics to serve with ``--metrics-listen`` (prometheus-client is imported only then), else None."""
+    if at is None:
+        return None
+    from vastevents.metrics import Metrics
+
+    return Metrics()
+
+
 def _serve_metrics(metrics: Metrics, at: tuple[str, int], console: Console) -> WSGIServer:
     host, port = at
     try:
@@ -486,7 +498,7 @@ def _watch_sim(
     screen = _Screen(console, live=console.is_terminal)
     screen.leave_to_the_log(handlers)
     title = "the built-in demo scenario" if scenario is None else f"scenario {path}"
-    metrics = Metrics() if metrics_at is not None else None
+    metrics = _metrics(metrics_at)
     interrupted: list[int] = []
     sink = _jsonl_sink(jsonl)
     with tempfile.TemporaryDirectory(prefix="vastevents-sim-") as tmp:
