@@ -166,6 +166,13 @@ def _p11(result: dict[str, Any]) -> list[Row]:
     ]
 
 
+def _p12(result: dict[str, Any]) -> list[Row]:
+    return [
+        ["watch: spawn -> first API request, median", f"{result['median']:.3g} s", "-", "-", "-"],
+        ["watch: imports' share of it", f"{result['import_share']:.0%}", "-", "-", "-"],
+    ]
+
+
 def _c1(result: dict[str, Any]) -> list[Row]:
     rows = []
     for run in result["runs"]:
@@ -199,6 +206,7 @@ BENCHMARKS = [
     Benchmark("P9", "preemption.py", "preemption to the job running again on a replacement", _p9),
     Benchmark("P10", "dashboard_pages.py", "dashboard page render on a large store", _p10),
     Benchmark("P11", "failover.py", "team failover after the leader's SIGKILL", _p11),
+    Benchmark("P12", "startup.py", "a restarted watcher's start, to its first API request", _p12),
     Benchmark("C1", "chaos.py", "a SIGKILLed watcher under preemptions, outbids, storms and flaps", _c1),
 ]
 
