@@ -55,7 +55,8 @@ from vastevents.store.team import TeamMembers
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCHER = Path(__file__).with_name("simtime_watch.py")
 POLL = 25.0
-"""The watchers' poll interval in simulated seconds: no periodic handler's period (5 s, 15 s, 1 min) divides it."""
+"""The watchers' poll interval in simulated seconds: no periodic handler's period (5 s, 15 s, 1 min) divides it.
+``preempt_grace`` is a multiple of it: a watcher also polls when a grace ends, and that poll must fall on a tick."""
 FAILOVER = 3.0
 STEP_SECONDS = HANG
 """Wall seconds after which a step of the story is taken for a hang (it takes tens of milliseconds on an idle
@@ -65,7 +66,7 @@ LABEL_A, LABEL_B = "vastevents:train-a", "vastevents:train-b"
 
 HANDLERS = """
 [watch]
-preempt_grace = "30s"
+preempt_grace = "50s"
 [handlers.recovery]
 use = "recovery"
 [handlers.billing]
