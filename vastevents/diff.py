@@ -326,9 +326,13 @@ def detect_host_flap(seen: _Seen) -> str | None:
 def next_due(snapshot: Snapshot, rules: Rules, now: datetime) -> datetime | None:
     """The first moment after `now` at which a timed detector would fire on the snapshot's rows if they stayed as
     they are: a down instance's ``preempt_grace`` over, an offline one's ``offline_grace``, a loading one's
-    ``stuck_after``. The watcher polls then, instead of up to an interval later; None when nothing is due."""
+    ``stuck_after``. The watcher polls then, instead of up to an interval later; None when nothing is due.
+
+    A view the diff found settled (:func:`_settled`: no detector can fire while its row stays the same) has nothing
+    due, so only the others are looked at: on an unchanged account, none."""
     dues = []
-    for view in snapshot.views.values():
+    for instance_id in snapshot.views.keys() - snapshot.settled.keys():
+        view = snapshot.views[instance_id]
         if view.down_since is not None and _counting_down(view) and PREEMPTED not in view.reported:
             dues.append(view.down_since + timedelta(seconds=rules.preempt_grace))
         if view.state is State.OFFLINE and OFFLINE_TOO_LONG not in view.reported:
