@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -70,24 +70,28 @@ def _named(events: list[Event], name: str) -> list[Event]:
 async def _replacement_after_preemption(
     sim: Simulator, api_key: str, config: Config, opener: Opener, old_id: int
 ) -> dict[str, Any]:
-    """Preempt `old_id` under a watcher with recovery; the one instance ``recovered`` names. Everything rented is
-    destroyed afterwards, and the simulator must end empty."""
-    try:
-        async with _runtime(sim, api_key, config, opener) as runtime:
-            await runtime.poll_once()
-            sim.preempt(old_id)
-            (recovered,) = _named(await _polls(runtime, sim, 4), "recovered")
-            new = sim.instance(recovered.instance_id or 0)
-            assert new is not None
-    finally:
-        _destroy_all(sim)
-    assert sim.instance_count() == 0
+    """Preempt `old_id` under a watcher with recovery; the one instance ``recovered`` names."""
+    async with _runtime(sim, api_key, config, opener) as runtime:
+        await runtime.poll_once()
+        sim.preempt(old_id)
+        (recovered,) = _named(await _polls(runtime, sim, 4), "recovered")
+        new = sim.instance(recovered.instance_id or 0)
+        assert new is not None
     return new
 
 
 def _destroy_all(sim: Simulator) -> None:
     for row in sim.state()["instances"]:
         sim.apply("destroy", instance=row["id"])
+
+
+@pytest.fixture
+def sim(sim: Simulator) -> Iterator[Simulator]:
+    """The simulator, every instance destroyed after the test (passed or failed) and the simulator then empty:
+    what a test rents is never left behind."""
+    yield sim
+    _destroy_all(sim)
+    assert sim.instance_count() == 0
 
 
 def _running(sim: Simulator, **create: Any) -> int:
@@ -105,29 +109,25 @@ async def test_a_preempted_on_demand_instance_is_replaced_elsewhere_with_the_sam
     old_id = _running(sim, label=LABEL, gpu_name=gpu, disk=40, env={"JOB": "7"}, onstart="python train.py")
     old = sim.instance(old_id)
     assert old is not None
-    try:
-        async with _runtime(sim, api_key, config, opener) as runtime:
-            await runtime.poll_once()
-            sim.preempt(old_id)
-            events = await _polls(runtime, sim, 4)
-            (recovered,) = _named(events, "recovered")
-            new = sim.instance(recovered.instance_id or 0)
-            assert new is not None and sim.instance(old_id) is None, "the dead instance is destroyed"
-            assert (new["label"], new["gpu_name"], new["num_gpus"], new["disk_space"]) == (LABEL, gpu, 1, 40)
-            assert (new["image_uuid"], new["onstart"], new["extra_env"]) == (old["image_uuid"], "python train.py",
-                                                                              [["JOB", "7"]])  # fmt: skip
-            assert new["machine_id"] != old["machine_id"] and new["host_id"] != old["host_id"]
-            assert recovered.detail.startswith(
-                f"{old_id} (machine {old['machine_id']}) → {new['id']} (machine {new['machine_id']})"
-            )
-            events += await _polls(runtime, sim, 3)
-            assert len(_named(events, "recovered")) == 1 and sim.instance_count() == 1
-        result = CliRunner().invoke(app, ["hosts", "--json", "--config", str(path)], env=opener.env)
-        assert result.exit_code == 0, result.output
-        assert json.loads(result.stdout) == [], "a host taking its machine back is not unfit: no strike"
-    finally:
-        _destroy_all(sim)
-    assert sim.instance_count() == 0
+    async with _runtime(sim, api_key, config, opener) as runtime:
+        await runtime.poll_once()
+        sim.preempt(old_id)
+        events = await _polls(runtime, sim, 4)
+        (recovered,) = _named(events, "recovered")
+        new = sim.instance(recovered.instance_id or 0)
+        assert new is not None and sim.instance(old_id) is None, "the dead instance is destroyed"
+        assert (new["label"], new["gpu_name"], new["num_gpus"], new["disk_space"]) == (LABEL, gpu, 1, 40)
+        assert (new["image_uuid"], new["onstart"], new["extra_env"]) == (old["image_uuid"], "python train.py",
+                                                                          [["JOB", "7"]])  # fmt: skip
+        assert new["machine_id"] != old["machine_id"] and new["host_id"] != old["host_id"]
+        assert recovered.detail.startswith(
+            f"{old_id} (machine {old['machine_id']}) → {new['id']} (machine {new['machine_id']})"
+        )
+        events += await _polls(runtime, sim, 3)
+        assert len(_named(events, "recovered")) == 1 and sim.instance_count() == 1
+    result = CliRunner().invoke(app, ["hosts", "--json", "--config", str(path)], env=opener.env)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == [], "a host taking its machine back is not unfit: no strike"
 
 
 async def test_a_stuck_load_blocks_its_host_and_the_replacement_avoids_it(
@@ -138,24 +138,20 @@ async def test_a_stuck_load_blocks_its_host_and_the_replacement_avoids_it(
     old_id = sim.create_instance(label=LABEL, gpu_name=_common_gpu(sim), pull=600)
     sim.advance(30)
     machine = sim.instance(old_id)["machine_id"]  # type: ignore[index]
-    try:
-        async with _runtime(sim, api_key, config, opener) as runtime:
-            await runtime.poll_once()
-            sim.stick_loading(old_id)
-            events = await _polls(runtime, sim, 2)
-            assert [e.name for e in events if e.name in ("stuck_loading", "host_blocked", "recovered")] == [
-                "stuck_loading",
-                "host_blocked",
-                "recovered",
-            ]
-            assert sim.instance(old_id) is None
-            assert runtime.store.repository(Hosts).blocked(sim.clock.now())[0] == [machine]
-        (host,) = json.loads(CliRunner().invoke(app, ["hosts", "--json", "--config", str(path)], env=opener.env).stdout)
-        assert host["blocked"] is True and host["blocked_until"] is not None
-        assert set(host) == {"machine_id", "host_id", "strikes", "reasons", "blocked", "blocked_until"}
-    finally:
-        _destroy_all(sim)
-    assert sim.instance_count() == 0
+    async with _runtime(sim, api_key, config, opener) as runtime:
+        await runtime.poll_once()
+        sim.stick_loading(old_id)
+        events = await _polls(runtime, sim, 2)
+        assert [e.name for e in events if e.name in ("stuck_loading", "host_blocked", "recovered")] == [
+            "stuck_loading",
+            "host_blocked",
+            "recovered",
+        ]
+        assert sim.instance(old_id) is None
+        assert runtime.store.repository(Hosts).blocked(sim.clock.now())[0] == [machine]
+    (host,) = json.loads(CliRunner().invoke(app, ["hosts", "--json", "--config", str(path)], env=opener.env).stdout)
+    assert host["blocked"] is True and host["blocked_until"] is not None
+    assert set(host) == {"machine_id", "host_id", "strikes", "reasons", "blocked", "blocked_until"}
 
 
 @pytest.mark.parametrize("resumes", [True, False], ids=["resumes-in-time", "never-resumes"])
@@ -164,28 +160,24 @@ async def test_wait_gives_an_outbid_instance_time_to_resume_then_replaces_it(
 ) -> None:
     config, _ = _config(tmp_path, opener, wait_timeout="10m")
     old_id = _running(sim, label=LABEL, gpu_name=_common_gpu(sim), bid=True)
-    try:
-        async with _runtime(sim, api_key, config, opener) as runtime:
-            await runtime.poll_once()
-            sim.apply("outbid", instance=old_id)
-            events = await _polls(runtime, sim, 3)
-            assert _named(events, "preempted") and not _named(events, "recovered")
-            if resumes:
-                sim.apply("start", instance=old_id)  # the bid wins again after 3 minutes
-            events += await _polls(runtime, sim, 10)
-            recoveries = runtime.store.repository(Recoveries)
-            if resumes:
-                assert not _named(events, "recovered") and sim.instance_count() == 1
-                assert recoveries.get(old_id).status is RecoveryStatus.RESUMED  # type: ignore[union-attr]
-            else:
-                (recovered,) = _named(events, "recovered")
-                assert sim.instance(old_id) is None and sim.instance_count() == 1
-                new = sim.instance(recovered.instance_id or 0)
-                assert new is not None and new["label"] == LABEL and new["is_bid"] is True
-                assert runtime.store.repository(Hosts).records(sim.clock.now()) == [], "being outbid is no strike"
-    finally:
-        _destroy_all(sim)
-    assert sim.instance_count() == 0
+    async with _runtime(sim, api_key, config, opener) as runtime:
+        await runtime.poll_once()
+        sim.apply("outbid", instance=old_id)
+        events = await _polls(runtime, sim, 3)
+        assert _named(events, "preempted") and not _named(events, "recovered")
+        if resumes:
+            sim.apply("start", instance=old_id)  # the bid wins again after 3 minutes
+        events += await _polls(runtime, sim, 10)
+        recoveries = runtime.store.repository(Recoveries)
+        if resumes:
+            assert not _named(events, "recovered") and sim.instance_count() == 1
+            assert recoveries.get(old_id).status is RecoveryStatus.RESUMED  # type: ignore[union-attr]
+        else:
+            (recovered,) = _named(events, "recovered")
+            assert sim.instance(old_id) is None and sim.instance_count() == 1
+            new = sim.instance(recovered.instance_id or 0)
+            assert new is not None and new["label"] == LABEL and new["is_bid"] is True
+            assert runtime.store.repository(Hosts).records(sim.clock.now()) == [], "being outbid is no strike"
 
 
 async def test_rebid_raises_the_bid_and_the_instance_resumes(
@@ -193,18 +185,14 @@ async def test_rebid_raises_the_bid_and_the_instance_resumes(
 ) -> None:
     config, _ = _config(tmp_path, opener, on_preempt="rebid", rebid_factor=1.5)
     old_id = _running(sim, label=LABEL, gpu_name=_common_gpu(sim), bid=True)
-    try:
-        async with _runtime(sim, api_key, config, opener) as runtime:
-            await runtime.poll_once()
-            sim.apply("outbid", instance=old_id)
-            events = await _polls(runtime, sim, 12)
-            row = sim.instance(old_id)
-            assert row is not None and row["actual_status"] == "running"
-            assert row["dph_base"] == pytest.approx(row["min_bid"] * 1.5)
-            assert not _named(events, "recovered") and sim.instance_count() == 1
-    finally:
-        _destroy_all(sim)
-    assert sim.instance_count() == 0
+    async with _runtime(sim, api_key, config, opener) as runtime:
+        await runtime.poll_once()
+        sim.apply("outbid", instance=old_id)
+        events = await _polls(runtime, sim, 12)
+        row = sim.instance(old_id)
+        assert row is not None and row["actual_status"] == "running"
+        assert row["dph_base"] == pytest.approx(row["min_bid"] * 1.5)
+        assert not _named(events, "recovered") and sim.instance_count() == 1
 
 
 async def test_an_instance_that_resumed_and_died_again_is_recovered_again(
@@ -214,24 +202,20 @@ async def test_an_instance_that_resumed_and_died_again_is_recovered_again(
     ``resumed``, made the second death look handled already, and the job it ran hung."""
     config, _ = _config(tmp_path, opener, on_preempt="rebid", wait_timeout="60s")
     old_id = _running(sim, label=LABEL, gpu_name=_common_gpu(sim), bid=True)
-    try:
-        async with _runtime(sim, api_key, config, opener) as runtime:
-            await runtime.poll_once()
-            sim.apply("outbid", instance=old_id)
-            events = await _polls(runtime, sim, 3)
-            assert sim.instance(old_id)["actual_status"] == "running"  # type: ignore[index]
-            assert runtime.store.repository(Recoveries).get(old_id).status is RecoveryStatus.RESUMED  # type: ignore[union-attr]
-            sim.apply("offline", instance=old_id)
-            events += await _polls(runtime, sim, 8)
-            (recovered,) = _named(events, "recovered")
-            new = sim.instance(recovered.instance_id or 0)
-            assert new is not None and new["label"] == LABEL and new["actual_status"] == "running"
-            assert sim.instance(old_id) is None and sim.instance_count() == 1
-            record = runtime.store.repository(Recoveries).get(old_id)
-            assert record is not None and record.status is RecoveryStatus.RECOVERED and "offline" in record.reason
-    finally:
-        _destroy_all(sim)
-    assert sim.instance_count() == 0
+    async with _runtime(sim, api_key, config, opener) as runtime:
+        await runtime.poll_once()
+        sim.apply("outbid", instance=old_id)
+        events = await _polls(runtime, sim, 3)
+        assert sim.instance(old_id)["actual_status"] == "running"  # type: ignore[index]
+        assert runtime.store.repository(Recoveries).get(old_id).status is RecoveryStatus.RESUMED  # type: ignore[union-attr]
+        sim.apply("offline", instance=old_id)
+        events += await _polls(runtime, sim, 8)
+        (recovered,) = _named(events, "recovered")
+        new = sim.instance(recovered.instance_id or 0)
+        assert new is not None and new["label"] == LABEL and new["actual_status"] == "running"
+        assert sim.instance(old_id) is None and sim.instance_count() == 1
+        record = runtime.store.repository(Recoveries).get(old_id)
+        assert record is not None and record.status is RecoveryStatus.RECOVERED and "offline" in record.reason
 
 
 async def test_max_restarts_ends_the_lineage_with_recovery_failed(
@@ -239,20 +223,16 @@ async def test_max_restarts_ends_the_lineage_with_recovery_failed(
 ) -> None:
     config, _ = _config(tmp_path, opener, max_restarts=1)
     old_id = _running(sim, label=LABEL, gpu_name=_common_gpu(sim))
-    try:
-        async with _runtime(sim, api_key, config, opener) as runtime:
-            await runtime.poll_once()
-            sim.preempt(old_id)
-            (recovered,) = _named(await _polls(runtime, sim, 4), "recovered")
-            await _polls(runtime, sim, 2)  # the replacement comes up
-            sim.preempt(recovered.instance_id or 0)
-            events = await _polls(runtime, sim, 4)
-            (failed,) = _named(events, "recovery_failed")
-            assert "max_restarts (1) reached" in failed.detail and not _named(events, "recovered")
-            assert sim.instance_count() == 0, "the last instance of the lineage is destroyed too"
-    finally:
-        _destroy_all(sim)
-    assert sim.instance_count() == 0
+    async with _runtime(sim, api_key, config, opener) as runtime:
+        await runtime.poll_once()
+        sim.preempt(old_id)
+        (recovered,) = _named(await _polls(runtime, sim, 4), "recovered")
+        await _polls(runtime, sim, 2)  # the replacement comes up
+        sim.preempt(recovered.instance_id or 0)
+        events = await _polls(runtime, sim, 4)
+        (failed,) = _named(events, "recovery_failed")
+        assert "max_restarts (1) reached" in failed.detail and not _named(events, "recovered")
+        assert sim.instance_count() == 0, "the last instance of the lineage is destroyed too"
 
 
 async def test_a_foreign_instance_is_never_touched(
@@ -260,18 +240,14 @@ async def test_a_foreign_instance_is_never_touched(
 ) -> None:
     config, _ = _config(tmp_path, opener, on_preempt="replace")
     foreign = _running(sim, label="someone-else:job", gpu_name=_common_gpu(sim))
-    try:
-        async with _runtime(sim, api_key, config, opener) as runtime:
-            await runtime.poll_once()
-            sim.preempt(foreign)
-            events = await _polls(runtime, sim, 5)
-            assert _named(events, "preempted") and not _named(events, "recovered")
-            assert sim.instance_count() == 1 and sim.instance(foreign) is not None
-            assert runtime.store.effects.intents(foreign) == []
-            assert runtime.store.repository(Hosts).records(sim.clock.now()) == []
-    finally:
-        _destroy_all(sim)
-    assert sim.instance_count() == 0
+    async with _runtime(sim, api_key, config, opener) as runtime:
+        await runtime.poll_once()
+        sim.preempt(foreign)
+        events = await _polls(runtime, sim, 5)
+        assert _named(events, "preempted") and not _named(events, "recovered")
+        assert sim.instance_count() == 1 and sim.instance(foreign) is not None
+        assert runtime.store.effects.intents(foreign) == []
+        assert runtime.store.repository(Hosts).records(sim.clock.now()) == []
 
 
 class Crash(BaseException):
@@ -289,24 +265,20 @@ async def test_a_redelivered_event_after_a_crash_rents_exactly_once(
     async def crash(self: RecoveryHandler, *args: Any) -> Any:
         raise Crash
 
-    try:
-        async with _runtime(sim, api_key, config, opener) as runtime:
-            await runtime.poll_once()
-            sim.preempt(old_id)
-            monkeypatch.setattr(RecoveryHandler, step, crash)
-            with pytest.raises(Crash):
-                await _polls(runtime, sim, 4)
-        monkeypatch.setattr(RecoveryHandler, step, real)
-        assert sim.instance_count() == (1 if step == "_recovered" else 0)
-        async with _runtime(sim, api_key, config, opener) as runtime:
-            events = await _polls(runtime, sim, 3)
-            (recovered,) = _named(events, "recovered")
-            assert sim.instance_count() == 1 and sim.instance(recovered.instance_id or 0) is not None
-            creates = runtime.store.db.query("SELECT COUNT(*) FROM intents WHERE action = 'create'")
-            assert creates == [(1,)]
-    finally:
-        _destroy_all(sim)
-    assert sim.instance_count() == 0
+    async with _runtime(sim, api_key, config, opener) as runtime:
+        await runtime.poll_once()
+        sim.preempt(old_id)
+        monkeypatch.setattr(RecoveryHandler, step, crash)
+        with pytest.raises(Crash):
+            await _polls(runtime, sim, 4)
+    monkeypatch.setattr(RecoveryHandler, step, real)
+    assert sim.instance_count() == (1 if step == "_recovered" else 0)
+    async with _runtime(sim, api_key, config, opener) as runtime:
+        events = await _polls(runtime, sim, 3)
+        (recovered,) = _named(events, "recovered")
+        assert sim.instance_count() == 1 and sim.instance(recovered.instance_id or 0) is not None
+        creates = runtime.store.db.query("SELECT COUNT(*) FROM intents WHERE action = 'create'")
+        assert creates == [(1,)]
 
 
 async def test_an_instance_already_under_the_label_becomes_the_replacement_and_the_dead_one_is_destroyed(
@@ -318,16 +290,12 @@ async def test_an_instance_already_under_the_label_becomes_the_replacement_and_t
     gpu = _common_gpu(sim)
     old_id = _running(sim, label=LABEL, gpu_name=gpu)
     other_id = _running(sim, label=LABEL, gpu_name=gpu)
-    try:
-        async with _runtime(sim, api_key, config, opener) as runtime:
-            await runtime.poll_once()
-            sim.preempt(old_id)
-            (recovered,) = _named(await _polls(runtime, sim, 4), "recovered")
-            assert recovered.instance_id == other_id, "nothing else rented"
-            assert sim.instance(old_id) is None and sim.instance_count() == 1, "the dead one destroyed"
-    finally:
-        _destroy_all(sim)
-    assert sim.instance_count() == 0
+    async with _runtime(sim, api_key, config, opener) as runtime:
+        await runtime.poll_once()
+        sim.preempt(old_id)
+        (recovered,) = _named(await _polls(runtime, sim, 4), "recovered")
+        assert recovered.instance_id == other_id, "nothing else rented"
+        assert sim.instance(old_id) is None and sim.instance_count() == 1, "the dead one destroyed"
 
 
 async def _offline_until_recovered(runtime: Runtime, sim: Simulator, old_id: int) -> tuple[list[Event], int]:
@@ -349,27 +317,23 @@ async def test_an_offline_instance_races_its_replacement_and_the_first_running_k
     cost a new rental's minute-long boot. Now the dead instance stays until one of the two runs."""
     config, _ = _config(tmp_path, opener)
     old_id = _running(sim, label=LABEL, gpu_name=_common_gpu(sim))
-    try:
-        async with _runtime(sim, api_key, config, opener) as runtime:
-            await runtime.poll_once()
-            events, new_id = await _offline_until_recovered(runtime, sim, old_id)
-            assert sim.instance(old_id)["actual_status"] == "offline", "kept while its host is away"  # type: ignore[index]
-            record = runtime.store.repository(Recoveries).get(old_id)
-            assert record is not None and record.status is RecoveryStatus.RECOVERED and record.new_id == new_id
-            if first == "host-back":
-                sim.apply("online", instance=old_id)
-                events += await _polls(runtime, sim, 2, step=5)
-                assert sim.instance(new_id) is None, "the replacement destroyed before it ran"
-                assert sim.instance(old_id)["actual_status"] == "running"  # type: ignore[index]
-                assert runtime.store.repository(Recoveries).get(old_id).status is RecoveryStatus.RESUMED  # type: ignore[union-attr]
-            else:
-                events += await _polls(runtime, sim, 12, step=10)
-                assert sim.instance(new_id)["actual_status"] == "running"  # type: ignore[index]
-                assert sim.instance(old_id) is None, "the dead one destroyed once its replacement runs"
-            assert sim.instance_count() == 1 and len(_named(events, "recovered")) == 1
-    finally:
-        _destroy_all(sim)
-    assert sim.instance_count() == 0
+    async with _runtime(sim, api_key, config, opener) as runtime:
+        await runtime.poll_once()
+        events, new_id = await _offline_until_recovered(runtime, sim, old_id)
+        assert sim.instance(old_id)["actual_status"] == "offline", "kept while its host is away"  # type: ignore[index]
+        record = runtime.store.repository(Recoveries).get(old_id)
+        assert record is not None and record.status is RecoveryStatus.RECOVERED and record.new_id == new_id
+        if first == "host-back":
+            sim.apply("online", instance=old_id)
+            events += await _polls(runtime, sim, 2, step=5)
+            assert sim.instance(new_id) is None, "the replacement destroyed before it ran"
+            assert sim.instance(old_id)["actual_status"] == "running"  # type: ignore[index]
+            assert runtime.store.repository(Recoveries).get(old_id).status is RecoveryStatus.RESUMED  # type: ignore[union-attr]
+        else:
+            events += await _polls(runtime, sim, 12, step=10)
+            assert sim.instance(new_id)["actual_status"] == "running"  # type: ignore[index]
+            assert sim.instance(old_id) is None, "the dead one destroyed once its replacement runs"
+        assert sim.instance_count() == 1 and len(_named(events, "recovered")) == 1
 
 
 async def test_with_no_offer_reliable_enough_the_reason_names_the_reliability_asked_for(
@@ -379,16 +343,12 @@ async def test_with_no_offer_reliable_enough_the_reason_names_the_reliability_as
     leaves nothing, and the reason (kept on the recovery, then in ``recovery_failed``) must say so."""
     config, _ = _config(tmp_path, opener, min_reliability=1.0, give_up_after="90s", backoff="30s")
     old_id = _running(sim, label=LABEL, gpu_name=_common_gpu(sim))
-    try:
-        async with _runtime(sim, api_key, config, opener) as runtime:
-            await runtime.poll_once()
-            sim.preempt(old_id)
-            (failed,) = _named(await _polls(runtime, sim, 6), "recovery_failed")
-            assert "with reliability >= 1 outside machines" in failed.detail, failed.detail
-            assert sim.instance_count() == 0, "nothing rented, the dead one destroyed"
-    finally:
-        _destroy_all(sim)
-    assert sim.instance_count() == 0
+    async with _runtime(sim, api_key, config, opener) as runtime:
+        await runtime.poll_once()
+        sim.preempt(old_id)
+        (failed,) = _named(await _polls(runtime, sim, 6), "recovery_failed")
+        assert "with reliability >= 1 outside machines" in failed.detail, failed.detail
+        assert sim.instance_count() == 0, "nothing rented, the dead one destroyed"
 
 
 async def test_a_machine_blocked_by_hand_is_listed_never_offered_to_a_job_and_can_be_forgiven(
